@@ -1,0 +1,1 @@
+//! labspan host agent.

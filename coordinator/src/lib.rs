@@ -1,0 +1,1 @@
+//! labspan coordinator.

@@ -1,0 +1,100 @@
+//! Host plans: everything one host must run, as decided by the coordinator.
+//!
+//! The agent reconciles its host to a `HostPlan`; the same type is used by
+//! the embedded default and by a cluster. A plan is complete (not a diff):
+//! what is on the host and not in the plan is removed.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::lab::{Check, Impairment};
+
+/// Everything one host must run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostPlan {
+    pub host: String,
+    pub labs: Vec<LabPlan>,
+}
+
+/// The part of one lab that runs on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabPlan {
+    pub lab: String,
+    pub segments: Vec<SegmentPlan>,
+    pub vms: Vec<VmPlan>,
+    /// The lab's checks (run by whoever drives `verify`).
+    pub verify: Vec<Check>,
+}
+
+/// One L2 segment's share on this host: a bridge, and a VXLAN device when
+/// the segment has members on other hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentPlan {
+    /// `Segment::key` in the lab.
+    pub key: String,
+    /// Bridge interface name (`names::bridge`).
+    pub bridge: String,
+    /// MTU of the bridge and every port on it.
+    pub mtu: u32,
+    pub vxlan: Option<VxlanPlan>,
+}
+
+/// The VXLAN device that stretches a segment to other hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanPlan {
+    pub vni: u32,
+    /// Device name (`names::vxlan`).
+    pub device: String,
+    /// This host's VTEP address.
+    pub local: IpAddr,
+    /// VTEPs of the other hosts with members on this segment (one all-zeros
+    /// FDB entry each).
+    pub remotes: Vec<IpAddr>,
+    /// UDP destination port (4789 by default).
+    pub port: u16,
+}
+
+/// One guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmPlan {
+    pub name: String,
+    /// Image name in the image store.
+    pub image: String,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// In guest order: the first NIC is the guest's first virtio-net device.
+    pub nics: Vec<NicPlan>,
+    pub config: GuestConfig,
+}
+
+/// One guest NIC and the tap that backs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NicPlan {
+    /// Name inside the guest (`eth0`).
+    pub name: String,
+    /// Key of the segment it belongs to; `None` for a NIC on no segment.
+    pub segment: Option<String>,
+    /// Tap interface name (`names::tap`).
+    pub tap: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub addrs: Vec<IpNet>,
+    pub impairment: Impairment,
+}
+
+/// What the agent does inside a guest once it answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    pub files: Vec<GuestFile>,
+    /// Shell lines, run in order after addresses and files are in place.
+    pub exec: Vec<String>,
+}
+
+/// A file to write in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFile {
+    pub path: String,
+    pub contents: Vec<u8>,
+}
