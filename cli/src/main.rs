@@ -1,1 +1,86 @@
-fn main() {}
+//! `labspan`: run network labs of QEMU guests across several hosts as one lab.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for invalid input (lab file, flags, hosts file): nothing was changed.
+const EXIT_INVALID: u8 = 2;
+
+/// An error caused by the user's input rather than by the system; exits with
+/// status 2. Wrap errors in it with `anyhow::Error::new(InvalidInput(..))`.
+#[derive(Debug)]
+pub struct InvalidInput(pub String);
+
+impl std::fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidInput {}
+
+#[derive(Parser)]
+#[command(name = "labspan", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check lab files and report every problem found.
+    Validate(cmd::validate::Args),
+    /// Draw a lab's nodes, NICs and segments (dot, mermaid or json).
+    Graph(cmd::graph::Args),
+    /// Decide which host runs each node of a lab.
+    Place(cmd::place::Args),
+    /// Build, list and import guest images.
+    #[command(subcommand)]
+    Image(cmd::image::Command),
+    /// Deploy a lab (or apply an edited lab file) and run its checks.
+    Up(cmd::up::Args),
+    /// Stop a lab and remove everything it made.
+    Down(cmd::down::Args),
+    /// Show running labs and their nodes.
+    Inspect(cmd::inspect::Args),
+    /// Run a command in a node's guest.
+    Exec(cmd::exec::Args),
+    /// Attach to a node's serial console.
+    Console(cmd::console::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LABSPAN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(a) => cmd::validate::run(a),
+        Command::Graph(a) => cmd::graph::run(a),
+        Command::Place(a) => cmd::place::run(a),
+        Command::Image(c) => cmd::image::run(c),
+        Command::Up(a) => cmd::up::run(a),
+        Command::Down(a) => cmd::down::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Exec(a) => cmd::exec::run(a),
+        Command::Console(a) => cmd::console::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(invalid) = e.downcast_ref::<InvalidInput>() {
+                eprintln!("{invalid}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

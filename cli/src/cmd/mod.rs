@@ -1,0 +1,11 @@
+//! One module per `labspan` subcommand.
+
+pub mod console;
+pub mod down;
+pub mod exec;
+pub mod graph;
+pub mod image;
+pub mod inspect;
+pub mod place;
+pub mod up;
+pub mod validate;
