@@ -13,13 +13,7 @@ use tokio::time::Instant;
 use labspan_proto::lab::Check;
 use regex::Regex;
 
-/// What a guest command gave back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    pub code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
+use crate::vm::ExecOutput;
 
 /// Runs a shell command in a lab node's guest.
 pub trait GuestExec {
@@ -86,9 +80,9 @@ async fn run_check<G: GuestExec>(
 /// `None` when the output passes.
 fn judge(out: &ExecOutput, expect: Option<&Regex>) -> Option<String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if out.code != 0 {
+    if out.exit_code != 0 {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Some(format!("exit status {}: {}", out.code, last_line(&stderr).or(last_line(&stdout)).unwrap_or("")));
+        return Some(format!("exit status {}: {}", out.exit_code, last_line(&stderr).or(last_line(&stdout)).unwrap_or("")));
     }
     match expect {
         Some(re) if !re.is_match(&stdout) => Some(format!("output does not match /{re}/: {}", last_line(&stdout).unwrap_or("(empty)"))),
@@ -156,7 +150,7 @@ mod tests {
     }
 
     fn out(code: i32, stdout: &str) -> ExecOutput {
-        ExecOutput { code, stdout: stdout.into(), stderr: Vec::new() }
+        ExecOutput { exit_code: code, signal: None, stdout: stdout.into(), stderr: Vec::new() }
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,8 @@
 //! `labspan`: run network labs of QEMU guests across several hosts as one lab.
 
 mod cmd;
+mod embedded;
+mod guests;
 
 use std::process::ExitCode;
 

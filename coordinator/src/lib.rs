@@ -1,1 +1,10 @@
-//! labspan coordinator.
+//! The labspan coordinator: placement, host plans, and the replicated
+//! cluster state.
+
+pub mod hosts;
+pub mod local;
+pub mod placement;
+pub mod plan;
+pub mod raft;
+pub mod tls;
+pub mod transport;

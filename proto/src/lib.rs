@@ -1,6 +1,8 @@
 //! Types every labspan component shares: the lab model and its validation,
 //! host plans, and the names labspan gives to host interfaces.
 
+pub mod codec;
 pub mod lab;
+pub mod msg;
 pub mod names;
 pub mod plan;

@@ -1,12 +1,36 @@
-//! `labspan exec`.
+//! `labspan exec LAB NODE -- CMD...`: run a command in a guest, with its
+//! output and exit status.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use labspan_agent::vm::AccelChoice;
+
+use crate::embedded::Embedded;
 
 /// Arguments of `labspan exec`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Lab name.
+    pub lab: String,
+    /// Node name.
+    pub node: String,
+    /// Seconds the command may run.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The command, run with `sh -c` (words are joined with spaces, as ssh does).
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
 
-/// Runs `labspan exec`.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("labspan exec is not implemented yet")
+/// Runs `labspan exec`; exits with the guest command's status.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let env = Embedded::open(AccelChoice::Auto)?;
+    let cmd = args.cmd.join(" ");
+    let rt = tokio::runtime::Runtime::new()?;
+    let out = rt.block_on(env.agent.exec(&args.lab, &args.node, &cmd, Duration::from_secs(args.timeout)))?;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    Ok(ExitCode::from(u8::try_from(out.exit_code).unwrap_or(255)))
 }

@@ -1,15 +1,192 @@
-//! `labspan image`.
+//! `labspan image`: build, list and import guest images.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use labspan_agent::image::{Image, ImageError, ImageStore, ImportRequest};
+
+use crate::InvalidInput;
+
+/// Where the image store is: `--store`, else `$LABSPAN_STATE/images`, else
+/// `/var/lib/labspan/images`.
+#[derive(clap::Args)]
+pub struct StoreArg {
+    /// Image store folder.
+    #[arg(long, value_name = "DIR", global = true)]
+    store: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn open(&self) -> ImageStore {
+        match &self.store {
+            Some(d) => ImageStore::at(d),
+            None => ImageStore::from_env(),
+        }
+    }
+}
 
 /// `labspan image` subcommands.
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Build an image (today: `tiny`).
-    Build {},
+    /// Build an image from Debian packages (today: `tiny`); cached by recipe.
+    Build {
+        /// The image to build: `tiny`.
+        name: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List the images in the store.
+    List {
+        /// Print JSON (the manifests) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Import your own qcow2 disk image (it must run qemu-guest-agent for
+    /// `exec` and guest configuration to work).
+    Import {
+        /// The qcow2 file.
+        file: PathBuf,
+        /// Name to give it in the store (used as `image:` in lab files).
+        #[arg(long)]
+        name: String,
+        /// Kernel to boot directly (otherwise the disk boots through the firmware).
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// Initramfs for --kernel.
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// Kernel command line for --kernel [default: root=/dev/vda rw console=ttyS0].
+        #[arg(long, requires = "kernel")]
+        cmdline: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
 }
 
 /// Runs `labspan image ...`.
-pub fn run(_cmd: Command) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("labspan image is not implemented yet")
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Build { name, store } => build(&name, &store.open()),
+        Command::List { json, store } => list(json, &store.open()),
+        Command::Import {
+            file,
+            name,
+            kernel,
+            initrd,
+            cmdline,
+            store,
+        } => {
+            let req = ImportRequest {
+                name: &name,
+                disk: &file,
+                kernel: kernel.as_deref(),
+                initrd: initrd.as_deref(),
+                cmdline: cmdline.as_deref(),
+            };
+            let image = store.open().import(&req).map_err(user_error)?;
+            println!(
+                "imported {} as image \"{}\" ({})",
+                file.display(),
+                name,
+                short(&image)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn build(name: &str, store: &ImageStore) -> anyhow::Result<ExitCode> {
+    if name != "tiny" {
+        return Err(anyhow::Error::new(InvalidInput(format!(
+            "labspan image build: no recipe for \"{name}\"; the one recipe today is `tiny` \
+             (use `labspan image import` for your own images)"
+        ))));
+    }
+    let started = Instant::now();
+    let mut progress = |line: &str| {
+        eprintln!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
+    };
+    let report = store
+        .build_tiny(&mut progress)
+        .with_context(|| format!("building image tiny in {}", store.root().display()))?;
+    println!(
+        "image tiny {} ({}) in {:.1}s",
+        short(&report.image),
+        if report.cached { "cached" } else { "built" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(json: bool, store: &ImageStore) -> anyhow::Result<ExitCode> {
+    let images = store
+        .list()
+        .with_context(|| format!("listing images in {}", store.root().display()))?;
+    if json {
+        let manifests: Vec<_> = images.iter().map(|i| &i.manifest).collect();
+        println!("{}", serde_json::to_string_pretty(&manifests)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if images.is_empty() {
+        eprintln!(
+            "no images in {}: run `labspan image build tiny`",
+            store.root().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<12} {:<9} {:<6} {:<14} {:>9}",
+        "NAME", "HASH", "KIND", "AGENT", "BOOTS", "SIZE"
+    );
+    for i in &images {
+        let m = &i.manifest;
+        let boots = match (&m.kernel, &m.disk) {
+            (Some(_), Some(_)) => "kernel+disk",
+            (Some(_), None) => "kernel+initrd",
+            (None, _) => "disk (bios)",
+        };
+        println!(
+            "{:<16} {:<12} {:<9} {:<6} {:<14} {:>9}",
+            m.name,
+            &m.hash[..m.hash.len().min(12)],
+            m.guest.kind,
+            if m.guest.guest_agent { "yes" } else { "no" },
+            boots,
+            human_size(dir_size(&i.dir))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bad names and unusable files are the user's input: exit status 2.
+fn user_error(e: ImageError) -> anyhow::Error {
+    match e {
+        ImageError::BadName { .. } | ImageError::NotQcow2 { .. } => {
+            anyhow::Error::new(InvalidInput(e.to_string()))
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+fn short(image: &Image) -> String {
+    image.manifest.hash.chars().take(12).collect()
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn human_size(bytes: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    format!("{:.1} MiB", bytes as f64 / MIB)
 }

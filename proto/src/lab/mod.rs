@@ -1,5 +1,241 @@
 //! The lab file: its model, parser and validation.
+//!
+//! `parse` reads YAML with positions (marked-yaml), walks the tree by hand so
+//! that every problem is reported with file, line, column and object path,
+//! then checks cross-references; a `Lab` is returned only when none was found.
 
+mod check;
+mod diagnostic;
+mod emit;
+pub mod graph;
 mod model;
+mod read;
+mod units;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::{LoadError as YamlError, LoaderOptions, Node as Yaml};
+
+pub use diagnostic::{Diagnostic, Diagnostics, Pos};
+pub use emit::to_yaml;
 pub use model::*;
+
+use diagnostic::Sink;
+use read::RawLab;
+
+/// A lab and the contents of every file its nodes copy into the guest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabBundle {
+    /// The validated lab.
+    pub lab: Lab,
+    /// Host path as written in the lab file → its contents.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Why a lab file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The lab file itself could not be read.
+    #[error("cannot read lab file {}: {source}", path.display())]
+    Read {
+        /// The lab file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lab file was read but is not a valid lab.
+    #[error("{0}")]
+    Invalid(#[from] Diagnostics),
+}
+
+/// Parses and validates a lab file's text; `file` is its name in messages.
+pub fn parse(file: &str, text: &str) -> Result<Lab, Diagnostics> {
+    parse_raw(file, text).map(|(lab, _)| lab)
+}
+
+/// Parses, validates, and keeps the positions of `files:` entries.
+fn parse_raw(file: &str, text: &str) -> Result<(Lab, FilePositions), Diagnostics> {
+    let mut sink = Sink::new(file);
+    let Some(root) = load_yaml(&mut sink, text) else {
+        return Err(sink.finish());
+    };
+    let raw = read::read_lab(&mut sink, &root);
+    check::check_lab(&mut sink, &raw);
+    if !sink.is_clean() {
+        return Err(sink.finish());
+    }
+    drop(root);
+    Ok(build(raw))
+}
+
+/// Loads the YAML tree. A duplicate key is reported, then the file is read
+/// again keeping the last value, so the rest of the file is still checked.
+fn load_yaml(sink: &mut Sink, text: &str) -> Option<Yaml> {
+    let strict = options().error_on_duplicate_keys(true);
+    let err = match yaml_guarded(text, strict) {
+        Ok(root) => return Some(root),
+        Err(e) => e,
+    };
+    let (pos, message, help) = match &err {
+        YamlError::DuplicateKey(d) => {
+            let permissive = yaml_guarded(text, options()).ok();
+            let (first, again) = (Pos::of_span(d.prev_key.span()), Pos::of_span(d.key.span()));
+            let path = permissive.as_ref().and_then(|r| path_of_key(r, "", first)).unwrap_or_default();
+            let what = if path == "nodes" { "node name" } else { "key" };
+            let msg = format!("duplicate {what} \"{}\" (first at line {}, column {})", d.key.as_str(), first.line, first.column);
+            sink.error(again, &path, msg, Some("remove or rename one of them".into()));
+            return permissive;
+        }
+        YamlError::ScanError(m, e) => (Pos::of_marker(m), format!("YAML syntax error: {}", e.info()), None),
+        YamlError::TopLevelMustBeMapping(m) | YamlError::TopLevelMustBeSequence(m) => (
+            Pos::of_marker(m),
+            "the lab file must be a YAML mapping".to_string(),
+            Some("start with name: my-lab, then nodes:".to_string()),
+        ),
+        YamlError::UnexpectedAnchor(m) => (Pos::of_marker(m), "YAML anchors and aliases are not supported".into(), Some("use defaults: for shared values".into())),
+        YamlError::MappingKeyMustBeScalar(m) => (Pos::of_marker(m), "mapping keys must be plain values".into(), None),
+        YamlError::UnexpectedTag(m) => (Pos::of_marker(m), "YAML tags (!tag) are not supported".into(), None),
+    };
+    sink.error(pos, "", message, help);
+    None
+}
+
+/// Loader options: quoted scalars stay strings, so `""` is not "nothing".
+fn options() -> LoaderOptions {
+    LoaderOptions::default().prevent_coercion(true)
+}
+
+/// marked-yaml asserts on some inputs it considers impossible (for example
+/// an empty document); a lab file must never crash labspan, so such input is
+/// reported as a syntax error instead.
+fn yaml_guarded(text: &str, options: LoaderOptions) -> Result<Yaml, YamlError> {
+    if text.trim_start_matches(['\u{feff}']).lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    }) {
+        return Err(YamlError::TopLevelMustBeMapping(marked_yaml::Marker::new(0, 0, 1, 1)));
+    }
+    marked_yaml::parse_yaml_with_options(0, text, options)
+}
+
+/// The path of the mapping key that starts at `at`.
+fn path_of_key(node: &Yaml, path: &str, at: Pos) -> Option<String> {
+    match node {
+        Yaml::Scalar(_) => None,
+        Yaml::Mapping(m) => m.iter().find_map(|(k, v)| {
+            let child = if path.is_empty() { k.as_str().to_string() } else { format!("{path}.{}", k.as_str()) };
+            if Pos::of_span(k.span()) == at {
+                Some(path.to_string())
+            } else {
+                path_of_key(v, &child, at)
+            }
+        }),
+        Yaml::Sequence(s) => s.iter().enumerate().find_map(|(i, v)| path_of_key(v, &format!("{path}[{i}]"), at)),
+    }
+}
+
+/// Where each `files:` entry was written: (node, guest path) → position.
+type FilePositions = BTreeMap<(String, String), Pos>;
+
+/// Turns a raw lab that passed every check into the model (moving, not
+/// copying: a lab may have 100,000 nodes).
+fn build(raw: RawLab) -> (Lab, FilePositions) {
+    let mut file_pos = FilePositions::new();
+    let mut nodes = BTreeMap::new();
+    for n in raw.nodes {
+        for (guest, pos) in n.file_pos {
+            file_pos.insert((n.name.clone(), guest), pos);
+        }
+        nodes.insert(n.name, n.node);
+    }
+    let mut add_nic = |e: &Endpoint| {
+        if let Some(node) = nodes.get_mut(&e.node) {
+            if !node.nics.contains_key(&e.nic) {
+                node.nics.insert(e.nic.clone(), Nic::default());
+            }
+        }
+    };
+    let mut links = Vec::with_capacity(raw.links.len());
+    for l in raw.links {
+        if let Ok([a, b]) = <[read::RawEndpoint; 2]>::try_from(l.ends) {
+            add_nic(&a.ep);
+            add_nic(&b.ep);
+            links.push(Link { endpoints: [a.ep, b.ep], impairment: l.impairment });
+        }
+    }
+    let mut lans = BTreeMap::new();
+    for l in raw.lans {
+        let members: Vec<Endpoint> = l.members.into_iter().map(|m| m.ep).collect();
+        members.iter().for_each(&mut add_nic);
+        lans.insert(l.name, Lan { members });
+    }
+    let group = |g: read::RawGroup| g.members.into_iter().map(|m| m.name).collect();
+    let placement = PlacementHints {
+        pin: raw.pins.into_iter().map(|(r, s)| (r.name, s)).collect(),
+        together: raw.together.into_iter().map(group).collect(),
+        spread: raw.spread.into_iter().map(group).collect(),
+    };
+    let verify = raw.verify.into_iter().map(|c| c.check).collect();
+    (Lab { name: raw.name, nodes, links, lans, placement, verify }, file_pos)
+}
+
+/// Reads a lab file as UTF-8 text.
+fn read_text(path: &Path) -> Result<String, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = valid.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        LoadError::Invalid(Diagnostics(vec![Diagnostic {
+            file: path.display().to_string(),
+            line,
+            column,
+            path: String::new(),
+            message: "the lab file is not UTF-8 text".into(),
+            help: Some("save it as UTF-8".into()),
+        }]))
+    })
+}
+
+/// Reads and validates the lab file at `path`.
+pub fn load(path: &Path) -> Result<Lab, LoadError> {
+    let text = read_text(path)?;
+    Ok(parse(&path.display().to_string(), &text)?)
+}
+
+/// Reads and validates the lab file at `path`, and every file its nodes copy
+/// into guests (relative to the lab file's folder).
+pub fn load_bundle(path: &Path) -> Result<LabBundle, LoadError> {
+    let text = read_text(path)?;
+    let file = path.display().to_string();
+    let (lab, file_pos) = parse_raw(&file, &text)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut sink = Sink::new(&file);
+    let mut files = BTreeMap::new();
+    for (name, node) in &lab.nodes {
+        for (guest, host) in &node.files {
+            if files.contains_key(host) {
+                continue;
+            }
+            let full = dir.join(host);
+            match std::fs::read(&full) {
+                Ok(data) => {
+                    files.insert(host.clone(), data);
+                }
+                Err(e) => {
+                    let pos = file_pos.get(&(name.clone(), guest.clone())).copied().unwrap_or_default();
+                    let at = format!("nodes.{name}.files.{guest}");
+                    let msg = format!("cannot read \"{host}\" ({}): {e}", full.display());
+                    let help = "create the file, or fix the path (relative to the lab file's folder)";
+                    sink.error(pos, &at, msg, Some(help.into()));
+                }
+            }
+        }
+    }
+    if !sink.is_clean() {
+        return Err(sink.finish().into());
+    }
+    Ok(LabBundle { lab, files })
+}

@@ -1,0 +1,319 @@
+//! The image store: guest images addressed by content hash, with a name index.
+//!
+//! Layout under the store root:
+//! - `objects/HASH/` one image: `manifest.json` and its files (kernel, initrd,
+//!   disk). HASH is the sha256 of the recipe (built images) or of the files
+//!   (imported images), so the same inputs land in the same place.
+//! - `names/NAME` a file holding the HASH that NAME points at.
+//! - `tmp/` work folders; a build or import assembles its image there and
+//!   renames it into `objects/` at the very end, so a failure leaves nothing
+//!   half-made in `objects/` or `names/`.
+
+pub mod apt;
+pub mod cpio;
+mod import;
+mod tiny;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use import::{ImportRequest, IMPORTED_CMDLINE};
+pub use tiny::{BuildReport, CMDLINE as TINY_CMDLINE};
+
+/// What a guest image is and how to boot it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The name it was built or imported under.
+    pub name: String,
+    /// Its address in the store.
+    pub hash: String,
+    /// Kernel file (relative to the image folder), booted with `-kernel`;
+    /// `None` boots the disk through the firmware.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Initramfs file (relative to the image folder).
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// qcow2 base disk (relative to the image folder); each VM gets an overlay.
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Kernel command line (only with `kernel`); labspan appends the hostname.
+    #[serde(default)]
+    pub cmdline: String,
+    /// What runs inside.
+    pub guest: GuestKind,
+    /// What it was made from (package versions, source file), for humans.
+    #[serde(default)]
+    pub recipe: Vec<String>,
+}
+
+/// What kind of guest an image boots into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestKind {
+    /// `tiny` (busybox initramfs) or `imported`.
+    pub kind: String,
+    /// Whether qemu-guest-agent runs in the guest (needed for exec and files).
+    pub guest_agent: bool,
+}
+
+/// An image in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The image's folder (`objects/HASH`).
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Image {
+    /// Absolute path of the kernel, if the image boots one directly.
+    pub fn kernel_path(&self) -> Option<PathBuf> {
+        self.manifest.kernel.as_ref().map(|k| self.dir.join(k))
+    }
+    /// Absolute path of the initramfs, if any.
+    pub fn initrd_path(&self) -> Option<PathBuf> {
+        self.manifest.initrd.as_ref().map(|k| self.dir.join(k))
+    }
+    /// Absolute path of the qcow2 base disk, if any.
+    pub fn disk_path(&self) -> Option<PathBuf> {
+        self.manifest.disk.as_ref().map(|k| self.dir.join(k))
+    }
+}
+
+/// Everything that can go wrong in the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "image \"{name}\" is not in the image store {store}: build it with \
+         `labspan image build tiny`, or add your own with `labspan image import FILE.qcow2 --name {name}`"
+    )]
+    Missing { name: String, store: PathBuf },
+    #[error("image name \"{name}\" is invalid: use letters, digits, '-', '_' and '.', not starting with '.'")]
+    BadName { name: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed: {detail}")]
+    Tool { command: String, detail: String },
+    #[error("cannot resolve the tiny image's packages: {detail}")]
+    Resolve { detail: String },
+    #[error("building the tiny image: {detail}")]
+    Build { detail: String },
+    #[error("{file} is not a usable qcow2 image: {detail}; nothing was imported")]
+    NotQcow2 { file: PathBuf, detail: String },
+    #[error("manifest {path} is unreadable: {source}; remove that image folder and build or import it again")]
+    BadManifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Shorthand for an I/O error on a path.
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ImageError {
+    let path = path.to_path_buf();
+    move |source| ImageError::Io { what, path, source }
+}
+
+/// A folder of images.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    /// The store at `root` (created on first write).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        ImageStore { root: root.into() }
+    }
+
+    /// The store under `$LABSPAN_STATE/images`, else `/var/lib/labspan/images`.
+    pub fn from_env() -> Self {
+        Self::at(crate::paths::state_dir().join("images"))
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The image called `name`.
+    pub fn get(&self, name: &str) -> Result<Image, ImageError> {
+        check_name(name)?;
+        let missing = || ImageError::Missing {
+            name: name.to_string(),
+            store: self.root.clone(),
+        };
+        let index = self.root.join("names").join(name);
+        let hash = match fs::read_to_string(&index) {
+            Ok(h) => h.trim().to_string(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(io_err("reading image index", &index)(e)),
+        };
+        match self.by_hash(&hash) {
+            Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(missing())
+            }
+            r => r,
+        }
+    }
+
+    /// Every named image, sorted by name.
+    pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        let dir = self.root.join("names");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("listing image names", &dir)(e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.get(n)).collect()
+    }
+
+    fn by_hash(&self, hash: &str) -> Result<Image, ImageError> {
+        let dir = self.root.join("objects").join(hash);
+        let path = dir.join("manifest.json");
+        let text = fs::read(&path).map_err(io_err("reading image manifest", &path))?;
+        let manifest = serde_json::from_slice(&text)
+            .map_err(|source| ImageError::BadManifest { path, source })?;
+        Ok(Image { dir, manifest })
+    }
+
+    /// Points `name` at `hash` atomically (write then rename).
+    fn set_name(&self, name: &str, hash: &str) -> Result<(), ImageError> {
+        let names = self.root.join("names");
+        fs::create_dir_all(&names).map_err(io_err("creating", &names))?;
+        let tmp = names.join(format!(".{name}.{}", std::process::id()));
+        fs::write(&tmp, format!("{hash}\n")).map_err(io_err("writing", &tmp))?;
+        let dst = names.join(name);
+        fs::rename(&tmp, &dst).map_err(io_err("renaming into", &dst))
+    }
+
+    /// Moves a finished image folder from `tmp/` into `objects/HASH` and names
+    /// it. When another build got there first, its copy is kept.
+    fn commit(&self, staged: &Path, manifest: &Manifest) -> Result<Image, ImageError> {
+        let path = staged.join("manifest.json");
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| ImageError::Build {
+            detail: e.to_string(),
+        })?;
+        fs::write(&path, json).map_err(io_err("writing", &path))?;
+        let objects = self.root.join("objects");
+        fs::create_dir_all(&objects).map_err(io_err("creating", &objects))?;
+        let dst = objects.join(&manifest.hash);
+        if !dst.join("manifest.json").exists() {
+            if let Err(e) = fs::rename(staged, &dst) {
+                // A concurrent build of the same recipe renamed first.
+                if !dst.join("manifest.json").exists() {
+                    return Err(io_err("moving the image into", &dst)(e));
+                }
+            }
+        }
+        self.set_name(&manifest.name, &manifest.hash)?;
+        self.by_hash(&manifest.hash)
+    }
+
+    /// A fresh work folder under `tmp/`, removed when the guard drops.
+    fn work_dir(&self, what: &str) -> Result<WorkDir, ImageError> {
+        let tmp = self.root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = tmp.join(format!("{what}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        Ok(WorkDir(dir))
+    }
+}
+
+/// Image names become file names: keep them plain.
+pub fn check_name(name: &str) -> Result<(), ImageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::BadName {
+            name: name.to_string(),
+        })
+    }
+}
+
+/// A work folder that is removed on drop, whether the work succeeded or not.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_image_names_itself_and_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::at(dir.path());
+        let err = store.get("tiny").expect_err("empty store");
+        let msg = err.to_string();
+        assert!(msg.contains("\"tiny\""), "{msg}");
+        assert!(msg.contains("labspan image build tiny"), "{msg}");
+        assert!(store.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn names_are_plain() {
+        assert!(check_name("debian-12.1_x").is_ok());
+        for bad in ["", "../x", ".hidden", "a/b", "a b"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn commit_then_get_and_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::at(dir.path());
+        let work = store.work_dir("t").expect("work dir");
+        let staged = work.0.join("image");
+        fs::create_dir_all(&staged).expect("mkdir");
+        let m = Manifest {
+            name: "x".into(),
+            hash: "abc".into(),
+            kernel: Some("vmlinuz".into()),
+            initrd: None,
+            disk: None,
+            cmdline: "console=ttyS0".into(),
+            guest: GuestKind {
+                kind: "tiny".into(),
+                guest_agent: true,
+            },
+            recipe: vec![],
+        };
+        let img = store.commit(&staged, &m).expect("commit");
+        assert_eq!(img.manifest, m);
+        assert_eq!(store.get("x").expect("get").manifest, m);
+        assert_eq!(store.list().expect("list").len(), 1);
+        drop(work);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! The `tiny` image: Debian's cloud kernel, busybox and qemu-guest-agent in
+//! an initramfs, built from Debian packages only.
+//!
+//! The recipe (the package versions apt can serve plus the guest files below)
+//! is hashed; that hash is the image's address, so a second build with the
+//! same apt indexes finds the image already there and downloads nothing.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use super::apt::{self, Pinned};
+use super::cpio::{write_archive, Entry};
+use super::{io_err, GuestKind, Image, ImageError, ImageStore, Manifest};
+
+/// Bump when the build itself changes in a way the recipe does not show.
+const BUILDER_VERSION: &str = "tiny-1";
+const INIT: &str = include_str!("tiny/init.sh");
+const INITTAB: &str = include_str!("tiny/inittab");
+const QGA_START: &str = include_str!("tiny/labspan-qga.sh");
+const POWER_BUTTON: &str = include_str!("tiny/power-button.sh");
+const PROFILE: &str = include_str!("tiny/profile");
+/// Kernel modules loaded by `/init`, in load order (paths under
+/// `lib/modules/VERSION/kernel/`).
+const MODULES: &str = include_str!("tiny/modules");
+/// Kernel command line; labspan appends `labspan.hostname=NODE`.
+pub const CMDLINE: &str = "console=ttyS0 quiet";
+
+/// What a tiny build did.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub image: Image,
+    /// True when the image was already in the store.
+    pub cached: bool,
+}
+
+impl ImageStore {
+    /// Builds (or finds in the cache) the `tiny` image and names it `tiny`.
+    /// `progress` receives one line per step.
+    pub fn build_tiny(&self, progress: &mut dyn FnMut(&str)) -> Result<BuildReport, ImageError> {
+        progress("resolving Debian packages (kernel, busybox, qemu-guest-agent and its libraries)");
+        let kernel_pkg = apt::cloud_kernel_package()?;
+        let packages = apt::library_closure(&[&kernel_pkg, "busybox-static", "qemu-guest-agent"])?;
+        let pinned = apt::pin(&packages)?;
+        let hash = recipe_hash(&pinned);
+        if let Ok(image) = self.by_hash(&hash) {
+            self.set_name("tiny", &hash)?;
+            progress(&format!("image tiny {} is cached", &hash[..12]));
+            return Ok(BuildReport {
+                image,
+                cached: true,
+            });
+        }
+        let work = self.work_dir("tiny")?;
+        let debs = work.0.join("debs");
+        let root = work.0.join("root");
+        for d in [&debs, &root] {
+            fs::create_dir_all(d).map_err(io_err("creating", d))?;
+        }
+        progress(&format!("downloading {} packages", pinned.len()));
+        let mut recipe = apt::download_all(&pinned, &debs)?;
+        progress("unpacking packages");
+        for deb in list_files(&debs)? {
+            apt::extract(&deb, &root)?;
+        }
+        progress("assembling the initramfs");
+        let staged = work.0.join("image");
+        fs::create_dir_all(&staged).map_err(io_err("creating", &staged))?;
+        let kver = kernel_version(&root)?;
+        let vmlinuz = root.join("boot").join(format!("vmlinuz-{kver}"));
+        fs::copy(&vmlinuz, staged.join("vmlinuz"))
+            .map_err(io_err("copying the kernel", &vmlinuz))?;
+        let entries = initramfs_entries(&root, &kver)?;
+        pack(&entries, &staged.join("initrd.img"))?;
+        recipe.push(format!("kernel {kver}"));
+        let manifest = Manifest {
+            name: "tiny".into(),
+            hash,
+            kernel: Some("vmlinuz".into()),
+            initrd: Some("initrd.img".into()),
+            disk: None,
+            cmdline: CMDLINE.into(),
+            guest: GuestKind {
+                kind: "tiny".into(),
+                guest_agent: true,
+            },
+            recipe,
+        };
+        let image = self.commit(&staged, &manifest)?;
+        progress(&format!("image tiny {} built", &manifest.hash[..12]));
+        Ok(BuildReport {
+            image,
+            cached: false,
+        })
+    }
+}
+
+/// The cache key: every input that shapes the image.
+fn recipe_hash(pinned: &[Pinned]) -> String {
+    let mut h = Sha256::new();
+    h.update(BUILDER_VERSION);
+    for p in pinned {
+        h.update(format!("\npkg {} {}", p.package, p.versions.join(" ")));
+    }
+    for f in [
+        INIT,
+        INITTAB,
+        QGA_START,
+        POWER_BUTTON,
+        PROFILE,
+        MODULES,
+        CMDLINE,
+    ] {
+        h.update(format!("\nfile {}\n", f.len()));
+        h.update(f);
+    }
+    hex::encode(h.finalize())
+}
+
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io_err("listing", dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The one kernel version unpacked under `lib/modules/`.
+fn kernel_version(root: &Path) -> Result<String, ImageError> {
+    let dir = root.join("lib/modules");
+    let mut versions: Vec<String> = list_files(&dir)?
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .collect();
+    match versions.len() {
+        1 => Ok(versions.remove(0)),
+        n => Err(ImageError::Build {
+            detail: format!("expected one kernel under {}, found {n}", dir.display()),
+        }),
+    }
+}
+
+/// Every file of the initramfs: busybox, qemu-ga and exactly the libraries
+/// its dynamic loader resolves, the kernel modules `/init` loads, and the
+/// guest scripts.
+fn initramfs_entries(root: &Path, kver: &str) -> Result<Vec<Entry>, ImageError> {
+    let mut tree = Tree::default();
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "lib64", "var", "root",
+    ] {
+        tree.dir(d);
+    }
+    tree.file("init", 0o755, INIT.as_bytes().to_vec());
+    tree.file("etc/inittab", 0o644, INITTAB.as_bytes().to_vec());
+    tree.file("etc/profile", 0o644, PROFILE.as_bytes().to_vec());
+    tree.file("etc/labspan/modules", 0o644, MODULES.as_bytes().to_vec());
+    tree.file("sbin/labspan-qga", 0o755, QGA_START.as_bytes().to_vec());
+    tree.file(
+        "etc/acpi/PWRF/00000080",
+        0o755,
+        POWER_BUTTON.as_bytes().to_vec(),
+    );
+    tree.file(
+        "etc/hosts",
+        0o644,
+        b"127.0.0.1 localhost\n::1 localhost\n".to_vec(),
+    );
+    tree.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+    );
+    tree.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
+    tree.copy(root, "bin/busybox", 0o755)?;
+    tree.copy(root, "usr/sbin/qemu-ga", 0o755)?;
+    for lib in qemu_ga_libraries(root)? {
+        tree.copy(root, &lib, 0o755)?;
+    }
+    tree.copy(root, "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", 0o755)?;
+    tree.symlink(
+        "lib64/ld-linux-x86-64.so.2",
+        "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    );
+    for m in MODULES.lines().map(str::trim).filter(|m| !m.is_empty()) {
+        tree.copy(root, &format!("lib/modules/{kver}/kernel/{m}"), 0o644)?;
+    }
+    Ok(tree.entries)
+}
+
+/// The libraries qemu-ga needs, as paths relative to `root`, found by the
+/// staged dynamic loader itself (`ld.so --list`) so the answer is the one the
+/// guest will get. A library that resolves outside `root` is missing from
+/// the packages: that is a build error, not a guest that fails at boot.
+fn qemu_ga_libraries(root: &Path) -> Result<Vec<String>, ImageError> {
+    let ld = root.join("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+    let lib_path = format!(
+        "{}:{}",
+        root.join("lib/x86_64-linux-gnu").display(),
+        root.join("usr/lib/x86_64-linux-gnu").display()
+    );
+    let out = apt::run(
+        Command::new(&ld)
+            .args(["--library-path", &lib_path, "--list"])
+            .arg(root.join("usr/sbin/qemu-ga")),
+    )?;
+    let mut libs = Vec::new();
+    for line in out.lines() {
+        let Some((soname, target)) = line.trim().split_once(" => ") else {
+            continue;
+        };
+        let path = target.split(" (").next().unwrap_or("").trim();
+        if soname.contains("ld-linux") {
+            continue;
+        }
+        match Path::new(path).strip_prefix(root) {
+            Ok(rel) => libs.push(rel.to_string_lossy().into_owned()),
+            Err(_) => {
+                return Err(ImageError::Build {
+                    detail: format!(
+                        "qemu-ga needs {soname}, which no downloaded package provides \
+                         (resolved to {path:?})"
+                    ),
+                })
+            }
+        }
+    }
+    Ok(libs)
+}
+
+/// Archive entries with their parent folders added once each.
+#[derive(Default)]
+struct Tree {
+    entries: Vec<Entry>,
+    dirs: Vec<String>,
+}
+
+impl Tree {
+    fn dir(&mut self, path: &str) {
+        if path.is_empty() || self.dirs.iter().any(|d| d == path) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.dirs.push(path.to_string());
+        self.entries.push(Entry::Dir {
+            path: path.to_string(),
+            mode: 0o755,
+        });
+    }
+
+    fn parent(&mut self, path: &str) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) {
+        self.parent(path);
+        self.entries.push(Entry::File {
+            path: path.to_string(),
+            mode,
+            data,
+        });
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.parent(path);
+        self.entries.push(Entry::Symlink {
+            path: path.to_string(),
+            target: target.to_string(),
+        });
+    }
+
+    /// Copies `root/rel` (following symlinks: sonames are links in the .debs).
+    fn copy(&mut self, root: &Path, rel: &str, mode: u32) -> Result<(), ImageError> {
+        let src = root.join(rel);
+        let data = fs::read(&src).map_err(io_err("reading", &src))?;
+        self.file(rel, mode, data);
+        Ok(())
+    }
+}
+
+/// Writes the gzip-compressed newc archive (gzip: the kernel's initramfs
+/// decompressor always has it).
+fn pack(entries: &[Entry], dst: &Path) -> Result<(), ImageError> {
+    let out = fs::File::create(dst).map_err(io_err("creating", dst))?;
+    let started = Instant::now();
+    let mut gzip = Command::new("gzip")
+        .args(["-6", "-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .map_err(|e| ImageError::Tool {
+            command: "gzip".into(),
+            detail: e.to_string(),
+        })?;
+    let mut archive = Vec::new();
+    write_archive(&mut archive, entries).map_err(io_err("archiving into", dst))?;
+    if let Some(mut stdin) = gzip.stdin.take() {
+        stdin
+            .write_all(&archive)
+            .map_err(io_err("compressing", dst))?;
+    }
+    let status = gzip.wait().map_err(io_err("compressing", dst))?;
+    if !status.success() {
+        return Err(ImageError::Tool {
+            command: "gzip".into(),
+            detail: format!("{status}"),
+        });
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "initramfs packed");
+    Ok(())
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# ACPI power button (QMP system_powerdown): shut down cleanly.
+poweroff

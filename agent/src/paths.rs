@@ -1,0 +1,25 @@
+//! Where the agent keeps its state: one folder, `$LABSPAN_STATE` or
+//! `/var/lib/labspan`, holding images, lab records and one folder per VM.
+
+use std::path::{Path, PathBuf};
+
+/// Default state folder.
+pub const DEFAULT_STATE: &str = "/var/lib/labspan";
+
+/// Serial console socket in a VM's folder.
+pub const CONSOLE_SOCKET: &str = "console.sock";
+
+/// The state folder: `$LABSPAN_STATE`, else `/var/lib/labspan`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("LABSPAN_STATE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE))
+}
+
+/// Folder of every VM of `lab`.
+pub fn lab_vms_dir(state: &Path, lab: &str) -> PathBuf {
+    state.join("vms").join(lab)
+}
+
+/// Folder of one VM: pidfile, sockets, overlay.
+pub fn vm_dir(state: &Path, lab: &str, node: &str) -> PathBuf {
+    lab_vms_dir(state, lab).join(node)
+}

@@ -1,0 +1,452 @@
+//! Bringing this host to its plan: VMs stopped, interfaces made, VMs
+//! launched or adopted, guests configured.
+//!
+//! Every step is idempotent and starts from what is really there (VM
+//! folders, QEMU processes, owned interfaces), never from memory, so an agent
+//! killed at any point and started again carries on where it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::join_all;
+use labspan_proto::plan::{HostPlan, LabPlan, VmPlan};
+use sha2::{Digest, Sha256};
+
+use crate::guest::{network_script, shell_quote};
+use crate::image::{Image, ImageError, ImageStore};
+use crate::net::{self, NetError, NetOps};
+use crate::paths;
+use crate::vm::{self, Accel, AccelChoice, ExecOutput, GuestAgent, NicSpec, QgaError, Vm, VmConfig, VmError};
+
+/// How long a guest may take to boot until its agent answers (TCG on a busy
+/// 2-core machine boots a Debian guest in tens of seconds).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one `exec` line of a lab may run.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(300);
+/// ACPI power-down grace before QEMU is told to quit.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the host could not be brought to its plan.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A VM's image is not in the store.
+    #[error("lab \"{lab}\": node \"{vm}\": {source}")]
+    Image { lab: String, vm: String, #[source] source: ImageError },
+    /// The network could not be brought to the plan.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A VM could not be started, stopped or reached.
+    #[error("lab \"{lab}\": {source}")]
+    Vm { lab: String, #[source] source: VmError },
+    /// A configuration step failed inside a guest.
+    #[error("lab \"{lab}\": node \"{vm}\": {step} exited {code}: {stderr}")]
+    Config { lab: String, vm: String, step: String, code: i32, stderr: String },
+    /// The state folder could not be read or written.
+    #[error("{what} {path}: {source}")]
+    State { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    /// No such VM on this host.
+    #[error("lab \"{lab}\" has no running node \"{vm}\" on this host (see `labspan inspect`)")]
+    NoSuchVm { lab: String, vm: String },
+}
+
+/// Progress, reported as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// QEMU is being started for a VM.
+    Launching { lab: String, vm: String },
+    /// A running VM was found and kept (same QEMU process).
+    Adopted { lab: String, vm: String, pid: u32 },
+    /// A VM's QEMU had died, or its definition changed; it is started again.
+    Restarting { lab: String, vm: String, why: String },
+    /// The guest agent answered.
+    Booted { lab: String, vm: String, after: Duration },
+    /// Addresses, files and exec lines are in place.
+    Configured { lab: String, vm: String },
+    /// A VM not in the plan was stopped and removed.
+    Stopped { lab: String, vm: String },
+}
+
+/// What one VM ended up as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmOutcome {
+    pub lab: String,
+    pub vm: String,
+    pub pid: u32,
+    /// `None` when the VM is up and configured, else what went wrong.
+    pub error: Option<String>,
+    pub console: PathBuf,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub vms: Vec<VmOutcome>,
+    /// Interface changes made (0 when the network already matched).
+    pub net_actions: usize,
+}
+
+impl Report {
+    /// True when every VM is up and configured.
+    pub fn ok(&self) -> bool {
+        self.vms.iter().all(|v| v.error.is_none())
+    }
+}
+
+/// The host agent, for the host it runs on.
+pub struct Agent {
+    state: PathBuf,
+    images: ImageStore,
+    accel: AccelChoice,
+}
+
+impl Agent {
+    /// An agent keeping its state in `state` (see `paths::state_dir`).
+    pub fn new(state: PathBuf, accel: AccelChoice) -> Agent {
+        let images = ImageStore::at(state.join("images"));
+        Agent { state, images, accel }
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// Brings the host to `plan`. Inputs are checked first (images present,
+    /// no foreign interface in the way): when they fail nothing is touched.
+    pub async fn apply(&self, plan: &HostPlan, events: &(dyn Fn(Event) + Sync)) -> Result<Report, AgentError> {
+        let images = self.resolve_images(plan)?;
+        let mut kernel = net::KernelNet::connect()?;
+        net::diff(&net::desired_links(plan)?, &kernel.observe().await?)?;
+        self.apply_checked(plan, images, kernel, events).await
+    }
+
+    /// Checks `plan` against this host without changing anything: every
+    /// image is in the store, and no foreign interface is in the way.
+    pub async fn check(&self, plan: &HostPlan) -> Result<(), AgentError> {
+        self.resolve_images(plan)?;
+        let mut kernel = net::KernelNet::connect()?;
+        net::diff(&net::desired_links(plan)?, &kernel.observe().await?)?;
+        Ok(())
+    }
+
+    async fn apply_checked(
+        &self,
+        plan: &HostPlan,
+        images: BTreeMap<(String, String), Image>,
+        mut kernel: net::KernelNet,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<Report, AgentError> {
+
+        let running = self.running_vms()?;
+        let wanted: BTreeMap<(String, String), (&LabPlan, &VmPlan)> = plan
+            .labs
+            .iter()
+            .flat_map(|l| l.vms.iter().map(move |v| ((l.lab.clone(), v.name.clone()), (l, v))))
+            .collect();
+        // Stop what goes away or changes before the network reconcile, which
+        // deletes their taps.
+        let mut kept = BTreeMap::new();
+        for (key, dir) in running {
+            let (lab, name) = key.clone();
+            let Some((_, plan_vm)) = wanted.get(&key) else {
+                self.stop_dir(&lab, &dir).await?;
+                events(Event::Stopped { lab, vm: name });
+                continue;
+            };
+            match vm::adopt(&dir).map_err(|source| AgentError::Vm { lab: lab.clone(), source })? {
+                Some(v) => match mismatch(&v, plan_vm, &images[&key]) {
+                    None => {
+                        kept.insert(key, v);
+                    }
+                    Some(why) => {
+                        events(Event::Restarting { lab: lab.clone(), vm: name, why });
+                        v.stop(STOP_TIMEOUT).await.map_err(|source| AgentError::Vm { lab, source })?;
+                    }
+                },
+                None => {
+                    let why = "its QEMU process is gone".to_string();
+                    events(Event::Restarting { lab: lab.clone(), vm: name.clone(), why });
+                    vm::remove_state(&dir, &name).map_err(|source| AgentError::Vm { lab, source })?;
+                }
+            }
+        }
+        let net_report = net::reconcile_with(&mut kernel, plan).await?;
+        let accel = self.accel(&images).await?;
+        let runs = wanted.iter().map(|(key, (lab, vm))| {
+            let adopted = kept.remove(key);
+            self.bring_up(lab, vm, &images[key], accel, adopted, events)
+        });
+        let vms = join_all(runs.collect::<Vec<_>>()).await;
+        Ok(Report { vms, net_actions: net_report.actions.len() })
+    }
+
+    fn resolve_images(&self, plan: &HostPlan) -> Result<BTreeMap<(String, String), Image>, AgentError> {
+        let mut images = BTreeMap::new();
+        for lab in &plan.labs {
+            for vm in &lab.vms {
+                let image = self.images.get(&vm.image).map_err(|source| AgentError::Image {
+                    lab: lab.lab.clone(),
+                    vm: vm.name.clone(),
+                    source,
+                })?;
+                images.insert((lab.lab.clone(), vm.name.clone()), image);
+            }
+        }
+        Ok(images)
+    }
+
+    /// The accelerator to launch with; `auto` probes KVM once per boot of the
+    /// host, with an image that has a guest agent.
+    async fn accel(&self, images: &BTreeMap<(String, String), Image>) -> Result<Accel, AgentError> {
+        let probe = images.values().find(|i| i.manifest.guest.guest_agent);
+        match probe {
+            Some(image) => vm::accel::resolve(self.accel, &self.state, image)
+                .await
+                .map_err(|source| AgentError::Vm { lab: String::new(), source }),
+            None => Ok(match self.accel {
+                AccelChoice::Kvm => Accel::Kvm,
+                _ => Accel::Tcg,
+            }),
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        lab: &LabPlan,
+        plan: &VmPlan,
+        image: &Image,
+        accel: Accel,
+        adopted: Option<Vm>,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> VmOutcome {
+        let dir = paths::vm_dir(&self.state, &lab.lab, &plan.name);
+        let mut outcome = VmOutcome {
+            lab: lab.lab.clone(),
+            vm: plan.name.clone(),
+            pid: 0,
+            error: None,
+            console: dir.join(paths::CONSOLE_SOCKET),
+        };
+        let result = async {
+            let vm = match adopted {
+                Some(vm) => {
+                    events(Event::Adopted { lab: lab.lab.clone(), vm: plan.name.clone(), pid: vm.pid() });
+                    vm
+                }
+                None => {
+                    events(Event::Launching { lab: lab.lab.clone(), vm: plan.name.clone() });
+                    let cfg = vm_config(plan, image, accel);
+                    vm::launch(&dir, &cfg).await.map_err(|source| AgentError::Vm { lab: lab.lab.clone(), source })?
+                }
+            };
+            outcome.pid = vm.pid();
+            if !image.manifest.guest.guest_agent {
+                return Ok(());
+            }
+            let after = vm
+                .wait_guest_agent(BOOT_TIMEOUT)
+                .await
+                .map_err(|source| AgentError::Vm { lab: lab.lab.clone(), source })?;
+            events(Event::Booted { lab: lab.lab.clone(), vm: plan.name.clone(), after });
+            if self.configure(&lab.lab, plan, &vm).await? {
+                events(Event::Configured { lab: lab.lab.clone(), vm: plan.name.clone() });
+            }
+            Ok::<(), AgentError>(())
+        }
+        .await;
+        outcome.error = result.err().map(|e| e.to_string());
+        outcome
+    }
+
+    /// Applies addresses, files and exec lines unless this boot of the VM
+    /// already has exactly this configuration. Returns whether it ran.
+    async fn configure(&self, lab: &str, plan: &VmPlan, vm: &Vm) -> Result<bool, AgentError> {
+        let marker = vm.dir().join("configured");
+        let stamp = config_stamp(plan, vm.pid());
+        if fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
+            return Ok(false);
+        }
+        let vm_err = |source| AgentError::Vm { lab: lab.to_string(), source };
+        let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(vm_err)?;
+        let mut step = Step { ga: &mut ga, lab, vm: &plan.name, log: String::new() };
+        let mut result = step.run("network setup", &network_script(plan)).await;
+        for file in &plan.config.files {
+            if result.is_err() {
+                break;
+            }
+            result = step.write_file(&file.path, &file.contents).await;
+        }
+        for (i, line) in plan.config.exec.iter().enumerate() {
+            if result.is_err() {
+                break;
+            }
+            result = step.run(&format!("exec line {} `{line}`", i + 1), line).await;
+        }
+        let log = step.log;
+        let log_path = vm.dir().join("exec.log");
+        fs::write(&log_path, &log).map_err(|source| AgentError::State { what: "writing", path: log_path, source })?;
+        result?;
+        fs::write(&marker, stamp).map_err(|source| AgentError::State { what: "writing", path: marker, source })?;
+        Ok(true)
+    }
+
+    /// Every VM folder on this host, by (lab, node).
+    fn running_vms(&self) -> Result<BTreeMap<(String, String), PathBuf>, AgentError> {
+        let mut found = BTreeMap::new();
+        let root = self.state.join("vms");
+        for lab in read_dirs(&root)? {
+            for node in read_dirs(&lab)? {
+                let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                found.insert((name(&lab), name(&node)), node);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn stop_dir(&self, lab: &str, dir: &Path) -> Result<(), AgentError> {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let err = |source| AgentError::Vm { lab: lab.to_string(), source };
+        match vm::adopt(dir).map_err(err)? {
+            Some(v) => v.stop(STOP_TIMEOUT).await.map_err(err)?,
+            None => vm::remove_state(dir, &name).map_err(err)?,
+        }
+        Ok(())
+    }
+
+    /// Stops every VM of `lab` and deletes every interface made for it.
+    /// Idempotent: removing a lab that is not there does nothing.
+    pub async fn remove_lab(&self, lab: &str) -> Result<usize, AgentError> {
+        let vms: Vec<_> = self.running_vms()?.into_iter().filter(|((l, _), _)| l == lab).collect();
+        let stopped = join_all(vms.iter().map(|(_, dir)| self.stop_dir(lab, dir))).await;
+        stopped.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let lab_dir = paths::lab_vms_dir(&self.state, lab);
+        if let Err(source) = fs::remove_dir(&lab_dir) {
+            if source.kind() != std::io::ErrorKind::NotFound {
+                return Err(AgentError::State { what: "removing", path: lab_dir, source });
+            }
+        }
+        net::remove_lab(lab).await?;
+        Ok(vms.len())
+    }
+
+    /// The state of every VM folder on this host: (lab, node) → running VM,
+    /// or `None` when its QEMU is gone.
+    pub fn status(&self) -> Result<BTreeMap<(String, String), Option<Vm>>, AgentError> {
+        self.running_vms()?
+            .into_iter()
+            .map(|((lab, node), dir)| {
+                let vm = vm::adopt(&dir).map_err(|source| AgentError::Vm { lab: lab.clone(), source })?;
+                Ok(((lab, node), vm))
+            })
+            .collect()
+    }
+
+    /// Runs `cmd` with `sh -c` in a VM of this host.
+    pub async fn exec(&self, lab: &str, node: &str, cmd: &str, timeout: Duration) -> Result<ExecOutput, AgentError> {
+        let dir = paths::vm_dir(&self.state, lab, node);
+        let vm = vm::adopt(&dir)
+            .map_err(|source| AgentError::Vm { lab: lab.to_string(), source })?
+            .ok_or_else(|| AgentError::NoSuchVm { lab: lab.to_string(), vm: node.to_string() })?;
+        let err = |source| AgentError::Vm { lab: lab.to_string(), source };
+        let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(err)?;
+        ga.exec_shell(cmd, timeout).await.map_err(|source| err(VmError::Qga { vm: node.to_string(), source }))
+    }
+}
+
+/// One guest's configuration steps, with the log of what they printed.
+struct Step<'a> {
+    ga: &'a mut GuestAgent,
+    lab: &'a str,
+    vm: &'a str,
+    log: String,
+}
+
+impl Step<'_> {
+    fn qga_err(&self, source: QgaError) -> AgentError {
+        AgentError::Vm { lab: self.lab.to_string(), source: VmError::Qga { vm: self.vm.to_string(), source } }
+    }
+
+    /// Runs a shell line; a non-zero exit is an error naming `step`.
+    async fn run(&mut self, step: &str, line: &str) -> Result<(), AgentError> {
+        let out = self.ga.exec_shell(line, EXEC_TIMEOUT).await.map_err(|e| self.qga_err(e))?;
+        self.log.push_str(&exec_log_entry(line, &out));
+        if out.exit_code != 0 {
+            return Err(AgentError::Config {
+                lab: self.lab.to_string(),
+                vm: self.vm.to_string(),
+                step: step.to_string(),
+                code: out.exit_code,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a file, making its folder first.
+    async fn write_file(&mut self, path: &str, contents: &[u8]) -> Result<(), AgentError> {
+        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+            let mkdir = format!("mkdir -p {}", shell_quote(&parent.to_string_lossy()));
+            self.run(&format!("making the folder of {path}"), &mkdir).await?;
+        }
+        self.log.push_str(&format!("# wrote {path} ({} bytes)\n", contents.len()));
+        self.ga.write_file(path, contents).await.map_err(|e| self.qga_err(e))
+    }
+}
+
+/// Why a running VM no longer matches its plan (`None`: it matches).
+fn mismatch(vm: &Vm, plan: &VmPlan, image: &Image) -> Option<String> {
+    let rec = vm.record();
+    if rec.image_hash != image.manifest.hash {
+        return Some(format!("image \"{}\" changed", plan.image));
+    }
+    if rec.spec.memory_mib != plan.memory_mib || rec.spec.cpus != plan.cpus {
+        return Some("memory or cpus changed".into());
+    }
+    if rec.spec.nics != nic_specs(plan) {
+        return Some("its NICs changed".into());
+    }
+    None
+}
+
+fn nic_specs(plan: &VmPlan) -> Vec<NicSpec> {
+    plan.nics.iter().map(|n| NicSpec { tap: n.tap.clone(), mac: n.mac }).collect()
+}
+
+fn vm_config(plan: &VmPlan, image: &Image, accel: Accel) -> VmConfig {
+    VmConfig {
+        name: plan.name.clone(),
+        image: image.clone(),
+        memory_mib: plan.memory_mib,
+        cpus: plan.cpus,
+        accel,
+        nics: nic_specs(plan),
+    }
+}
+
+/// Identifies one boot of a VM with one configuration.
+fn config_stamp(plan: &VmPlan, pid: u32) -> String {
+    let mut h = Sha256::new();
+    h.update(pid.to_le_bytes());
+    h.update(serde_json::to_vec(&(&plan.nics, &plan.config)).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
+fn exec_log_entry(line: &str, out: &ExecOutput) -> String {
+    format!(
+        "$ {line}\n{}{}[exit {}]\n",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.exit_code
+    )
+}
+
+fn read_dirs(dir: &Path) -> Result<BTreeSet<PathBuf>, AgentError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => return Err(AgentError::State { what: "reading", path: dir.to_path_buf(), source }),
+    };
+    Ok(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+}

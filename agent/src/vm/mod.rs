@@ -1,0 +1,528 @@
+//! QEMU guests: launch into a state folder, adopt a running one, talk to its
+//! QMP and guest agent, stop it and clean up.
+//!
+//! A VM's state folder holds everything about it, so that an agent restarted
+//! with no memory finds it again: `qemu.pid`, `qmp.sock`, `console.sock`,
+//! `console.log`, `qga.sock`, `overlay.qcow2` (images with a disk) and
+//! `vm.json` (what was launched).
+
+pub mod accel;
+pub mod qemu;
+pub mod qga;
+pub mod qmp;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::Image;
+pub use accel::AccelChoice;
+pub use qemu::{Accel, LaunchSpec, NicSpec, VmPaths};
+pub use qga::{ExecOutput, GuestAgent, QgaError};
+pub use qmp::{Qmp, QmpError};
+
+/// The QEMU binary (from the `qemu-system-x86` package).
+pub const QEMU: &str = "qemu-system-x86_64";
+/// How long one QMP exchange may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `quit` may take before SIGKILL.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+
+/// Errors about one VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("VM {vm}: {what} {path}: {source}")]
+    Io {
+        vm: String,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("VM {vm}: QEMU failed to start: {detail}")]
+    Start { vm: String, detail: String },
+    #[error("VM {vm} is already running (QEMU pid {pid}) in {dir}")]
+    AlreadyRunning { vm: String, pid: u32, dir: PathBuf },
+    #[error("VM {vm}: the QEMU process (pid {pid}) is gone; last console lines:\n{console}")]
+    Died {
+        vm: String,
+        pid: u32,
+        console: String,
+    },
+    #[error("VM {vm}: its guest agent did not answer within {timeout:?}; last console lines:\n{console}")]
+    AgentTimeout {
+        vm: String,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("VM {vm}: {source}")]
+    Qmp {
+        vm: String,
+        #[source]
+        source: QmpError,
+    },
+    #[error("VM {vm}: {source}")]
+    Qga {
+        vm: String,
+        #[source]
+        source: QgaError,
+    },
+    #[error("VM {vm}: state file {path} is unreadable: {detail}; stop the VM's QEMU and remove {path}'s folder")]
+    BadState {
+        vm: String,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("VM {vm}: image \"{image}\" has no guest agent, which this needs")]
+    NoGuestAgent { vm: String, image: String },
+    #[error("VM {vm}: QEMU pid {pid} did not exit, even after SIGKILL")]
+    Unkillable { vm: String, pid: u32 },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub name: String,
+    pub image: Image,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// Already resolved (see `accel::resolve` for `auto`).
+    pub accel: Accel,
+    pub nics: Vec<NicSpec>,
+}
+
+/// `vm.json`: what was launched, for adoption and for humans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub name: String,
+    pub image: String,
+    pub image_hash: String,
+    pub spec: LaunchSpec,
+}
+
+/// A running VM.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    dir: PathBuf,
+    pid: u32,
+    record: VmRecord,
+}
+
+impl Vm {
+    /// The VM's state folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    /// What was launched.
+    pub fn record(&self) -> &VmRecord {
+        &self.record
+    }
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+    /// The serial console's unix socket.
+    pub fn console_socket(&self) -> &Path {
+        &self.record.spec.paths.console
+    }
+    /// Whether QEMU is still running.
+    pub fn is_running(&self) -> bool {
+        is_our_qemu(self.pid, &self.record.spec.paths.qmp)
+    }
+
+    /// A fresh QMP session.
+    pub async fn qmp(&self) -> Result<Qmp, VmError> {
+        Qmp::connect(&self.record.spec.paths.qmp, QMP_TIMEOUT)
+            .await
+            .map_err(|source| self.qmp_err(source))
+    }
+
+    /// A fresh guest-agent session (one at a time per VM: drop it when done).
+    pub async fn guest_agent(&self, timeout: Duration) -> Result<GuestAgent, VmError> {
+        GuestAgent::connect(&self.record.spec.paths.qga, timeout)
+            .await
+            .map_err(|source| VmError::Qga {
+                vm: self.name().to_string(),
+                source,
+            })
+    }
+
+    /// Waits until the guest agent answers; returns how long that took.
+    pub async fn wait_guest_agent(&self, timeout: Duration) -> Result<Duration, VmError> {
+        let start = Instant::now();
+        loop {
+            if !self.is_running() {
+                return Err(VmError::Died {
+                    vm: self.name().to_string(),
+                    pid: self.pid,
+                    console: self.console_tail(),
+                });
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(VmError::AgentTimeout {
+                    vm: self.name().to_string(),
+                    timeout,
+                    console: self.console_tail(),
+                });
+            }
+            let attempt = left.min(Duration::from_secs(1));
+            match GuestAgent::connect(&self.record.spec.paths.qga, attempt).await {
+                Ok(_) => return Ok(start.elapsed()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100).min(left)).await,
+            }
+        }
+    }
+
+    /// Stops the VM: ACPI power-down, then `quit` after `timeout`, then
+    /// SIGKILL; then removes its state folder (sockets, overlay, pidfile).
+    pub async fn stop(self, timeout: Duration) -> Result<(), VmError> {
+        if self.is_running() {
+            if let Ok(mut q) = self.qmp().await {
+                let _ = q.execute("system_powerdown", None).await;
+            }
+            if !self.wait_exit(timeout).await {
+                if let Ok(mut q) = self.qmp().await {
+                    let _ = q.execute("quit", None).await;
+                }
+                if !self.wait_exit(QUIT_GRACE).await {
+                    self.kill().await?;
+                }
+            }
+        }
+        remove_state(&self.dir, self.name())
+    }
+
+    /// SIGKILLs QEMU (only if the pid is still our QEMU) and waits for it.
+    pub async fn kill(&self) -> Result<(), VmError> {
+        if self.is_running() {
+            let pid = libc::pid_t::try_from(self.pid).unwrap_or(libc::pid_t::MAX);
+            // SAFETY: kill(2) has no memory effects; the pid was just checked
+            // to be our QEMU, so a recycled pid is not hit.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if self.wait_exit(Duration::from_secs(5)).await {
+            Ok(())
+        } else {
+            Err(VmError::Unkillable {
+                vm: self.name().to_string(),
+                pid: self.pid,
+            })
+        }
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while self.is_running() {
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    fn console_tail(&self) -> String {
+        console_tail(&self.record.spec.paths.console_log, 8)
+    }
+
+    fn qmp_err(&self, source: QmpError) -> VmError {
+        VmError::Qmp {
+            vm: self.name().to_string(),
+            source,
+        }
+    }
+}
+
+/// The standard paths inside a VM's state folder.
+pub fn vm_paths(dir: &Path) -> VmPaths {
+    VmPaths {
+        pidfile: dir.join("qemu.pid"),
+        qmp: dir.join("qmp.sock"),
+        console: dir.join(crate::paths::CONSOLE_SOCKET),
+        console_log: dir.join("console.log"),
+        qga: dir.join("qga.sock"),
+    }
+}
+
+/// Starts `cfg` with its state in `dir` (created if needed). Fails if a VM
+/// already runs there. On failure, what this call created is removed.
+pub async fn launch(dir: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
+    if let Some(vm) = adopt(dir)? {
+        return Err(VmError::AlreadyRunning {
+            vm: cfg.name.clone(),
+            pid: vm.pid,
+            dir: dir.to_path_buf(),
+        });
+    }
+    let io = |what, path: &Path| {
+        let (vm, path) = (cfg.name.clone(), path.to_path_buf());
+        move |source| VmError::Io {
+            vm,
+            what,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let paths = vm_paths(dir);
+    for stale in [&paths.pidfile, &paths.qmp, &paths.console, &paths.qga] {
+        let _ = fs::remove_file(stale);
+    }
+    let disk = match cfg.image.disk_path() {
+        Some(base) => Some(ensure_overlay(&cfg.name, &base, &dir.join("overlay.qcow2")).await?),
+        None => None,
+    };
+    let spec = launch_spec(cfg, paths, disk);
+    let record = VmRecord {
+        name: cfg.name.clone(),
+        image: cfg.image.manifest.name.clone(),
+        image_hash: cfg.image.manifest.hash.clone(),
+        spec,
+    };
+    let json_path = dir.join("vm.json");
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| VmError::BadState {
+        vm: cfg.name.clone(),
+        path: json_path.clone(),
+        detail: e.to_string(),
+    })?;
+    fs::write(&json_path, json).map_err(io("writing", &json_path))?;
+    if let Err(e) = spawn_qemu(&record).await {
+        let _ = remove_state(dir, &cfg.name);
+        return Err(e);
+    }
+    let pid = read_pid(&cfg.name, &record.spec.paths.pidfile)?;
+    Ok(Vm {
+        dir: dir.to_path_buf(),
+        pid,
+        record,
+    })
+}
+
+fn launch_spec(cfg: &VmConfig, paths: VmPaths, disk: Option<PathBuf>) -> LaunchSpec {
+    let m = &cfg.image.manifest;
+    let kernel = cfg.image.kernel_path();
+    let cmdline = if kernel.is_some() {
+        format!("{} labspan.hostname={}", m.cmdline, cfg.name)
+    } else {
+        String::new()
+    };
+    LaunchSpec {
+        name: cfg.name.clone(),
+        memory_mib: cfg.memory_mib,
+        cpus: cfg.cpus,
+        accel: cfg.accel,
+        kernel,
+        initrd: cfg.image.initrd_path(),
+        cmdline,
+        disk,
+        nics: cfg.nics.clone(),
+        paths,
+    }
+}
+
+/// Runs QEMU; with `-daemonize` it returns once the guest is set up (or
+/// failed to be), so its exit status and stderr are the launch's verdict.
+async fn spawn_qemu(record: &VmRecord) -> Result<(), VmError> {
+    let out = tokio::process::Command::new(QEMU)
+        .args(qemu::command_line(&record.spec))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| VmError::Start {
+            vm: record.name.clone(),
+            detail: format!("cannot run {QEMU}: {e} (install the qemu-system-x86 package)"),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(VmError::Start {
+        vm: record.name.clone(),
+        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// Creates the VM's qcow2 overlay over the image's base disk, unless one is
+/// already there (a restarted VM keeps its disk).
+async fn ensure_overlay(vm: &str, base: &Path, overlay: &Path) -> Result<PathBuf, VmError> {
+    if overlay.exists() {
+        return Ok(overlay.to_path_buf());
+    }
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => Ok(overlay.to_path_buf()),
+        Ok(o) => Err(VmError::Start {
+            vm: vm.to_string(),
+            detail: format!(
+                "qemu-img could not create the overlay {}: {}",
+                overlay.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        }),
+        Err(e) => Err(VmError::Start {
+            vm: vm.to_string(),
+            detail: format!("cannot run qemu-img: {e} (install the qemu-utils package)"),
+        }),
+    }
+}
+
+/// Finds the VM running from `dir` without touching it: `None` when there
+/// is no pidfile or its process is no longer our QEMU (its `vm.json` is then
+/// still there for the caller to restart it or clean up).
+pub fn adopt(dir: &Path) -> Result<Option<Vm>, VmError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let paths = vm_paths(dir);
+    let pid = match fs::read_to_string(&paths.pidfile) {
+        Ok(s) => match s.trim().parse::<u32>() {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(VmError::Io {
+                vm: name,
+                what: "reading",
+                path: paths.pidfile,
+                source,
+            })
+        }
+    };
+    if !is_our_qemu(pid, &paths.qmp) {
+        return Ok(None);
+    }
+    let record = read_record(dir, &name)?;
+    Ok(Some(Vm {
+        dir: dir.to_path_buf(),
+        pid,
+        record,
+    }))
+}
+
+/// Reads a VM folder's `vm.json`.
+pub fn read_record(dir: &Path, name: &str) -> Result<VmRecord, VmError> {
+    let path = dir.join("vm.json");
+    let bad = |detail: String| VmError::BadState {
+        vm: name.to_string(),
+        path: path.clone(),
+        detail,
+    };
+    let bytes = fs::read(&path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// Removes a stopped VM's state folder; refuses while its QEMU runs.
+pub fn remove_state(dir: &Path, name: &str) -> Result<(), VmError> {
+    if let Some(vm) = adopt(dir)? {
+        return Err(VmError::AlreadyRunning {
+            vm: name.to_string(),
+            pid: vm.pid,
+            dir: dir.to_path_buf(),
+        });
+    }
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(VmError::Io {
+            vm: name.to_string(),
+            what: "removing",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn read_pid(vm: &str, pidfile: &Path) -> Result<u32, VmError> {
+    let s = fs::read_to_string(pidfile).map_err(|source| VmError::Io {
+        vm: vm.to_string(),
+        what: "reading",
+        path: pidfile.to_path_buf(),
+        source,
+    })?;
+    s.trim().parse().map_err(|_| VmError::BadState {
+        vm: vm.to_string(),
+        path: pidfile.to_path_buf(),
+        detail: format!("not a pid: {s:?}"),
+    })
+}
+
+/// Whether `pid` is alive (not a zombie) and is a QEMU serving `qmp`: a
+/// pidfile can outlive its process and the pid be reused by another.
+pub fn is_our_qemu(pid: u32, qmp: &Path) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = fs::read_to_string(proc.join("stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    fs::read(proc.join("cmdline"))
+        .map(|c| cmdline_serves(&c, qmp))
+        .unwrap_or(false)
+}
+
+/// Whether a NUL-separated command line is a QEMU whose QMP socket is `qmp`.
+fn cmdline_serves(cmdline: &[u8], qmp: &Path) -> bool {
+    let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let Some(prog) = args.next() else {
+        return false;
+    };
+    let is_qemu = Path::new(prog.as_ref())
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"));
+    let needle = format!("id=qmp0,path={},", qmp.to_string_lossy().replace(',', ",,"));
+    is_qemu && args.any(|a| a.contains(&needle))
+}
+
+/// The last `n` lines of a console log, for error messages.
+fn console_tail(log: &Path, n: usize) -> String {
+    let text = fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_match_needs_qemu_and_our_socket() {
+        let qmp = Path::new("/s/vms/lab/r1/qmp.sock");
+        let ours = b"/usr/bin/qemu-system-x86_64\0-chardev\0socket,id=qmp0,path=/s/vms/lab/r1/qmp.sock,server=on,wait=off\0";
+        assert!(cmdline_serves(ours, qmp));
+        let other_vm = b"qemu-system-x86_64\0-chardev\0socket,id=qmp0,path=/s/vms/lab/r10/qmp.sock,server=on\0";
+        assert!(!cmdline_serves(other_vm, qmp));
+        let not_qemu = b"/bin/sleep\0socket,id=qmp0,path=/s/vms/lab/r1/qmp.sock,server=on\0";
+        assert!(!cmdline_serves(not_qemu, qmp));
+        assert!(!cmdline_serves(b"", qmp));
+    }
+
+    #[test]
+    fn adopt_without_pidfile_or_with_dead_pid_is_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(adopt(dir.path()).expect("adopt").is_none());
+        // Our own pid is alive but is not QEMU serving that socket.
+        fs::write(dir.path().join("qemu.pid"), std::process::id().to_string()).expect("pidfile");
+        assert!(adopt(dir.path()).expect("adopt").is_none());
+    }
+}

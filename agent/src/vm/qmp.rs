@@ -1,0 +1,223 @@
+//! A small QMP client: JSON lines over QEMU's unix socket.
+//!
+//! Only what labspan needs: the greeting and capability negotiation,
+//! commands with their `return` or `error`, and async events skipped (QEMU
+//! may send an event, e.g. POWERDOWN, before the reply to the command that
+//! caused it).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+/// Errors talking QMP.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("QMP socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP socket {path}: no answer to {what} within {timeout:?}")]
+    Timeout {
+        path: PathBuf,
+        what: String,
+        timeout: Duration,
+    },
+    #[error("QMP socket {path}: QEMU closed the connection during {what}")]
+    Closed { path: PathBuf, what: String },
+    #[error("QMP socket {path}: unexpected message {line:?}")]
+    Protocol { path: PathBuf, line: String },
+    #[error("QMP command {command} failed: {class}: {desc}")]
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
+}
+
+/// One QMP reply or event; unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+struct Message {
+    #[serde(rename = "QMP")]
+    greeting: Option<Value>,
+    #[serde(rename = "return")]
+    ret: Option<Value>,
+    error: Option<ErrorBody>,
+    event: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    class: String,
+    #[serde(default)]
+    desc: String,
+}
+
+/// A connected QMP session in command mode.
+#[derive(Debug)]
+pub struct Qmp {
+    path: PathBuf,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    timeout: Duration,
+}
+
+impl Qmp {
+    /// Connects, reads the greeting and leaves capability-negotiation mode.
+    /// `timeout` bounds every later exchange too.
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
+        let io = |source| QmpError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
+            .await
+            .map_err(|_| QmpError::Timeout {
+                path: path.to_path_buf(),
+                what: "connect".into(),
+                timeout,
+            })?
+            .map_err(io)?;
+        let (r, w) = stream.into_split();
+        let mut qmp = Qmp {
+            path: path.to_path_buf(),
+            reader: BufReader::new(r),
+            writer: w,
+            timeout,
+        };
+        let greeting = qmp.read_message("the greeting").await?;
+        if greeting.greeting.is_none() {
+            return Err(qmp.protocol("greeting"));
+        }
+        qmp.execute("qmp_capabilities", None).await?;
+        Ok(qmp)
+    }
+
+    /// Runs `command` and returns its `return` value.
+    pub async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        let mut req = json!({ "execute": command });
+        if let Some(a) = args {
+            req["arguments"] = a;
+        }
+        let mut line = req.to_string();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        loop {
+            let msg = self.read_message(command).await?;
+            if msg.event.is_some() {
+                continue;
+            }
+            if let Some(e) = msg.error {
+                return Err(QmpError::Command {
+                    command: command.to_string(),
+                    class: e.class,
+                    desc: e.desc,
+                });
+            }
+            if let Some(r) = msg.ret {
+                return Ok(r);
+            }
+            return Err(self.protocol(command));
+        }
+    }
+
+    async fn read_message(&mut self, what: &str) -> Result<Message, QmpError> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(self.timeout, self.reader.read_line(&mut line))
+            .await
+            .map_err(|_| QmpError::Timeout {
+                path: self.path.clone(),
+                what: what.to_string(),
+                timeout: self.timeout,
+            })?
+            .map_err(|source| QmpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(QmpError::Closed {
+                path: self.path.clone(),
+                what: what.to_string(),
+            });
+        }
+        serde_json::from_str(&line).map_err(|_| QmpError::Protocol {
+            path: self.path.clone(),
+            line: line.trim().to_string(),
+        })
+    }
+
+    fn protocol(&self, what: &str) -> QmpError {
+        QmpError::Protocol {
+            path: self.path.clone(),
+            line: format!("(reply to {what} had neither return nor error)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A scripted QMP server: answers each request line with the next
+    /// scripted lines.
+    async fn serve(listener: UnixListener, script: Vec<Vec<&'static str>>) {
+        let (s, _) = listener.accept().await.expect("accept");
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}, \"extra\": 1}\n")
+            .await
+            .expect("greet");
+        for replies in script {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.expect("read") == 0 {
+                return;
+            }
+            for reply in replies {
+                w.write_all(format!("{reply}\n").as_bytes())
+                    .await
+                    .expect("reply");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn skips_events_and_reports_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let server = tokio::spawn(serve(
+            listener,
+            vec![
+                vec![r#"{"return": {}}"#],
+                vec![
+                    r#"{"event": "POWERDOWN", "timestamp": {}}"#,
+                    r#"{"return": {"status": "running", "new": true}}"#,
+                ],
+                vec![r#"{"error": {"class": "GenericError", "desc": "nope"}}"#],
+            ],
+        ));
+        let mut q = Qmp::connect(&path, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let r = q.execute("query-status", None).await.expect("status");
+        assert_eq!(r["status"], "running");
+        let e = q.execute("bogus", None).await.expect_err("error reply");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(e.to_string().contains("nope"), "{e}");
+        server.await.expect("server");
+    }
+}

@@ -1,0 +1,368 @@
+//! Real QEMU (TCG unless the host's KVM proves usable) booting the real
+//! `tiny` image built from Debian packages. Needs root (taps), apt sources,
+//! `qemu-system-x86` and `qemu-utils`; skipped when not root.
+//!
+//! The image store is kept between runs in `$LABSPAN_TEST_IMAGES` (default
+//! `/var/tmp/labspan-test-images`) so only the first run downloads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use labspan_agent::image::{Image, ImageStore, ImportRequest};
+use labspan_agent::vm::{self, Accel, AccelChoice, NicSpec, Vm, VmConfig};
+
+const AGENT_WAIT: Duration = Duration::from_secs(120);
+const EXEC_WAIT: Duration = Duration::from_secs(30);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn store() -> ImageStore {
+    let dir = std::env::var_os("LABSPAN_TEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/labspan-test-images"));
+    ImageStore::at(dir)
+}
+
+/// Builds tiny once per process (tests in this file run in parallel).
+fn tiny() -> Image {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let report = store()
+        .build_tiny(&mut |line| eprintln!("build tiny: {line}"))
+        .expect("tiny image builds");
+    eprintln!(
+        "tiny image {} in {:?} (cached: {})",
+        report.image.manifest.hash,
+        started.elapsed(),
+        report.cached
+    );
+    report.image
+}
+
+/// A unique name for this test process's taps and folders.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A tap made for the test, deleted on drop. Left down on the host side, so
+/// nothing the guest sends goes anywhere.
+struct Tap(String);
+
+impl Tap {
+    fn new() -> Tap {
+        let name = unique("lsvt");
+        let ok = Command::new("ip")
+            .args(["tuntap", "add", "dev", &name, "mode", "tap"])
+            .status()
+            .expect("ip runs");
+        assert!(ok.success(), "creating tap {name}");
+        Tap(name)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Kills the VM's QEMU (by its pid) and removes its folder if a test ends
+/// before stopping it.
+struct VmGuard {
+    dir: PathBuf,
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        if let Ok(Some(vm)) = vm::adopt(&self.dir) {
+            let pid = libc::pid_t::try_from(vm.pid()).unwrap_or(libc::pid_t::MAX);
+            // SAFETY: kill(2) on the pid adopt() just checked is our QEMU.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while vm.is_running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn state_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("labspan-vm-test")
+        .tempdir()
+        .expect("tempdir")
+}
+
+fn kernel_version(image: &Image) -> String {
+    image
+        .manifest
+        .recipe
+        .iter()
+        .find_map(|r| r.strip_prefix("kernel "))
+        .expect("tiny's recipe names its kernel")
+        .to_string()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn boot(dir: &Path, name: &str, image: Image, nics: Vec<NicSpec>) -> Vm {
+    let cfg = VmConfig {
+        name: name.to_string(),
+        image,
+        memory_mib: 256,
+        cpus: 1,
+        accel: Accel::Tcg,
+        nics,
+    };
+    let started = Instant::now();
+    let vm = vm::launch(dir, &cfg).await.expect("QEMU starts");
+    let took = vm
+        .wait_guest_agent(AGENT_WAIT)
+        .await
+        .expect("guest agent answers");
+    eprintln!(
+        "{name}: launch to guest agent {:?} (agent wait {took:?}), QEMU RSS {} KiB",
+        started.elapsed(),
+        rss_kib(vm.pid())
+    );
+    vm
+}
+
+/// Types `line` on the VM's serial console and waits for `expect` in what
+/// comes back (nothing to wait for when `expect` is empty).
+async fn console_answers(vm: &Vm, line: &str, expect: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(vm.console_socket())
+        .await
+        .expect("console socket");
+    s.write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("type");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + EXEC_WAIT;
+    while !expect.is_empty() && !String::from_utf8_lossy(&seen).contains(expect) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => panic!(
+                "console never showed {expect:?}; got {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_guest_runs_commands_files_and_survives_adoption() {
+    if !is_root() {
+        eprintln!("skipped: needs root for taps");
+        return;
+    }
+    let image = tiny();
+    // A second build finds the first in the cache.
+    let again = store().build_tiny(&mut |_| {}).expect("cached build");
+    assert!(again.cached);
+    assert_eq!(again.image, image);
+
+    let state = state_root();
+    let dir = state.path().join("vms").join("t1");
+    let _guard = VmGuard { dir: dir.clone() };
+    let tap = Tap::new();
+    let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    let nics = vec![NicSpec {
+        tap: tap.0.clone(),
+        mac,
+    }];
+    let vm = boot(&dir, "t1", image.clone(), nics).await;
+    let pid = vm.pid();
+
+    let mut ga = vm.guest_agent(EXEC_WAIT).await.expect("agent session");
+    let out = ga.exec("uname", &["-r"], EXEC_WAIT).await.expect("uname");
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        kernel_version(&image)
+    );
+
+    let out = ga
+        .exec_shell("echo oops >&2; exit 3", EXEC_WAIT)
+        .await
+        .expect("exit 3");
+    assert_eq!(out.exit_code, 3);
+    assert_eq!(out.stderr, b"oops\n");
+
+    // The tap's MAC is the guest NIC's, and the hostname came from the
+    // kernel command line.
+    let out = ga
+        .exec_shell("cat /sys/class/net/eth0/address; hostname", EXEC_WAIT)
+        .await
+        .expect("nic");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "52:54:00:12:34:56\nt1\n"
+    );
+
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ga.write_file("/tmp/blob", &data).await.expect("write file");
+    assert_eq!(ga.read_file("/tmp/blob").await.expect("read file"), data);
+    let out = ga
+        .exec("wc", &["-c", "/tmp/blob"], EXEC_WAIT)
+        .await
+        .expect("wc");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("200000 "));
+    drop(ga);
+
+    // The serial console has a shell, and a new one after `exit`.
+    console_answers(&vm, "echo lab$((6*7))", "lab42").await;
+    console_answers(&vm, "exit", "").await;
+    console_answers(&vm, "echo again$((1+1))", "again2").await;
+
+    // Forget every handle, then find the same QEMU again from the folder.
+    drop(vm);
+    let vm = vm::adopt(&dir).expect("adopt").expect("VM still running");
+    assert_eq!(vm.pid(), pid);
+    let mut ga = vm.guest_agent(EXEC_WAIT).await.expect("agent after adopt");
+    // Same boot: the file written before is still there.
+    assert_eq!(
+        ga.read_file("/tmp/blob").await.expect("read").len(),
+        data.len()
+    );
+    drop(ga);
+
+    let qmp_sock = vm.record().spec.paths.qmp.clone();
+    vm.stop(Duration::from_secs(30)).await.expect("stop");
+    assert!(!vm::is_our_qemu(pid, &qmp_sock), "QEMU {pid} still running");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists() || !vm::is_our_qemu(pid, &qmp_sock));
+    assert!(!dir.exists(), "state folder {} left behind", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_image_gets_an_overlay_that_stop_removes() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tiny = tiny();
+    let state = state_root();
+    // A user's image: an empty qcow2 disk booted with tiny's kernel and
+    // initramfs, imported into a store of its own.
+    let disk = state.path().join("user.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .expect("qemu-img runs");
+    assert!(ok.success());
+    let kernel = tiny.kernel_path().expect("kernel");
+    let initrd = tiny.initrd_path().expect("initrd");
+    let user_store = ImageStore::at(state.path().join("images"));
+    let image = user_store
+        .import(&ImportRequest {
+            name: "withdisk",
+            disk: &disk,
+            kernel: Some(&kernel),
+            initrd: Some(&initrd),
+            cmdline: Some(&tiny.manifest.cmdline),
+        })
+        .expect("import");
+
+    let dir = state.path().join("vms").join("d1");
+    let _guard = VmGuard { dir: dir.clone() };
+    let vm = boot(&dir, "d1", image, Vec::new()).await;
+    let overlay = dir.join("overlay.qcow2");
+    assert!(overlay.is_file());
+    let mut ga = vm.guest_agent(EXEC_WAIT).await.expect("agent");
+    // The guest sees the disk (64 MiB = 131072 sectors).
+    let out = ga
+        .exec("cat", &["/sys/block/vda/size"], EXEC_WAIT)
+        .await
+        .expect("cat");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "131072");
+    drop(ga);
+    let pid = vm.pid();
+    let qmp_sock = vm.record().spec.paths.qmp.clone();
+    vm.stop(Duration::from_secs(30)).await.expect("stop");
+    assert!(!vm::is_our_qemu(pid, &qmp_sock));
+    assert!(!overlay.exists() && !dir.exists());
+    // The image's base disk is untouched.
+    assert!(user_store
+        .get("withdisk")
+        .expect("still there")
+        .disk_path()
+        .expect("disk")
+        .is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_accel_picks_one_that_boots_and_caches_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let image = tiny();
+    let state = state_root();
+    let started = Instant::now();
+    let accel = vm::accel::resolve(AccelChoice::Auto, state.path(), &image)
+        .await
+        .expect("auto resolves");
+    eprintln!(
+        "auto accelerator: {accel:?} (decided in {:?})",
+        started.elapsed()
+    );
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    // With a /dev/kvm to try, the verdict came from a probe and is cached.
+    assert_eq!(
+        state.path().join(vm::accel::PROBE_CACHE).is_file(),
+        kvm_opens
+    );
+    assert!(
+        !state.path().join("accel-probe").exists(),
+        "probe VM left behind"
+    );
+    // Asking again answers from the cache, the same way.
+    let again = vm::accel::resolve(AccelChoice::Auto, state.path(), &image)
+        .await
+        .expect("auto resolves again");
+    assert_eq!(again, accel);
+
+    let dir = state.path().join("vms").join("a1");
+    let _guard = VmGuard { dir: dir.clone() };
+    let cfg = VmConfig {
+        name: "a1".into(),
+        image,
+        memory_mib: 256,
+        cpus: 1,
+        accel,
+        nics: Vec::new(),
+    };
+    let vm = vm::launch(&dir, &cfg).await.expect("launch");
+    vm.wait_guest_agent(AGENT_WAIT)
+        .await
+        .expect("the chosen accelerator boots the guest");
+    vm.stop(Duration::from_secs(30)).await.expect("stop");
+}

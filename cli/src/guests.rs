@@ -1,0 +1,33 @@
+//! Running commands in this machine's guests, for `verify` and `exec`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use labspan_agent::reconcile::Agent;
+use labspan_agent::verify::GuestExec;
+use labspan_agent::vm::ExecOutput;
+use labspan_proto::lab::Lab;
+
+/// How long one check command may run in the guest.
+const CHECK_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The guests of one lab on this machine.
+pub struct LocalGuests<'a> {
+    pub agent: &'a Agent,
+    pub lab: &'a str,
+}
+
+impl GuestExec for LocalGuests<'_> {
+    async fn exec(&self, node: &str, cmd: &str) -> Result<ExecOutput, String> {
+        self.agent.exec(self.lab, node, cmd, CHECK_EXEC_TIMEOUT).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Every node's addresses, for checks that name a node instead of an address.
+pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpAddr>> {
+    lab.nodes
+        .iter()
+        .map(|(name, node)| (name.clone(), node.nics.values().flat_map(|n| n.ip.iter().map(|ip| ip.addr())).collect()))
+        .collect()
+}

@@ -1,0 +1,120 @@
+//! Why a placement is impossible, in words that say what runs short and by
+//! how much.
+
+use super::memory::MibPair;
+
+/// Why no placement exists (or the input is malformed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    /// There is no host at all.
+    #[error("no host is up: add a host to the hosts file or start an agent")]
+    NoHosts,
+    /// An index in the problem points nowhere (a bug in the caller).
+    #[error("invalid placement input: {0}")]
+    InvalidInput(String),
+    /// A pin names a host that is not up.
+    #[error("node \"{node}\": pinned to host \"{host}\", which is not up (hosts: {known})")]
+    PinnedHostMissing {
+        /// The pinned node.
+        node: String,
+        /// The host it is pinned to.
+        host: String,
+        /// The hosts that are up, comma separated.
+        known: String,
+    },
+    /// A pin names a label that no host carries.
+    #[error("node \"{node}\": pinned to label \"{label}\", but no host that is up has it")]
+    PinnedLabelMissing {
+        /// The pinned node.
+        node: String,
+        /// The label.
+        label: String,
+    },
+    /// The members of a `together` group are pinned to disjoint hosts.
+    #[error("together [{group}]: its members' pins allow no common host")]
+    TogetherPinsConflict {
+        /// The group's members, comma separated.
+        group: String,
+    },
+    /// A `spread` group contains two members of one `together` group.
+    #[error(
+        "spread [{group}]: \"{a}\" and \"{b}\" must also run together; drop one of the two hints"
+    )]
+    SpreadConflictsTogether {
+        /// The spread group's members.
+        group: String,
+        /// First member.
+        a: String,
+        /// Second member.
+        b: String,
+    },
+    /// A node's memory exceeds what any allowed host has free.
+    #[error("node \"{node}\": needs {}, largest free on any host is {} ({host})", .sizes.need(), .sizes.free())]
+    NodeMemory {
+        /// The node.
+        node: String,
+        /// Needed and largest free memory.
+        sizes: MibPair,
+        /// The host with the most free memory it may use.
+        host: String,
+    },
+    /// A `together` group's memory exceeds what any allowed host has free.
+    #[error("together [{group}]: needs {} on one host, largest free on any host is {} ({host})", .sizes.need(), .sizes.free())]
+    TogetherMemory {
+        /// The group's members.
+        group: String,
+        /// Needed and largest free memory.
+        sizes: MibPair,
+        /// The host with the most free memory.
+        host: String,
+    },
+    /// A node (or together group) needs more vCPUs than any allowed host has free.
+    #[error("{what}: needs {need} vCPUs, largest free on any host is {free} ({host}); raise cpu_overcommit or add CPUs")]
+    Vcpus {
+        /// `node "x"` or `together [..]`.
+        what: String,
+        /// vCPUs needed.
+        need: u64,
+        /// Most free vCPUs on an allowed host.
+        free: u64,
+        /// That host.
+        host: String,
+    },
+    /// A `spread` group needs more distinct hosts than its pins allow.
+    #[error("spread [{group}] needs {need} hosts{}, {up} {}", .label.as_ref().map(|l| format!(" labelled \"{l}\"")).unwrap_or_default(), if *.up == 1 { "is up" } else { "are up" })]
+    SpreadShort {
+        /// The group's members.
+        group: String,
+        /// Distinct hosts needed.
+        need: usize,
+        /// The label all members are pinned to, if any.
+        label: Option<String>,
+        /// Distinct hosts available to the group.
+        up: usize,
+    },
+    /// All nodes together need more memory than all hosts have free.
+    #[error("the lab needs {} of memory in all, the hosts have {} free: add hosts or shrink nodes", .sizes.need(), .sizes.free())]
+    TotalMemory {
+        /// Needed and free memory.
+        sizes: MibPair,
+    },
+    /// All nodes together need more vCPUs than all hosts have free.
+    #[error("the lab needs {need} vCPUs in all, the hosts have {free} free: raise cpu_overcommit or add hosts")]
+    TotalVcpus {
+        /// vCPUs needed.
+        need: u64,
+        /// vCPUs free.
+        free: u64,
+    },
+    /// The nodes fit in total but could not be packed (free memory is split
+    /// in pieces too small for what is left).
+    #[error("node \"{node}\": needs {}, largest free piece left after placing the others is {} ({host}); free memory is too fragmented: add a host or pin big nodes", .sizes.need(), .sizes.free())]
+    Fragmented {
+        /// The first node that did not fit.
+        node: String,
+        /// Needed and largest free memory at that point.
+        sizes: MibPair,
+        /// Host with the largest free piece.
+        host: String,
+    },
+}

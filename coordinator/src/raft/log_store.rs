@@ -1,0 +1,227 @@
+//! The Raft log and vote, in redb.
+//!
+//! Every write is one redb transaction committed with redb's default
+//! durability (`Immediate`: fsync before `commit` returns), so an entry or a
+//! vote is on disk before openraft is told it is: nothing acknowledged is lost.
+//! Entries and metadata are encoded with the codec, so a store written by an
+//! incompatible release is refused with a version error, not misread.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use labspan_proto::codec;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{NodeId, TypeConfig};
+
+/// Log index → encoded entry.
+const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_logs");
+/// Named metadata: vote, committed, last purged log id.
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// The redb-backed Raft log and vote; cheap to clone (one shared database).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+fn io(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+/// Reads one codec-encoded value of META, or `None` if absent.
+pub(super) fn read_meta<T: DeserializeOwned>(
+    db: &Database,
+    key: &str,
+    subject: ErrorSubject<NodeId>,
+) -> StorageResult<Option<T>> {
+    let err = |e: redb::Error| io(subject.clone(), ErrorVerb::Read, e);
+    let txn = db.begin_read().map_err(|e| err(e.into()))?;
+    let table = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(err(e.into())),
+    };
+    let Some(bytes) = table.get(key).map_err(|e| err(e.into()))? else {
+        return Ok(None);
+    };
+    let value =
+        codec::decode(bytes.value()).map_err(|e| io(subject.clone(), ErrorVerb::Read, e))?;
+    Ok(Some(value))
+}
+
+/// Writes one codec-encoded value into META and commits durably.
+pub(super) fn write_meta<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    subject: ErrorSubject<NodeId>,
+) -> StorageResult<()> {
+    let err = |e: redb::Error| io(subject.clone(), ErrorVerb::Write, e);
+    let bytes = codec::encode(value).map_err(|e| io(subject.clone(), ErrorVerb::Write, e))?;
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        let mut table = txn.open_table(META).map_err(|e| err(e.into()))?;
+        table
+            .insert(key, bytes.as_slice())
+            .map_err(|e| err(e.into()))?;
+    }
+    txn.commit().map_err(|e| err(e.into()))
+}
+
+impl LogStore {
+    /// Wraps `db`, creating the tables if this is a new store.
+    pub fn new(db: Arc<Database>) -> StorageResult<Self> {
+        let err = |e: redb::Error| io(ErrorSubject::Store, ErrorVerb::Write, e);
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        txn.open_table(LOGS).map_err(|e| err(e.into()))?;
+        txn.open_table(META).map_err(|e| err(e.into()))?;
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok(Self { db })
+    }
+
+    fn last_purged(&self) -> StorageResult<Option<LogId<NodeId>>> {
+        read_meta(&self.db, KEY_LAST_PURGED, ErrorSubject::Store)
+    }
+
+    fn last_entry_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
+        let err = |e: redb::Error| io(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(LOGS).map_err(|e| err(e.into()))?;
+        let Some((_, bytes)) = table.last().map_err(|e| err(e.into()))? else {
+            return Ok(None);
+        };
+        let entry: Entry<TypeConfig> =
+            codec::decode(bytes.value()).map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        Ok(Some(entry.log_id))
+    }
+
+    /// Deletes entries whose index is in `range`, in one durable transaction,
+    /// after optionally recording the last purged id in the same transaction.
+    fn delete_range(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        purged: Option<&LogId<NodeId>>,
+    ) -> StorageResult<()> {
+        let err = |e: redb::Error| io(ErrorSubject::Logs, ErrorVerb::Delete, e);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut logs = txn.open_table(LOGS).map_err(|e| err(e.into()))?;
+            logs.retain_in(range, |_, _| false)
+                .map_err(|e| err(e.into()))?;
+            if let Some(purged) = purged {
+                let bytes = codec::encode(purged)
+                    .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, e))?;
+                let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+                meta.insert(KEY_LAST_PURGED, bytes.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let err = |e: redb::Error| io(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(LOGS).map_err(|e| err(e.into()))?;
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        let mut out = Vec::new();
+        for item in table.range::<u64>(bounds).map_err(|e| err(e.into()))? {
+            let (_, bytes) = item.map_err(|e| err(e.into()))?;
+            let entry = codec::decode(bytes.value())
+                .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id = self.last_purged()?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        write_meta(&self.db, KEY_VOTE, vote, ErrorSubject::Vote)
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        read_meta(&self.db, KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        write_meta(&self.db, KEY_COMMITTED, &committed, ErrorSubject::Store)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(read_meta(&self.db, KEY_COMMITTED, ErrorSubject::Store)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let err = |e: redb::Error| io(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            let mut table = txn.open_table(LOGS).map_err(|e| err(e.into()))?;
+            for entry in entries {
+                let bytes = codec::encode(&entry)
+                    .map_err(|e| io(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+                table
+                    .insert(entry.log_id.index, bytes.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+        }
+        // commit() returns after fsync: only then is the append reported done.
+        txn.commit().map_err(|e| err(e.into()))?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.delete_range((Bound::Included(log_id.index), Bound::Unbounded), None)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.delete_range(
+            (Bound::Unbounded, Bound::Included(log_id.index)),
+            Some(&log_id),
+        )
+    }
+}

@@ -1,0 +1,340 @@
+//! The replicated cluster state and the pure function that applies a command.
+//!
+//! Every replica applies the same commands in the same order, so `apply` must
+//! be deterministic: no clock, no randomness, no I/O. A command that is not
+//! valid against the current state is *rejected* (its result says why) and
+//! leaves the state untouched; it is still a committed log entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Lowest VNI labspan hands out; lower ones are left to the site's own use.
+pub const FIRST_VNI: u32 = 4096;
+/// Highest VXLAN network identifier (24 bits).
+pub const LAST_VNI: u32 = (1 << 24) - 1;
+
+/// What a lab host offers to labs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub memory_mib: u64,
+    pub vcpus: u64,
+}
+
+/// A lab host, as registered by its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub capacity: Capacity,
+    /// Free-form labels that placement hints select on.
+    pub labels: BTreeSet<String>,
+    /// Underlay address VXLAN packets to this host are sent to.
+    pub vtep: IpAddr,
+    /// False once heartbeats stopped (only transitions are logged).
+    pub up: bool,
+}
+
+/// Where a lab is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabStatus {
+    /// Accepted, not yet placed.
+    Pending,
+    /// Placed; agents are bringing it up.
+    Deploying,
+    /// Every VM is up.
+    Running,
+    /// Could not be brought up; the reason is for the user.
+    Failed { reason: String },
+    /// Being torn down.
+    Deleting,
+}
+
+/// A lab as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabRecord {
+    /// The lab as submitted (opaque here: the lab file bundle, encoded by the CLI).
+    pub spec: Vec<u8>,
+    /// Segment key → VNI, stable for the life of the lab.
+    pub vnis: BTreeMap<String, u32>,
+    /// Node name → host name; empty until placed.
+    pub placement: BTreeMap<String, String>,
+    pub status: LabStatus,
+}
+
+/// Everything the coordinators agree on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub hosts: BTreeMap<String, Host>,
+    pub labs: BTreeMap<String, LabRecord>,
+    /// VNI → (lab, segment) that holds it: the allocator's used set.
+    pub vni_owners: BTreeMap<u32, (String, String)>,
+}
+
+/// A change to the cluster state: the payload of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds a host or updates what it offers (re-registration after a restart).
+    RegisterHost {
+        name: String,
+        capacity: Capacity,
+        labels: BTreeSet<String>,
+        vtep: IpAddr,
+    },
+    /// Marks a host up or down (heartbeats started or stopped).
+    SetHostUp { name: String, up: bool },
+    /// Forgets a host that no lab is placed on.
+    RemoveHost { name: String },
+    /// Adds a lab and allocates a VNI per segment.
+    CreateLab {
+        name: String,
+        spec: Vec<u8>,
+        segments: BTreeSet<String>,
+    },
+    /// Replaces a lab's spec; kept segments keep their VNI.
+    UpdateLabSpec {
+        name: String,
+        spec: Vec<u8>,
+        segments: BTreeSet<String>,
+    },
+    /// Records where each node of a lab runs (decided by the leader).
+    SetPlacement {
+        lab: String,
+        placement: BTreeMap<String, String>,
+    },
+    /// Records a lab's status.
+    SetLabStatus { lab: String, status: LabStatus },
+    /// Forgets a lab and frees its VNIs.
+    DeleteLab { name: String },
+}
+
+/// What an accepted command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// The state changed (or already was as asked).
+    Done,
+    /// The lab's segments and their VNIs after the command.
+    Vnis(BTreeMap<String, u32>),
+}
+
+/// Why a command was refused; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("host {0:?} is not registered")]
+    UnknownHost(String),
+    #[error("lab {0:?} does not exist")]
+    UnknownLab(String),
+    #[error("lab {0:?} already exists; delete it first or update its spec")]
+    LabExists(String),
+    #[error("host {host:?} still runs nodes of lab {lab:?}; delete or move the lab first")]
+    HostInUse { host: String, lab: String },
+    #[error("lab {lab:?}: node {node:?} is placed on unknown host {host:?}")]
+    PlacementOnUnknownHost {
+        lab: String,
+        node: String,
+        host: String,
+    },
+    #[error(
+        "no free VNI left for lab {lab:?} (need {needed}, {free} free in {FIRST_VNI}..={LAST_VNI})"
+    )]
+    VnisExhausted {
+        lab: String,
+        needed: usize,
+        free: usize,
+    },
+}
+
+/// The result of applying one command, returned to whoever proposed it.
+pub type CommandResult = Result<Applied, Rejection>;
+
+impl ClusterState {
+    /// Applies `cmd`; on rejection the state is unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::RegisterHost {
+                name,
+                capacity,
+                labels,
+                vtep,
+            } => {
+                let up = self.hosts.get(name).is_none_or(|h| h.up);
+                let host = Host {
+                    capacity: *capacity,
+                    labels: labels.clone(),
+                    vtep: *vtep,
+                    up,
+                };
+                self.hosts.insert(name.clone(), host);
+                Ok(Applied::Done)
+            }
+            Command::SetHostUp { name, up } => {
+                let host = self
+                    .hosts
+                    .get_mut(name)
+                    .ok_or_else(|| Rejection::UnknownHost(name.clone()))?;
+                host.up = *up;
+                Ok(Applied::Done)
+            }
+            Command::RemoveHost { name } => self.remove_host(name),
+            Command::CreateLab {
+                name,
+                spec,
+                segments,
+            } => self.create_lab(name, spec, segments),
+            Command::UpdateLabSpec {
+                name,
+                spec,
+                segments,
+            } => self.update_lab(name, spec, segments),
+            Command::SetPlacement { lab, placement } => self.set_placement(lab, placement),
+            Command::SetLabStatus { lab, status } => {
+                let rec = self.lab_mut(lab)?;
+                rec.status = status.clone();
+                Ok(Applied::Done)
+            }
+            Command::DeleteLab { name } => {
+                self.labs
+                    .remove(name)
+                    .ok_or_else(|| Rejection::UnknownLab(name.clone()))?;
+                self.vni_owners.retain(|_, (lab, _)| lab != name);
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn lab_mut(&mut self, name: &str) -> Result<&mut LabRecord, Rejection> {
+        self.labs
+            .get_mut(name)
+            .ok_or_else(|| Rejection::UnknownLab(name.to_string()))
+    }
+
+    fn remove_host(&mut self, name: &str) -> CommandResult {
+        if !self.hosts.contains_key(name) {
+            return Err(Rejection::UnknownHost(name.to_string()));
+        }
+        let user = self
+            .labs
+            .iter()
+            .find(|(_, rec)| rec.placement.values().any(|h| h == name));
+        if let Some((lab, _)) = user {
+            return Err(Rejection::HostInUse {
+                host: name.to_string(),
+                lab: lab.clone(),
+            });
+        }
+        self.hosts.remove(name);
+        Ok(Applied::Done)
+    }
+
+    fn create_lab(
+        &mut self,
+        name: &str,
+        spec: &[u8],
+        segments: &BTreeSet<String>,
+    ) -> CommandResult {
+        if self.labs.contains_key(name) {
+            return Err(Rejection::LabExists(name.to_string()));
+        }
+        let vnis = self.allocate(name, segments.iter())?;
+        let record = LabRecord {
+            spec: spec.to_vec(),
+            vnis: vnis.clone(),
+            placement: BTreeMap::new(),
+            status: LabStatus::Pending,
+        };
+        self.labs.insert(name.to_string(), record);
+        Ok(Applied::Vnis(vnis))
+    }
+
+    fn update_lab(
+        &mut self,
+        name: &str,
+        spec: &[u8],
+        segments: &BTreeSet<String>,
+    ) -> CommandResult {
+        let old = self
+            .labs
+            .get(name)
+            .ok_or_else(|| Rejection::UnknownLab(name.to_string()))?;
+        let kept: BTreeMap<String, u32> = old
+            .vnis
+            .iter()
+            .filter(|(seg, _)| segments.contains(*seg))
+            .map(|(s, v)| (s.clone(), *v))
+            .collect();
+        let new_segments = segments.iter().filter(|s| !kept.contains_key(*s));
+        // Allocate before freeing so a failed update leaves everything as it was.
+        let mut vnis = self.allocate(name, new_segments)?;
+        vnis.extend(kept);
+        self.vni_owners
+            .retain(|vni, (lab, _)| lab != name || vnis.values().any(|v| v == vni));
+        let rec = self.lab_mut(name)?;
+        rec.spec = spec.to_vec();
+        rec.vnis = vnis.clone();
+        Ok(Applied::Vnis(vnis))
+    }
+
+    fn set_placement(&mut self, lab: &str, placement: &BTreeMap<String, String>) -> CommandResult {
+        if let Some((node, host)) = placement.iter().find(|(_, h)| !self.hosts.contains_key(*h)) {
+            return Err(Rejection::PlacementOnUnknownHost {
+                lab: lab.to_string(),
+                node: node.clone(),
+                host: host.clone(),
+            });
+        }
+        let rec = self.lab_mut(lab)?;
+        rec.placement = placement.clone();
+        Ok(Applied::Done)
+    }
+
+    /// Gives each of `segments` of `lab` the lowest free VNI, all or none.
+    fn allocate<'a>(
+        &mut self,
+        lab: &str,
+        segments: impl Iterator<Item = &'a String>,
+    ) -> Result<BTreeMap<String, u32>, Rejection> {
+        let segments: Vec<&String> = segments.collect();
+        let free = lowest_free(&self.vni_owners, segments.len());
+        if free.len() < segments.len() {
+            return Err(Rejection::VnisExhausted {
+                lab: lab.to_string(),
+                needed: segments.len(),
+                free: free.len(),
+            });
+        }
+        let mut out = BTreeMap::new();
+        for (seg, vni) in segments.into_iter().zip(free) {
+            self.vni_owners.insert(vni, (lab.to_string(), seg.clone()));
+            out.insert(seg.clone(), vni);
+        }
+        Ok(out)
+    }
+}
+
+/// Up to `n` lowest VNIs in `FIRST_VNI..=LAST_VNI` not in `used`.
+fn lowest_free(used: &BTreeMap<u32, (String, String)>, n: usize) -> Vec<u32> {
+    lowest_free_in(used, n, FIRST_VNI, LAST_VNI)
+}
+
+/// Up to `n` lowest values in `first..=last` not in `used`.
+fn lowest_free_in(
+    used: &BTreeMap<u32, (String, String)>,
+    n: usize,
+    first: u32,
+    last: u32,
+) -> Vec<u32> {
+    let mut out = Vec::with_capacity(n.min(1024));
+    let mut used_iter = used.keys().copied().peekable();
+    let mut candidate = first;
+    while out.len() < n && candidate <= last {
+        // Skip used VNIs below the candidate, then test it.
+        while used_iter.next_if(|&u| u < candidate).is_some() {}
+        if used_iter.next_if_eq(&candidate).is_none() {
+            out.push(candidate);
+        }
+        candidate += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

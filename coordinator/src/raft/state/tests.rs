@@ -1,0 +1,188 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+
+fn segs(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn register(name: &str) -> Command {
+    Command::RegisterHost {
+        name: name.into(),
+        capacity: Capacity {
+            memory_mib: 16384,
+            vcpus: 8,
+        },
+        labels: segs(&["ssd"]),
+        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+    }
+}
+
+fn create(name: &str, segments: &[&str]) -> Command {
+    Command::CreateLab {
+        name: name.into(),
+        spec: name.as_bytes().to_vec(),
+        segments: segs(segments),
+    }
+}
+
+fn vnis(result: CommandResult) -> BTreeMap<String, u32> {
+    match result {
+        Ok(Applied::Vnis(v)) => v,
+        other => panic!("expected VNIs, got {other:?}"),
+    }
+}
+
+#[test]
+fn vnis_are_lowest_free_from_4096() {
+    let mut s = ClusterState::default();
+    let a = vnis(s.apply(&create("a", &["l1", "l2"])));
+    assert_eq!(
+        a,
+        BTreeMap::from([("l1".into(), 4096), ("l2".into(), 4097)])
+    );
+    let b = vnis(s.apply(&create("b", &["x"])));
+    assert_eq!(b["x"], 4098);
+    // Freed VNIs are reused, lowest first.
+    assert_eq!(
+        s.apply(&Command::DeleteLab { name: "a".into() }),
+        Ok(Applied::Done)
+    );
+    let c = vnis(s.apply(&create("c", &["p", "q", "r"])));
+    assert_eq!(
+        c.values().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([4096, 4097, 4099])
+    );
+}
+
+#[test]
+fn update_keeps_vnis_of_kept_segments() {
+    let mut s = ClusterState::default();
+    let before = vnis(s.apply(&create("a", &["l1", "l2", "l3"])));
+    let update = Command::UpdateLabSpec {
+        name: "a".into(),
+        spec: b"v2".to_vec(),
+        segments: segs(&["l1", "l3", "l4"]),
+    };
+    let after = vnis(s.apply(&update));
+    assert_eq!(after["l1"], before["l1"]);
+    assert_eq!(after["l3"], before["l3"]);
+    // l2's VNI was still held while l4 was allocated, so l4 gets the next one.
+    assert_eq!(after["l4"], 4099);
+    assert!(!s.vni_owners.contains_key(&before["l2"]));
+    assert_eq!(s.labs["a"].spec, b"v2");
+}
+
+#[test]
+fn same_commands_give_same_state() {
+    let cmds = vec![
+        register("h1"),
+        create("a", &["s"]),
+        create("b", &["t", "u"]),
+    ];
+    let (mut s1, mut s2) = (ClusterState::default(), ClusterState::default());
+    for c in &cmds {
+        let _ = s1.apply(c);
+        let _ = s2.apply(c);
+    }
+    assert_eq!(s1, s2);
+}
+
+#[test]
+fn duplicate_lab_is_rejected_and_changes_nothing() {
+    let mut s = ClusterState::default();
+    let _ = s.apply(&create("a", &["s"]));
+    let before = s.clone();
+    assert_eq!(
+        s.apply(&create("a", &["z"])),
+        Err(Rejection::LabExists("a".into()))
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
+fn free_vnis_run_out_at_the_end_of_the_range() {
+    let mut used = BTreeMap::new();
+    used.insert(4097, ("a".to_string(), "s".to_string()));
+    assert_eq!(lowest_free_in(&used, 5, 4096, 4099), vec![4096, 4098, 4099]);
+    assert_eq!(lowest_free_in(&used, 1, 4096, 4099), vec![4096]);
+    assert!(lowest_free_in(&used, 1, 4097, 4097).is_empty());
+    assert_eq!(lowest_free(&BTreeMap::new(), 1), vec![FIRST_VNI]);
+}
+
+#[test]
+fn host_lifecycle() {
+    let mut s = ClusterState::default();
+    assert_eq!(
+        s.apply(&Command::SetHostUp {
+            name: "h1".into(),
+            up: false
+        }),
+        Err(Rejection::UnknownHost("h1".into()))
+    );
+    assert_eq!(s.apply(&register("h1")), Ok(Applied::Done));
+    assert!(s.hosts["h1"].up);
+    let _ = s.apply(&Command::SetHostUp {
+        name: "h1".into(),
+        up: false,
+    });
+    // Re-registering keeps the up/down state: only heartbeats change it.
+    let _ = s.apply(&register("h1"));
+    assert!(!s.hosts["h1"].up);
+    let _ = s.apply(&create("a", &["s"]));
+    let placement = BTreeMap::from([("r1".to_string(), "h1".to_string())]);
+    let set = Command::SetPlacement {
+        lab: "a".into(),
+        placement,
+    };
+    assert_eq!(s.apply(&set), Ok(Applied::Done));
+    assert_eq!(
+        s.apply(&Command::RemoveHost { name: "h1".into() }),
+        Err(Rejection::HostInUse {
+            host: "h1".into(),
+            lab: "a".into()
+        })
+    );
+    let _ = s.apply(&Command::DeleteLab { name: "a".into() });
+    assert_eq!(
+        s.apply(&Command::RemoveHost { name: "h1".into() }),
+        Ok(Applied::Done)
+    );
+    assert!(s.hosts.is_empty());
+}
+
+#[test]
+fn placement_on_unknown_host_is_rejected() {
+    let mut s = ClusterState::default();
+    let _ = s.apply(&create("a", &["s"]));
+    let placement = BTreeMap::from([("r1".to_string(), "ghost".to_string())]);
+    let r = s.apply(&Command::SetPlacement {
+        lab: "a".into(),
+        placement,
+    });
+    assert!(matches!(r, Err(Rejection::PlacementOnUnknownHost { .. })));
+    assert!(s.labs["a"].placement.is_empty());
+}
+
+#[test]
+fn status_of_unknown_lab_is_rejected() {
+    let mut s = ClusterState::default();
+    let cmd = Command::SetLabStatus {
+        lab: "a".into(),
+        status: LabStatus::Running,
+    };
+    assert_eq!(s.apply(&cmd), Err(Rejection::UnknownLab("a".into())));
+    let _ = s.apply(&create("a", &[]));
+    assert_eq!(s.apply(&cmd), Ok(Applied::Done));
+    assert_eq!(s.labs["a"].status, LabStatus::Running);
+}
+
+#[test]
+fn state_round_trips_through_the_codec() -> Result<(), labspan_proto::codec::CodecError> {
+    let mut s = ClusterState::default();
+    let _ = s.apply(&register("h1"));
+    let _ = s.apply(&create("a", &["s", "t"]));
+    let bytes = labspan_proto::codec::encode(&s)?;
+    assert_eq!(labspan_proto::codec::decode::<ClusterState>(&bytes)?, s);
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The cluster CA (rcgen) and the member certificates it signs.
+
+use labspan_proto::msg::Role;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::{Duration, OffsetDateTime};
+
+use super::identity::identity_uri;
+use super::{validate_name, TlsError, COORDINATOR_SERVER_NAME};
+
+/// How long the cluster CA is valid.
+const CA_VALIDITY: Duration = Duration::days(10 * 365);
+/// How long a member certificate is valid; renewal is a re-join.
+const MEMBER_VALIDITY: Duration = Duration::days(365);
+/// Backdating that tolerates clocks a few minutes apart between members.
+const CLOCK_SKEW: Duration = Duration::minutes(5);
+
+/// The certificate authority of one cluster: it signs every member's certificate.
+pub struct ClusterCa {
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A member's certificate and private key (PKCS#8), as presented on connections.
+#[derive(Debug)]
+pub struct NodeCredential {
+    /// The member certificate, signed by the cluster CA.
+    pub cert: CertificateDer<'static>,
+    /// The member's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+fn gen_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> TlsError {
+    let what = what.into();
+    move |source| TlsError::Generate { what, source }
+}
+
+impl ClusterCa {
+    /// Creates a new CA for the cluster `cluster` (a fresh P-256 key).
+    pub fn generate(cluster: &str) -> Result<Self, TlsError> {
+        validate_name(cluster)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "labspan");
+        dn.push(DnType::CommonName, format!("labspan cluster CA {cluster}"));
+        params.distinguished_name = dn;
+        // pathlen 0: the CA signs members only, never another CA.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + CA_VALIDITY;
+        let key = KeyPair::generate().map_err(gen_err("generate the CA key"))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(gen_err("self-sign the cluster CA"))?;
+        Ok(Self {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA saved with [`ClusterCa::cert_pem`] and [`ClusterCa::key_pem`].
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(gen_err("read the CA key PEM"))?;
+        let cert =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| TlsError::Pem {
+                what: "the CA certificate".into(),
+                reason: e.to_string(),
+            })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert, key).map_err(gen_err("read the CA certificate"))?;
+        Ok(Self { cert, issuer })
+    }
+
+    /// The CA certificate (DER), which every member trusts.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The CA certificate as PEM, to save or hand to joining members.
+    pub fn cert_pem(&self) -> String {
+        pem_encode("CERTIFICATE", &self.cert)
+    }
+
+    /// The CA private key as PEM; whoever holds it can mint members.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
+    /// Issues a certificate naming member `name` with `role`.
+    ///
+    /// The identity is the SAN URI `labspan://role/ROLE/NAME` (read back by
+    /// [`super::peer_identity`]); coordinators also get the DNS name
+    /// [`COORDINATOR_SERVER_NAME`] and the serverAuth usage so they can serve.
+    pub fn issue(&self, name: &str, role: Role) -> Result<NodeCredential, TlsError> {
+        validate_name(name)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "labspan");
+        dn.push(DnType::OrganizationalUnitName, role.as_str());
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        let uri = identity_uri(role, name)
+            .try_into()
+            .map_err(gen_err(format!("encode the identity of {name}")))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if role == Role::Coordinator {
+            let dns = COORDINATOR_SERVER_NAME
+                .try_into()
+                .map_err(gen_err("encode the coordinator server name"))?;
+            params.subject_alt_names.push(SanType::DnsName(dns));
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + MEMBER_VALIDITY;
+        let key = KeyPair::generate().map_err(gen_err(format!("generate a key for {name}")))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(gen_err(format!("sign the certificate of {role} {name}")))?;
+        Ok(NodeCredential {
+            cert: cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+}
+
+impl NodeCredential {
+    /// The certificate as PEM.
+    pub fn cert_pem(&self) -> String {
+        pem_encode("CERTIFICATE", &self.cert)
+    }
+
+    /// The private key as PEM (PKCS#8).
+    pub fn key_pem(&self) -> String {
+        pem_encode("PRIVATE KEY", self.key.secret_der())
+    }
+
+    /// Loads a credential saved with [`NodeCredential::cert_pem`] and [`NodeCredential::key_pem`].
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let pem_err = |what: &str| {
+            let what = what.to_string();
+            move |e: rustls::pki_types::pem::Error| TlsError::Pem {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        Ok(Self {
+            cert: CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .map_err(pem_err("the member certificate"))?,
+            key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(pem_err("the member key"))?,
+        })
+    }
+
+    /// A copy that can be moved into a rustls configuration.
+    pub fn clone_key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+}
+
+/// PEM-encodes DER bytes (RFC 7468: standard base64, 64 columns).
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

@@ -1,0 +1,83 @@
+//! Cluster identity: the cluster CA, member certificates that name the member
+//! and its role, and the rustls configurations every QUIC connection uses.
+//!
+//! Only the `ring` crypto provider is used (aws-lc-rs needs cmake and a long C
+//! build). Every connection is mutual TLS 1.3: the server requires a client
+//! certificate from the cluster CA, and the client requires a server
+//! certificate for [`COORDINATOR_SERVER_NAME`], which only coordinator
+//! certificates carry.
+
+mod ca;
+mod config;
+mod identity;
+
+pub use ca::{ClusterCa, NodeCredential};
+pub use config::{client_config, crypto_provider, server_config, ALPN};
+pub use identity::{ca_fingerprint, check_ca_fingerprint, peer_identity, PeerIdentity};
+
+/// DNS name every coordinator certificate carries and every client asks for:
+/// clients reach coordinators by address, and any coordinator of the cluster
+/// may answer, but an agent or admin certificate can never pose as a server.
+pub const COORDINATOR_SERVER_NAME: &str = "coordinator.labspan";
+
+/// Why a certificate could not be made, loaded, or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A member name is not `[a-z0-9-]`, 1..=63 characters.
+    #[error("invalid member name {name:?}: use 1 to 63 of a-z, 0-9 and '-'")]
+    InvalidName { name: String },
+    /// rcgen failed to build or sign a certificate.
+    #[error("cannot {what}")]
+    Generate {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A PEM file or string does not hold what it should.
+    #[error("cannot read {what} from PEM: {reason}")]
+    Pem { what: String, reason: String },
+    /// A peer's certificate cannot be parsed as X.509.
+    #[error("peer certificate is not valid X.509: {reason}")]
+    BadCertificate { reason: String },
+    /// A peer's certificate carries no (or more than one) labspan identity.
+    #[error("peer certificate names {found} labspan identities (expected exactly one `labspan://role/ROLE/NAME` URI)")]
+    NoIdentity { found: usize },
+    /// A labspan identity URI is malformed.
+    #[error("peer certificate identity {uri:?} is invalid: {reason}")]
+    BadIdentity { uri: String, reason: String },
+    /// The connection has no peer certificate (it did not authenticate).
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+    /// The CA a coordinator presented is not the one the join command named.
+    #[error("cluster CA fingerprint is {actual}, expected {expected}: refusing to join (check the fingerprint printed by `labspan cluster token`)")]
+    FingerprintMismatch { expected: String, actual: String },
+    /// rustls refused to build a configuration.
+    #[error("cannot build TLS configuration: {what}")]
+    Config {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused to build the client certificate verifier.
+    #[error("cannot build the client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+}
+
+/// Checks a member name: it goes into URIs, file names and error messages.
+pub fn validate_name(name: &str) -> Result<(), TlsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TlsError::InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+use labspan_proto::msg::Role;
+
+use super::*;
+
+type TestResult = Result<(), TlsError>;
+
+#[test]
+fn issued_certificate_names_member_and_role() -> TestResult {
+    let ca = ClusterCa::generate("lab")?;
+    for role in Role::ALL {
+        let cred = ca.issue("node-7", role)?;
+        let id = peer_identity(&cred.cert)?;
+        assert_eq!(
+            id,
+            PeerIdentity {
+                name: "node-7".into(),
+                role
+            }
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn invalid_member_names_are_refused() {
+    let ca = match ClusterCa::generate("lab") {
+        Ok(ca) => ca,
+        Err(e) => panic!("CA generation failed: {e}"),
+    };
+    for bad in ["", "Upper", "a/b", "x y", &"a".repeat(64)] {
+        assert!(
+            matches!(
+                ca.issue(bad, Role::Agent),
+                Err(TlsError::InvalidName { .. })
+            ),
+            "{bad:?} accepted"
+        );
+    }
+}
+
+#[test]
+fn certificate_without_identity_is_refused() -> TestResult {
+    // A CA certificate carries no labspan identity URI.
+    let ca = ClusterCa::generate("lab")?;
+    assert!(matches!(
+        peer_identity(ca.cert()),
+        Err(TlsError::NoIdentity { found: 0 })
+    ));
+    assert!(matches!(
+        peer_identity(b"not a certificate"),
+        Err(TlsError::BadCertificate { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn identity_uris_are_checked() {
+    assert!(identity::tests_parse("labspan://role/agent/h1").is_ok());
+    for bad in [
+        "labspan://role/root/h1",
+        "labspan://role/agent",
+        "labspan://role/agent/H 1",
+    ] {
+        assert!(
+            matches!(
+                identity::tests_parse(bad),
+                Err(TlsError::BadIdentity { .. })
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn ca_and_credentials_survive_pem() -> TestResult {
+    let ca = ClusterCa::generate("lab")?;
+    let again = ClusterCa::from_pem(&ca.cert_pem(), &ca.key_pem())?;
+    assert_eq!(again.cert(), ca.cert());
+    // A reloaded CA still signs certificates that the original CA's trust accepts.
+    let cred = again.issue("c2", Role::Coordinator)?;
+    let cred = NodeCredential::from_pem(&cred.cert_pem(), &cred.key_pem())?;
+    assert_eq!(peer_identity(&cred.cert)?.role, Role::Coordinator);
+    server_config(ca.cert(), &cred)?;
+    client_config(ca.cert(), &cred)?;
+    Ok(())
+}
+
+#[test]
+fn fingerprint_identifies_the_ca() -> TestResult {
+    let ca = ClusterCa::generate("lab")?;
+    let other = ClusterCa::generate("lab")?;
+    let fp = ca_fingerprint(ca.cert());
+    assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64);
+    check_ca_fingerprint(ca.cert(), &fp)?;
+    check_ca_fingerprint(ca.cert(), &fp.to_uppercase().replace("SHA256:", ""))?;
+    assert!(matches!(
+        check_ca_fingerprint(other.cert(), &fp),
+        Err(TlsError::FingerprintMismatch { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn configs_speak_labspan_alpn_only() -> TestResult {
+    let ca = ClusterCa::generate("lab")?;
+    let cred = ca.issue("c1", Role::Coordinator)?;
+    assert_eq!(
+        server_config(ca.cert(), &cred)?.alpn_protocols,
+        vec![ALPN.to_vec()]
+    );
+    assert_eq!(
+        client_config(ca.cert(), &cred)?.alpn_protocols,
+        vec![ALPN.to_vec()]
+    );
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! QUIC transport of the control plane (quinn over the mutual-TLS configs of
+//! [`crate::tls`]).
+//!
+//! One connection per peer; one bidirectional stream per request. A stream
+//! carries exactly one codec envelope each way, then FIN. A stream whose
+//! request is malformed, truncated, oversized or of another version is reset
+//! with a [`StreamErrorCode`]; the connection and the endpoint keep serving.
+
+mod endpoint;
+mod frame;
+mod server;
+
+pub use endpoint::{
+    client_endpoint, connect, peer_identity_of, server_endpoint, transport_config, IDLE_TIMEOUT,
+    KEEP_ALIVE_INTERVAL,
+};
+pub use frame::{read_frame, request, write_frame, StreamErrorCode};
+pub use server::{serve, Service, REQUEST_READ_TIMEOUT};
+
+use labspan_proto::codec::CodecError;
+
+/// Why a connection, a request or a reply failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The TLS material could not be turned into a QUIC configuration.
+    #[error("cannot build the QUIC configuration: {0}")]
+    Config(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind a QUIC endpoint on {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection attempt could not start (bad address, endpoint closed).
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: quinn::ConnectError,
+    },
+    /// The connection failed or was closed (handshake refused, peer gone, idle timeout).
+    #[error("connection to {peer} failed")]
+    Connection {
+        peer: std::net::SocketAddr,
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    /// The connection broke while a request was in flight (peer gone,
+    /// idle timeout, or the server refused the client's certificate).
+    #[error("connection lost")]
+    ConnectionLost(#[source] quinn::ConnectionError),
+    /// The peer's certificate does not name a labspan member.
+    #[error("peer {peer} has no usable identity")]
+    Identity {
+        peer: std::net::SocketAddr,
+        #[source]
+        source: crate::tls::TlsError,
+    },
+    /// The peer reset the stream: it refused this request (see the code).
+    #[error("the peer refused the request: {code}")]
+    Refused { code: StreamErrorCode },
+    /// The stream failed for another reason (connection lost, stream closed).
+    #[error("stream failed while {doing}: {reason}")]
+    Stream { doing: &'static str, reason: String },
+    /// A message could not be encoded or decoded.
+    #[error("bad message")]
+    Codec(#[from] CodecError),
+}
