@@ -309,7 +309,9 @@ impl Agent {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let err = |source| AgentError::Vm { lab: lab.to_string(), source };
         match vm::adopt(dir).map_err(err)? {
-            Some(v) => v.stop(STOP_TIMEOUT).await.map_err(err)?,
+            Some(v) => {
+                v.stop(STOP_TIMEOUT).await.map_err(err)?;
+            }
             None => vm::remove_state(dir, &name).map_err(err)?,
         }
         Ok(())

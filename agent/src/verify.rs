@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -37,7 +39,7 @@ pub struct CheckResult {
 pub async fn run_checks<G: GuestExec>(
     guest: &G,
     checks: &[Check],
-    addresses: &BTreeMap<String, Vec<IpAddr>>,
+    addresses: &BTreeMap<String, Vec<IpNet>>,
     deadline: Duration,
 ) -> Vec<CheckResult> {
     let mut results = Vec::with_capacity(checks.len());
@@ -50,7 +52,7 @@ pub async fn run_checks<G: GuestExec>(
 async fn run_check<G: GuestExec>(
     guest: &G,
     check: &Check,
-    addresses: &BTreeMap<String, Vec<IpAddr>>,
+    addresses: &BTreeMap<String, Vec<IpNet>>,
     deadline: Duration,
 ) -> CheckResult {
     let start = Instant::now();
@@ -104,14 +106,16 @@ fn check_name(check: &Check) -> String {
 /// The node, command and expected output of a check.
 fn describe(
     check: &Check,
-    addresses: &BTreeMap<String, Vec<IpAddr>>,
+    addresses: &BTreeMap<String, Vec<IpNet>>,
 ) -> Result<(String, String, String, Option<Regex>), String> {
     match check {
         Check::Ping { from, to } => {
             let addr = match to.parse::<IpAddr>() {
                 Ok(a) => a,
-                Err(_) => pick_address(addresses.get(to).map(Vec::as_slice).unwrap_or_default())
-                    .ok_or_else(|| format!("node \"{to}\" has no address to ping"))?,
+                Err(_) => {
+                    let of = |n: &str| addresses.get(n).map(Vec::as_slice).unwrap_or_default();
+                    pick_address(of(from), of(to)).ok_or_else(|| format!("node \"{to}\" has no address to ping"))?
+                }
             };
             Ok((format!("ping {from} -> {to}"), from.clone(), format!("ping -c 1 -W 2 {addr}"), None))
         }
@@ -126,9 +130,18 @@ fn describe(
     }
 }
 
-/// IPv4 first: every guest image pings IPv4.
-fn pick_address(addrs: &[IpAddr]) -> Option<IpAddr> {
-    addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first()).copied()
+/// The address of a node to ping from another: one on a subnet they share
+/// (reachable without routing), else any; IPv4 first within each choice.
+fn pick_address(from: &[IpNet], to: &[IpNet]) -> Option<IpAddr> {
+    let shared = |a: &&IpNet| from.iter().any(|f| f.contains(&a.addr()));
+    let by_family = |v4: bool| move |a: &&IpNet| a.addr().is_ipv4() == v4;
+    to.iter()
+        .filter(shared)
+        .find(by_family(true))
+        .or_else(|| to.iter().find(shared))
+        .or_else(|| to.iter().find(by_family(true)))
+        .or_else(|| to.first())
+        .map(IpNet::addr)
 }
 
 #[cfg(test)]
@@ -159,7 +172,11 @@ mod tests {
             ("a".into(), "ping -c 1 -W 2 198.19.1.2".into(), out(1, "")),
             ("a".into(), "ping -c 1 -W 2 198.19.1.2".into(), out(0, "1 packets received")),
         ]));
-        let addrs = BTreeMap::from([("b".to_string(), vec!["2001:db8::2".parse().expect("ip"), "198.19.1.2".parse().expect("ip")])]);
+        let net = |s: &str| s.parse::<IpNet>().expect("cidr");
+        let addrs = BTreeMap::from([
+            ("a".to_string(), vec![net("198.19.1.1/24")]),
+            ("b".to_string(), vec![net("198.19.9.2/24"), net("2001:db8::2/64"), net("198.19.1.2/24")]),
+        ]);
         let checks = [Check::Ping { from: "a".into(), to: "b".into() }];
         let r = run_checks(&guest, &checks, &addrs, Duration::from_secs(30)).await;
         assert!(r[0].passed, "{r:?}");

@@ -234,7 +234,8 @@ async fn tiny_guest_runs_commands_files_and_survives_adoption() {
 
     // The serial console has a shell, and a new one after `exit`.
     console_answers(&vm, "echo lab$((6*7))", "lab42").await;
-    console_answers(&vm, "exit", "").await;
+    // The respawned shell prints its banner once it is ready for input.
+    console_answers(&vm, "exit", "built-in shell").await;
     console_answers(&vm, "echo again$((1+1))", "again2").await;
 
     // Forget every handle, then find the same QEMU again from the folder.
@@ -250,7 +251,9 @@ async fn tiny_guest_runs_commands_files_and_survives_adoption() {
     drop(ga);
 
     let qmp_sock = vm.record().spec.paths.qmp.clone();
-    vm.stop(Duration::from_secs(30)).await.expect("stop");
+    let how = vm.stop(Duration::from_secs(30)).await.expect("stop");
+    // tiny's acpid turns the power button into a clean poweroff.
+    assert_eq!(how, vm::Stopped::PowerDown);
     assert!(!vm::is_our_qemu(pid, &qmp_sock), "QEMU {pid} still running");
     assert!(!Path::new(&format!("/proc/{pid}")).exists() || !vm::is_our_qemu(pid, &qmp_sock));
     assert!(!dir.exists(), "state folder {} left behind", dir.display());
@@ -365,4 +368,51 @@ async fn auto_accel_picks_one_that_boots_and_caches_it() {
         .await
         .expect("the chosen accelerator boots the guest");
     vm.stop(Duration::from_secs(30)).await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_launch_leaves_nothing_and_dead_qemu_is_not_adopted() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tiny = tiny();
+    let state = state_root();
+
+    // An image whose kernel file is gone: QEMU refuses, the error says so,
+    // and the VM folder is not left behind.
+    let mut broken = tiny.clone();
+    broken.dir = state.path().join("no-such-image");
+    let dir = state.path().join("vms").join("b1");
+    let _guard_b = VmGuard { dir: dir.clone() };
+    let cfg = VmConfig {
+        name: "b1".into(),
+        image: broken,
+        memory_mib: 128,
+        cpus: 1,
+        accel: Accel::Tcg,
+        nics: Vec::new(),
+    };
+    let err = vm::launch(&dir, &cfg).await.expect_err("no kernel file");
+    let msg = err.to_string();
+    assert!(msg.contains("b1") && msg.contains("vmlinuz"), "{msg}");
+    assert!(!dir.exists());
+
+    // A QEMU killed behind our back: adopt() does not mistake the stale
+    // pidfile for a running VM, vm.json says what to restart, and the
+    // folder can be cleaned.
+    let dir = state.path().join("vms").join("k1");
+    let _guard_k = VmGuard { dir: dir.clone() };
+    let cfg = VmConfig {
+        name: "k1".into(),
+        image: tiny,
+        ..cfg
+    };
+    let vm = vm::launch(&dir, &cfg).await.expect("launch");
+    vm.kill().await.expect("kill");
+    assert!(vm::adopt(&dir).expect("adopt").is_none());
+    let record = vm::read_record(&dir, "k1").expect("vm.json");
+    assert_eq!(record.spec.memory_mib, 128);
+    vm::remove_state(&dir, "k1").expect("cleanup");
+    assert!(!dir.exists());
 }

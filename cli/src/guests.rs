@@ -1,9 +1,9 @@
 //! Running commands in this machine's guests, for `verify` and `exec`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use labspan_agent::reconcile::Agent;
 use labspan_agent::verify::GuestExec;
 use labspan_agent::vm::ExecOutput;
@@ -25,9 +25,9 @@ impl GuestExec for LocalGuests<'_> {
 }
 
 /// Every node's addresses, for checks that name a node instead of an address.
-pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpAddr>> {
+pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpNet>> {
     lab.nodes
         .iter()
-        .map(|(name, node)| (name.clone(), node.nics.values().flat_map(|n| n.ip.iter().map(|ip| ip.addr())).collect()))
+        .map(|(name, node)| (name.clone(), node.nics.values().flat_map(|n| n.ip.iter().copied()).collect()))
         .collect()
 }

@@ -277,3 +277,29 @@ async fn endpoint_keeps_accepting_after_refusing_a_handshake() -> TestResult {
     assert_eq!(pong, Reply::Pong { nonce: 3 });
     Ok(())
 }
+
+/// Answers with the length of the bytes it got.
+struct Length;
+
+impl Service for Length {
+    type Request = Vec<u8>;
+    type Reply = u64;
+
+    async fn handle(&self, _peer: &PeerIdentity, req: Vec<u8>) -> u64 {
+        req.len() as u64
+    }
+}
+
+#[tokio::test]
+async fn large_messages_cross_in_many_packets() -> TestResult {
+    let ca = ClusterCa::generate("test")?;
+    let me = ca.issue("c1", Role::Coordinator)?;
+    let endpoint = transport::server_endpoint(loopback(), ca.cert(), &me)?;
+    let addr = endpoint.local_addr()?;
+    transport::serve(endpoint.clone(), Arc::new(Length));
+    let conn = member_connection(&ca, addr, "admin-1", Role::Admin).await?;
+    let big = vec![7u8; 4 * 1024 * 1024];
+    let len: u64 = transport::request(&conn, &big).await?;
+    assert_eq!(len, big.len() as u64);
+    Ok(())
+}

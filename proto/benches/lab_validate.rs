@@ -1,7 +1,9 @@
 //! Benchmark: parse and validate a generated 100,000-node lab.
 //!
 //! `cargo bench -p labspan-proto --bench lab_validate` prints the time of the
-//! whole `lab::parse` (YAML reading, every check, building the model).
+//! whole `lab::parse` (YAML reading, every check, building the model) and, for
+//! comparison, of reading the same text into a marked-yaml tree alone.
+//! `LAB_BENCH_NODES` and `LAB_BENCH_RUNS` change the size and the run count.
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
@@ -9,14 +11,22 @@ use std::time::{Duration, Instant};
 /// A valid lab with `n` nodes: pairs joined by links (with addresses), and
 /// every ten nodes on a LAN through a second NIC, plus placement and checks.
 fn generated_lab(n: usize) -> String {
-    let mut s = String::from("name: bench\ndefaults: {image: tiny, memory: 256MiB, cpus: 1}\nnodes:\n");
+    let mut s =
+        String::from("name: bench\ndefaults: {image: tiny, memory: 256MiB, cpus: 1}\nnodes:\n");
     for i in 0..n {
-        let (hi, lo) = (i / 250, i % 250 + 1);
-        let _ = writeln!(s, "  n{i}: {{nics: {{eth0: {{ip: [198.19.{}.{lo}/24]}}, eth1: {{mtu: 1400}}}}}}", hi % 256);
+        let (hi, lo) = (i / 250 % 256, i % 250 + 1);
+        let _ = writeln!(
+            s,
+            "  n{i}: {{nics: {{eth0: {{ip: [198.19.{hi}.{lo}/24]}}, eth1: {{mtu: 1400}}}}}}"
+        );
     }
     s.push_str("links:\n");
     for i in (0..n.saturating_sub(1)).step_by(2) {
-        let _ = writeln!(s, "  - {{endpoints: [n{i}:eth0, n{}:eth0], delay: 1ms}}", i + 1);
+        let _ = writeln!(
+            s,
+            "  - {{endpoints: [n{i}:eth0, n{}:eth0], delay: 1ms}}",
+            i + 1
+        );
     }
     s.push_str("lans:\n");
     for (k, chunk) in (0..n).collect::<Vec<_>>().chunks(10).enumerate() {
@@ -28,44 +38,43 @@ fn generated_lab(n: usize) -> String {
     s
 }
 
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Median, min and max of `runs` timings of `f`.
+fn time(runs: usize, mut f: impl FnMut()) -> (Duration, Duration, Duration) {
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
 fn main() {
-    let n = 100_000;
+    let n = env_or("LAB_BENCH_NODES", 100_000);
+    let runs = env_or("LAB_BENCH_RUNS", 5);
     let text = generated_lab(n);
-    let mut times: Vec<Duration> = Vec::new();
-    if std::env::var_os("LAB_BENCH_YAML_ONLY").is_some() {
-        for _ in 0..5 {
-            let opts = marked_yaml::LoaderOptions::default().prevent_coercion(true).error_on_duplicate_keys(true);
-            let tree = marked_yaml::parse_yaml_with_options(0, &text, opts);
-            assert!(tree.is_ok());
-        }
-        return;
-    }
-    if std::env::var_os("LAB_BENCH_GEN_ONLY").is_some() {
-        return;
-    }
-    let runs: usize = std::env::var("LAB_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
-    for _ in 0..runs {
-        let start = Instant::now();
-        let lab = labspan_proto::lab::parse("bench.yaml", &text);
-        times.push(start.elapsed());
-        match lab {
+    let (med, min, max) = time(runs, || {
+        match labspan_proto::lab::parse("bench.yaml", &text) {
             Ok(lab) => assert_eq!(lab.nodes.len(), n),
             Err(e) => panic!("generated lab is invalid: {e}"),
         }
-    }
-    times.sort();
-    if std::env::var_os("LAB_BENCH_STAGES").is_some() {
-        let start = Instant::now();
-        let opts = marked_yaml::LoaderOptions::default().prevent_coercion(true).error_on_duplicate_keys(true);
-        let tree = marked_yaml::parse_yaml_with_options(0, &text, opts);
-        println!("marked-yaml alone: {:?} ({})", start.elapsed(), tree.is_ok());
-    }
-    println!(
-        "lab validation: {n} nodes, {} segments, {:.1} MiB of YAML: median {:?}, min {:?}, max {:?} ({runs} runs)",
-        n / 2 + n.div_ceil(10),
-        text.len() as f64 / (1024.0 * 1024.0),
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1],
-    );
+    });
+    let mib = text.len() as f64 / (1024.0 * 1024.0);
+    println!("lab::parse, {n} nodes, {mib:.1} MiB of YAML: median {med:?}, min {min:?}, max {max:?} ({runs} runs)");
+    let (med, min, max) = time(runs, || {
+        let opts = marked_yaml::LoaderOptions::default()
+            .prevent_coercion(true)
+            .error_on_duplicate_keys(true);
+        assert!(marked_yaml::parse_yaml_with_options(0, &text, opts).is_ok());
+    });
+    println!("  of which marked-yaml reading alone: median {med:?}, min {min:?}, max {max:?}");
 }

@@ -103,7 +103,8 @@ fn lan_naming_a_missing_node() {
 
 #[test]
 fn nic_used_by_two_segments() {
-    let text = lab("nodes: {a: {}, b: {}, c: {}}\nlinks:\n  - [a:eth0, b:eth0]\n  - [a:eth0, c:eth0]\n");
+    let text =
+        lab("nodes: {a: {}, b: {}, c: {}}\nlinks:\n  - [a:eth0, b:eth0]\n  - [a:eth0, c:eth0]\n");
     assert_eq!(
         error(&text),
         "lab.yaml:6:6: links[1][0]: NIC a:eth0 is already in links[0] (line 5)\n  help: a NIC can be in only one link or LAN; use another NIC, e.g. a:eth1"
@@ -363,7 +364,10 @@ fn malformed_endpoint() {
 #[test]
 fn wrong_type() {
     let text = lab("nodes: [a, b]\n");
-    assert_eq!(error(&text), "lab.yaml:3:8: nodes: expected a mapping of node names to nodes, found a list");
+    assert_eq!(
+        error(&text),
+        "lab.yaml:3:8: nodes: expected a mapping of node names to nodes, found a list"
+    );
 }
 
 #[test]
@@ -375,7 +379,10 @@ fn all_errors_are_reported_in_file_order() {
         "links: [[a:eth0, c:eth0]]\n",
         "verify: [{ping: {from: d, to: a}}]\n",
     ));
-    let lines: Vec<String> = errors(&text).iter().map(|e| e.lines().next().unwrap_or("").to_string()).collect();
+    let lines: Vec<String> = errors(&text)
+        .iter()
+        .map(|e| e.lines().next().unwrap_or("").to_string())
+        .collect();
     assert_eq!(
         lines,
         [
@@ -390,7 +397,9 @@ fn all_errors_are_reported_in_file_order() {
 
 #[test]
 fn nic_named_only_by_a_link_is_created_without_address() {
-    let text = lab("nodes: {a: {}, b: {nics: {eth0: {ip: [198.19.1.2/24]}}}}\nlinks: [[a:eth0, b:eth0]]\n");
+    let text = lab(
+        "nodes: {a: {}, b: {nics: {eth0: {ip: [198.19.1.2/24]}}}}\nlinks: [[a:eth0, b:eth0]]\n",
+    );
     let lab = match parse("lab.yaml", &text) {
         Ok(l) => l,
         Err(e) => panic!("{e}"),
@@ -406,6 +415,20 @@ fn defaults_apply_and_node_values_win() {
         Ok(l) => l,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!((lab.nodes["a"].image.as_str(), lab.nodes["a"].memory_mib, lab.nodes["a"].cpus), ("tiny", 1024, 2));
-    assert_eq!((lab.nodes["b"].image.as_str(), lab.nodes["b"].memory_mib, lab.nodes["b"].cpus), ("big", 512, 1));
+    assert_eq!(
+        (
+            lab.nodes["a"].image.as_str(),
+            lab.nodes["a"].memory_mib,
+            lab.nodes["a"].cpus
+        ),
+        ("tiny", 1024, 2)
+    );
+    assert_eq!(
+        (
+            lab.nodes["b"].image.as_str(),
+            lab.nodes["b"].memory_mib,
+            lab.nodes["b"].cpus
+        ),
+        ("big", 512, 1)
+    );
 }

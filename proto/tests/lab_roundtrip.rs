@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use labspan_proto::lab::{
-    parse, to_yaml, Check, Endpoint, HostSelector, Impairment, Lab, Lan, Link, Nic, Node, PlacementHints,
+    parse, to_yaml, Check, Endpoint, HostSelector, Impairment, Lab, Lan, Link, Nic, Node,
+    PlacementHints,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -49,16 +50,18 @@ fn node_spec() -> impl Strategy<Value = NodeSpec> {
         vec(option::of(68u32..=9000), 0..3),
         option::of((any::<bool>(), any::<u8>())),
     )
-        .prop_map(|(suffix, image, memory_mib, cpus, exec, files, loose_nics, pin)| NodeSpec {
-            suffix,
-            image,
-            memory_mib,
-            cpus,
-            exec,
-            files,
-            loose_nics,
-            pin,
-        })
+        .prop_map(
+            |(suffix, image, memory_mib, cpus, exec, files, loose_nics, pin)| NodeSpec {
+                suffix,
+                image,
+                memory_mib,
+                cpus,
+                exec,
+                files,
+                loose_nics,
+                pin,
+            },
+        )
 }
 
 fn impairment() -> impl Strategy<Value = Impairment> {
@@ -68,32 +71,53 @@ fn impairment() -> impl Strategy<Value = Impairment> {
         option::of(0.0f64..=100.0),
         option::of(1u64..100_000_000),
     )
-        .prop_map(|(delay_us, jitter_us, loss_percent, rate_kbit)| Impairment {
-            delay_us,
-            jitter_us,
-            loss_percent,
-            rate_kbit,
-        })
+        .prop_map(
+            |(delay_us, jitter_us, loss_percent, rate_kbit)| Impairment {
+                delay_us,
+                jitter_us,
+                loss_percent,
+                rate_kbit,
+            },
+        )
 }
 
 fn seg_spec(nodes: usize) -> impl Strategy<Value = SegSpec> {
-    (any::<bool>(), vec(0..nodes, 2..5), impairment(), any::<bool>(), option::of(68u32..=9000)).prop_map(
-        |(lan, mut members, impairment, ips, mtu)| {
+    (
+        any::<bool>(),
+        vec(0..nodes, 2..5),
+        impairment(),
+        any::<bool>(),
+        option::of(68u32..=9000),
+    )
+        .prop_map(|(lan, mut members, impairment, ips, mtu)| {
             if !lan {
                 members.truncate(2);
             }
-            let impairment = if lan { Impairment::default() } else { impairment };
-            SegSpec { lan, members, impairment, ips, mtu }
-        },
-    )
+            let impairment = if lan {
+                Impairment::default()
+            } else {
+                impairment
+            };
+            SegSpec {
+                lan,
+                members,
+                impairment,
+                ips,
+                mtu,
+            }
+        })
 }
 
 fn check_spec(nodes: usize) -> impl Strategy<Value = CheckSpec> {
     prop_oneof![
         (0..nodes, 0..nodes).prop_map(|(a, b)| CheckSpec::PingNode(a, b)),
-        (0..nodes, prop_oneof!["198\\.19\\.[1-9][0-9]?\\.[1-9]", "2001:db8::[1-9a-f]{1,4}"])
+        (
+            0..nodes,
+            prop_oneof!["198\\.19\\.[1-9][0-9]?\\.[1-9]", "2001:db8::[1-9a-f]{1,4}"]
+        )
             .prop_map(|(a, ip)| CheckSpec::PingIp(a, ip)),
-        (0..nodes, "[ -~]{1,12}", option::of("[ -~]{0,8}")).prop_map(|(a, c, e)| CheckSpec::Exec(a, c, e)),
+        (0..nodes, "[ -~]{1,12}", option::of("[ -~]{0,8}"))
+            .prop_map(|(a, c, e)| CheckSpec::Exec(a, c, e)),
     ]
 }
 
@@ -107,13 +131,25 @@ fn lab_strategy() -> impl Strategy<Value = Lab> {
             vec(check_spec(n), 0..4),
             any::<bool>(),
         )
-            .prop_map(|(name, nodes, segs, checks, together)| build(name, &nodes, &segs, &checks, together))
+            .prop_map(|(name, nodes, segs, checks, together)| {
+                build(name, &nodes, &segs, &checks, together)
+            })
     })
 }
 
 /// Builds a lab that is valid by construction from the specs.
-fn build(name: String, specs: &[NodeSpec], segs: &[SegSpec], checks: &[CheckSpec], together: bool) -> Lab {
-    let names: Vec<String> = specs.iter().enumerate().map(|(i, s)| format!("n{i}-{}", s.suffix)).collect();
+fn build(
+    name: String,
+    specs: &[NodeSpec],
+    segs: &[SegSpec],
+    checks: &[CheckSpec],
+    together: bool,
+) -> Lab {
+    let names: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("n{i}-{}", s.suffix))
+        .collect();
     let mut nodes: BTreeMap<String, Node> = specs
         .iter()
         .zip(&names)
@@ -122,7 +158,15 @@ fn build(name: String, specs: &[NodeSpec], segs: &[SegSpec], checks: &[CheckSpec
                 .loose_nics
                 .iter()
                 .enumerate()
-                .map(|(k, mtu)| (format!("x{k}"), Nic { ip: Vec::new(), mtu: *mtu }))
+                .map(|(k, mtu)| {
+                    (
+                        format!("x{k}"),
+                        Nic {
+                            ip: Vec::new(),
+                            mtu: *mtu,
+                        },
+                    )
+                })
                 .collect();
             let node = Node {
                 image: s.image.clone(),
@@ -146,22 +190,43 @@ fn build(name: String, specs: &[NodeSpec], segs: &[SegSpec], checks: &[CheckSpec
                 let nic = format!("s{si}m{k}");
                 let mut ip: Vec<IpNet> = Vec::new();
                 if seg.ips {
-                    ip.push(format!("198.19.{si}.{}/24", k + 1).parse().unwrap_or_else(|e| panic!("{e}")));
-                    ip.push(format!("2001:db8:{si}::{}/64", k + 1).parse().unwrap_or_else(|e| panic!("{e}")));
+                    ip.push(
+                        format!("198.19.{si}.{}/24", k + 1)
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    );
+                    ip.push(
+                        format!("2001:db8:{si}::{}/64", k + 1)
+                            .parse()
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    );
                 }
                 if let Some(node) = nodes.get_mut(&names[ni]) {
                     node.nics.insert(nic.clone(), Nic { ip, mtu: seg.mtu });
                 }
-                Endpoint { node: names[ni].clone(), nic }
+                Endpoint {
+                    node: names[ni].clone(),
+                    nic,
+                }
             })
             .collect();
         if seg.lan {
             lans.insert(format!("lan{si}"), Lan { members });
         } else if let [a, b] = members.as_slice() {
-            links.push(Link { endpoints: [a.clone(), b.clone()], impairment: seg.impairment });
+            links.push(Link {
+                endpoints: [a.clone(), b.clone()],
+                impairment: seg.impairment,
+            });
         }
     }
-    Lab { placement: placement(specs, &names, together), verify: verify(&names, checks), name, nodes, links, lans }
+    Lab {
+        placement: placement(specs, &names, together),
+        verify: verify(&names, checks),
+        name,
+        nodes,
+        links,
+        lans,
+    }
 }
 
 /// Pins only even nodes (each to its own host), groups odd nodes together in
@@ -170,7 +235,11 @@ fn placement(specs: &[NodeSpec], names: &[String], together: bool) -> PlacementH
     let mut p = PlacementHints::default();
     for (i, s) in specs.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
         if let Some((host, x)) = s.pin {
-            let sel = if host { HostSelector::Host(format!("h{i}-{x}")) } else { HostSelector::Label(format!("l{x}")) };
+            let sel = if host {
+                HostSelector::Host(format!("h{i}-{x}"))
+            } else {
+                HostSelector::Label(format!("l{x}"))
+            };
             p.pin.insert(names[i].clone(), sel);
         }
     }
@@ -189,9 +258,19 @@ fn verify(names: &[String], checks: &[CheckSpec]) -> Vec<Check> {
     checks
         .iter()
         .map(|c| match c {
-            CheckSpec::PingNode(a, b) => Check::Ping { from: names[*a].clone(), to: names[*b].clone() },
-            CheckSpec::PingIp(a, ip) => Check::Ping { from: names[*a].clone(), to: ip.clone() },
-            CheckSpec::Exec(a, cmd, expect) => Check::Exec { node: names[*a].clone(), cmd: cmd.clone(), expect: expect.clone() },
+            CheckSpec::PingNode(a, b) => Check::Ping {
+                from: names[*a].clone(),
+                to: names[*b].clone(),
+            },
+            CheckSpec::PingIp(a, ip) => Check::Ping {
+                from: names[*a].clone(),
+                to: ip.clone(),
+            },
+            CheckSpec::Exec(a, cmd, expect) => Check::Exec {
+                node: names[*a].clone(),
+                cmd: cmd.clone(),
+                expect: expect.clone(),
+            },
         })
         .collect()
 }
@@ -212,7 +291,10 @@ proptest! {
 #[test]
 fn demo_labs_survive_serialize_then_parse() {
     for demo in ["ping", "ospf-triangle", "sip"] {
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demos").join(demo).join("lab.yaml");
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../demos")
+            .join(demo)
+            .join("lab.yaml");
         let lab = labspan_proto::lab::load(&path).unwrap_or_else(|e| panic!("{demo}: {e}"));
         let back = parse(demo, &to_yaml(&lab)).unwrap_or_else(|e| panic!("{demo}: {e}"));
         assert_eq!(back, lab, "{demo}");

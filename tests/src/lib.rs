@@ -1,1 +1,165 @@
-//! Test harness.
+//! The harness that builds test hosts: a network namespace and a state
+//! folder per host, the `labspan` binary run inside it, and cleanup that
+//! always runs (QEMU killed by pid, namespace and folder removed), even when
+//! a test fails.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+/// Where tests keep images, shared by every test host so `tiny` is built once.
+pub const TEST_IMAGES: &str = "/var/lib/labspan/images";
+
+static IMAGE_BUILD: Mutex<()> = Mutex::new(());
+
+/// The `labspan` binary, built from this tree before first use: this
+/// package cannot depend on a binary, so a stale one would be tested.
+pub fn labspan_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let out = run(Command::new(cargo).current_dir(&root).args(["build", "-q", "-p", "labspan", "--bin", "labspan"]));
+            assert!(out.status.success(), "building labspan: {}", text(&out));
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            target.join("debug/labspan")
+        })
+        .clone()
+}
+
+/// Runs a command and returns its output; panics (failing the test) when it
+/// cannot be started at all.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Text of a command's stdout and stderr, for assertions and messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// One test host: a network namespace of its own and a state folder.
+pub struct TestHost {
+    pub netns: String,
+    pub state: PathBuf,
+}
+
+impl TestHost {
+    /// A fresh host named after `tag` (unique per test).
+    pub fn new(tag: &str) -> TestHost {
+        let netns = format!("lst-{tag}-{}", std::process::id());
+        let state = std::env::temp_dir().join(format!("labspan-test-{tag}-{}", std::process::id()));
+        let host = TestHost { netns, state };
+        host.cleanup();
+        let out = run(Command::new("ip").args(["netns", "add", &host.netns]));
+        assert!(out.status.success(), "ip netns add {}: {}", host.netns, text(&out));
+        fs::create_dir_all(&host.state).expect("creating the test state folder");
+        fs::create_dir_all(TEST_IMAGES).expect("creating the shared image store");
+        std::os::unix::fs::symlink(TEST_IMAGES, host.state.join("images")).expect("linking the shared image store");
+        host
+    }
+
+    /// Builds `tiny` into the shared store once per test process.
+    pub fn ensure_tiny(&self) {
+        let _guard = IMAGE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        // Outside the namespace: the build downloads Debian packages.
+        let out = run(Command::new(labspan_bin()).args(["image", "build", "tiny", "--store", TEST_IMAGES]));
+        assert!(out.status.success(), "labspan image build tiny: {}", text(&out));
+    }
+
+    /// Runs `labspan ARGS` inside this host, under TCG.
+    pub fn labspan(&self, args: &[&str]) -> Output {
+        run(&mut self.labspan_cmd(args))
+    }
+
+    /// The command for `labspan ARGS` inside this host (to spawn it yourself).
+    pub fn labspan_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns]).arg(labspan_bin()).args(args);
+        cmd.env("LABSPAN_STATE", &self.state).env("LABSPAN_ACCEL", "tcg");
+        cmd
+    }
+
+    /// Runs `ip ARGS` inside this host.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        run(Command::new("ip").args(["-n", &self.netns]).args(args))
+    }
+
+    /// Names of every interface in this host.
+    pub fn links(&self) -> Vec<String> {
+        let out = self.ip(&["-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Interfaces labspan made (its names start with `ls`).
+    pub fn labspan_links(&self) -> Vec<String> {
+        self.links().into_iter().filter(|n| n.starts_with("ls")).collect()
+    }
+
+    /// QEMU pid of `node` of `lab`, from its pidfile, if it is alive.
+    pub fn qemu_pid(&self, lab: &str, node: &str) -> Option<u32> {
+        let pidfile = self.state.join("vms").join(lab).join(node).join("qemu.pid");
+        let pid: u32 = fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+        is_qemu(pid).then_some(pid)
+    }
+
+    /// Every file left under the VM folders.
+    pub fn vm_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let mut stack = vec![self.state.join("vms")];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        files
+    }
+
+    /// Kills this host's QEMUs (by the pids in their pidfiles), removes the
+    /// namespace and the state folder. Idempotent.
+    fn cleanup(&self) {
+        let vms = self.state.join("vms");
+        for lab in fs::read_dir(&vms).into_iter().flatten().flatten() {
+            for node in fs::read_dir(lab.path()).into_iter().flatten().flatten() {
+                let pid = fs::read_to_string(node.path().join("qemu.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                if let Some(pid) = pid.filter(|p| is_qemu(*p)) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(std::process::Stdio::null()).status();
+        let _ = fs::remove_dir_all(&self.state);
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Whether `pid` is a live QEMU.
+pub fn is_qemu(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !zombie && String::from_utf8_lossy(&cmdline).contains("qemu-system")
+}
+
+/// Writes a lab file into the host's state folder and returns its path.
+pub fn write_lab(host: &TestHost, file: &str, yaml: &str) -> PathBuf {
+    let path = host.state.join(file);
+    fs::write(&path, yaml).expect("writing the lab file");
+    path
+}

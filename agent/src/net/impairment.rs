@@ -2,6 +2,8 @@
 //! (rtnetlink has no netem or tbf options): netem for delay, jitter and
 //! loss (with its own rate), tbf when only a rate is asked for.
 
+use std::collections::BTreeMap;
+
 use labspan_proto::lab::Impairment;
 use serde_json::Value;
 use tokio::process::Command;
@@ -55,13 +57,18 @@ pub fn tc_args(dev: &str, imp: &Impairment) -> Vec<String> {
     args
 }
 
-/// The impairment that `tc -j qdisc show dev DEV` describes (none unless the
-/// root qdisc is a netem or tbf).
-pub fn parse_show(json: &str) -> Result<Impairment, String> {
+/// The impairment on every device that `tc -j qdisc show` lists, by device
+/// (a device missing from the map has none: its root qdisc is neither a
+/// netem nor a tbf).
+pub fn parse_show(json: &str) -> Result<BTreeMap<String, Impairment>, String> {
     let qdiscs: Vec<Value> = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let Some(root) = qdiscs.iter().find(|q| q["root"] == Value::Bool(true)) else {
-        return Ok(Impairment::default());
-    };
+    let roots = qdiscs.iter().filter(|q| q["root"] == Value::Bool(true));
+    let named = roots.filter_map(|q| Some((q["dev"].as_str()?.to_string(), of_root(q))));
+    Ok(named.filter(|(_, imp)| !imp.is_none()).collect())
+}
+
+/// The impairment a root qdisc applies.
+fn of_root(root: &Value) -> Impairment {
     let opts = &root["options"];
     let rate_kbit = |v: &Value| v.as_u64().filter(|r| *r > 0).map(|bytes| bytes * 8 / 1000);
     let micros = |v: &Value| {
@@ -69,7 +76,7 @@ pub fn parse_show(json: &str) -> Result<Impairment, String> {
             .map(|s| (s * 1e6).round() as u64)
             .filter(|us| *us > 0)
     };
-    Ok(match root["kind"].as_str() {
+    match root["kind"].as_str() {
         Some("tbf") => Impairment {
             rate_kbit: rate_kbit(&opts["rate"]),
             ..Default::default()
@@ -84,7 +91,7 @@ pub fn parse_show(json: &str) -> Result<Impairment, String> {
             rate_kbit: rate_kbit(&opts["rate"]["rate"]),
         },
         _ => Impairment::default(),
-    })
+    }
 }
 
 /// Puts `imp` on the root qdisc of `dev` (in the calling thread's namespace).
@@ -112,20 +119,18 @@ pub async fn apply(dev: &str, imp: &Impairment) -> Result<(), NetError> {
     })
 }
 
-/// The impairment on the root qdisc of `dev`.
-pub async fn observe(dev: &str) -> Result<Impairment, NetError> {
-    let args: Vec<String> = ["-j", "qdisc", "show", "dev", dev]
-        .map(String::from)
-        .to_vec();
-    let out = run_tc(dev, &args).await?;
+/// The impairment on the root qdisc of every device, by device (one `tc`
+/// run for the whole host).
+pub async fn observe_all() -> Result<BTreeMap<String, Impairment>, NetError> {
+    let args: Vec<String> = ["-j", "qdisc", "show"].map(String::from).to_vec();
+    let out = run_tc("every device", &args).await?;
     let fail = |detail: String| NetError::Tc {
-        object: dev.to_string(),
+        object: "every device".to_string(),
         detail,
     };
     if !out.status.success() {
-        return Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(fail(format!("`tc -j qdisc show`: {}", stderr.trim())));
     }
     parse_show(&String::from_utf8_lossy(&out.stdout))
         .map_err(|e| fail(format!("unreadable `tc -j qdisc show` output: {e}")))
@@ -198,12 +203,13 @@ mod tests {
 
     #[test]
     fn show_output_parses_back() {
-        let tbf = r#"[{"kind":"tbf","handle":"8004:","root":true,"refcnt":2,"options":{"rate":125000,"burst":12500,"lat":50000}}]"#;
-        assert_eq!(parse_show(tbf), Ok(imp(None, None, None, Some(1000))));
-        let netem = r#"[{"kind":"netem","handle":"8001:","root":true,"refcnt":2,"options":{"limit":1000,
+        let one = |json: &str| parse_show(json).map(|m| m.get("t0").copied().unwrap_or_default());
+        let tbf = r#"[{"kind":"tbf","handle":"8004:","dev":"t0","root":true,"refcnt":2,"options":{"rate":125000,"burst":12500,"lat":50000}}]"#;
+        assert_eq!(one(tbf), Ok(imp(None, None, None, Some(1000))));
+        let netem = r#"[{"kind":"netem","handle":"8001:","dev":"t0","root":true,"refcnt":2,"options":{"limit":1000,
             "delay":{"delay":0.01,"jitter":0.002,"correlation":0},"loss-random":{"loss":0.015,"correlation":0},
             "rate":{"rate":64000,"packetoverhead":0,"cellsize":0,"celloverhead":0},"ecn":false,"gap":0}}]"#;
-        let got = parse_show(netem).expect("netem json");
+        let got = one(netem).expect("netem json");
         assert!(
             crate::net::state::same_impairment(
                 &got,
@@ -211,9 +217,15 @@ mod tests {
             ),
             "{got:?}"
         );
-        assert_eq!(parse_show("[]"), Ok(Impairment::default()));
-        let fifo = r#"[{"kind":"pfifo_fast","handle":"0:","root":true,"options":{}}]"#;
-        assert_eq!(parse_show(fifo), Ok(Impairment::default()));
+        assert_eq!(one("[]"), Ok(Impairment::default()));
+        let fifo = r#"[{"kind":"pfifo_fast","handle":"0:","dev":"t0","root":true,"options":{}},
+            {"kind":"tbf","handle":"1:","dev":"t1","root":true,"options":{"rate":1000}}]"#;
+        assert_eq!(
+            parse_show(fifo).map(|m| m.len()),
+            Ok(1),
+            "only impaired devices are listed"
+        );
+        assert_eq!(one(fifo), Ok(Impairment::default()));
         assert!(parse_show("qdisc noqueue").is_err());
     }
 }

@@ -172,10 +172,11 @@ impl NetOps for KernelNet {
         let mut remotes = fdb::remotes(&self.handle, &vxlans)
             .await
             .map_err(|e| NetError::netlink("listing FDB entries of", "VXLAN devices", e))?;
+        let mut impaired = impairment::observe_all().await?;
         for (index, link) in &mut links {
             link.fdb = remotes.remove(index).unwrap_or_default();
             if link.is_owned() && link.kind == LinkKind::Tap {
-                link.impairment = impairment::observe(&link.name).await?;
+                link.impairment = impaired.remove(&link.name).unwrap_or_default();
             }
         }
         Ok(links.into_iter().map(|(_, l)| l).collect())

@@ -82,6 +82,19 @@ pub enum VmError {
     Unkillable { vm: String, pid: u32 },
 }
 
+/// How `Vm::stop` ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The guest powered off after the ACPI power button.
+    PowerDown,
+    /// QEMU quit on QMP `quit` (the guest ignored the power button).
+    Quit,
+    /// QEMU had to be SIGKILLed.
+    Killed,
+    /// QEMU was not running any more.
+    AlreadyGone,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -183,21 +196,31 @@ impl Vm {
 
     /// Stops the VM: ACPI power-down, then `quit` after `timeout`, then
     /// SIGKILL; then removes its state folder (sockets, overlay, pidfile).
-    pub async fn stop(self, timeout: Duration) -> Result<(), VmError> {
-        if self.is_running() {
+    /// Says which step ended it.
+    pub async fn stop(self, timeout: Duration) -> Result<Stopped, VmError> {
+        let how = if !self.is_running() {
+            Stopped::AlreadyGone
+        } else {
             if let Ok(mut q) = self.qmp().await {
                 let _ = q.execute("system_powerdown", None).await;
             }
-            if !self.wait_exit(timeout).await {
+            if self.wait_exit(timeout).await {
+                Stopped::PowerDown
+            } else {
                 if let Ok(mut q) = self.qmp().await {
                     let _ = q.execute("quit", None).await;
                 }
-                if !self.wait_exit(QUIT_GRACE).await {
+                if self.wait_exit(QUIT_GRACE).await {
+                    Stopped::Quit
+                } else {
                     self.kill().await?;
+                    Stopped::Killed
                 }
             }
-        }
-        remove_state(&self.dir, self.name())
+        };
+        tracing::info!(vm = self.name(), pid = self.pid, ?how, "VM stopped");
+        remove_state(&self.dir, self.name())?;
+        Ok(how)
     }
 
     /// SIGKILLs QEMU (only if the pid is still our QEMU) and waits for it.

@@ -42,8 +42,8 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     let bundle = load(&args.lab)?;
     let name = bundle.lab.name.clone();
     let env = Embedded::open(args.accel)?;
-    ensure_builtin_images(&env, &bundle.lab)?;
     let (record, host_plan) = env.plan(&bundle)?;
+    ensure_builtin_images(&env, &bundle.lab)?;
     env.agent.check(&host_plan).await.map_err(classify)?;
     env.store.put(&record)?;
 

@@ -329,20 +329,20 @@ pub(crate) fn node_res(p: &Problem, m: usize) -> Res {
     Res::new(p.nodes[m].memory_mib, p.nodes[m].vcpus)
 }
 
-/// Clusters that run now and may stay: all members on one host, which the
+/// Clusters that run now and may stay: all running members on one host, which the
 /// pins allow, with room, and no spread partner already kept there.
 /// Clusters are taken in index order so the answer is deterministic.
 fn fixed_clusters(p: &Problem, prep: &Prepared) -> Vec<Option<u32>> {
     let mut load = vec![Res::default(); p.hosts.len()];
     let mut fixed: Vec<Option<u32>> = vec![None; prep.clusters.len()];
     for (c, members) in prep.clusters.iter().enumerate() {
-        let hosts: Vec<Option<&usize>> = members.iter().map(|m| p.existing.get(m)).collect();
-        let Some(Some(&h)) = hosts.first().copied() else {
+        // Running members decide; members not running yet (just added to
+        // the group) follow them.
+        let mut running = members.iter().filter_map(|m| p.existing.get(m).copied());
+        let Some(h) = running.next() else {
             continue;
         };
-        if hosts.iter().any(|x| *x != Some(&h))
-            || !prep.allowed_sets[prep.cluster_allowed[c] as usize][h]
-        {
+        if running.any(|x| x != h) || !prep.allowed_sets[prep.cluster_allowed[c] as usize][h] {
             continue;
         }
         let need = members

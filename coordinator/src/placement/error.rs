@@ -108,7 +108,7 @@ pub enum PlacementError {
     },
     /// The nodes fit in total but could not be packed (free memory is split
     /// in pieces too small for what is left).
-    #[error("node \"{node}\": needs {}, largest free piece left after placing the others is {} ({host}); free memory is too fragmented: add a host or pin big nodes", .sizes.need(), .sizes.free())]
+    #[error("node \"{node}\": needs {}, largest free piece left after placing the others is {} ({host}); memory is too fragmented, or the hints leave too little room: add a host, or pin or spread fewer nodes", .sizes.need(), .sizes.free())]
     Fragmented {
         /// The first node that did not fit.
         node: String,

@@ -86,6 +86,7 @@ pub(crate) fn grow(
             None => {
                 let v = first
                     .take()
+                    .filter(|&v| st.assign[v] == NONE)
                     .or_else(|| seeds.next(&st, &aff))
                     .ok_or_else(|| Stuck::at(&st, 0))?;
                 let h = by_fullness

@@ -43,11 +43,20 @@ pub(crate) fn solve(p: &Problem, prep: &Prepared) -> Result<Vec<usize>, Placemen
         st.refine_with(fm_passes(prep));
         assign = st.assign;
     }
-    Ok(prep
+    let hosts: Vec<usize> = prep
         .cluster_of
         .iter()
         .map(|&c| assign[c as usize] as usize)
-        .collect())
+        .collect();
+    // Every step above places every vertex; a gap here is a bug, reported
+    // rather than turned into a host index that does not exist.
+    match hosts.iter().position(|&h| h >= p.hosts.len()) {
+        Some(n) => Err(PlacementError::InvalidInput(format!(
+            "internal error: node \"{}\" was left unplaced",
+            p.nodes[n].name
+        ))),
+        None => Ok(hosts),
+    }
 }
 
 /// Grows from several first seeds (spread over the vertex range), refines

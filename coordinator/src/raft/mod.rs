@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+mod network;
 mod state;
 mod state_machine;
 
@@ -21,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use log_store::LogStore;
+pub use network::{PeerLink, QuicNetwork, RaftReply, RaftRequest, RaftService};
 pub use state::{
     Applied, Capacity, ClusterState, Command, CommandResult, Host, LabRecord, LabStatus, Rejection,
     FIRST_VNI, LAST_VNI,

@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use super::TransportError;
 
+/// Payload bytes reserved before any arrive (most messages are smaller).
+const PREALLOCATE_MAX: usize = 64 * 1024;
+
 /// Why a peer reset a stream: the QUIC application error code it sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamErrorCode {
@@ -128,10 +131,7 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T,
         .await
         .map_err(|e| read_exact_err("reading a message header", HEADER_LEN, e))?;
     let size = codec::parse_header(&head)?;
-    let mut payload = vec![0u8; size];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| read_exact_err("reading a message", HEADER_LEN + size, e))?;
+    let payload = read_payload(recv, size).await?;
     let mut extra = [0u8; 1];
     match recv.read(&mut extra).await {
         Ok(None) => {}
@@ -139,6 +139,28 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T,
         Err(e) => return Err(read_err("waiting for the end of a message", e)),
     }
     Ok(codec::decode_payload(&payload)?)
+}
+
+/// Reads exactly `size` payload bytes, growing the buffer only as bytes
+/// arrive: a peer that announces a large message but sends little cannot
+/// make this side reserve the whole announced size.
+async fn read_payload(recv: &mut RecvStream, size: usize) -> Result<Vec<u8>, TransportError> {
+    let mut payload = Vec::with_capacity(size.min(PREALLOCATE_MAX));
+    while payload.len() < size {
+        let chunk = recv
+            .read_chunk(size - payload.len(), true)
+            .await
+            .map_err(|e| read_err("reading a message", e))?;
+        let Some(chunk) = chunk else {
+            return Err(CodecError::Truncated {
+                needed: HEADER_LEN + size,
+                got: HEADER_LEN + payload.len(),
+            }
+            .into());
+        };
+        payload.extend_from_slice(&chunk.bytes);
+    }
+    Ok(payload)
 }
 
 /// Writes `msg` as the one message of `send` and finishes the stream.

@@ -23,7 +23,14 @@ pub(crate) fn check_lab(sink: &mut Sink, lab: &RawLab) {
 }
 
 /// Reports a reference to a node that is not declared.
-fn unknown_node(sink: &mut Sink, nodes: &HashMap<&str, &RawNode>, name: &str, pos: Pos, path: &str, what: &str) {
+fn unknown_node(
+    sink: &mut Sink,
+    nodes: &HashMap<&str, &RawNode>,
+    name: &str,
+    pos: Pos,
+    path: &str,
+    what: &str,
+) {
     let guess = if nodes.len() <= SUGGEST_LIMIT {
         closest(name, nodes.keys().copied())
     } else {
@@ -33,7 +40,12 @@ fn unknown_node(sink: &mut Sink, nodes: &HashMap<&str, &RawNode>, name: &str, po
         Some(g) => format!("did you mean \"{g}\"?"),
         None => "declare it under nodes:".to_string(),
     };
-    sink.error(pos, path, format!("{what} \"{name}\" does not exist"), Some(help));
+    sink.error(
+        pos,
+        path,
+        format!("{what} \"{name}\" does not exist"),
+        Some(help),
+    );
 }
 
 fn check_counts(sink: &mut Sink, lab: &RawLab) {
@@ -53,7 +65,10 @@ fn check_counts(sink: &mut Sink, lab: &RawLab) {
     }
     for lan in &lab.lans {
         if lan.members.len() < 2 {
-            let msg = format!("a LAN needs at least two members; this one has {}", lan.members.len());
+            let msg = format!(
+                "a LAN needs at least two members; this one has {}",
+                lan.members.len()
+            );
             let help = "add members, or use a link for two NICs";
             sink.error(lan.pos, &lan.path, msg, Some(help.into()));
         }
@@ -62,8 +77,16 @@ fn check_counts(sink: &mut Sink, lab: &RawLab) {
 
 /// Every endpoint with the paths of its segment and of its list, in file order.
 fn endpoints_in_file_order(lab: &RawLab) -> Vec<(&str, &str, &RawEndpoint)> {
-    let links = lab.links.iter().flat_map(|l| l.ends.iter().map(|e| (l.path.as_str(), l.ends_path.as_str(), e)));
-    let lans = lab.lans.iter().flat_map(|l| l.members.iter().map(|e| (l.path.as_str(), l.path.as_str(), e)));
+    let links = lab.links.iter().flat_map(|l| {
+        l.ends
+            .iter()
+            .map(|e| (l.path.as_str(), l.ends_path.as_str(), e))
+    });
+    let lans = lab.lans.iter().flat_map(|l| {
+        l.members
+            .iter()
+            .map(|e| (l.path.as_str(), l.path.as_str(), e))
+    });
     let mut all: Vec<_> = links.chain(lans).collect();
     all.sort_by_key(|(_, _, e)| e.pos);
     all
@@ -71,7 +94,6 @@ fn endpoints_in_file_order(lab: &RawLab) -> Vec<(&str, &str, &RawEndpoint)> {
 
 fn check_endpoints(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode>) {
     let mut used: HashMap<(&str, &str), (&str, Pos)> = HashMap::new();
-    let mut nics_of: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (segment, list, e) in endpoints_in_file_order(lab) {
         let (node, nic) = (e.ep.node.as_str(), e.ep.nic.as_str());
         let path = || format!("{list}[{}]", e.index);
@@ -85,42 +107,59 @@ fn check_endpoints(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode
                 continue;
             }
         }
-        nics_of.entry(node).or_default().insert(nic);
         if let Some((first, at)) = used.insert((node, nic), (segment, e.pos)) {
             let msg = format!("NIC {} is already in {first} (line {})", e.ep, at.line);
-            let free = free_nic(raw, nics_of.get(node));
-            let help = format!("a NIC can be in only one link or LAN; use another NIC, e.g. {node}:{free}");
+            let free = free_nic(raw, |n| used.contains_key(&(node, n)));
+            let help = format!(
+                "a NIC can be in only one link or LAN; use another NIC, e.g. {node}:{free}"
+            );
             sink.error(e.pos, &path(), msg, Some(help));
             used.insert((node, nic), (first, at));
         }
     }
 }
 
-/// The first `ethN` that `node` neither declares nor uses.
-fn free_nic(raw: &RawNode, used: Option<&HashSet<&str>>) -> String {
+/// The first `ethN` that the node neither declares nor uses.
+fn free_nic(raw: &RawNode, used: impl Fn(&str) -> bool) -> String {
     (0..)
         .map(|i| format!("eth{i}"))
-        .find(|n| !raw.node.nics.contains_key(n) && !used.is_some_and(|u| u.contains(n.as_str())))
+        .find(|n| !raw.node.nics.contains_key(n) && !used(n))
         .unwrap_or_default()
 }
 
 fn check_segment_addresses(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode>) {
     let links = lab.links.iter().map(|l| (l.path.as_str(), &l.ends));
     let lans = lab.lans.iter().map(|l| (l.path.as_str(), &l.members));
+    // Reused across segments: most segments are small, allocation would dominate.
+    let mut seen: HashMap<IpAddr, &RawEndpoint> = HashMap::new();
+    let mut nics: HashSet<(&str, &str)> = HashSet::new();
     for (segment, members) in links.chain(lans) {
-        let mut seen: HashMap<IpAddr, &RawEndpoint> = HashMap::new();
-        let mut nics: HashSet<(&str, &str)> = HashSet::new();
+        seen.clear();
+        nics.clear();
         for e in members {
-            let Some(raw) = nodes.get(e.ep.node.as_str()) else { continue };
+            let Some(raw) = nodes.get(e.ep.node.as_str()) else {
+                continue;
+            };
             if !nics.insert((&e.ep.node, &e.ep.nic)) {
                 continue; // the same NIC twice is reported by check_endpoints
             }
-            let Some(nic) = raw.node.nics.get(&e.ep.nic) else { continue };
+            let Some(nic) = raw.node.nics.get(&e.ep.nic) else {
+                continue;
+            };
             let positions = raw.ip_pos.get(&e.ep.nic);
             for (k, net) in nic.ip.iter().enumerate() {
-                let Some(first) = seen.insert(net.addr(), e) else { continue };
-                let (pos, path) = positions.and_then(|p| p.get(k)).cloned().unwrap_or_default();
-                let msg = format!("{} is also the address of {} on {segment}", net.addr(), first.ep);
+                let Some(first) = seen.insert(net.addr(), e) else {
+                    continue;
+                };
+                let (pos, path) = positions
+                    .and_then(|p| p.get(k))
+                    .cloned()
+                    .unwrap_or_default();
+                let msg = format!(
+                    "{} is also the address of {} on {segment}",
+                    net.addr(),
+                    first.ep
+                );
                 let help = "give each NIC on a segment its own address";
                 sink.error(pos, &path, msg, Some(help.into()));
                 seen.insert(net.addr(), first);
@@ -169,7 +208,8 @@ fn check_placement(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode
     }
     let mut comps = Components::default();
     // Host a component is pinned to, and the node that pins it.
-    let mut comp_pin: HashMap<&str, (&str, &str)> = pinned.iter().map(|(n, h)| (*n, (*n, *h))).collect();
+    let mut comp_pin: HashMap<&str, (&str, &str)> =
+        pinned.iter().map(|(n, h)| (*n, (*n, *h))).collect();
     for g in &lab.together {
         let mut hosts: BTreeMap<&str, &str> = BTreeMap::new();
         for m in &g.members {
@@ -179,8 +219,14 @@ fn check_placement(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode
             }
         }
         if hosts.len() > 1 {
-            let list: Vec<String> = hosts.iter().map(|(h, n)| format!("\"{n}\" on {h}")).collect();
-            let msg = format!("this group must run on one host, but its nodes are pinned apart: {}", list.join(", "));
+            let list: Vec<String> = hosts
+                .iter()
+                .map(|(h, n)| format!("\"{n}\" on {h}"))
+                .collect();
+            let msg = format!(
+                "this group must run on one host, but its nodes are pinned apart: {}",
+                list.join(", ")
+            );
             let help = "pin them to the same host, or drop a pin";
             sink.error(g.pos, &g.path, msg, Some(help.into()));
         }
@@ -200,8 +246,16 @@ fn check_placement(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode
 
 fn check_group_members(sink: &mut Sink, g: &RawGroup, nodes: &HashMap<&str, &RawNode>) {
     if g.members.len() < 2 {
-        let msg = format!("a group needs at least two nodes; this one has {}", g.members.len());
-        sink.error(g.pos, &g.path, msg, Some("add nodes, or remove the group".into()));
+        let msg = format!(
+            "a group needs at least two nodes; this one has {}",
+            g.members.len()
+        );
+        sink.error(
+            g.pos,
+            &g.path,
+            msg,
+            Some("add nodes, or remove the group".into()),
+        );
     }
     let mut seen = HashSet::new();
     for m in &g.members {
@@ -236,7 +290,10 @@ fn check_spread<'a>(
         }
         if let Some((_, host)) = comp_pin.get(root) {
             if let Some(other) = by_host.insert(host, &m.name) {
-                let msg = format!("\"{other}\" and \"{}\" must run apart, but both are pinned to {host}", m.name);
+                let msg = format!(
+                    "\"{other}\" and \"{}\" must run apart, but both are pinned to {host}",
+                    m.name
+                );
                 let help = "pin one of them elsewhere, or drop it from this group";
                 sink.error(m.pos, &m.path, msg, Some(help.into()));
             }
@@ -253,9 +310,14 @@ fn check_verify(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode>) 
         }
         if let Some(to) = &c.to_node {
             if !nodes.contains_key(to.name.as_str()) {
-                let guess = closest(&to.name, nodes.keys().copied()).map(|g| format!("did you mean \"{g}\"?"));
-                let msg = format!("ping target \"{}\" is neither an IP address nor a node of this lab", to.name);
-                let help = guess.unwrap_or_else(|| "write an address like 198.19.1.2 or a node name".into());
+                let guess = closest(&to.name, nodes.keys().copied())
+                    .map(|g| format!("did you mean \"{g}\"?"));
+                let msg = format!(
+                    "ping target \"{}\" is neither an IP address nor a node of this lab",
+                    to.name
+                );
+                let help = guess
+                    .unwrap_or_else(|| "write an address like 198.19.1.2 or a node name".into());
                 sink.error(to.pos, &to.path, msg, Some(help));
             }
         }

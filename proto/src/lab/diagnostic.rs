@@ -154,7 +154,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `word`, if close enough to be a likely typo.
-pub(crate) fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub(crate) fn closest<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     // Inputs this long are not typos of short keys; skip the quadratic work.
     if word.len() > 64 {
         return None;
@@ -177,7 +180,10 @@ mod tests {
     #[test]
     fn suggests_close_words_only() {
         assert_eq!(closest("mtuu", ["ip", "mtu"]), Some("mtu"));
-        assert_eq!(closest("memroy", ["image", "memory", "cpus"]), Some("memory"));
+        assert_eq!(
+            closest("memroy", ["image", "memory", "cpus"]),
+            Some("memory")
+        );
         assert_eq!(closest("zzz", ["ip", "mtu"]), None);
     }
 

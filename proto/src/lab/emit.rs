@@ -92,7 +92,12 @@ enum FileCheck<'a> {
 
 fn file_link(link: &Link) -> FileLink {
     let ends = [link.endpoints[0].to_string(), link.endpoints[1].to_string()];
-    let Impairment { delay_us, jitter_us, loss_percent, rate_kbit } = link.impairment;
+    let Impairment {
+        delay_us,
+        jitter_us,
+        loss_percent,
+        rate_kbit,
+    } = link.impairment;
     if link.impairment.is_none() {
         return FileLink::Plain(ends);
     }
@@ -108,7 +113,11 @@ fn file_link(link: &Link) -> FileLink {
 fn file_check(check: &Check) -> FileCheck<'_> {
     match check {
         Check::Ping { from, to } => FileCheck::Ping { from, to },
-        Check::Exec { node, cmd, expect } => FileCheck::Exec { node, cmd, expect: expect.as_deref() },
+        Check::Exec { node, cmd, expect } => FileCheck::Exec {
+            node,
+            cmd,
+            expect: expect.as_deref(),
+        },
     }
 }
 
@@ -137,7 +146,12 @@ pub fn to_yaml(lab: &Lab) -> String {
             (name.as_str(), node)
         })
         .collect();
-    let pin = lab.placement.pin.iter().map(|(n, s)| (n.as_str(), selector(s))).collect();
+    let pin = lab
+        .placement
+        .pin
+        .iter()
+        .map(|(n, s)| (n.as_str(), selector(s)))
+        .collect();
     let file = FileLab {
         name: &lab.name,
         nodes,
@@ -145,9 +159,18 @@ pub fn to_yaml(lab: &Lab) -> String {
         lans: lab
             .lans
             .iter()
-            .map(|(k, l)| (k.as_str(), l.members.iter().map(|m| m.to_string()).collect()))
+            .map(|(k, l)| {
+                (
+                    k.as_str(),
+                    l.members.iter().map(|m| m.to_string()).collect(),
+                )
+            })
             .collect(),
-        placement: FilePlacement { pin, together: &lab.placement.together, spread: &lab.placement.spread },
+        placement: FilePlacement {
+            pin,
+            together: &lab.placement.together,
+            spread: &lab.placement.spread,
+        },
         verify: lab.verify.iter().map(file_check).collect(),
     };
     // Serializing plain maps, strings and numbers cannot fail.

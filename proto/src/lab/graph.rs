@@ -44,7 +44,11 @@ fn by_host<'a>(lab: &'a Lab, hosts: Option<&'a Hosts>) -> BTreeMap<Option<&'a st
 
 /// `eth0 198.19.1.1/24` for a NIC label.
 fn nic_label(lab: &Lab, e: &Endpoint) -> String {
-    let ips = lab.nodes.get(&e.node).and_then(|n| n.nics.get(&e.nic)).map(|n| &n.ip);
+    let ips = lab
+        .nodes
+        .get(&e.node)
+        .and_then(|n| n.nics.get(&e.nic))
+        .map(|n| &n.ip);
     let mut s = e.nic.clone();
     for ip in ips.into_iter().flatten() {
         let _ = write!(s, " {ip}");
@@ -91,21 +95,31 @@ fn dot(lab: &Lab, hosts: Option<&Hosts>) -> String {
     }
     for link in &lab.links {
         let [a, b] = &link.endpoints;
+        let imp = impairment_label(&link.impairment);
+        let label = if imp.is_empty() {
+            String::new()
+        } else {
+            format!(", label={}", quote(&imp))
+        };
         let _ = writeln!(
             out,
-            "  {} -- {} [taillabel={}, headlabel={}, label={}];",
+            "  {} -- {} [taillabel={}, headlabel={}{label}];",
             quote(&a.node),
             quote(&b.node),
             quote(&nic_label(lab, a)),
             quote(&nic_label(lab, b)),
-            quote(&impairment_label(&link.impairment)),
         );
     }
     for (name, lan) in &lab.lans {
         let id = quote(&format!("lan:{name}"));
         let _ = writeln!(out, "  {id} [shape=ellipse, label={}];", quote(name));
         for m in &lan.members {
-            let _ = writeln!(out, "  {} -- {id} [taillabel={}];", quote(&m.node), quote(&nic_label(lab, m)));
+            let _ = writeln!(
+                out,
+                "  {} -- {id} [taillabel={}];",
+                quote(&m.node),
+                quote(&nic_label(lab, m))
+            );
         }
     }
     out.push_str("}\n");
@@ -114,7 +128,12 @@ fn dot(lab: &Lab, hosts: Option<&Hosts>) -> String {
 
 fn mermaid(lab: &Lab, hosts: Option<&Hosts>) -> String {
     // Mermaid ids cannot hold every character a name may; number them instead.
-    let ids: BTreeMap<&str, String> = lab.nodes.keys().enumerate().map(|(i, n)| (n.as_str(), format!("n{i}"))).collect();
+    let ids: BTreeMap<&str, String> = lab
+        .nodes
+        .keys()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), format!("n{i}")))
+        .collect();
     let id = |n: &str| ids.get(n).cloned().unwrap_or_default();
     let mut out = String::from("graph LR\n");
     for (i, (host, names)) in by_host(lab, hosts).into_iter().enumerate() {
@@ -135,12 +154,23 @@ fn mermaid(lab: &Lab, hosts: Option<&Hosts>) -> String {
         if !imp.is_empty() {
             let _ = write!(label, " ({imp})");
         }
-        let _ = writeln!(out, "  {} ---|{}| {}", id(&a.node), quote(&label), id(&b.node));
+        let _ = writeln!(
+            out,
+            "  {} ---|{}| {}",
+            id(&a.node),
+            quote(&label),
+            id(&b.node)
+        );
     }
     for (i, (name, lan)) in lab.lans.iter().enumerate() {
         let _ = writeln!(out, "  lan{i}(({}))", quote(name));
         for m in &lan.members {
-            let _ = writeln!(out, "  {} ---|{}| lan{i}", id(&m.node), quote(&nic_label(lab, m)));
+            let _ = writeln!(
+                out,
+                "  {} ---|{}| lan{i}",
+                id(&m.node),
+                quote(&nic_label(lab, m))
+            );
         }
     }
     out
@@ -188,7 +218,11 @@ fn json(lab: &Lab, hosts: Option<&Hosts>) -> String {
             nics: n
                 .nics
                 .iter()
-                .map(|(k, nic)| JsonNic { name: k, ip: nic.ip.iter().map(|i| i.to_string()).collect(), mtu: nic.mtu })
+                .map(|(k, nic)| JsonNic {
+                    name: k,
+                    ip: nic.ip.iter().map(|i| i.to_string()).collect(),
+                    mtu: nic.mtu,
+                })
                 .collect(),
         })
         .collect();
@@ -196,13 +230,21 @@ fn json(lab: &Lab, hosts: Option<&Hosts>) -> String {
         .segments()
         .into_iter()
         .map(|s| JsonSegment {
-            kind: if s.key.starts_with("lan:") { "lan" } else { "link" },
+            kind: if s.key.starts_with("lan:") {
+                "lan"
+            } else {
+                "link"
+            },
             members: s.members.iter().map(|m| m.to_string()).collect(),
             key: s.key,
             impairment: s.impairment,
         })
         .collect();
-    let graph = JsonGraph { lab: &lab.name, nodes, segments };
+    let graph = JsonGraph {
+        lab: &lab.name,
+        nodes,
+        segments,
+    };
     // Plain strings and numbers always serialize.
     serde_json::to_string_pretty(&graph).unwrap_or_default() + "\n"
 }

@@ -82,21 +82,50 @@ fn load_yaml(sink: &mut Sink, text: &str) -> Option<Yaml> {
         YamlError::DuplicateKey(d) => {
             let permissive = yaml_guarded(text, options()).ok();
             let (first, again) = (Pos::of_span(d.prev_key.span()), Pos::of_span(d.key.span()));
-            let path = permissive.as_ref().and_then(|r| path_of_key(r, "", first)).unwrap_or_default();
+            let path = permissive
+                .as_ref()
+                .and_then(|r| path_of_key(r, "", first))
+                .unwrap_or_default();
             let what = if path == "nodes" { "node name" } else { "key" };
-            let msg = format!("duplicate {what} \"{}\" (first at line {}, column {})", d.key.as_str(), first.line, first.column);
-            sink.error(again, &path, msg, Some("remove or rename one of them".into()));
+            let msg = format!(
+                "duplicate {what} \"{}\" (first at line {}, column {})",
+                d.key.as_str(),
+                first.line,
+                first.column
+            );
+            sink.error(
+                again,
+                &path,
+                msg,
+                Some("remove or rename one of them".into()),
+            );
             return permissive;
         }
-        YamlError::ScanError(m, e) => (Pos::of_marker(m), format!("YAML syntax error: {}", e.info()), None),
+        YamlError::ScanError(m, e) => (
+            Pos::of_marker(m),
+            format!("YAML syntax error: {}", e.info()),
+            None,
+        ),
         YamlError::TopLevelMustBeMapping(m) | YamlError::TopLevelMustBeSequence(m) => (
             Pos::of_marker(m),
             "the lab file must be a YAML mapping".to_string(),
             Some("start with name: my-lab, then nodes:".to_string()),
         ),
-        YamlError::UnexpectedAnchor(m) => (Pos::of_marker(m), "YAML anchors and aliases are not supported".into(), Some("use defaults: for shared values".into())),
-        YamlError::MappingKeyMustBeScalar(m) => (Pos::of_marker(m), "mapping keys must be plain values".into(), None),
-        YamlError::UnexpectedTag(m) => (Pos::of_marker(m), "YAML tags (!tag) are not supported".into(), None),
+        YamlError::UnexpectedAnchor(m) => (
+            Pos::of_marker(m),
+            "YAML anchors and aliases are not supported".into(),
+            Some("use defaults: for shared values".into()),
+        ),
+        YamlError::MappingKeyMustBeScalar(m) => (
+            Pos::of_marker(m),
+            "mapping keys must be plain values".into(),
+            None,
+        ),
+        YamlError::UnexpectedTag(m) => (
+            Pos::of_marker(m),
+            "YAML tags (!tag) are not supported".into(),
+            None,
+        ),
     };
     sink.error(pos, "", message, help);
     None
@@ -115,7 +144,9 @@ fn yaml_guarded(text: &str, options: LoaderOptions) -> Result<Yaml, YamlError> {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
     }) {
-        return Err(YamlError::TopLevelMustBeMapping(marked_yaml::Marker::new(0, 0, 1, 1)));
+        return Err(YamlError::TopLevelMustBeMapping(marked_yaml::Marker::new(
+            0, 0, 1, 1,
+        )));
     }
     marked_yaml::parse_yaml_with_options(0, text, options)
 }
@@ -125,14 +156,21 @@ fn path_of_key(node: &Yaml, path: &str, at: Pos) -> Option<String> {
     match node {
         Yaml::Scalar(_) => None,
         Yaml::Mapping(m) => m.iter().find_map(|(k, v)| {
-            let child = if path.is_empty() { k.as_str().to_string() } else { format!("{path}.{}", k.as_str()) };
+            let child = if path.is_empty() {
+                k.as_str().to_string()
+            } else {
+                format!("{path}.{}", k.as_str())
+            };
             if Pos::of_span(k.span()) == at {
                 Some(path.to_string())
             } else {
                 path_of_key(v, &child, at)
             }
         }),
-        Yaml::Sequence(s) => s.iter().enumerate().find_map(|(i, v)| path_of_key(v, &format!("{path}[{i}]"), at)),
+        Yaml::Sequence(s) => s
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| path_of_key(v, &format!("{path}[{i}]"), at)),
     }
 }
 
@@ -162,7 +200,10 @@ fn build(raw: RawLab) -> (Lab, FilePositions) {
         if let Ok([a, b]) = <[read::RawEndpoint; 2]>::try_from(l.ends) {
             add_nic(&a.ep);
             add_nic(&b.ep);
-            links.push(Link { endpoints: [a.ep, b.ep], impairment: l.impairment });
+            links.push(Link {
+                endpoints: [a.ep, b.ep],
+                impairment: l.impairment,
+            });
         }
     }
     let mut lans = BTreeMap::new();
@@ -178,12 +219,25 @@ fn build(raw: RawLab) -> (Lab, FilePositions) {
         spread: raw.spread.into_iter().map(group).collect(),
     };
     let verify = raw.verify.into_iter().map(|c| c.check).collect();
-    (Lab { name: raw.name, nodes, links, lans, placement, verify }, file_pos)
+    (
+        Lab {
+            name: raw.name,
+            nodes,
+            links,
+            lans,
+            placement,
+            verify,
+        },
+        file_pos,
+    )
 }
 
 /// Reads a lab file as UTF-8 text.
 fn read_text(path: &Path) -> Result<String, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
@@ -225,10 +279,14 @@ pub fn load_bundle(path: &Path) -> Result<LabBundle, LoadError> {
                     files.insert(host.clone(), data);
                 }
                 Err(e) => {
-                    let pos = file_pos.get(&(name.clone(), guest.clone())).copied().unwrap_or_default();
+                    let pos = file_pos
+                        .get(&(name.clone(), guest.clone()))
+                        .copied()
+                        .unwrap_or_default();
                     let at = format!("nodes.{name}.files.{guest}");
                     let msg = format!("cannot read \"{host}\" ({}): {e}", full.display());
-                    let help = "create the file, or fix the path (relative to the lab file's folder)";
+                    let help =
+                        "create the file, or fix the path (relative to the lab file's folder)";
                     sink.error(pos, &at, msg, Some(help.into()));
                 }
             }

@@ -109,7 +109,15 @@ struct Defaults {
     cpus: Option<u32>,
 }
 
-const TOP_KEYS: &[&str] = &["name", "defaults", "nodes", "links", "lans", "placement", "verify"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "defaults",
+    "nodes",
+    "links",
+    "lans",
+    "placement",
+    "verify",
+];
 const NODE_KEYS: &[&str] = &["image", "memory", "cpus", "nics", "exec", "files"];
 const DEFAULT_KEYS: &[&str] = &["image", "memory", "cpus"];
 const NIC_KEYS: &[&str] = &["ip", "mtu"];
@@ -164,20 +172,40 @@ fn check_keys(sink: &mut Sink, map: &MarkedMappingNode, path: &str, allowed: &[&
 }
 
 /// `n` as a mapping, or an error saying what was expected.
-fn want_map<'n>(sink: &mut Sink, n: &'n Yaml, path: &str, what: &str) -> Option<&'n MarkedMappingNode> {
+fn want_map<'n>(
+    sink: &mut Sink,
+    n: &'n Yaml,
+    path: &str,
+    what: &str,
+) -> Option<&'n MarkedMappingNode> {
     if let Yaml::Mapping(m) = n {
         return Some(m);
     }
-    sink.error(Pos::of(n), path, format!("expected {what}, found {}", kind(n)), None);
+    sink.error(
+        Pos::of(n),
+        path,
+        format!("expected {what}, found {}", kind(n)),
+        None,
+    );
     None
 }
 
 /// `n` as a list, or an error saying what was expected.
-fn want_seq<'n>(sink: &mut Sink, n: &'n Yaml, path: &str, what: &str) -> Option<&'n MarkedSequenceNode> {
+fn want_seq<'n>(
+    sink: &mut Sink,
+    n: &'n Yaml,
+    path: &str,
+    what: &str,
+) -> Option<&'n MarkedSequenceNode> {
     if let Yaml::Sequence(s) = n {
         return Some(s);
     }
-    sink.error(Pos::of(n), path, format!("expected {what}, found {}", kind(n)), None);
+    sink.error(
+        Pos::of(n),
+        path,
+        format!("expected {what}, found {}", kind(n)),
+        None,
+    );
     None
 }
 
@@ -186,14 +214,24 @@ fn want_str<'n>(sink: &mut Sink, n: &'n Yaml, path: &str, what: &str) -> Option<
     match n {
         Yaml::Scalar(s) if !is_null_scalar(s) => Some(s.as_str()),
         _ => {
-            sink.error(Pos::of(n), path, format!("expected {what}, found {}", kind(n)), None);
+            sink.error(
+                Pos::of(n),
+                path,
+                format!("expected {what}, found {}", kind(n)),
+                None,
+            );
             None
         }
     }
 }
 
 /// One string or a list of strings, with each item's position.
-fn str_or_list<'n>(sink: &mut Sink, n: &'n Yaml, path: &str, what: &str) -> Vec<(&'n str, Pos, String)> {
+fn str_or_list<'n>(
+    sink: &mut Sink,
+    n: &'n Yaml,
+    path: &str,
+    what: &str,
+) -> Vec<(&'n str, Pos, String)> {
     match n {
         Yaml::Sequence(items) => items
             .iter()
@@ -212,13 +250,21 @@ fn str_or_list<'n>(sink: &mut Sink, n: &'n Yaml, path: &str, what: &str) -> Vec<
 /// Reports a required key that is missing from `map`.
 fn missing(sink: &mut Sink, map: &MarkedMappingNode, path: &str, key: &str, example: &str) {
     let msg = format!("missing key \"{key}\"");
-    sink.error(Pos::of_span(map.span()), path, msg, Some(format!("add it, e.g. {example}")));
+    sink.error(
+        Pos::of_span(map.span()),
+        path,
+        msg,
+        Some(format!("add it, e.g. {example}")),
+    );
 }
 
 /// Whether `name` can name a `kind` (node, NIC, LAN): it ends up in guest
 /// interface names, hostnames and host-side identifiers.
 pub(crate) fn name_problem(kind: &str, name: &str, max: usize) -> Option<(String, String)> {
-    let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let rest_ok = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
@@ -226,7 +272,10 @@ pub(crate) fn name_problem(kind: &str, name: &str, max: usize) -> Option<(String
         return None;
     }
     let why = if name.len() > max {
-        format!("{kind} name \"{name}\" is {} bytes long; the limit is {max}", name.len())
+        format!(
+            "{kind} name \"{name}\" is {} bytes long; the limit is {max}",
+            name.len()
+        )
     } else {
         format!("{kind} name \"{name}\" cannot be used")
     };
@@ -285,8 +334,13 @@ fn read_lab_name(sink: &mut Sink, top: &MarkedMappingNode) -> String {
         return String::new();
     };
     let ok = name.len() <= MAX_LAB_NAME
-        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok {
         let msg = format!("lab name \"{name}\" cannot be used");
         let help = format!("use lowercase letters, digits and '-', 1 to {MAX_LAB_NAME} characters");
@@ -297,13 +351,24 @@ fn read_lab_name(sink: &mut Sink, top: &MarkedMappingNode) -> String {
 
 fn read_defaults(sink: &mut Sink, n: &Yaml) -> Defaults {
     let mut d = Defaults::default();
-    let Some(map) = want_map(sink, n, "defaults", "a mapping like {image: tiny, memory: 256MiB}") else {
+    let Some(map) = want_map(
+        sink,
+        n,
+        "defaults",
+        "a mapping like {image: tiny, memory: 256MiB}",
+    ) else {
         return d;
     };
     check_keys(sink, map, "defaults", DEFAULT_KEYS);
-    d.image = map.get_node("image").and_then(|v| read_image(sink, v, "defaults.image"));
-    d.memory_mib = map.get_node("memory").and_then(|v| read_memory(sink, v, "defaults.memory"));
-    d.cpus = map.get_node("cpus").and_then(|v| read_cpus(sink, v, "defaults.cpus"));
+    d.image = map
+        .get_node("image")
+        .and_then(|v| read_image(sink, v, "defaults.image"));
+    d.memory_mib = map
+        .get_node("memory")
+        .and_then(|v| read_memory(sink, v, "defaults.memory"));
+    d.cpus = map
+        .get_node("cpus")
+        .and_then(|v| read_cpus(sink, v, "defaults.cpus"));
     d
 }
 
@@ -362,9 +427,16 @@ fn read_nodes(sink: &mut Sink, n: &Yaml, defaults: &Defaults) -> Vec<RawNode> {
     };
     if map.is_empty() {
         let help = "add a node, e.g. nodes: {a: {image: tiny}}";
-        sink.error(Pos::of(n), "nodes", "a lab needs at least one node".into(), Some(help.into()));
+        sink.error(
+            Pos::of(n),
+            "nodes",
+            "a lab needs at least one node".into(),
+            Some(help.into()),
+        );
     }
-    map.iter().map(|(k, v)| read_node(sink, k, v, defaults)).collect()
+    map.iter()
+        .map(|(k, v)| read_node(sink, k, v, defaults))
+        .collect()
 }
 
 fn read_node(sink: &mut Sink, key: &MarkedScalarNode, body: &Yaml, defaults: &Defaults) -> RawNode {
@@ -387,7 +459,16 @@ fn read_node(sink: &mut Sink, key: &MarkedScalarNode, body: &Yaml, defaults: &De
         ip_pos: BTreeMap::new(),
         file_pos: BTreeMap::new(),
     };
-    let map = if is_null(body) { None } else { want_map(sink, body, &path, "a mapping like {image: tiny, nics: {...}}") };
+    let map = if is_null(body) {
+        None
+    } else {
+        want_map(
+            sink,
+            body,
+            &path,
+            "a mapping like {image: tiny, nics: {...}}",
+        )
+    };
     if let Some(map) = map {
         read_node_fields(sink, map, &path, &mut raw);
     }
@@ -411,10 +492,16 @@ fn read_node_fields(sink: &mut Sink, map: &MarkedMappingNode, path: &str, raw: &
             raw.node.image = "?".into(); // reported already; do not also say "no image"
         }
     }
-    if let Some(m) = map.get_node("memory").and_then(|v| read_memory(sink, v, &join(path, "memory"))) {
+    if let Some(m) = map
+        .get_node("memory")
+        .and_then(|v| read_memory(sink, v, &join(path, "memory")))
+    {
         raw.node.memory_mib = m;
     }
-    if let Some(c) = map.get_node("cpus").and_then(|v| read_cpus(sink, v, &join(path, "cpus"))) {
+    if let Some(c) = map
+        .get_node("cpus")
+        .and_then(|v| read_cpus(sink, v, &join(path, "cpus")))
+    {
         raw.node.cpus = c;
     }
     if let Some(v) = map.get_node("nics") {
@@ -434,7 +521,12 @@ fn read_nics(sink: &mut Sink, n: &Yaml, path: &str, raw: &mut RawNode) {
     if is_null(n) {
         return;
     }
-    let Some(map) = want_map(sink, n, path, "a mapping of NIC names to NICs, e.g. {eth0: {ip: [198.19.1.1/24]}}") else {
+    let Some(map) = want_map(
+        sink,
+        n,
+        path,
+        "a mapping of NIC names to NICs, e.g. {eth0: {ip: [198.19.1.1/24]}}",
+    ) else {
         return;
     };
     for (k, v) in map.iter() {
@@ -455,13 +547,20 @@ fn read_nic(sink: &mut Sink, n: &Yaml, path: &str) -> (Nic, Vec<(Pos, String)>) 
     if is_null(n) {
         return (nic, ip_pos);
     }
-    let Some(map) = want_map(sink, n, path, "a mapping like {ip: [198.19.1.1/24], mtu: 1400}") else {
+    let Some(map) = want_map(
+        sink,
+        n,
+        path,
+        "a mapping like {ip: [198.19.1.1/24], mtu: 1400}",
+    ) else {
         return (nic, ip_pos);
     };
     check_keys(sink, map, path, NIC_KEYS);
     if let Some(v) = map.get_node("ip") {
         let p = join(path, "ip");
-        for (text, pos, item_path) in str_or_list(sink, v, &p, "an address in CIDR form like 198.19.1.1/24") {
+        for (text, pos, item_path) in
+            str_or_list(sink, v, &p, "an address in CIDR form like 198.19.1.1/24")
+        {
             if let Some(ip) = parse_cidr(sink, text, pos, &item_path) {
                 nic.ip.push(ip);
                 ip_pos.push((pos, item_path));
@@ -516,7 +615,12 @@ fn read_mtu(sink: &mut Sink, n: &Yaml, path: &str) -> Option<u32> {
 }
 
 fn read_files(sink: &mut Sink, n: &Yaml, path: &str, raw: &mut RawNode) {
-    let Some(map) = want_map(sink, n, path, "a mapping of guest paths to host paths, e.g. {/etc/motd: motd.txt}") else {
+    let Some(map) = want_map(
+        sink,
+        n,
+        path,
+        "a mapping of guest paths to host paths, e.g. {/etc/motd: motd.txt}",
+    ) else {
         return;
     };
     for (k, v) in map.iter() {
@@ -524,7 +628,12 @@ fn read_files(sink: &mut Sink, n: &Yaml, path: &str, raw: &mut RawNode) {
         let p = join(path, guest);
         if !guest.starts_with('/') {
             let msg = format!("guest path \"{guest}\" is not absolute");
-            sink.error(Pos::of_span(k.span()), &p, msg, Some(format!("write /{guest}")));
+            sink.error(
+                Pos::of_span(k.span()),
+                &p,
+                msg,
+                Some(format!("write /{guest}")),
+            );
         }
         if let Some(host) = want_str(sink, v, &p, "a host path relative to the lab file") {
             raw.node.files.insert(guest.to_string(), host.to_string());
@@ -541,14 +650,16 @@ fn read_endpoint(sink: &mut Sink, n: &Yaml, list_path: &str, index: usize) -> Op
         return None;
     };
     match text.split_once(':') {
-        Some((node, nic)) if !node.is_empty() && !nic.is_empty() && !nic.contains(':') => Some(RawEndpoint {
-            ep: Endpoint {
-                node: node.to_string(),
-                nic: nic.to_string(),
-            },
-            pos: Pos::of(n),
-            index,
-        }),
+        Some((node, nic)) if !node.is_empty() && !nic.is_empty() && !nic.contains(':') => {
+            Some(RawEndpoint {
+                ep: Endpoint {
+                    node: node.to_string(),
+                    nic: nic.to_string(),
+                },
+                pos: Pos::of(n),
+                index,
+            })
+        }
         _ => {
             let msg = format!("endpoint \"{}\" is not NODE:NIC", text.as_str());
             let path = format!("{list_path}[{index}]");
@@ -612,14 +723,23 @@ fn read_link_map(sink: &mut Sink, map: &MarkedMappingNode, path: &str, link: &mu
         None => missing(sink, map, path, "endpoints", "endpoints: [a:eth0, b:eth0]"),
     }
     let imp = &mut link.impairment;
-    imp.delay_us = read_unit(sink, map, path, "delay", |t| units::parse_duration_us("delay", t));
-    imp.jitter_us = read_unit(sink, map, path, "jitter", |t| units::parse_duration_us("jitter", t));
+    imp.delay_us = read_unit(sink, map, path, "delay", |t| {
+        units::parse_duration_us("delay", t)
+    });
+    imp.jitter_us = read_unit(sink, map, path, "jitter", |t| {
+        units::parse_duration_us("jitter", t)
+    });
     imp.loss_percent = read_unit(sink, map, path, "loss", units::parse_loss_percent);
     imp.rate_kbit = read_unit(sink, map, path, "rate", units::parse_rate_kbit);
     if imp.rate_kbit == Some(0) {
         let p = join(path, "rate");
         let pos = map.get_node("rate").map(Pos::of).unwrap_or_default();
-        sink.error(pos, &p, "rate 0 would carry nothing".into(), Some("e.g. rate: 100Mbit".into()));
+        sink.error(
+            pos,
+            &p,
+            "rate 0 would carry nothing".into(),
+            Some("e.g. rate: 100Mbit".into()),
+        );
     }
 }
 
@@ -634,7 +754,9 @@ fn read_unit<T>(
     let v = map.get_node(key)?;
     let p = join(path, key);
     let text = want_str(sink, v, &p, "a value with a unit")?;
-    parse(text).map_err(|msg| sink.error(Pos::of(v), &p, msg, None)).ok()
+    parse(text)
+        .map_err(|msg| sink.error(Pos::of(v), &p, msg, None))
+        .ok()
 }
 
 fn read_lans(sink: &mut Sink, n: &Yaml) -> Vec<RawLan> {
@@ -648,7 +770,8 @@ fn read_lans(sink: &mut Sink, n: &Yaml) -> Vec<RawLan> {
         if let Some((msg, help)) = name_problem("LAN", name, MAX_LAN_NAME) {
             sink.error(Pos::of_span(k.span()), &path, msg, Some(help));
         }
-        let Some(seq) = want_seq(sink, v, &path, "a list of members, e.g. [r1:eth1, r2:eth1]") else {
+        let Some(seq) = want_seq(sink, v, &path, "a list of members, e.g. [r1:eth1, r2:eth1]")
+        else {
             continue;
         };
         lans.push(RawLan {
@@ -699,10 +822,19 @@ fn read_pins(sink: &mut Sink, n: &Yaml) -> Vec<(Ref, HostSelector)> {
         };
         if bad {
             let msg = format!("\"{host}\" is not a host name or label:NAME");
-            sink.error(Pos::of(v), &path, msg, Some("e.g. lab-host-1 or label:fast".into()));
+            sink.error(
+                Pos::of(v),
+                &path,
+                msg,
+                Some("e.g. lab-host-1 or label:fast".into()),
+            );
             continue;
         }
-        let node = Ref { name: k.as_str().to_string(), pos: Pos::of_span(k.span()), path };
+        let node = Ref {
+            name: k.as_str().to_string(),
+            pos: Pos::of_span(k.span()),
+            path,
+        };
         pins.push((node, sel));
     }
     pins
@@ -715,7 +847,8 @@ fn read_groups(sink: &mut Sink, n: &Yaml, path: &str) -> Vec<RawGroup> {
     let mut groups = Vec::new();
     for (i, g) in seq.iter().enumerate() {
         let gpath = format!("{path}[{i}]");
-        let Some(members) = want_seq(sink, g, &gpath, "a list of node names, e.g. [r1, dns]") else {
+        let Some(members) = want_seq(sink, g, &gpath, "a list of node names, e.g. [r1, dns]")
+        else {
             continue;
         };
         let members = members
@@ -724,32 +857,54 @@ fn read_groups(sink: &mut Sink, n: &Yaml, path: &str) -> Vec<RawGroup> {
             .filter_map(|(j, m)| {
                 let p = format!("{gpath}[{j}]");
                 let name = want_str(sink, m, &p, "a node name")?;
-                Some(Ref { name: name.to_string(), pos: Pos::of(m), path: p })
+                Some(Ref {
+                    name: name.to_string(),
+                    pos: Pos::of(m),
+                    path: p,
+                })
             })
             .collect();
-        groups.push(RawGroup { pos: Pos::of(g), path: gpath, members });
+        groups.push(RawGroup {
+            pos: Pos::of(g),
+            path: gpath,
+            members,
+        });
     }
     groups
 }
 
 fn read_verify(sink: &mut Sink, n: &Yaml) -> Vec<RawCheck> {
-    let Some(seq) = want_seq(sink, n, "verify", "a list of checks, e.g. [{ping: {from: a, to: b}}]") else {
+    let Some(seq) = want_seq(
+        sink,
+        n,
+        "verify",
+        "a list of checks, e.g. [{ping: {from: a, to: b}}]",
+    ) else {
         return Vec::new();
     };
     let mut checks = Vec::new();
     for (i, item) in seq.iter().enumerate() {
         let path = format!("verify[{i}]");
-        let Some(map) = want_map(sink, item, &path, "a check: {ping: {...}} or {exec: {...}}") else {
+        let Some(map) = want_map(sink, item, &path, "a check: {ping: {...}} or {exec: {...}}")
+        else {
             continue;
         };
         check_keys(sink, map, &path, VERIFY_KEYS);
-        let known: Vec<_> = map.iter().filter(|(k, _)| VERIFY_KEYS.contains(&k.as_str())).collect();
+        let known: Vec<_> = map
+            .iter()
+            .filter(|(k, _)| VERIFY_KEYS.contains(&k.as_str()))
+            .collect();
         match known.as_slice() {
-            [(k, v)] if k.as_str() == "ping" => checks.extend(read_ping(sink, v, &join(&path, "ping"))),
+            [(k, v)] if k.as_str() == "ping" => {
+                checks.extend(read_ping(sink, v, &join(&path, "ping")))
+            }
             [(_, v)] => checks.extend(read_exec(sink, v, &join(&path, "exec"))),
-            [] if map.len() > 0 => {} // unknown key reported above
+            [] if !map.is_empty() => {} // unknown key reported above
             _ => {
-                let msg = format!("a check has exactly one of ping, exec; found {}", known.len());
+                let msg = format!(
+                    "a check has exactly one of ping, exec; found {}",
+                    known.len()
+                );
                 let help = "split it into one list item per check";
                 sink.error(Pos::of(item), &path, msg, Some(help.into()));
             }
@@ -759,14 +914,24 @@ fn read_verify(sink: &mut Sink, n: &Yaml) -> Vec<RawCheck> {
 }
 
 /// A required string field of a check, as a `Ref` (for node names).
-fn field(sink: &mut Sink, map: &MarkedMappingNode, path: &str, key: &str, example: &str) -> Option<Ref> {
+fn field(
+    sink: &mut Sink,
+    map: &MarkedMappingNode,
+    path: &str,
+    key: &str,
+    example: &str,
+) -> Option<Ref> {
     let Some(v) = map.get_node(key) else {
         missing(sink, map, path, key, example);
         return None;
     };
     let p = join(path, key);
     let s = want_str(sink, v, &p, "a string")?;
-    Some(Ref { name: s.to_string(), pos: Pos::of(v), path: p })
+    Some(Ref {
+        name: s.to_string(),
+        pos: Pos::of(v),
+        path: p,
+    })
 }
 
 fn read_ping(sink: &mut Sink, n: &Yaml, path: &str) -> Option<RawCheck> {
@@ -777,24 +942,38 @@ fn read_ping(sink: &mut Sink, n: &Yaml, path: &str) -> Option<RawCheck> {
     let (from, to) = (from?, to?);
     let is_ip = std::net::IpAddr::from_str(&to.name).is_ok();
     Some(RawCheck {
-        check: Check::Ping { from: from.name.clone(), to: to.name.clone() },
+        check: Check::Ping {
+            from: from.name.clone(),
+            to: to.name.clone(),
+        },
         nodes: vec![from],
         to_node: (!is_ip).then_some(to),
     })
 }
 
 fn read_exec(sink: &mut Sink, n: &Yaml, path: &str) -> Option<RawCheck> {
-    let map = want_map(sink, n, path, "a mapping like {node: a, cmd: \"ip -o addr\"}")?;
+    let map = want_map(
+        sink,
+        n,
+        path,
+        "a mapping like {node: a, cmd: \"ip -o addr\"}",
+    )?;
     check_keys(sink, map, path, EXEC_KEYS);
     let node = field(sink, map, path, "node", "node: a");
     let cmd = field(sink, map, path, "cmd", "cmd: \"ip -o addr\"");
     let expect = match map.get_node("expect") {
-        Some(v) => Some(want_str(sink, v, &join(path, "expect"), "a regular expression")?.to_string()),
+        Some(v) => {
+            Some(want_str(sink, v, &join(path, "expect"), "a regular expression")?.to_string())
+        }
         None => None,
     };
     let (node, cmd) = (node?, cmd?);
     Some(RawCheck {
-        check: Check::Exec { node: node.name.clone(), cmd: cmd.name, expect },
+        check: Check::Exec {
+            node: node.name.clone(),
+            cmd: cmd.name,
+            expect,
+        },
         nodes: vec![node],
         to_node: None,
     })

@@ -44,7 +44,11 @@ pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
                 "memory \"{text}\" uses unit \"{unit}\"; write MiB or GiB (e.g. 512MiB, 2GiB)"
             ))
         }
-        _ => return Err(format!("memory \"{text}\" is not a size like 512MiB or 2GiB")),
+        _ => {
+            return Err(format!(
+                "memory \"{text}\" is not a size like 512MiB or 2GiB"
+            ))
+        }
     };
     scaled(n, scale).ok_or_else(|| format!("memory \"{text}\" is not a whole number of MiB"))
 }
@@ -56,7 +60,11 @@ pub fn parse_rate_kbit(text: &str) -> Result<u64, String> {
         "kbit" => 1,
         "mbit" => 1000,
         "gbit" => 1_000_000,
-        _ => return Err(format!("rate \"{text}\" is not a rate like 100Mbit (units: kbit, Mbit, Gbit)")),
+        _ => {
+            return Err(format!(
+                "rate \"{text}\" is not a rate like 100Mbit (units: kbit, Mbit, Gbit)"
+            ))
+        }
     };
     scaled(n, scale).ok_or_else(|| format!("rate \"{text}\" is not a whole number of kbit"))
 }
@@ -74,7 +82,8 @@ pub fn parse_duration_us(what: &str, text: &str) -> Result<u64, String> {
             ))
         }
     };
-    scaled(n, scale).ok_or_else(|| format!("{what} \"{text}\" is not a whole number of microseconds"))
+    scaled(n, scale)
+        .ok_or_else(|| format!("{what} \"{text}\" is not a whole number of microseconds"))
 }
 
 /// Loss in percent, with or without `%`, 0..=100.

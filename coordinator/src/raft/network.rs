@@ -1,0 +1,248 @@
+//! Raft RPCs between coordinators, over the QUIC transport.
+//!
+//! Each RPC is one request on its own stream of the (single, shared)
+//! connection to that peer. Only peers with a `coordinator` certificate may
+//! send Raft RPCs; anyone else gets [`RaftReply::Forbidden`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use labspan_proto::msg::Role;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use quinn::{Connection, Endpoint};
+use serde::{Deserialize, Serialize};
+
+use super::{Member, NodeId, TypeConfig};
+use crate::tls::PeerIdentity;
+use crate::transport::{self, Service, TransportError};
+
+/// A Raft RPC from one coordinator to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+}
+
+/// The answer to a [`RaftRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// The caller is not a coordinator.
+    Forbidden {
+        role: Role,
+    },
+}
+
+/// Serves Raft RPCs to the local Raft node.
+pub struct RaftService {
+    raft: openraft::Raft<TypeConfig>,
+}
+
+impl RaftService {
+    /// Serves RPCs for `raft`.
+    pub fn new(raft: openraft::Raft<TypeConfig>) -> Self {
+        Self { raft }
+    }
+}
+
+impl Service for RaftService {
+    type Request = RaftRequest;
+    type Reply = RaftReply;
+
+    async fn handle(&self, peer: &PeerIdentity, req: RaftRequest) -> RaftReply {
+        if peer.role != Role::Coordinator {
+            tracing::warn!(name = %peer.name, role = %peer.role, "refused a Raft RPC from a non-coordinator");
+            return RaftReply::Forbidden { role: peer.role };
+        }
+        match req {
+            RaftRequest::AppendEntries(r) => {
+                RaftReply::AppendEntries(self.raft.append_entries(r).await)
+            }
+            RaftRequest::InstallSnapshot(r) => {
+                RaftReply::InstallSnapshot(self.raft.install_snapshot(r).await)
+            }
+            RaftRequest::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
+        }
+    }
+}
+
+/// Why a peer refused to act on a Raft RPC at all.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "peer refused a Raft RPC from this member (its certificate says {role}, coordinator needed)"
+)]
+struct ForbiddenError {
+    role: Role,
+}
+
+/// Dials coordinators; keeps one connection per peer address, shared by
+/// every openraft client to that peer.
+#[derive(Clone)]
+pub struct QuicNetwork {
+    endpoint: Endpoint,
+    connections: Arc<Mutex<HashMap<SocketAddr, Connection>>>,
+}
+
+impl QuicNetwork {
+    /// Dials peers from `endpoint` (which carries this coordinator's identity).
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            connections: Arc::default(),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerLink {
+        PeerLink {
+            network: self.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// openraft's handle on one peer.
+pub struct PeerLink {
+    network: QuicNetwork,
+    target: NodeId,
+    addr: String,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, E>>;
+
+impl PeerLink {
+    /// The shared connection to the peer, made if absent or closed.
+    async fn connection<E: std::error::Error>(&self) -> RpcResult<Connection, E> {
+        let addr: SocketAddr = self
+            .addr
+            .parse()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let cached = self.cached(addr);
+        if let Some(conn) = cached.filter(|c| c.close_reason().is_none()) {
+            return Ok(conn);
+        }
+        let conn = transport::connect(&self.network.endpoint, addr)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        self.lock().insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Connection>> {
+        self.network
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cached(&self, addr: SocketAddr) -> Option<Connection> {
+        self.lock().get(&addr).cloned()
+    }
+
+    /// Sends `req` and returns the reply, connecting first if needed; all
+    /// within openraft's deadline, so a peer that is down (a connect attempt
+    /// never answered) does not hold up elections or replication.
+    async fn call<E: std::error::Error>(
+        &self,
+        req: RaftRequest,
+        option: &RPCOption,
+    ) -> RpcResult<RaftReply, E> {
+        let exchange = async {
+            let conn = self.connection().await?;
+            transport::request(&conn, &req).await.map_err(|e| {
+                // The next call dials afresh: the peer may have restarted.
+                self.forget(&conn);
+                match e {
+                    TransportError::ConnectionLost(_) | TransportError::Connection { .. } => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
+                    other => RPCError::Network(NetworkError::new(&other)),
+                }
+            })
+        };
+        let reply = tokio::time::timeout(option.hard_ttl(), exchange)
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))??;
+        match reply {
+            RaftReply::Forbidden { role } => {
+                Err(RPCError::Network(NetworkError::new(&ForbiddenError {
+                    role,
+                })))
+            }
+            reply => Ok(reply),
+        }
+    }
+
+    fn forget(&self, conn: &Connection) {
+        self.lock().retain(|_, c| c.stable_id() != conn.stable_id());
+    }
+
+    fn unexpected<E: std::error::Error>(&self, reply: &RaftReply) -> RPCError<NodeId, Member, E> {
+        let e = UnexpectedReply(format!("{reply:?}"));
+        RPCError::Network(NetworkError::new(&e))
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, Member, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+/// The peer answered with a reply for another RPC (a bug on one side).
+#[derive(Debug, thiserror::Error)]
+#[error("peer answered with an unexpected reply: {0}")]
+struct UnexpectedReply(String);
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        match self.call(RaftRequest::AppendEntries(rpc), &option).await? {
+            RaftReply::AppendEntries(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        match self
+            .call(RaftRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            RaftReply::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        match self.call(RaftRequest::Vote(rpc), &option).await? {
+            RaftReply::Vote(r) => r.map_err(|e| self.remote(e)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+}
