@@ -260,35 +260,50 @@ impl Agent {
         outcome
     }
 
-    /// Applies addresses, files and exec lines unless this boot of the VM
-    /// already has exactly this configuration. Returns whether it ran.
+    /// Applies what changed since this boot of the VM was last configured:
+    /// the network (addresses, names, MTUs: safe to apply again) whenever the
+    /// NICs change; files and `exec` lines once per boot, and again only when
+    /// the lab changes them, because lab `exec` lines need not be idempotent.
+    /// Returns whether anything ran.
     async fn configure(&self, lab: &str, plan: &VmPlan, vm: &Vm) -> Result<bool, AgentError> {
-        let marker = vm.dir().join("configured");
-        let stamp = config_stamp(plan, vm.pid());
-        if fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
+        let path = vm.dir().join(CONFIGURED);
+        let done: Configured = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|c: &Configured| c.pid == vm.pid())
+            .unwrap_or_default();
+        let want = Configured { pid: vm.pid(), net: digest(&plan.nics), run: digest(&plan.config) };
+        if done == want {
             return Ok(false);
         }
         let vm_err = |source| AgentError::Vm { lab: lab.to_string(), source };
         let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(vm_err)?;
         let mut step = Step { ga: &mut ga, lab, vm: &plan.name, log: String::new() };
-        let mut result = step.run("network setup", &network_script(plan)).await;
-        for file in &plan.config.files {
-            if result.is_err() {
-                break;
-            }
-            result = step.write_file(&file.path, &file.contents).await;
+        let mut result = Ok(());
+        if done.net != want.net {
+            result = step.run("network setup", &network_script(plan)).await;
         }
-        for (i, line) in plan.config.exec.iter().enumerate() {
-            if result.is_err() {
-                break;
+        if done.run != want.run {
+            for file in &plan.config.files {
+                if result.is_err() {
+                    break;
+                }
+                result = step.write_file(&file.path, &file.contents).await;
             }
-            result = step.run(&format!("exec line {} `{line}`", i + 1), line).await;
+            for (i, line) in plan.config.exec.iter().enumerate() {
+                if result.is_err() {
+                    break;
+                }
+                result = step.run(&format!("exec line {} `{line}`", i + 1), line).await;
+            }
         }
-        let log = step.log;
         let log_path = vm.dir().join("exec.log");
+        let mut log = fs::read_to_string(&log_path).unwrap_or_default();
+        log.push_str(&step.log);
         fs::write(&log_path, &log).map_err(|source| AgentError::State { what: "writing", path: log_path, source })?;
         result?;
-        fs::write(&marker, stamp).map_err(|source| AgentError::State { what: "writing", path: marker, source })?;
+        let json = serde_json::to_vec(&want).unwrap_or_default();
+        fs::write(&path, json).map_err(|source| AgentError::State { what: "writing", path, source })?;
         Ok(true)
     }
 
@@ -427,12 +442,21 @@ fn vm_config(plan: &VmPlan, image: &Image, accel: Accel) -> VmConfig {
     }
 }
 
-/// Identifies one boot of a VM with one configuration.
-fn config_stamp(plan: &VmPlan, pid: u32) -> String {
-    let mut h = Sha256::new();
-    h.update(pid.to_le_bytes());
-    h.update(serde_json::to_vec(&(&plan.nics, &plan.config)).unwrap_or_default());
-    hex::encode(h.finalize())
+/// File in a VM's folder recording what this boot of the guest was given.
+const CONFIGURED: &str = "configured.json";
+
+/// What a guest was configured with, and on which boot (QEMU pid).
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Configured {
+    pid: u32,
+    /// Digest of the NICs the network script was run for.
+    net: String,
+    /// Digest of the files and exec lines that were run.
+    run: String,
+}
+
+fn digest<T: serde::Serialize>(value: &T) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(value).unwrap_or_default()))
 }
 
 fn exec_log_entry(line: &str, out: &ExecOutput) -> String {

@@ -27,6 +27,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "dot")]
     format: Format,
+    /// Place the lab on these hosts (see `labspan place`) and group nodes by host.
+    #[arg(long, value_name = "HOSTS")]
+    hosts: Option<PathBuf>,
 }
 
 /// Runs `labspan graph`: prints the drawing of a valid lab on stdout.
@@ -42,6 +45,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Mermaid => graph::Format::Mermaid,
         Format::Json => graph::Format::Json,
     };
-    print!("{}", graph::render(&lab, format, None));
+    let placement = match &args.hosts {
+        Some(path) => Some(crate::cmd::place::place_on(&lab, path)?.nodes),
+        None => None,
+    };
+    print!("{}", graph::render(&lab, format, placement.as_ref()));
     Ok(ExitCode::SUCCESS)
 }

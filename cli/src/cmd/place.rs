@@ -31,20 +31,23 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let invalid = |msg: String| anyhow::Error::new(InvalidInput(msg));
     let lab = lab::load(&args.lab).map_err(|e| invalid(e.to_string()))?;
-    let hosts = load_hosts(&args.hosts).map_err(|e| invalid(e.to_string()))?;
-    let placement = place_lab(&lab, &hosts, &BTreeMap::new()).map_err(|e| {
-        invalid(format!(
-            "lab \"{}\": cannot place it on the hosts of {}: {e}",
-            lab.name,
-            args.hosts.display()
-        ))
-    })?;
+    let placement = place_on(&lab, &args.hosts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json(&lab, &placement))?);
     } else {
         print!("{}", table(&lab, &placement));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Places `lab` on the hosts of the hosts file at `path`; bad files and labs
+/// that do not fit are invalid input.
+pub fn place_on(lab: &Lab, path: &std::path::Path) -> anyhow::Result<Placement> {
+    let invalid = |msg: String| anyhow::Error::new(InvalidInput(msg));
+    let hosts = load_hosts(path).map_err(|e| invalid(e.to_string()))?;
+    place_lab(lab, &hosts, &BTreeMap::new()).map_err(|e| {
+        invalid(format!("lab \"{}\": cannot place it on the hosts of {}: {e}", lab.name, path.display()))
+    })
 }
 
 /// The JSON form: the placement, its figures flattened next to it.
