@@ -8,6 +8,6 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 cargo build --workspace --all-targets --locked
-# QEMU guests under TCG use a whole core each while booting: at most two test
-# binaries at once keeps boots from timing out on 2-core machines.
+# QEMU guests under TCG use a whole core each while booting: at most two
+# tests at once keeps boots from crawling on 2-core machines.
 cargo test --workspace --locked -- --test-threads=2

@@ -4,6 +4,9 @@
 //! a test fails.
 
 use std::fs;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
@@ -44,6 +47,8 @@ pub fn text(out: &Output) -> String {
 pub struct TestHost {
     pub netns: String,
     pub state: PathBuf,
+    /// Its address on the fabric's underlay, when it is part of a `Fabric`.
+    pub vtep: Option<IpAddr>,
 }
 
 impl TestHost {
@@ -51,10 +56,11 @@ impl TestHost {
     pub fn new(tag: &str) -> TestHost {
         let netns = format!("lst-{tag}-{}", std::process::id());
         let state = std::env::temp_dir().join(format!("labspan-test-{tag}-{}", std::process::id()));
-        let host = TestHost { netns, state };
+        let host = TestHost { netns, state, vtep: None };
         host.cleanup();
         let out = run(Command::new("ip").args(["netns", "add", &host.netns]));
         assert!(out.status.success(), "ip netns add {}: {}", host.netns, text(&out));
+        host.ip(&["link", "set", "lo", "up"]);
         fs::create_dir_all(&host.state).expect("creating the test state folder");
         fs::create_dir_all(TEST_IMAGES).expect("creating the shared image store");
         std::os::unix::fs::symlink(TEST_IMAGES, host.state.join("images")).expect("linking the shared image store");
@@ -63,10 +69,16 @@ impl TestHost {
 
     /// Builds `tiny` into the shared store once per test process.
     pub fn ensure_tiny(&self) {
+        self.ensure_image("tiny");
+    }
+
+    /// Builds the image recipe `name` (`tiny`, `tiny-router`) into the
+    /// shared store; a cached recipe costs only the apt look-up.
+    pub fn ensure_image(&self, name: &str) {
         let _guard = IMAGE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
         // Outside the namespace: the build downloads Debian packages.
-        let out = run(Command::new(labspan_bin()).args(["image", "build", "tiny", "--store", TEST_IMAGES]));
-        assert!(out.status.success(), "labspan image build tiny: {}", text(&out));
+        let out = run(Command::new(labspan_bin()).args(["image", "build", name, "--store", TEST_IMAGES]));
+        assert!(out.status.success(), "labspan image build {name}: {}", text(&out));
     }
 
     /// Runs `labspan ARGS` inside this host, under TCG.
@@ -80,6 +92,25 @@ impl TestHost {
         cmd.args(["netns", "exec", &self.netns]).arg(labspan_bin()).args(args);
         cmd.env("LABSPAN_STATE", &self.state).env("LABSPAN_ACCEL", "tcg");
         cmd
+    }
+
+    /// Runs the future `make` returns on a current-thread runtime, in a
+    /// thread that has entered this host's namespace (netlink sockets and
+    /// child processes such as QEMU live there).
+    pub fn block_on<T: Send, F: Future<Output = T>>(&self, make: impl FnOnce() -> F + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = fs::File::open(format!("/run/netns/{}", self.netns)).expect("opening the namespace");
+                // SAFETY: `ns` is an open namespace file for the whole call;
+                // setns changes only this (spawned) thread's namespace.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns into {}: {}", self.netns, std::io::Error::last_os_error());
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(make())
+            })
+            .join()
+            .expect("the namespace thread panicked")
+        })
     }
 
     /// Runs `ip ARGS` inside this host.
@@ -162,4 +193,47 @@ pub fn write_lab(host: &TestHost, file: &str, yaml: &str) -> PathBuf {
     let path = host.state.join(file);
     fs::write(&path, yaml).expect("writing the lab file");
     path
+}
+
+/// Several test hosts joined by an underlay: a namespace holding a bridge,
+/// and a veth from each host's `eth0` (198.18.0.N/24, MTU 1500) to it.
+/// Everything is removed on drop.
+pub struct Fabric {
+    pub underlay: String,
+    pub hosts: Vec<TestHost>,
+}
+
+impl Fabric {
+    /// `n` hosts named `TAG1..TAGn`, at 198.18.0.1..n.
+    pub fn new(tag: &str, n: u8) -> Fabric {
+        let underlay = format!("lsu-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &underlay]).stderr(std::process::Stdio::null()).status();
+        let ok = |out: Output, what: &str| assert!(out.status.success(), "{what}: {}", text(&out));
+        ok(run(Command::new("ip").args(["netns", "add", &underlay])), "ip netns add");
+        let fabric = Fabric { underlay, hosts: Vec::new() };
+        let u = fabric.underlay.clone();
+        ok(run(Command::new("ip").args(["-n", &u, "link", "add", "underlay", "type", "bridge"])), "underlay bridge");
+        ok(run(Command::new("ip").args(["-n", &u, "link", "set", "underlay", "up"])), "underlay up");
+        let mut fabric = fabric;
+        for i in 1..=n {
+            let mut host = TestHost::new(&format!("{tag}{i}"));
+            let port = format!("port{i}");
+            ok(run(Command::new("ip").args(["-n", &u, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.netns])), "veth");
+            ok(run(Command::new("ip").args(["-n", &u, "link", "set", &port, "master", "underlay", "up"])), "port up");
+            let addr = Ipv4Addr::new(198, 18, 0, i);
+            ok(host.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]), "host address");
+            ok(host.ip(&["link", "set", "eth0", "mtu", "1500", "up"]), "host eth0 up");
+            host.vtep = Some(IpAddr::V4(addr));
+            fabric.hosts.push(host);
+        }
+        fabric
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        // Hosts first (their QEMUs hold taps), then the underlay.
+        self.hosts.clear();
+        let _ = Command::new("ip").args(["netns", "del", &self.underlay]).stderr(std::process::Stdio::null()).status();
+    }
 }

@@ -46,7 +46,11 @@ pub fn place_on(lab: &Lab, path: &std::path::Path) -> anyhow::Result<Placement> 
     let invalid = |msg: String| anyhow::Error::new(InvalidInput(msg));
     let hosts = load_hosts(path).map_err(|e| invalid(e.to_string()))?;
     place_lab(lab, &hosts, &BTreeMap::new()).map_err(|e| {
-        invalid(format!("lab \"{}\": cannot place it on the hosts of {}: {e}", lab.name, path.display()))
+        invalid(format!(
+            "lab \"{}\": cannot place it on the hosts of {}: {e}",
+            lab.name,
+            path.display()
+        ))
     })
 }
 
