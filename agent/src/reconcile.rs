@@ -39,7 +39,7 @@ pub enum AgentError {
     Net(#[from] NetError),
     /// A VM could not be started, stopped or reached.
     #[error("lab \"{lab}\": {source}")]
-    Vm { lab: String, #[source] source: VmError },
+    Vm { lab: String, #[source] source: Box<VmError> },
     /// A configuration step failed inside a guest.
     #[error("lab \"{lab}\": node \"{vm}\": {step} exited {code}: {stderr}")]
     Config { lab: String, vm: String, step: String, code: i32, stderr: String },
@@ -49,6 +49,12 @@ pub enum AgentError {
     /// No such VM on this host.
     #[error("lab \"{lab}\" has no running node \"{vm}\" on this host (see `labspan inspect`)")]
     NoSuchVm { lab: String, vm: String },
+}
+
+impl AgentError {
+    fn vm(lab: impl Into<String>, source: VmError) -> AgentError {
+        AgentError::Vm { lab: lab.into(), source: Box::new(source) }
+    }
 }
 
 /// Progress, reported as it happens.
@@ -155,20 +161,20 @@ impl Agent {
                 events(Event::Stopped { lab, vm: name });
                 continue;
             };
-            match vm::adopt(&dir).map_err(|source| AgentError::Vm { lab: lab.clone(), source })? {
+            match vm::adopt(&dir).map_err(|source| AgentError::vm(lab.clone(), source))? {
                 Some(v) => match mismatch(&v, plan_vm, &images[&key]) {
                     None => {
                         kept.insert(key, v);
                     }
                     Some(why) => {
                         events(Event::Restarting { lab: lab.clone(), vm: name, why });
-                        v.stop(STOP_TIMEOUT).await.map_err(|source| AgentError::Vm { lab, source })?;
+                        v.stop(STOP_TIMEOUT).await.map_err(|source| AgentError::vm(lab, source))?;
                     }
                 },
                 None => {
                     let why = "its QEMU process is gone".to_string();
                     events(Event::Restarting { lab: lab.clone(), vm: name.clone(), why });
-                    vm::remove_state(&dir, &name).map_err(|source| AgentError::Vm { lab, source })?;
+                    vm::remove_state(&dir, &name).map_err(|source| AgentError::vm(lab, source))?;
                 }
             }
         }
@@ -204,7 +210,7 @@ impl Agent {
         match probe {
             Some(image) => vm::accel::resolve(self.accel, &self.state, image)
                 .await
-                .map_err(|source| AgentError::Vm { lab: String::new(), source }),
+                .map_err(|source| AgentError::vm(String::new(), source)),
             None => Ok(match self.accel {
                 AccelChoice::Kvm => Accel::Kvm,
                 _ => Accel::Tcg,
@@ -238,7 +244,7 @@ impl Agent {
                 None => {
                     events(Event::Launching { lab: lab.lab.clone(), vm: plan.name.clone() });
                     let cfg = vm_config(plan, image, accel);
-                    vm::launch(&dir, &cfg).await.map_err(|source| AgentError::Vm { lab: lab.lab.clone(), source })?
+                    vm::launch(&dir, &cfg).await.map_err(|source| AgentError::vm(lab.lab.clone(), source))?
                 }
             };
             outcome.pid = vm.pid();
@@ -248,7 +254,7 @@ impl Agent {
             let after = vm
                 .wait_guest_agent(BOOT_TIMEOUT)
                 .await
-                .map_err(|source| AgentError::Vm { lab: lab.lab.clone(), source })?;
+                .map_err(|source| AgentError::vm(lab.lab.clone(), source))?;
             events(Event::Booted { lab: lab.lab.clone(), vm: plan.name.clone(), after });
             if self.configure(&lab.lab, plan, &vm).await? {
                 events(Event::Configured { lab: lab.lab.clone(), vm: plan.name.clone() });
@@ -276,7 +282,7 @@ impl Agent {
         if done == want {
             return Ok(false);
         }
-        let vm_err = |source| AgentError::Vm { lab: lab.to_string(), source };
+        let vm_err = |source| AgentError::vm(lab.to_string(), source);
         let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(vm_err)?;
         let mut step = Step { ga: &mut ga, lab, vm: &plan.name, log: String::new() };
         let mut result = Ok(());
@@ -322,7 +328,7 @@ impl Agent {
 
     async fn stop_dir(&self, lab: &str, dir: &Path) -> Result<(), AgentError> {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let err = |source| AgentError::Vm { lab: lab.to_string(), source };
+        let err = |source| AgentError::vm(lab.to_string(), source);
         match vm::adopt(dir).map_err(err)? {
             Some(v) => {
                 v.stop(STOP_TIMEOUT).await.map_err(err)?;
@@ -354,7 +360,7 @@ impl Agent {
         self.running_vms()?
             .into_iter()
             .map(|((lab, node), dir)| {
-                let vm = vm::adopt(&dir).map_err(|source| AgentError::Vm { lab: lab.clone(), source })?;
+                let vm = vm::adopt(&dir).map_err(|source| AgentError::vm(lab.clone(), source))?;
                 Ok(((lab, node), vm))
             })
             .collect()
@@ -364,9 +370,9 @@ impl Agent {
     pub async fn exec(&self, lab: &str, node: &str, cmd: &str, timeout: Duration) -> Result<ExecOutput, AgentError> {
         let dir = paths::vm_dir(&self.state, lab, node);
         let vm = vm::adopt(&dir)
-            .map_err(|source| AgentError::Vm { lab: lab.to_string(), source })?
+            .map_err(|source| AgentError::vm(lab.to_string(), source))?
             .ok_or_else(|| AgentError::NoSuchVm { lab: lab.to_string(), vm: node.to_string() })?;
-        let err = |source| AgentError::Vm { lab: lab.to_string(), source };
+        let err = |source| AgentError::vm(lab.to_string(), source);
         let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(err)?;
         ga.exec_shell(cmd, timeout).await.map_err(|source| err(VmError::Qga { vm: node.to_string(), source }))
     }
@@ -382,7 +388,7 @@ struct Step<'a> {
 
 impl Step<'_> {
     fn qga_err(&self, source: QgaError) -> AgentError {
-        AgentError::Vm { lab: self.lab.to_string(), source: VmError::Qga { vm: self.vm.to_string(), source } }
+        AgentError::vm(self.lab.to_string(), VmError::Qga { vm: self.vm.to_string(), source })
     }
 
     /// Runs a shell line; a non-zero exit is an error naming `step`.
