@@ -245,12 +245,20 @@ fn reconcile_figures() {
     }
     for v in 0..30 {
         let (a, b) = (format!("s{}", v % 20), format!("s{}", (v + 1) % 20));
-        vm(&mut l, &format!("vm{v}"), &[("eth0", Some(&a)), ("eth1", Some(&b))]);
+        vm(
+            &mut l,
+            &format!("vm{v}"),
+            &[("eth0", Some(&a)), ("eth1", Some(&b))],
+        );
     }
     let plan = host(vec![l]);
     let (first, second, removal) = ns.block_on(|| async {
         let t = std::time::Instant::now();
-        let n = net::reconcile(&plan).await.expect("reconcile").actions.len();
+        let n = net::reconcile(&plan)
+            .await
+            .expect("reconcile")
+            .actions
+            .len();
         let first = (n, t.elapsed());
         let t = std::time::Instant::now();
         let n = net::reconcile(&plan).await.expect("again").actions.len();
@@ -259,5 +267,7 @@ fn reconcile_figures() {
         let n = net::remove_lab("big").await.expect("remove").actions.len();
         (first, second, (n, t.elapsed()))
     });
-    eprintln!("20 bridges + 60 taps: first reconcile {first:?}, second {second:?}, removal {removal:?}");
+    eprintln!(
+        "20 bridges + 60 taps: first reconcile {first:?}, second {second:?}, removal {removal:?}"
+    );
 }
