@@ -209,9 +209,46 @@ fn a_node_added_to_a_running_together_group_joins_it_and_nothing_moves() {
 
 #[test]
 fn an_empty_lab_places_trivially() {
-    let p = Problem { hosts: vec![host("h1", 1000, 1, &[])], ..Problem::default() };
+    let p = Problem {
+        hosts: vec![host("h1", 1000, 1, &[])],
+        ..Problem::default()
+    };
     let f = place(&p).expect("nothing to place").figures;
     assert_eq!((f.tunnels, f.hosts["h1"].nodes), (0, 0));
+}
+
+fn chain_lab(name: &str, n: usize) -> labspan_proto::lab::Lab {
+    let mut text =
+        format!("name: {name}\ndefaults: {{image: tiny, memory: 1GiB, cpus: 1}}\nnodes:\n");
+    for i in 0..n {
+        text += &format!("  n{i}: {{nics: {{eth0: {{}}, eth1: {{}}}}}}\n");
+    }
+    text += "links:\n";
+    for i in 1..n {
+        text += &format!("  - [n{}:eth1, n{i}:eth0]\n", i - 1);
+    }
+    labspan_proto::lab::parse("lab.yaml", &text).expect("valid lab")
+}
+
+#[test]
+fn several_labs_share_the_hosts_and_a_new_one_moves_nothing() {
+    use labspan_coordinator::placement::place_labs;
+    let hosts = parse_hosts(
+        "hosts:\n  h1: {memory: 8GiB, cpus: 8}\n  h2: {memory: 8GiB, cpus: 8}\n",
+        "hosts.yaml",
+    )
+    .expect("valid hosts");
+    let (a, b, c) = (chain_lab("a", 4), chain_lab("b", 4), chain_lab("c", 3));
+    let first = place_labs(&[&a, &b], &hosts, &BTreeMap::new()).expect("fits");
+    assert_eq!(first.nodes.len(), 8);
+    assert!(first.nodes.contains_key("a/n0") && first.nodes.contains_key("b/n3"));
+    // Each host holds 6 such guests: each chain fits on one host, no tunnel.
+    assert_eq!(first.figures.tunnels, 0);
+    let second = place_labs(&[&a, &b, &c], &hosts, &first.nodes).expect("fits");
+    for (node, host) in &first.nodes {
+        assert_eq!(&second.nodes[node], host, "{node} moved");
+    }
+    assert!(second.figures.within_capacity());
 }
 
 // ---- properties ----

@@ -37,17 +37,60 @@ pub fn place_lab(
     place(&lab_problem(lab, hosts, existing)?)
 }
 
+/// Places several labs at once on `hosts`, as one problem, so that none
+/// takes room another needs. Node names in the result (and in `existing`,
+/// keyed by lab name) are `LAB/NODE`.
+pub fn place_labs(
+    labs: &[&Lab],
+    hosts: &[Host],
+    existing: &BTreeMap<String, String>,
+) -> Result<Placement, PlacementError> {
+    let mut problem = empty_problem(hosts);
+    for lab in labs {
+        add_lab(
+            &mut problem,
+            lab,
+            &format!("{}/", lab.name),
+            hosts,
+            existing,
+        )?;
+    }
+    place(&problem)
+}
+
 /// The problem `place_lab` solves.
 pub fn lab_problem(
     lab: &Lab,
     hosts: &[Host],
     existing: &BTreeMap<String, String>,
 ) -> Result<Problem, PlacementError> {
+    let mut problem = empty_problem(hosts);
+    add_lab(&mut problem, lab, "", hosts, existing)?;
+    Ok(problem)
+}
+
+fn empty_problem(hosts: &[Host]) -> Problem {
+    Problem {
+        hosts: hosts.iter().map(Host::offer).collect(),
+        ..Problem::default()
+    }
+}
+
+/// Appends `lab`'s nodes (named `prefix` + node), segments, hints and running
+/// placement to `p`.
+fn add_lab(
+    p: &mut Problem,
+    lab: &Lab,
+    prefix: &str,
+    hosts: &[Host],
+    existing: &BTreeMap<String, String>,
+) -> Result<(), PlacementError> {
+    let base = p.nodes.len();
     let index: BTreeMap<&str, usize> = lab
         .nodes
         .keys()
         .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
+        .map(|(i, n)| (n.as_str(), base + i))
         .collect();
     let find = |name: &str, what: &str| {
         index.get(name).copied().ok_or_else(|| {
@@ -57,56 +100,46 @@ pub fn lab_problem(
             ))
         })
     };
-    let nodes = lab
-        .nodes
-        .iter()
-        .map(|(name, n)| NodeDemand {
-            name: name.clone(),
-            memory_mib: vm_memory_mib(n.memory_mib, u64::from(n.cpus)),
-            vcpus: u64::from(n.cpus),
-        })
-        .collect();
-    let mut segments = Vec::new();
+    p.nodes.extend(lab.nodes.iter().map(|(name, n)| NodeDemand {
+        name: format!("{prefix}{name}"),
+        memory_mib: vm_memory_mib(n.memory_mib, u64::from(n.cpus)),
+        vcpus: u64::from(n.cpus),
+    }));
     for s in lab.segments() {
         let members = s
             .members
             .iter()
             .map(|e| find(&e.node, &s.key))
             .collect::<Result<_, _>>()?;
-        segments.push(SegmentDemand {
-            key: s.key,
+        p.segments.push(SegmentDemand {
+            key: format!("{prefix}{}", s.key),
             members,
             weight: segment_weight(s.impairment.rate_kbit),
         });
     }
-    let groups = |gs: &[Vec<String>], what: &str| -> Result<Vec<Vec<usize>>, PlacementError> {
-        gs.iter()
-            .map(|g| g.iter().map(|n| find(n, what)).collect())
-            .collect()
-    };
+    for (n, sel) in &lab.placement.pin {
+        p.pins.insert(find(n, "pin")?, sel.clone());
+    }
+    for (groups, out, what) in [
+        (&lab.placement.together, &mut p.together, "together"),
+        (&lab.placement.spread, &mut p.spread, "spread"),
+    ] {
+        for g in groups {
+            out.push(g.iter().map(|n| find(n, what)).collect::<Result<_, _>>()?);
+        }
+    }
     let host_index: BTreeMap<&str, usize> = hosts
         .iter()
         .enumerate()
         .map(|(i, h)| (h.name.as_str(), i))
         .collect();
-    let existing = existing
-        .iter()
-        .filter_map(|(n, h)| Some((*index.get(n.as_str())?, *host_index.get(h.as_str())?)))
-        .collect();
-    Ok(Problem {
-        nodes,
-        segments,
-        hosts: hosts.iter().map(Host::offer).collect(),
-        pins: lab
-            .placement
-            .pin
-            .iter()
-            .map(|(n, sel)| Ok((find(n, "pin")?, sel.clone())))
-            .collect::<Result<_, PlacementError>>()?,
-        together: groups(&lab.placement.together, "together")?,
-        spread: groups(&lab.placement.spread, "spread")?,
-        existing,
-    })
+    for (name, &i) in &index {
+        let running = existing.get(&format!("{prefix}{name}"));
+        if let Some(&h) = running.and_then(|h| host_index.get(h.as_str())) {
+            p.existing.insert(i, h);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

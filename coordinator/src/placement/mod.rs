@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub use error::PlacementError;
 pub use figures::{Figures, HostUse};
-pub use lab::{lab_problem, place_lab, segment_weight, RATE_WEIGHT_FULL};
+pub use lab::{lab_problem, place_lab, place_labs, segment_weight, RATE_WEIGHT_FULL};
 pub use labspan_proto::lab::HostSelector;
 pub use memory::{format_mib, vm_memory_mib};
 

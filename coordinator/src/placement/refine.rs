@@ -20,7 +20,10 @@ pub(crate) struct State<'a> {
     pub assign: Vec<u32>,
     pub load: Vec<Res>,
     counts: Vec<Vec<(u32, u32)>>,
-    cand: Vec<(u32, u64)>,
+    /// Scratch for `best_move`: edge weight from a vertex to each host, and
+    /// the hosts touched (so clearing is as cheap as filling).
+    conn: Vec<u64>,
+    cand: Vec<u32>,
 }
 
 impl<'a> State<'a> {
@@ -32,6 +35,7 @@ impl<'a> State<'a> {
             assign: vec![NONE; g.n()],
             load: vec![Res::default(); prep.cap.len()],
             counts: vec![Vec::new(); g.ew.len()],
+            conn: vec![0; prep.cap.len()],
             cand: Vec::new(),
         };
         for (v, &h) in assign.iter().enumerate() {
@@ -102,6 +106,14 @@ impl<'a> State<'a> {
         self.load[h as usize].add(s).mem.saturating_mul(1_000_000) / cap
     }
 
+    /// Whether one of `v`'s edges spans hosts (only such vertices can gain).
+    fn on_border(&self, v: usize) -> bool {
+        self.g
+            .edges_of(v)
+            .iter()
+            .any(|&e| self.counts[e as usize].len() > 1)
+    }
+
     /// The best host to move `v` to (negative gains included) and its
     /// gain in tunnel weight; ties go to the emptier host, then the lower index.
     fn best_move(&mut self, v: usize) -> Option<(i64, u32)> {
@@ -114,17 +126,19 @@ impl<'a> State<'a> {
             for &(h, c) in &self.counts[e as usize] {
                 if h == from {
                     internal += if c == 1 { w } else { 0 };
-                } else if let Some(slot) = self.cand.iter_mut().find(|(x, _)| *x == h) {
-                    slot.1 += w;
                 } else {
-                    self.cand.push((h, w));
+                    if self.conn[h as usize] == 0 {
+                        self.cand.push(h);
+                    }
+                    self.conn[h as usize] += w;
                 }
             }
         }
         let s = self.g.vw[v];
         let mut best: Option<(i64, u64, u32)> = None;
         for i in 0..self.cand.len() {
-            let (h, conn) = self.cand[i];
+            let h = self.cand[i];
+            let conn = std::mem::take(&mut self.conn[h as usize]);
             let gain = internal as i64 + conn as i64 - total as i64;
             let full = self.fullness(h, s);
             let better = best.is_none_or(|(bg, bf, bh)| {
@@ -165,7 +179,7 @@ impl<'a> State<'a> {
         let mut heap: std::collections::BinaryHeap<(i64, std::cmp::Reverse<u32>)> =
             std::collections::BinaryHeap::new();
         for v in 0..n {
-            if self.g.fixed[v].is_none() {
+            if self.g.fixed[v].is_none() && self.on_border(v) {
                 if let Some((gain, _)) = self.best_move(v) {
                     heap.push((gain, std::cmp::Reverse(v as u32)));
                 }
