@@ -67,5 +67,5 @@ ip netns add "$ns"
 ip -n "$ns" link set lo up
 
 export LABSPAN_BIN=$bin BENCH_STATE=$state BENCH_ROOT=$root
-ip netns exec "$ns" python3 "$here/up_bench.py"
+ip netns exec "$ns" python3 -B "$here/up_bench.py"
 if [ -n "${OUT:-}" ]; then cp "$state/results.json" "$OUT"; fi

@@ -1,5 +1,6 @@
 //! labspan host agent.
 
+pub mod daemon;
 pub mod guest;
 pub mod paths;
 pub mod reconcile;

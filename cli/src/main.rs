@@ -3,6 +3,7 @@
 mod cmd;
 mod embedded;
 mod guests;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,15 @@ enum Command {
     Exec(cmd::exec::Args),
     /// Attach to a node's serial console.
     Console(cmd::console::Args),
+    /// Create a cluster, make join tokens, join, see its status.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::Command),
+    /// Run a coordinator.
+    #[command(subcommand)]
+    Coordinator(cmd::coordinator::Command),
+    /// Run a host agent.
+    #[command(subcommand)]
+    Agent(cmd::agent::Command),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +83,9 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Exec(a) => cmd::exec::run(a),
         Command::Console(a) => cmd::console::run(a),
+        Command::Cluster(c) => cmd::cluster::run(c),
+        Command::Coordinator(c) => cmd::coordinator::run(c),
+        Command::Agent(c) => cmd::agent::run(c),
     };
     match result {
         Ok(code) => code,

@@ -6,5 +6,4 @@ pub mod local;
 pub mod placement;
 pub mod plan;
 pub mod raft;
-pub mod tls;
-pub mod transport;
+pub mod service;

@@ -11,9 +11,10 @@ use labspan_coordinator::raft::{
     self, Applied, Command, Member, NodeId, QuicNetwork, RaftReply, RaftRequest, RaftService,
     SharedState, TypeConfig,
 };
-use labspan_coordinator::tls::ClusterCa;
-use labspan_coordinator::transport;
-use labspan_proto::msg::Role;
+use labspan_proto::codec;
+use labspan_proto::msg::{Reply, Request, Role};
+use labspan_transport as transport;
+use labspan_transport::tls::ClusterCa;
 use openraft::raft::VoteRequest;
 use openraft::{Config, Raft, Vote};
 use tempfile::TempDir;
@@ -185,7 +186,11 @@ async fn only_coordinators_may_send_raft_rpcs() -> TestResult {
     let conn = transport::connect(&client, addr).await?;
     // A vote request from a would-be candidate with a higher term.
     let vote = RaftRequest::Vote(VoteRequest::new(Vote::new(99, 7), None));
-    let reply: RaftReply = transport::request(&conn, &vote).await?;
+    let reply: Reply = transport::request(&conn, &Request::Raft(codec::encode(&vote)?)).await?;
+    let Reply::Raft(bytes) = reply else {
+        return Err(format!("unexpected reply {reply:?}").into());
+    };
+    let reply: RaftReply = codec::decode(&bytes)?;
     assert!(
         matches!(reply, RaftReply::Forbidden { role: Role::Agent }),
         "{reply:?}"

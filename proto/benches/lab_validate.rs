@@ -45,36 +45,47 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Median, min and max of `runs` timings of `f`.
+/// Time this thread has spent on a CPU (Linux), which, unlike wall time,
+/// does not grow while other processes hold the CPUs.
+fn cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(Duration::from_nanos(
+        s.split_whitespace().next()?.parse().ok()?,
+    ))
+}
+
+/// Median wall time, min wall time, and median on-CPU time of `runs` calls of `f`.
 fn time(runs: usize, mut f: impl FnMut()) -> (Duration, Duration, Duration) {
-    let mut times: Vec<Duration> = (0..runs.max(1))
+    let (mut wall, mut cpu): (Vec<Duration>, Vec<Duration>) = (0..runs.max(1))
         .map(|_| {
-            let start = Instant::now();
+            let (start, cpu0) = (Instant::now(), cpu_time());
             f();
-            start.elapsed()
+            let on_cpu = cpu_time().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
+            (start.elapsed(), on_cpu.unwrap_or_default())
         })
-        .collect();
-    times.sort();
-    (times[times.len() / 2], times[0], times[times.len() - 1])
+        .unzip();
+    wall.sort();
+    cpu.sort();
+    (wall[wall.len() / 2], wall[0], cpu[cpu.len() / 2])
 }
 
 fn main() {
     let n = env_or("LAB_BENCH_NODES", 100_000);
     let runs = env_or("LAB_BENCH_RUNS", 5);
     let text = generated_lab(n);
-    let (med, min, max) = time(runs, || {
+    let (med, min, cpu) = time(runs, || {
         match labspan_proto::lab::parse("bench.yaml", &text) {
             Ok(lab) => assert_eq!(lab.nodes.len(), n),
             Err(e) => panic!("generated lab is invalid: {e}"),
         }
     });
     let mib = text.len() as f64 / (1024.0 * 1024.0);
-    println!("lab::parse, {n} nodes, {mib:.1} MiB of YAML: median {med:?}, min {min:?}, max {max:?} ({runs} runs)");
-    let (med, min, max) = time(runs, || {
+    println!("lab::parse, {n} nodes, {mib:.1} MiB of YAML: wall median {med:?}, min {min:?}; on-CPU median {cpu:?} ({runs} runs)");
+    let (med, min, cpu) = time(runs, || {
         let opts = marked_yaml::LoaderOptions::default()
             .prevent_coercion(true)
             .error_on_duplicate_keys(true);
         assert!(marked_yaml::parse_yaml_with_options(0, &text, opts).is_ok());
     });
-    println!("  of which marked-yaml reading alone: median {med:?}, min {min:?}, max {max:?}");
+    println!("  of which marked-yaml reading alone: wall median {med:?}, min {min:?}; on-CPU median {cpu:?}");
 }

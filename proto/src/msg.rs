@@ -1,10 +1,14 @@
 //! Messages of the control plane: who a member is, and what the CLI, agents
 //! and coordinators say to each other. Bytes are made only by [`crate::codec`].
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::plan::HostPlan;
 
 /// What a cluster member is; written into its certificate, it decides what
 /// the member may do.
@@ -58,12 +62,58 @@ impl FromStr for Role {
 }
 
 /// A request sent on its own QUIC stream to a coordinator.
+///
+/// Which roles may send which request is decided in one place, the
+/// coordinator's `service::authz::may`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Liveness probe; the reply echoes the nonce.
     Ping { nonce: u64 },
     /// Asks who the coordinator thinks the caller is (from its certificate).
     WhoAmI,
+    /// A Raft RPC between coordinators, encoded with [`crate::codec`] by the
+    /// coordinator crate (this crate does not know openraft's types).
+    Raft(Vec<u8>),
+    /// Members, leader, term, hosts and labs (linearizable read).
+    Status,
+    /// A one-time join token for a new member of `role`.
+    CreateToken { role: Role, ttl_secs: u64 },
+    /// Deploys a lab, or applies an edited one: `bundle` is a
+    /// [`crate::lab::LabBundle`] encoded with [`crate::codec`], so the files
+    /// it copies into guests travel with it.
+    DeployLab { bundle: Vec<u8> },
+    /// Stops a lab on every host and forgets it.
+    DeleteLab { name: String },
+    /// The bundle of a deployed lab (as deployed), and its record.
+    GetLab { name: String },
+    /// Runs a command in a guest (the coordinator asks that guest's agent).
+    Exec {
+        lab: String,
+        node: String,
+        cmd: String,
+        timeout_secs: u64,
+    },
+    /// An agent announces its host (named by its certificate).
+    RegisterHost {
+        memory_mib: u64,
+        cpus: u32,
+        vtep: IpAddr,
+        underlay_mtu: u32,
+    },
+    /// An agent is alive (not a Raft entry: the leader keeps it in memory).
+    Heartbeat,
+    /// A new coordinator, holding the certificate of a join, asks to be
+    /// added as a learner, then promoted to voter.
+    AddCoordinator { id: u64, addr: String },
+    /// Consumes a join token (a coordinator forwards it to the leader).
+    UseToken { token: String, name: String },
+    /// A request a coordinator forwards to the leader on behalf of a caller;
+    /// the leader checks the caller's role again.
+    Forwarded {
+        name: String,
+        role: Role,
+        request: Box<Request>,
+    },
 }
 
 /// The reply to one [`Request`].
@@ -73,8 +123,154 @@ pub enum Reply {
     Pong { nonce: u64 },
     /// Answer to [`Request::WhoAmI`].
     Identity { name: String, role: Role },
+    /// Answer to [`Request::Raft`], codec-encoded.
+    Raft(Vec<u8>),
+    /// Answer to [`Request::Status`].
+    Status(ClusterStatus),
+    /// Answer to [`Request::CreateToken`].
+    Token {
+        token: String,
+        ca_fingerprint: String,
+        expires_unix: u64,
+    },
+    /// Answer to [`Request::DeployLab`]: where every node runs and how each VM came up.
+    Deployed(LabReport),
+    /// Answer to [`Request::GetLab`].
+    Lab { bundle: Vec<u8>, report: LabReport },
+    /// Answer to [`Request::Exec`].
+    Exec(ExecResult),
+    /// Answer to [`Request::UseToken`]: the role the token grants, and the
+    /// Raft node id reserved for a coordinator.
+    TokenUsed { role: Role, node_id: Option<u64> },
+    /// Done (heartbeat, registration, deletion, membership change).
+    Done,
+    /// This coordinator is not the leader; ask the one at `leader` (agents
+    /// connect to the leader themselves).
+    NotLeader { leader: Option<String> },
     /// The request was understood and refused.
     Error(ErrorReply),
+}
+
+/// What `labspan cluster status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub members: Vec<MemberStatus>,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Index of the last committed (and applied) entry on the leader.
+    pub commit_index: Option<u64>,
+    pub hosts: Vec<HostStatus>,
+    /// Lab name → status (`Running`, `Failed: why`, ...).
+    pub labs: Vec<(String, String)>,
+}
+
+/// One coordinator in the Raft membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub name: String,
+    pub addr: String,
+    /// A voter (false: a learner still catching up).
+    pub voter: bool,
+}
+
+/// One lab host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub vtep: IpAddr,
+    pub memory_mib: u64,
+    pub vcpus: u64,
+    pub up: bool,
+}
+
+/// Where a lab's nodes run and how its VMs came up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabReport {
+    pub lab: String,
+    /// Node → host.
+    pub placement: BTreeMap<String, String>,
+    /// Segment key → VNI.
+    pub vnis: BTreeMap<String, u32>,
+    /// `Running`, `Failed: why`, ...
+    pub status: String,
+    pub vms: Vec<VmReport>,
+}
+
+/// How one VM came up, as its agent reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    pub host: String,
+    pub lab: String,
+    pub vm: String,
+    pub pid: u32,
+    /// `None` when the VM is up and configured, else what went wrong.
+    pub error: Option<String>,
+}
+
+/// Output of a command run in a guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// What a coordinator asks of an agent, on a stream it opens on the
+/// agent's own connection (agents only dial out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    /// Bring the host to this complete plan, then report every VM.
+    ApplyPlan(HostPlan),
+    /// Run a command in a guest of this host.
+    Exec {
+        lab: String,
+        node: String,
+        cmd: String,
+        timeout_secs: u64,
+    },
+}
+
+/// An agent's answer to an [`AgentRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentReply {
+    /// The plan is applied; one entry per VM of the host.
+    Applied(Vec<VmReport>),
+    /// Answer to [`AgentRequest::Exec`].
+    Exec(ExecResult),
+    /// The agent could not do it.
+    Error(ErrorReply),
+}
+
+/// A request to a coordinator's join endpoint, from a member that has no
+/// certificate yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinRequest {
+    /// Exchanges a join token for a certificate naming `name`.
+    Join { token: String, name: String },
+}
+
+/// The answer to a [`JoinRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinReply {
+    Joined(JoinGrant),
+    Error(ErrorReply),
+}
+
+/// What a new member receives: its credential and how to reach the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinGrant {
+    pub role: Role,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The CA key, for coordinators only: every coordinator signs joins
+    /// (as kubeadm's control-plane join copies the CA).
+    pub ca_key_pem: Option<String>,
+    /// Raft node id, for coordinators only.
+    pub node_id: Option<u64>,
+    /// Addresses of the coordinators' API endpoints.
+    pub coordinators: Vec<String>,
 }
 
 /// Why a coordinator refused a request, in words a user can act on.
@@ -95,6 +291,26 @@ pub enum ErrorKind {
     NotLeader,
     /// Something failed inside the coordinator.
     Internal,
+    /// The named lab, node or host does not exist.
+    NotFound,
+    /// No coordinator or agent could be reached to do it.
+    Unavailable,
+}
+
+impl ErrorReply {
+    /// A refusal of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorReply {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
 }
 
 #[cfg(test)]

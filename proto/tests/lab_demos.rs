@@ -35,10 +35,22 @@ fn ospf_triangle_has_three_routers_and_three_hosts() {
     let lab = load("ospf-triangle");
     assert_eq!(lab.nodes.len(), 6);
     assert_eq!(lab.links.len(), 6);
-    assert!(lab
-        .nodes
-        .values()
-        .all(|n| n.image == "tiny" && n.memory_mib == 256));
+    assert!(lab.nodes.values().all(|n| n.memory_mib == 256));
+    for (name, node) in &lab.nodes {
+        let want = if name.starts_with('r') {
+            "tiny-router"
+        } else {
+            "tiny"
+        };
+        assert_eq!(node.image, want, "{name}");
+    }
+    // Each router gets its own bird configuration.
+    for r in ["r1", "r2", "r3"] {
+        assert_eq!(
+            lab.nodes[r].files["/etc/bird/bird.conf"],
+            format!("files/{r}-bird.conf")
+        );
+    }
 }
 
 #[test]

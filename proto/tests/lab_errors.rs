@@ -432,3 +432,15 @@ fn defaults_apply_and_node_values_win() {
         ("big", 512, 1)
     );
 }
+
+#[test]
+fn suggested_nic_is_free_everywhere_in_the_file() {
+    let text = lab(concat!(
+        "nodes: {a: {}, b: {}, c: {}}\n",
+        "links: [[a:eth0, b:eth0], [a:eth0, c:eth0]]\n",
+        "lans: {x: [a:eth1, b:eth1]}\n",
+    ));
+    let all = errors(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(all[0].ends_with("use another NIC, e.g. a:eth2"), "{}", all[0]);
+}

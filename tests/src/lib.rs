@@ -6,10 +6,11 @@
 use std::fs;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
+
+pub mod netns;
 
 /// Where tests keep images, shared by every test host so `tiny` is built once.
 pub const TEST_IMAGES: &str = "/var/lib/labspan/images";
@@ -98,19 +99,7 @@ impl TestHost {
     /// thread that has entered this host's namespace (netlink sockets and
     /// child processes such as QEMU live there).
     pub fn block_on<T: Send, F: Future<Output = T>>(&self, make: impl FnOnce() -> F + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = fs::File::open(format!("/run/netns/{}", self.netns)).expect("opening the namespace");
-                // SAFETY: `ns` is an open namespace file for the whole call;
-                // setns changes only this (spawned) thread's namespace.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns into {}: {}", self.netns, std::io::Error::last_os_error());
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                rt.block_on(make())
-            })
-            .join()
-            .expect("the namespace thread panicked")
-        })
+        netns::block_on_in(&self.netns, make)
     }
 
     /// Runs `ip ARGS` inside this host.

@@ -47,12 +47,14 @@ fn ospf_converges_and_reroutes_round_a_cut_link() {
     host.ensure_image("tiny");
     host.ensure_image("tiny-router");
     let lab = demo();
+    let started = Instant::now();
     let up = host.labspan(&["up", lab.to_str().expect("utf-8 path")]);
     let out = text(&up);
     assert!(up.status.success(), "labspan up failed:\n{out}");
     // Three "all LANs learned through OSPF" checks and three pings.
     assert_eq!(out.matches("PASS").count(), 6, "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    eprintln!("labspan up, all checks passing: {:.1?}", started.elapsed());
 
     // r1 reaches h2's LAN over its own side of the triangle, r1-r2.
     let before = route(&host, "r1", "198.19.2.10");
@@ -65,6 +67,7 @@ fn ospf_converges_and_reroutes_round_a_cut_link() {
     // then route to h2 through r3 (198.19.0.9).
     let cut = host.labspan(&["exec", LAB, "r2", "--", "ip", "link", "set", "eth0", "down"]);
     assert!(cut.status.success(), "cutting r1-r2: {}", text(&cut));
+    let cut_at = Instant::now();
     let mut last = String::new();
     let rerouted = eventually(REROUTE_DEADLINE, || {
         last = route(&host, "r1", "198.19.2.10");
@@ -77,6 +80,10 @@ fn ospf_converges_and_reroutes_round_a_cut_link() {
     assert!(
         eventually(REROUTE_DEADLINE, || pings(&host, "h1", "198.19.2.10")),
         "h1 no longer reaches h2 with r1-r2 cut"
+    );
+    eprintln!(
+        "r1-r2 cut to h1 reaching h2 through r3: {:.1?}",
+        cut_at.elapsed()
     );
     assert!(
         pings(&host, "h2", "198.19.1.10"),

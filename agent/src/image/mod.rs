@@ -11,6 +11,7 @@
 
 pub mod apt;
 pub mod cpio;
+mod debian;
 mod import;
 mod tiny;
 
@@ -20,8 +21,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use debian::{Recipe, CMDLINE as DEBIAN_CMDLINE};
 pub use import::{ImportRequest, IMPORTED_CMDLINE};
-pub use tiny::{BuildReport, CMDLINE as TINY_CMDLINE};
+pub use tiny::{
+    recipe, BuildReport, TinyRecipe, CMDLINE as TINY_CMDLINE, RECIPES, TINY, TINY_ROUTER,
+};
 
 /// What a guest image is and how to boot it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +91,8 @@ impl Image {
 pub enum ImageError {
     #[error(
         "image \"{name}\" is not in the image store {store}: build it with \
-         `labspan image build tiny`, or add your own with `labspan image import FILE.qcow2 --name {name}`"
+         `labspan image build tiny` (or `tiny-router`), `labspan image build RECIPE.yaml` (e.g. demos/sip/image.yaml), \
+         or add your own with `labspan image import FILE.qcow2 --name {name}`"
     )]
     Missing { name: String, store: PathBuf },
     #[error("image name \"{name}\" is invalid: use letters, digits, '-', '_' and '.', not starting with '.'")]
@@ -103,7 +108,9 @@ pub enum ImageError {
     Tool { command: String, detail: String },
     #[error("cannot resolve the tiny image's packages: {detail}")]
     Resolve { detail: String },
-    #[error("building the tiny image: {detail}")]
+    #[error("image recipe {path}: {detail}")]
+    Recipe { path: PathBuf, detail: String },
+    #[error("building the image: {detail}")]
     Build { detail: String },
     #[error("{file} is not a usable qcow2 image: {detail}; nothing was imported")]
     NotQcow2 { file: PathBuf, detail: String },

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-pub mod netns;
+pub use labspan_tests::netns;
 
 use std::net::IpAddr;
 

@@ -11,11 +11,17 @@ use crate::embedded::Embedded;
 pub struct Args {
     /// Lab name (as in its file's `name:`).
     pub lab: String,
+    /// Act on the cluster this file names instead of this machine.
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: Option<std::path::PathBuf>,
 }
 
 /// Runs `labspan down`. Idempotent: a lab already gone is not an error, and
 /// leftovers of an interrupted `up` (VM folders, interfaces) are removed too.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(cluster) = &args.cluster {
+        return tokio::runtime::Runtime::new()?.block_on(crate::remote::down(cluster, &args.lab));
+    }
     let env = Embedded::open(AccelChoice::Auto)?;
     let known = env.store.get(&args.lab)?.is_some();
     let rt = tokio::runtime::Runtime::new()?;

@@ -1,11 +1,11 @@
 //! `labspan image`: build, list and import guest images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use labspan_agent::image::{Image, ImageError, ImageStore, ImportRequest};
+use labspan_agent::image::{self, Image, ImageError, ImageStore, ImportRequest};
 
 use crate::InvalidInput;
 
@@ -30,9 +30,9 @@ impl StoreArg {
 /// `labspan image` subcommands.
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Build an image from Debian packages (today: `tiny`); cached by recipe.
+    /// Build an image from Debian packages; cached by recipe.
     Build {
-        /// The image to build: `tiny`.
+        /// The image to build: `tiny`, `tiny-router`, or a recipe file.
         name: String,
         #[command(flatten)]
         store: StoreArg,
@@ -100,21 +100,31 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn build(name: &str, store: &ImageStore) -> anyhow::Result<ExitCode> {
-    if name != "tiny" {
+    let recipe = Path::new(name);
+    let builtin = image::recipe(name);
+    if builtin.is_none() && !recipe.is_file() {
+        let known: Vec<&str> = image::RECIPES.iter().map(|r| r.name).collect();
         return Err(anyhow::Error::new(InvalidInput(format!(
-            "labspan image build: no recipe for \"{name}\"; the one recipe today is `tiny` \
-             (use `labspan image import` for your own images)"
+            "labspan image build: \"{name}\" is neither a built-in recipe ({}) nor a recipe file \
+             (e.g. demos/sip/image.yaml; see docs/images.md); use `labspan image import` for your own images",
+            known.join(", ")
         ))));
     }
     let started = Instant::now();
     let mut progress = |line: &str| {
         eprintln!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
     };
-    let report = store
-        .build_tiny(&mut progress)
-        .with_context(|| format!("building image tiny in {}", store.root().display()))?;
+    let report = if let Some(builtin) = builtin {
+        store.build_recipe(builtin, &mut progress)
+    } else {
+        store.build_debian(recipe, &mut progress)
+    };
+    let report = report
+        .map_err(user_error)
+        .with_context(|| format!("building image {name} in {}", store.root().display()))?;
     println!(
-        "image tiny {} ({}) in {:.1}s",
+        "image {} {} ({}) in {:.1}s",
+        report.image.manifest.name,
         short(&report.image),
         if report.cached { "cached" } else { "built" },
         started.elapsed().as_secs_f64()
@@ -165,7 +175,7 @@ fn list(json: bool, store: &ImageStore) -> anyhow::Result<ExitCode> {
 /// Bad names and unusable files are the user's input: exit status 2.
 fn user_error(e: ImageError) -> anyhow::Error {
     match e {
-        ImageError::BadName { .. } | ImageError::NotQcow2 { .. } => {
+        ImageError::BadName { .. } | ImageError::NotQcow2 { .. } | ImageError::Recipe { .. } => {
             anyhow::Error::new(InvalidInput(e.to_string()))
         }
         other => anyhow::Error::new(other),

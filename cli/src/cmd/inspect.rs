@@ -17,6 +17,9 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Inspect the cluster this file names instead of this machine.
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: Option<std::path::PathBuf>,
 }
 
 /// One node as `inspect` shows it.
@@ -34,6 +37,10 @@ struct NodeRow {
 
 /// Runs `labspan inspect`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(cluster) = &args.cluster {
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(crate::remote::inspect(cluster, args.lab.as_deref(), args.json));
+    }
     let env = Embedded::open(AccelChoice::Auto)?;
     let mut labs = env.store.all()?;
     if let Some(lab) = &args.lab {

@@ -1,6 +1,9 @@
 //! One module per `labspan` subcommand.
 
+pub mod agent;
+pub mod cluster;
 pub mod console;
+pub mod coordinator;
 pub mod down;
 pub mod exec;
 pub mod graph;

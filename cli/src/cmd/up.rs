@@ -29,6 +29,10 @@ pub struct Args {
     /// Deploy without running the lab's `verify` checks.
     #[arg(long)]
     pub no_verify: bool,
+    /// Deploy on the cluster this file names (see `labspan cluster init`)
+    /// instead of this machine.
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: Option<PathBuf>,
 }
 
 /// Runs `labspan up`.
@@ -40,6 +44,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn up(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let bundle = load(&args.lab)?;
+    if let Some(cluster) = &args.cluster {
+        return crate::remote::up(cluster, &bundle, !args.no_verify).await;
+    }
     let name = bundle.lab.name.clone();
     let env = Embedded::open(args.accel)?;
     let (record, host_plan) = env.plan(&bundle)?;
@@ -137,7 +144,8 @@ fn print_vms(lab: &str, report: &Report) {
     }
 }
 
-fn print_checks(results: &[CheckResult]) {
+/// Prints the `verify` results (embedded default and cluster alike).
+pub(crate) fn print_checks(results: &[CheckResult]) {
     println!("\nverify:");
     for r in results {
         let mark = if r.passed { "PASS" } else { "FAIL" };

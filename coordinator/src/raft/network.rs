@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use labspan_proto::msg::Role;
+use labspan_proto::codec;
+use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -21,8 +22,8 @@ use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
 
 use super::{Member, NodeId, TypeConfig};
-use crate::tls::PeerIdentity;
-use crate::transport::{self, Service, TransportError};
+use labspan_transport::tls::PeerIdentity;
+use labspan_transport::{self as transport, Service, TransportError};
 
 /// A Raft RPC from one coordinator to another.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,11 +59,9 @@ impl RaftService {
     }
 }
 
-impl Service for RaftService {
-    type Request = RaftRequest;
-    type Reply = RaftReply;
-
-    async fn handle(&self, peer: &PeerIdentity, req: RaftRequest) -> RaftReply {
+impl RaftService {
+    /// Answers one Raft RPC from `peer`.
+    pub async fn handle_rpc(&self, peer: &PeerIdentity, req: RaftRequest) -> RaftReply {
         if peer.role != Role::Coordinator {
             tracing::warn!(name = %peer.name, role = %peer.role, "refused a Raft RPC from a non-coordinator");
             return RaftReply::Forbidden { role: peer.role };
@@ -75,6 +74,40 @@ impl Service for RaftService {
                 RaftReply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
             RaftRequest::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
+        }
+    }
+
+    /// Answers a [`Request::Raft`]: decodes the RPC, answers it, encodes the reply.
+    pub async fn handle_encoded(&self, peer: &PeerIdentity, bytes: &[u8]) -> Reply {
+        let req: RaftRequest = match codec::decode(bytes) {
+            Ok(req) => req,
+            Err(e) => return invalid(format!("malformed Raft RPC: {e}")),
+        };
+        let reply = self.handle_rpc(peer, req).await;
+        match codec::encode(&reply) {
+            Ok(bytes) => Reply::Raft(bytes),
+            Err(e) => Reply::Error(ErrorReply::new(
+                ErrorKind::Internal,
+                format!("cannot encode a Raft reply: {e}"),
+            )),
+        }
+    }
+}
+
+fn invalid(message: String) -> Reply {
+    Reply::Error(ErrorReply::new(ErrorKind::Invalid, message))
+}
+
+/// Serving a `RaftService` alone (tests, or an endpoint for Raft only):
+/// every request but [`Request::Raft`] is refused.
+impl Service for RaftService {
+    type Request = Request;
+    type Reply = Reply;
+
+    async fn handle(&self, peer: &PeerIdentity, req: Request) -> Reply {
+        match req {
+            Request::Raft(bytes) => self.handle_encoded(peer, &bytes).await,
+            _ => invalid("this endpoint serves only Raft RPCs".into()),
         }
     }
 }
@@ -166,16 +199,27 @@ impl PeerLink {
     ) -> RpcResult<RaftReply, E> {
         let exchange = async {
             let conn = self.connection().await?;
-            transport::request(&conn, &req).await.map_err(|e| {
-                // The next call dials afresh: the peer may have restarted.
-                self.forget(&conn);
-                match e {
-                    TransportError::ConnectionLost(_) | TransportError::Connection { .. } => {
-                        RPCError::Unreachable(Unreachable::new(&e))
+            let bytes =
+                codec::encode(&req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let reply: Reply = transport::request(&conn, &Request::Raft(bytes))
+                .await
+                .map_err(|e| {
+                    // The next call dials afresh: the peer may have restarted.
+                    self.forget(&conn);
+                    match e {
+                        TransportError::ConnectionLost(_) | TransportError::Connection { .. } => {
+                            RPCError::Unreachable(Unreachable::new(&e))
+                        }
+                        other => RPCError::Network(NetworkError::new(&other)),
                     }
-                    other => RPCError::Network(NetworkError::new(&other)),
-                }
-            })
+                })?;
+            match reply {
+                Reply::Raft(bytes) => codec::decode::<RaftReply>(&bytes)
+                    .map_err(|e| RPCError::Network(NetworkError::new(&e))),
+                other => Err(RPCError::Network(NetworkError::new(&UnexpectedReply(
+                    format!("{other:?}"),
+                )))),
+            }
         };
         let reply = tokio::time::timeout(option.hard_ttl(), exchange)
             .await

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use labspan_proto::msg::Role;
 use serde::{Deserialize, Serialize};
 
 /// Lowest VNI labspan hands out; lower ones are left to the site's own use.
@@ -68,6 +69,22 @@ pub struct ClusterState {
     pub labs: BTreeMap<String, LabRecord>,
     /// VNI → (lab, segment) that holds it: the allocator's used set.
     pub vni_owners: BTreeMap<u32, (String, String)>,
+    /// Join tokens by the SHA-256 (hex) of the token: the secret itself is
+    /// never stored.
+    pub tokens: BTreeMap<String, JoinToken>,
+    /// Raft node id the next joining coordinator gets (0: not yet counted, 2 is next).
+    pub next_node_id: u64,
+}
+
+/// A one-time join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// What the joiner becomes.
+    pub role: Role,
+    /// Seconds since the Unix epoch after which the token is refused.
+    pub expires_unix: u64,
+    /// Name of the member that used it, once used.
+    pub used_by: Option<String>,
 }
 
 /// A change to the cluster state: the payload of a Raft log entry.
@@ -105,6 +122,19 @@ pub enum Command {
     SetLabStatus { lab: String, status: LabStatus },
     /// Forgets a lab and frees its VNIs.
     DeleteLab { name: String },
+    /// Records a join token (by hash).
+    AddToken {
+        hash: String,
+        role: Role,
+        expires_unix: u64,
+    },
+    /// Consumes a join token; `now_unix` is the proposer's clock, so every
+    /// replica decides the same.
+    UseToken {
+        hash: String,
+        name: String,
+        now_unix: u64,
+    },
 }
 
 /// What an accepted command did.
@@ -114,6 +144,9 @@ pub enum Applied {
     Done,
     /// The lab's segments and their VNIs after the command.
     Vnis(BTreeMap<String, u32>),
+    /// A join token was consumed: the role it grants, and for a coordinator
+    /// the Raft node id reserved for it.
+    TokenUsed { role: Role, node_id: Option<u64> },
 }
 
 /// Why a command was refused; the state is unchanged.
@@ -133,6 +166,12 @@ pub enum Rejection {
         node: String,
         host: String,
     },
+    #[error("unknown join token: ask an admin for a new one (`labspan cluster token`)")]
+    UnknownToken,
+    #[error("join token already used by {0:?}: tokens are one-time, ask for a new one")]
+    TokenUsed(String),
+    #[error("join token expired: ask for a new one (`labspan cluster token --ttl ...`)")]
+    TokenExpired,
     #[error(
         "no free VNI left for lab {lab:?} (need {needed}, {free} free in {FIRST_VNI}..={LAST_VNI})"
     )]
@@ -191,6 +230,24 @@ impl ClusterState {
                 rec.status = status.clone();
                 Ok(Applied::Done)
             }
+            Command::AddToken {
+                hash,
+                role,
+                expires_unix,
+            } => {
+                let token = JoinToken {
+                    role: *role,
+                    expires_unix: *expires_unix,
+                    used_by: None,
+                };
+                self.tokens.insert(hash.clone(), token);
+                Ok(Applied::Done)
+            }
+            Command::UseToken {
+                hash,
+                name,
+                now_unix,
+            } => self.use_token(hash, name, *now_unix),
             Command::DeleteLab { name } => {
                 self.labs
                     .remove(name)
@@ -199,6 +256,26 @@ impl ClusterState {
                 Ok(Applied::Done)
             }
         }
+    }
+
+    fn use_token(&mut self, hash: &str, name: &str, now_unix: u64) -> CommandResult {
+        let token = self.tokens.get(hash).ok_or(Rejection::UnknownToken)?;
+        if let Some(by) = &token.used_by {
+            return Err(Rejection::TokenUsed(by.clone()));
+        }
+        if now_unix > token.expires_unix {
+            return Err(Rejection::TokenExpired);
+        }
+        let role = token.role;
+        let node_id = (role == Role::Coordinator).then(|| {
+            let id = self.next_node_id.max(2);
+            self.next_node_id = id + 1;
+            id
+        });
+        if let Some(token) = self.tokens.get_mut(hash) {
+            token.used_by = Some(name.to_string());
+        }
+        Ok(Applied::TokenUsed { role, node_id })
     }
 
     fn lab_mut(&mut self, name: &str) -> Result<&mut LabRecord, Rejection> {

@@ -2,7 +2,7 @@
 //! placement hints and checks. Runs over the raw lab so that every error
 //! still points at the place the user wrote.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::diagnostic::{closest, Pos, Sink};
@@ -11,6 +11,42 @@ use super::read::{name_problem, RawEndpoint, RawGroup, RawLab, RawNode, MAX_NIC_
 
 /// Above this many nodes, "did you mean" is not worth a scan per error.
 const SUGGEST_LIMIT: usize = 10_000;
+
+/// A fast multiplicative hasher (the rustc "Fx" hash): the keys are names
+/// from the user's own lab file, so SipHash's flooding resistance buys
+/// nothing, and hashing dominates checking a 100,000-node lab.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fx = std::hash::BuildHasherDefault<FxHasher>;
+type HashMap<K, V> = std::collections::HashMap<K, V, Fx>;
+type HashSet<K> = std::collections::HashSet<K, Fx>;
 
 /// Runs every cross-reference check.
 pub(crate) fn check_lab(sink: &mut Sink, lab: &RawLab) {
@@ -93,8 +129,12 @@ fn endpoints_in_file_order(lab: &RawLab) -> Vec<(&str, &str, &RawEndpoint)> {
 }
 
 fn check_endpoints(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode>) {
-    let mut used: HashMap<(&str, &str), (&str, Pos)> = HashMap::new();
-    for (segment, list, e) in endpoints_in_file_order(lab) {
+    let mut used: HashMap<(&str, &str), (&str, Pos)> = HashMap::default();
+    let endpoints = endpoints_in_file_order(lab);
+    // Every NIC any segment names, so a suggested NIC is really free; built
+    // only once a NIC turns out to be used twice.
+    let mut named: Option<HashSet<(&str, &str)>> = None;
+    for &(segment, list, e) in &endpoints {
         let (node, nic) = (e.ep.node.as_str(), e.ep.nic.as_str());
         let path = || format!("{list}[{}]", e.index);
         let Some(raw) = nodes.get(node) else {
@@ -109,7 +149,13 @@ fn check_endpoints(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode
         }
         if let Some((first, at)) = used.insert((node, nic), (segment, e.pos)) {
             let msg = format!("NIC {} is already in {first} (line {})", e.ep, at.line);
-            let free = free_nic(raw, |n| used.contains_key(&(node, n)));
+            let named = named.get_or_insert_with(|| {
+                let all = endpoints
+                    .iter()
+                    .map(|(_, _, e)| (e.ep.node.as_str(), e.ep.nic.as_str()));
+                all.collect()
+            });
+            let free = free_nic(raw, |n| named.contains(&(node, n)));
             let help = format!(
                 "a NIC can be in only one link or LAN; use another NIC, e.g. {node}:{free}"
             );
@@ -131,8 +177,8 @@ fn check_segment_addresses(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, 
     let links = lab.links.iter().map(|l| (l.path.as_str(), &l.ends));
     let lans = lab.lans.iter().map(|l| (l.path.as_str(), &l.members));
     // Reused across segments: most segments are small, allocation would dominate.
-    let mut seen: HashMap<IpAddr, &RawEndpoint> = HashMap::new();
-    let mut nics: HashSet<(&str, &str)> = HashSet::new();
+    let mut seen: HashMap<IpAddr, &RawEndpoint> = HashMap::default();
+    let mut nics: HashSet<(&str, &str)> = HashSet::default();
     for (segment, members) in links.chain(lans) {
         seen.clear();
         nics.clear();
@@ -195,7 +241,7 @@ impl<'a> Components<'a> {
 }
 
 fn check_placement(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode>) {
-    let mut pinned: HashMap<&str, &str> = HashMap::new();
+    let mut pinned: HashMap<&str, &str> = HashMap::default();
     for (r, sel) in &lab.pins {
         if !nodes.contains_key(r.name.as_str()) {
             unknown_node(sink, nodes, &r.name, r.pos, &r.path, "node");
@@ -257,7 +303,7 @@ fn check_group_members(sink: &mut Sink, g: &RawGroup, nodes: &HashMap<&str, &Raw
             Some("add nodes, or remove the group".into()),
         );
     }
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     for m in &g.members {
         if !nodes.contains_key(m.name.as_str()) {
             unknown_node(sink, nodes, &m.name, m.pos, &m.path, "node");
@@ -274,9 +320,9 @@ fn check_spread<'a>(
     comps: &mut Components<'a>,
     comp_pin: &HashMap<&'a str, (&'a str, &'a str)>,
 ) {
-    let mut by_comp: HashMap<&str, &str> = HashMap::new();
-    let mut by_host: HashMap<&str, &str> = HashMap::new();
-    let mut seen = HashSet::new();
+    let mut by_comp: HashMap<&str, &str> = HashMap::default();
+    let mut by_host: HashMap<&str, &str> = HashMap::default();
+    let mut seen = HashSet::default();
     for m in &g.members {
         if !seen.insert(m.name.as_str()) {
             continue; // reported by check_group_members

@@ -25,7 +25,7 @@ use diagnostic::Sink;
 use read::RawLab;
 
 /// A lab and the contents of every file its nodes copy into the guest.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabBundle {
     /// The validated lab.
     pub lab: Lab,

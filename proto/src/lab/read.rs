@@ -537,7 +537,9 @@ fn read_nics(sink: &mut Sink, n: &Yaml, path: &str, raw: &mut RawNode) {
         }
         let (nic, ip_pos) = read_nic(sink, v, &p);
         raw.node.nics.insert(name.to_string(), nic);
-        raw.ip_pos.insert(name.to_string(), ip_pos);
+        if !ip_pos.is_empty() {
+            raw.ip_pos.insert(name.to_string(), ip_pos);
+        }
     }
 }
 

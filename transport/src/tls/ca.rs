@@ -173,6 +173,19 @@ impl NodeCredential {
     }
 }
 
+/// A certificate (DER) as PEM.
+pub fn cert_to_pem(der: &CertificateDer<'_>) -> String {
+    pem_encode("CERTIFICATE", der)
+}
+
+/// Reads one certificate from PEM.
+pub fn cert_from_pem(pem: &str, what: &str) -> Result<CertificateDer<'static>, TlsError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// PEM-encodes DER bytes (RFC 7468: standard base64, 64 columns).
 fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine;

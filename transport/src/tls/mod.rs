@@ -10,10 +10,12 @@
 mod ca;
 mod config;
 mod identity;
+mod join;
 
-pub use ca::{ClusterCa, NodeCredential};
+pub use ca::{cert_from_pem, cert_to_pem, ClusterCa, NodeCredential};
 pub use config::{client_config, crypto_provider, server_config, ALPN};
 pub use identity::{ca_fingerprint, check_ca_fingerprint, peer_identity, PeerIdentity};
+pub use join::{join_client_config, join_server_config, JOIN_ALPN};
 
 /// DNS name every coordinator certificate carries and every client asks for:
 /// clients reach coordinators by address, and any coordinator of the cluster

@@ -4,10 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use labspan_coordinator::tls::{self, ClusterCa, NodeCredential, PeerIdentity};
-use labspan_coordinator::transport::{self, Service, StreamErrorCode, TransportError};
 use labspan_proto::codec::{self, HEADER_LEN, MAX_MESSAGE_SIZE};
-use labspan_proto::msg::{Reply, Request, Role};
+use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
+use labspan_transport::tls::{self, ClusterCa, NodeCredential, PeerIdentity};
+use labspan_transport::{self as transport, Service, StreamErrorCode, TransportError};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Connection, Endpoint};
 
@@ -27,6 +27,10 @@ impl Service for Echo {
                 name: peer.name.clone(),
                 role: peer.role,
             },
+            _ => Reply::Error(ErrorReply::new(
+                ErrorKind::Invalid,
+                "echo answers Ping and WhoAmI",
+            )),
         }
     }
 }

@@ -8,8 +8,8 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig};
 use rustls::pki_types::CertificateDer;
 
-use super::TransportError;
 use crate::tls::{self, NodeCredential, PeerIdentity, COORDINATOR_SERVER_NAME};
+use crate::TransportError;
 
 /// How often an idle connection sends a keep-alive (well under [`IDLE_TIMEOUT`]).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -101,4 +101,33 @@ pub fn peer_identity_of(conn: &Connection) -> Result<PeerIdentity, TransportErro
         .first()
         .ok_or_else(|| err(tls::TlsError::NoPeerCertificate))?;
     tls::peer_identity(leaf).map_err(err)
+}
+
+/// The endpoint on which a coordinator answers joins: it asks no client
+/// certificate (joiners have none yet) and speaks only the join ALPN.
+pub fn join_server_endpoint(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    me: &NodeCredential,
+) -> Result<Endpoint, TransportError> {
+    let tls = tls::join_server_config(ca, me).map_err(|e| TransportError::Config(e.to_string()))?;
+    let quic =
+        QuicServerConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config());
+    Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+}
+
+/// A client endpoint for joining: no certificate; it trusts a coordinator
+/// only under the CA whose fingerprint is `fingerprint`.
+pub fn join_client_endpoint(
+    bind: SocketAddr,
+    fingerprint: &str,
+) -> Result<Endpoint, TransportError> {
+    let tls =
+        tls::join_client_config(fingerprint).map_err(|e| TransportError::Config(e.to_string()))?;
+    let mut endpoint =
+        Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(quinn_client_config(tls)?);
+    Ok(endpoint)
 }

@@ -8,7 +8,7 @@ use quinn::{Connection, ReadError, ReadExactError, RecvStream, SendStream, VarIn
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::TransportError;
+use crate::TransportError;
 
 /// Payload bytes reserved before any arrive (most messages are smaller).
 const PREALLOCATE_MAX: usize = 64 * 1024;

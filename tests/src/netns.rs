@@ -8,6 +8,32 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// Runs `f` in a thread that has entered the namespace `name` (netlink
+/// sockets it opens and processes it starts live there).
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = File::open(format!("/run/netns/{name}")).expect("open the netns");
+            // SAFETY: `ns` is an open netns file for the duration of the
+            // call; setns only changes this (spawned) thread's namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {name}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("the namespace thread panicked")
+    })
+}
+
+/// Runs the future `make` returns on a current-thread runtime inside the
+/// namespace `name`.
+pub fn block_on_in<T: Send, Fut: Future<Output = T>>(name: &str, make: impl FnOnce() -> Fut + Send) -> T {
+    run_in(name, || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(make())
+    })
+}
+
 /// A network namespace that lives as long as the value.
 pub struct Netns {
     pub name: String,
@@ -31,39 +57,13 @@ impl Netns {
 
     /// Runs `f` in a thread that has entered this namespace.
     pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(format!("/run/netns/{}", self.name)).expect("open the netns");
-                // SAFETY: `ns` is an open netns file for the duration of the
-                // call; setns only changes this (spawned) thread's namespace.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(
-                    rc,
-                    0,
-                    "setns into {}: {}",
-                    self.name,
-                    std::io::Error::last_os_error()
-                );
-                f()
-            })
-            .join()
-            .expect("the namespace thread panicked")
-        })
+        run_in(&self.name, f)
     }
 
     /// Runs the future `make` returns on a current-thread runtime, in a
     /// thread that has entered this namespace.
-    pub fn block_on<T: Send, Fut: Future<Output = T>>(
-        &self,
-        make: impl FnOnce() -> Fut + Send,
-    ) -> T {
-        self.run_in(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(make())
-        })
+    pub fn block_on<T: Send, Fut: Future<Output = T>>(&self, make: impl FnOnce() -> Fut + Send) -> T {
+        block_on_in(&self.name, make)
     }
 
     /// `ip -n NS ARGS`, which must succeed; its stdout.

@@ -1,21 +1,24 @@
-//! QUIC transport of the control plane (quinn over the mutual-TLS configs of
-//! [`crate::tls`]).
+//! labspan's control-plane transport: the cluster identity ([`tls`]) and QUIC
+//! over the mutual-TLS configs it builds.
 //!
 //! One connection per peer; one bidirectional stream per request. A stream
 //! carries exactly one codec envelope each way, then FIN. A stream whose
 //! request is malformed, truncated, oversized or of another version is reset
 //! with a [`StreamErrorCode`]; the connection and the endpoint keep serving.
 
+pub mod client;
+pub mod tls;
+
 mod endpoint;
 mod frame;
 mod server;
 
 pub use endpoint::{
-    client_endpoint, connect, peer_identity_of, server_endpoint, transport_config, IDLE_TIMEOUT,
-    KEEP_ALIVE_INTERVAL,
+    client_endpoint, connect, join_client_endpoint, join_server_endpoint, peer_identity_of,
+    server_endpoint, transport_config, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
 };
 pub use frame::{read_frame, request, write_frame, StreamErrorCode};
-pub use server::{serve, Service, REQUEST_READ_TIMEOUT};
+pub use server::{serve, serve_join, JoinService, Service, REQUEST_READ_TIMEOUT};
 
 use labspan_proto::codec::CodecError;
 

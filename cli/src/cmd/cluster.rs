@@ -1,0 +1,328 @@
+//! `labspan cluster init|token|join|status`: create a cluster, let members
+//! in with one-time tokens, and see its state.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use labspan_coordinator::service::DataDir;
+use labspan_proto::msg::{ClusterStatus, JoinReply, JoinRequest, Reply, Request, Role};
+use labspan_transport::client::{self, ClusterFile};
+use labspan_transport::tls;
+
+use crate::remote::{call, connect};
+use crate::InvalidInput;
+
+/// `labspan cluster ...`
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Create a cluster: its CA, the first coordinator's data folder and the
+    /// admin credential (DIR/admin.cluster). Start it with `labspan coordinator run`.
+    Init(InitArgs),
+    /// Make a one-time join token for a new coordinator or agent.
+    Token(TokenArgs),
+    /// Join a cluster with a token: a coordinator gets its data folder, an
+    /// agent its credential (DIR/agent.cluster).
+    Join(JoinArgs),
+    /// Members, leader, term, commit index, hosts and labs.
+    Status(StatusArgs),
+}
+
+/// Arguments of `labspan cluster init`.
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// The first coordinator's data folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Address the coordinator listens on (API and Raft); joins use port + 1.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// This coordinator's name.
+    #[arg(long, default_value = "c1")]
+    pub name: String,
+    /// The cluster's name (in its CA certificate).
+    #[arg(long, default_value = "labspan")]
+    pub cluster_name: String,
+}
+
+/// Arguments of `labspan cluster token`.
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    /// What the new member will be: coordinator, agent, admin or viewer.
+    #[arg(long)]
+    pub role: Role,
+    /// How long the token is valid: 30s, 15m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// The cluster file (written by `cluster init`).
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: PathBuf,
+}
+
+/// Arguments of `labspan cluster join`.
+#[derive(clap::Args)]
+pub struct JoinArgs {
+    /// API address of any coordinator (the join endpoint is its port + 1).
+    pub coordinator: SocketAddr,
+    /// The token from `labspan cluster token`.
+    #[arg(long)]
+    pub token: String,
+    /// The CA fingerprint `labspan cluster token` printed (sha256:...).
+    #[arg(long)]
+    pub ca_fingerprint: String,
+    /// Data folder of the new member.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Member name (default: this machine's host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// For a coordinator: the address it will listen on.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Arguments of `labspan cluster status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The cluster file.
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `labspan cluster ...`.
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new()?;
+    match cmd {
+        Command::Init(a) => init(a),
+        Command::Token(a) => rt.block_on(token(a)),
+        Command::Join(a) => rt.block_on(join(a)),
+        Command::Status(a) => rt.block_on(status(a)),
+    }
+}
+
+fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
+    let dir = DataDir::at(&a.data);
+    let admin = dir
+        .init(&a.cluster_name, &a.name, a.listen)
+        .map_err(|e| InvalidInput(format!("error: {e}")))?;
+    let ca = tls::cert_from_pem(&admin.ca_pem, "the cluster CA")?;
+    println!("cluster CA fingerprint: {}", tls::ca_fingerprint(&ca));
+    println!("admin credential:       {}", dir.admin_file().display());
+    println!(
+        "\nnext:\n  labspan coordinator run --data {}",
+        a.data.display()
+    );
+    println!("  export LABSPAN_CLUSTER={}", dir.admin_file().display());
+    println!("  labspan cluster token --role coordinator   # or --role agent");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.cluster).await?;
+    let req = Request::CreateToken {
+        role: a.role,
+        ttl_secs: a.ttl.as_secs(),
+    };
+    let Reply::Token {
+        token,
+        ca_fingerprint,
+        ..
+    } = call(&client, &req).await?
+    else {
+        bail!("unexpected reply to CreateToken");
+    };
+    let coordinator = ClusterFile::load(&a.cluster)?
+        .coordinators
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    client.close().await;
+    println!("token:          {token}");
+    println!("ca fingerprint: {ca_fingerprint}");
+    println!(
+        "valid for {} s, once. On the new {}:",
+        a.ttl.as_secs(),
+        a.role
+    );
+    let listen = if a.role == Role::Coordinator {
+        " --listen ADDR:PORT"
+    } else {
+        ""
+    };
+    println!("  labspan cluster join {coordinator} --token {token} --ca-fingerprint {ca_fingerprint} --data DIR{listen}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
+    let name = a.name.clone().unwrap_or_else(host_name);
+    let req = JoinRequest::Join {
+        token: a.token.clone(),
+        name: name.clone(),
+    };
+    let reply = client::join(a.coordinator, &a.ca_fingerprint, &req)
+        .await
+        .with_context(|| format!("joining through {}", a.coordinator))?;
+    let grant = match reply {
+        JoinReply::Joined(g) => g,
+        JoinReply::Error(e) => {
+            return Err(InvalidInput(format!("error: join refused: {}", e.message)).into())
+        }
+    };
+    std::fs::create_dir_all(&a.data).with_context(|| format!("creating {}", a.data.display()))?;
+    if grant.role == Role::Coordinator {
+        let Some(listen) = a.listen else {
+            return Err(InvalidInput("error: this token is for a coordinator: give --listen ADDR:PORT (the token is now used; ask for a new one)".into()).into());
+        };
+        DataDir::at(&a.data).save_grant(&name, listen, &grant)?;
+        println!(
+            "coordinator {name} joined; start it:\n  labspan coordinator run --data {}",
+            a.data.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file = ClusterFile {
+        coordinators: grant.coordinators,
+        ca_pem: grant.ca_pem,
+        cert_pem: grant.cert_pem,
+        key_pem: grant.key_pem,
+    };
+    let path = a.data.join(format!("{}.cluster", grant.role));
+    file.save(&path)?;
+    println!(
+        "{name} joined as {}; credential in {}",
+        grant.role,
+        path.display()
+    );
+    if grant.role == Role::Agent {
+        println!(
+            "start it:\n  labspan agent run --data {} --vtep ADDRESS",
+            a.data.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.cluster).await?;
+    let Reply::Status(s) = call(&client, &Request::Status).await? else {
+        bail!("unexpected reply to Status");
+    };
+    client.close().await;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+    } else {
+        print_status(&s);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(s: &ClusterStatus) {
+    let commit = s.commit_index.map_or("-".to_string(), |i| i.to_string());
+    println!(
+        "leader: {}   term: {}   commit index: {commit}",
+        s.leader.map_or("none".into(), |l| l.to_string()),
+        s.term
+    );
+    println!(
+        "\n{:<4} {:<12} {:<22} {:<8} ROLE",
+        "ID", "MEMBER", "ADDRESS", "VOTER"
+    );
+    for m in &s.members {
+        let role = if Some(m.id) == s.leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        let role = if m.voter { role } else { "learner" };
+        println!(
+            "{:<4} {:<12} {:<22} {:<8} {role}",
+            m.id,
+            m.name,
+            m.addr,
+            if m.voter { "yes" } else { "no" }
+        );
+    }
+    println!(
+        "\n{:<16} {:<16} {:>10} {:>6}  STATE",
+        "HOST", "VTEP", "MEMORY", "CPUS"
+    );
+    for h in &s.hosts {
+        println!(
+            "{:<16} {:<16} {:>7} MiB {:>6}  {}",
+            h.name,
+            h.vtep.to_string(),
+            h.memory_mib,
+            h.vcpus,
+            if h.up { "up" } else { "DOWN" }
+        );
+    }
+    if !s.labs.is_empty() {
+        println!("\n{:<16} STATUS", "LAB");
+        for (lab, st) in &s.labs {
+            println!("{lab:<16} {st}");
+        }
+    }
+}
+
+fn status_json(s: &ClusterStatus) -> serde_json::Value {
+    serde_json::json!({
+        "leader": s.leader,
+        "term": s.term,
+        "commit_index": s.commit_index,
+        "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
+        "hosts": s.hosts.iter().map(|h| serde_json::json!({"name": h.name, "vtep": h.vtep, "memory_mib": h.memory_mib, "cpus": h.vcpus, "up": h.up})).collect::<Vec<_>>(),
+        "labs": s.labs.iter().map(|(l, st)| serde_json::json!({"name": l, "status": st})).collect::<Vec<_>>(),
+    })
+}
+
+/// `30s`, `15m`, `1h`, `2d`, or plain seconds.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: use e.g. 30s, 15m, 1h, 2d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?}: use s, m, h or d"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+/// This machine's name, the default member name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+    use std::time::Duration;
+
+    #[test]
+    fn ttls_parse() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! The CLI against a cluster: when a cluster file is given (`--cluster FILE`
+//! or `LABSPAN_CLUSTER`), `up`, `down`, `inspect` and `exec` send their
+//! requests to a coordinator over QUIC with the file's certificate instead
+//! of running the embedded default. Output has the same shape.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use labspan_agent::verify::{run_checks, GuestExec};
+use labspan_agent::vm::ExecOutput;
+use labspan_proto::codec;
+use labspan_proto::lab::LabBundle;
+use labspan_proto::msg::{ErrorKind, ErrorReply, ExecResult, LabReport, Reply, Request};
+use labspan_transport::client::{Client, ClusterFile};
+
+use crate::guests::lab_addresses;
+use crate::InvalidInput;
+
+/// How long each `verify` check may take to pass (as on the embedded default).
+const CHECK_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one check command may run in the guest.
+const CHECK_EXEC_TIMEOUT_SECS: u64 = 30;
+
+/// Connects with the credential in the cluster file at `path`.
+pub async fn connect(path: &Path) -> anyhow::Result<Client> {
+    let file = ClusterFile::load(path)?;
+    Client::connect(&file)
+        .await
+        .with_context(|| format!("cluster file {}", path.display()))
+}
+
+/// Sends `req` and turns a refusal into an error (invalid input → exit 2).
+pub async fn call(client: &Client, req: &Request) -> anyhow::Result<Reply> {
+    match client.request(req).await? {
+        Reply::Error(e) => Err(refusal(e)),
+        reply => Ok(reply),
+    }
+}
+
+fn refusal(e: ErrorReply) -> anyhow::Error {
+    match e.kind {
+        ErrorKind::Invalid | ErrorKind::NotFound => {
+            InvalidInput(format!("error: {}", e.message)).into()
+        }
+        ErrorKind::Forbidden => anyhow::anyhow!("refused: {}", e.message),
+        _ => anyhow::anyhow!("{}", e.message),
+    }
+}
+
+/// `labspan up` on a cluster: deploy, print the placement and VMs, run `verify`.
+pub async fn up(path: &Path, bundle: &LabBundle, verify: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let client = connect(path).await?;
+    let name = bundle.lab.name.clone();
+    let bytes = codec::encode(bundle).context("encoding the lab bundle")?;
+    let report = match call(&client, &Request::DeployLab { bundle: bytes }).await? {
+        Reply::Deployed(r) => r,
+        other => bail!("unexpected reply to DeployLab: {other:?}"),
+    };
+    print_report(&report);
+    let mut ok = report.status == "Running";
+    if verify && ok && !bundle.lab.verify.is_empty() {
+        let guests = ClusterGuests {
+            client: &client,
+            lab: &name,
+        };
+        let results = run_checks(
+            &guests,
+            &bundle.lab.verify,
+            &lab_addresses(&bundle.lab),
+            CHECK_DEADLINE,
+        )
+        .await;
+        crate::cmd::up::print_checks(&results);
+        ok = results.iter().all(|r| r.passed);
+    }
+    client.close().await;
+    println!(
+        "\nlab \"{name}\" {} in {:.1} s",
+        if ok { "is up" } else { "has problems" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_report(report: &LabReport) {
+    println!(
+        "{:<12} {:<16} {:<8} {:>8}  CONSOLE",
+        "NODE", "HOST", "STATE", "PID"
+    );
+    for (node, host) in &report.placement {
+        let vm = report.vms.iter().find(|v| &v.vm == node);
+        let state = match vm {
+            Some(v) if v.error.is_none() => "ready",
+            Some(_) => "FAILED",
+            None => "-",
+        };
+        let pid = vm.map_or("-".to_string(), |v| v.pid.to_string());
+        println!(
+            "{node:<12} {host:<16} {state:<8} {pid:>8}  labspan console {} {node}",
+            report.lab
+        );
+        if let Some(e) = vm.and_then(|v| v.error.as_ref()) {
+            println!("  {e}");
+        }
+    }
+    if report.status != "Running" {
+        println!("{}", report.status);
+    }
+}
+
+/// Guests reached through the cluster: the coordinator forwards each
+/// command to the agent of the VM's host.
+struct ClusterGuests<'a> {
+    client: &'a Client,
+    lab: &'a str,
+}
+
+impl GuestExec for ClusterGuests<'_> {
+    async fn exec(&self, node: &str, cmd: &str) -> Result<ExecOutput, String> {
+        let req = Request::Exec {
+            lab: self.lab.into(),
+            node: node.into(),
+            cmd: cmd.into(),
+            timeout_secs: CHECK_EXEC_TIMEOUT_SECS,
+        };
+        match self.client.request(&req).await.map_err(|e| e.to_string())? {
+            Reply::Exec(r) => Ok(output(r)),
+            Reply::Error(e) => Err(e.message),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+}
+
+fn output(r: ExecResult) -> ExecOutput {
+    ExecOutput {
+        exit_code: r.exit_code,
+        signal: None,
+        stdout: r.stdout,
+        stderr: r.stderr,
+    }
+}
+
+/// `labspan down` on a cluster.
+pub async fn down(path: &Path, lab: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(path).await?;
+    match client.request(&Request::DeleteLab { name: lab.into() }).await? {
+        Reply::Done => println!("lab \"{lab}\" is down: its VMs stopped on every host, its interfaces and VM folders removed"),
+        Reply::Error(e) if e.kind == ErrorKind::NotFound => println!("lab \"{lab}\" is not deployed; nothing to do"),
+        Reply::Error(e) => return Err(refusal(e)),
+        other => bail!("unexpected reply to DeleteLab: {other:?}"),
+    }
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `labspan exec` on a cluster; exits with the guest command's status.
+pub async fn exec(
+    path: &Path,
+    lab: &str,
+    node: &str,
+    cmd: &str,
+    timeout_secs: u64,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(path).await?;
+    let req = Request::Exec {
+        lab: lab.into(),
+        node: node.into(),
+        cmd: cmd.into(),
+        timeout_secs,
+    };
+    let out = match call(&client, &req).await? {
+        Reply::Exec(r) => r,
+        other => bail!("unexpected reply to Exec: {other:?}"),
+    };
+    client.close().await;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    Ok(ExitCode::from(u8::try_from(out.exit_code).unwrap_or(255)))
+}
+
+/// One node as `inspect` shows it on a cluster.
+#[derive(serde::Serialize)]
+struct NodeRow {
+    lab: String,
+    node: String,
+    host: String,
+    /// The lab's status (`Running`, `Failed: ...`).
+    state: String,
+    addresses: Vec<String>,
+    console: String,
+}
+
+/// `labspan inspect` on a cluster.
+pub async fn inspect(path: &Path, only: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(path).await?;
+    let labs: Vec<String> = match call(&client, &Request::Status).await? {
+        Reply::Status(s) => s
+            .labs
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|n| only.is_none_or(|o| o == n))
+            .collect(),
+        other => bail!("unexpected reply to Status: {other:?}"),
+    };
+    if let (Some(lab), true) = (only, labs.is_empty()) {
+        return Err(InvalidInput(format!(
+            "lab \"{lab}\" is not deployed (see `labspan inspect`)"
+        ))
+        .into());
+    }
+    let mut rows = Vec::new();
+    for name in labs {
+        let (bundle, report) = match call(&client, &Request::GetLab { name: name.clone() }).await? {
+            Reply::Lab { bundle, report } => (codec::decode::<LabBundle>(&bundle)?, report),
+            other => bail!("unexpected reply to GetLab: {other:?}"),
+        };
+        rows.extend(node_rows(&bundle, &report));
+    }
+    client.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("no lab is deployed");
+    } else {
+        println!(
+            "{:<12} {:<12} {:<16} {:<8}  ADDRESSES",
+            "LAB", "NODE", "HOST", "STATE"
+        );
+        for r in &rows {
+            println!(
+                "{:<12} {:<12} {:<16} {:<8}  {}",
+                r.lab,
+                r.node,
+                r.host,
+                r.state,
+                r.addresses.join(" ")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
+    let hosts: &BTreeMap<String, String> = &report.placement;
+    bundle
+        .lab
+        .nodes
+        .iter()
+        .map(|(node, spec)| NodeRow {
+            lab: report.lab.clone(),
+            node: node.clone(),
+            host: hosts.get(node).cloned().unwrap_or_default(),
+            state: report.status.clone(),
+            addresses: spec
+                .nics
+                .iter()
+                .flat_map(|(nic, n)| n.ip.iter().map(move |ip| format!("{nic}:{ip}")))
+                .collect(),
+            console: format!("labspan console {} {node}", report.lab),
+        })
+        .collect()
+}

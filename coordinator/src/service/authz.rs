@@ -1,0 +1,72 @@
+//! Who may ask what: the one table, checked before a request runs.
+
+use labspan_proto::msg::{Request, Role};
+
+/// True when a member of `role` may send `req`.
+///
+/// Coordinators run Raft, forward requests to the leader (which checks the
+/// original caller's role again) and join; agents register and heartbeat;
+/// admins do everything a user can; viewers only read.
+pub fn may(role: Role, req: &Request) -> bool {
+    use Request as R;
+    match req {
+        R::Ping { .. } | R::WhoAmI => true,
+        R::Raft(_) | R::AddCoordinator { .. } | R::UseToken { .. } | R::Forwarded { .. } => {
+            role == Role::Coordinator
+        }
+        R::Status | R::GetLab { .. } => matches!(role, Role::Admin | Role::Viewer),
+        R::CreateToken { .. } | R::DeployLab { .. } | R::DeleteLab { .. } | R::Exec { .. } => {
+            role == Role::Admin
+        }
+        R::RegisterHost { .. } | R::Heartbeat => role == Role::Agent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy() -> Request {
+        Request::DeployLab { bundle: vec![] }
+    }
+
+    #[test]
+    fn agents_and_viewers_may_not_change_labs() {
+        assert!(may(Role::Admin, &deploy()));
+        for role in [Role::Agent, Role::Viewer, Role::Coordinator] {
+            assert!(!may(role, &deploy()), "{role}");
+            assert!(
+                !may(
+                    role,
+                    &Request::CreateToken {
+                        role: Role::Admin,
+                        ttl_secs: 60
+                    }
+                ),
+                "{role}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_coordinators_send_raft_and_forward() {
+        for role in [Role::Agent, Role::Admin, Role::Viewer] {
+            assert!(!may(role, &Request::Raft(vec![])), "{role}");
+            let fwd = Request::Forwarded {
+                name: "x".into(),
+                role: Role::Admin,
+                request: Box::new(deploy()),
+            };
+            assert!(!may(role, &fwd), "{role}");
+        }
+        assert!(may(Role::Coordinator, &Request::Raft(vec![])));
+    }
+
+    #[test]
+    fn viewers_read_agents_heartbeat() {
+        assert!(may(Role::Viewer, &Request::Status));
+        assert!(!may(Role::Agent, &Request::Status));
+        assert!(may(Role::Agent, &Request::Heartbeat));
+        assert!(!may(Role::Admin, &Request::Heartbeat));
+    }
+}

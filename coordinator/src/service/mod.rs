@@ -1,0 +1,347 @@
+//! The coordinator daemon: one QUIC endpoint serving the Raft RPCs and the
+//! API to members whose certificate role allows it, a join endpoint for
+//! members without a certificate yet, and the leader's duties (placement,
+//! host plans pushed to agents, host liveness).
+//!
+//! Every request is checked by [`authz::may`] first. Writes and fresh reads
+//! run on the leader: a follower forwards them over its own connection
+//! (`Request::Forwarded`, the leader checks the caller's role again). Agents
+//! are not forwarded: they are told where the leader is and connect to it,
+//! so the leader holds their connections and can push plans on them.
+
+pub mod authz;
+pub mod data_dir;
+mod hosts;
+mod join;
+mod labs;
+mod leader;
+mod status;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
+use labspan_transport::tls::{ClusterCa, PeerIdentity};
+use labspan_transport::{self as transport, Service, TransportError};
+use openraft::Raft;
+use quinn::{Connection, Endpoint};
+use tokio::task::JoinHandle;
+
+use crate::raft::{
+    self, Member, NodeId, OpenError, QuicNetwork, RaftService, SharedState, TypeConfig,
+};
+pub use data_dir::{DataDir, DataDirError, NodeConfig};
+
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its data folder is missing or incomplete.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// Its endpoints could not be opened (address in use?).
+    #[error("cannot open the coordinator's endpoints")]
+    Transport(#[from] TransportError),
+    /// Its Raft store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Raft refused to start or to initialize.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// What the leader knows of a host outside the log: when it was last heard of.
+#[derive(Debug, Clone, Copy)]
+struct HostLive {
+    last_seen: Instant,
+    underlay_mtu: u32,
+}
+
+/// State shared by the service, the join endpoint and the background tasks.
+struct Inner {
+    id: NodeId,
+    name: String,
+    raft: Raft<TypeConfig>,
+    state: SharedState,
+    ca: ClusterCa,
+    /// Dials other coordinators (forwarding) with this coordinator's identity.
+    endpoint: Endpoint,
+    raft_rpc: RaftService,
+    /// Connections to other coordinators, by address.
+    peers: Mutex<HashMap<SocketAddr, Connection>>,
+    /// The latest connection of each agent, by host name.
+    agents: Mutex<HashMap<String, Connection>>,
+    /// Heartbeats (leader only).
+    live: Mutex<HashMap<String, HostLive>>,
+    /// One lab change at a time: placement sees the previous one's result.
+    lab_lock: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The API service: authorization, then dispatch.
+pub struct CoordinatorService {
+    inner: Arc<Inner>,
+}
+
+impl Service for CoordinatorService {
+    type Request = Request;
+    type Reply = Reply;
+
+    async fn handle(&self, peer: &PeerIdentity, req: Request) -> Reply {
+        if !authz::may(peer.role, &req) {
+            return forbidden(peer, &req);
+        }
+        self.inner.dispatch(peer, req, true).await
+    }
+
+    fn connected(&self, peer: &PeerIdentity, conn: &Connection) {
+        if peer.role == Role::Agent {
+            lock(&self.inner.agents).insert(peer.name.clone(), conn.clone());
+        }
+    }
+}
+
+fn forbidden(peer: &PeerIdentity, req: &Request) -> Reply {
+    tracing::warn!(name = %peer.name, role = %peer.role, request = kind(req), "refused a request the role does not allow");
+    error(
+        ErrorKind::Forbidden,
+        format!(
+            "member {:?} is {} and may not send {}",
+            peer.name,
+            peer.role,
+            kind(req)
+        ),
+    )
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
+    Reply::Error(ErrorReply::new(kind, message))
+}
+
+/// A request's name, for messages and logs.
+fn kind(req: &Request) -> &'static str {
+    match req {
+        Request::Ping { .. } => "Ping",
+        Request::WhoAmI => "WhoAmI",
+        Request::Raft(_) => "Raft RPCs",
+        Request::Status => "Status",
+        Request::CreateToken { .. } => "CreateToken",
+        Request::DeployLab { .. } => "DeployLab",
+        Request::DeleteLab { .. } => "DeleteLab",
+        Request::GetLab { .. } => "GetLab",
+        Request::Exec { .. } => "Exec",
+        Request::RegisterHost { .. } => "RegisterHost",
+        Request::Heartbeat => "Heartbeat",
+        Request::AddCoordinator { .. } => "AddCoordinator",
+        Request::UseToken { .. } => "UseToken",
+        Request::Forwarded { .. } => "Forwarded",
+    }
+}
+
+impl Inner {
+    /// Runs an authorized request; `may_forward` is false for a request
+    /// another coordinator already forwarded here (one hop at most).
+    async fn dispatch(
+        self: &Arc<Self>,
+        caller: &PeerIdentity,
+        req: Request,
+        may_forward: bool,
+    ) -> Reply {
+        match req {
+            Request::Ping { nonce } => Reply::Pong { nonce },
+            Request::WhoAmI => Reply::Identity {
+                name: caller.name.clone(),
+                role: caller.role,
+            },
+            Request::Raft(bytes) => self.raft_rpc.handle_encoded(caller, &bytes).await,
+            Request::Forwarded {
+                name,
+                role,
+                request,
+            } => {
+                let origin = PeerIdentity { name, role };
+                if !authz::may(role, &request) {
+                    return forbidden(&origin, &request);
+                }
+                Box::pin(self.dispatch(&origin, *request, false)).await
+            }
+            Request::RegisterHost {
+                memory_mib,
+                cpus,
+                vtep,
+                underlay_mtu,
+            } => match self.not_leader() {
+                Some(reply) => reply,
+                None => {
+                    hosts::register(self, &caller.name, memory_mib, cpus, vtep, underlay_mtu).await
+                }
+            },
+            Request::Heartbeat => match self.not_leader() {
+                Some(reply) => reply,
+                None => hosts::heartbeat(self, &caller.name).await,
+            },
+            other if self.is_leader() => self.on_leader(caller, other).await,
+            other if may_forward => self.forward(caller, other).await,
+            _ => error(
+                ErrorKind::NotLeader,
+                "leadership moved while the request was forwarded; retry",
+            ),
+        }
+    }
+
+    /// Requests that run on the leader only.
+    async fn on_leader(self: &Arc<Self>, caller: &PeerIdentity, req: Request) -> Reply {
+        match req {
+            Request::Status => status::status(self).await,
+            Request::GetLab { name } => labs::get(self, &name).await,
+            Request::CreateToken { role, ttl_secs } => {
+                join::create_token(self, role, ttl_secs).await
+            }
+            Request::UseToken { token, name } => join::use_token(self, &token, &name).await,
+            Request::AddCoordinator { id, addr } => {
+                leader::add_coordinator(self, id, &caller.name, &addr).await
+            }
+            Request::DeployLab { bundle } => labs::deploy(self, bundle).await,
+            Request::DeleteLab { name } => labs::delete(self, &name).await,
+            Request::Exec {
+                lab,
+                node,
+                cmd,
+                timeout_secs,
+            } => labs::exec(self, &lab, &node, &cmd, timeout_secs).await,
+            other => error(
+                ErrorKind::Invalid,
+                format!("{} is not served here", kind(&other)),
+            ),
+        }
+    }
+
+    fn me(&self) -> PeerIdentity {
+        PeerIdentity {
+            name: self.name.clone(),
+            role: Role::Coordinator,
+        }
+    }
+}
+
+/// A running coordinator.
+pub struct Running {
+    /// Its Raft node.
+    pub raft: Raft<TypeConfig>,
+    /// Read access to its replica of the cluster state.
+    pub state: SharedState,
+    /// The address its API listens on.
+    pub addr: SocketAddr,
+    endpoint: Endpoint,
+    join_endpoint: Endpoint,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts the coordinator whose data folder is `dir`.
+pub async fn start(dir: &Path) -> Result<Running, StartError> {
+    let data = DataDir::at(dir);
+    let (config, ca, me) = data.load()?;
+    let endpoint = transport::server_endpoint(config.listen, ca.cert(), &me)?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|source| TransportError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let join_at = labspan_transport::client::join_addr(addr);
+    let join_endpoint = transport::join_server_endpoint(join_at, ca.cert(), &me)?;
+    let (log, sm) = raft::open(&data.raft_store())?;
+    let state = sm.shared();
+    let raft_config = openraft::Config {
+        cluster_name: "labspan".into(),
+        ..Default::default()
+    };
+    let raft_config = Arc::new(
+        raft_config
+            .validate()
+            .map_err(|e| StartError::Raft(e.to_string()))?,
+    );
+    let network = QuicNetwork::new(endpoint.clone());
+    let raft = Raft::new(config.id, raft_config, network, log, sm)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let inner = Arc::new(Inner {
+        id: config.id,
+        name: config.name.clone(),
+        raft: raft.clone(),
+        state: state.clone(),
+        ca,
+        endpoint: endpoint.clone(),
+        raft_rpc: RaftService::new(raft.clone()),
+        peers: Mutex::default(),
+        agents: Mutex::default(),
+        live: Mutex::default(),
+        lab_lock: tokio::sync::Mutex::new(()),
+    });
+    let mut tasks = vec![
+        transport::serve(
+            endpoint.clone(),
+            Arc::new(CoordinatorService {
+                inner: inner.clone(),
+            }),
+        ),
+        transport::serve_join(
+            join_endpoint.clone(),
+            Arc::new(join::JoinHandler {
+                inner: inner.clone(),
+            }),
+        ),
+        tokio::spawn(hosts::monitor(inner.clone())),
+    ];
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if config.bootstrap && !initialized {
+        let member = Member {
+            name: config.name.clone(),
+            addr: addr.to_string(),
+        };
+        let members = std::collections::BTreeMap::from([(config.id, member)]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+    } else if !config.bootstrap {
+        tasks.push(tokio::spawn(leader::become_member(
+            inner.clone(),
+            config.peers.clone(),
+            addr.to_string(),
+        )));
+    }
+    tracing::info!(id = config.id, name = %config.name, %addr, join = %join_at, "coordinator started");
+    Ok(Running {
+        raft,
+        state,
+        addr,
+        endpoint,
+        join_endpoint,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops Raft and closes both endpoints (peers hear the close).
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        self.endpoint.close(0u32.into(), b"coordinator stopping");
+        self.join_endpoint
+            .close(0u32.into(), b"coordinator stopping");
+        self.endpoint.wait_idle().await;
+        self.join_endpoint.wait_idle().await;
+    }
+}

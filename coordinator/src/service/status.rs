@@ -1,0 +1,62 @@
+//! `labspan cluster status`: a linearizable view from the leader.
+
+use std::sync::Arc;
+
+use labspan_proto::msg::{ClusterStatus, HostStatus, MemberStatus, Reply};
+
+use super::Inner;
+use crate::raft::LabStatus;
+
+/// The cluster as the leader sees it, after a read-index round.
+pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
+    if let Err(e) = inner.fresh().await {
+        return Reply::Error(e);
+    }
+    let m = inner.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, member)| MemberStatus {
+            id: *id,
+            name: member.name.clone(),
+            addr: member.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect();
+    let state = inner.state.read();
+    let hosts = state
+        .state
+        .hosts
+        .iter()
+        .map(|(name, h)| HostStatus {
+            name: name.clone(),
+            vtep: h.vtep,
+            memory_mib: h.capacity.memory_mib,
+            vcpus: h.capacity.vcpus,
+            up: h.up,
+        })
+        .collect();
+    let labs = state
+        .state
+        .labs
+        .iter()
+        .map(|(name, rec)| (name.clone(), status_text(&rec.status)))
+        .collect();
+    Reply::Status(ClusterStatus {
+        members,
+        leader: m.current_leader,
+        term: m.current_term,
+        commit_index: m.last_applied.map(|l| l.index),
+        hosts,
+        labs,
+    })
+}
+
+/// A lab status as users read it.
+pub(super) fn status_text(status: &LabStatus) -> String {
+    match status {
+        LabStatus::Failed { reason } => format!("Failed: {reason}"),
+        other => format!("{other:?}"),
+    }
+}

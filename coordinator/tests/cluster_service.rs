@@ -1,0 +1,364 @@
+//! The coordinator service end to end on 127.0.0.1: `cluster init`'s data
+//! folder, joins with tokens over the join endpoint, learner → voter
+//! promotion, the API with role checks, leader forwarding, a lab deployed
+//! through the API onto a registered host (a stand-in agent answers the plan
+//! push on its own connection), and a restart of every coordinator.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use labspan_coordinator::raft::ClusterState;
+use labspan_coordinator::service::{self, DataDir, Running};
+use labspan_proto::codec;
+use labspan_proto::lab::{self, LabBundle};
+use labspan_proto::msg::{
+    AgentReply, AgentRequest, ClusterStatus, ErrorKind, JoinGrant, JoinReply, JoinRequest, Reply,
+    Request, Role, VmReport,
+};
+use labspan_transport::client::{self, Client, ClusterFile};
+use labspan_transport::tls::{ca_fingerprint, ClusterCa};
+use labspan_transport::{read_frame, write_frame};
+use tempfile::TempDir;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+const PING: &str = r#"
+name: ping
+defaults: {image: tiny, memory: 256MiB, cpus: 1}
+nodes:
+  a: {nics: {eth0: {ip: [198.19.1.1/24]}}}
+  b: {nics: {eth0: {ip: [198.19.1.2/24]}}}
+links:
+  - [a:eth0, b:eth0]
+"#;
+
+/// A loopback address whose port and port + 1 (the join endpoint) are free.
+fn free_addr() -> TestResult<SocketAddr> {
+    for _ in 0..100 {
+        let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = a.local_addr()?.port();
+        if port < u16::MAX && UdpSocket::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
+            return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        }
+    }
+    Err("no free pair of UDP ports".into())
+}
+
+/// Polls `check` until it returns `Some`, for at most about 60 s (a bound
+/// on how long a broken test hangs, not a timing assertion).
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> TestResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..240 {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("timed out waiting for {what}").into())
+}
+
+async fn status(client: &Client) -> Option<ClusterStatus> {
+    match client.request(&Request::Status).await {
+        Ok(Reply::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+async fn token(admin: &Client, role: Role) -> TestResult<(String, String)> {
+    match admin
+        .request(&Request::CreateToken {
+            role,
+            ttl_secs: 600,
+        })
+        .await?
+    {
+        Reply::Token {
+            token,
+            ca_fingerprint,
+            ..
+        } => Ok((token, ca_fingerprint)),
+        other => Err(format!("no token: {other:?}").into()),
+    }
+}
+
+async fn join(
+    api: SocketAddr,
+    fingerprint: &str,
+    token: &str,
+    name: &str,
+) -> TestResult<JoinGrant> {
+    let req = JoinRequest::Join {
+        token: token.into(),
+        name: name.into(),
+    };
+    match client::join(api, fingerprint, &req).await? {
+        JoinReply::Joined(grant) => Ok(grant),
+        JoinReply::Error(e) => Err(format!("join refused: {e}").into()),
+    }
+}
+
+/// Three coordinators: c1 from `init`, c2 and c3 joined with tokens.
+async fn three_coordinators(dirs: &[TempDir; 3]) -> TestResult<(Vec<Running>, ClusterFile)> {
+    let admin = DataDir::at(dirs[0].path()).init("test", "c1", free_addr()?)?;
+    let first = service::start(dirs[0].path()).await?;
+    let api = first.addr;
+    let mut nodes = vec![first];
+    let client = eventually("the first coordinator to lead", || async {
+        let c = Client::connect(&admin).await.ok()?;
+        status(&c).await.filter(|s| s.leader.is_some()).map(|_| c)
+    })
+    .await?;
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let name = format!("c{}", i + 1);
+        let (token, fingerprint) = token(&client, Role::Coordinator).await?;
+        let grant = join(api, &fingerprint, &token, &name).await?;
+        DataDir::at(dir.path()).save_grant(&name, free_addr()?, &grant)?;
+        nodes.push(service::start(dir.path()).await?);
+    }
+    client.close().await;
+    Ok((nodes, admin))
+}
+
+fn states(nodes: &[Running]) -> Vec<ClusterState> {
+    nodes.iter().map(|n| n.state.read().state.clone()).collect()
+}
+
+/// Waits until every replica has applied the same entries and returns its state.
+async fn converged(nodes: &[Running]) -> TestResult<ClusterState> {
+    eventually("replicas to agree", || async {
+        let applied: Vec<_> = nodes
+            .iter()
+            .map(|n| n.raft.metrics().borrow().last_applied)
+            .collect();
+        let s = states(nodes);
+        (applied.iter().all(|a| *a == applied[0]) && s.iter().all(|x| *x == s[0]))
+            .then(|| s[0].clone())
+    })
+    .await
+}
+
+async fn shutdown(nodes: Vec<Running>) {
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+fn ping_bundle() -> TestResult<Vec<u8>> {
+    let lab = lab::parse("ping.yaml", PING).map_err(|d| d.to_string())?;
+    Ok(codec::encode(&LabBundle {
+        lab,
+        files: Default::default(),
+    })?)
+}
+
+/// Stands in for an agent daemon: answers every plan push with a report of
+/// each VM in the plan, as `agent::daemon` does after applying it.
+fn serve_plans(conn: quinn::Connection, host: String) {
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let Ok(req) = read_frame::<AgentRequest>(&mut recv).await else {
+                return;
+            };
+            let reply = match req {
+                AgentRequest::ApplyPlan(plan) => AgentReply::Applied(
+                    plan.labs
+                        .iter()
+                        .flat_map(|l| l.vms.iter().map(move |vm| (l.lab.clone(), vm.name.clone())))
+                        .map(|(lab, vm)| VmReport {
+                            host: host.clone(),
+                            lab,
+                            vm,
+                            pid: 1,
+                            error: None,
+                        })
+                        .collect(),
+                ),
+                AgentRequest::Exec { .. } => AgentReply::Error(
+                    labspan_proto::msg::ErrorReply::new(ErrorKind::Invalid, "stand-in"),
+                ),
+            };
+            let _ = write_frame(&mut send, &reply).await;
+        }
+    });
+}
+
+/// Joins an agent named `name` and registers it with the leader, following
+/// the leader from whichever coordinator answered first.
+async fn agent(admin: &Client, api: SocketAddr, name: &str) -> TestResult<(Client, ClusterFile)> {
+    let (token, fingerprint) = token(admin, Role::Agent).await?;
+    let grant = join(api, &fingerprint, &token, name).await?;
+    let file = ClusterFile {
+        coordinators: grant.coordinators,
+        ca_pem: grant.ca_pem,
+        cert_pem: grant.cert_pem,
+        key_pem: grant.key_pem,
+    };
+    let register = Request::RegisterHost {
+        memory_mib: 16 * 1024,
+        cpus: 4,
+        vtep: "198.18.0.1".parse()?,
+        underlay_mtu: 1500,
+    };
+    let mut conn = Client::connect(&file).await?;
+    for _ in 0..3 {
+        serve_plans(conn.connection().clone(), name.to_string());
+        match conn.request(&register).await? {
+            Reply::Done => return Ok((conn, file)),
+            Reply::NotLeader {
+                leader: Some(leader),
+            } => conn = Client::connect_to(&file, &[leader]).await?,
+            other => return Err(format!("registration refused: {other:?}").into()),
+        }
+    }
+    Err("the agent did not find the leader".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_joins_serves_the_api_and_restarts_from_disk() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (nodes, admin_file) = three_coordinators(&dirs).await?;
+
+    // Status: three voters, one leader, the same through any coordinator.
+    let admin = Client::connect(&admin_file).await?;
+    let st = eventually("three voters", || async {
+        status(&admin)
+            .await
+            .filter(|s| s.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .await?;
+    assert!(st.leader.is_some(), "{st:?}");
+    let names: Vec<&str> = st.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["c1", "c2", "c3"]);
+
+    // A lab deployed through a follower is forwarded to the leader, placed on
+    // the registered host, pushed to its agent, and Running on every replica.
+    let leader = st.leader.ok_or("no leader")?;
+    let follower = st
+        .members
+        .iter()
+        .find(|m| m.id != leader)
+        .ok_or("no follower")?;
+    let (_agent, agent_file) = agent(&admin, nodes[0].addr, "h1").await?;
+    let via_follower = Client::connect_to(&admin_file, &[follower.addr.clone()]).await?;
+    let deployed = match via_follower
+        .request(&Request::DeployLab {
+            bundle: ping_bundle()?,
+        })
+        .await?
+    {
+        Reply::Deployed(r) => r,
+        other => return Err(format!("deploy failed: {other:?}").into()),
+    };
+    assert_eq!(deployed.status, "Running", "{deployed:?}");
+    assert_eq!(
+        deployed.placement.values().collect::<Vec<_>>(),
+        ["h1", "h1"]
+    );
+    assert_eq!(deployed.vms.len(), 2, "{deployed:?}");
+    let state = converged(&nodes).await?;
+    assert!(state.labs.contains_key("ping"));
+    assert!(state.hosts["h1"].up);
+
+    // An agent certificate asking for admin actions is refused; nothing changes.
+    let agent_client = Client::connect(&agent_file).await?;
+    let forbidden = [
+        Request::DeleteLab {
+            name: "ping".into(),
+        },
+        Request::CreateToken {
+            role: Role::Admin,
+            ttl_secs: 60,
+        },
+        Request::Forwarded {
+            name: "admin".into(),
+            role: Role::Admin,
+            request: Box::new(Request::DeleteLab {
+                name: "ping".into(),
+            }),
+        },
+    ];
+    for req in forbidden {
+        let reply = agent_client.request(&req).await?;
+        assert!(
+            matches!(&reply, Reply::Error(e) if e.kind == ErrorKind::Forbidden),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(
+        converged(&nodes).await?,
+        state,
+        "a refused request changed the state"
+    );
+
+    // A client with a certificate from another CA gets no reply.
+    let other = ClusterCa::generate("other")?.issue("admin", Role::Admin)?;
+    let stranger = ClusterFile {
+        cert_pem: other.cert_pem(),
+        key_pem: other.key_pem(),
+        ..admin_file.clone()
+    };
+    let refused = match Client::connect(&stranger).await {
+        Err(_) => true,
+        Ok(c) => c.request(&Request::Status).await.is_err(),
+    };
+    assert!(refused, "a certificate from another CA was served");
+
+    // Stop every coordinator; started again from their folders, they hold
+    // the same state.
+    agent_client.close().await;
+    via_follower.close().await;
+    admin.close().await;
+    shutdown(nodes).await;
+    let mut again = Vec::new();
+    for dir in &dirs {
+        again.push(service::start(dir.path()).await?);
+    }
+    let admin = Client::connect(&admin_file).await?;
+    eventually("a leader after the restart", || async {
+        status(&admin).await.filter(|s| s.leader.is_some())
+    })
+    .await?;
+    let mut restored = converged(&again).await?;
+    // Host liveness is not replayed; everything else is as before.
+    restored.hosts.values_mut().for_each(|h| h.up = true);
+    assert_eq!(restored.labs, state.labs);
+    assert_eq!(restored.tokens, state.tokens);
+    admin.close().await;
+    shutdown(again).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_is_one_time_and_the_fingerprint_is_checked() -> TestResult {
+    let dir = TempDir::new()?;
+    let admin_file = DataDir::at(dir.path()).init("test", "c1", free_addr()?)?;
+    let node = service::start(dir.path()).await?;
+    let admin = eventually("a leader", || async {
+        let c = Client::connect(&admin_file).await.ok()?;
+        status(&c).await.filter(|s| s.leader.is_some()).map(|_| c)
+    })
+    .await?;
+    let (token, fingerprint) = token(&admin, Role::Agent).await?;
+    let ca = labspan_transport::tls::cert_from_pem(&admin_file.ca_pem, "ca")?;
+    assert_eq!(fingerprint, ca_fingerprint(&ca));
+
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    assert!(
+        join(node.addr, &wrong, &token, "h1").await.is_err(),
+        "joined a CA with the wrong fingerprint"
+    );
+    let grant = join(node.addr, &fingerprint, &token, "h1").await?;
+    assert_eq!(grant.role, Role::Agent);
+    assert!(grant.ca_key_pem.is_none(), "an agent got the CA key");
+    let again = join(node.addr, &fingerprint, &token, "h2").await;
+    assert!(
+        again.is_err_and(|e| e.to_string().contains("already used")),
+        "a token was used twice"
+    );
+    admin.close().await;
+    node.shutdown().await;
+    Ok(())
+}
