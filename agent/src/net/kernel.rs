@@ -115,6 +115,10 @@ impl KernelNet {
                 })
             }
         }
+        // Lab segments are the guests' wire, not the host's: without this,
+        // the host would send its own IPv6 link-local traffic (router and
+        // neighbour solicitations) into every lab.
+        disable_ipv6(name);
         // The kernel ignores an alias in RTM_NEWLINK, so it is set after; if
         // that fails, the unmarked interface is removed rather than left as
         // a "foreign" one that blocks the next reconcile.
@@ -295,4 +299,13 @@ fn vxlan_kind(infos: &[InfoVxlan]) -> LinkKind {
         }
     }
     LinkKind::Vxlan { vni, local, port }
+}
+
+/// Turns off the host's IPv6 on a lab interface. Best effort: a host with
+/// IPv6 disabled altogether has no such file, and nothing to turn off.
+fn disable_ipv6(name: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(%path, %e, "could not disable IPv6 on a lab interface");
+    }
 }

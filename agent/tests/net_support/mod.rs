@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)] // not every test binary uses namespaces
 pub use labspan_tests::netns;
 
 use std::net::IpAddr;

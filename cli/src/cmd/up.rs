@@ -70,18 +70,22 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Builds the built-in `tiny` image when a lab uses it and it is missing,
-/// the way a container tool pulls a missing image.
+/// Builds the built-in images a lab uses (`tiny`, `tiny-router`) that are
+/// missing, the way a container tool pulls a missing image.
 fn ensure_builtin_images(env: &Embedded, lab: &labspan_proto::lab::Lab) -> anyhow::Result<()> {
-    let uses_tiny = lab.nodes.values().any(|n| n.image == "tiny");
-    if !uses_tiny || !matches!(env.agent.images().get("tiny"), Err(ImageError::Missing { .. })) {
-        return Ok(());
+    let used: std::collections::BTreeSet<&str> = lab.nodes.values().map(|n| n.image.as_str()).collect();
+    for recipe in used.into_iter().filter_map(labspan_agent::image::recipe) {
+        if !matches!(env.agent.images().get(recipe.name), Err(ImageError::Missing { .. })) {
+            continue;
+        }
+        let name = recipe.name;
+        eprintln!("image \"{name}\" is not in the store: building it (once; see `labspan image build {name}`)");
+        let style = ProgressStyle::with_template(&format!("{{spinner}} {name}: {{wide_msg}}"))?;
+        let bar = ProgressBar::new_spinner().with_style(style);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        env.agent.images().build_recipe(recipe, &mut |step: &str| bar.set_message(step.to_string()))?;
+        bar.finish_and_clear();
     }
-    eprintln!("image \"tiny\" is not in the store: building it (once; see `labspan image build tiny`)");
-    let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} tiny: {wide_msg}")?);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    env.agent.images().build_tiny(&mut |step: &str| bar.set_message(step.to_string()))?;
-    bar.finish_and_clear();
     Ok(())
 }
 
