@@ -242,7 +242,7 @@ async fn cluster_joins_serves_the_api_and_restarts_from_disk() -> TestResult {
         .find(|m| m.id != leader)
         .ok_or("no follower")?;
     let (_agent, agent_file) = agent(&admin, nodes[0].addr, "h1").await?;
-    let via_follower = Client::connect_to(&admin_file, &[follower.addr.clone()]).await?;
+    let via_follower = Client::connect_to(&admin_file, std::slice::from_ref(&follower.addr)).await?;
     let deployed = match via_follower
         .request(&Request::DeployLab {
             bundle: ping_bundle()?,

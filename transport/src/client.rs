@@ -52,11 +52,11 @@ pub enum ClientError {
     Unreachable {
         tried: String,
         #[source]
-        last: TransportError,
+        last: Box<TransportError>,
     },
     /// Building the endpoint failed.
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Transport(#[from] Box<TransportError>),
 }
 
 impl ClusterFile {
@@ -141,7 +141,7 @@ impl Client {
                     continue;
                 }
             };
-            let endpoint = client_endpoint(any_local(addr), &ca, &me)?;
+            let endpoint = client_endpoint(any_local(addr), &ca, &me).map_err(Box::new)?;
             match connect(&endpoint, addr).await {
                 Ok(conn) => return Ok(Client { endpoint, conn }),
                 Err(e) => last = Some(e),
@@ -149,9 +149,9 @@ impl Client {
         }
         Err(ClientError::Unreachable {
             tried: addrs.join(", "),
-            last: last.unwrap_or_else(|| {
+            last: Box::new(last.unwrap_or_else(|| {
                 TransportError::Config("the cluster file lists no coordinator".into())
-            }),
+            })),
         })
     }
 
