@@ -185,9 +185,27 @@ fn serve_plans(conn: quinn::Connection, host: String) {
     });
 }
 
+/// Heartbeats on `conn` every 2 s (as the agent daemon does) until it closes.
+fn heartbeat(conn: quinn::Connection) {
+    tokio::spawn(async move {
+        while labspan_transport::request::<_, Reply>(&conn, &Request::Heartbeat)
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}
+
 /// Joins an agent named `name` and registers it with the leader, following
-/// the leader from whichever coordinator answered first.
-async fn agent(admin: &Client, api: SocketAddr, name: &str) -> TestResult<(Client, ClusterFile)> {
+/// the leader from whichever coordinator answered first; with `alive`, it
+/// heartbeats from then on.
+async fn agent(
+    admin: &Client,
+    api: SocketAddr,
+    name: &str,
+    alive: bool,
+) -> TestResult<(Client, ClusterFile)> {
     let (token, fingerprint) = token(admin, Role::Agent).await?;
     let grant = join(api, &fingerprint, &token, name).await?;
     let file = ClusterFile {
@@ -206,7 +224,12 @@ async fn agent(admin: &Client, api: SocketAddr, name: &str) -> TestResult<(Clien
     for _ in 0..3 {
         serve_plans(conn.connection().clone(), name.to_string());
         match conn.request(&register).await? {
-            Reply::Done => return Ok((conn, file)),
+            Reply::Done => {
+                if alive {
+                    heartbeat(conn.connection().clone());
+                }
+                return Ok((conn, file));
+            }
             Reply::NotLeader {
                 leader: Some(leader),
             } => conn = Client::connect_to(&file, &[leader]).await?,
@@ -241,8 +264,9 @@ async fn cluster_joins_serves_the_api_and_restarts_from_disk() -> TestResult {
         .iter()
         .find(|m| m.id != leader)
         .ok_or("no follower")?;
-    let (_agent, agent_file) = agent(&admin, nodes[0].addr, "h1").await?;
-    let via_follower = Client::connect_to(&admin_file, std::slice::from_ref(&follower.addr)).await?;
+    let (_agent, agent_file) = agent(&admin, nodes[0].addr, "h1", true).await?;
+    let via_follower =
+        Client::connect_to(&admin_file, std::slice::from_ref(&follower.addr)).await?;
     let deployed = match via_follower
         .request(&Request::DeployLab {
             bundle: ping_bundle()?,
@@ -287,6 +311,16 @@ async fn cluster_joins_serves_the_api_and_restarts_from_disk() -> TestResult {
             "{reply:?}"
         );
     }
+    // A bundle that is not a lab is refused the same way.
+    let bad = admin
+        .request(&Request::DeployLab {
+            bundle: b"not a lab".to_vec(),
+        })
+        .await?;
+    assert!(
+        matches!(&bad, Reply::Error(e) if e.kind == ErrorKind::Invalid),
+        "{bad:?}"
+    );
     assert_eq!(
         converged(&nodes).await?,
         state,
@@ -360,5 +394,31 @@ async fn a_join_token_is_one_time_and_the_fingerprint_is_checked() -> TestResult
     );
     admin.close().await;
     node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_heartbeats_stop_is_marked_down_on_every_replica() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = Client::connect(&admin_file).await?;
+    let (silent, _) = agent(&admin, nodes[0].addr, "h9", false).await?;
+    let host_up = |want: bool| {
+        let nodes = &nodes;
+        move || async move {
+            let states = states(nodes);
+            states
+                .iter()
+                .all(|s| s.hosts.get("h9").is_some_and(|h| h.up == want))
+                .then_some(())
+        }
+    };
+    eventually("h9 registered and up everywhere", host_up(true)).await?;
+    // It never heartbeats: the leader marks it down (a log entry), and every
+    // replica applies that.
+    eventually("h9 marked down everywhere", host_up(false)).await?;
+    silent.close().await;
+    admin.close().await;
+    shutdown(nodes).await;
     Ok(())
 }

@@ -492,6 +492,23 @@ fn range(v: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
+/// The median of `v` / `scale` with `prec` decimals; "–" when not measured.
+fn cell(v: &[f64], scale: f64, prec: usize) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    format!("{:.prec$}", median(v) / scale)
+}
+
+/// "min–max" of `v` / `scale`; "–" when not measured.
+fn spread(v: &[f64], scale: f64, prec: usize) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    let (min, max) = range(v);
+    format!("{:.prec$}–{:.prec$}", min / scale, max / scale)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -517,22 +534,18 @@ fn print_report(
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let tcp: Vec<f64> = samples.iter().map(|s| median(&s.tcp)).collect();
     for (i, (path, s)) in paths.iter().zip(samples).enumerate() {
-        let (tmin, tmax) = range(&s.tcp);
-        let (rmin, rmax) = range(&s.rtt);
         let mtu = mtu_of(&fabric.hosts[0], path);
         println!(
-            "| {} | {mtu} | {:.2} | {:.2}–{:.2} | {:.0} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {mtu} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
             path.name,
-            tcp[i] / 1e9,
-            tmin / 1e9,
-            tmax / 1e9,
-            median(&s.retransmits),
-            median(&s.reassembled),
-            median(&s.udp) / 1e9,
-            median(&s.udp_loss),
-            median(&s.rtt),
-            rmin,
-            rmax,
+            cell(&s.tcp, 1e9, 2),
+            spread(&s.tcp, 1e9, 2),
+            cell(&s.retransmits, 1.0, 0),
+            cell(&s.reassembled, 1.0, 0),
+            cell(&s.udp, 1e9, 2),
+            cell(&s.udp_loss, 1.0, 1),
+            cell(&s.rtt, 1.0, 0),
+            spread(&s.rtt, 1.0, 0),
             tcp[i] / tcp[0],
             tcp[i] / tcp[1],
             tcp[i] / tcp[2],
@@ -668,9 +681,19 @@ fn fdb_entries(host: &TestHost, dev: &str, bridge: &str) -> Vec<String> {
     let mut lines: Vec<String> = text
         .lines()
         .map(|l| {
-            l.replace(&mac, "DEVMAC")
-                .replace(&format!("dev {dev}"), "dev DEV")
-                .replace(bridge, "BRIDGE")
+            // The device's own MAC and the MACs the bridge learnt differ
+            // between any two segments; what kind of entry each is does not.
+            let (first, rest) = l.trim().split_once(' ').unwrap_or((l, ""));
+            let first = match first {
+                m if m == mac => "DEVMAC",
+                "00:00:00:00:00:00" => first,
+                _ => "OTHER-MAC",
+            };
+            format!(
+                "{first} {}",
+                rest.replace(&format!("dev {dev}"), "dev DEV")
+                    .replace(bridge, "BRIDGE")
+            )
         })
         .collect();
     lines.sort();

@@ -35,7 +35,11 @@ impl Daemons {
     fn spawn(&mut self, mut cmd: Command, log: &Path) {
         let out = File::create(log).expect("creating a daemon log");
         let err = out.try_clone().expect("cloning a log handle");
-        let child = cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).spawn().expect("starting a daemon");
+        let child = cmd
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("starting a daemon");
         self.0.push(child);
     }
 }
@@ -83,25 +87,52 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
     h1.ensure_tiny();
     let data = h1.state.join("c1");
     let data = data.to_str().expect("utf-8 path");
-    ok(&h1.labspan(&["cluster", "init", "--data", data, "--listen", COORDINATOR]), "cluster init");
+    ok(
+        &h1.labspan(&["cluster", "init", "--data", data, "--listen", COORDINATOR]),
+        "cluster init",
+    );
     let admin = format!("{data}/admin.cluster");
     let mut daemons = Daemons(Vec::new());
-    daemons.spawn(h1.labspan_cmd(&["coordinator", "run", "--data", data]), &h1.state.join("coordinator.log"));
+    daemons.spawn(
+        h1.labspan_cmd(&["coordinator", "run", "--data", data]),
+        &h1.state.join("coordinator.log"),
+    );
 
     for (i, host) in fabric.hosts.iter().enumerate() {
-        let out = until_ok(h1, &["cluster", "token", "--role", "agent", "--cluster", &admin]);
+        let out = until_ok(
+            h1,
+            &["cluster", "token", "--role", "agent", "--cluster", &admin],
+        );
         let (token, fingerprint) = (field(&out, "token:"), field(&out, "ca fingerprint:"));
         let dir = host.state.join("agent");
         let dir = dir.to_str().expect("utf-8 path");
         let name = format!("h{}", i + 1);
-        let join = ["cluster", "join", COORDINATOR, "--token", token, "--ca-fingerprint", fingerprint, "--data", dir, "--name", &name];
+        let join = [
+            "cluster",
+            "join",
+            COORDINATOR,
+            "--token",
+            token,
+            "--ca-fingerprint",
+            fingerprint,
+            "--data",
+            dir,
+            "--name",
+            &name,
+        ];
         ok(&host.labspan(&join), "cluster join");
         let vtep = host.vtep.expect("fabric host").to_string();
-        daemons.spawn(host.labspan_cmd(&["agent", "run", "--data", dir, "--vtep", &vtep]), &host.state.join("agent.log"));
+        daemons.spawn(
+            host.labspan_cmd(&["agent", "run", "--data", dir, "--vtep", &vtep]),
+            &host.state.join("agent.log"),
+        );
     }
     // Both agents registered and up.
     for _ in 0..60 {
-        let status = ok(&h1.labspan(&["cluster", "status", "--cluster", &admin]), "cluster status");
+        let status = ok(
+            &h1.labspan(&["cluster", "status", "--cluster", &admin]),
+            "cluster status",
+        );
         if status.lines().filter(|l| l.ends_with(" up")).count() == 2 {
             break;
         }
@@ -112,13 +143,28 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
     let up = h1.labspan(&["up", lab.to_str().expect("utf-8 path"), "--cluster", &admin]);
     let shown = ok(&up, "labspan up --cluster");
     assert!(shown.contains("PASS ping a -> b"), "{shown}");
-    let on = |host: &TestHost| ["a", "b"].iter().filter(|n| host.qemu_pid("duo", n).is_some()).count();
-    assert_eq!((on(h1), on(h2)), (1, 1), "one guest per host expected:\n{shown}");
+    let on = |host: &TestHost| {
+        ["a", "b"]
+            .iter()
+            .filter(|n| host.qemu_pid("duo", n).is_some())
+            .count()
+    };
+    assert_eq!(
+        (on(h1), on(h2)),
+        (1, 1),
+        "one guest per host expected:\n{shown}"
+    );
 
-    let exec = ok(&h1.labspan(&["exec", "duo", "b", "--cluster", &admin, "--", "hostname"]), "labspan exec --cluster");
+    let exec = ok(
+        &h1.labspan(&["exec", "duo", "b", "--cluster", &admin, "--", "hostname"]),
+        "labspan exec --cluster",
+    );
     assert_eq!(exec.trim(), "b");
 
-    ok(&h1.labspan(&["down", "duo", "--cluster", &admin]), "labspan down --cluster");
+    ok(
+        &h1.labspan(&["down", "duo", "--cluster", &admin]),
+        "labspan down --cluster",
+    );
     assert_eq!((on(h1), on(h2)), (0, 0), "guests left after down");
     drop(daemons);
 }

@@ -77,6 +77,8 @@ fn sip_demo_passes_its_checks_and_a_wrong_ldap_password_fails_register() {
 
     let up = host.labspan(&["up", lab_arg]);
     let out = text(&up);
+    // The check table with its timings, for the CI log (`--nocapture`).
+    eprintln!("{out}");
     assert!(
         up.status.success(),
         "labspan up (the SIP demo) failed:\n{out}"
@@ -108,6 +110,7 @@ fn sip_demo_passes_its_checks_and_a_wrong_ldap_password_fails_register() {
     .expect("editing phone1.conf");
     let again = host.labspan(&["up", lab_arg]);
     let out = text(&again);
+    eprintln!("{out}");
     assert!(
         !again.status.success(),
         "a wrong password must make `labspan up` fail:\n{out}"

@@ -66,7 +66,12 @@ pub(super) async fn register(
     }
     tracing::info!(host = name, %vtep, memory_mib, cpus, "host registered");
     let (inner, host) = (inner.clone(), name.to_string());
-    tokio::spawn(async move { labs::push_plans(&inner, &BTreeSet::from([host])).await });
+    tokio::spawn(async move {
+        // After any lab change in flight: a plan computed before it must not
+        // reach the agent after that change's plan.
+        let _one_at_a_time = inner.lab_lock.lock().await;
+        labs::push_plans(&inner, &BTreeSet::from([host])).await
+    });
     Reply::Done
 }
 

@@ -57,6 +57,9 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
             )
         }
     };
+    if let Err(why) = revalidate(&bundle) {
+        return error(ErrorKind::Invalid, why);
+    }
     let _one_at_a_time = inner.lab_lock.lock().await;
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
@@ -125,6 +128,20 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
             ErrorKind::Internal,
             format!("lab {name:?} vanished during its deploy"),
         ),
+    }
+}
+
+/// Checks a lab that arrived as data (not as a file) with the lab file's
+/// own rules: a valid lab survives `to_yaml` → `parse` unchanged.
+fn revalidate(bundle: &LabBundle) -> Result<(), String> {
+    let name = &bundle.lab.name;
+    let text = labspan_proto::lab::to_yaml(&bundle.lab);
+    match labspan_proto::lab::parse(&format!("lab {name:?} as submitted"), &text) {
+        Ok(lab) if lab == bundle.lab => Ok(()),
+        Ok(_) => Err(format!(
+            "lab {name:?} is not what its own file would say; submit it with `labspan up FILE`"
+        )),
+        Err(diagnostics) => Err(diagnostics.to_string()),
     }
 }
 

@@ -186,3 +186,60 @@ fn state_round_trips_through_the_codec() -> Result<(), labspan_proto::codec::Cod
     assert_eq!(labspan_proto::codec::decode::<ClusterState>(&bytes)?, s);
     Ok(())
 }
+
+fn add_token(hash: &str, role: Role, expires_unix: u64) -> Command {
+    Command::AddToken {
+        hash: hash.into(),
+        role,
+        expires_unix,
+    }
+}
+
+fn use_token(hash: &str, name: &str, now_unix: u64) -> Command {
+    Command::UseToken {
+        hash: hash.into(),
+        name: name.into(),
+        now_unix,
+    }
+}
+
+#[test]
+fn a_token_is_used_once_before_it_expires() {
+    let mut s = ClusterState::default();
+    let _ = s.apply(&add_token("t1", Role::Agent, 100));
+    let _ = s.apply(&add_token("t2", Role::Agent, 100));
+    assert_eq!(
+        s.apply(&use_token("nope", "h1", 50)),
+        Err(Rejection::UnknownToken)
+    );
+    assert_eq!(
+        s.apply(&use_token("t2", "h1", 101)),
+        Err(Rejection::TokenExpired)
+    );
+    let used = Applied::TokenUsed {
+        role: Role::Agent,
+        node_id: None,
+    };
+    assert_eq!(s.apply(&use_token("t1", "h1", 100)), Ok(used));
+    let before = s.clone();
+    assert_eq!(
+        s.apply(&use_token("t1", "h2", 50)),
+        Err(Rejection::TokenUsed("h1".into()))
+    );
+    assert_eq!(s, before, "a refused token changed the state");
+}
+
+#[test]
+fn coordinator_tokens_reserve_distinct_node_ids_from_2() {
+    let mut s = ClusterState::default();
+    let _ = s.apply(&add_token("a", Role::Coordinator, 10));
+    let _ = s.apply(&add_token("b", Role::Coordinator, 10));
+    let ids: Vec<_> = [("a", "c2"), ("b", "c3")]
+        .iter()
+        .map(|(t, n)| match s.apply(&use_token(t, n, 0)) {
+            Ok(Applied::TokenUsed { node_id, .. }) => node_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [Some(2), Some(3)]);
+}
