@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# A local multi-host labspan cluster on this machine: N lab hosts as network
+# namespaces (labspan-host1..N, 198.18.0.N/24 on eth0) joined by an underlay
+# bridge (namespace labspan-underlay), 3 coordinators (hosts 1..3) and an agent
+# per host, all the one `labspan` binary. The root namespace gets 198.18.0.254
+# on the underlay (veth lsc-root) so the CLI reaches the coordinators directly.
+#
+# Usage (root):
+#   deploy/cluster.sh up [N]     (default 3; cleans a previous run first)
+#   deploy/cluster.sh down       (stops every lab, QEMU and daemon it started,
+#                                 removes the namespaces, the veth and the state)
+# Environment: LABSPAN_BIN (default target/release/labspan, else `labspan` on
+# PATH), LABSPAN_ACCEL (auto|kvm|tcg, default auto), CLUSTER_DEADLINE (s, 90).
+set -Eeuo pipefail
+
+STATE=/var/lib/labspan/cluster
+IMAGES=/var/lib/labspan/images
+HOST_PREFIX=labspan-host
+UNDERLAY=labspan-underlay
+ROOT_LINK=lsc-root
+ROOT_ADDR=198.18.0.254
+PORT=7100
+ADMIN=$STATE/admin.cluster
+
+die() { echo "deploy/cluster.sh: $*" >&2; exit 1; }
+
+find_bin() {
+    local repo
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    if [ -n "${LABSPAN_BIN:-}" ]; then
+        BIN=$LABSPAN_BIN
+    elif [ -x "$repo/target/release/labspan" ]; then
+        BIN=$repo/target/release/labspan
+    else
+        BIN=$(command -v labspan) || die "no labspan binary: build it (cargo build --release -p labspan) or set LABSPAN_BIN"
+    fi
+}
+
+# Whether PID is alive and its command line contains WORD (guards against a
+# recycled pid: we only ever signal what we started).
+alive_as() {
+    local pid=$1 word=$2 cmd
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" = Z ] && return 1
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmd == *"$word"* ]]
+}
+
+# Stops the process in PIDFILE if it is still what we started (WORD in its
+# command line): SIGTERM, up to 10 s, then SIGKILL.
+stop_pidfile() {
+    local pidfile=$1 word=$2 pid i
+    [ -f "$pidfile" ] || return 0
+    pid=$(tr -dc '0-9' <"$pidfile")
+    if [ -n "$pid" ] && alive_as "$pid" "$word"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 50); do
+            alive_as "$pid" "$word" || break
+            sleep 0.2
+        done
+        alive_as "$pid" "$word" && kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
+
+host_dirs() { ls -d "$STATE"/host[0-9]* 2>/dev/null || true; }
+
+any_coordinator_alive() {
+    local f pid
+    for f in "$STATE"/host*/coordinator.pid; do
+        [ -f "$f" ] || continue
+        pid=$(tr -dc '0-9' <"$f")
+        [ -n "$pid" ] && alive_as "$pid" "coordinator run" && return 0
+    done
+    return 1
+}
+
+down() {
+    find_bin 2>/dev/null || BIN=
+    # 1. Labs, through the cluster, while it is still up.
+    if [ -n "$BIN" ] && [ -f "$ADMIN" ] && any_coordinator_alive; then
+        local labs lab
+        labs=$(timeout 20 "$BIN" cluster status --cluster "$ADMIN" 2>/dev/null |
+            awk '$1 == "LAB" && $2 == "STATUS" {on = 1; next} on && NF {print $1}') || labs=
+        for lab in $labs; do
+            echo "labspan down $lab (cluster)"
+            timeout 180 "$BIN" down "$lab" --cluster "$ADMIN" || echo "  (failed; its QEMUs are stopped by pid below)"
+        done
+    fi
+    # 2. Any QEMU the agents left, by the pidfiles under each host's state.
+    local pidfile dir
+    for pidfile in "$STATE"/host*/state/vms/*/*/qemu.pid; do
+        [ -f "$pidfile" ] && stop_pidfile "$pidfile" qemu-system
+    done
+    # 3. Daemons: agents, then coordinators.
+    for dir in $(host_dirs); do stop_pidfile "$dir/agent.pid" "agent run"; done
+    for dir in $(host_dirs); do stop_pidfile "$dir/coordinator.pid" "coordinator run"; done
+    # 4. Namespaces (with every bridge, tap and VXLAN device inside), the veth.
+    local ns
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^($HOST_PREFIX[0-9]+|$UNDERLAY)\$" || true); do
+        ip netns del "$ns"
+    done
+    ip link del "$ROOT_LINK" 2>/dev/null || true
+    # 5. State (the shared image store is only linked, never removed).
+    rm -rf "$STATE"
+    echo "cluster removed (namespaces, veth $ROOT_LINK, $STATE)"
+}
+
+in_host() { local i=$1; shift; ip netns exec "$HOST_PREFIX$i" "$@"; }
+
+make_fabric() {
+    local n=$1 i ns
+    ip netns add "$UNDERLAY"
+    ip -n "$UNDERLAY" link set lo up
+    ip -n "$UNDERLAY" link add underlay type bridge
+    ip -n "$UNDERLAY" link set underlay up
+    for i in $(seq "$n"); do
+        ns=$HOST_PREFIX$i
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        ip -n "$UNDERLAY" link add "port$i" type veth peer name eth0 netns "$ns"
+        ip -n "$UNDERLAY" link set "port$i" master underlay up
+        ip -n "$ns" addr add "198.18.0.$i/24" dev eth0
+        ip -n "$ns" link set eth0 mtu 1500 up
+    done
+    ip link add "$ROOT_LINK" type veth peer name portroot netns "$UNDERLAY"
+    ip -n "$UNDERLAY" link set portroot master underlay up
+    ip addr add "$ROOT_ADDR/24" dev "$ROOT_LINK"
+    ip link set "$ROOT_LINK" up
+}
+
+# Starts `labspan ARGS` as a daemon inside host I, its pid in DIR/NAME.pid.
+spawn() {
+    local i=$1 name=$2; shift 2
+    local dir=$STATE/host$i
+    LABSPAN_STATE=$dir/state LABSPAN_ACCEL=${LABSPAN_ACCEL:-auto} \
+        setsid ip netns exec "$HOST_PREFIX$i" "$BIN" "$@" </dev/null >"$dir/$name.log" 2>&1 &
+    echo $! >"$dir/$name.pid"
+}
+
+# Prints `labspan cluster token --role ROLE`, retrying while the cluster starts.
+token() {
+    local role=$1 out i
+    for i in $(seq 60); do
+        if out=$("$BIN" cluster token --role "$role" --ttl 10m --cluster "$ADMIN" 2>&1); then
+            echo "$out"
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "no join token from the cluster: $out (see $STATE/host1/coordinator.log)"
+}
+
+join() {
+    local i=$1 role=$2 data=$3 name=$4; shift 4
+    local out tok fp
+    out=$(token "$role")
+    tok=$(sed -n 's/^token: *//p' <<<"$out")
+    fp=$(sed -n 's/^ca fingerprint: *//p' <<<"$out")
+    in_host "$i" "$BIN" cluster join "198.18.0.1:$PORT" --token "$tok" --ca-fingerprint "$fp" \
+        --data "$data" --name "$name" "$@" >/dev/null
+}
+
+wait_ready() {
+    local voters=$1 hosts=$2 deadline=$((SECONDS + ${CLUSTER_DEADLINE:-90})) got=
+    while [ $SECONDS -lt $deadline ]; do
+        # Text status: "leader: ID ...", member rows "ID NAME ADDR yes|no ROLE",
+        # host rows ending in "up".
+        got=$("$BIN" cluster status --cluster "$ADMIN" 2>/dev/null | awk '
+            $1 == "leader:" {leader = ($2 != "none")}
+            $1 == "HOST" {hosts = 1}
+            $1 == "LAB" {hosts = 0}
+            !hosts && NF == 5 && $4 == "yes" {v++}
+            hosts && $NF == "up" {u++}
+            END {print v + 0, u + 0, leader ? "leader" : "no-leader"}') || got=
+        [ "$got" = "$voters $hosts leader" ] && return 0
+        sleep 1
+    done
+    die "cluster not ready after ${CLUSTER_DEADLINE:-90} s (voters, hosts up, leader: ${got:-no answer}; wanted $voters $hosts leader); logs: $STATE/host*/*.log"
+}
+
+up() {
+    local n=${1:-3}
+    [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || { echo "usage: $0 up [N]   (1 <= N <= 200)" >&2; exit 2; }
+    find_bin
+    down >/dev/null
+    trap 'echo "deploy/cluster.sh: up failed; what it made is left for a look (logs: $STATE/host*/*.log); remove it with: $0 down" >&2' ERR
+    local start=$SECONDS coords=$((n < 3 ? n : 3)) i dir
+    make_fabric "$n"
+    mkdir -p "$IMAGES"
+    for i in $(seq "$n"); do
+        dir=$STATE/host$i
+        mkdir -p "$dir/state"
+        ln -s "$IMAGES" "$dir/state/images"
+    done
+    in_host 1 "$BIN" cluster init --data "$STATE/host1/coordinator" --listen "198.18.0.1:$PORT" --name c1 >/dev/null
+    cp "$STATE/host1/coordinator/admin.cluster" "$ADMIN"
+    chmod 600 "$ADMIN"
+    spawn 1 coordinator coordinator run --data "$STATE/host1/coordinator"
+    for i in $(seq 2 "$coords"); do
+        join "$i" coordinator "$STATE/host$i/coordinator" "c$i" --listen "198.18.0.$i:$PORT"
+        spawn "$i" coordinator coordinator run --data "$STATE/host$i/coordinator"
+    done
+    for i in $(seq "$n"); do
+        join "$i" agent "$STATE/host$i/agent" "host$i"
+        spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "198.18.0.$i"
+    done
+    wait_ready "$coords" "$n"
+    "$BIN" cluster status --cluster "$ADMIN"
+    cat <<TXT
+
+Cluster up in $((SECONDS - start)) s: $n hosts (${HOST_PREFIX}1..$n), coordinators on hosts 1..$coords.
+This namespace reaches it through $ROOT_LINK ($ROOT_ADDR). Point the CLI at it:
+  export LABSPAN_CLUSTER=$ADMIN
+  $BIN cluster status
+  $BIN up LAB.yaml        (images must be in $IMAGES: $BIN image build tiny-router)
+Logs and pids: $STATE/hostN/{coordinator,agent}.{log,pid}
+Remove it all:   $0 down
+TXT
+}
+
+[ "$(id -u)" -eq 0 ] || die "needs root (namespaces, veths, QEMU)"
+case "${1:-}" in
+    up) up "${2:-3}" ;;
+    down) down ;;
+    *) echo "usage: $0 up [N] | down" >&2; exit 2 ;;
+esac
