@@ -77,10 +77,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("no lab is deployed");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<12} {:<12} {:<16} {:<8} {:>8}  ADDRESSES", "LAB", "NODE", "HOST", "STATE", "PID");
+    let width = |f: fn(&NodeRow) -> usize, title: &str| rows.iter().map(f).chain([title.len()]).max().unwrap_or(0);
+    let (wl, wn, wh) = (width(|r| r.lab.len(), "LAB"), width(|r| r.node.len(), "NODE"), width(|r| r.host.len(), "HOST"));
+    println!("{:<wl$} {:<wn$} {:<wh$} {:<8} {:>8}  ADDRESSES", "LAB", "NODE", "HOST", "STATE", "PID");
     for r in &rows {
         let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        println!("{:<12} {:<12} {:<16} {:<8} {:>8}  {}", r.lab, r.node, r.host, r.state, pid, r.addresses.join(" "));
+        println!("{:<wl$} {:<wn$} {:<wh$} {:<8} {:>8}  {}", r.lab, r.node, r.host, r.state, pid, r.addresses.join(" "));
     }
     Ok(ExitCode::SUCCESS)
 }
