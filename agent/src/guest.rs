@@ -54,7 +54,10 @@ fn nic_script(i: usize, nic: &NicPlan) -> String {
 
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=@".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@".contains(&b))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -81,7 +84,10 @@ mod tests {
             image: "tiny".into(),
             memory_mib: 256,
             cpus: 1,
-            nics: vec![nic("eth0", 1, &["198.19.1.1/24", "2001:db8:1::1/64"]), nic("eth1", 2, &[])],
+            nics: vec![
+                nic("eth0", 1, &["198.19.1.1/24", "2001:db8:1::1/64"]),
+                nic("eth1", 2, &[]),
+            ],
             config: GuestConfig::default(),
         }
     }
@@ -89,10 +95,16 @@ mod tests {
     #[test]
     fn nics_are_found_by_mac_renamed_and_addressed() {
         let s = network_script(&vm());
-        assert!(s.contains("d=$(dev_of 02:00:00:00:00:01); if [ \"$d\" != eth0 ]"), "{s}");
+        assert!(
+            s.contains("d=$(dev_of 02:00:00:00:00:01); if [ \"$d\" != eth0 ]"),
+            "{s}"
+        );
         assert!(s.contains("ip link set dev lstmp1 name eth1"), "{s}");
         assert!(s.contains("ip -4 addr add 198.19.1.1/24 dev eth0"), "{s}");
-        assert!(s.contains("ip -6 addr add 2001:db8:1::1/64 dev eth0"), "{s}");
+        assert!(
+            s.contains("ip -6 addr add 2001:db8:1::1/64 dev eth0"),
+            "{s}"
+        );
         assert!(s.contains("ip link set dev eth1 mtu 1450"), "{s}");
         // Temporary renames all happen before any final name is taken.
         let last_tmp = s.rfind("name lstmp").expect("tmp rename");

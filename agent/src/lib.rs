@@ -2,9 +2,9 @@
 
 pub mod daemon;
 pub mod guest;
+pub mod image;
+pub mod net;
 pub mod paths;
 pub mod reconcile;
 pub mod verify;
-pub mod net;
-pub mod image;
 pub mod vm;

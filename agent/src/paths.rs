@@ -11,7 +11,9 @@ pub const CONSOLE_SOCKET: &str = "console.sock";
 
 /// The state folder: `$LABSPAN_STATE`, else `/var/lib/labspan`.
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("LABSPAN_STATE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE))
+    std::env::var_os("LABSPAN_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE))
 }
 
 /// Folder of every VM of `lab`.

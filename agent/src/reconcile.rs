@@ -18,7 +18,9 @@ use crate::guest::{network_script, shell_quote};
 use crate::image::{Image, ImageError, ImageStore};
 use crate::net::{self, NetError, NetOps};
 use crate::paths;
-use crate::vm::{self, Accel, AccelChoice, ExecOutput, GuestAgent, NicSpec, QgaError, Vm, VmConfig, VmError};
+use crate::vm::{
+    self, Accel, AccelChoice, ExecOutput, GuestAgent, NicSpec, QgaError, Vm, VmConfig, VmError,
+};
 
 /// How long a guest may take to boot until its agent answers (TCG on a busy
 /// 2-core machine boots a Debian guest in tens of seconds).
@@ -33,19 +35,39 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum AgentError {
     /// A VM's image is not in the store.
     #[error("lab \"{lab}\": node \"{vm}\": {source}")]
-    Image { lab: String, vm: String, #[source] source: ImageError },
+    Image {
+        lab: String,
+        vm: String,
+        #[source]
+        source: ImageError,
+    },
     /// The network could not be brought to the plan.
     #[error(transparent)]
     Net(#[from] NetError),
     /// A VM could not be started, stopped or reached.
     #[error("lab \"{lab}\": {source}")]
-    Vm { lab: String, #[source] source: Box<VmError> },
+    Vm {
+        lab: String,
+        #[source]
+        source: Box<VmError>,
+    },
     /// A configuration step failed inside a guest.
     #[error("lab \"{lab}\": node \"{vm}\": {step} exited {code}: {stderr}")]
-    Config { lab: String, vm: String, step: String, code: i32, stderr: String },
+    Config {
+        lab: String,
+        vm: String,
+        step: String,
+        code: i32,
+        stderr: String,
+    },
     /// The state folder could not be read or written.
     #[error("{what} {path}: {source}")]
-    State { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    State {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// No such VM on this host.
     #[error("lab \"{lab}\" has no running node \"{vm}\" on this host (see `labspan inspect`)")]
     NoSuchVm { lab: String, vm: String },
@@ -53,7 +75,10 @@ pub enum AgentError {
 
 impl AgentError {
     fn vm(lab: impl Into<String>, source: VmError) -> AgentError {
-        AgentError::Vm { lab: lab.into(), source: Box::new(source) }
+        AgentError::Vm {
+            lab: lab.into(),
+            source: Box::new(source),
+        }
     }
 }
 
@@ -65,9 +90,17 @@ pub enum Event {
     /// A running VM was found and kept (same QEMU process).
     Adopted { lab: String, vm: String, pid: u32 },
     /// A VM's QEMU had died, or its definition changed; it is started again.
-    Restarting { lab: String, vm: String, why: String },
+    Restarting {
+        lab: String,
+        vm: String,
+        why: String,
+    },
     /// The guest agent answered.
-    Booted { lab: String, vm: String, after: Duration },
+    Booted {
+        lab: String,
+        vm: String,
+        after: Duration,
+    },
     /// Addresses, files and exec lines are in place.
     Configured { lab: String, vm: String },
     /// A VM not in the plan was stopped and removed.
@@ -111,7 +144,11 @@ impl Agent {
     /// An agent keeping its state in `state` (see `paths::state_dir`).
     pub fn new(state: PathBuf, accel: AccelChoice) -> Agent {
         let images = ImageStore::at(state.join("images"));
-        Agent { state, images, accel }
+        Agent {
+            state,
+            images,
+            accel,
+        }
     }
 
     /// The image store.
@@ -121,7 +158,11 @@ impl Agent {
 
     /// Brings the host to `plan`. Inputs are checked first (images present,
     /// no foreign interface in the way): when they fail nothing is touched.
-    pub async fn apply(&self, plan: &HostPlan, events: &(dyn Fn(Event) + Sync)) -> Result<Report, AgentError> {
+    pub async fn apply(
+        &self,
+        plan: &HostPlan,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<Report, AgentError> {
         let images = self.resolve_images(plan)?;
         let mut kernel = net::KernelNet::connect()?;
         net::diff(&net::desired_links(plan)?, &kernel.observe().await?)?;
@@ -144,12 +185,15 @@ impl Agent {
         mut kernel: net::KernelNet,
         events: &(dyn Fn(Event) + Sync),
     ) -> Result<Report, AgentError> {
-
         let running = self.running_vms()?;
         let wanted: BTreeMap<(String, String), (&LabPlan, &VmPlan)> = plan
             .labs
             .iter()
-            .flat_map(|l| l.vms.iter().map(move |v| ((l.lab.clone(), v.name.clone()), (l, v))))
+            .flat_map(|l| {
+                l.vms
+                    .iter()
+                    .map(move |v| ((l.lab.clone(), v.name.clone()), (l, v)))
+            })
             .collect();
         // Stop what goes away or changes before the network reconcile, which
         // deletes their taps.
@@ -167,13 +211,23 @@ impl Agent {
                         kept.insert(key, v);
                     }
                     Some(why) => {
-                        events(Event::Restarting { lab: lab.clone(), vm: name, why });
-                        v.stop(STOP_TIMEOUT).await.map_err(|source| AgentError::vm(lab, source))?;
+                        events(Event::Restarting {
+                            lab: lab.clone(),
+                            vm: name,
+                            why,
+                        });
+                        v.stop(STOP_TIMEOUT)
+                            .await
+                            .map_err(|source| AgentError::vm(lab, source))?;
                     }
                 },
                 None => {
                     let why = "its QEMU process is gone".to_string();
-                    events(Event::Restarting { lab: lab.clone(), vm: name.clone(), why });
+                    events(Event::Restarting {
+                        lab: lab.clone(),
+                        vm: name.clone(),
+                        why,
+                    });
                     vm::remove_state(&dir, &name).map_err(|source| AgentError::vm(lab, source))?;
                 }
             }
@@ -185,18 +239,27 @@ impl Agent {
             self.bring_up(lab, vm, &images[key], accel, adopted, events)
         });
         let vms = join_all(runs.collect::<Vec<_>>()).await;
-        Ok(Report { vms, net_actions: net_report.actions.len() })
+        Ok(Report {
+            vms,
+            net_actions: net_report.actions.len(),
+        })
     }
 
-    fn resolve_images(&self, plan: &HostPlan) -> Result<BTreeMap<(String, String), Image>, AgentError> {
+    fn resolve_images(
+        &self,
+        plan: &HostPlan,
+    ) -> Result<BTreeMap<(String, String), Image>, AgentError> {
         let mut images = BTreeMap::new();
         for lab in &plan.labs {
             for vm in &lab.vms {
-                let image = self.images.get(&vm.image).map_err(|source| AgentError::Image {
-                    lab: lab.lab.clone(),
-                    vm: vm.name.clone(),
-                    source,
-                })?;
+                let image = self
+                    .images
+                    .get(&vm.image)
+                    .map_err(|source| AgentError::Image {
+                        lab: lab.lab.clone(),
+                        vm: vm.name.clone(),
+                        source,
+                    })?;
                 images.insert((lab.lab.clone(), vm.name.clone()), image);
             }
         }
@@ -238,13 +301,22 @@ impl Agent {
         let result = async {
             let vm = match adopted {
                 Some(vm) => {
-                    events(Event::Adopted { lab: lab.lab.clone(), vm: plan.name.clone(), pid: vm.pid() });
+                    events(Event::Adopted {
+                        lab: lab.lab.clone(),
+                        vm: plan.name.clone(),
+                        pid: vm.pid(),
+                    });
                     vm
                 }
                 None => {
-                    events(Event::Launching { lab: lab.lab.clone(), vm: plan.name.clone() });
+                    events(Event::Launching {
+                        lab: lab.lab.clone(),
+                        vm: plan.name.clone(),
+                    });
                     let cfg = vm_config(plan, image, accel);
-                    vm::launch(&dir, &cfg).await.map_err(|source| AgentError::vm(lab.lab.clone(), source))?
+                    vm::launch(&dir, &cfg)
+                        .await
+                        .map_err(|source| AgentError::vm(lab.lab.clone(), source))?
                 }
             };
             outcome.pid = vm.pid();
@@ -255,9 +327,16 @@ impl Agent {
                 .wait_guest_agent(BOOT_TIMEOUT)
                 .await
                 .map_err(|source| AgentError::vm(lab.lab.clone(), source))?;
-            events(Event::Booted { lab: lab.lab.clone(), vm: plan.name.clone(), after });
+            events(Event::Booted {
+                lab: lab.lab.clone(),
+                vm: plan.name.clone(),
+                after,
+            });
             if self.configure(&lab.lab, plan, &vm).await? {
-                events(Event::Configured { lab: lab.lab.clone(), vm: plan.name.clone() });
+                events(Event::Configured {
+                    lab: lab.lab.clone(),
+                    vm: plan.name.clone(),
+                });
             }
             Ok::<(), AgentError>(())
         }
@@ -278,13 +357,25 @@ impl Agent {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .filter(|c: &Configured| c.pid == vm.pid())
             .unwrap_or_default();
-        let want = Configured { pid: vm.pid(), net: digest(&plan.nics), run: digest(&plan.config) };
+        let want = Configured {
+            pid: vm.pid(),
+            net: digest(&plan.nics),
+            run: digest(&plan.config),
+        };
         if done == want {
             return Ok(false);
         }
         let vm_err = |source| AgentError::vm(lab.to_string(), source);
-        let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(vm_err)?;
-        let mut step = Step { ga: &mut ga, lab, vm: &plan.name, log: String::new() };
+        let mut ga = vm
+            .guest_agent(Duration::from_secs(10))
+            .await
+            .map_err(vm_err)?;
+        let mut step = Step {
+            ga: &mut ga,
+            lab,
+            vm: &plan.name,
+            log: String::new(),
+        };
         let mut result = Ok(());
         if done.net != want.net {
             result = step.run("network setup", &network_script(plan)).await;
@@ -300,16 +391,26 @@ impl Agent {
                 if result.is_err() {
                     break;
                 }
-                result = step.run(&format!("exec line {} `{line}`", i + 1), line).await;
+                result = step
+                    .run(&format!("exec line {} `{line}`", i + 1), line)
+                    .await;
             }
         }
         let log_path = vm.dir().join("exec.log");
         let mut log = fs::read_to_string(&log_path).unwrap_or_default();
         log.push_str(&step.log);
-        fs::write(&log_path, &log).map_err(|source| AgentError::State { what: "writing", path: log_path, source })?;
+        fs::write(&log_path, &log).map_err(|source| AgentError::State {
+            what: "writing",
+            path: log_path,
+            source,
+        })?;
         result?;
         let json = serde_json::to_vec(&want).unwrap_or_default();
-        fs::write(&path, json).map_err(|source| AgentError::State { what: "writing", path, source })?;
+        fs::write(&path, json).map_err(|source| AgentError::State {
+            what: "writing",
+            path,
+            source,
+        })?;
         Ok(true)
     }
 
@@ -319,7 +420,11 @@ impl Agent {
         let root = self.state.join("vms");
         for lab in read_dirs(&root)? {
             for node in read_dirs(&lab)? {
-                let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = |p: &Path| {
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                };
                 found.insert((name(&lab), name(&node)), node);
             }
         }
@@ -327,7 +432,10 @@ impl Agent {
     }
 
     async fn stop_dir(&self, lab: &str, dir: &Path) -> Result<(), AgentError> {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let err = |source| AgentError::vm(lab.to_string(), source);
         match vm::adopt(dir).map_err(err)? {
             Some(v) => {
@@ -341,13 +449,21 @@ impl Agent {
     /// Stops every VM of `lab` and deletes every interface made for it.
     /// Idempotent: removing a lab that is not there does nothing.
     pub async fn remove_lab(&self, lab: &str) -> Result<usize, AgentError> {
-        let vms: Vec<_> = self.running_vms()?.into_iter().filter(|((l, _), _)| l == lab).collect();
+        let vms: Vec<_> = self
+            .running_vms()?
+            .into_iter()
+            .filter(|((l, _), _)| l == lab)
+            .collect();
         let stopped = join_all(vms.iter().map(|(_, dir)| self.stop_dir(lab, dir))).await;
         stopped.into_iter().collect::<Result<Vec<_>, _>>()?;
         let lab_dir = paths::lab_vms_dir(&self.state, lab);
         if let Err(source) = fs::remove_dir(&lab_dir) {
             if source.kind() != std::io::ErrorKind::NotFound {
-                return Err(AgentError::State { what: "removing", path: lab_dir, source });
+                return Err(AgentError::State {
+                    what: "removing",
+                    path: lab_dir,
+                    source,
+                });
             }
         }
         net::remove_lab(lab).await?;
@@ -367,14 +483,28 @@ impl Agent {
     }
 
     /// Runs `cmd` with `sh -c` in a VM of this host.
-    pub async fn exec(&self, lab: &str, node: &str, cmd: &str, timeout: Duration) -> Result<ExecOutput, AgentError> {
+    pub async fn exec(
+        &self,
+        lab: &str,
+        node: &str,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentError> {
         let dir = paths::vm_dir(&self.state, lab, node);
         let vm = vm::adopt(&dir)
             .map_err(|source| AgentError::vm(lab.to_string(), source))?
-            .ok_or_else(|| AgentError::NoSuchVm { lab: lab.to_string(), vm: node.to_string() })?;
+            .ok_or_else(|| AgentError::NoSuchVm {
+                lab: lab.to_string(),
+                vm: node.to_string(),
+            })?;
         let err = |source| AgentError::vm(lab.to_string(), source);
         let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(err)?;
-        ga.exec_shell(cmd, timeout).await.map_err(|source| err(VmError::Qga { vm: node.to_string(), source }))
+        ga.exec_shell(cmd, timeout).await.map_err(|source| {
+            err(VmError::Qga {
+                vm: node.to_string(),
+                source,
+            })
+        })
     }
 }
 
@@ -388,12 +518,22 @@ struct Step<'a> {
 
 impl Step<'_> {
     fn qga_err(&self, source: QgaError) -> AgentError {
-        AgentError::vm(self.lab.to_string(), VmError::Qga { vm: self.vm.to_string(), source })
+        AgentError::vm(
+            self.lab.to_string(),
+            VmError::Qga {
+                vm: self.vm.to_string(),
+                source,
+            },
+        )
     }
 
     /// Runs a shell line; a non-zero exit is an error naming `step`.
     async fn run(&mut self, step: &str, line: &str) -> Result<(), AgentError> {
-        let out = self.ga.exec_shell(line, EXEC_TIMEOUT).await.map_err(|e| self.qga_err(e))?;
+        let out = self
+            .ga
+            .exec_shell(line, EXEC_TIMEOUT)
+            .await
+            .map_err(|e| self.qga_err(e))?;
         self.log.push_str(&exec_log_entry(line, &out));
         if out.exit_code != 0 {
             return Err(AgentError::Config {
@@ -409,12 +549,20 @@ impl Step<'_> {
 
     /// Writes a file, making its folder first.
     async fn write_file(&mut self, path: &str, contents: &[u8]) -> Result<(), AgentError> {
-        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             let mkdir = format!("mkdir -p {}", shell_quote(&parent.to_string_lossy()));
-            self.run(&format!("making the folder of {path}"), &mkdir).await?;
+            self.run(&format!("making the folder of {path}"), &mkdir)
+                .await?;
         }
-        self.log.push_str(&format!("# wrote {path} ({} bytes)\n", contents.len()));
-        self.ga.write_file(path, contents).await.map_err(|e| self.qga_err(e))
+        self.log
+            .push_str(&format!("# wrote {path} ({} bytes)\n", contents.len()));
+        self.ga
+            .write_file(path, contents)
+            .await
+            .map_err(|e| self.qga_err(e))
     }
 }
 
@@ -434,7 +582,13 @@ fn mismatch(vm: &Vm, plan: &VmPlan, image: &Image) -> Option<String> {
 }
 
 fn nic_specs(plan: &VmPlan) -> Vec<NicSpec> {
-    plan.nics.iter().map(|n| NicSpec { tap: n.tap.clone(), mac: n.mac }).collect()
+    plan.nics
+        .iter()
+        .map(|n| NicSpec {
+            tap: n.tap.clone(),
+            mac: n.mac,
+        })
+        .collect()
 }
 
 fn vm_config(plan: &VmPlan, image: &Image, accel: Accel) -> VmConfig {
@@ -462,7 +616,9 @@ struct Configured {
 }
 
 fn digest<T: serde::Serialize>(value: &T) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(value).unwrap_or_default()))
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(value).unwrap_or_default(),
+    ))
 }
 
 fn exec_log_entry(line: &str, out: &ExecOutput) -> String {
@@ -478,7 +634,17 @@ fn read_dirs(dir: &Path) -> Result<BTreeSet<PathBuf>, AgentError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-        Err(source) => return Err(AgentError::State { what: "reading", path: dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(AgentError::State {
+                what: "reading",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
     };
-    Ok(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+    Ok(entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect())
 }

@@ -59,7 +59,13 @@ async fn run_check<G: GuestExec>(
     let (name, node, cmd, expect) = match describe(check, addresses) {
         Ok(parts) => parts,
         Err(detail) => {
-            return CheckResult { name: check_name(check), passed: false, detail, elapsed: start.elapsed(), attempts: 0 }
+            return CheckResult {
+                name: check_name(check),
+                passed: false,
+                detail,
+                elapsed: start.elapsed(),
+                attempts: 0,
+            }
         }
     };
     let mut attempts = 0;
@@ -73,7 +79,13 @@ async fn run_check<G: GuestExec>(
         if done {
             let passed = detail.is_none();
             let detail = detail.unwrap_or_default();
-            return CheckResult { name, passed, detail, elapsed: start.elapsed(), attempts };
+            return CheckResult {
+                name,
+                passed,
+                detail,
+                elapsed: start.elapsed(),
+                attempts,
+            };
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -84,10 +96,17 @@ fn judge(out: &ExecOutput, expect: Option<&Regex>) -> Option<String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     if out.exit_code != 0 {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Some(format!("exit status {}: {}", out.exit_code, last_line(&stderr).or(last_line(&stdout)).unwrap_or("")));
+        return Some(format!(
+            "exit status {}: {}",
+            out.exit_code,
+            last_line(&stderr).or(last_line(&stdout)).unwrap_or("")
+        ));
     }
     match expect {
-        Some(re) if !re.is_match(&stdout) => Some(format!("output does not match /{re}/: {}", last_line(&stdout).unwrap_or("(empty)"))),
+        Some(re) if !re.is_match(&stdout) => Some(format!(
+            "output does not match /{re}/: {}",
+            last_line(&stdout).unwrap_or("(empty)")
+        )),
         _ => None,
     }
 }
@@ -114,10 +133,16 @@ fn describe(
                 Ok(a) => a,
                 Err(_) => {
                     let of = |n: &str| addresses.get(n).map(Vec::as_slice).unwrap_or_default();
-                    pick_address(of(from), of(to)).ok_or_else(|| format!("node \"{to}\" has no address to ping"))?
+                    pick_address(of(from), of(to))
+                        .ok_or_else(|| format!("node \"{to}\" has no address to ping"))?
                 }
             };
-            Ok((format!("ping {from} -> {to}"), from.clone(), format!("ping -c 1 -W 2 {addr}"), None))
+            Ok((
+                format!("ping {from} -> {to}"),
+                from.clone(),
+                format!("ping -c 1 -W 2 {addr}"),
+                None,
+            ))
         }
         Check::Exec { node, cmd, expect } => {
             let re = expect
@@ -155,7 +180,10 @@ mod tests {
     impl GuestExec for Scripted {
         async fn exec(&self, node: &str, cmd: &str) -> Result<ExecOutput, String> {
             let mut calls = self.0.lock().map_err(|e| e.to_string())?;
-            let i = calls.iter().position(|(n, _, _)| n == node).ok_or("no more answers")?;
+            let i = calls
+                .iter()
+                .position(|(n, _, _)| n == node)
+                .ok_or("no more answers")?;
             let (_, expect_cmd, out) = calls.remove(i);
             assert_eq!(expect_cmd, cmd);
             Ok(out)
@@ -163,21 +191,40 @@ mod tests {
     }
 
     fn out(code: i32, stdout: &str) -> ExecOutput {
-        ExecOutput { exit_code: code, signal: None, stdout: stdout.into(), stderr: Vec::new() }
+        ExecOutput {
+            exit_code: code,
+            signal: None,
+            stdout: stdout.into(),
+            stderr: Vec::new(),
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn ping_by_node_name_retries_until_it_passes() {
         let guest = Scripted(Mutex::new(vec![
             ("a".into(), "ping -c 1 -W 2 198.19.1.2".into(), out(1, "")),
-            ("a".into(), "ping -c 1 -W 2 198.19.1.2".into(), out(0, "1 packets received")),
+            (
+                "a".into(),
+                "ping -c 1 -W 2 198.19.1.2".into(),
+                out(0, "1 packets received"),
+            ),
         ]));
         let net = |s: &str| s.parse::<IpNet>().expect("cidr");
         let addrs = BTreeMap::from([
             ("a".to_string(), vec![net("198.19.1.1/24")]),
-            ("b".to_string(), vec![net("198.19.9.2/24"), net("2001:db8::2/64"), net("198.19.1.2/24")]),
+            (
+                "b".to_string(),
+                vec![
+                    net("198.19.9.2/24"),
+                    net("2001:db8::2/64"),
+                    net("198.19.1.2/24"),
+                ],
+            ),
         ]);
-        let checks = [Check::Ping { from: "a".into(), to: "b".into() }];
+        let checks = [Check::Ping {
+            from: "a".into(),
+            to: "b".into(),
+        }];
         let r = run_checks(&guest, &checks, &addrs, Duration::from_secs(30)).await;
         assert!(r[0].passed, "{r:?}");
         assert_eq!(r[0].attempts, 2);
@@ -185,18 +232,31 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn exec_output_must_match_expect_within_the_deadline() {
-        let answers = (0..5).map(|_| ("a".into(), "ip -o addr".into(), out(0, "inet 10.0.0.1/8"))).collect();
+        let answers = (0..5)
+            .map(|_| ("a".into(), "ip -o addr".into(), out(0, "inet 10.0.0.1/8")))
+            .collect();
         let guest = Scripted(Mutex::new(answers));
-        let checks = [Check::Exec { node: "a".into(), cmd: "ip -o addr".into(), expect: Some(r"198\.19\.1\.1".into()) }];
+        let checks = [Check::Exec {
+            node: "a".into(),
+            cmd: "ip -o addr".into(),
+            expect: Some(r"198\.19\.1\.1".into()),
+        }];
         let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(3)).await;
         assert!(!r[0].passed);
-        assert!(r[0].detail.contains(r"does not match /198\.19\.1\.1/"), "{}", r[0].detail);
+        assert!(
+            r[0].detail.contains(r"does not match /198\.19\.1\.1/"),
+            "{}",
+            r[0].detail
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn ping_to_a_node_without_address_fails_at_once() {
         let guest = Scripted(Mutex::new(Vec::new()));
-        let checks = [Check::Ping { from: "a".into(), to: "b".into() }];
+        let checks = [Check::Ping {
+            from: "a".into(),
+            to: "b".into(),
+        }];
         let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(30)).await;
         assert!(!r[0].passed);
         assert_eq!(r[0].attempts, 0);

@@ -36,7 +36,11 @@ impl Embedded {
         let state = labspan_agent::paths::state_dir();
         let store = LocalStore::open(&state)?;
         let agent = Agent::new(state.clone(), accel);
-        Ok(Embedded { store, agent, host: host_name() })
+        Ok(Embedded {
+            store,
+            agent,
+            host: host_name(),
+        })
     }
 
     /// Places `bundle` on this machine and plans it, next to the labs
@@ -45,7 +49,10 @@ impl Embedded {
     pub fn plan(&self, bundle: &LabBundle) -> anyhow::Result<(LabRecord, HostPlan)> {
         let lab = &bundle.lab;
         let mut others = self.store.all()?;
-        let existing = others.remove(&lab.name).map(|r| r.placement).unwrap_or_default();
+        let existing = others
+            .remove(&lab.name)
+            .map(|r| r.placement)
+            .unwrap_or_default();
         let mut host = self.local_host()?;
         for other in others.values() {
             for node in other.lab.nodes.values() {
@@ -55,7 +62,10 @@ impl Embedded {
         }
         let placement = place_lab(lab, std::slice::from_ref(&host), &existing)
             .map_err(|e| InvalidInput(format!("lab \"{}\": {e}", lab.name)))?;
-        let fabric = HostFabric { vtep: IpAddr::V4(Ipv4Addr::LOCALHOST), underlay_mtu: LOCAL_UNDERLAY_MTU };
+        let fabric = HostFabric {
+            vtep: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            underlay_mtu: LOCAL_UNDERLAY_MTU,
+        };
         let hosts = BTreeMap::from([(self.host.clone(), fabric)]);
         let plans = plan_lab(&PlanInput {
             lab,
@@ -65,7 +75,11 @@ impl Embedded {
             vnis: &BTreeMap::new(),
         })
         .map_err(|e| InvalidInput(e.to_string()))?;
-        let record = LabRecord { lab: lab.clone(), placement: placement.nodes, plans };
+        let record = LabRecord {
+            lab: lab.clone(),
+            placement: placement.nodes,
+            plans,
+        };
         let mut host_plan = self.store.host_plan(&self.host)?;
         host_plan.labs.retain(|l| l.lab != lab.name);
         host_plan.labs.extend(record.plans.get(&self.host).cloned());
@@ -79,8 +93,14 @@ impl Embedded {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .context("/proc/meminfo has no MemTotal")?;
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Ok(Host::new(&self.host, mem_kib / 1024, u32::try_from(cpus).unwrap_or(u32::MAX)))
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(Host::new(
+            &self.host,
+            mem_kib / 1024,
+            u32::try_from(cpus).unwrap_or(u32::MAX),
+        ))
     }
 }
 
@@ -88,7 +108,8 @@ impl Embedded {
 /// way) into `InvalidInput`, so they exit 2.
 pub fn classify(e: AgentError) -> anyhow::Error {
     match e {
-        AgentError::Image { .. } | AgentError::Net(labspan_agent::net::NetError::Foreign { .. }) => {
+        AgentError::Image { .. }
+        | AgentError::Net(labspan_agent::net::NetError::Foreign { .. }) => {
             InvalidInput(format!("error: {e}; nothing was changed")).into()
         }
         other => other.into(),

@@ -20,7 +20,10 @@ pub struct LocalGuests<'a> {
 
 impl GuestExec for LocalGuests<'_> {
     async fn exec(&self, node: &str, cmd: &str) -> Result<ExecOutput, String> {
-        self.agent.exec(self.lab, node, cmd, CHECK_EXEC_TIMEOUT).await.map_err(|e| e.to_string())
+        self.agent
+            .exec(self.lab, node, cmd, CHECK_EXEC_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -28,6 +31,14 @@ impl GuestExec for LocalGuests<'_> {
 pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpNet>> {
     lab.nodes
         .iter()
-        .map(|(name, node)| (name.clone(), node.nics.values().flat_map(|n| n.ip.iter().copied()).collect()))
+        .map(|(name, node)| {
+            (
+                name.clone(),
+                node.nics
+                    .values()
+                    .flat_map(|n| n.ip.iter().copied())
+                    .collect(),
+            )
+        })
         .collect()
 }

@@ -54,7 +54,10 @@ pub fn mac(lab: &str, node: &str, nic: &str) -> [u8; 6] {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -66,7 +69,10 @@ mod tests {
         let b = bridge("a-very-long-lab-name-of-32-chars", "link:x:eth0--y:eth0");
         let t = tap("a-very-long-lab-name-of-32-chars", "node", "eth0");
         assert!(b.len() <= 15 && t.len() <= 15 && vxlan(16_777_215).len() <= 15);
-        assert_eq!(b, bridge("a-very-long-lab-name-of-32-chars", "link:x:eth0--y:eth0"));
+        assert_eq!(
+            b,
+            bridge("a-very-long-lab-name-of-32-chars", "link:x:eth0--y:eth0")
+        );
         assert_ne!(tap("l1", "a", "eth0"), tap("l2", "a", "eth0"));
     }
 

@@ -442,5 +442,9 @@ fn suggested_nic_is_free_everywhere_in_the_file() {
     ));
     let all = errors(&text);
     assert_eq!(all.len(), 1, "{all:#?}");
-    assert!(all[0].ends_with("use another NIC, e.g. a:eth2"), "{}", all[0]);
+    assert!(
+        all[0].ends_with("use another NIC, e.g. a:eth2"),
+        "{}",
+        all[0]
+    );
 }

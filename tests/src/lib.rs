@@ -25,9 +25,13 @@ pub fn labspan_bin() -> PathBuf {
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let out = run(Command::new(cargo).current_dir(&root).args(["build", "-q", "-p", "labspan", "--bin", "labspan"]));
+            let out = run(Command::new(cargo)
+                .current_dir(&root)
+                .args(["build", "-q", "-p", "labspan", "--bin", "labspan"]));
             assert!(out.status.success(), "building labspan: {}", text(&out));
-            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
             target.join("debug/labspan")
         })
         .clone()
@@ -36,12 +40,17 @@ pub fn labspan_bin() -> PathBuf {
 /// Runs a command and returns its output; panics (failing the test) when it
 /// cannot be started at all.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Text of a command's stdout and stderr, for assertions and messages.
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// One test host: a network namespace of its own and a state folder.
@@ -57,14 +66,24 @@ impl TestHost {
     pub fn new(tag: &str) -> TestHost {
         let netns = format!("lst-{tag}-{}", std::process::id());
         let state = std::env::temp_dir().join(format!("labspan-test-{tag}-{}", std::process::id()));
-        let host = TestHost { netns, state, vtep: None };
+        let host = TestHost {
+            netns,
+            state,
+            vtep: None,
+        };
         host.cleanup();
         let out = run(Command::new("ip").args(["netns", "add", &host.netns]));
-        assert!(out.status.success(), "ip netns add {}: {}", host.netns, text(&out));
+        assert!(
+            out.status.success(),
+            "ip netns add {}: {}",
+            host.netns,
+            text(&out)
+        );
         host.ip(&["link", "set", "lo", "up"]);
         fs::create_dir_all(&host.state).expect("creating the test state folder");
         fs::create_dir_all(TEST_IMAGES).expect("creating the shared image store");
-        std::os::unix::fs::symlink(TEST_IMAGES, host.state.join("images")).expect("linking the shared image store");
+        std::os::unix::fs::symlink(TEST_IMAGES, host.state.join("images"))
+            .expect("linking the shared image store");
         host
     }
 
@@ -78,8 +97,13 @@ impl TestHost {
     pub fn ensure_image(&self, name: &str) {
         let _guard = IMAGE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
         // Outside the namespace: the build downloads Debian packages.
-        let out = run(Command::new(labspan_bin()).args(["image", "build", name, "--store", TEST_IMAGES]));
-        assert!(out.status.success(), "labspan image build {name}: {}", text(&out));
+        let out =
+            run(Command::new(labspan_bin()).args(["image", "build", name, "--store", TEST_IMAGES]));
+        assert!(
+            out.status.success(),
+            "labspan image build {name}: {}",
+            text(&out)
+        );
     }
 
     /// Runs `labspan ARGS` inside this host, under TCG.
@@ -90,8 +114,11 @@ impl TestHost {
     /// The command for `labspan ARGS` inside this host (to spawn it yourself).
     pub fn labspan_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns]).arg(labspan_bin()).args(args);
-        cmd.env("LABSPAN_STATE", &self.state).env("LABSPAN_ACCEL", "tcg");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(labspan_bin())
+            .args(args);
+        cmd.env("LABSPAN_STATE", &self.state)
+            .env("LABSPAN_ACCEL", "tcg");
         cmd
     }
 
@@ -119,7 +146,10 @@ impl TestHost {
 
     /// Interfaces labspan made (its names start with `ls`).
     pub fn labspan_links(&self) -> Vec<String> {
-        self.links().into_iter().filter(|n| n.starts_with("ls")).collect()
+        self.links()
+            .into_iter()
+            .filter(|n| n.starts_with("ls"))
+            .collect()
     }
 
     /// QEMU pid of `node` of `lab`, from its pidfile, if it is alive.
@@ -152,13 +182,18 @@ impl TestHost {
         let vms = self.state.join("vms");
         for lab in fs::read_dir(&vms).into_iter().flatten().flatten() {
             for node in fs::read_dir(lab.path()).into_iter().flatten().flatten() {
-                let pid = fs::read_to_string(node.path().join("qemu.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                let pid = fs::read_to_string(node.path().join("qemu.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
                 if let Some(pid) = pid.filter(|p| is_qemu(*p)) {
                     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 }
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = fs::remove_dir_all(&self.state);
     }
 }
@@ -172,7 +207,10 @@ impl Drop for TestHost {
 /// Whether `pid` is a live QEMU.
 pub fn is_qemu(pid: u32) -> bool {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let zombie = stat
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     !zombie && String::from_utf8_lossy(&cmdline).contains("qemu-system")
 }
@@ -196,22 +234,63 @@ impl Fabric {
     /// `n` hosts named `TAG1..TAGn`, at 198.18.0.1..n.
     pub fn new(tag: &str, n: u8) -> Fabric {
         let underlay = format!("lsu-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &underlay]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &underlay])
+            .stderr(std::process::Stdio::null())
+            .status();
         let ok = |out: Output, what: &str| assert!(out.status.success(), "{what}: {}", text(&out));
-        ok(run(Command::new("ip").args(["netns", "add", &underlay])), "ip netns add");
-        let fabric = Fabric { underlay, hosts: Vec::new() };
+        ok(
+            run(Command::new("ip").args(["netns", "add", &underlay])),
+            "ip netns add",
+        );
+        let fabric = Fabric {
+            underlay,
+            hosts: Vec::new(),
+        };
         let u = fabric.underlay.clone();
-        ok(run(Command::new("ip").args(["-n", &u, "link", "add", "underlay", "type", "bridge"])), "underlay bridge");
-        ok(run(Command::new("ip").args(["-n", &u, "link", "set", "underlay", "up"])), "underlay up");
+        ok(
+            run(Command::new("ip").args(["-n", &u, "link", "add", "underlay", "type", "bridge"])),
+            "underlay bridge",
+        );
+        ok(
+            run(Command::new("ip").args(["-n", &u, "link", "set", "underlay", "up"])),
+            "underlay up",
+        );
         let mut fabric = fabric;
         for i in 1..=n {
             let mut host = TestHost::new(&format!("{tag}{i}"));
             let port = format!("port{i}");
-            ok(run(Command::new("ip").args(["-n", &u, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.netns])), "veth");
-            ok(run(Command::new("ip").args(["-n", &u, "link", "set", &port, "master", "underlay", "up"])), "port up");
+            ok(
+                run(Command::new("ip").args([
+                    "-n",
+                    &u,
+                    "link",
+                    "add",
+                    &port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &host.netns,
+                ])),
+                "veth",
+            );
+            ok(
+                run(Command::new("ip")
+                    .args(["-n", &u, "link", "set", &port, "master", "underlay", "up"])),
+                "port up",
+            );
             let addr = Ipv4Addr::new(198, 18, 0, i);
-            ok(host.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]), "host address");
-            ok(host.ip(&["link", "set", "eth0", "mtu", "1500", "up"]), "host eth0 up");
+            ok(
+                host.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]),
+                "host address",
+            );
+            ok(
+                host.ip(&["link", "set", "eth0", "mtu", "1500", "up"]),
+                "host eth0 up",
+            );
             host.vtep = Some(IpAddr::V4(addr));
             fabric.hosts.push(host);
         }
@@ -223,6 +302,9 @@ impl Drop for Fabric {
     fn drop(&mut self) {
         // Hosts first (their QEMUs hold taps), then the underlay.
         self.hosts.clear();
-        let _ = Command::new("ip").args(["netns", "del", &self.underlay]).stderr(std::process::Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.underlay])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }

@@ -17,7 +17,12 @@ pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
             // SAFETY: `ns` is an open netns file for the duration of the
             // call; setns only changes this (spawned) thread's namespace.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns into {name}: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "setns into {name}: {}",
+                std::io::Error::last_os_error()
+            );
             f()
         })
         .join()
@@ -27,9 +32,15 @@ pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
 
 /// Runs the future `make` returns on a current-thread runtime inside the
 /// namespace `name`.
-pub fn block_on_in<T: Send, Fut: Future<Output = T>>(name: &str, make: impl FnOnce() -> Fut + Send) -> T {
+pub fn block_on_in<T: Send, Fut: Future<Output = T>>(
+    name: &str,
+    make: impl FnOnce() -> Fut + Send,
+) -> T {
     run_in(name, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(make())
     })
 }
@@ -62,7 +73,10 @@ impl Netns {
 
     /// Runs the future `make` returns on a current-thread runtime, in a
     /// thread that has entered this namespace.
-    pub fn block_on<T: Send, Fut: Future<Output = T>>(&self, make: impl FnOnce() -> Fut + Send) -> T {
+    pub fn block_on<T: Send, Fut: Future<Output = T>>(
+        &self,
+        make: impl FnOnce() -> Fut + Send,
+    ) -> T {
         block_on_in(&self.name, make)
     }
 

@@ -33,15 +33,38 @@ fn plans(lab: &Lab, fabric: &Fabric, placement: &[(&str, usize)]) -> Vec<HostPla
         .hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| (name(i), HostFabric { vtep: h.vtep.expect("fabric host"), underlay_mtu: 1500 }))
+        .map(|(i, h)| {
+            (
+                name(i),
+                HostFabric {
+                    vtep: h.vtep.expect("fabric host"),
+                    underlay_mtu: 1500,
+                },
+            )
+        })
         .collect();
-    let placement: BTreeMap<String, String> = placement.iter().map(|(n, i)| (n.to_string(), name(*i))).collect();
-    let vnis = BTreeMap::from([("link:a:eth0--b:eth0".to_string(), 5001), ("lan:core".to_string(), 5002)]);
+    let placement: BTreeMap<String, String> = placement
+        .iter()
+        .map(|(n, i)| (n.to_string(), name(*i)))
+        .collect();
+    let vnis = BTreeMap::from([
+        ("link:a:eth0--b:eth0".to_string(), 5001),
+        ("lan:core".to_string(), 5002),
+    ]);
     let files = BTreeMap::new();
-    let mut by_host = plan_lab(&PlanInput { lab, files: &files, placement: &placement, hosts: &hosts, vnis: &vnis })
-        .expect("planning");
+    let mut by_host = plan_lab(&PlanInput {
+        lab,
+        files: &files,
+        placement: &placement,
+        hosts: &hosts,
+        vnis: &vnis,
+    })
+    .expect("planning");
     (0..fabric.hosts.len())
-        .map(|i| HostPlan { host: name(i), labs: by_host.remove(&name(i)).into_iter().collect() })
+        .map(|i| HostPlan {
+            host: name(i),
+            labs: by_host.remove(&name(i)).into_iter().collect(),
+        })
         .collect()
 }
 
@@ -52,9 +75,13 @@ fn apply(fabric: &Fabric, plans: &[HostPlan]) -> Vec<Report> {
             .hosts
             .iter()
             .zip(plans)
-            .map(|(host, plan)| s.spawn(move || host.block_on(|| async { agent(host).apply(plan, &|_| {}).await })))
+            .map(|(host, plan)| {
+                s.spawn(move || host.block_on(|| async { agent(host).apply(plan, &|_| {}).await }))
+            })
             .collect();
-        runs.into_iter().map(|r| r.join().expect("apply thread").expect("apply")).collect()
+        runs.into_iter()
+            .map(|r| r.join().expect("apply thread").expect("apply"))
+            .collect()
     })
 }
 
@@ -64,7 +91,11 @@ fn agent(host: &TestHost) -> Agent {
 
 /// Runs `cmd` in guest `node` on `host`; true when it exits 0.
 fn guest_ok(host: &TestHost, node: &str, cmd: &str) -> bool {
-    let out = host.block_on(|| async { agent(host).exec("span", node, cmd, Duration::from_secs(30)).await });
+    let out = host.block_on(|| async {
+        agent(host)
+            .exec("span", node, cmd, Duration::from_secs(30))
+            .await
+    });
     out.expect("guest exec").exit_code == 0
 }
 
@@ -80,31 +111,83 @@ fn a_lab_spans_three_hosts_moves_a_node_and_leaves_nothing() {
     let [h1, h2, h3] = [&fabric.hosts[0], &fabric.hosts[1], &fabric.hosts[2]];
 
     // a on h1, b on h2, c on h3: the link spans h1-h2, the LAN all three.
-    let reports = apply(&fabric, &plans(&lab, &fabric, &[("a", 0), ("b", 1), ("c", 2)]));
+    let reports = apply(
+        &fabric,
+        &plans(&lab, &fabric, &[("a", 0), ("b", 1), ("c", 2)]),
+    );
     assert!(reports.iter().all(Report::ok), "{reports:?}");
-    assert_eq!(h1.block_on(|| async { agent(h1).exec("span", "a", "cat /sys/class/net/eth0/mtu", Duration::from_secs(10)).await })
+    assert_eq!(
+        h1.block_on(|| async {
+            agent(h1)
+                .exec(
+                    "span",
+                    "a",
+                    "cat /sys/class/net/eth0/mtu",
+                    Duration::from_secs(10),
+                )
+                .await
+        })
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .expect("exec"), "1450", "guest MTU leaves room for VXLAN on a 1500-byte underlay");
-    assert!(guest_ok(h1, "a", "ping -c 3 -W 2 198.19.30.2"), "a -> b over the link (h1 -> h2)");
-    assert!(guest_ok(h1, "a", "ping -c 3 -W 2 198.19.31.3"), "a -> c over the LAN (h1 -> h3)");
-    assert!(guest_ok(h3, "c", "ping -c 3 -W 2 198.19.31.2"), "c -> b over the LAN (h3 -> h2)");
+        .expect("exec"),
+        "1450",
+        "guest MTU leaves room for VXLAN on a 1500-byte underlay"
+    );
+    assert!(
+        guest_ok(h1, "a", "ping -c 3 -W 2 198.19.30.2"),
+        "a -> b over the link (h1 -> h2)"
+    );
+    assert!(
+        guest_ok(h1, "a", "ping -c 3 -W 2 198.19.31.3"),
+        "a -> c over the LAN (h1 -> h3)"
+    );
+    assert!(
+        guest_ok(h3, "c", "ping -c 3 -W 2 198.19.31.2"),
+        "c -> b over the LAN (h3 -> h2)"
+    );
     let kept = (pid(h1, "a"), pid(h3, "c"));
 
     // Move b to h3: the link now spans h1-h3; nothing else restarts.
-    let reports = apply(&fabric, &plans(&lab, &fabric, &[("a", 0), ("b", 2), ("c", 2)]));
+    let reports = apply(
+        &fabric,
+        &plans(&lab, &fabric, &[("a", 0), ("b", 2), ("c", 2)]),
+    );
     assert!(reports.iter().all(Report::ok), "{reports:?}");
     assert_eq!(pid(h2, "b"), None, "b left h2");
     assert!(pid(h3, "b").is_some(), "b runs on h3");
-    assert_eq!((pid(h1, "a"), pid(h3, "c")), kept, "a and c were not restarted");
-    assert!(guest_ok(h1, "a", "ping -c 3 -W 2 198.19.30.2"), "a -> b over the moved link (h1 -> h3)");
-    assert!(guest_ok(h1, "a", "ping -c 3 -W 2 198.19.31.2"), "a -> b over the LAN");
-    assert_eq!(h2.labspan_links(), Vec::<String>::new(), "h2 has no member left");
+    assert_eq!(
+        (pid(h1, "a"), pid(h3, "c")),
+        kept,
+        "a and c were not restarted"
+    );
+    assert!(
+        guest_ok(h1, "a", "ping -c 3 -W 2 198.19.30.2"),
+        "a -> b over the moved link (h1 -> h3)"
+    );
+    assert!(
+        guest_ok(h1, "a", "ping -c 3 -W 2 198.19.31.2"),
+        "a -> b over the LAN"
+    );
+    assert_eq!(
+        h2.labspan_links(),
+        Vec::<String>::new(),
+        "h2 has no member left"
+    );
 
     // Remove the lab: every host is left clean.
-    let empty: Vec<HostPlan> = (1..=3).map(|i| HostPlan { host: format!("h{i}"), labs: vec![] }).collect();
+    let empty: Vec<HostPlan> = (1..=3)
+        .map(|i| HostPlan {
+            host: format!("h{i}"),
+            labs: vec![],
+        })
+        .collect();
     apply(&fabric, &empty);
     for host in &fabric.hosts {
-        assert_eq!(host.labspan_links(), Vec::<String>::new(), "{} keeps interfaces", host.netns);
+        assert_eq!(
+            host.labspan_links(),
+            Vec::<String>::new(),
+            "{} keeps interfaces",
+            host.netns
+        );
         assert!(host.vm_files().is_empty(), "{} keeps VM files", host.netns);
     }
 }

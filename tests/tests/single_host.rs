@@ -32,11 +32,19 @@ fn three_guests_on_two_segments_reach_their_neighbours_only() {
     assert_eq!(out.matches("PASS").count(), 3, "{out}");
 
     // From inside the guests: b reaches both segments, a does not reach c's.
-    let ping = |node: &str, addr: &str| host.labspan(&["exec", "trio", node, "--", "ping", "-c", "1", "-W", "2", addr]);
+    let ping = |node: &str, addr: &str| {
+        host.labspan(&[
+            "exec", "trio", node, "--", "ping", "-c", "1", "-W", "2", addr,
+        ])
+    };
     assert!(ping("b", "198.19.11.3").status.success(), "b -> c");
     assert!(ping("b", "198.19.10.1").status.success(), "b -> a");
     let cross = ping("a", "198.19.11.3");
-    assert!(!cross.status.success(), "a must not reach c's segment: {}", text(&cross));
+    assert!(
+        !cross.status.success(),
+        "a must not reach c's segment: {}",
+        text(&cross)
+    );
 }
 
 #[test]
@@ -46,22 +54,49 @@ fn down_leaves_no_interface_process_socket_or_overlay() {
     let lab = write_lab(&host, "trio.yaml", TRIO);
     let up = host.labspan(&["up", "--no-verify", lab.to_str().expect("utf-8 path")]);
     assert!(up.status.success(), "labspan up failed:\n{}", text(&up));
-    let pids: Vec<u32> = ["a", "b", "c"].iter().filter_map(|n| host.qemu_pid("trio", n)).collect();
+    let pids: Vec<u32> = ["a", "b", "c"]
+        .iter()
+        .filter_map(|n| host.qemu_pid("trio", n))
+        .collect();
     assert_eq!(pids.len(), 3, "three QEMUs run");
     assert!(!host.labspan_links().is_empty());
     assert!(host.vm_files().iter().any(|f| f.ends_with("qmp.sock")));
 
     let down = host.labspan(&["down", "trio"]);
-    assert!(down.status.success(), "labspan down failed:\n{}", text(&down));
-    assert_eq!(host.labspan_links(), Vec::<String>::new(), "interfaces left");
-    assert!(pids.iter().all(|p| !labspan_tests::is_qemu(*p)), "QEMU left running");
-    assert_eq!(host.vm_files(), Vec::<std::path::PathBuf>::new(), "files left (sockets, overlays, pidfiles)");
+    assert!(
+        down.status.success(),
+        "labspan down failed:\n{}",
+        text(&down)
+    );
+    assert_eq!(
+        host.labspan_links(),
+        Vec::<String>::new(),
+        "interfaces left"
+    );
+    assert!(
+        pids.iter().all(|p| !labspan_tests::is_qemu(*p)),
+        "QEMU left running"
+    );
+    assert_eq!(
+        host.vm_files(),
+        Vec::<std::path::PathBuf>::new(),
+        "files left (sockets, overlays, pidfiles)"
+    );
     let inspect = host.labspan(&["inspect", "trio"]);
-    assert_eq!(inspect.status.code(), Some(2), "the lab is forgotten: {}", text(&inspect));
+    assert_eq!(
+        inspect.status.code(),
+        Some(2),
+        "the lab is forgotten: {}",
+        text(&inspect)
+    );
 
     // Idempotent: a second down is fine and says so.
     let again = host.labspan(&["down", "trio"]);
-    assert!(again.status.success() && text(&again).contains("not deployed"), "{}", text(&again));
+    assert!(
+        again.status.success() && text(&again).contains("not deployed"),
+        "{}",
+        text(&again)
+    );
 }
 
 const PAIR_V1: &str = r#"
@@ -85,10 +120,14 @@ fn killed_agent_restarts_keeps_the_vms_and_applies_an_added_link() {
     assert!(before.0.is_some() && before.1.is_some());
 
     // v2 links the NICs that were left unconnected.
-    let v2_text = format!("{PAIR_V1}  - [a:eth1, b:eth1]\nverify:\n  - ping: {{from: a, to: 198.19.21.2}}\n");
+    let v2_text =
+        format!("{PAIR_V1}  - [a:eth1, b:eth1]\nverify:\n  - ping: {{from: a, to: 198.19.21.2}}\n");
     let v2 = write_lab(&host, "v2.yaml", &v2_text);
     let new_bridge = names::bridge("pair", "link:a:eth1--b:eth1");
-    let mut child = host.labspan_cmd(&["up", v2.to_str().expect("utf-8 path")]).spawn().expect("spawn labspan up");
+    let mut child = host
+        .labspan_cmd(&["up", v2.to_str().expect("utf-8 path")])
+        .spawn()
+        .expect("spawn labspan up");
     // Kill the agent once it is part way: the new bridge exists.
     while child.try_wait().expect("wait").is_none() && !host.links().contains(&new_bridge) {
         std::thread::yield_now();
@@ -98,7 +137,10 @@ fn killed_agent_restarts_keeps_the_vms_and_applies_an_added_link() {
 
     let again = host.labspan(&["up", v2.to_str().expect("utf-8 path")]);
     let out = text(&again);
-    assert!(again.status.success(), "labspan up v2 after kill -9 failed:\n{out}");
+    assert!(
+        again.status.success(),
+        "labspan up v2 after kill -9 failed:\n{out}"
+    );
     assert!(out.contains("PASS ping a -> 198.19.21.2"), "{out}");
     let after = (host.qemu_pid("pair", "a"), host.qemu_pid("pair", "b"));
     assert_eq!(before, after, "the VMs were restarted");
@@ -111,10 +153,16 @@ fn a_missing_image_is_refused_and_nothing_is_touched() {
     let up = host.labspan(&["up", lab.to_str().expect("utf-8 path")]);
     let out = text(&up);
     assert_eq!(up.status.code(), Some(2), "{out}");
-    assert!(out.contains("node \"a\"") && out.contains("no-such-image"), "{out}");
+    assert!(
+        out.contains("node \"a\"") && out.contains("no-such-image"),
+        "{out}"
+    );
     assert_eq!(host.labspan_links(), Vec::<String>::new());
     assert_eq!(host.vm_files(), Vec::<std::path::PathBuf>::new());
-    assert!(!host.state.join("labs/noimg.json").exists(), "the lab was recorded");
+    assert!(
+        !host.state.join("labs/noimg.json").exists(),
+        "the lab was recorded"
+    );
 }
 
 #[test]
@@ -128,15 +176,26 @@ fn a_foreign_interface_in_the_way_is_refused_and_left_alone() {
     let up = host.labspan(&["up", lab.to_str().expect("utf-8 path")]);
     let out = text(&up);
     assert_eq!(up.status.code(), Some(2), "{out}");
-    assert!(out.contains(&foreign), "the error names the interface: {out}");
-    assert_eq!(host.labspan_links(), vec![foreign], "only the foreign interface is there");
+    assert!(
+        out.contains(&foreign),
+        "the error names the interface: {out}"
+    );
+    assert_eq!(
+        host.labspan_links(),
+        vec![foreign],
+        "only the foreign interface is there"
+    );
     assert_eq!(host.vm_files(), Vec::<std::path::PathBuf>::new());
 }
 
 #[test]
 fn a_node_larger_than_the_host_is_refused_and_nothing_is_touched() {
     let host = TestHost::new("huge");
-    let lab = write_lab(&host, "l.yaml", "name: huge\ndefaults: {image: tiny}\nnodes:\n  a: {memory: 900GiB}\n  b: {}\n");
+    let lab = write_lab(
+        &host,
+        "l.yaml",
+        "name: huge\ndefaults: {image: tiny}\nnodes:\n  a: {memory: 900GiB}\n  b: {}\n",
+    );
     let up = host.labspan(&["up", lab.to_str().expect("utf-8 path")]);
     let out = text(&up);
     assert_eq!(up.status.code(), Some(2), "{out}");

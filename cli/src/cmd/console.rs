@@ -23,10 +23,16 @@ pub struct Args {
 
 /// Runs `labspan console`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let path = labspan_agent::paths::vm_dir(&labspan_agent::paths::state_dir(), &args.lab, &args.node)
-        .join(labspan_agent::paths::CONSOLE_SOCKET);
+    let path =
+        labspan_agent::paths::vm_dir(&labspan_agent::paths::state_dir(), &args.lab, &args.node)
+            .join(labspan_agent::paths::CONSOLE_SOCKET);
     let stream = UnixStream::connect(&path).with_context(|| {
-        format!("node \"{}\" of lab \"{}\" has no console at {} (is the lab up? see `labspan inspect`)", args.node, args.lab, path.display())
+        format!(
+            "node \"{}\" of lab \"{}\" has no console at {} (is the lab up? see `labspan inspect`)",
+            args.node,
+            args.lab,
+            path.display()
+        )
     })?;
     eprintln!("Connected to {}/{}. Ctrl-] leaves.\r", args.lab, args.node);
     let _raw = RawTerminal::enter();

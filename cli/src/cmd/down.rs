@@ -28,7 +28,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stopped = rt.block_on(env.agent.remove_lab(&args.lab))?;
     env.store.remove(&args.lab)?;
     if known || stopped > 0 {
-        println!("lab \"{}\" is down: {stopped} VM(s) stopped, its interfaces and VM folders removed", args.lab);
+        println!(
+            "lab \"{}\" is down: {stopped} VM(s) stopped, its interfaces and VM folders removed",
+            args.lab
+        );
     } else {
         println!("lab \"{}\" is not deployed; nothing to do", args.lab);
     }

@@ -32,10 +32,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cmd = args.cmd.join(" ");
     let rt = tokio::runtime::Runtime::new()?;
     if let Some(cluster) = &args.cluster {
-        return rt.block_on(crate::remote::exec(cluster, &args.lab, &args.node, &cmd, args.timeout));
+        return rt.block_on(crate::remote::exec(
+            cluster,
+            &args.lab,
+            &args.node,
+            &cmd,
+            args.timeout,
+        ));
     }
     let env = Embedded::open(AccelChoice::Auto)?;
-    let out = rt.block_on(env.agent.exec(&args.lab, &args.node, &cmd, Duration::from_secs(args.timeout)))?;
+    let out = rt.block_on(env.agent.exec(
+        &args.lab,
+        &args.node,
+        &cmd,
+        Duration::from_secs(args.timeout),
+    ))?;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
     Ok(ExitCode::from(u8::try_from(out.exit_code).unwrap_or(255)))

@@ -39,14 +39,21 @@ struct NodeRow {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(cluster) = &args.cluster {
         let rt = tokio::runtime::Runtime::new()?;
-        return rt.block_on(crate::remote::inspect(cluster, args.lab.as_deref(), args.json));
+        return rt.block_on(crate::remote::inspect(
+            cluster,
+            args.lab.as_deref(),
+            args.json,
+        ));
     }
     let env = Embedded::open(AccelChoice::Auto)?;
     let mut labs = env.store.all()?;
     if let Some(lab) = &args.lab {
         labs.retain(|name, _| name == lab);
         if labs.is_empty() {
-            return Err(InvalidInput(format!("lab \"{lab}\" is not deployed (see `labspan inspect`)")).into());
+            return Err(InvalidInput(format!(
+                "lab \"{lab}\" is not deployed (see `labspan inspect`)"
+            ))
+            .into());
         }
     }
     let status = env.agent.status()?;
@@ -64,7 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     None => "missing",
                 },
                 pid: vm.and_then(|v| v.as_ref()).map(|v| v.pid()),
-                addresses: spec.nics.iter().flat_map(|(nic, n)| n.ip.iter().map(move |ip| format!("{nic}:{ip}"))).collect(),
+                addresses: spec
+                    .nics
+                    .iter()
+                    .flat_map(|(nic, n)| n.ip.iter().map(move |ip| format!("{nic}:{ip}")))
+                    .collect(),
                 console: format!("labspan console {name} {node}"),
             });
         }
@@ -77,12 +88,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("no lab is deployed");
         return Ok(ExitCode::SUCCESS);
     }
-    let width = |f: fn(&NodeRow) -> usize, title: &str| rows.iter().map(f).chain([title.len()]).max().unwrap_or(0);
-    let (wl, wn, wh) = (width(|r| r.lab.len(), "LAB"), width(|r| r.node.len(), "NODE"), width(|r| r.host.len(), "HOST"));
-    println!("{:<wl$} {:<wn$} {:<wh$} {:<8} {:>8}  ADDRESSES", "LAB", "NODE", "HOST", "STATE", "PID");
+    let width = |f: fn(&NodeRow) -> usize, title: &str| {
+        rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
+    };
+    let (wl, wn, wh) = (
+        width(|r| r.lab.len(), "LAB"),
+        width(|r| r.node.len(), "NODE"),
+        width(|r| r.host.len(), "HOST"),
+    );
+    println!(
+        "{:<wl$} {:<wn$} {:<wh$} {:<8} {:>8}  ADDRESSES",
+        "LAB", "NODE", "HOST", "STATE", "PID"
+    );
     for r in &rows {
         let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        println!("{:<wl$} {:<wn$} {:<wh$} {:<8} {:>8}  {}", r.lab, r.node, r.host, r.state, pid, r.addresses.join(" "));
+        println!(
+            "{:<wl$} {:<wn$} {:<wh$} {:<8} {:>8}  {}",
+            r.lab,
+            r.node,
+            r.host,
+            r.state,
+            pid,
+            r.addresses.join(" ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -124,7 +124,11 @@ pub enum Check {
     Ping { from: String, to: String },
     /// Run `cmd` in `node`; it passes when it exits 0 and, if `expect` is
     /// given, its output matches that regular expression.
-    Exec { node: String, cmd: String, expect: Option<String> },
+    Exec {
+        node: String,
+        cmd: String,
+        expect: Option<String>,
+    },
 }
 
 /// A segment of the lab: a link or a LAN, seen the same way.
