@@ -24,6 +24,11 @@ use crate::InvalidInput;
 const CHECK_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one check command may run in the guest.
 const CHECK_EXEC_TIMEOUT_SECS: u64 = 30;
+/// How long `up` waits for the cluster to finish a deploy whose coordinator
+/// was lost (a new leader resumes it once the agents found it).
+const RESUME_WAIT: Duration = Duration::from_secs(180);
+/// How often `up` then asks how the lab is.
+const RESUME_POLL: Duration = Duration::from_secs(1);
 
 /// Connects with the credential in the cluster file at `path`.
 pub async fn connect(path: &Path) -> anyhow::Result<Client> {
@@ -57,10 +62,7 @@ pub async fn up(path: &Path, bundle: &LabBundle, verify: bool) -> anyhow::Result
     let client = connect(path).await?;
     let name = bundle.lab.name.clone();
     let bytes = codec::encode(bundle).context("encoding the lab bundle")?;
-    let report = match call(&client, &Request::DeployLab { bundle: bytes }).await? {
-        Reply::Deployed(r) => r,
-        other => bail!("unexpected reply to DeployLab: {other:?}"),
-    };
+    let (client, report) = deploy(path, client, &name, bytes).await?;
     print_report(&report);
     let mut ok = report.status == "Running";
     if verify && ok && !bundle.lab.verify.is_empty() {
@@ -89,6 +91,67 @@ pub async fn up(path: &Path, bundle: &LabBundle, verify: bool) -> anyhow::Result
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Sends the deploy. If its coordinator is lost meanwhile (connection broken,
+/// leader gone), reconnects to any coordinator of the cluster file and waits
+/// until the cluster settles the lab (a new leader finishes the deploy); the
+/// deploy is sent again only if the cluster does not hold this bundle.
+async fn deploy(
+    path: &Path,
+    mut client: Client,
+    name: &str,
+    bytes: Vec<u8>,
+) -> anyhow::Result<(Client, LabReport)> {
+    let deadline = Instant::now() + RESUME_WAIT;
+    let mut send = true;
+    loop {
+        if send {
+            let req = Request::DeployLab {
+                bundle: bytes.clone(),
+            };
+            match client.request(&req).await {
+                Ok(Reply::Deployed(r)) => return Ok((client, r)),
+                Ok(Reply::Error(e)) if !coordinator_lost(e.kind) => return Err(refusal(e)),
+                Ok(Reply::Error(e)) => eprintln!("the deploy lost its leader ({}); waiting for the cluster to finish it", e.message),
+                Ok(other) => bail!("unexpected reply to DeployLab: {other:?}"),
+                Err(e) => eprintln!("lost the coordinator during the deploy ({e}); waiting for the cluster to finish it"),
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("lab {name:?}: the cluster did not finish the deploy within {} s; see `labspan inspect {name}`", RESUME_WAIT.as_secs());
+        }
+        tokio::time::sleep(RESUME_POLL).await;
+        if client.connection().close_reason().is_some() {
+            match connect(path).await {
+                Ok(c) => client = c,
+                Err(e) => {
+                    eprintln!("no coordinator answered yet ({e:#}); retrying");
+                    send = false;
+                    continue;
+                }
+            }
+        }
+        let get = Request::GetLab { name: name.into() };
+        send = match client.request(&get).await {
+            Ok(Reply::Lab { bundle, report }) if bundle == bytes => {
+                if report.status != "Deploying" {
+                    return Ok((client, report));
+                }
+                false
+            }
+            // The deploy never reached the log (or an older version did): send it again.
+            Ok(Reply::Lab { .. }) => true,
+            Ok(Reply::Error(e)) if e.kind == ErrorKind::NotFound => true,
+            _ => false,
+        };
+    }
+}
+
+/// True for a refusal that means the coordinator or its leader went away
+/// mid-request (worth retrying elsewhere), not that the request was wrong.
+fn coordinator_lost(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::NotLeader | ErrorKind::Unavailable)
 }
 
 fn print_report(report: &LabReport) {

@@ -32,7 +32,10 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     /// A record is not valid JSON of the expected shape.
     #[error("lab store {path}: corrupt record ({source}); remove it to forget that lab")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Lab records in `DIR/labs/NAME.json`.
@@ -44,7 +47,10 @@ impl LocalStore {
     /// Opens (and creates) the store under the state folder `state_dir`.
     pub fn open(state_dir: &Path) -> Result<LocalStore, StoreError> {
         let dir = state_dir.join("labs");
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(LocalStore { dir })
     }
 
@@ -60,15 +66,23 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|source| StoreError::Corrupt { path, source })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt { path, source })
     }
 
     /// Every deployed lab, by name.
     pub fn all(&self) -> Result<BTreeMap<String, LabRecord>, StoreError> {
-        let entries = fs::read_dir(&self.dir).map_err(|source| StoreError::Io { path: self.dir.clone(), source })?;
+        let entries = fs::read_dir(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         let mut labs = BTreeMap::new();
         for entry in entries {
-            let entry = entry.map_err(|source| StoreError::Io { path: self.dir.clone(), source })?;
+            let entry = entry.map_err(|source| StoreError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(lab) = name.strip_suffix(".json") {
                 if let Some(record) = self.get(lab)? {
@@ -83,7 +97,10 @@ impl LocalStore {
     pub fn put(&self, record: &LabRecord) -> Result<(), StoreError> {
         let path = self.path(&record.lab.name);
         let tmp = path.with_extension("json.tmp");
-        let io = |source| StoreError::Io { path: path.clone(), source };
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| io(io::Error::other(e)))?;
         let file = fs::File::create(&tmp).map_err(io)?;
         io::Write::write_all(&mut &file, &bytes).map_err(io)?;
@@ -95,14 +112,23 @@ impl LocalStore {
     pub fn remove(&self, lab: &str) -> Result<(), StoreError> {
         let path = self.path(lab);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { path, source: e }),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path, source: e })
+            }
             _ => Ok(()),
         }
     }
 
     /// The plan of `host`: its share of every deployed lab.
     pub fn host_plan(&self, host: &str) -> Result<HostPlan, StoreError> {
-        let labs = self.all()?.into_values().filter_map(|mut r| r.plans.remove(host)).collect();
-        Ok(HostPlan { host: host.to_string(), labs })
+        let labs = self
+            .all()?
+            .into_values()
+            .filter_map(|mut r| r.plans.remove(host))
+            .collect();
+        Ok(HostPlan {
+            host: host.to_string(),
+            labs,
+        })
     }
 }

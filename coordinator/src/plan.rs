@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use labspan_proto::lab::{Endpoint, Lab, Segment};
 use labspan_proto::names;
-use labspan_proto::plan::{GuestConfig, GuestFile, LabPlan, NicPlan, SegmentPlan, VmPlan, VxlanPlan};
+use labspan_proto::plan::{
+    GuestConfig, GuestFile, LabPlan, NicPlan, SegmentPlan, VmPlan, VxlanPlan,
+};
 
 /// VXLAN's own header cost on an IPv4 underlay (outer IP 20 + UDP 8 +
 /// VXLAN 8 + inner Ethernet 14).
@@ -32,13 +34,24 @@ pub enum PlanError {
     Unplaced { lab: String, node: String },
     /// A node is placed on a host the planner knows nothing of.
     #[error("lab \"{lab}\": node \"{node}\" is placed on unknown host \"{host}\"")]
-    UnknownHost { lab: String, node: String, host: String },
+    UnknownHost {
+        lab: String,
+        node: String,
+        host: String,
+    },
     /// A NIC asks for an MTU the fabric cannot carry.
     #[error(
         "lab \"{lab}\": nodes.{node}.nics.{nic}: mtu {asked} is larger than the fabric carries \
          ({max}: the underlay MTU {underlay} minus {VXLAN_OVERHEAD} bytes of VXLAN); ask for {max} or less"
     )]
-    MtuTooLarge { lab: String, node: String, nic: String, asked: u32, max: u32, underlay: u32 },
+    MtuTooLarge {
+        lab: String,
+        node: String,
+        nic: String,
+        asked: u32,
+        max: u32,
+        underlay: u32,
+    },
     /// A segment spanning hosts has no VNI.
     #[error("lab \"{lab}\": segment {segment} spans hosts but has no VNI")]
     NoVni { lab: String, segment: String },
@@ -78,10 +91,13 @@ pub fn segment_hosts<'a>(
 pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, PlanError> {
     let lab = input.lab;
     let host_of = |node: &str| -> Result<&String, PlanError> {
-        let host = input.placement.get(node).ok_or_else(|| PlanError::Unplaced {
-            lab: lab.name.clone(),
-            node: node.to_string(),
-        })?;
+        let host = input
+            .placement
+            .get(node)
+            .ok_or_else(|| PlanError::Unplaced {
+                lab: lab.name.clone(),
+                node: node.to_string(),
+            })?;
         if !input.hosts.contains_key(host) {
             return Err(PlanError::UnknownHost {
                 lab: lab.name.clone(),
@@ -96,7 +112,13 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
     }
     // The fabric limit is the same on every host so that moving a node never
     // changes a running guest's MTU.
-    let fabric_mtu = input.hosts.values().map(|h| h.underlay_mtu).min().unwrap_or(1550) - VXLAN_OVERHEAD;
+    let fabric_mtu = input
+        .hosts
+        .values()
+        .map(|h| h.underlay_mtu)
+        .min()
+        .unwrap_or(1550)
+        - VXLAN_OVERHEAD;
 
     let segments = lab.segments();
     let spans = segment_hosts(&segments, input.placement);
@@ -118,7 +140,11 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
                     vni,
                     device: names::vxlan(vni),
                     local: input.hosts[*host].vtep,
-                    remotes: hosts.iter().filter(|h| *h != host).map(|h| input.hosts[*h].vtep).collect(),
+                    remotes: hosts
+                        .iter()
+                        .filter(|h| *h != host)
+                        .map(|h| input.hosts[*h].vtep)
+                        .collect(),
                     port: VXLAN_PORT,
                 })
             } else {
@@ -138,7 +164,10 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
             .nics
             .iter()
             .map(|(nic_name, nic)| {
-                let ep = Endpoint { node: name.clone(), nic: nic_name.clone() };
+                let ep = Endpoint {
+                    node: name.clone(),
+                    nic: nic_name.clone(),
+                };
                 let (segment, seg_mtu) = match segment_of.get(&ep) {
                     Some((key, mtu)) => (Some(key.to_string()), *mtu),
                     None => (None, fabric_mtu),
@@ -174,13 +203,20 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
             memory_mib: node.memory_mib,
             cpus: node.cpus,
             nics,
-            config: GuestConfig { files, exec: node.exec.clone() },
+            config: GuestConfig {
+                files,
+                exec: node.exec.clone(),
+            },
         });
     }
     Ok(plans)
 }
 
-fn lab_plan<'p>(plans: &'p mut BTreeMap<String, LabPlan>, lab: &Lab, host: &str) -> &'p mut LabPlan {
+fn lab_plan<'p>(
+    plans: &'p mut BTreeMap<String, LabPlan>,
+    lab: &Lab,
+    host: &str,
+) -> &'p mut LabPlan {
     plans.entry(host.to_string()).or_insert_with(|| LabPlan {
         lab: lab.name.clone(),
         segments: Vec::new(),
@@ -194,7 +230,11 @@ fn lab_plan<'p>(plans: &'p mut BTreeMap<String, LabPlan>, lab: &Lab, host: &str)
 fn segment_mtu(lab: &Lab, seg: &Segment<'_>, fabric_mtu: u32) -> Result<u32, PlanError> {
     let mut mtu = fabric_mtu;
     for m in &seg.members {
-        let asked = lab.nodes.get(&m.node).and_then(|n| n.nics.get(&m.nic)).and_then(|n| n.mtu);
+        let asked = lab
+            .nodes
+            .get(&m.node)
+            .and_then(|n| n.nics.get(&m.nic))
+            .and_then(|n| n.mtu);
         if let Some(asked) = asked {
             if asked > fabric_mtu {
                 return Err(PlanError::MtuTooLarge {
@@ -219,7 +259,10 @@ mod tests {
 
     fn ep(s: &str) -> Endpoint {
         let (node, nic) = s.split_once(':').expect("node:nic");
-        Endpoint { node: node.into(), nic: nic.into() }
+        Endpoint {
+            node: node.into(),
+            nic: nic.into(),
+        }
     }
 
     fn node(nics: &[(&str, Option<u32>)]) -> Node {
@@ -227,7 +270,18 @@ mod tests {
             image: "tiny".into(),
             memory_mib: 256,
             cpus: 1,
-            nics: nics.iter().map(|(n, mtu)| (n.to_string(), Nic { ip: vec![], mtu: *mtu })).collect(),
+            nics: nics
+                .iter()
+                .map(|(n, mtu)| {
+                    (
+                        n.to_string(),
+                        Nic {
+                            ip: vec![],
+                            mtu: *mtu,
+                        },
+                    )
+                })
+                .collect(),
             exec: vec!["true".into()],
             files: BTreeMap::from([("/etc/motd".into(), "motd.txt".into())]),
         }
@@ -242,8 +296,16 @@ mod tests {
                 ("b".into(), node(&[("eth0", None), ("eth1", None)])),
                 ("c".into(), node(&[("eth1", Some(1400))])),
             ]),
-            links: vec![Link { endpoints: [ep("a:eth0"), ep("b:eth0")], impairment: Impairment::default() }],
-            lans: BTreeMap::from([("core".into(), Lan { members: vec![ep("a:eth1"), ep("b:eth1"), ep("c:eth1")] })]),
+            links: vec![Link {
+                endpoints: [ep("a:eth0"), ep("b:eth0")],
+                impairment: Impairment::default(),
+            }],
+            lans: BTreeMap::from([(
+                "core".into(),
+                Lan {
+                    members: vec![ep("a:eth1"), ep("b:eth1"), ep("c:eth1")],
+                },
+            )]),
             placement: PlacementHints::default(),
             verify: vec![],
         }
@@ -252,25 +314,44 @@ mod tests {
     fn hosts(n: u8) -> BTreeMap<String, HostFabric> {
         (1..=n)
             .map(|i| {
-                let fabric = HostFabric { vtep: IpAddr::from([198, 18, 0, i]), underlay_mtu: 1500 };
+                let fabric = HostFabric {
+                    vtep: IpAddr::from([198, 18, 0, i]),
+                    underlay_mtu: 1500,
+                };
                 (format!("h{i}"), fabric)
             })
             .collect()
     }
 
     fn placed(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(n, h)| (n.to_string(), h.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect()
     }
 
-    fn plan(placement: &BTreeMap<String, String>, hosts: &BTreeMap<String, HostFabric>) -> Result<BTreeMap<String, LabPlan>, PlanError> {
+    fn plan(
+        placement: &BTreeMap<String, String>,
+        hosts: &BTreeMap<String, HostFabric>,
+    ) -> Result<BTreeMap<String, LabPlan>, PlanError> {
         let files = BTreeMap::from([("motd.txt".to_string(), b"hello".to_vec())]);
-        let vnis = BTreeMap::from([("link:a:eth0--b:eth0".to_string(), 4096), ("lan:core".to_string(), 4097)]);
-        plan_lab(&PlanInput { lab: &lab(), files: &files, placement, hosts, vnis: &vnis })
+        let vnis = BTreeMap::from([
+            ("link:a:eth0--b:eth0".to_string(), 4096),
+            ("lan:core".to_string(), 4097),
+        ]);
+        plan_lab(&PlanInput {
+            lab: &lab(),
+            files: &files,
+            placement,
+            hosts,
+            vnis: &vnis,
+        })
     }
 
     #[test]
     fn one_host_gets_every_segment_and_no_tunnel() {
-        let plans = plan(&placed(&[("a", "h1"), ("b", "h1"), ("c", "h1")]), &hosts(1)).expect("plan");
+        let plans =
+            plan(&placed(&[("a", "h1"), ("b", "h1"), ("c", "h1")]), &hosts(1)).expect("plan");
         let p = &plans["h1"];
         assert_eq!(p.segments.len(), 2);
         assert!(p.segments.iter().all(|s| s.vxlan.is_none()));
@@ -283,33 +364,78 @@ mod tests {
 
     #[test]
     fn spanning_segments_get_vxlan_to_every_other_host() {
-        let plans = plan(&placed(&[("a", "h1"), ("b", "h2"), ("c", "h3")]), &hosts(3)).expect("plan");
-        let lan = |h: &str| plans[h].segments.iter().find(|s| s.key == "lan:core").cloned().expect("lan");
+        let plans =
+            plan(&placed(&[("a", "h1"), ("b", "h2"), ("c", "h3")]), &hosts(3)).expect("plan");
+        let lan = |h: &str| {
+            plans[h]
+                .segments
+                .iter()
+                .find(|s| s.key == "lan:core")
+                .cloned()
+                .expect("lan")
+        };
         let vx = lan("h1").vxlan.expect("vxlan");
         assert_eq!((vx.vni, vx.device.as_str()), (4097, "lsx4097"));
         assert_eq!(vx.local, IpAddr::from([198, 18, 0, 1]));
-        assert_eq!(vx.remotes, vec![IpAddr::from([198, 18, 0, 2]), IpAddr::from([198, 18, 0, 3])]);
-        assert!(!plans["h3"].segments.iter().any(|s| s.key.starts_with("link:")), "h3 has no link member");
+        assert_eq!(
+            vx.remotes,
+            vec![IpAddr::from([198, 18, 0, 2]), IpAddr::from([198, 18, 0, 3])]
+        );
+        assert!(
+            !plans["h3"]
+                .segments
+                .iter()
+                .any(|s| s.key.starts_with("link:")),
+            "h3 has no link member"
+        );
         // The LAN's smallest requested MTU wins for every member.
         assert_eq!(lan("h2").mtu, 1400);
         // Default MTU leaves room for VXLAN on a 1500-byte underlay.
-        assert_eq!(plans["h1"].segments.iter().find(|s| s.key.starts_with("link:")).map(|s| s.mtu), Some(1450));
+        assert_eq!(
+            plans["h1"]
+                .segments
+                .iter()
+                .find(|s| s.key.starts_with("link:"))
+                .map(|s| s.mtu),
+            Some(1450)
+        );
     }
 
     #[test]
     fn mtu_above_the_fabric_is_refused() {
         let mut h = hosts(1);
         h.get_mut("h1").expect("h1").underlay_mtu = 1420;
-        let err = plan(&placed(&[("a", "h1"), ("b", "h1"), ("c", "h1")]), &h).expect_err("too large");
-        assert!(matches!(err, PlanError::MtuTooLarge { asked: 1400, max: 1370, .. }), "{err}");
-        assert!(err.to_string().contains("nodes.c.nics.eth1: mtu 1400"), "{err}");
+        let err =
+            plan(&placed(&[("a", "h1"), ("b", "h1"), ("c", "h1")]), &h).expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                PlanError::MtuTooLarge {
+                    asked: 1400,
+                    max: 1370,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("nodes.c.nics.eth1: mtu 1400"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unplaced_and_unknown_hosts_are_errors() {
         let err = plan(&placed(&[("a", "h1"), ("b", "h1")]), &hosts(1)).expect_err("c unplaced");
-        assert_eq!(err, PlanError::Unplaced { lab: "t".into(), node: "c".into() });
-        let err = plan(&placed(&[("a", "h1"), ("b", "h1"), ("c", "h9")]), &hosts(1)).expect_err("h9");
+        assert_eq!(
+            err,
+            PlanError::Unplaced {
+                lab: "t".into(),
+                node: "c".into()
+            }
+        );
+        let err =
+            plan(&placed(&[("a", "h1"), ("b", "h1"), ("c", "h9")]), &hosts(1)).expect_err("h9");
         assert!(matches!(err, PlanError::UnknownHost { .. }));
     }
 }

@@ -15,6 +15,7 @@ use labspan_proto::msg::{
     AgentReply, AgentRequest, ClusterStatus, ErrorKind, JoinGrant, JoinReply, JoinRequest, Reply,
     Request, Role, VmReport,
 };
+use labspan_proto::plan::HostPlan;
 use labspan_transport::client::{self, Client, ClusterFile};
 use labspan_transport::tls::{ca_fingerprint, ClusterCa};
 use labspan_transport::{read_frame, write_frame};
@@ -206,6 +207,17 @@ async fn agent(
     name: &str,
     alive: bool,
 ) -> TestResult<(Client, ClusterFile)> {
+    agent_serving(admin, api, name, alive, serve_plans).await
+}
+
+/// [`agent`], with `serve` answering the coordinator's streams.
+async fn agent_serving(
+    admin: &Client,
+    api: SocketAddr,
+    name: &str,
+    alive: bool,
+    serve: impl Fn(quinn::Connection, String),
+) -> TestResult<(Client, ClusterFile)> {
     let (token, fingerprint) = token(admin, Role::Agent).await?;
     let grant = join(api, &fingerprint, &token, name).await?;
     let file = ClusterFile {
@@ -220,19 +232,30 @@ async fn agent(
         vtep: "198.18.0.1".parse()?,
         underlay_mtu: 1500,
     };
-    let mut conn = Client::connect(&file).await?;
+    let conn = register_with_leader(&file, &file.coordinators, &register, name, &serve).await?;
+    if alive {
+        heartbeat(conn.connection().clone());
+    }
+    Ok((conn, file))
+}
+
+/// Connects to one of `addrs` and registers, following `NotLeader` (as the
+/// agent daemon does), with `serve` answering on each connection.
+async fn register_with_leader(
+    file: &ClusterFile,
+    addrs: &[String],
+    register: &Request,
+    name: &str,
+    serve: &impl Fn(quinn::Connection, String),
+) -> TestResult<Client> {
+    let mut conn = Client::connect_to(file, addrs).await?;
     for _ in 0..3 {
-        serve_plans(conn.connection().clone(), name.to_string());
-        match conn.request(&register).await? {
-            Reply::Done => {
-                if alive {
-                    heartbeat(conn.connection().clone());
-                }
-                return Ok((conn, file));
-            }
+        serve(conn.connection().clone(), name.to_string());
+        match conn.request(register).await? {
+            Reply::Done => return Ok(conn),
             Reply::NotLeader {
                 leader: Some(leader),
-            } => conn = Client::connect_to(&file, &[leader]).await?,
+            } => conn = Client::connect_to(file, &[leader]).await?,
             other => return Err(format!("registration refused: {other:?}").into()),
         }
     }
@@ -421,4 +444,191 @@ async fn a_host_whose_heartbeats_stop_is_marked_down_on_every_replica() -> TestR
     admin.close().await;
     shutdown(nodes).await;
     Ok(())
+}
+
+/// Stands in for an agent that is still applying lab `lab` when its leader
+/// dies: a plan without that lab is answered, a plan with it is sent on
+/// `held` and never answered.
+fn hold_plans_of(
+    lab: &'static str,
+    held: tokio::sync::mpsc::UnboundedSender<HostPlan>,
+) -> impl Fn(quinn::Connection, String) {
+    move |conn, host| {
+        let held = held.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let Ok(AgentRequest::ApplyPlan(plan)) = read_frame(&mut recv).await else {
+                    return;
+                };
+                if plan.labs.iter().any(|l| l.lab == lab) {
+                    let _ = held.send(plan);
+                    pending.push(send); // Left unanswered, as by a busy agent.
+                } else {
+                    let _ = write_frame(&mut send, &applied(&host, &plan)).await;
+                }
+            }
+        });
+    }
+}
+
+/// Answers every plan push, and sends each plan on `seen`.
+fn record_plans(
+    seen: tokio::sync::mpsc::UnboundedSender<HostPlan>,
+) -> impl Fn(quinn::Connection, String) {
+    move |conn, host| {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let Ok(AgentRequest::ApplyPlan(plan)) = read_frame(&mut recv).await else {
+                    return;
+                };
+                let _ = write_frame(&mut send, &applied(&host, &plan)).await;
+                let _ = seen.send(plan);
+            }
+        });
+    }
+}
+
+/// The reply of an agent that applied `plan`: one report per VM.
+fn applied(host: &str, plan: &HostPlan) -> AgentReply {
+    AgentReply::Applied(
+        plan.labs
+            .iter()
+            .flat_map(|l| l.vms.iter().map(move |vm| (l.lab.clone(), vm.name.clone())))
+            .map(|(lab, vm)| VmReport {
+                host: host.to_string(),
+                lab,
+                vm,
+                pid: 1,
+                error: None,
+            })
+            .collect(),
+    )
+}
+
+/// Issue 5, item 6: the leader dies while its deploy waits for the agent;
+/// the new leader finishes the deploy with the same plan (so the agent, which
+/// keeps a VM whose plan did not change, restarts nothing), and the lab is
+/// `Running` on the remaining replicas, which agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_survives_the_death_of_its_leader() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (mut nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = Client::connect(&admin_file).await?;
+    let st = eventually("three voters", || async {
+        status(&admin)
+            .await
+            .filter(|s| s.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .await?;
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (agent_conn, agent_file) = agent_serving(
+        &admin,
+        nodes[0].addr,
+        "h1",
+        true,
+        hold_plans_of("ping", held_tx),
+    )
+    .await?;
+
+    // The deploy reaches the agent, which does not answer yet.
+    let deploy_client = Client::connect(&admin_file).await?;
+    let bundle = ping_bundle()?;
+    let deploy = tokio::spawn(async move {
+        let reply = deploy_client.request(&Request::DeployLab { bundle }).await;
+        deploy_client.close().await;
+        reply
+    });
+    let first_plan = held_rx
+        .recv()
+        .await
+        .ok_or("the deploy never reached the agent")?;
+    let leader_id = status(&admin)
+        .await
+        .and_then(|s| s.leader)
+        .ok_or("no leader")?;
+    let leader_name = &st
+        .members
+        .iter()
+        .find(|m| m.id == leader_id)
+        .ok_or("the leader is not a member")?
+        .name;
+    let leader_at = dirs_index(leader_name)?;
+    eventually("the lab Deploying on every replica", || async {
+        states(&nodes)
+            .iter()
+            .all(|s| {
+                s.labs
+                    .get("ping")
+                    .is_some_and(|l| l.status == labspan_coordinator::raft::LabStatus::Deploying)
+            })
+            .then_some(())
+    })
+    .await?;
+
+    // The leader dies mid-deploy; its client sees the deploy fail.
+    admin.close().await;
+    nodes.remove(leader_at).shutdown().await;
+    let reply = deploy.await?;
+    assert!(
+        !matches!(reply, Ok(Reply::Deployed(_))),
+        "the deploy finished on a dead leader: {reply:?}"
+    );
+    agent_conn.close().await;
+
+    // The agent finds the new leader, which pushes the same plan again.
+    let survivors: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let register = Request::RegisterHost {
+        memory_mib: 16 * 1024,
+        cpus: 4,
+        vtep: "198.18.0.1".parse()?,
+        underlay_mtu: 1500,
+    };
+    let agent_conn = eventually("the agent to reach the new leader", || async {
+        register_with_leader(
+            &agent_file,
+            &survivors,
+            &register,
+            "h1",
+            &record_plans(seen_tx.clone()),
+        )
+        .await
+        .ok()
+    })
+    .await?;
+    heartbeat(agent_conn.connection().clone());
+    let state = eventually("the lab Running on the remaining replicas", || async {
+        let s = states(&nodes);
+        let running = s.iter().all(|x| {
+            x.labs
+                .get("ping")
+                .is_some_and(|l| l.status == labspan_coordinator::raft::LabStatus::Running)
+        });
+        running.then(|| s[0].clone())
+    })
+    .await?;
+    assert_eq!(converged(&nodes).await?.labs, state.labs);
+    while let Ok(plan) = seen_rx.try_recv() {
+        if plan.labs.iter().any(|l| l.lab == "ping") {
+            assert_eq!(
+                plan, first_plan,
+                "the new leader planned the lab differently"
+            );
+        }
+    }
+    agent_conn.close().await;
+    shutdown(nodes).await;
+    Ok(())
+}
+
+/// Where coordinator `name` (c1, c2, c3) is in [`three_coordinators`]' list.
+fn dirs_index(name: &str) -> TestResult<usize> {
+    match name {
+        "c1" => Ok(0),
+        "c2" => Ok(1),
+        "c3" => Ok(2),
+        other => Err(format!("unknown coordinator {other}").into()),
+    }
 }

@@ -168,3 +168,224 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
     assert_eq!((on(h1), on(h2)), (0, 0), "guests left after down");
     drop(daemons);
 }
+
+/// Coordinators of the failover test, all on h1 (each also uses port + 1).
+const FAILOVER: [&str; 3] = ["198.18.0.1:7110", "198.18.0.1:7112", "198.18.0.1:7114"];
+
+/// `cluster status --json` through the admin file, if a coordinator answers.
+fn status_json(h1: &TestHost, admin: &str) -> Option<serde_json::Value> {
+    let out = h1.labspan(&["cluster", "status", "--json", "--cluster", admin]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn lab_status(status: &serde_json::Value, lab: &str) -> Option<String> {
+    status["labs"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == lab)
+        .and_then(|l| l["status"].as_str().map(String::from))
+}
+
+/// Joins a member with a fresh token of `role`; returns its data folder.
+fn join_member(
+    h1: &TestHost,
+    host: &TestHost,
+    admin: &str,
+    role: &str,
+    name: &str,
+    listen: Option<&str>,
+) -> String {
+    let out = until_ok(
+        h1,
+        &["cluster", "token", "--role", role, "--cluster", admin],
+    );
+    let (token, fingerprint) = (field(&out, "token:"), field(&out, "ca fingerprint:"));
+    let dir = host.state.join(name);
+    let dir = dir.to_str().expect("utf-8 path").to_string();
+    let mut join = vec![
+        "cluster",
+        "join",
+        FAILOVER[0],
+        "--token",
+        token,
+        "--ca-fingerprint",
+        fingerprint,
+        "--data",
+        &dir,
+        "--name",
+        name,
+    ];
+    if let Some(addr) = listen {
+        join.extend(["--listen", addr]);
+    }
+    ok(&host.labspan(&join), "cluster join");
+    dir
+}
+
+/// Issue 5, item 6: `kill -9` of the leader while it deploys. The new leader
+/// finishes the deploy, `labspan up` (which lost its coordinator) waits for it
+/// through another coordinator, and the guests that were already running keep
+/// their QEMU process.
+#[test]
+fn a_deploy_survives_kill_9_of_its_leader() {
+    let fabric = Fabric::new("fo", 2);
+    let (h1, h2) = (&fabric.hosts[0], &fabric.hosts[1]);
+    h1.ensure_tiny();
+    let c1 = h1.state.join("c1");
+    let c1 = c1.to_str().expect("utf-8 path");
+    ok(
+        &h1.labspan(&["cluster", "init", "--data", c1, "--listen", FAILOVER[0]]),
+        "cluster init",
+    );
+    let admin = format!("{c1}/admin.cluster");
+    let mut daemons = Daemons(Vec::new());
+    daemons.spawn(
+        h1.labspan_cmd(&["coordinator", "run", "--data", c1]),
+        &h1.state.join("c1.log"),
+    );
+    for (i, listen) in FAILOVER.iter().enumerate().skip(1) {
+        let name = format!("c{}", i + 1);
+        let dir = join_member(h1, h1, &admin, "coordinator", &name, Some(listen));
+        daemons.spawn(
+            h1.labspan_cmd(&["coordinator", "run", "--data", &dir]),
+            &h1.state.join(format!("{name}.log")),
+        );
+    }
+    // The CLI may use any coordinator.
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&admin).expect("admin file")).expect("json");
+    file["coordinators"] = serde_json::json!(FAILOVER);
+    std::fs::write(&admin, file.to_string()).expect("admin file");
+    let voters = |s: &serde_json::Value| {
+        s["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["voter"] == true).count())
+    };
+    for _ in 0..120 {
+        if status_json(h1, &admin).is_some_and(|s| voters(&s) == 3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (i, host) in fabric.hosts.iter().enumerate() {
+        let dir = join_member(h1, host, &admin, "agent", &format!("h{}", i + 1), None);
+        let vtep = host.vtep.expect("fabric host").to_string();
+        daemons.spawn(
+            host.labspan_cmd(&["agent", "run", "--data", &dir, "--vtep", &vtep]),
+            &host.state.join("agent.log"),
+        );
+    }
+    for _ in 0..60 {
+        let up = status_json(h1, &admin).and_then(|s| {
+            s["hosts"]
+                .as_array()
+                .map(|h| h.iter().filter(|h| h["up"] == true).count())
+        });
+        if up == Some(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let lab = write_lab(h1, "duo.yaml", DUO);
+    let out_path = h1.state.join("up.log");
+    let mut up = Background::spawn(
+        h1.labspan_cmd(&["up", lab.to_str().expect("utf-8 path"), "--cluster", &admin]),
+        &out_path,
+    );
+    // Wait for a guest to run while the lab is still Deploying, then kill the leader.
+    let mut before = None;
+    for _ in 0..600 {
+        let pids: Vec<Option<u32>> = [(h1, "a"), (h1, "b"), (h2, "a"), (h2, "b")]
+            .iter()
+            .map(|(h, n)| h.qemu_pid("duo", n))
+            .collect();
+        let status = status_json(h1, &admin);
+        let deploying = status
+            .as_ref()
+            .and_then(|s| lab_status(s, "duo"))
+            .is_some_and(|s| s == "Deploying");
+        if deploying && pids.iter().any(Option::is_some) {
+            before = status.map(|s| (s, pids));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, pids_before) = before.expect("the lab never ran a guest while Deploying");
+    let leader = status["leader"].as_u64().expect("a leader");
+    let name = status["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["id"] == leader))
+        .and_then(|m| m["name"].as_str())
+        .expect("the leader is a member")
+        .to_string();
+    let at: usize = name
+        .trim_start_matches('c')
+        .parse()
+        .expect("coordinator cN");
+    let leader_child = &daemons.0[at - 1];
+    let pid = i32::try_from(leader_child.id()).expect("pid");
+    // SAFETY: kill(2) on a pid this test started and has not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    let status = up.0.wait().expect("waiting for labspan up");
+    let shown = std::fs::read_to_string(&out_path).unwrap_or_default();
+    for c in ["c1", "c2", "c3"] {
+        let log = std::fs::read_to_string(h1.state.join(format!("{c}.log"))).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("resum")) {
+            eprintln!("{c}: {line}");
+        }
+    }
+    eprintln!("killed {name}; labspan up said:\n{shown}");
+    assert!(status.success(), "labspan up after the failover:\n{shown}");
+    assert!(shown.contains("PASS ping a -> b"), "{shown}");
+    let after = status_json(h1, &admin).expect("status after the failover");
+    assert_eq!(
+        lab_status(&after, "duo").as_deref(),
+        Some("Running"),
+        "{after}"
+    );
+    assert_ne!(after["leader"].as_u64(), Some(leader), "{after}");
+    let pids_after: Vec<Option<u32>> = [(h1, "a"), (h1, "b"), (h2, "a"), (h2, "b")]
+        .iter()
+        .map(|(h, n)| h.qemu_pid("duo", n))
+        .collect();
+    for (was, is) in pids_before.iter().zip(&pids_after) {
+        if was.is_some() {
+            assert_eq!(was, is, "a guest started before the failover was restarted");
+        }
+    }
+    ok(
+        &h1.labspan(&["down", "duo", "--cluster", &admin]),
+        "labspan down --cluster",
+    );
+    drop(daemons);
+}
+
+/// A `labspan` run in the background, killed (by pid) if the test fails first.
+struct Background(Child);
+
+impl Background {
+    fn spawn(mut cmd: Command, log: &Path) -> Background {
+        let out = File::create(log).expect("creating a log");
+        let err = out.try_clone().expect("cloning a log handle");
+        Background(
+            cmd.stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("starting labspan"),
+        )
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

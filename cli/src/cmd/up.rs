@@ -55,27 +55,52 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     env.store.put(&record)?;
 
     let progress = Progress::new(&bundle.lab);
-    let report = env.agent.apply(&host_plan, &|e| progress.on(e)).await.map_err(classify)?;
+    let report = env
+        .agent
+        .apply(&host_plan, &|e| progress.on(e))
+        .await
+        .map_err(classify)?;
     progress.finish();
     print_vms(&name, &report);
 
     let mut ok = report.ok();
     if !args.no_verify && !bundle.lab.verify.is_empty() && ok {
-        let guests = LocalGuests { agent: &env.agent, lab: &name };
-        let results = run_checks(&guests, &bundle.lab.verify, &lab_addresses(&bundle.lab), CHECK_DEADLINE).await;
+        let guests = LocalGuests {
+            agent: &env.agent,
+            lab: &name,
+        };
+        let results = run_checks(
+            &guests,
+            &bundle.lab.verify,
+            &lab_addresses(&bundle.lab),
+            CHECK_DEADLINE,
+        )
+        .await;
         print_checks(&results);
         ok = results.iter().all(|r| r.passed);
     }
-    println!("\nlab \"{name}\" {} in {:.1} s", if ok { "is up" } else { "has problems" }, started.elapsed().as_secs_f64());
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "\nlab \"{name}\" {} in {:.1} s",
+        if ok { "is up" } else { "has problems" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Builds the built-in images a lab uses (`tiny`, `tiny-router`) that are
 /// missing, the way a container tool pulls a missing image.
 fn ensure_builtin_images(env: &Embedded, lab: &labspan_proto::lab::Lab) -> anyhow::Result<()> {
-    let used: std::collections::BTreeSet<&str> = lab.nodes.values().map(|n| n.image.as_str()).collect();
+    let used: std::collections::BTreeSet<&str> =
+        lab.nodes.values().map(|n| n.image.as_str()).collect();
     for recipe in used.into_iter().filter_map(labspan_agent::image::recipe) {
-        if !matches!(env.agent.images().get(recipe.name), Err(ImageError::Missing { .. })) {
+        if !matches!(
+            env.agent.images().get(recipe.name),
+            Err(ImageError::Missing { .. })
+        ) {
             continue;
         }
         let name = recipe.name;
@@ -83,7 +108,9 @@ fn ensure_builtin_images(env: &Embedded, lab: &labspan_proto::lab::Lab) -> anyho
         let style = ProgressStyle::with_template(&format!("{{spinner}} {name}: {{wide_msg}}"))?;
         let bar = ProgressBar::new_spinner().with_style(style);
         bar.enable_steady_tick(Duration::from_millis(120));
-        env.agent.images().build_recipe(recipe, &mut |step: &str| bar.set_message(step.to_string()))?;
+        env.agent
+            .images()
+            .build_recipe(recipe, &mut |step: &str| bar.set_message(step.to_string()))?;
         bar.finish_and_clear();
     }
     Ok(())
@@ -110,7 +137,9 @@ impl Progress {
                 (node.clone(), bar)
             })
             .collect();
-        Progress { bars: Mutex::new(bars) }
+        Progress {
+            bars: Mutex::new(bars),
+        }
     }
 
     fn on(&self, event: Event) {
@@ -118,7 +147,13 @@ impl Progress {
             Event::Launching { vm, .. } => (vm, "starting QEMU".to_string()),
             Event::Adopted { vm, pid, .. } => (vm, format!("running (pid {pid}), kept")),
             Event::Restarting { vm, why, .. } => (vm, format!("restarting: {why}")),
-            Event::Booted { vm, after, .. } => (vm, format!("guest agent up after {:.1} s, configuring", after.as_secs_f64())),
+            Event::Booted { vm, after, .. } => (
+                vm,
+                format!(
+                    "guest agent up after {:.1} s, configuring",
+                    after.as_secs_f64()
+                ),
+            ),
             Event::Configured { vm, .. } => (vm, "configured".to_string()),
             Event::Stopped { vm, .. } => (vm, "stopped and removed".to_string()),
         };
@@ -140,8 +175,15 @@ impl Progress {
 fn print_vms(lab: &str, report: &Report) {
     println!("{:<12} {:<8} {:>8}  CONSOLE", "NODE", "STATE", "PID");
     for vm in &report.vms {
-        let state = if vm.error.is_none() { "ready" } else { "FAILED" };
-        println!("{:<12} {:<8} {:>8}  labspan console {lab} {}", vm.vm, state, vm.pid, vm.vm);
+        let state = if vm.error.is_none() {
+            "ready"
+        } else {
+            "FAILED"
+        };
+        println!(
+            "{:<12} {:<8} {:>8}  labspan console {lab} {}",
+            vm.vm, state, vm.pid, vm.vm
+        );
         if let Some(e) = &vm.error {
             println!("  {e}");
         }

@@ -25,8 +25,7 @@ pub use log_store::LogStore;
 pub use network::{PeerLink, QuicNetwork, RaftReply, RaftRequest, RaftService};
 pub use state::{
     Applied, Capacity, ClusterState, Command, CommandResult, Host, JoinToken, LabRecord, LabStatus,
-    Rejection,
-    FIRST_VNI, LAST_VNI,
+    Rejection, FIRST_VNI, LAST_VNI,
 };
 pub use state_machine::{SharedState, StateMachineData, StateMachineStore};
 

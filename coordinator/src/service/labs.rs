@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use labspan_proto::codec;
 use labspan_proto::lab::LabBundle;
-use labspan_proto::msg::{AgentReply, AgentRequest, ErrorKind, LabReport, Reply, VmReport};
+use labspan_proto::msg::{
+    AgentReply, AgentRequest, ErrorKind, ErrorReply, LabReport, Reply, VmReport,
+};
 use labspan_proto::plan::HostPlan;
 use labspan_transport as transport;
 
@@ -110,17 +112,10 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
         .chain(existing.values())
         .cloned()
         .collect();
-    let outcomes = push_plans(inner, &hosts).await;
-    let (status, vms) = outcome(&name, &outcomes);
-    if let Err(e) = inner
-        .write(Command::SetLabStatus {
-            lab: name.clone(),
-            status,
-        })
-        .await
-    {
-        return Reply::Error(e);
-    }
+    let vms = match settle(inner, &name, &hosts).await {
+        Ok(vms) => vms,
+        Err(e) => return Reply::Error(e),
+    };
     let state = inner.state.read();
     match state.state.labs.get(&name) {
         Some(rec) => Reply::Deployed(report(&name, rec, vms)),
@@ -129,6 +124,26 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
             format!("lab {name:?} vanished during its deploy"),
         ),
     }
+}
+
+/// The end of every deploy (a fresh one, or one a new leader resumes):
+/// pushes the plans of `hosts` and records lab `name` as `Running` or
+/// `Failed` from what the agents report; returns the lab's VMs.
+/// The caller holds `lab_lock`.
+pub(super) async fn settle(
+    inner: &Arc<Inner>,
+    name: &str,
+    hosts: &BTreeSet<String>,
+) -> Result<Vec<VmReport>, ErrorReply> {
+    let outcomes = push_plans(inner, hosts).await;
+    let (status, vms) = outcome(name, &outcomes);
+    inner
+        .write(Command::SetLabStatus {
+            lab: name.to_string(),
+            status,
+        })
+        .await?;
+    Ok(vms)
 }
 
 /// Checks a lab that arrived as data (not as a file) with the lab file's

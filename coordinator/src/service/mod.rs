@@ -15,6 +15,7 @@ mod hosts;
 mod join;
 mod labs;
 mod leader;
+mod resume;
 mod status;
 
 use std::collections::HashMap;
@@ -297,6 +298,7 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
             }),
         ),
         tokio::spawn(hosts::monitor(inner.clone())),
+        tokio::spawn(resume::on_leadership(inner.clone())),
     ];
     let initialized = raft
         .is_initialized()

@@ -1,0 +1,126 @@
+//! A new leader finishes the deploys its predecessor left `Deploying`
+//! (issue 5, item 6): the lab's spec, placement and VNIs are already in the
+//! log, so what is left is the end of a deploy ([`labs::settle`]): push the
+//! host plans and record `Running` or `Failed`. Agents adopt the VMs already
+//! running, so nothing that was started restarts.
+//!
+//! `Running` labs need nothing here: each agent gets its complete plan when
+//! it registers with the new leader ([`super::hosts`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use labspan_transport::IDLE_TIMEOUT;
+use openraft::ServerState;
+
+use super::hosts::HOST_DOWN_AFTER;
+use super::{labs, lock, Inner};
+use crate::raft::LabStatus;
+
+/// How long a resumed deploy waits for its hosts' agents to reach the new
+/// leader: an agent notices a dead leader within the transport's idle
+/// timeout, may spend as long again on a dead coordinator of its list, then
+/// registers.
+const AGENTS_WAIT: Duration =
+    Duration::from_secs(2 * IDLE_TIMEOUT.as_secs() + HOST_DOWN_AFTER.as_secs());
+/// How often the resumed deploy looks for its agents' connections.
+const AGENTS_POLL: Duration = Duration::from_millis(250);
+
+/// Runs for the life of the coordinator: each time it becomes leader (a new
+/// term), resumes the deploys left `Deploying`.
+pub(super) async fn on_leadership(inner: Arc<Inner>) {
+    let mut metrics = inner.raft.metrics();
+    let mut led_term = None;
+    loop {
+        let term = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader && m.current_leader == Some(inner.id))
+                .then_some(m.current_term)
+        };
+        if let Some(term) = term.filter(|t| led_term != Some(*t)) {
+            led_term = Some(term);
+            tokio::spawn(resume(inner.clone(), term));
+        }
+        if metrics.changed().await.is_err() {
+            return; // Raft stopped.
+        }
+    }
+}
+
+/// Leader of `term`: settles every lab left `Deploying`, one at a time.
+async fn resume(inner: Arc<Inner>, term: u64) {
+    if let Err(e) = inner.fresh().await {
+        tracing::info!(term, error = %e.message, "not resuming deploys: leadership not confirmed");
+        return;
+    }
+    for lab in deploying(&inner) {
+        let hosts = hosts_of(&inner, &lab);
+        wait_for_agents(&inner, &hosts).await;
+        let _one_at_a_time = inner.lab_lock.lock().await;
+        if !inner.is_leader() || inner.raft.metrics().borrow().current_term != term {
+            return; // A later leader resumes what is left.
+        }
+        // A deploy or delete may have finished it meanwhile.
+        if !deploying(&inner).contains(&lab) {
+            continue;
+        }
+        tracing::info!(
+            lab,
+            term,
+            ?hosts,
+            "resuming a deploy left unfinished by the previous leader"
+        );
+        match labs::settle(&inner, &lab, &hosts).await {
+            Ok(vms) => tracing::info!(lab, vms = vms.len(), "resumed deploy settled"),
+            Err(e) => tracing::warn!(lab, error = %e.message, "cannot settle a resumed deploy"),
+        }
+    }
+}
+
+/// Labs whose status is `Deploying` in this replica's state.
+fn deploying(inner: &Inner) -> BTreeSet<String> {
+    let state = inner.state.read();
+    state
+        .state
+        .labs
+        .iter()
+        .filter(|(_, rec)| rec.status == LabStatus::Deploying)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The hosts lab `lab` is placed on.
+fn hosts_of(inner: &Inner, lab: &str) -> BTreeSet<String> {
+    let state = inner.state.read();
+    state
+        .state
+        .labs
+        .get(lab)
+        .map(|rec| rec.placement.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Waits (at most [`AGENTS_WAIT`]) until every host in `hosts` has an open
+/// connection from its agent; an agent still missing then makes the lab
+/// `Failed`, as it does for a fresh deploy.
+async fn wait_for_agents(inner: &Inner, hosts: &BTreeSet<String>) {
+    let deadline = Instant::now() + AGENTS_WAIT;
+    loop {
+        let missing: Vec<String> = {
+            let agents = lock(&inner.agents);
+            hosts
+                .iter()
+                .filter(|h| agents.get(*h).is_none_or(|c| c.close_reason().is_some()))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() || Instant::now() >= deadline {
+            if !missing.is_empty() {
+                tracing::warn!(?missing, "agents did not reach the new leader in time");
+            }
+            return;
+        }
+        tokio::time::sleep(AGENTS_POLL).await;
+    }
+}
