@@ -72,6 +72,35 @@ async fn start_at(
     Ok((node, addr))
 }
 
+/// `start_at` on the address a stopped coordinator used. Its UDP socket is
+/// released only when the last handle on its endpoint (the accept task, the
+/// Raft network) is dropped, shortly after shutdown: a bind that finds the
+/// address still in use is retried until a deadline.
+async fn restart_at(
+    ca: &ClusterCa,
+    id: NodeId,
+    dir: &Path,
+    addr: SocketAddr,
+) -> Result<(Coordinator, SocketAddr), Box<dyn std::error::Error>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match start_at(ca, id, dir, addr).await {
+            Err(e) if tokio::time::Instant::now() < deadline && addr_in_use(e.as_ref()) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn addr_in_use(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        e.downcast_ref::<transport::TransportError>(),
+        Some(transport::TransportError::Bind { source, .. })
+            if source.kind() == std::io::ErrorKind::AddrInUse
+    )
+}
+
 /// Starts one coordinator per store dir, on free ports,, with stores in `dirs`, as one cluster.
 async fn start_cluster(
     ca: &ClusterCa,
@@ -158,7 +187,7 @@ async fn restarted_cluster_has_the_same_state_from_disk() -> TestResult {
     let mut again = Vec::new();
     for ((id, member), dir) in members.iter().zip(&dirs) {
         let addr: SocketAddr = member.addr.parse()?;
-        again.push(start_at(&ca, *id, dir.path(), addr).await?.0);
+        again.push(restart_at(&ca, *id, dir.path(), addr).await?.0);
     }
     leader_of(&again[0]).await?;
     for node in &again {
