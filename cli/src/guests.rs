@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use labspan_agent::reconcile::Agent;
-use labspan_agent::verify::GuestExec;
+use labspan_agent::verify::{run_checks, CheckResult, GuestExec};
 use labspan_agent::vm::ExecOutput;
 use labspan_proto::lab::Lab;
+
+/// How long each `verify` check may take to pass.
+const CHECK_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How long one check command may run in the guest.
 const CHECK_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,4 +44,23 @@ pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpNet>> {
             )
         })
         .collect()
+}
+
+/// Runs `lab`'s checks through `guests` (embedded default and cluster
+/// alike), prints them, and says whether every one passed.
+pub async fn verify<G: GuestExec>(guests: &G, lab: &Lab) -> bool {
+    let results = run_checks(guests, &lab.verify, &lab_addresses(lab), CHECK_DEADLINE).await;
+    print_checks(&results);
+    results.iter().all(|r| r.passed)
+}
+
+fn print_checks(results: &[CheckResult]) {
+    println!("\nverify:");
+    for r in results {
+        let mark = if r.passed { "PASS" } else { "FAIL" };
+        println!("  {mark} {:<48} {:>6.1} s", r.name, r.elapsed.as_secs_f64());
+        if !r.passed {
+            println!("       {}", r.detail);
+        }
+    }
 }

@@ -10,18 +10,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use labspan_agent::verify::{run_checks, GuestExec};
+use labspan_agent::verify::GuestExec;
 use labspan_agent::vm::ExecOutput;
 use labspan_proto::codec;
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{ErrorKind, ErrorReply, ExecResult, LabReport, Reply, Request};
 use labspan_transport::client::{Client, ClusterFile};
 
-use crate::guests::lab_addresses;
 use crate::InvalidInput;
 
-/// How long each `verify` check may take to pass (as on the embedded default).
-const CHECK_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one check command may run in the guest.
 const CHECK_EXEC_TIMEOUT_SECS: u64 = 30;
 /// How long `up` waits for the cluster to finish a deploy whose coordinator
@@ -70,15 +67,7 @@ pub async fn up(path: &Path, bundle: &LabBundle, verify: bool) -> anyhow::Result
             client: &client,
             lab: &name,
         };
-        let results = run_checks(
-            &guests,
-            &bundle.lab.verify,
-            &lab_addresses(&bundle.lab),
-            CHECK_DEADLINE,
-        )
-        .await;
-        crate::cmd::up::print_checks(&results);
-        ok = results.iter().all(|r| r.passed);
+        ok = crate::guests::verify(&guests, &bundle.lab).await;
     }
     client.close().await;
     println!(

@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use labspan_agent::image::ImageError;
 use labspan_agent::reconcile::{Event, Report};
-use labspan_agent::verify::{run_checks, CheckResult};
 use labspan_agent::vm::AccelChoice;
 
 use crate::embedded::{classify, load, Embedded};
-use crate::guests::{lab_addresses, LocalGuests};
-
-/// How long each `verify` check may take to pass.
-const CHECK_DEADLINE: Duration = Duration::from_secs(60);
+use crate::guests::{verify, LocalGuests};
 
 /// Arguments of `labspan up`.
 #[derive(clap::Args)]
@@ -69,15 +65,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             agent: &env.agent,
             lab: &name,
         };
-        let results = run_checks(
-            &guests,
-            &bundle.lab.verify,
-            &lab_addresses(&bundle.lab),
-            CHECK_DEADLINE,
-        )
-        .await;
-        print_checks(&results);
-        ok = results.iter().all(|r| r.passed);
+        ok = verify(&guests, &bundle.lab).await;
     }
     println!(
         "\nlab \"{name}\" {} in {:.1} s",
@@ -186,18 +174,6 @@ fn print_vms(lab: &str, report: &Report) {
         );
         if let Some(e) = &vm.error {
             println!("  {e}");
-        }
-    }
-}
-
-/// Prints the `verify` results (embedded default and cluster alike).
-pub(crate) fn print_checks(results: &[CheckResult]) {
-    println!("\nverify:");
-    for r in results {
-        let mark = if r.passed { "PASS" } else { "FAIL" };
-        println!("  {mark} {:<48} {:>6.1} s", r.name, r.elapsed.as_secs_f64());
-        if !r.passed {
-            println!("       {}", r.detail);
         }
     }
 }
