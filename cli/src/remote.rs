@@ -70,16 +70,7 @@ pub async fn up(path: &Path, bundle: &LabBundle, verify: bool) -> anyhow::Result
         ok = crate::guests::verify(&guests, &bundle.lab).await;
     }
     client.close().await;
-    println!(
-        "\nlab \"{name}\" {} in {:.1} s",
-        if ok { "is up" } else { "has problems" },
-        started.elapsed().as_secs_f64()
-    );
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(crate::cmd::up::summary(&name, ok, started))
 }
 
 /// Sends the deploy. If its coordinator is lost meanwhile (connection broken,

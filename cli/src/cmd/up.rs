@@ -67,16 +67,21 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         };
         ok = verify(&guests, &bundle.lab).await;
     }
+    Ok(summary(&name, ok, started))
+}
+
+/// The last line of `up` (embedded default and cluster alike), and its exit status.
+pub(crate) fn summary(lab: &str, ok: bool, started: Instant) -> ExitCode {
+    let verdict = if ok { "is up" } else { "has problems" };
     println!(
-        "\nlab \"{name}\" {} in {:.1} s",
-        if ok { "is up" } else { "has problems" },
+        "\nlab \"{lab}\" {verdict} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(if ok {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 /// Builds the built-in images a lab uses (`tiny`, `tiny-router`) that are
