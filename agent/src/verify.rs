@@ -35,15 +35,17 @@ pub struct CheckResult {
     pub attempts: u32,
 }
 
-/// Runs every check in order, each retried until `deadline` per check.
+/// Runs every check in order, each retried until its own `timeout` (from
+/// the lab file) or else `default_deadline` has passed.
 pub async fn run_checks<G: GuestExec>(
     guest: &G,
     checks: &[Check],
     addresses: &BTreeMap<String, Vec<IpNet>>,
-    deadline: Duration,
+    default_deadline: Duration,
 ) -> Vec<CheckResult> {
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
+        let deadline = check.timeout().unwrap_or(default_deadline);
         results.push(run_check(guest, check, addresses, deadline).await);
     }
     results
@@ -117,7 +119,7 @@ fn last_line(s: &str) -> Option<&str> {
 
 fn check_name(check: &Check) -> String {
     match check {
-        Check::Ping { from, to } => format!("ping {from} -> {to}"),
+        Check::Ping { from, to, .. } => format!("ping {from} -> {to}"),
         Check::Exec { node, cmd, .. } => format!("exec {node}: {cmd}"),
     }
 }
@@ -128,7 +130,7 @@ fn describe(
     addresses: &BTreeMap<String, Vec<IpNet>>,
 ) -> Result<(String, String, String, Option<Regex>), String> {
     match check {
-        Check::Ping { from, to } => {
+        Check::Ping { from, to, .. } => {
             let addr = match to.parse::<IpAddr>() {
                 Ok(a) => a,
                 Err(_) => {
@@ -144,7 +146,9 @@ fn describe(
                 None,
             ))
         }
-        Check::Exec { node, cmd, expect } => {
+        Check::Exec {
+            node, cmd, expect, ..
+        } => {
             let re = expect
                 .as_deref()
                 .map(Regex::new)
@@ -224,6 +228,7 @@ mod tests {
         let checks = [Check::Ping {
             from: "a".into(),
             to: "b".into(),
+            timeout: None,
         }];
         let r = run_checks(&guest, &checks, &addrs, Duration::from_secs(30)).await;
         assert!(r[0].passed, "{r:?}");
@@ -240,6 +245,7 @@ mod tests {
             node: "a".into(),
             cmd: "ip -o addr".into(),
             expect: Some(r"198\.19\.1\.1".into()),
+            timeout: None,
         }];
         let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(3)).await;
         assert!(!r[0].passed);
@@ -251,11 +257,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_check_timeout_overrides_the_default_deadline() {
+        let answers = (0..100)
+            .map(|_| ("a".into(), "false".into(), out(1, "")))
+            .collect();
+        let guest = Scripted(Mutex::new(answers));
+        let check = |timeout| Check::Exec {
+            node: "a".into(),
+            cmd: "false".into(),
+            expect: None,
+            timeout,
+        };
+        let checks = [check(Some(Duration::from_secs(2))), check(None)];
+        let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(10)).await;
+        assert!(!r[0].passed && !r[1].passed);
+        // Retried once a second: 2 s allow 3 attempts, the default 10 s allow 11.
+        assert_eq!((r[0].attempts, r[1].attempts), (3, 11));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn ping_to_a_node_without_address_fails_at_once() {
         let guest = Scripted(Mutex::new(Vec::new()));
         let checks = [Check::Ping {
             from: "a".into(),
             to: "b".into(),
+            timeout: None,
         }];
         let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(30)).await;
         assert!(!r[0].passed);

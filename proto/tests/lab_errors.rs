@@ -448,3 +448,22 @@ fn suggested_nic_is_free_everywhere_in_the_file() {
         all[0]
     );
 }
+
+#[test]
+fn check_timeout_out_of_range_or_without_unit() {
+    let text = lab(concat!(
+        "nodes: {a: {}}\n",
+        "verify:\n",
+        "  - exec: {node: a, cmd: 'true', timeout: 0s}\n",
+        "  - ping: {from: a, to: 198.19.1.1, timeout: 2h}\n",
+        "  - exec: {node: a, cmd: 'true', timeout: 30}\n",
+    ));
+    assert_eq!(
+        errors(&text),
+        [
+            "lab.yaml:5:43: verify[0].exec.timeout: timeout \"0s\" is out of range: a check may be retried for more than 0 s and at most 3600 s",
+            "lab.yaml:6:46: verify[1].ping.timeout: timeout \"2h\" is not a duration like 10ms (units: us, ms, s)",
+            "lab.yaml:7:43: verify[2].exec.timeout: timeout \"30\" is not a duration like 10ms (units: us, ms, s)",
+        ]
+    );
+}

@@ -36,7 +36,7 @@ struct SegSpec {
 enum CheckSpec {
     PingNode(usize, usize),
     PingIp(usize, String),
-    Exec(usize, String, Option<String>),
+    Exec(usize, String, Option<String>, Option<u64>),
 }
 
 fn node_spec() -> impl Strategy<Value = NodeSpec> {
@@ -116,8 +116,13 @@ fn check_spec(nodes: usize) -> impl Strategy<Value = CheckSpec> {
             prop_oneof!["198\\.19\\.[1-9][0-9]?\\.[1-9]", "2001:db8::[1-9a-f]{1,4}"]
         )
             .prop_map(|(a, ip)| CheckSpec::PingIp(a, ip)),
-        (0..nodes, "[ -~]{1,12}", option::of("[ -~]{0,8}"))
-            .prop_map(|(a, c, e)| CheckSpec::Exec(a, c, e)),
+        (
+            0..nodes,
+            "[ -~]{1,12}",
+            option::of("[ -~]{0,8}"),
+            option::of(1..=3_600_000_000u64)
+        )
+            .prop_map(|(a, c, e, t)| CheckSpec::Exec(a, c, e, t)),
     ]
 }
 
@@ -261,15 +266,18 @@ fn verify(names: &[String], checks: &[CheckSpec]) -> Vec<Check> {
             CheckSpec::PingNode(a, b) => Check::Ping {
                 from: names[*a].clone(),
                 to: names[*b].clone(),
+                timeout: None,
             },
             CheckSpec::PingIp(a, ip) => Check::Ping {
                 from: names[*a].clone(),
                 to: ip.clone(),
+                timeout: Some(std::time::Duration::from_secs(5)),
             },
-            CheckSpec::Exec(a, cmd, expect) => Check::Exec {
+            CheckSpec::Exec(a, cmd, expect, timeout_us) => Check::Exec {
                 node: names[*a].clone(),
                 cmd: cmd.clone(),
                 expect: expect.clone(),
+                timeout: timeout_us.map(std::time::Duration::from_micros),
             },
         })
         .collect()

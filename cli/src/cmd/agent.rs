@@ -33,14 +33,47 @@ pub struct RunArgs {
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, env = "LABSPAN_ACCEL", default_value = "auto")]
     pub accel: AccelChoice,
+    /// Offer only this much memory to labs (e.g. 8GiB; default: all of it).
+    #[arg(long, value_parser = memory_mib)]
+    pub memory: Option<u64>,
+    /// Offer only this many CPUs to labs (default: all of them).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: Option<u32>,
+}
+
+fn memory_mib(text: &str) -> Result<u64, String> {
+    match labspan_proto::lab::units::parse_memory_mib(text)? {
+        0 => Err("memory must be more than 0".into()),
+        mib => Ok(mib),
+    }
+}
+
+/// This machine as `args` describe it: its memory and CPUs, or less where
+/// the flags say so (several hosts sharing one machine, a host lending part
+/// of itself).
+fn host_info(args: &RunArgs) -> anyhow::Result<HostInfo> {
+    let mut host = HostInfo::of_this_machine(args.vtep, args.underlay_mtu)
+        .context("reading this host's memory and CPUs")?;
+    if let Some(mib) = args.memory {
+        if mib > host.memory_mib {
+            return Err(anyhow::Error::new(crate::InvalidInput(format!(
+                "--memory {mib}MiB is more than this machine has ({} MiB)",
+                host.memory_mib
+            ))));
+        }
+        host.memory_mib = mib;
+    }
+    if let Some(cpus) = args.cpus {
+        host.cpus = cpus;
+    }
+    Ok(host)
 }
 
 /// Runs `labspan agent ...`.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let Command::Run(args) = cmd;
     let cluster = ClusterFile::load(&args.data.join("agent.cluster"))?;
-    let host = HostInfo::of_this_machine(args.vtep, args.underlay_mtu)
-        .context("reading this host's memory and CPUs")?;
+    let host = host_info(&args)?;
     let agent = Arc::new(Agent::new(labspan_agent::paths::state_dir(), args.accel));
     tokio::runtime::Runtime::new()?.block_on(daemon::run(cluster, host, agent));
     Ok(ExitCode::SUCCESS)

@@ -81,12 +81,16 @@ enum FileCheck<'a> {
     Ping {
         from: &'a str,
         to: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
     },
     Exec {
         node: &'a str,
         cmd: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         expect: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timeout: Option<String>,
     },
 }
 
@@ -111,12 +115,16 @@ fn file_link(link: &Link) -> FileLink {
 }
 
 fn file_check(check: &Check) -> FileCheck<'_> {
+    let timeout = check.timeout().map(|t| format!("{}us", t.as_micros()));
     match check {
-        Check::Ping { from, to } => FileCheck::Ping { from, to },
-        Check::Exec { node, cmd, expect } => FileCheck::Exec {
+        Check::Ping { from, to, .. } => FileCheck::Ping { from, to, timeout },
+        Check::Exec {
+            node, cmd, expect, ..
+        } => FileCheck::Exec {
             node,
             cmd,
             expect: expect.as_deref(),
+            timeout,
         },
     }
 }

@@ -10,7 +10,7 @@ mod emit;
 pub mod graph;
 mod model;
 mod read;
-mod units;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -121,14 +122,32 @@ pub struct PlacementHints {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Check {
     /// Ping `to` (an address, or a node name) from inside node `from`.
-    Ping { from: String, to: String },
+    Ping {
+        from: String,
+        to: String,
+        /// How long to keep retrying before the check fails (`None`: the
+        /// runner's default).
+        timeout: Option<Duration>,
+    },
     /// Run `cmd` in `node`; it passes when it exits 0 and, if `expect` is
     /// given, its output matches that regular expression.
     Exec {
         node: String,
         cmd: String,
         expect: Option<String>,
+        /// How long to keep retrying before the check fails (`None`: the
+        /// runner's default).
+        timeout: Option<Duration>,
     },
+}
+
+impl Check {
+    /// How long this check may be retried, if the lab file says.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Check::Ping { timeout, .. } | Check::Exec { timeout, .. } => *timeout,
+        }
+    }
 }
 
 /// A segment of the lab: a link or a LAN, seen the same way.

@@ -124,8 +124,8 @@ const NIC_KEYS: &[&str] = &["ip", "mtu"];
 const LINK_KEYS: &[&str] = &["endpoints", "delay", "jitter", "loss", "rate"];
 const PLACEMENT_KEYS: &[&str] = &["pin", "together", "spread"];
 const VERIFY_KEYS: &[&str] = &["ping", "exec"];
-const PING_KEYS: &[&str] = &["from", "to"];
-const EXEC_KEYS: &[&str] = &["node", "cmd", "expect"];
+const PING_KEYS: &[&str] = &["from", "to", "timeout"];
+const EXEC_KEYS: &[&str] = &["node", "cmd", "expect", "timeout"];
 
 /// Joins an object path and a key.
 fn join(path: &str, key: &str) -> String {
@@ -941,12 +941,14 @@ fn read_ping(sink: &mut Sink, n: &Yaml, path: &str) -> Option<RawCheck> {
     check_keys(sink, map, path, PING_KEYS);
     let from = field(sink, map, path, "from", "from: a");
     let to = field(sink, map, path, "to", "to: 198.19.1.2");
+    let timeout = read_unit(sink, map, path, "timeout", units::parse_check_timeout);
     let (from, to) = (from?, to?);
     let is_ip = std::net::IpAddr::from_str(&to.name).is_ok();
     Some(RawCheck {
         check: Check::Ping {
             from: from.name.clone(),
             to: to.name.clone(),
+            timeout,
         },
         nodes: vec![from],
         to_node: (!is_ip).then_some(to),
@@ -969,12 +971,14 @@ fn read_exec(sink: &mut Sink, n: &Yaml, path: &str) -> Option<RawCheck> {
         }
         None => None,
     };
+    let timeout = read_unit(sink, map, path, "timeout", units::parse_check_timeout);
     let (node, cmd) = (node?, cmd?);
     Some(RawCheck {
         check: Check::Exec {
             node: node.name.clone(),
             cmd: cmd.name,
             expect,
+            timeout,
         },
         nodes: vec![node],
         to_node: None,

@@ -1,6 +1,8 @@
 //! Quantities written with units in the lab file: memory, rates, durations,
 //! loss. Each parser returns a message fit for a diagnostic on failure.
 
+use std::time::Duration;
+
 /// Splits `"1.5GiB"` into `("1.5", "GiB")`.
 fn split_number(text: &str) -> (&str, &str) {
     let t = text.trim();
@@ -84,6 +86,22 @@ pub fn parse_duration_us(what: &str, text: &str) -> Result<u64, String> {
     };
     scaled(n, scale)
         .ok_or_else(|| format!("{what} \"{text}\" is not a whole number of microseconds"))
+}
+
+/// The longest a check may be retried: an hour.
+pub const MAX_CHECK_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A check's `timeout`: a duration (`us`, `ms`, `s`) above zero and at
+/// most [`MAX_CHECK_TIMEOUT`].
+pub fn parse_check_timeout(text: &str) -> Result<Duration, String> {
+    let us = parse_duration_us("timeout", text)?;
+    let timeout = Duration::from_micros(us);
+    if timeout.is_zero() || timeout > MAX_CHECK_TIMEOUT {
+        return Err(format!(
+            "timeout \"{text}\" is out of range: a check may be retried for more than 0 s and at most 3600 s"
+        ));
+    }
+    Ok(timeout)
 }
 
 /// Loss in percent, with or without `%`, 0..=100.
