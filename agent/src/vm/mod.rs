@@ -7,6 +7,7 @@
 //! `vm.json` (what was launched).
 
 pub mod accel;
+mod jsonline;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;

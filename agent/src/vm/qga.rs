@@ -15,9 +15,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
+
+use super::jsonline::{JsonLines, LineError};
 
 /// Bytes per guest-file-read/write call (the agent's JSON lines stay small).
 const FILE_CHUNK: usize = 48 * 1024;
@@ -95,8 +94,7 @@ struct ExecStatus {
 #[derive(Debug)]
 pub struct GuestAgent {
     path: PathBuf,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    lines: JsonLines,
     /// Bound on each request/reply exchange.
     timeout: Duration,
 }
@@ -105,17 +103,12 @@ impl GuestAgent {
     /// Connects to `path` and synchronises; fails if the guest agent does not
     /// answer within `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QgaError> {
-        let stream = UnixStream::connect(path)
+        let lines = JsonLines::connect(path, timeout)
             .await
-            .map_err(|source| QgaError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let (r, w) = stream.into_split();
+            .map_err(|e| line_error(path, "connect", timeout, e))?;
         let mut ga = GuestAgent {
             path: path.to_path_buf(),
-            reader: BufReader::new(r),
-            writer: w,
+            lines,
             timeout,
         };
         ga.sync(timeout).await?;
@@ -282,42 +275,18 @@ impl GuestAgent {
     }
 
     async fn send(&mut self, command: &str, args: Option<Value>) -> Result<(), QgaError> {
-        let mut req = json!({ "execute": command });
-        if let Some(a) = args {
-            req["arguments"] = a;
-        }
-        let mut line = req.to_string();
-        line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
+        self.lines
+            .send_command(command, args)
             .await
-            .map_err(|source| QgaError::Io {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|e| line_error(&self.path, command, self.timeout, e))
     }
 
     async fn read_line(&mut self, what: &str, deadline: Instant) -> Result<String, QgaError> {
-        let mut line = String::new();
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, self.reader.read_line(&mut line))
+        self.lines
+            .read_line(left)
             .await
-            .map_err(|_| QgaError::Timeout {
-                path: self.path.clone(),
-                what: what.to_string(),
-                timeout: self.timeout,
-            })?
-            .map_err(|source| QgaError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(QgaError::Closed {
-                path: self.path.clone(),
-                what: what.to_string(),
-            });
-        }
-        Ok(line)
+            .map_err(|e| line_error(&self.path, what, self.timeout, e))
     }
 
     fn bad(&self, command: &str, detail: impl std::fmt::Display) -> QgaError {
@@ -326,6 +295,20 @@ impl GuestAgent {
             command: command.to_string(),
             detail: detail.to_string(),
         }
+    }
+}
+
+/// A socket error during `what`, as a [`QgaError`].
+fn line_error(path: &Path, what: &str, timeout: Duration, e: LineError) -> QgaError {
+    let (path, what) = (path.to_path_buf(), what.to_string());
+    match e {
+        LineError::Io(source) => QgaError::Io { path, source },
+        LineError::Timeout => QgaError::Timeout {
+            path,
+            what,
+            timeout,
+        },
+        LineError::Closed => QgaError::Closed { path, what },
     }
 }
 
@@ -344,6 +327,7 @@ fn random_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
 
     #[tokio::test]

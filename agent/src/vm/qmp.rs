@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
+use serde_json::Value;
+
+use super::jsonline::{JsonLines, LineError};
 
 /// Errors talking QMP.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +63,7 @@ struct ErrorBody {
 #[derive(Debug)]
 pub struct Qmp {
     path: PathBuf,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    lines: JsonLines,
     timeout: Duration,
 }
 
@@ -73,23 +71,12 @@ impl Qmp {
     /// Connects, reads the greeting and leaves capability-negotiation mode.
     /// `timeout` bounds every later exchange too.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
-        let io = |source| QmpError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
+        let lines = JsonLines::connect(path, timeout)
             .await
-            .map_err(|_| QmpError::Timeout {
-                path: path.to_path_buf(),
-                what: "connect".into(),
-                timeout,
-            })?
-            .map_err(io)?;
-        let (r, w) = stream.into_split();
+            .map_err(|e| line_error(path, "connect", timeout, e))?;
         let mut qmp = Qmp {
             path: path.to_path_buf(),
-            reader: BufReader::new(r),
-            writer: w,
+            lines,
             timeout,
         };
         let greeting = qmp.read_message("the greeting").await?;
@@ -102,19 +89,10 @@ impl Qmp {
 
     /// Runs `command` and returns its `return` value.
     pub async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
-        let mut req = json!({ "execute": command });
-        if let Some(a) = args {
-            req["arguments"] = a;
-        }
-        let mut line = req.to_string();
-        line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
+        self.lines
+            .send_command(command, args)
             .await
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(|e| line_error(&self.path, command, self.timeout, e))?;
         loop {
             let msg = self.read_message(command).await?;
             if msg.event.is_some() {
@@ -135,24 +113,11 @@ impl Qmp {
     }
 
     async fn read_message(&mut self, what: &str) -> Result<Message, QmpError> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(self.timeout, self.reader.read_line(&mut line))
+        let line = self
+            .lines
+            .read_line(self.timeout)
             .await
-            .map_err(|_| QmpError::Timeout {
-                path: self.path.clone(),
-                what: what.to_string(),
-                timeout: self.timeout,
-            })?
-            .map_err(|source| QmpError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(QmpError::Closed {
-                path: self.path.clone(),
-                what: what.to_string(),
-            });
-        }
+            .map_err(|e| line_error(&self.path, what, self.timeout, e))?;
         serde_json::from_str(&line).map_err(|_| QmpError::Protocol {
             path: self.path.clone(),
             line: line.trim().to_string(),
@@ -167,9 +132,24 @@ impl Qmp {
     }
 }
 
+/// A socket error during `what`, as a [`QmpError`].
+fn line_error(path: &Path, what: &str, timeout: Duration, e: LineError) -> QmpError {
+    let (path, what) = (path.to_path_buf(), what.to_string());
+    match e {
+        LineError::Io(source) => QmpError::Io { path, source },
+        LineError::Timeout => QmpError::Timeout {
+            path,
+            what,
+            timeout,
+        },
+        LineError::Closed => QmpError::Closed { path, what },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
 
     /// A scripted QMP server: answers each request line with the next
