@@ -16,6 +16,12 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE))
 }
 
+/// The interface being created, written down first (a kill between the
+/// kernel's creation and the ownership alias must not orphan it).
+pub fn net_journal(state: &Path) -> PathBuf {
+    state.join("net-journal")
+}
+
 /// Folder of every VM of `lab`.
 pub fn lab_vms_dir(state: &Path, lab: &str) -> PathBuf {
     state.join("vms").join(lab)

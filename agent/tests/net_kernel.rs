@@ -271,3 +271,44 @@ fn reconcile_figures() {
         "20 bridges + 60 taps: first reconcile {first:?}, second {second:?}, removal {removal:?}"
     );
 }
+
+/// A creation cut short (killed after the kernel made the tap, before its
+/// alias was set) leaves an unmarked interface. With its name in the
+/// journal it is marked and adopted; the same interface without a journal
+/// entry stays foreign.
+#[test]
+fn an_interface_whose_creation_was_cut_short_is_adopted_from_the_journal() {
+    let ns = Netns::new("net-journal");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("net-journal");
+    let tap = names::tap("t", "b", "eth0");
+    let alias = names::alias("t", "tap b.eth0");
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    let plan = host(vec![two_segments("t")]);
+
+    let err = ns
+        .block_on(|| async {
+            let mut k = net::KernelNet::connect()?.with_journal(journal.clone());
+            k.recover().await?;
+            net::reconcile_with(&mut k, &plan).await
+        })
+        .expect_err("no journal entry: foreign");
+    assert!(matches!(err, NetError::Foreign { .. }), "{err}");
+
+    std::fs::write(&journal, format!("{tap}\t{alias}\n")).expect("journal");
+    let recovered = ns
+        .block_on(|| async {
+            let mut k = net::KernelNet::connect()?.with_journal(journal.clone());
+            let recovered = k.recover().await?;
+            net::reconcile_with(&mut k, &plan).await?;
+            Ok::<_, NetError>(recovered)
+        })
+        .expect("adopted from the journal");
+    assert_eq!(recovered.as_deref(), Some(tap.as_str()));
+    assert!(!journal.exists(), "the journal is cleared once recovered");
+    let link = ns.link(&tap).expect("the tap is kept");
+    assert!(alias_of(&link).starts_with("labspan:t/"), "{link}");
+    ns.block_on(|| async { net::remove_all().await })
+        .expect("remove all");
+    assert!(ns.labspan_names().is_empty());
+}

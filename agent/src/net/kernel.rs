@@ -3,7 +3,9 @@
 //! the thread that opened it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_core::Nla;
@@ -24,6 +26,9 @@ const TUN_TYPE_TAP: u8 = 2;
 /// The kernel's interfaces, through one rtnetlink connection.
 pub struct KernelNet {
     handle: Handle,
+    /// Where the interface being created is written down first (see
+    /// [`KernelNet::with_journal`]).
+    journal: Option<PathBuf>,
 }
 
 impl KernelNet {
@@ -31,7 +36,76 @@ impl KernelNet {
     pub fn connect() -> Result<KernelNet, NetError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
         tokio::spawn(conn);
-        Ok(KernelNet { handle })
+        Ok(KernelNet {
+            handle,
+            journal: None,
+        })
+    }
+
+    /// Writes each interface's name and alias to `path` before creating it
+    /// and removes the file once it carries its alias. The kernel takes no
+    /// alias at creation, so a process killed in between leaves an unmarked
+    /// interface; [`KernelNet::recover`] finds it in the journal and marks
+    /// it, instead of refusing it as foreign for ever.
+    pub fn with_journal(mut self, path: PathBuf) -> KernelNet {
+        self.journal = Some(path);
+        self
+    }
+
+    /// Finishes a creation the journal says was cut short: an interface of
+    /// that name without an alias gets the journal's alias. Returns its name.
+    pub async fn recover(&self) -> Result<Option<String>, NetError> {
+        let Some(path) = &self.journal else {
+            return Ok(None);
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(journal_error("reading", path, source)),
+        };
+        let mut recovered = None;
+        if let Some((name, alias)) = text.trim_end_matches('\n').split_once('\t') {
+            if self.index(name).await?.is_some() && self.alias_of(name).await?.is_none() {
+                tracing::warn!(interface = name, "marking an interface whose creation was cut short");
+                self.set("setting alias of", name, |b| b.alias(alias)).await?;
+                recovered = Some(name.to_string());
+            }
+        }
+        std::fs::remove_file(path).map_err(|source| journal_error("removing", path, source))?;
+        Ok(recovered)
+    }
+
+    async fn alias_of(&self, name: &str) -> Result<Option<String>, NetError> {
+        let mut found = self.handle.link().get().match_name(name).execute();
+        let msg = found
+            .try_next()
+            .await
+            .map_err(|e| NetError::netlink("looking up interface", name, e))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfAlias(alias) => Some(alias),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Writes down (durably) that `name` is about to be created.
+    fn intend(&self, name: &str, alias: &str) -> Result<(), NetError> {
+        let Some(path) = &self.journal else {
+            return Ok(());
+        };
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(path)?;
+            writeln!(f, "{name}\t{alias}")?;
+            f.sync_all()
+        };
+        write().map_err(|source| journal_error("writing", path, source))
+    }
+
+    fn done(&self) {
+        if let Some(path) = &self.journal {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// The index of interface `name`, if there is one.
@@ -71,6 +145,19 @@ impl KernelNet {
     }
 
     async fn create(
+        &self,
+        name: &str,
+        kind: &LinkKind,
+        alias: &str,
+        mtu: u32,
+    ) -> Result<(), NetError> {
+        self.intend(name, alias)?;
+        let made = self.create_marked(name, kind, alias, mtu).await;
+        self.done();
+        made
+    }
+
+    async fn create_marked(
         &self,
         name: &str,
         kind: &LinkKind,
@@ -231,6 +318,14 @@ impl NetOps for KernelNet {
             }
             Action::SetImpairment { name, impairment } => impairment::apply(name, impairment).await,
         }
+    }
+}
+
+fn journal_error(what: &'static str, path: &Path, source: std::io::Error) -> NetError {
+    NetError::Io {
+        what,
+        object: format!("interface journal {}", path.display()),
+        source,
     }
 }
 
