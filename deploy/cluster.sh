@@ -1,26 +1,54 @@
 #!/usr/bin/env bash
 # A local multi-host labspan cluster on this machine: N lab hosts as network
-# namespaces (labspan-host1..N, 198.18.0.N/24 on eth0) joined by an underlay
-# bridge (namespace labspan-underlay), 3 coordinators (hosts 1..3) and an agent
-# per host, all the one `labspan` binary. The root namespace gets 198.18.0.254
-# on the underlay (veth lsc-root) so the CLI reaches the coordinators directly.
+# namespaces (NAME-host1..N, 198.18.X.N/24 on eth0) joined by an underlay
+# bridge (namespace NAME-underlay), 3 coordinators (hosts 1..3) and an agent
+# per host, all the one `labspan` binary. The root namespace gets 198.18.X.254
+# on the underlay (veth ROOT_LINK) so the CLI reaches the coordinators directly.
 #
 # Usage (root):
-#   deploy/cluster.sh up [N]     (default 3; cleans a previous run first)
+#   deploy/cluster.sh up [N]     (default 3; cleans a previous run of the same
+#                                 cluster first)
 #   deploy/cluster.sh down       (stops every lab, QEMU and daemon it started,
 #                                 removes the namespaces, the veth and the state)
-# Environment: LABSPAN_BIN (default target/release/labspan, else `labspan` on
-# PATH), LABSPAN_ACCEL (auto|kvm|tcg, default auto), CLUSTER_DEADLINE (s, 90).
+# Environment:
+#   LABSPAN_CLUSTER_NAME    namespace prefix (default labspan: labspan-host1..)
+#   LABSPAN_CLUSTER_LINK    root-side veth, <= 15 bytes (default lsc-root)
+#   LABSPAN_CLUSTER_STATE   state folder (default /var/lib/labspan/cluster)
+#   LABSPAN_CLUSTER_SUBNET  underlay, 198.18.X.0/24 (default 198.18.0.0/24)
+#   LABSPAN_BIN (default target/release/labspan, else `labspan` on PATH),
+#   LABSPAN_ACCEL (auto|kvm|tcg, default auto), CLUSTER_DEADLINE (s, 90).
+# Several clusters run side by side when each has its own name, link, state
+# folder and subnet; `up` refuses a subnet the root namespace already uses and
+# namespaces or a link that another cluster (or anything else) owns.
 set -Eeuo pipefail
 
-STATE=/var/lib/labspan/cluster
+NAME=${LABSPAN_CLUSTER_NAME:-labspan}
+ROOT_LINK=${LABSPAN_CLUSTER_LINK:-lsc-root}
+STATE=${LABSPAN_CLUSTER_STATE:-/var/lib/labspan/cluster}
+SUBNET=${LABSPAN_CLUSTER_SUBNET:-198.18.0.0/24}
 IMAGES=/var/lib/labspan/images
-HOST_PREFIX=labspan-host
-UNDERLAY=labspan-underlay
-ROOT_LINK=lsc-root
-ROOT_ADDR=198.18.0.254
+HOST_PREFIX=$NAME-host
+UNDERLAY=$NAME-underlay
 PORT=7100
 ADMIN=$STATE/admin.cluster
+# What this cluster is, written by `up`: `down` removes only a state folder
+# that holds it, and `up` knows its own namespaces by it.
+MARKER=$STATE/cluster.env
+
+usage() { echo "deploy/cluster.sh: $*" >&2; exit 2; }
+
+[[ $NAME =~ ^[a-z0-9][a-z0-9-]{0,39}$ ]] ||
+    usage "LABSPAN_CLUSTER_NAME=$NAME: use 1 to 40 of a-z, 0-9 and '-' (it prefixes namespace names)"
+[[ $ROOT_LINK =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$ ]] ||
+    usage "LABSPAN_CLUSTER_LINK=$ROOT_LINK: an interface name is 1 to 15 of A-Z, a-z, 0-9, '_', '.', '-'"
+[[ $STATE == /?* && $STATE != *..* ]] && [ "${STATE%/}" != "" ] ||
+    usage "LABSPAN_CLUSTER_STATE=$STATE: give an absolute folder other than /"
+if [[ $SUBNET =~ ^198\.18\.([0-9]{1,3})\.0/24$ ]] && [ "${BASH_REMATCH[1]}" -le 255 ]; then
+    NET=198.18.$((10#${BASH_REMATCH[1]}))
+else
+    usage "LABSPAN_CLUSTER_SUBNET=$SUBNET: use 198.18.X.0/24 (X in 0..255; benchmarking range only)"
+fi
+ROOT_ADDR=$NET.254
 
 die() { echo "deploy/cluster.sh: $*" >&2; exit 1; }
 
@@ -75,7 +103,42 @@ any_coordinator_alive() {
     return 1
 }
 
+# The non-default settings, as a command prefix (for the hints printed).
+settings() {
+    local out=
+    [ "$NAME" = labspan ] || out+="LABSPAN_CLUSTER_NAME=$NAME "
+    [ "$ROOT_LINK" = lsc-root ] || out+="LABSPAN_CLUSTER_LINK=$ROOT_LINK "
+    [ "$STATE" = /var/lib/labspan/cluster ] || out+="LABSPAN_CLUSTER_STATE=$STATE "
+    [ "$SUBNET" = 198.18.0.0/24 ] || out+="LABSPAN_CLUSTER_SUBNET=$SUBNET "
+    printf '%s' "$out"
+}
+
+# Whether STATE holds this cluster (same name, link and subnet).
+own_state() {
+    [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$(marker_text)" ] && return 0
+    # A default cluster made before the record existed.
+    [ ! -f "$MARKER" ] && [ -z "$(settings)" ] && [ -f "$ADMIN" ] && [ -d "$STATE/host1" ]
+}
+
+marker_text() { printf 'name=%s\nlink=%s\nsubnet=%s\n' "$NAME" "$ROOT_LINK" "$SUBNET"; }
+
+# This cluster's namespaces that exist now.
+our_namespaces() {
+    ip netns list | awk '{print $1}' | grep -E "^($HOST_PREFIX[0-9]+|$UNDERLAY)\$" || true
+}
+
 down() {
+    if [ ! -e "$STATE" ]; then
+        [ -z "$(our_namespaces)" ] || echo "deploy/cluster.sh: namespaces $(our_namespaces | tr '\n' ' ')exist but $STATE does not: not this cluster's, left alone" >&2
+        echo "nothing to remove ($STATE does not exist)"
+        return 0
+    fi
+    if ! own_state; then
+        if [ -f "$MARKER" ]; then
+            die "$STATE holds another cluster ($(tr '\n' ' ' <"$MARKER")); run down with those LABSPAN_CLUSTER_* settings"
+        fi
+        die "$STATE exists but holds no cluster record ($MARKER): not removed; remove it yourself if it is a leftover"
+    fi
     find_bin 2>/dev/null || BIN=
     # 1. Labs, through the cluster, while it is still up.
     if [ -n "$BIN" ] && [ -f "$ADMIN" ] && any_coordinator_alive; then
@@ -95,15 +158,31 @@ down() {
     # 3. Daemons: agents, then coordinators.
     for dir in $(host_dirs); do stop_pidfile "$dir/agent.pid" "agent run"; done
     for dir in $(host_dirs); do stop_pidfile "$dir/coordinator.pid" "coordinator run"; done
-    # 4. Namespaces (with every bridge, tap and VXLAN device inside), the veth.
+    # 4. Namespaces (with every bridge, tap and VXLAN device inside); the
+    # root veth goes with its peer in the underlay namespace.
     local ns
-    for ns in $(ip netns list | awk '{print $1}' | grep -E "^($HOST_PREFIX[0-9]+|$UNDERLAY)\$" || true); do
+    for ns in $(our_namespaces); do
         ip netns del "$ns"
     done
     ip link del "$ROOT_LINK" 2>/dev/null || true
     # 5. State (the shared image store is only linked, never removed).
     rm -rf "$STATE"
-    echo "cluster removed (namespaces, veth $ROOT_LINK, $STATE)"
+    echo "cluster $NAME removed (namespaces $HOST_PREFIX*, $UNDERLAY, veth $ROOT_LINK, $STATE)"
+}
+
+# Refuses (before anything is made) what another cluster or the machine
+# already uses: our namespace names, the root link's name, the subnet.
+check_free() {
+    local ns used
+    ns=$(our_namespaces | tr '\n' ' ')
+    [ -z "$ns" ] || die "namespaces ${ns}already exist and are not this cluster's ($STATE has no record of them): pick another LABSPAN_CLUSTER_NAME, or remove them"
+    ! ip link show "$ROOT_LINK" >/dev/null 2>&1 ||
+        die "interface $ROOT_LINK already exists in the root namespace: pick another LABSPAN_CLUSTER_LINK"
+    used=$(ip -4 -o addr show to "$SUBNET" | awk '{print $2 " " $4}' | tr '\n' ' ')
+    [ -z "$used" ] || die "subnet $SUBNET is already addressed in the root namespace ($used): pick another LABSPAN_CLUSTER_SUBNET (198.18.X.0/24)"
+    used=$( { ip -4 route show table all root "$SUBNET"; ip -4 route show table all match "$SUBNET"; } |
+        awk '$1 != "default" && $1 != "unreachable" {print}' | sort -u | tr '\n' ';')
+    [ -z "$used" ] || die "subnet $SUBNET is already routed in the root namespace ($used): pick another LABSPAN_CLUSTER_SUBNET (198.18.X.0/24)"
 }
 
 in_host() { local i=$1; shift; ip netns exec "$HOST_PREFIX$i" "$@"; }
@@ -120,7 +199,7 @@ make_fabric() {
         ip -n "$ns" link set lo up
         ip -n "$UNDERLAY" link add "port$i" type veth peer name eth0 netns "$ns"
         ip -n "$UNDERLAY" link set "port$i" master underlay up
-        ip -n "$ns" addr add "198.18.0.$i/24" dev eth0
+        ip -n "$ns" addr add "$NET.$i/24" dev eth0
         ip -n "$ns" link set eth0 mtu 1500 up
     done
     ip link add "$ROOT_LINK" type veth peer name portroot netns "$UNDERLAY"
@@ -157,7 +236,7 @@ join() {
     out=$(token "$role")
     tok=$(sed -n 's/^token: *//p' <<<"$out")
     fp=$(sed -n 's/^ca fingerprint: *//p' <<<"$out")
-    in_host "$i" "$BIN" cluster join "198.18.0.1:$PORT" --token "$tok" --ca-fingerprint "$fp" \
+    in_host "$i" "$BIN" cluster join "$NET.1:$PORT" --token "$tok" --ca-fingerprint "$fp" \
         --data "$data" --name "$name" "$@" >/dev/null
 }
 
@@ -183,8 +262,11 @@ up() {
     local n=${1:-3}
     [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || { echo "usage: $0 up [N]   (1 <= N <= 200)" >&2; exit 2; }
     find_bin
-    down >/dev/null
-    trap 'echo "deploy/cluster.sh: up failed; what it made is left for a look (logs: $STATE/host*/*.log); remove it with: $0 down" >&2' ERR
+    if [ -e "$STATE" ]; then down >/dev/null; fi
+    check_free
+    mkdir -p "$STATE"
+    marker_text >"$MARKER"
+    trap 'echo "deploy/cluster.sh: up failed; what it made is left for a look (logs: $STATE/host*/*.log); remove it with: $(settings)$0 down" >&2' ERR
     local start=$SECONDS coords=$((n < 3 ? n : 3)) i dir
     make_fabric "$n"
     mkdir -p "$IMAGES"
@@ -193,17 +275,21 @@ up() {
         mkdir -p "$dir/state"
         ln -s "$IMAGES" "$dir/state/images"
     done
-    in_host 1 "$BIN" cluster init --data "$STATE/host1/coordinator" --listen "198.18.0.1:$PORT" --name c1 >/dev/null
+    in_host 1 "$BIN" cluster init --data "$STATE/host1/coordinator" --listen "$NET.1:$PORT" --name c1 >/dev/null
     cp "$STATE/host1/coordinator/admin.cluster" "$ADMIN"
     chmod 600 "$ADMIN"
     spawn 1 coordinator coordinator run --data "$STATE/host1/coordinator"
     for i in $(seq 2 "$coords"); do
-        join "$i" coordinator "$STATE/host$i/coordinator" "c$i" --listen "198.18.0.$i:$PORT"
+        join "$i" coordinator "$STATE/host$i/coordinator" "c$i" --listen "$NET.$i:$PORT"
         spawn "$i" coordinator coordinator run --data "$STATE/host$i/coordinator"
     done
+    # The admin file names every coordinator, so the CLI outlives any one.
+    local list=
+    for i in $(seq "$coords"); do list+="${list:+, }\"$NET.$i:$PORT\""; done
+    sed -i "s|\"$NET.1:$PORT\"|$list|" "$ADMIN"
     for i in $(seq "$n"); do
         join "$i" agent "$STATE/host$i/agent" "host$i"
-        spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "198.18.0.$i"
+        spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i"
     done
     wait_ready "$coords" "$n"
     "$BIN" cluster status --cluster "$ADMIN"
@@ -215,7 +301,7 @@ This namespace reaches it through $ROOT_LINK ($ROOT_ADDR). Point the CLI at it:
   $BIN cluster status
   $BIN up LAB.yaml        (images must be in $IMAGES: $BIN image build tiny-router)
 Logs and pids: $STATE/hostN/{coordinator,agent}.{log,pid}
-Remove it all:   $0 down
+Remove it all:   $(settings)$0 down
 TXT
 }
 

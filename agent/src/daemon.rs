@@ -16,7 +16,8 @@ use labspan_transport::client::{Client, ClusterFile};
 use labspan_transport::{read_frame, write_frame};
 use quinn::Connection;
 
-use crate::reconcile::Agent;
+use crate::image_service::ImageService;
+use crate::reconcile::{Agent, Event};
 
 /// How often the agent tells the leader it is alive (the leader marks a
 /// host down after 10 s of silence).
@@ -33,6 +34,9 @@ pub struct HostInfo {
     pub underlay_mtu: u32,
     pub memory_mib: u64,
     pub cpus: u32,
+    /// Where to serve this host's images to the other hosts (`None`: not
+    /// served; this host still fetches what it lacks).
+    pub image_listen: Option<std::net::SocketAddr>,
 }
 
 impl HostInfo {
@@ -50,6 +54,7 @@ impl HostInfo {
             underlay_mtu,
             memory_mib: kib / 1024,
             cpus: u32::try_from(cpus).unwrap_or(u32::MAX),
+            image_listen: None,
         })
     }
 }
@@ -62,9 +67,36 @@ enum SessionEnd {
     Retry(String),
 }
 
+/// What a program running the daemon in-process (the CLI's embedded
+/// default) may observe of it; `Hooks::default()` for a standalone daemon.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Held while a host plan is applied: lock it to wait out an apply in flight.
+    pub apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Counts the host plans applied (whether every VM came up or not).
+    pub applied: Option<Arc<tokio::sync::watch::Sender<u64>>>,
+    /// Receives the agent's progress events as they happen.
+    pub events: Option<Arc<dyn Fn(Event) + Send + Sync>>,
+}
+
 /// Runs the daemon until the process is stopped.
 pub async fn run(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>) {
-    let apply_lock = Arc::new(tokio::sync::Mutex::new(()));
+    run_with(cluster, host, agent, Hooks::default()).await;
+}
+
+/// [`run`], reporting to `hooks`; runs until its task is dropped.
+pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, hooks: Hooks) {
+    let announce = host.image_listen.map(|l| {
+        std::net::SocketAddr::new(
+            if l.ip().is_unspecified() {
+                host.vtep
+            } else {
+                l.ip()
+            },
+            l.port(),
+        )
+    });
+    let images = ImageService::start(&cluster, &agent, host.image_listen, announce);
     let mut hint: Option<String> = None;
     loop {
         let targets = match hint.take() {
@@ -82,9 +114,9 @@ pub async fn run(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>) {
         let server = tokio::spawn(serve(
             client.connection().clone(),
             agent.clone(),
-            apply_lock.clone(),
+            hooks.clone(),
         ));
-        let end = session(&client, &host).await;
+        let end = session(&client, &host, &images).await;
         server.abort();
         client.close().await;
         match end {
@@ -102,7 +134,12 @@ pub async fn run(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>) {
 
 /// Registers, then heartbeats until the coordinator stops being the leader
 /// or the connection breaks.
-async fn session(client: &Client, host: &HostInfo) -> SessionEnd {
+async fn session(client: &Client, host: &HostInfo, images: &ImageService) -> SessionEnd {
+    // The inventory goes first: a lab deployed right after registration
+    // must find this host's images.
+    if let Some(end) = report_images(client, images, true).await {
+        return end;
+    }
     let register = Request::RegisterHost {
         memory_mib: host.memory_mib,
         cpus: host.cpus,
@@ -122,19 +159,48 @@ async fn session(client: &Client, host: &HostInfo) -> SessionEnd {
             Ok(other) => return SessionEnd::Retry(format!("unexpected reply {other:?}")),
             Err(e) => return SessionEnd::Retry(e.to_string()),
         }
-        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        images.pause(HEARTBEAT_INTERVAL).await;
+        if let Some(end) = report_images(client, images, false).await {
+            return end;
+        }
+    }
+}
+
+/// Sends this host's image inventory when it changed (or `always`).
+async fn report_images(client: &Client, images: &ImageService, always: bool) -> Option<SessionEnd> {
+    let req = images.report(always).await?;
+    match client.request(&req).await {
+        Ok(Reply::Done) => {
+            images.sent(&req);
+            None
+        }
+        Ok(Reply::NotLeader { leader: Some(addr) }) => Some(SessionEnd::Leader(addr)),
+        Ok(Reply::NotLeader { leader: None }) => {
+            Some(SessionEnd::Retry("no leader elected yet".into()))
+        }
+        // An older leader that does not know the request: run without.
+        Ok(other) => {
+            tracing::warn!(reply = ?other, "the leader did not take the image inventory");
+            images.sent(&req);
+            None
+        }
+        Err(e) => Some(SessionEnd::Retry(e.to_string())),
     }
 }
 
 /// Serves the coordinator's requests on the agent's connection.
-async fn serve(conn: Connection, agent: Arc<Agent>, apply_lock: Arc<tokio::sync::Mutex<()>>) {
+async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let (agent, apply_lock) = (agent.clone(), apply_lock.clone());
+        let (agent, hooks) = (agent.clone(), hooks.clone());
         tokio::spawn(async move {
             let reply = match read_frame::<AgentRequest>(&mut recv).await {
                 Ok(AgentRequest::ApplyPlan(plan)) => {
-                    let _one_plan_at_a_time = apply_lock.lock().await;
-                    apply(&agent, &plan).await
+                    let _one_plan_at_a_time = hooks.apply_lock.lock().await;
+                    let reply = apply(&agent, &plan, hooks.events.as_deref()).await;
+                    if let Some(applied) = &hooks.applied {
+                        applied.send_modify(|n| *n += 1);
+                    }
+                    reply
                 }
                 Ok(AgentRequest::Exec {
                     lab,
@@ -168,14 +234,23 @@ async fn serve(conn: Connection, agent: Arc<Agent>, apply_lock: Arc<tokio::sync:
     }
 }
 
-async fn apply(agent: &Agent, plan: &HostPlan) -> AgentReply {
+async fn apply(
+    agent: &Agent,
+    plan: &HostPlan,
+    events: Option<&(dyn Fn(Event) + Send + Sync)>,
+) -> AgentReply {
     tracing::info!(
         host = plan.host,
         labs = plan.labs.len(),
         "applying the host plan"
     );
     match agent
-        .apply(plan, &|e| tracing::info!(event = ?e, "reconcile"))
+        .apply(plan, &|e| {
+            tracing::info!(event = ?e, "reconcile");
+            if let Some(events) = events {
+                events(e);
+            }
+        })
         .await
     {
         Ok(report) => AgentReply::Applied(

@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod guest;
 pub mod image;
+pub mod image_service;
 pub mod net;
 pub mod paths;
 pub mod reconcile;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -15,6 +16,7 @@ use labspan_proto::plan::{HostPlan, LabPlan, VmPlan};
 use sha2::{Digest, Sha256};
 
 use crate::guest::{network_script, shell_quote};
+use crate::image::transfer::{Fetcher, Progress};
 use crate::image::{Image, ImageError, ImageStore};
 use crate::net::{self, NetError, NetOps};
 use crate::paths;
@@ -33,6 +35,13 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the host could not be brought to its plan.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// An image the plan uses could not be brought to this host.
+    #[error("lab \"{lab}\": {source}")]
+    Fetch {
+        lab: String,
+        #[source]
+        source: Box<crate::image::transfer::FetchError>,
+    },
     /// A VM's image is not in the store.
     #[error("lab \"{lab}\": node \"{vm}\": {source}")]
     Image {
@@ -105,6 +114,23 @@ pub enum Event {
     Configured { lab: String, vm: String },
     /// A VM not in the plan was stopped and removed.
     Stopped { lab: String, vm: String },
+    /// An image the lab uses is being fetched from another host
+    /// (`bytes == total` when it is complete).
+    Fetching {
+        lab: String,
+        image: String,
+        from: String,
+        bytes: u64,
+        total: u64,
+        mib_per_s: f64,
+    },
+    /// A fetch from `from` failed (`why`); the next attempt follows.
+    FetchRetry {
+        lab: String,
+        image: String,
+        from: String,
+        why: String,
+    },
 }
 
 /// What one VM ended up as.
@@ -138,6 +164,9 @@ pub struct Agent {
     state: PathBuf,
     images: ImageStore,
     accel: AccelChoice,
+    /// Fetches the plan's images this host lacks (set by the daemon; without
+    /// it the store is used as it is).
+    fetcher: std::sync::OnceLock<Arc<Fetcher>>,
 }
 
 impl Agent {
@@ -148,7 +177,60 @@ impl Agent {
             state,
             images,
             accel,
+            fetcher: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets `apply` fetch missing images with `fetcher` (once; later calls
+    /// keep the first).
+    pub fn set_fetcher(&self, fetcher: Arc<Fetcher>) {
+        let _ = self.fetcher.set(fetcher);
+    }
+
+    /// Brings every image the plan resolved to this host's store, under its
+    /// name, fetching what is missing; without a fetcher, does nothing.
+    async fn ensure_images(
+        &self,
+        plan: &HostPlan,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<(), AgentError> {
+        let Some(fetcher) = self.fetcher.get() else {
+            return Ok(());
+        };
+        let mut done = BTreeSet::new();
+        for lab in &plan.labs {
+            for image in &lab.images {
+                if !done.insert((image.name.clone(), image.hash.clone())) {
+                    continue;
+                }
+                let progress = |p: Progress| {
+                    events(Event::Fetching {
+                        lab: lab.lab.clone(),
+                        image: p.image,
+                        from: p.from,
+                        bytes: p.bytes,
+                        total: p.total,
+                        mib_per_s: p.mib_per_s,
+                    })
+                };
+                let retrying = |from: &str, why: &str| {
+                    events(Event::FetchRetry {
+                        lab: lab.lab.clone(),
+                        image: image.name.clone(),
+                        from: from.to_string(),
+                        why: why.to_string(),
+                    })
+                };
+                fetcher
+                    .ensure(image, &progress, &retrying)
+                    .await
+                    .map_err(|e| AgentError::Fetch {
+                        lab: lab.lab.clone(),
+                        source: Box::new(e),
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// The image store.
@@ -163,17 +245,27 @@ impl Agent {
         plan: &HostPlan,
         events: &(dyn Fn(Event) + Sync),
     ) -> Result<Report, AgentError> {
+        self.ensure_images(plan, events).await?;
         let images = self.resolve_images(plan)?;
-        let mut kernel = net::KernelNet::connect()?;
+        let mut kernel = self.kernel().await?;
         net::diff(&net::desired_links(plan)?, &kernel.observe().await?)?;
         self.apply_checked(plan, images, kernel, events).await
+    }
+
+    /// The kernel's interfaces, with a creation a killed agent left half
+    /// done finished first (see [`net::KernelNet::with_journal`]).
+    async fn kernel(&self) -> Result<net::KernelNet, AgentError> {
+        let kernel =
+            net::KernelNet::connect()?.with_journal(paths::net_journal(&self.state));
+        kernel.recover().await?;
+        Ok(kernel)
     }
 
     /// Checks `plan` against this host without changing anything: every
     /// image is in the store, and no foreign interface is in the way.
     pub async fn check(&self, plan: &HostPlan) -> Result<(), AgentError> {
         self.resolve_images(plan)?;
-        let mut kernel = net::KernelNet::connect()?;
+        let mut kernel = self.kernel().await?;
         net::diff(&net::desired_links(plan)?, &kernel.observe().await?)?;
         Ok(())
     }
@@ -197,12 +289,14 @@ impl Agent {
             .collect();
         // Stop what goes away or changes before the network reconcile, which
         // deletes their taps.
+        // Stops run together: a guest may take its whole ACPI grace.
         let mut kept = BTreeMap::new();
+        let mut gone = Vec::new();
+        let mut changed = Vec::new();
         for (key, dir) in running {
             let (lab, name) = key.clone();
             let Some((_, plan_vm)) = wanted.get(&key) else {
-                self.stop_dir(&lab, &dir).await?;
-                events(Event::Stopped { lab, vm: name });
+                gone.push((lab, name, dir));
                 continue;
             };
             match vm::adopt(&dir).map_err(|source| AgentError::vm(lab.clone(), source))? {
@@ -216,9 +310,7 @@ impl Agent {
                             vm: name,
                             why,
                         });
-                        v.stop(STOP_TIMEOUT)
-                            .await
-                            .map_err(|source| AgentError::vm(lab, source))?;
+                        changed.push((lab, v));
                     }
                 },
                 None => {
@@ -232,6 +324,17 @@ impl Agent {
                 }
             }
         }
+        let stops = gone.iter().map(|(lab, _, dir)| self.stop_dir(lab, dir));
+        join_all(stops).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+        for (lab, vm, _) in gone {
+            events(Event::Stopped { lab, vm });
+        }
+        let restarts = changed.into_iter().map(|(lab, v)| async move {
+            v.stop(STOP_TIMEOUT)
+                .await
+                .map_err(|source| AgentError::vm(lab, source))
+        });
+        join_all(restarts).await.into_iter().collect::<Result<Vec<_>, _>>()?;
         let net_report = net::reconcile_with(&mut kernel, plan).await?;
         let accel = self.accel(&images).await?;
         let runs = wanted.iter().map(|(key, (lab, vm))| {

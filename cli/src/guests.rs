@@ -4,31 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use labspan_agent::reconcile::Agent;
 use labspan_agent::verify::{run_checks, CheckResult, GuestExec};
-use labspan_agent::vm::ExecOutput;
 use labspan_proto::lab::Lab;
 
 /// How long each `verify` check may take to pass.
 const CHECK_DEADLINE: Duration = Duration::from_secs(60);
-
-/// How long one check command may run in the guest.
-const CHECK_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The guests of one lab on this machine.
-pub struct LocalGuests<'a> {
-    pub agent: &'a Agent,
-    pub lab: &'a str,
-}
-
-impl GuestExec for LocalGuests<'_> {
-    async fn exec(&self, node: &str, cmd: &str) -> Result<ExecOutput, String> {
-        self.agent
-            .exec(self.lab, node, cmd, CHECK_EXEC_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())
-    }
-}
 
 /// Every node's addresses, for checks that name a node instead of an address.
 pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpNet>> {

@@ -55,11 +55,23 @@ fn refusal(e: ErrorReply) -> anyhow::Error {
 
 /// `labspan up` on a cluster: deploy, print the placement and VMs, run `verify`.
 pub async fn up(path: &Path, bundle: &LabBundle, verify: bool) -> anyhow::Result<ExitCode> {
+    up_with(path, bundle, verify, &|| {}).await
+}
+
+/// [`up`], calling `deployed` when the deploy has returned, before printing.
+pub async fn up_with(
+    path: &Path,
+    bundle: &LabBundle,
+    verify: bool,
+    deployed: &dyn Fn(),
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let client = connect(path).await?;
     let name = bundle.lab.name.clone();
     let bytes = codec::encode(bundle).context("encoding the lab bundle")?;
-    let (client, report) = deploy(path, client, &name, bytes).await?;
+    let deploy = deploy(path, client, &name, bytes).await;
+    deployed();
+    let (client, report) = deploy?;
     print_report(&report);
     let mut ok = report.status == "Running";
     if verify && ok && !bundle.lab.verify.is_empty() {
@@ -274,13 +286,20 @@ pub async fn inspect(path: &Path, only: Option<&str>, json: bool) -> anyhow::Res
     } else if rows.is_empty() {
         println!("no lab is deployed");
     } else {
+        // Columns as wide as their longest value (lab names run long).
+        let width = |f: fn(&NodeRow) -> usize, title: &str| {
+            rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
+        };
+        let wl = width(|r| r.lab.len(), "LAB");
+        let wn = width(|r| r.node.len(), "NODE");
+        let wh = width(|r| r.host.len(), "HOST");
         println!(
-            "{:<12} {:<12} {:<16} {:<8}  ADDRESSES",
+            "{:<wl$} {:<wn$} {:<wh$} {:<8}  ADDRESSES",
             "LAB", "NODE", "HOST", "STATE"
         );
         for r in &rows {
             println!(
-                "{:<12} {:<12} {:<16} {:<8}  {}",
+                "{:<wl$} {:<wn$} {:<wh$} {:<8}  {}",
                 r.lab,
                 r.node,
                 r.host,

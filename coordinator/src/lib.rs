@@ -2,7 +2,7 @@
 //! cluster state.
 
 pub mod hosts;
-pub mod local;
+pub mod images;
 pub mod placement;
 pub mod plan;
 pub mod raft;

@@ -222,6 +222,7 @@ fn lab_plan<'p>(
         segments: Vec::new(),
         vms: Vec::new(),
         verify: lab.verify.clone(),
+        images: Vec::new(),
     })
 }
 

@@ -632,3 +632,142 @@ fn dirs_index(name: &str) -> TestResult<usize> {
         other => Err(format!("unknown coordinator {other}").into()),
     }
 }
+
+/// `cluster remove`: the leader refuses a removal that leaves too few
+/// reachable voters and the removal of its last voter; a removed node is
+/// out of `cluster status`, writes still commit, and the removed node
+/// refuses API requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_is_removed_and_the_rest_still_commit() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (mut nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = Client::connect(&admin_file).await?;
+    let st = eventually("three voters", || async {
+        status(&admin)
+            .await
+            .filter(|s| s.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .await?;
+    let leader = st.leader.ok_or("no leader")?;
+    let followers: Vec<_> = st.members.iter().filter(|m| m.id != leader).collect();
+    let (stopped, kept) = (followers[0].clone(), followers[1].clone());
+    let remove = |member: &str| Request::RemoveCoordinator {
+        member: member.to_string(),
+    };
+
+    // With `stopped` down, removing `kept` would leave one of two voters: refused.
+    let at = dirs_index(&stopped.name)?;
+    let kept_at = dirs_index(&kept.name)?;
+    nodes.remove(at).shutdown().await;
+    let admin = Client::connect_to(
+        &admin_file,
+        &[st.members[dirs_index_of(&st, leader)?].addr.clone()],
+    )
+    .await?;
+    let reply = admin.request(&remove(&kept.name)).await?;
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.kind == ErrorKind::Unavailable),
+        "{reply:?}"
+    );
+    let reply = admin.request(&remove("c9")).await?;
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.kind == ErrorKind::NotFound),
+        "{reply:?}"
+    );
+
+    // Removing the stopped one (by id) leaves two voters that still commit.
+    let reply = admin.request(&remove(&stopped.id.to_string())).await?;
+    assert_eq!(reply, Reply::Done);
+    let st = status(&admin).await.ok_or("no status")?;
+    let names: Vec<&str> = st.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "{st:?}");
+    assert!(!names.contains(&stopped.name.as_str()), "{st:?}");
+    token(&admin, Role::Viewer).await?;
+
+    // Down to the leader alone, then its removal is refused.
+    assert_eq!(admin.request(&remove(&kept.name)).await?, Reply::Done);
+    token(&admin, Role::Viewer).await?;
+    let leader_name = st
+        .members
+        .iter()
+        .find(|m| m.id == leader)
+        .ok_or("leader")?
+        .name
+        .clone();
+    let reply = admin.request(&remove(&leader_name)).await?;
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.kind == ErrorKind::Invalid && e.message.contains("last voter")),
+        "{reply:?}"
+    );
+    let st = status(&admin).await.ok_or("no status")?;
+    assert_eq!(st.members.len(), 1, "{st:?}");
+
+    // The removed (running) coordinator refuses writes instead of forwarding them.
+    let kept_at = if kept_at > at { kept_at - 1 } else { kept_at };
+    let removed = Client::connect_to(&admin_file, &[nodes[kept_at].addr.to_string()]).await?;
+    let refused = eventually("the removed coordinator to refuse writes", || async {
+        let req = Request::CreateToken {
+            role: Role::Viewer,
+            ttl_secs: 60,
+        };
+        match removed.request(&req).await {
+            Ok(Reply::Error(e)) if e.message.contains("was removed") => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    removed.close().await;
+    admin.close().await;
+    shutdown(nodes).await;
+    refused
+}
+
+/// Index in `st.members` of member `id`.
+fn dirs_index_of(st: &ClusterStatus, id: u64) -> TestResult<usize> {
+    st.members
+        .iter()
+        .position(|m| m.id == id)
+        .ok_or_else(|| "no such member".into())
+}
+
+/// Removing the leader itself: it steps down once demoted and the next
+/// leader drops it; the two others commit and list two members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removes_itself_and_the_next_leader_takes_over() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = Client::connect(&admin_file).await?;
+    let st = eventually("three voters", || async {
+        status(&admin)
+            .await
+            .filter(|s| s.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .await?;
+    let leader = st.leader.ok_or("no leader")?;
+    let old = st.members[dirs_index_of(&st, leader)?].clone();
+    let reply = admin
+        .request(&Request::RemoveCoordinator {
+            member: old.name.clone(),
+        })
+        .await?;
+    assert_eq!(reply, Reply::Done);
+    let others: Vec<String> = st
+        .members
+        .iter()
+        .filter(|m| m.id != leader)
+        .map(|m| m.addr.clone())
+        .collect();
+    let via_other = Client::connect_to(&admin_file, &others).await?;
+    let st = eventually("two members and a new leader", || async {
+        status(&via_other)
+            .await
+            .filter(|s| s.members.len() == 2 && s.leader.is_some_and(|l| l != leader))
+    })
+    .await?;
+    assert!(st.members.iter().all(|m| m.voter && m.id != leader), "{st:?}");
+    token(&via_other, Role::Viewer).await?;
+    via_other.close().await;
+    admin.close().await;
+    shutdown(nodes).await;
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! host plans, and the names labspan gives to host interfaces.
 
 pub mod codec;
+pub mod image;
 pub mod lab;
 pub mod msg;
 pub mod names;

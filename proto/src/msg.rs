@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::ImageInfo;
 use crate::plan::HostPlan;
 
 /// What a cluster member is; written into its certificate, it decides what
@@ -107,6 +108,10 @@ pub enum Request {
     AddCoordinator { id: u64, addr: String },
     /// Consumes a join token (a coordinator forwards it to the leader).
     UseToken { token: String, name: String },
+    /// Removes a coordinator (by name or Raft id) from the voters; the
+    /// leader refuses to remove the last voter or to leave too few
+    /// reachable voters to commit.
+    RemoveCoordinator { member: String },
     /// A request a coordinator forwards to the leader on behalf of a caller;
     /// the leader checks the caller's role again.
     Forwarded {
@@ -114,6 +119,16 @@ pub enum Request {
         role: Role,
         request: Box<Request>,
     },
+    /// An agent tells the leader the images its host holds and where its
+    /// image endpoint listens (soft state on the leader, like heartbeats);
+    /// sent before registering and whenever the store changes.
+    ImageInventory {
+        addr: Option<String>,
+        images: Vec<ImageInfo>,
+    },
+    /// The image endpoints of the hosts that are up, and what each holds
+    /// (`labspan image push` picks one).
+    ImageHosts,
 }
 
 /// The reply to one [`Request`].
@@ -149,6 +164,17 @@ pub enum Reply {
     NotLeader { leader: Option<String> },
     /// The request was understood and refused.
     Error(ErrorReply),
+    /// Answer to [`Request::ImageHosts`].
+    ImageHosts(Vec<HostImages>),
+}
+
+/// One up host's image endpoint and inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostImages {
+    pub host: String,
+    /// `ip:port` of its image endpoint (`None`: its agent has not said).
+    pub addr: Option<String>,
+    pub images: Vec<ImageInfo>,
 }
 
 /// What `labspan cluster status` shows.

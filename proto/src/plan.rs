@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::image::ImagePlan;
 use crate::lab::{Check, Impairment};
 
 /// Everything one host must run.
@@ -26,6 +27,10 @@ pub struct LabPlan {
     pub vms: Vec<VmPlan>,
     /// The lab's checks (run by whoever drives `verify`).
     pub verify: Vec<Check>,
+    /// The images this host's VMs of the lab use, as the leader resolved
+    /// them (an image left out is taken from the local store as it is).
+    #[serde(default)]
+    pub images: Vec<ImagePlan>,
 }
 
 /// One L2 segment's share on this host: a bridge, and a VXLAN device when

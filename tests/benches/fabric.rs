@@ -228,6 +228,7 @@ fn labspan_built(fabric: &Fabric, vni: u32, mtu: u32, subnet: u8) -> Result<()> 
             segments: vec![segment],
             vms: vec![],
             verify: vec![],
+            images: vec![],
         };
         let plan = HostPlan {
             host: format!("h{}", i + 1),

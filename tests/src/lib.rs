@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
+pub mod local_cluster;
 pub mod netns;
 
 /// Where tests keep images, shared by every test host so `tiny` is built once.
@@ -95,15 +96,7 @@ impl TestHost {
     /// Builds the image recipe `name` (`tiny`, `tiny-router`) into the
     /// shared store; a cached recipe costs only the apt look-up.
     pub fn ensure_image(&self, name: &str) {
-        let _guard = IMAGE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        // Outside the namespace: the build downloads Debian packages.
-        let out =
-            run(Command::new(labspan_bin()).args(["image", "build", name, "--store", TEST_IMAGES]));
-        assert!(
-            out.status.success(),
-            "labspan image build {name}: {}",
-            text(&out)
-        );
+        build_image(name);
     }
 
     /// Runs `labspan ARGS` inside this host, under TCG.
@@ -202,6 +195,20 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Builds the image recipe `name` into [`TEST_IMAGES`], once per test
+/// process (a cached recipe costs only the apt look-up).
+pub fn build_image(name: &str) {
+    let _guard = IMAGE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    // In the root namespace: the build downloads Debian packages.
+    let out =
+        run(Command::new(labspan_bin()).args(["image", "build", name, "--store", TEST_IMAGES]));
+    assert!(
+        out.status.success(),
+        "labspan image build {name}: {}",
+        text(&out)
+    );
 }
 
 /// Whether `pid` is a live QEMU.

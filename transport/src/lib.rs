@@ -11,12 +11,14 @@ pub mod tls;
 
 mod endpoint;
 mod frame;
+mod image;
 mod server;
 
 pub use endpoint::{
     client_endpoint, connect, join_client_endpoint, join_server_endpoint, peer_identity_of,
     server_endpoint, transport_config, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
 };
+pub use image::{connect_image, image_client_endpoint, image_server_endpoint};
 pub use frame::{read_frame, request, write_frame, StreamErrorCode};
 pub use server::{serve, serve_join, JoinService, Service, REQUEST_READ_TIMEOUT};
 

@@ -12,8 +12,11 @@
 pub mod apt;
 pub mod cpio;
 mod debian;
+pub mod digest;
 mod import;
+mod receive;
 mod tiny;
+pub mod transfer;
 
 use std::fs;
 use std::io;
@@ -23,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use debian::{Recipe, CMDLINE as DEBIAN_CMDLINE};
 pub use import::{ImportRequest, IMPORTED_CMDLINE};
+pub use receive::{Expected, ReceiveError};
 pub use tiny::{
     recipe, BuildReport, TinyRecipe, CMDLINE as TINY_CMDLINE, RECIPES, TINY, TINY_ROUTER,
 };
@@ -173,6 +177,11 @@ impl ImageStore {
 
     /// Every named image, sorted by name.
     pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        self.names()?.iter().map(|n| self.get(n)).collect()
+    }
+
+    /// Every image name, sorted.
+    pub fn names(&self) -> Result<Vec<String>, ImageError> {
         let dir = self.root.join("names");
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -185,7 +194,20 @@ impl ImageStore {
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
-        names.iter().map(|n| self.get(n)).collect()
+        Ok(names)
+    }
+
+    /// Points `name` at the image `hash` already in the store (unless it
+    /// does already) and returns that image.
+    pub fn name_hash(&self, name: &str, hash: &str) -> Result<Image, ImageError> {
+        check_name(name)?;
+        let image = self.by_hash(hash)?;
+        let index = self.root.join("names").join(name);
+        let current = fs::read_to_string(&index).unwrap_or_default();
+        if current.trim() != hash {
+            self.set_name(name, hash)?;
+        }
+        Ok(image)
     }
 
     fn by_hash(&self, hash: &str) -> Result<Image, ImageError> {
@@ -215,9 +237,15 @@ impl ImageStore {
             detail: e.to_string(),
         })?;
         fs::write(&path, json).map_err(io_err("writing", &path))?;
+        self.install(staged, &manifest.hash, &manifest.name)
+    }
+
+    /// Moves a staged image folder (manifest included) into `objects/HASH`
+    /// and points `name` at it; a copy already there is kept.
+    fn install(&self, staged: &Path, hash: &str, name: &str) -> Result<Image, ImageError> {
         let objects = self.root.join("objects");
         fs::create_dir_all(&objects).map_err(io_err("creating", &objects))?;
-        let dst = objects.join(&manifest.hash);
+        let dst = objects.join(hash);
         if !dst.join("manifest.json").exists() {
             if let Err(e) = fs::rename(staged, &dst) {
                 // A concurrent build of the same recipe renamed first.
@@ -226,8 +254,8 @@ impl ImageStore {
                 }
             }
         }
-        self.set_name(&manifest.name, &manifest.hash)?;
-        self.by_hash(&manifest.hash)
+        self.set_name(name, hash)?;
+        self.by_hash(hash)
     }
 
     /// A fresh work folder under `tmp/`, removed when the guard drops.

@@ -20,6 +20,7 @@ pub fn lab(name: &str) -> LabPlan {
         segments: vec![],
         vms: vec![],
         verify: vec![],
+        images: vec![],
     }
 }
 

@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, env = "LABSPAN_ACCEL", default_value = "auto")]
     pub accel: AccelChoice,
+    /// Where to serve this host's images to the other hosts (ip:port)
+    /// [default: the VTEP address, port 7102].
+    #[arg(long, value_name = "ADDR")]
+    pub image_listen: Option<std::net::SocketAddr>,
     /// Offer only this much memory to labs (e.g. 8GiB; default: all of it).
     #[arg(long, value_parser = memory_mib)]
     pub memory: Option<u64>,
@@ -66,6 +70,10 @@ fn host_info(args: &RunArgs) -> anyhow::Result<HostInfo> {
     if let Some(cpus) = args.cpus {
         host.cpus = cpus;
     }
+    host.image_listen = Some(args.image_listen.unwrap_or(std::net::SocketAddr::new(
+        args.vtep,
+        labspan_agent::image::transfer::DEFAULT_IMAGE_PORT,
+    )));
     Ok(host)
 }
 

@@ -1,5 +1,5 @@
-//! `labspan cluster init|token|join|status`: create a cluster, let members
-//! in with one-time tokens, and see its state.
+//! `labspan cluster init|token|join|status|remove`: create a cluster, let
+//! members in with one-time tokens, see its state, and remove a coordinator.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +28,8 @@ pub enum Command {
     Join(JoinArgs),
     /// Members, leader, term, commit index, hosts and labs.
     Status(StatusArgs),
+    /// Remove a coordinator from the Raft membership (admin only).
+    Remove(RemoveArgs),
 }
 
 /// Arguments of `labspan cluster init`.
@@ -94,6 +96,16 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Arguments of `labspan cluster remove`.
+#[derive(clap::Args)]
+pub struct RemoveArgs {
+    /// The coordinator's name or Raft id (as `cluster status` shows them).
+    pub member: String,
+    /// The cluster file.
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: PathBuf,
+}
+
 /// Runs `labspan cluster ...`.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
@@ -102,6 +114,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Token(a) => rt.block_on(token(a)),
         Command::Join(a) => rt.block_on(join(a)),
         Command::Status(a) => rt.block_on(status(a)),
+        Command::Remove(a) => rt.block_on(remove(a)),
     }
 }
 
@@ -205,6 +218,25 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(a: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&a.cluster).await?;
+    let req = Request::RemoveCoordinator {
+        member: a.member.clone(),
+    };
+    let reply = call(&client, &req).await;
+    client.close().await;
+    match reply? {
+        Reply::Done => {
+            println!(
+                "coordinator {} removed; stop its process (`labspan cluster status` lists the members)",
+                a.member
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected reply to RemoveCoordinator: {other:?}"),
+    }
 }
 
 async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {

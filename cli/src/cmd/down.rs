@@ -2,9 +2,7 @@
 
 use std::process::ExitCode;
 
-use labspan_agent::vm::AccelChoice;
-
-use crate::embedded::Embedded;
+use crate::embedded;
 
 /// Arguments of `labspan down`.
 #[derive(clap::Args)]
@@ -16,24 +14,17 @@ pub struct Args {
     pub cluster: Option<std::path::PathBuf>,
 }
 
-/// Runs `labspan down`. Idempotent: a lab already gone is not an error, and
-/// leftovers of an interrupted `up` (VM folders, interfaces) are removed too.
+/// Runs `labspan down`. Idempotent: a lab already gone is not an error.
+/// On the embedded default, leftovers of an interrupted `up` (VMs,
+/// interfaces of a lab the cluster never recorded) are removed too: the
+/// local agent brings the host to its recorded plan before anything else.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(cluster) = &args.cluster {
-        return tokio::runtime::Runtime::new()?.block_on(crate::remote::down(cluster, &args.lab));
-    }
-    let env = Embedded::open(AccelChoice::Auto)?;
-    let known = env.store.get(&args.lab)?.is_some();
     let rt = tokio::runtime::Runtime::new()?;
-    let stopped = rt.block_on(env.agent.remove_lab(&args.lab))?;
-    env.store.remove(&args.lab)?;
-    if known || stopped > 0 {
-        println!(
-            "lab \"{}\" is down: {stopped} VM(s) stopped, its interfaces and VM folders removed",
-            args.lab
-        );
-    } else {
-        println!("lab \"{}\" is not deployed; nothing to do", args.lab);
+    if let Some(cluster) = &args.cluster {
+        return rt.block_on(crate::remote::down(cluster, &args.lab));
     }
-    Ok(ExitCode::SUCCESS)
+    rt.block_on(embedded::with_cluster(
+        embedded::accel_from_env(),
+        async |file| crate::remote::down(&file, &args.lab).await,
+    ))
 }

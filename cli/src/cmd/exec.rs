@@ -1,13 +1,9 @@
 //! `labspan exec LAB NODE -- CMD...`: run a command in a guest, with its
 //! output and exit status.
 
-use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use labspan_agent::vm::AccelChoice;
-
-use crate::embedded::Embedded;
+use crate::embedded;
 
 /// Arguments of `labspan exec`.
 #[derive(clap::Args)]
@@ -31,23 +27,14 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cmd = args.cmd.join(" ");
     let rt = tokio::runtime::Runtime::new()?;
+    let exec = async |file: &std::path::Path| {
+        crate::remote::exec(file, &args.lab, &args.node, &cmd, args.timeout).await
+    };
     if let Some(cluster) = &args.cluster {
-        return rt.block_on(crate::remote::exec(
-            cluster,
-            &args.lab,
-            &args.node,
-            &cmd,
-            args.timeout,
-        ));
+        return rt.block_on(exec(cluster));
     }
-    let env = Embedded::open(AccelChoice::Auto)?;
-    let out = rt.block_on(env.agent.exec(
-        &args.lab,
-        &args.node,
-        &cmd,
-        Duration::from_secs(args.timeout),
-    ))?;
-    std::io::stdout().write_all(&out.stdout)?;
-    std::io::stderr().write_all(&out.stderr)?;
-    Ok(ExitCode::from(u8::try_from(out.exit_code).unwrap_or(255)))
+    rt.block_on(embedded::with_cluster(
+        embedded::accel_from_env(),
+        async |file| exec(&file).await,
+    ))
 }

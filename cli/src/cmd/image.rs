@@ -1,4 +1,5 @@
-//! `labspan image`: build, list and import guest images.
+//! `labspan image`: build, list, import guest images, and push one to a
+//! cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,6 +66,20 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Add an image to a cluster: upload it to one lab host, from which the
+    /// others fetch it when a lab needs it.
+    Push {
+        /// An image of the local store, or a qcow2 file (imported first).
+        image: String,
+        /// Name in the cluster [default: the image's name, or the file's stem].
+        #[arg(long)]
+        name: Option<String>,
+        /// The cluster's admin file (from `labspan cluster init`).
+        #[arg(long, env = "LABSPAN_CLUSTER")]
+        cluster: PathBuf,
+        #[command(flatten)]
+        store: StoreArg,
+    },
 }
 
 /// Runs `labspan image ...`.
@@ -72,6 +87,12 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Build { name, store } => build(&name, &store.open()),
         Command::List { json, store } => list(json, &store.open()),
+        Command::Push {
+            image,
+            name,
+            cluster,
+            store,
+        } => super::image_push::push(&image, name.as_deref(), &cluster, &store.open()),
         Command::Import {
             file,
             name,
@@ -173,7 +194,7 @@ fn list(json: bool, store: &ImageStore) -> anyhow::Result<ExitCode> {
 }
 
 /// Bad names and unusable files are the user's input: exit status 2.
-fn user_error(e: ImageError) -> anyhow::Error {
+pub(crate) fn user_error(e: ImageError) -> anyhow::Error {
     match e {
         ImageError::BadName { .. } | ImageError::NotQcow2 { .. } | ImageError::Recipe { .. } => {
             anyhow::Error::new(InvalidInput(e.to_string()))
@@ -182,7 +203,7 @@ fn user_error(e: ImageError) -> anyhow::Error {
     }
 }
 
-fn short(image: &Image) -> String {
+pub(crate) fn short(image: &Image) -> String {
     image.manifest.hash.chars().take(12).collect()
 }
 

@@ -8,6 +8,7 @@ pub mod down;
 pub mod exec;
 pub mod graph;
 pub mod image;
+mod image_push;
 pub mod inspect;
 pub mod place;
 pub mod up;

@@ -3,16 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use labspan_agent::image::ImageError;
-use labspan_agent::reconcile::{Event, Report};
+use labspan_agent::reconcile::{Agent, Event};
 use labspan_agent::vm::AccelChoice;
+use labspan_proto::lab::LabBundle;
 
-use crate::embedded::{classify, load, Embedded};
-use crate::guests::{verify, LocalGuests};
+use crate::embedded::{self, load};
 
 /// Arguments of `labspan up`.
 #[derive(clap::Args)]
@@ -38,36 +38,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn up(args: Args) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
     let bundle = load(&args.lab)?;
     if let Some(cluster) = &args.cluster {
         return crate::remote::up(cluster, &bundle, !args.no_verify).await;
     }
-    let name = bundle.lab.name.clone();
-    let env = Embedded::open(args.accel)?;
-    let (record, host_plan) = env.plan(&bundle)?;
-    ensure_builtin_images(&env, &bundle.lab)?;
-    env.agent.check(&host_plan).await.map_err(classify)?;
-    env.store.put(&record)?;
+    embedded_up(&bundle, args.accel, !args.no_verify).await
+}
 
-    let progress = Progress::new(&bundle.lab);
-    let report = env
-        .agent
-        .apply(&host_plan, &|e| progress.on(e))
-        .await
-        .map_err(classify)?;
+/// `up` on the embedded default: this machine's own single-node cluster,
+/// after a check of the lab against this machine (exit 2, nothing changed).
+async fn embedded_up(
+    bundle: &LabBundle,
+    accel: AccelChoice,
+    verify: bool,
+) -> anyhow::Result<ExitCode> {
+    let prepared = embedded::prepare().await?;
+    let placement = prepared.fits(bundle)?;
+    let agent = Agent::new(labspan_agent::paths::state_dir(), accel);
+    ensure_builtin_images(&agent, &bundle.lab)?;
+    prepared.check(bundle, &placement, &agent).await?;
+    let progress = Arc::new(Progress::new(&bundle.lab));
+    let hook = {
+        let (progress, lab) = (progress.clone(), bundle.lab.name.clone());
+        Arc::new(move |e: Event| progress.on(&lab, e))
+    };
+    let cluster = prepared.start(accel, Some(hook)).await?;
+    let finish = || progress.finish();
+    let result = crate::remote::up_with(cluster.cluster_file(), bundle, verify, &finish).await;
     progress.finish();
-    print_vms(&name, &report);
-
-    let mut ok = report.ok();
-    if !args.no_verify && !bundle.lab.verify.is_empty() && ok {
-        let guests = LocalGuests {
-            agent: &env.agent,
-            lab: &name,
-        };
-        ok = verify(&guests, &bundle.lab).await;
-    }
-    Ok(summary(&name, ok, started))
+    cluster.stop().await;
+    result
 }
 
 /// The last line of `up` (embedded default and cluster alike), and its exit status.
@@ -86,12 +86,12 @@ pub(crate) fn summary(lab: &str, ok: bool, started: Instant) -> ExitCode {
 
 /// Builds the built-in images a lab uses (`tiny`, `tiny-router`) that are
 /// missing, the way a container tool pulls a missing image.
-fn ensure_builtin_images(env: &Embedded, lab: &labspan_proto::lab::Lab) -> anyhow::Result<()> {
+fn ensure_builtin_images(agent: &Agent, lab: &labspan_proto::lab::Lab) -> anyhow::Result<()> {
     let used: std::collections::BTreeSet<&str> =
         lab.nodes.values().map(|n| n.image.as_str()).collect();
     for recipe in used.into_iter().filter_map(labspan_agent::image::recipe) {
         if !matches!(
-            env.agent.images().get(recipe.name),
+            agent.images().get(recipe.name),
             Err(ImageError::Missing { .. })
         ) {
             continue;
@@ -101,7 +101,7 @@ fn ensure_builtin_images(env: &Embedded, lab: &labspan_proto::lab::Lab) -> anyho
         let style = ProgressStyle::with_template(&format!("{{spinner}} {name}: {{wide_msg}}"))?;
         let bar = ProgressBar::new_spinner().with_style(style);
         bar.enable_steady_tick(Duration::from_millis(120));
-        env.agent
+        agent
             .images()
             .build_recipe(recipe, &mut |step: &str| bar.set_message(step.to_string()))?;
         bar.finish_and_clear();
@@ -135,21 +135,52 @@ impl Progress {
         }
     }
 
-    fn on(&self, event: Event) {
-        let (vm, msg) = match &event {
-            Event::Launching { vm, .. } => (vm, "starting QEMU".to_string()),
-            Event::Adopted { vm, pid, .. } => (vm, format!("running (pid {pid}), kept")),
-            Event::Restarting { vm, why, .. } => (vm, format!("restarting: {why}")),
-            Event::Booted { vm, after, .. } => (
+    /// Shows `event` if it is about `lab` (the agent reports every lab of the host).
+    fn on(&self, lab: &str, event: Event) {
+        let (of, vm, msg) = match &event {
+            Event::Launching { lab, vm } => (lab, vm, "starting QEMU".to_string()),
+            Event::Adopted { lab, vm, pid } => (lab, vm, format!("running (pid {pid}), kept")),
+            Event::Restarting { lab, vm, why } => (lab, vm, format!("restarting: {why}")),
+            Event::Booted { lab, vm, after } => (
+                lab,
                 vm,
                 format!(
                     "guest agent up after {:.1} s, configuring",
                     after.as_secs_f64()
                 ),
             ),
-            Event::Configured { vm, .. } => (vm, "configured".to_string()),
-            Event::Stopped { vm, .. } => (vm, "stopped and removed".to_string()),
+            Event::Configured { lab, vm } => (lab, vm, "configured".to_string()),
+            Event::Stopped { lab, vm } => (lab, vm, "stopped and removed".to_string()),
+            Event::Fetching {
+                lab,
+                image,
+                from,
+                bytes,
+                total,
+                mib_per_s,
+            } => (
+                lab,
+                image,
+                format!(
+                    "image from {from}: {:.1} of {:.1} MiB ({mib_per_s:.1} MiB/s)",
+                    *bytes as f64 / 1048576.0,
+                    *total as f64 / 1048576.0
+                ),
+            ),
+            Event::FetchRetry {
+                lab,
+                image,
+                from,
+                why,
+            } => (
+                lab,
+                image,
+                format!("fetch from {from} failed, retrying: {why}"),
+            ),
         };
+        if of != lab {
+            return;
+        }
         if let Ok(bars) = self.bars.lock() {
             match bars.get(vm) {
                 Some(bar) => bar.set_message(msg),
@@ -161,24 +192,6 @@ impl Progress {
     fn finish(&self) {
         if let Ok(bars) = self.bars.lock() {
             bars.values().for_each(ProgressBar::finish_and_clear);
-        }
-    }
-}
-
-fn print_vms(lab: &str, report: &Report) {
-    println!("{:<12} {:<8} {:>8}  CONSOLE", "NODE", "STATE", "PID");
-    for vm in &report.vms {
-        let state = if vm.error.is_none() {
-            "ready"
-        } else {
-            "FAILED"
-        };
-        println!(
-            "{:<12} {:<8} {:>8}  labspan console {lab} {}",
-            vm.vm, state, vm.pid, vm.vm
-        );
-        if let Some(e) = &vm.error {
-            println!("  {e}");
         }
     }
 }

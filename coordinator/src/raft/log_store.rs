@@ -3,6 +3,8 @@
 //! Every write is one redb transaction committed with redb's default
 //! durability (`Immediate`: fsync before `commit` returns), so an entry or a
 //! vote is on disk before openraft is told it is: nothing acknowledged is lost.
+//! Writes run on tokio's blocking pool ([`blocking`]): an fsync never holds
+//! one of the async worker threads that serve the API, Raft RPCs and agents.
 //! Entries and metadata are encoded with the codec, so a store written by an
 //! incompatible release is refused with a version error, not misread.
 
@@ -85,6 +87,15 @@ pub(super) fn write_meta<T: Serialize>(
             .map_err(|e| err(e.into()))?;
     }
     txn.commit().map_err(|e| err(e.into()))
+}
+
+/// Runs the storage write `f` on tokio's blocking pool and waits for it.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io(ErrorSubject::Store, ErrorVerb::Write, e))?
 }
 
 impl LogStore {
@@ -176,7 +187,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        write_meta(&self.db, KEY_VOTE, vote, ErrorSubject::Vote)
+        let (db, vote) = (self.db.clone(), *vote);
+        blocking(move || write_meta(&db, KEY_VOTE, &vote, ErrorSubject::Vote)).await
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
@@ -184,7 +196,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        write_meta(&self.db, KEY_COMMITTED, &committed, ErrorSubject::Store)
+        let db = self.db.clone();
+        blocking(move || write_meta(&db, KEY_COMMITTED, &committed, ErrorSubject::Store)).await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -196,32 +209,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let err = |e: redb::Error| io(ErrorSubject::Logs, ErrorVerb::Write, e);
-        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        {
-            let mut table = txn.open_table(LOGS).map_err(|e| err(e.into()))?;
-            for entry in entries {
-                let bytes = codec::encode(&entry)
-                    .map_err(|e| io(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-                table
-                    .insert(entry.log_id.index, bytes.as_slice())
-                    .map_err(|e| err(e.into()))?;
-            }
-        }
-        // commit() returns after fsync: only then is the append reported done.
-        txn.commit().map_err(|e| err(e.into()))?;
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let db = self.db.clone();
+        blocking(move || append_durably(&db, entries)).await?;
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        self.delete_range((Bound::Included(log_id.index), Bound::Unbounded), None)
+        let store = self.clone();
+        blocking(move || {
+            store.delete_range((Bound::Included(log_id.index), Bound::Unbounded), None)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        self.delete_range(
-            (Bound::Unbounded, Bound::Included(log_id.index)),
-            Some(&log_id),
-        )
+        let store = self.clone();
+        blocking(move || {
+            store.delete_range(
+                (Bound::Unbounded, Bound::Included(log_id.index)),
+                Some(&log_id),
+            )
+        })
+        .await
     }
+}
+
+/// Writes `entries` in one transaction; returns once it is on disk.
+fn append_durably(db: &Database, entries: Vec<Entry<TypeConfig>>) -> StorageResult<()> {
+    let err = |e: redb::Error| io(ErrorSubject::Logs, ErrorVerb::Write, e);
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        let mut table = txn.open_table(LOGS).map_err(|e| err(e.into()))?;
+        for entry in entries {
+            let bytes = codec::encode(&entry)
+                .map_err(|e| io(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            table
+                .insert(entry.log_id.index, bytes.as_slice())
+                .map_err(|e| err(e.into()))?;
+        }
+    }
+    // commit() returns after fsync: only then is the append reported done.
+    txn.commit().map_err(|e| err(e.into()))
 }

@@ -48,6 +48,9 @@ pub enum LabStatus {
     Failed { reason: String },
     /// Being torn down.
     Deleting,
+    /// Some nodes were on a host that is down and no up host can take them;
+    /// the rest of the lab runs. The reason names those nodes.
+    Degraded { reason: String },
 }
 
 /// A lab as the cluster knows it.

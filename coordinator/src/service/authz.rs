@@ -18,7 +18,9 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::CreateToken { .. } | R::DeployLab { .. } | R::DeleteLab { .. } | R::Exec { .. } => {
             role == Role::Admin
         }
-        R::RegisterHost { .. } | R::Heartbeat => role == Role::Agent,
+        R::RemoveCoordinator { .. } => role == Role::Admin,
+        R::RegisterHost { .. } | R::Heartbeat | R::ImageInventory { .. } => role == Role::Agent,
+        R::ImageHosts => role == Role::Admin,
     }
 }
 
@@ -60,6 +62,22 @@ mod tests {
             assert!(!may(role, &fwd), "{role}");
         }
         assert!(may(Role::Coordinator, &Request::Raft(vec![])));
+    }
+
+    #[test]
+    fn agents_report_images_and_admins_find_image_hosts() {
+        let inventory = Request::ImageInventory {
+            addr: None,
+            images: vec![],
+        };
+        for role in Role::ALL {
+            assert_eq!(may(role, &inventory), role == Role::Agent, "{role}");
+            assert_eq!(
+                may(role, &Request::ImageHosts),
+                role == Role::Admin,
+                "{role}"
+            );
+        }
     }
 
     #[test]

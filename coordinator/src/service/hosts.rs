@@ -7,12 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use labspan_proto::msg::{ErrorKind, Reply};
+use labspan_transport::IDLE_TIMEOUT;
 
-use super::{error, labs, lock, HostLive, Inner};
+use super::{error, labs, lock, recovery, HostLive, Inner};
 use crate::raft::{Capacity, Command};
 
 /// A host not heard of for this long is marked down.
 pub const HOST_DOWN_AFTER: Duration = Duration::from_secs(10);
+/// How long a new leader waits for a host it never heard of: its agent
+/// notices the old leader is gone within the transport's idle timeout, may
+/// spend as long again on a dead coordinator of its list, then registers.
+/// Marking it down sooner would move VMs off a healthy host, and a
+/// coordinator failover never restarts a VM.
+pub const NEW_LEADER_GRACE: Duration =
+    Duration::from_secs(2 * IDLE_TIMEOUT.as_secs() + HOST_DOWN_AFTER.as_secs());
 /// How often the leader looks for silent hosts.
 const MONITOR_EVERY: Duration = Duration::from_secs(1);
 /// Underlay MTU assumed for a host whose agent has not said (after a failover).
@@ -65,6 +73,13 @@ pub(super) async fn register(
         }
     }
     tracing::info!(host = name, %vtep, memory_mib, cpus, "host registered");
+    send_own_plan(inner, name);
+    Reply::Done
+}
+
+/// Sends host `name` its complete plan in the background: after a restart
+/// or a loss, its agent converges (and stops VMs that moved elsewhere).
+fn send_own_plan(inner: &Arc<Inner>, name: &str) {
     let (inner, host) = (inner.clone(), name.to_string());
     tokio::spawn(async move {
         // After any lab change in flight: a plan computed before it must not
@@ -72,7 +87,6 @@ pub(super) async fn register(
         let _one_at_a_time = inner.lab_lock.lock().await;
         labs::push_plans(&inner, &BTreeSet::from([host])).await
     });
-    Reply::Done
 }
 
 /// Leader: agent `name` is alive.
@@ -105,6 +119,9 @@ pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
             return Reply::Error(e);
         }
         tracing::info!(host = name, "host is up again");
+        // Its connection outlived the outage, so it will not register again:
+        // its VMs may have moved meanwhile.
+        send_own_plan(inner, name);
     }
     Reply::Done
 }
@@ -112,6 +129,7 @@ pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
 /// Runs for the life of the coordinator; acts only while it leads.
 pub(super) async fn monitor(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(MONITOR_EVERY);
+    let mut recovering: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         if !inner.is_leader() {
@@ -130,15 +148,18 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
             {
                 tracing::warn!(host = name, error = %e, "cannot mark the host down");
             }
-            // TODO(issue 6): re-place the VMs of the lost host on the hosts
-            // still up (placement::place_lab with the lost host removed),
-            // then push the changed host plans.
+        }
+        // Level-triggered: also finishes what a previous leader started.
+        // One run at a time; a run may wait for VMs to start elsewhere.
+        if recovering.as_ref().is_none_or(|t| t.is_finished()) {
+            let inner = inner.clone();
+            recovering = Some(tokio::spawn(async move { recovery::run(&inner).await }));
         }
     }
 }
 
 /// Hosts marked up whose agent has been silent too long; hosts never heard
-/// of by this leader get a grace period from now.
+/// of by this leader get [`NEW_LEADER_GRACE`] from now.
 fn silent_hosts(inner: &Inner) -> Vec<String> {
     let hosts: Vec<(String, bool)> = inner
         .state
@@ -154,7 +175,8 @@ fn silent_hosts(inner: &Inner) -> Vec<String> {
         .into_iter()
         .filter(|(name, up)| {
             let seen = live.entry(name.clone()).or_insert(HostLive {
-                last_seen: now,
+                // Seen "in the future": `duration_since` stays zero until then.
+                last_seen: now + (NEW_LEADER_GRACE - HOST_DOWN_AFTER),
                 underlay_mtu: DEFAULT_UNDERLAY_MTU,
             });
             *up && now.duration_since(seen.last_seen) > HOST_DOWN_AFTER

@@ -62,6 +62,14 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
     if let Err(why) = revalidate(&bundle) {
         return error(ErrorKind::Invalid, why);
     }
+    if let Err(missing) = crate::images::check_lab(
+        &bundle.lab,
+        &super::images::inventories(inner),
+        &super::images::up_hosts(inner),
+        |name| labspan_proto::image::BUILTIN.contains(&name),
+    ) {
+        return error(ErrorKind::Invalid, missing.to_string());
+    }
     let _one_at_a_time = inner.lab_lock.lock().await;
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
@@ -107,9 +115,11 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
             return Reply::Error(e);
         }
     }
+    // A host that is down gets its plan when it registers again.
     let hosts: BTreeSet<String> = placement
         .values()
         .chain(existing.values())
+        .filter(|h| state.hosts.get(*h).is_some_and(|h| h.up))
         .cloned()
         .collect();
     let vms = match settle(inner, &name, &hosts).await {
@@ -189,7 +199,7 @@ fn outcome(
 
 /// What placement may use of each host that is up: its capacity minus the
 /// VMs of every lab but `lab`.
-fn offers(state: &ClusterState, lab: &str) -> Vec<Host> {
+pub(super) fn offers(state: &ClusterState, lab: &str) -> Vec<Host> {
     let mut hosts: BTreeMap<&String, Host> = state
         .hosts
         .iter()
@@ -278,11 +288,18 @@ pub(super) async fn push_plans(
     inner: &Arc<Inner>,
     hosts: &BTreeSet<String>,
 ) -> BTreeMap<String, Result<Vec<VmReport>, String>> {
-    let plans = {
+    let mut plans = {
         let state = inner.state.read();
         let fabrics = fabrics(inner, &state.state);
         host_plans(&state.state, &fabrics, hosts)
     };
+    // Which bits of each image, and from where: resolved at every push, over
+    // what the agents hold now.
+    crate::images::attach(
+        &mut plans,
+        &super::images::inventories(inner),
+        &super::images::up_hosts(inner),
+    );
     let pushes = plans.into_iter().map(|(host, plan)| async move {
         let result = push(inner, &host, plan).await;
         if let Err(e) = &result {
@@ -347,9 +364,14 @@ pub(super) async fn delete(inner: &Arc<Inner>, name: &str) -> Reply {
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
-    let hosts: BTreeSet<String> = match inner.state.read().state.labs.get(name) {
-        Some(rec) => rec.placement.values().cloned().collect(),
-        None => return error(ErrorKind::NotFound, format!("lab {name:?} is not deployed")),
+    // A host that is down stops the lab's VMs when it registers again.
+    let hosts: Option<BTreeSet<String>> = {
+        let state = &inner.state.read().state;
+        let up = |h: &&String| state.hosts.get(*h).is_some_and(|h| h.up);
+        (state.labs.get(name)).map(|rec| rec.placement.values().filter(up).cloned().collect())
+    };
+    let Some(hosts) = hosts else {
+        return error(ErrorKind::NotFound, format!("lab {name:?} is not deployed"));
     };
     if let Err(e) = inner
         .write(Command::DeleteLab {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,5 +193,215 @@ pub(super) async fn become_member(inner: Arc<Inner>, peers: Vec<String>, addr: S
             }
         }
         tokio::time::sleep(MEMBERSHIP_RETRY).await;
+    }
+}
+
+/// How long the leader waits for a remaining voter to answer a ping before
+/// it counts it as unreachable (removal safety check).
+const REACH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Removes coordinator `member` (its name or Raft id) from the membership.
+///
+/// Refuses to remove the last voter, and refuses a removal after which
+/// fewer than a majority of the remaining voters answer a ping: such a
+/// cluster could not commit anything, not even putting the node back.
+/// A voter is first demoted to learner, so it receives the membership that
+/// no longer counts it (and then refuses API requests), then dropped.
+pub(super) async fn remove_coordinator(
+    inner: &Arc<Inner>,
+    caller: &PeerIdentity,
+    member: &str,
+) -> Reply {
+    let membership = inner.raft.metrics().borrow().membership_config.clone();
+    let membership = membership.membership();
+    let found = membership
+        .nodes()
+        .find(|(id, m)| m.name == member || id.to_string() == member)
+        .map(|(id, m)| (*id, m.clone()));
+    let Some((id, target)) = found else {
+        let names: Vec<String> = membership.nodes().map(|(_, m)| m.to_string()).collect();
+        return error(
+            ErrorKind::NotFound,
+            format!(
+                "no coordinator named {member:?} (members: {})",
+                names.join(", ")
+            ),
+        );
+    };
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if voters.contains(&id) {
+        let remaining: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        if remaining.is_empty() {
+            return error(
+                ErrorKind::Invalid,
+                format!("{target} is the last voter: a cluster cannot remove its last coordinator"),
+            );
+        }
+        if let Err(why) = enough_reachable(inner, &remaining).await {
+            return error(
+                ErrorKind::Unavailable,
+                format!("not removing {target}: {why}"),
+            );
+        }
+        if let Err(reply) = demote(inner, id, &target).await {
+            return reply;
+        }
+        if id == inner.id {
+            // This leader steps down once the demotion commits; the next
+            // leader drops it from the membership.
+            return after_stepping_down(inner, caller, member).await;
+        }
+    }
+    let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+    match inner.raft.change_membership(change, false).await {
+        Ok(_) => {
+            tracing::info!(id, member = %target, "coordinator removed");
+            Reply::Done
+        }
+        Err(e) => error(
+            ErrorKind::Internal,
+            format!("cannot remove coordinator {target}: {e}"),
+        ),
+    }
+}
+
+/// Turns voter `id` into a learner, then waits (briefly) until it has
+/// received that membership, so it knows it no longer votes.
+async fn demote(inner: &Arc<Inner>, id: NodeId, target: &Member) -> Result<(), Reply> {
+    let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+    let written = inner.raft.change_membership(change, true).await;
+    let log_id = match written {
+        Ok(resp) => resp.log_id,
+        Err(e) => {
+            return Err(error(
+                ErrorKind::Internal,
+                format!("cannot demote coordinator {target} to learner: {e}"),
+            ))
+        }
+    };
+    if id != inner.id {
+        // A stopped node never catches up: the wait is bounded and its end ignored.
+        let _ = inner
+            .raft
+            .wait(Some(REACH_TIMEOUT))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|matched| matched >= log_id)
+                },
+                "the removed coordinator to learn its removal",
+            )
+            .await;
+    }
+    Ok(())
+}
+
+/// A leader that demoted itself asks the next leader to finish the removal.
+async fn after_stepping_down(inner: &Arc<Inner>, caller: &PeerIdentity, member: &str) -> Reply {
+    let _ = inner
+        .raft
+        .wait(Some(LEADER_WAIT))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != inner.id),
+            "another leader",
+        )
+        .await;
+    let req = Request::RemoveCoordinator {
+        member: member.to_string(),
+    };
+    inner.forward(caller, req).await
+}
+
+/// Ok when a majority of `voters` (the membership after a removal) answer now.
+async fn enough_reachable(inner: &Arc<Inner>, voters: &[NodeId]) -> Result<(), String> {
+    let membership = inner.raft.metrics().borrow().membership_config.clone();
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for id in voters {
+        let Some(member) = membership.membership().get_node(id).cloned() else {
+            continue;
+        };
+        let alive = *id == inner.id || {
+            let req = Request::Ping { nonce: *id };
+            let ping = inner.peer_request(&member.addr, &req);
+            matches!(
+                tokio::time::timeout(REACH_TIMEOUT, ping).await,
+                Ok(Ok(Reply::Pong { .. }))
+            )
+        };
+        if alive {
+            up.push(member.to_string());
+        } else {
+            down.push(member.to_string());
+        }
+    }
+    if up.len() * 2 > voters.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "only {} of the {} remaining voters answer ({} do not), too few to commit; bring them back first",
+        up.len(),
+        voters.len(),
+        down.join(", ")
+    ))
+}
+
+impl Inner {
+    /// True when this coordinator is a voter in the membership it knows.
+    fn is_voter(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
+    }
+
+    /// The refusal a removed coordinator gives to everything but pings,
+    /// identity and Raft RPCs; `None` while it is a member.
+    pub(super) fn removed_refusal(&self, req: &Request) -> Option<Reply> {
+        if matches!(
+            req,
+            Request::Ping { .. } | Request::WhoAmI | Request::Raft(_)
+        ) {
+            return None;
+        }
+        if self.is_voter() {
+            self.was_member.store(true, Ordering::Relaxed);
+            return None;
+        }
+        self.was_member.load(Ordering::Relaxed).then(|| {
+            error(
+                ErrorKind::Invalid,
+                format!(
+                    "coordinator {} was removed from the cluster: use another coordinator",
+                    self.name
+                ),
+            )
+        })
+    }
+}
+
+/// Notes when this coordinator is a voter, so a later removal is told
+/// apart from a join still catching up (a learner that never voted) (see [`Inner::removed_refusal`]).
+pub(super) async fn watch_membership(inner: Arc<Inner>) {
+    let mut metrics = inner.raft.metrics();
+    loop {
+        metrics.borrow_and_update();
+        if inner.is_voter() {
+            inner.was_member.store(true, Ordering::Relaxed);
+        } else if inner.was_member.load(Ordering::Relaxed) {
+            tracing::warn!(
+                id = inner.id,
+                "this coordinator was removed from the cluster; it refuses API requests"
+            );
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }

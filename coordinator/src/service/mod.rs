@@ -12,9 +12,11 @@
 pub mod authz;
 pub mod data_dir;
 mod hosts;
+mod images;
 mod join;
 mod labs;
 mod leader;
+mod recovery;
 mod resume;
 mod status;
 
@@ -76,8 +78,13 @@ struct Inner {
     agents: Mutex<HashMap<String, Connection>>,
     /// Heartbeats (leader only).
     live: Mutex<HashMap<String, HostLive>>,
+    /// What images each host holds and where it serves them (leader only).
+    images: Mutex<crate::images::Inventories>,
     /// One lab change at a time: placement sees the previous one's result.
     lab_lock: tokio::sync::Mutex<()>,
+    /// Set once this coordinator saw itself a voter (a removal is then
+    /// told apart from a join still catching up as a learner).
+    was_member: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,6 +103,9 @@ impl Service for CoordinatorService {
     async fn handle(&self, peer: &PeerIdentity, req: Request) -> Reply {
         if !authz::may(peer.role, &req) {
             return forbidden(peer, &req);
+        }
+        if let Some(refused) = self.inner.removed_refusal(&req) {
+            return refused;
         }
         self.inner.dispatch(peer, req, true).await
     }
@@ -140,7 +150,10 @@ fn kind(req: &Request) -> &'static str {
         Request::Heartbeat => "Heartbeat",
         Request::AddCoordinator { .. } => "AddCoordinator",
         Request::UseToken { .. } => "UseToken",
+        Request::RemoveCoordinator { .. } => "RemoveCoordinator",
         Request::Forwarded { .. } => "Forwarded",
+        Request::ImageInventory { .. } => "ImageInventory",
+        Request::ImageHosts => "ImageHosts",
     }
 }
 
@@ -186,6 +199,10 @@ impl Inner {
                 Some(reply) => reply,
                 None => hosts::heartbeat(self, &caller.name).await,
             },
+            Request::ImageInventory { addr, images } => match self.not_leader() {
+                Some(reply) => reply,
+                None => images::inventory(self, &caller.name, addr, images),
+            },
             other if self.is_leader() => self.on_leader(caller, other).await,
             other if may_forward => self.forward(caller, other).await,
             _ => error(
@@ -204,11 +221,15 @@ impl Inner {
                 join::create_token(self, role, ttl_secs).await
             }
             Request::UseToken { token, name } => join::use_token(self, &token, &name).await,
+            Request::RemoveCoordinator { member } => {
+                leader::remove_coordinator(self, caller, &member).await
+            }
             Request::AddCoordinator { id, addr } => {
                 leader::add_coordinator(self, id, &caller.name, &addr).await
             }
             Request::DeployLab { bundle } => labs::deploy(self, bundle).await,
             Request::DeleteLab { name } => labs::delete(self, &name).await,
+            Request::ImageHosts => images::hosts(self).await,
             Request::Exec {
                 lab,
                 node,
@@ -282,7 +303,9 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
         peers: Mutex::default(),
         agents: Mutex::default(),
         live: Mutex::default(),
+        images: Mutex::default(),
         lab_lock: tokio::sync::Mutex::new(()),
+        was_member: std::sync::atomic::AtomicBool::new(false),
     });
     let mut tasks = vec![
         transport::serve(
@@ -299,6 +322,7 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
         ),
         tokio::spawn(hosts::monitor(inner.clone())),
         tokio::spawn(resume::on_leadership(inner.clone())),
+        tokio::spawn(leader::watch_membership(inner.clone())),
     ];
     let initialized = raft
         .is_initialized()

@@ -57,6 +57,7 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
 pub(super) fn status_text(status: &LabStatus) -> String {
     match status {
         LabStatus::Failed { reason } => format!("Failed: {reason}"),
+        LabStatus::Degraded { reason } => format!("Degraded: {reason}"),
         other => format!("{other:?}"),
     }
 }

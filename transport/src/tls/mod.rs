@@ -10,11 +10,13 @@
 mod ca;
 mod config;
 mod identity;
+mod image;
 mod join;
 
 pub use ca::{cert_from_pem, cert_to_pem, ClusterCa, NodeCredential};
 pub use config::{client_config, crypto_provider, server_config, ALPN};
 pub use identity::{ca_fingerprint, check_ca_fingerprint, peer_identity, PeerIdentity};
+pub use image::{image_client_config, image_server_config, AGENT_SERVER_NAME, IMAGE_ALPN};
 pub use join::{join_client_config, join_server_config, JOIN_ALPN};
 
 /// DNS name every coordinator certificate carries and every client asks for:

@@ -1,0 +1,265 @@
+//! Host loss (DESIGN.md: "only a host loss restarts VMs, and then only that
+//! host's VMs, on other hosts"). The leader looks at the state each time its
+//! host monitor ticks: every lab with nodes placed on a host that is down has
+//! those nodes placed again on the hosts that are up (placement's incremental
+//! mode keeps every other node where it runs), the new placement goes through
+//! Raft, and the lab's hosts get their new plans. When no up host can take
+//! them, the lab becomes `Degraded` and nothing else changes.
+//!
+//! The decision ([`decide`]) is pure and reads only the replicated state, so a
+//! new leader finishes what its predecessor started: labs still on a down
+//! host are decided again, a move recorded but not yet pushed is a lab left
+//! `Deploying`, which [`super::resume`] settles.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use labspan_proto::codec;
+use labspan_proto::lab::LabBundle;
+
+use super::{labs, lock, Inner};
+use crate::placement::place_lab;
+use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
+
+/// What the leader does about one lab whose nodes lost their host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Record `placement` (the lab's whole new placement) and push its plans;
+    /// `moved` is node → (lost host, new host), for the log.
+    Move {
+        lab: String,
+        placement: BTreeMap<String, String>,
+        moved: BTreeMap<String, (String, String)>,
+    },
+    /// No host that is up can take the lab's lost nodes: record why.
+    Strand { lab: String, reason: String },
+    /// A `Degraded` lab whose hosts are all up again (the lost host came
+    /// back): plan its hosts again and record how it runs.
+    Restore { lab: String },
+}
+
+/// Every lab that needs a recovery step, in lab-name order. Each move is
+/// applied to a copy of the state before the next lab is decided, so two
+/// labs never count on the same free room.
+pub(super) fn decide(state: &ClusterState) -> Vec<Recovery> {
+    // The usual case, every tick: nothing lost, no copy of the state.
+    let quiet = state.labs.values().all(|rec| {
+        !matches!(rec.status, LabStatus::Degraded { .. }) && lost_nodes(state, rec).is_empty()
+    });
+    if quiet {
+        return Vec::new();
+    }
+    let mut state = state.clone();
+    let names: Vec<String> = state.labs.keys().cloned().collect();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(step) = decide_lab(&state, &name) else {
+            continue;
+        };
+        if let (Recovery::Move { placement, .. }, Some(rec)) = (&step, state.labs.get_mut(&name)) {
+            rec.placement = placement.clone();
+        }
+        out.push(step);
+    }
+    out
+}
+
+/// Nodes of `rec` whose host is unknown or down: node → that host.
+fn lost_nodes(state: &ClusterState, rec: &LabRecord) -> BTreeMap<String, String> {
+    rec.placement
+        .iter()
+        .filter(|(_, host)| !state.hosts.get(*host).is_some_and(|h| h.up))
+        .map(|(node, host)| (node.clone(), host.clone()))
+        .collect()
+}
+
+fn decide_lab(state: &ClusterState, name: &str) -> Option<Recovery> {
+    let rec = state.labs.get(name)?;
+    if rec.status == LabStatus::Deleting {
+        return None;
+    }
+    let lost = lost_nodes(state, rec);
+    if lost.is_empty() {
+        let degraded = matches!(rec.status, LabStatus::Degraded { .. });
+        return degraded.then(|| Recovery::Restore { lab: name.into() });
+    }
+    let bundle = match codec::decode::<LabBundle>(&rec.spec) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(lab = name, error = %e, "cannot decode a stored lab; its lost nodes stay lost");
+            return None;
+        }
+    };
+    let step = match place_lab(&bundle.lab, &labs::offers(state, name), &rec.placement) {
+        Ok(p) => moved_or_stranded(name, &rec.placement, &lost, p.nodes),
+        Err(e) => Recovery::Strand {
+            lab: name.into(),
+            reason: no_host(&lost, &e.to_string()),
+        },
+    };
+    match &step {
+        Recovery::Strand { reason, .. }
+            if rec.status
+                == (LabStatus::Degraded {
+                    reason: reason.clone(),
+                }) =>
+        {
+            None // Already recorded.
+        }
+        _ => Some(step),
+    }
+}
+
+/// A move of exactly the lost nodes, or (should placement ever move a node
+/// that runs on an up host) a refusal: only a host loss restarts VMs.
+fn moved_or_stranded(
+    lab: &str,
+    old: &BTreeMap<String, String>,
+    lost: &BTreeMap<String, String>,
+    new: BTreeMap<String, String>,
+) -> Recovery {
+    let kept_moved: Vec<&String> = old
+        .iter()
+        .filter(|(node, host)| !lost.contains_key(*node) && new.get(*node) != Some(host))
+        .map(|(node, _)| node)
+        .collect();
+    if let Some(node) = kept_moved.first() {
+        let why =
+            format!("placing them again would move node {node:?}, which runs on a host that is up");
+        return Recovery::Strand {
+            lab: lab.into(),
+            reason: no_host(lost, &why),
+        };
+    }
+    let moved = lost
+        .iter()
+        .filter_map(|(node, from)| Some((node.clone(), (from.clone(), new.get(node)?.clone()))))
+        .collect();
+    Recovery::Move {
+        lab: lab.into(),
+        placement: new,
+        moved,
+    }
+}
+
+/// The `Degraded` reason: which nodes have no host, where they were, and why.
+fn no_host(lost: &BTreeMap<String, String>, why: &str) -> String {
+    let nodes: Vec<String> = lost.keys().map(|n| format!("{n:?}")).collect();
+    let hosts: BTreeSet<&String> = lost.values().collect();
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    let (node_word, verb) = if nodes.len() == 1 {
+        ("node", "has")
+    } else {
+        ("nodes", "have")
+    };
+    format!(
+        "{node_word} {} {verb} no host (host {} down): {why}",
+        nodes.join(", "),
+        hosts.join(", ")
+    )
+}
+
+/// Leader: carries out [`decide`]'s steps, one lab at a time, under the lab
+/// lock (a deploy in flight finishes first and is seen by the decision).
+pub(super) async fn run(inner: &Arc<Inner>) {
+    if decide(&inner.state.read().state).is_empty() {
+        return;
+    }
+    let _one_at_a_time = inner.lab_lock.lock().await;
+    if let Err(e) = inner.fresh().await {
+        tracing::info!(error = %e.message, "not recovering labs: leadership not confirmed");
+        return;
+    }
+    let steps = decide(&inner.state.read().state);
+    for step in steps {
+        if !inner.is_leader() {
+            return; // The next leader decides again from the log.
+        }
+        if let Err(e) = carry_out(inner, &step).await {
+            tracing::warn!(?step, error = %e.message, "recovery step not finished; retried next tick");
+            return;
+        }
+    }
+}
+
+async fn carry_out(
+    inner: &Arc<Inner>,
+    step: &Recovery,
+) -> Result<(), labspan_proto::msg::ErrorReply> {
+    match step {
+        Recovery::Move {
+            lab,
+            placement,
+            moved,
+        } => {
+            let hosts: BTreeSet<String> = placement.values().cloned().collect();
+            if waiting_for_agents(inner, lab, &hosts) {
+                return Ok(());
+            }
+            tracing::warn!(lab, ?moved, "host lost: starting its nodes on other hosts");
+            // `Deploying` first: a new leader settles a move it finds recorded.
+            for cmd in [
+                Command::SetLabStatus {
+                    lab: lab.clone(),
+                    status: LabStatus::Deploying,
+                },
+                Command::SetPlacement {
+                    lab: lab.clone(),
+                    placement: placement.clone(),
+                },
+            ] {
+                inner.write(cmd).await?;
+            }
+            let vms = labs::settle(inner, lab, &hosts).await?;
+            tracing::info!(lab, vms = vms.len(), "lab re-placed after a host loss");
+        }
+        Recovery::Strand { lab, reason } => {
+            tracing::warn!(lab, reason, "lab degraded: lost nodes have no host");
+            let status = LabStatus::Degraded {
+                reason: reason.clone(),
+            };
+            inner
+                .write(Command::SetLabStatus {
+                    lab: lab.clone(),
+                    status,
+                })
+                .await?;
+        }
+        Recovery::Restore { lab } => {
+            let hosts: BTreeSet<String> = inner
+                .state
+                .read()
+                .state
+                .labs
+                .get(lab)
+                .map(|r| r.placement.values().cloned().collect())
+                .unwrap_or_default();
+            if waiting_for_agents(inner, lab, &hosts) {
+                return Ok(());
+            }
+            let vms = labs::settle(inner, lab, &hosts).await?;
+            tracing::info!(lab, vms = vms.len(), "degraded lab whole again");
+        }
+    }
+    Ok(())
+}
+
+/// Whether an agent of `hosts` is not connected to this leader yet (after a
+/// failover they come back within [`super::hosts::NEW_LEADER_GRACE`]): the
+/// step waits for a later tick rather than record the lab `Failed`. A host
+/// whose agent never comes back is marked down, and the next decision
+/// places around it.
+fn waiting_for_agents(inner: &Inner, lab: &str, hosts: &BTreeSet<String>) -> bool {
+    let agents = lock(&inner.agents);
+    let missing: Vec<&String> = hosts
+        .iter()
+        .filter(|h| agents.get(*h).is_none_or(|c| c.close_reason().is_some()))
+        .collect();
+    if !missing.is_empty() {
+        tracing::info!(lab, ?missing, "recovery waits for these agents to connect");
+    }
+    !missing.is_empty()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! The host-loss decision over hand-built cluster states.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use labspan_proto::codec;
+use labspan_proto::lab::{parse, LabBundle};
+
+use super::{decide, Recovery};
+use crate::hosts::DEFAULT_RESERVE_MIB;
+use crate::placement::vm_memory_mib;
+use crate::raft::{Capacity, ClusterState, Host, LabRecord, LabStatus};
+
+/// A host with room for `vms` guests of 256 MiB and 1 vCPU.
+fn host(i: u8, vms: u64, up: bool) -> Host {
+    Host {
+        capacity: Capacity {
+            memory_mib: DEFAULT_RESERVE_MIB + vms * vm_memory_mib(256, 1),
+            vcpus: 8,
+        },
+        labels: BTreeSet::new(),
+        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
+        up,
+    }
+}
+
+/// A lab of `nodes` (256 MiB, 1 vCPU each) in a chain, with `extra` YAML.
+fn lab(name: &str, nodes: &[&str], extra: &str) -> Vec<u8> {
+    let mut yaml =
+        format!("name: {name}\ndefaults: {{image: tiny, memory: 256MiB, cpus: 1}}\nnodes:\n");
+    for n in nodes {
+        yaml.push_str(&format!("  {n}: {{nics: {{eth0: {{}}, eth1: {{}}}}}}\n"));
+    }
+    yaml.push_str("links:\n");
+    for pair in nodes.windows(2) {
+        yaml.push_str(&format!("  - [{}:eth1, {}:eth0]\n", pair[0], pair[1]));
+    }
+    yaml.push_str(extra);
+    let lab = parse("test lab", &yaml).unwrap_or_else(|d| panic!("{d}\n{yaml}"));
+    codec::encode(&LabBundle {
+        lab,
+        files: BTreeMap::new(),
+    })
+    .expect("encodes")
+}
+
+fn record(spec: Vec<u8>, placement: &[(&str, &str)], status: LabStatus) -> LabRecord {
+    LabRecord {
+        spec,
+        vnis: BTreeMap::new(),
+        placement: placement
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect(),
+        status,
+    }
+}
+
+fn state(hosts: &[(&str, Host)], labs: Vec<(&str, LabRecord)>) -> ClusterState {
+    ClusterState {
+        hosts: hosts
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.clone()))
+            .collect(),
+        labs: labs.into_iter().map(|(n, r)| (n.to_string(), r)).collect(),
+        ..ClusterState::default()
+    }
+}
+
+fn three_nodes_on_three_hosts(h2_up: bool) -> ClusterState {
+    state(
+        &[
+            ("h1", host(1, 2, true)),
+            ("h2", host(2, 2, h2_up)),
+            ("h3", host(3, 2, true)),
+        ],
+        vec![(
+            "chain",
+            record(
+                lab("chain", &["a", "b", "c"], ""),
+                &[("a", "h1"), ("b", "h2"), ("c", "h3")],
+                LabStatus::Running,
+            ),
+        )],
+    )
+}
+
+#[test]
+fn nothing_to_do_while_every_host_is_up() {
+    assert_eq!(decide(&three_nodes_on_three_hosts(true)), vec![]);
+}
+
+#[test]
+fn a_host_loss_moves_only_that_hosts_nodes() {
+    let steps = decide(&three_nodes_on_three_hosts(false));
+    let [Recovery::Move {
+        lab,
+        placement,
+        moved,
+    }] = steps.as_slice()
+    else {
+        panic!("one move expected: {steps:?}");
+    };
+    assert_eq!(lab, "chain");
+    assert_eq!(placement["a"], "h1");
+    assert_eq!(placement["c"], "h3");
+    assert!(
+        ["h1", "h3"].contains(&placement["b"].as_str()),
+        "{placement:?}"
+    );
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved["b"].0, "h2");
+}
+
+#[test]
+fn a_node_pinned_to_the_lost_host_degrades_the_lab_once() {
+    let mut s = three_nodes_on_three_hosts(false);
+    let spec = lab("chain", &["a", "b", "c"], "placement:\n  pin: {b: h2}\n");
+    s.labs.get_mut("chain").expect("lab").spec = spec;
+    let steps = decide(&s);
+    let [Recovery::Strand { lab, reason }] = steps.as_slice() else {
+        panic!("one strand expected: {steps:?}");
+    };
+    assert_eq!(lab, "chain");
+    assert!(
+        reason.starts_with("node \"b\" has no host (host \"h2\" down): "),
+        "{reason}"
+    );
+    assert!(reason.contains("pinned"), "{reason}");
+    // Recorded: nothing more to do, and the placement was never touched.
+    s.labs.get_mut("chain").expect("lab").status = LabStatus::Degraded {
+        reason: reason.clone(),
+    };
+    assert_eq!(decide(&s), vec![]);
+}
+
+#[test]
+fn full_hosts_degrade_the_lab_and_change_nothing_else() {
+    let s = state(
+        &[("h1", host(1, 1, true)), ("h2", host(2, 1, false))],
+        vec![(
+            "duo",
+            record(
+                lab("duo", &["a", "b"], ""),
+                &[("a", "h1"), ("b", "h2")],
+                LabStatus::Running,
+            ),
+        )],
+    );
+    let steps = decide(&s);
+    assert!(
+        matches!(steps.as_slice(), [Recovery::Strand { lab, reason }]
+            if lab == "duo" && reason.starts_with("node \"b\" has no host")),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn two_labs_never_count_on_the_same_free_room() {
+    // h2 held one node of each lab; h1 has room for one more guest only.
+    let s = state(
+        &[("h1", host(1, 3, true)), ("h2", host(2, 2, false))],
+        vec![
+            (
+                "l1",
+                record(
+                    lab("l1", &["a", "b"], ""),
+                    &[("a", "h1"), ("b", "h2")],
+                    LabStatus::Running,
+                ),
+            ),
+            (
+                "l2",
+                record(
+                    lab("l2", &["a", "b"], ""),
+                    &[("a", "h1"), ("b", "h2")],
+                    LabStatus::Running,
+                ),
+            ),
+        ],
+    );
+    let steps = decide(&s);
+    assert!(
+        matches!(steps.as_slice(), [Recovery::Move { lab: l1, .. }, Recovery::Strand { lab: l2, .. }]
+            if l1 == "l1" && l2 == "l2"),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn a_degraded_lab_whose_host_is_back_is_restored() {
+    let mut s = three_nodes_on_three_hosts(true);
+    s.labs.get_mut("chain").expect("lab").status = LabStatus::Degraded {
+        reason: "node \"b\" has no host".into(),
+    };
+    assert_eq!(
+        decide(&s),
+        vec![Recovery::Restore {
+            lab: "chain".into()
+        }]
+    );
+}
+
+#[test]
+fn a_lab_being_deleted_is_left_alone() {
+    let mut s = three_nodes_on_three_hosts(false);
+    s.labs.get_mut("chain").expect("lab").status = LabStatus::Deleting;
+    assert_eq!(decide(&s), vec![]);
+}

@@ -1,0 +1,532 @@
+//! Control-plane benchmarks on real `labspan coordinator run` processes
+//! (docs/benchmarks.md, "Control plane"): three coordinators, each in its
+//! own test host (network namespace, 198.18.0.1-3 on one underlay bridge),
+//! and a fourth host for the client and the simulated agents.
+//!
+//! - failover: `kill -9` of the leader's pid, then the time until a new
+//!   leader answers a linearizable read (`Status`, which runs openraft's
+//!   read index on the leader), probed every 5 ms through both survivors;
+//!   the killed coordinator is restarted from its folder between rounds.
+//! - agents: N simulated agents (certificates issued by the cluster CA, one
+//!   QUIC connection each, as `agent::daemon` does) register and heartbeat
+//!   every `HEARTBEAT_INTERVAL`; CPU (from /proc/PID/stat) and RSS of every
+//!   coordinator are sampled over a window.
+//!
+//! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --skip-failover --skip-agents]`
+//! as root. It builds and runs the release `labspan` binary (or `$LABSPAN_BIN`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use labspan_agent::daemon::HEARTBEAT_INTERVAL;
+use labspan_proto::msg::{AgentReply, ClusterStatus, ErrorKind, Reply, Request, Role};
+use labspan_tests::{text, Fabric, TestHost};
+use labspan_transport::client::{Client, ClusterFile};
+use labspan_transport::tls::ClusterCa;
+use labspan_transport::{read_frame, write_frame};
+
+/// API address of coordinator `i` (0-based) on test host `i`.
+fn api(i: usize) -> String {
+    format!("198.18.0.{}:7100", i + 1)
+}
+
+/// The release `labspan` binary, built from this tree (or `$LABSPAN_BIN`).
+fn labspan_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("LABSPAN_BIN") {
+        return Ok(bin.into());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "labspan",
+            "--bin",
+            "labspan",
+        ])
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!("building labspan: {}", text(&out));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/labspan"))
+}
+
+/// `labspan ARGS` inside `host`.
+fn labspan(bin: &Path, host: &TestHost, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &host.netns])
+        .arg(bin)
+        .args(args)
+        .env("LABSPAN_STATE", &host.state);
+    cmd
+}
+
+fn run_ok(mut cmd: Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what}: {}", text(&out));
+    }
+    Ok(text(&out))
+}
+
+/// The coordinator processes; each is SIGKILLed (by pid) and reaped on drop.
+struct Coordinators {
+    bin: PathBuf,
+    dirs: Vec<PathBuf>,
+    children: Vec<Option<Child>>,
+}
+
+impl Coordinators {
+    fn start(&mut self, fabric: &Fabric, i: usize) -> Result<()> {
+        let host = &fabric.hosts[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(host.state.join("coordinator.log"))?;
+        let dir = self.dirs[i].to_str().context("utf-8 path")?;
+        let child = labspan(&self.bin, host, &["coordinator", "run", "--data", dir])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting a coordinator")?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// The pid of coordinator `i` (`ip netns exec` execs the binary in place).
+    fn pid(&self, i: usize) -> Result<u32> {
+        Ok(self.children[i].as_ref().context("not running")?.id())
+    }
+
+    fn kill(&mut self, i: usize) -> Result<()> {
+        let mut child = self.children[i].take().context("not running")?;
+        let pid = i32::try_from(child.id())?;
+        // SAFETY: kill(2) on a pid this bench started and has not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Coordinators {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            let _ = self.kill(i);
+        }
+    }
+}
+
+fn field<'a>(out: &'a str, label: &str) -> Result<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(str::trim)
+        .with_context(|| format!("no {label:?} in {out}"))
+}
+
+/// `cluster init` on host 1, then two coordinators joined with tokens; all three running.
+fn cluster(fabric: &Fabric, bin: PathBuf) -> Result<(Coordinators, ClusterFile)> {
+    let dirs: Vec<PathBuf> = fabric.hosts[..3]
+        .iter()
+        .map(|h| h.state.join("coordinator"))
+        .collect();
+    let mut c = Coordinators {
+        bin,
+        dirs,
+        children: vec![None, None, None],
+    };
+    let d0 = c.dirs[0].to_str().context("utf-8 path")?.to_string();
+    let init = ["cluster", "init", "--data", &d0, "--listen", &api(0)];
+    run_ok(labspan(&c.bin, &fabric.hosts[0], &init), "cluster init")?;
+    c.start(fabric, 0)?;
+    let admin_path = c.dirs[0].join("admin.cluster");
+    let admin = admin_path.to_str().context("utf-8 path")?;
+    for i in 1..3 {
+        let token_args = [
+            "cluster",
+            "token",
+            "--role",
+            "coordinator",
+            "--cluster",
+            admin,
+        ];
+        let out = retry(|| run_ok(labspan(&c.bin, &fabric.hosts[0], &token_args), "token"))?;
+        let (token, fp) = (field(&out, "token:")?, field(&out, "ca fingerprint:")?);
+        let dir = c.dirs[i].to_str().context("utf-8 path")?.to_string();
+        let (name, listen) = (format!("c{}", i + 1), api(i));
+        let join = [
+            "cluster",
+            "join",
+            &api(0),
+            "--token",
+            token,
+            "--ca-fingerprint",
+            fp,
+            "--data",
+            &dir,
+            "--name",
+            &name,
+            "--listen",
+            &listen,
+        ];
+        run_ok(labspan(&c.bin, &fabric.hosts[i], &join), "cluster join")?;
+        c.start(fabric, i)?;
+    }
+    let mut file = ClusterFile::load(&admin_path)?;
+    file.coordinators = (0..3).map(api).collect();
+    Ok((c, file))
+}
+
+fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    for _ in 0..60 {
+        if let Ok(v) = f() {
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    f()
+}
+
+async fn status_via(file: &ClusterFile, addr: &str) -> Option<ClusterStatus> {
+    let client = Client::connect_to(file, &[addr.to_string()]).await.ok()?;
+    let reply =
+        tokio::time::timeout(Duration::from_secs(5), client.request(&Request::Status)).await;
+    client.close().await;
+    match reply {
+        Ok(Ok(Reply::Status(s))) => Some(s),
+        _ => None,
+    }
+}
+
+/// Waits until every coordinator answers `Status` with three voters and a leader.
+async fn settled(file: &ClusterFile) -> Result<ClusterStatus> {
+    for _ in 0..240 {
+        let mut all = Vec::new();
+        for i in 0..3 {
+            all.extend(status_via(file, &api(i)).await);
+        }
+        let ok = all.len() == 3
+            && all.iter().all(|s| {
+                s.leader.is_some()
+                    && s.leader == all[0].leader
+                    && s.members.iter().filter(|m| m.voter).count() == 3
+            });
+        if ok {
+            return Ok(all.swap_remove(0));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("the cluster did not settle (three voters, one leader)")
+}
+
+fn index_of(status: &ClusterStatus, id: u64) -> Result<usize> {
+    let m = status
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .context("leader not a member")?;
+    Ok(m.name.trim_start_matches('c').parse::<usize>()? - 1)
+}
+
+/// One failover: kill -9 the leader, time until a survivor's `Status` names
+/// a new leader; then restart the killed one. Returns (time, new term).
+async fn failover_round(
+    fabric: &Fabric,
+    c: &mut Coordinators,
+    file: &ClusterFile,
+) -> Result<(Duration, u64)> {
+    let before = settled(file).await?;
+    let old = before.leader.context("no leader")?;
+    let dead = index_of(&before, old)?;
+    let mut clients = Vec::new();
+    for i in (0..3).filter(|i| *i != dead) {
+        clients.push(Rc::new(Client::connect_to(file, &[api(i)]).await?));
+    }
+    c.kill(dead)?;
+    let t0 = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let local = tokio::task::LocalSet::new();
+    let probes = local.run_until(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for n in 0usize.. {
+            tokio::select! {
+                got = rx.recv() => return got,
+                _ = tick.tick() => {}
+            }
+            if n > 6000 {
+                return None;
+            }
+            let (client, tx) = (clients[n % clients.len()].clone(), tx.clone());
+            tokio::task::spawn_local(async move {
+                let reply =
+                    tokio::time::timeout(Duration::from_secs(5), client.request(&Request::Status))
+                        .await;
+                if let Ok(Ok(Reply::Status(s))) = reply {
+                    if s.leader.is_some_and(|l| l != old) {
+                        let _ = tx.send((t0.elapsed(), s.term));
+                    }
+                }
+            });
+        }
+        None
+    });
+    let got = probes.await.context("no new leader answered within 30 s")?;
+    drop(local);
+    for client in clients {
+        if let Ok(client) = Rc::try_unwrap(client) {
+            client.close().await;
+        }
+    }
+    c.start(fabric, dead)?;
+    Ok(got)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn failover(
+    fabric: &Fabric,
+    c: &mut Coordinators,
+    file: &ClusterFile,
+    rounds: usize,
+) -> Result<()> {
+    let mut times = Vec::new();
+    for round in 1..=rounds {
+        let (t, term) = failover_round(fabric, c, file).await?;
+        println!(
+            "round {round}: new leader answered a linearizable read after {:.0} ms (term {term})",
+            ms(t)
+        );
+        times.push(t);
+    }
+    times.sort();
+    println!(
+        "failover over {rounds} rounds: p50 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1])
+    );
+    Ok(())
+}
+
+/// utime + stime of `pid` in clock ticks, and its RSS in KiB.
+fn cpu_and_rss(pid: u32) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: field 3 is index 0, so utime (14) and stime (15) are 11 and 12.
+    let ticks = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok((ticks, rss))
+}
+
+/// One simulated agent: connect, register (following `NotLeader`), heartbeat.
+async fn agent(file: ClusterFile, i: usize, up: Rc<std::cell::Cell<usize>>) {
+    let vtep = format!("198.19.{}.{}", i / 250, i % 250 + 1);
+    let register = Request::RegisterHost {
+        memory_mib: 16 * 1024,
+        cpus: 8,
+        vtep: vtep.parse().expect("a valid address"),
+        underlay_mtu: 1500,
+    };
+    let mut targets = file.coordinators.clone();
+    loop {
+        let Ok(client) = Client::connect_to(&file, &targets).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let conn = client.connection().clone();
+        tokio::task::spawn_local(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                if read_frame::<labspan_proto::msg::AgentRequest>(&mut recv)
+                    .await
+                    .is_ok()
+                {
+                    let _ = write_frame(&mut send, &AgentReply::Applied(Vec::new())).await;
+                }
+            }
+        });
+        let mut req = register.clone();
+        let mut counted = false;
+        loop {
+            match client.request(&req).await {
+                Ok(Reply::Done) => {
+                    if !counted {
+                        up.set(up.get() + 1);
+                        counted = true;
+                    }
+                    req = Request::Heartbeat;
+                }
+                Ok(Reply::NotLeader { leader: Some(l) }) => {
+                    targets = vec![l];
+                    break;
+                }
+                Ok(Reply::Error(e)) if e.kind == ErrorKind::NotFound => req = register.clone(),
+                _ => {
+                    targets = file.coordinators.clone();
+                    break;
+                }
+            }
+            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        }
+        if counted {
+            up.set(up.get() - 1);
+        }
+        client.close().await;
+    }
+}
+
+fn sample(c: &Coordinators) -> Result<Vec<(u64, u64)>> {
+    (0..3).map(|i| cpu_and_rss(c.pid(i)?)).collect()
+}
+
+/// Prints each coordinator's CPU (% of one core) and RSS over `secs`.
+async fn measure(c: &Coordinators, leader: usize, secs: u64, label: &str) -> Result<()> {
+    let tck = 100.0; // sysconf(_SC_CLK_TCK) on Linux.
+    let start = sample(c)?;
+    let t0 = Instant::now();
+    let mut max_rss = [0u64; 3];
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (m, (_, rss)) in max_rss.iter_mut().zip(sample(c)?) {
+            *m = (*m).max(rss);
+        }
+    }
+    let end = sample(c)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let me = cpu_and_rss(std::process::id())?;
+    for i in 0..3 {
+        let cpu = (end[i].0 - start[i].0) as f64 / tck / wall * 100.0;
+        let role = if i == leader { "leader" } else { "follower" };
+        println!(
+            "| {label} | c{} ({role}) | {cpu:.1} | {:.1} | {:.1} |",
+            i + 1,
+            end[i].1 as f64 / 1024.0,
+            max_rss[i] as f64 / 1024.0
+        );
+    }
+    println!("(bench process RSS {:.1} MiB)", me.1 as f64 / 1024.0);
+    Ok(())
+}
+
+async fn agents(
+    fabric: &Fabric,
+    c: &Coordinators,
+    file: &ClusterFile,
+    n: usize,
+    secs: u64,
+) -> Result<()> {
+    let st = settled(file).await?;
+    let leader = index_of(&st, st.leader.context("no leader")?)?;
+    println!("| load | coordinator | CPU % of a core | RSS MiB (end) | RSS MiB (max) |");
+    println!("|---|---|---|---|---|");
+    measure(c, leader, secs, "idle").await?;
+    let dir = &c.dirs[0];
+    let ca = ClusterCa::from_pem(
+        &std::fs::read_to_string(dir.join("ca.pem"))?,
+        &std::fs::read_to_string(dir.join("ca.key"))?,
+    )?;
+    let up = Rc::new(std::cell::Cell::new(0usize));
+    let local = tokio::task::LocalSet::new();
+    let t0 = Instant::now();
+    for i in 0..n {
+        let cred = ca.issue(&format!("sim{i}"), Role::Agent)?;
+        let f = ClusterFile {
+            cert_pem: cred.cert_pem(),
+            key_pem: cred.key_pem(),
+            ..file.clone()
+        };
+        local.spawn_local(agent(f, i, up.clone()));
+    }
+    local
+        .run_until(async {
+            while up.get() < n {
+                if t0.elapsed() > Duration::from_secs(600) {
+                    bail!("only {} of {n} agents registered in 10 min", up.get());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!(
+                "{n} agents registered in {:.1} s (sequential starts, one process)",
+                t0.elapsed().as_secs_f64()
+            );
+            // Let the registrations' Raft entries settle before measuring.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            measure(c, leader, secs, &format!("{n} agents")).await?;
+            let st = status_via(file, &api(leader)).await.context("no status")?;
+            let hosts_up = st.hosts.iter().filter(|h| h.up).count();
+            println!(
+                "hosts up at the end: {hosts_up} of {}; agents connected: {}",
+                st.hosts.len(),
+                up.get()
+            );
+            Ok(())
+        })
+        .await?;
+    drop(local);
+    let _ = fabric;
+    Ok(())
+}
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<()> {
+    let rounds = arg("--rounds", 10usize);
+    let n = arg("--agents", 1000usize);
+    let secs = arg("--seconds", 60u64);
+    let flags: Vec<String> = std::env::args().collect();
+    let bin = labspan_bin()?;
+    let fabric = Fabric::new("cp", 4);
+    let (mut c, file) = cluster(&fabric, bin)?;
+    let client_host = &fabric.hosts[3];
+    let result = client_host.block_on(|| async {
+        if !flags.iter().any(|f| f == "--skip-failover") {
+            failover(&fabric, &mut c, &file, rounds).await?;
+        }
+        if !flags.iter().any(|f| f == "--skip-agents") {
+            agents(&fabric, &c, &file, n, secs).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    if let Err(e) = &result {
+        for (i, host) in fabric.hosts[..3].iter().enumerate() {
+            let log =
+                std::fs::read_to_string(host.state.join("coordinator.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            eprintln!(
+                "c{} log tail:\n{}",
+                i + 1,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        eprintln!("error: {e:#}");
+    }
+    drop(c);
+    drop(fabric);
+    result
+}

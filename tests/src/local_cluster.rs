@@ -1,0 +1,264 @@
+//! A local multi-host cluster made by `deploy/cluster.sh` itself (the script
+//! users run): lab hosts as namespaces on an underlay, 3 coordinators and an
+//! agent per host. Each value has its own name, root link, state folder and
+//! 198.18.X.0/24 subnet, so test binaries can run side by side; dropping it
+//! runs `cluster.sh down`, which stops every lab, QEMU and daemon by pid.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{is_qemu, labspan_bin, run, text};
+
+/// One cluster made by `deploy/cluster.sh up N`.
+pub struct LocalCluster {
+    /// Namespace prefix: hosts are `NAME-host1..N`.
+    pub name: String,
+    /// Number of lab hosts.
+    pub hosts: usize,
+    /// Third byte of the underlay: hosts are 198.18.X.1..N.
+    pub net: u8,
+    link: String,
+    state: PathBuf,
+}
+
+impl LocalCluster {
+    /// `cluster.sh up n` under a name made from `tag` (a few lowercase
+    /// letters) and this process, on a subnet the root namespace does not use.
+    pub fn up(tag: &str, n: usize) -> LocalCluster {
+        let mut cluster = LocalCluster::new(tag);
+        let out = cluster.start(n);
+        assert!(
+            out.status.success(),
+            "deploy/cluster.sh up {n} ({}): {}",
+            cluster.name,
+            text(&out)
+        );
+        cluster
+    }
+
+    /// The settings of a cluster made from `tag`, not started yet (its
+    /// `name` and `net` may be changed before [`LocalCluster::start`]).
+    pub fn new(tag: &str) -> LocalCluster {
+        let pid = std::process::id();
+        LocalCluster {
+            name: format!("lsc-{tag}-{pid}"),
+            hosts: 0,
+            net: free_subnet(tag),
+            link: format!("lc{tag}{pid}").chars().take(15).collect(),
+            state: std::env::temp_dir().join(format!("labspan-cluster-{tag}-{pid}")),
+        }
+    }
+
+    /// Runs `cluster.sh up n` with these settings; its output says how it went.
+    pub fn start(&mut self, n: usize) -> Output {
+        self.hosts = n;
+        run(self.script().args(["up", &n.to_string()]))
+    }
+
+    /// `deploy/cluster.sh` with this cluster's settings in its environment.
+    fn script(&self) -> Command {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut cmd = Command::new(root.join("deploy/cluster.sh"));
+        cmd.env("LABSPAN_CLUSTER_NAME", &self.name)
+            .env("LABSPAN_CLUSTER_LINK", &self.link)
+            .env("LABSPAN_CLUSTER_STATE", &self.state)
+            .env(
+                "LABSPAN_CLUSTER_SUBNET",
+                format!("198.18.{}.0/24", self.net),
+            )
+            .env("LABSPAN_BIN", labspan_bin())
+            .env("LABSPAN_ACCEL", "tcg");
+        cmd
+    }
+
+    /// The admin cluster file the CLI uses.
+    pub fn admin(&self) -> PathBuf {
+        self.state.join("admin.cluster")
+    }
+
+    /// Writes `text` as `file` in the cluster's state folder (removed by
+    /// `down`) and returns its path.
+    pub fn write_file(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.state.join(file);
+        std::fs::write(&path, text).expect("writing into the cluster's state folder");
+        path
+    }
+
+    /// Runs `labspan ARGS` in the root namespace against this cluster.
+    pub fn labspan(&self, args: &[&str]) -> Output {
+        run(Command::new(labspan_bin())
+            .args(args)
+            .env("LABSPAN_CLUSTER", self.admin()))
+    }
+
+    /// Namespace of host `i` (1-based).
+    pub fn netns(&self, i: usize) -> String {
+        format!("{}-host{i}", self.name)
+    }
+
+    /// Runs `ip ARGS` inside host `i`.
+    pub fn ip(&self, i: usize, args: &[&str]) -> Output {
+        run(Command::new("ip").args(["-n", &self.netns(i)]).args(args))
+    }
+
+    /// QEMU pid of `node` of `lab` on host `i`, if one is alive there.
+    pub fn qemu_pid(&self, i: usize, lab: &str, node: &str) -> Option<u32> {
+        let pidfile = self
+            .state
+            .join(format!("host{i}/state/vms/{lab}/{node}/qemu.pid"));
+        let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+        is_qemu(pid).then_some(pid)
+    }
+
+    /// Every (host, pid) that runs a QEMU of `node` of `lab`.
+    pub fn running(&self, lab: &str, node: &str) -> Vec<(usize, u32)> {
+        (1..=self.hosts)
+            .filter_map(|i| self.qemu_pid(i, lab, node).map(|p| (i, p)))
+            .collect()
+    }
+
+    /// What labspan left on host `i`: its interfaces (`ls` prefix, see
+    /// proto's names) and every FDB entry on them.
+    pub fn leftovers(&self, i: usize) -> Vec<String> {
+        let links = self.ip(i, &["-o", "link", "show"]);
+        let mut left: Vec<String> = String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .filter(|n| n.starts_with("ls"))
+            .collect();
+        let fdb = run(Command::new("bridge").args(["-n", &self.netns(i), "fdb", "show"]));
+        left.extend(
+            String::from_utf8_lossy(&fdb.stdout)
+                .lines()
+                .filter(|l| l.contains(" dev ls"))
+                .map(|l| format!("fdb: {l}")),
+        );
+        left
+    }
+
+    /// `cluster status --json`, if a coordinator answers.
+    pub fn status(&self) -> Option<Value> {
+        let out = self.labspan(&["cluster", "status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The status text of `lab` (`Running`, `Degraded: ...`).
+    pub fn lab_status(&self, lab: &str) -> Option<String> {
+        self.status()?["labs"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == lab)
+            .and_then(|l| l["status"].as_str().map(String::from))
+    }
+
+    /// Whether the cluster has host `hostN` marked up.
+    pub fn host_up(&self, i: usize) -> Option<bool> {
+        let name = format!("host{i}");
+        self.status()?["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["name"] == name.as_str())
+            .and_then(|h| h["up"].as_bool())
+    }
+
+    /// The host (1-based) of the coordinator that leads now.
+    pub fn leader_host(&self) -> Option<usize> {
+        let status = self.status()?;
+        let leader = status["leader"].as_u64()?;
+        let member = status["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == leader)?;
+        member["name"]
+            .as_str()?
+            .trim_start_matches('c')
+            .parse()
+            .ok()
+    }
+
+    /// Waits until `check` holds, polling every half second; panics with
+    /// `what` after `limit` (a generous bound, not a timing assertion).
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not after {limit:?}; cluster status: {}",
+                self.status().map(|s| s.to_string()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `kill -9` of the coordinator on host `i` (by its pidfile, after
+    /// checking the pid is still that coordinator); false if none runs.
+    pub fn kill_coordinator(&self, i: usize) -> bool {
+        let pidfile = self.state.join(format!("host{i}/coordinator.pid"));
+        let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            return false;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("coordinator\0run") {
+            return false;
+        }
+        // SAFETY: kill(2) on the pid of a coordinator this cluster started,
+        // checked just above.
+        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+    }
+
+    /// The log of daemon `what` (`agent`, `coordinator`) of host `i`.
+    pub fn log(&self, i: usize, what: &str) -> String {
+        std::fs::read_to_string(self.state.join(format!("host{i}/{what}.log"))).unwrap_or_default()
+    }
+
+    /// `cluster.sh down` (idempotent; the drop runs it again).
+    pub fn down(&self) -> Output {
+        run(self.script().arg("down"))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let out = self.down();
+        if !out.status.success() {
+            eprintln!("deploy/cluster.sh down ({}): {}", self.name, text(&out));
+        }
+    }
+}
+
+/// A 198.18.X.0/24 (X in 100..=250) that no address or route of the root
+/// namespace touches, starting from a place that depends on this process so
+/// that concurrent test binaries rarely pick the same (and `cluster.sh up`
+/// refuses if they do).
+fn free_subnet(tag: &str) -> u8 {
+    let seed = std::process::id() as usize + tag.bytes().map(usize::from).sum::<usize>();
+    (0..151)
+        .map(|k| 100 + ((seed + k) % 151) as u8)
+        .find(|x| {
+            let subnet = format!("198.18.{x}.0/24");
+            let addrs = run(Command::new("ip").args(["-4", "-o", "addr", "show", "to", &subnet]));
+            let routes =
+                run(Command::new("ip")
+                    .args(["-4", "route", "show", "table", "all", "root", &subnet]));
+            addrs.stdout.is_empty() && routes.stdout.is_empty()
+        })
+        .expect("a free 198.18.X.0/24 in 100..=250")
+}

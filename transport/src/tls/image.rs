@@ -1,0 +1,116 @@
+//! TLS of the image endpoint every agent serves (`labspan-image/1`): agents
+//! fetch images from each other, admins push images to an agent.
+//!
+//! Agent certificates are client certificates (no server name, no
+//! serverAuth usage), so the client here does not check a name: it checks
+//! that the server's chain ends in the cluster CA with the usage member
+//! certificates carry, and that the certificate names an agent. The server
+//! requires a client certificate from the cluster CA as every endpoint does;
+//! which role may do what is decided by the image service.
+
+use std::sync::Arc;
+
+use labspan_proto::msg::Role;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use super::{
+    client_config, crypto_provider, peer_identity, server_config, NodeCredential, TlsError,
+};
+
+/// ALPN of the image endpoint: it speaks nothing else.
+pub const IMAGE_ALPN: &[u8] = b"labspan-image/1";
+
+/// The server name image clients send (not checked: see the module doc).
+pub const AGENT_SERVER_NAME: &str = "agent.labspan";
+
+/// Server side of the image endpoint: presents the agent's certificate and
+/// requires a client certificate from the cluster CA.
+pub fn image_server_config(
+    ca: &CertificateDer<'static>,
+    me: &NodeCredential,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = (*server_config(ca, me)?).clone();
+    config.alpn_protocols = vec![IMAGE_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client side: presents `me`, trusts a server only when its certificate
+/// is an agent's from the cluster CA.
+pub fn image_client_config(
+    ca: &CertificateDer<'static>,
+    me: &NodeCredential,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|source| TlsError::Config {
+        what: "trust the cluster CA".into(),
+        source,
+    })?;
+    let members = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    let mut config = (*client_config(ca, me)?).clone();
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(AgentVerifier { members }));
+    config.alpn_protocols = vec![IMAGE_ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts a server certificate that the cluster CA issued to an agent.
+#[derive(Debug)]
+struct AgentVerifier {
+    /// Verifies chains of member certificates (clientAuth usage).
+    members: Arc<dyn ClientCertVerifier>,
+}
+
+impl ServerCertVerifier for AgentVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.members
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let who = peer_identity(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if who.role != Role::Agent {
+            return Err(rustls::Error::General(format!(
+                "the image endpoint presents the certificate of {} {:?}, not of an agent",
+                who.role, who.name
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = crypto_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = crypto_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        crypto_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
