@@ -16,7 +16,9 @@
 #   LABSPAN_CLUSTER_STATE   state folder (default /var/lib/labspan/cluster)
 #   LABSPAN_CLUSTER_SUBNET  underlay, 198.18.X.0/24 (default 198.18.0.0/24)
 #   LABSPAN_BIN (default target/release/labspan, else `labspan` on PATH),
-#   LABSPAN_ACCEL (auto|kvm|tcg, default auto), CLUSTER_DEADLINE (s, 90).
+#   LABSPAN_ACCEL (auto|kvm|tcg, default auto), CLUSTER_DEADLINE (s, 90),
+#   LABSPAN_HOST_MEMORY     memory each host offers (default: an equal share
+#                           of this machine's, e.g. 8192MiB of 24 GiB for 3)
 # Several clusters run side by side when each has its own name, link, state
 # folder and subnet; `up` refuses a subnet the root namespace already uses and
 # namespaces or a link that another cluster (or anything else) owns.
@@ -165,7 +167,7 @@ down() {
         ip netns del "$ns"
     done
     ip link del "$ROOT_LINK" 2>/dev/null || true
-    # 5. State (the shared image store is only linked, never removed).
+    # 5. State, with each host's image store ($IMAGES is kept).
     rm -rf "$STATE"
     echo "cluster $NAME removed (namespaces $HOST_PREFIX*, $UNDERLAY, veth $ROOT_LINK, $STATE)"
 }
@@ -206,6 +208,32 @@ make_fabric() {
     ip -n "$UNDERLAY" link set portroot master underlay up
     ip addr add "$ROOT_ADDR/24" dev "$ROOT_LINK"
     ip link set "$ROOT_LINK" up
+}
+
+# Gives every host its own image store: host1's starts with the images of
+# $IMAGES (hard links when on the same filesystem: objects never change in
+# place), the others start empty and fetch from it what their labs use.
+seed_images() {
+    local n=$1 i
+    mkdir -p "$IMAGES/objects" "$IMAGES/names"
+    for i in $(seq "$n"); do
+        mkdir -p "$STATE/host$i/state/images/objects" "$STATE/host$i/state/images/names"
+    done
+    local into=$STATE/host1/state/images
+    cp -al "$IMAGES/objects/." "$into/objects/" 2>/dev/null || cp -a "$IMAGES/objects/." "$into/objects/"
+    cp -a "$IMAGES/names/." "$into/names/"
+}
+
+# The memory each of N hosts offers: LABSPAN_HOST_MEMORY, else an equal
+# share of this machine (so a lab bigger than a share must be spread).
+host_memory() {
+    if [ -n "${LABSPAN_HOST_MEMORY:-}" ]; then
+        echo "$LABSPAN_HOST_MEMORY"
+        return
+    fi
+    local kib
+    kib=$(awk '$1 == "MemTotal:" {print $2}' /proc/meminfo)
+    echo "$((kib / 1024 / $1))MiB"
 }
 
 # Starts `labspan ARGS` as a daemon inside host I, its pid in DIR/NAME.pid.
@@ -269,12 +297,9 @@ up() {
     trap 'echo "deploy/cluster.sh: up failed; what it made is left for a look (logs: $STATE/host*/*.log); remove it with: $(settings)$0 down" >&2' ERR
     local start=$SECONDS coords=$((n < 3 ? n : 3)) i dir
     make_fabric "$n"
-    mkdir -p "$IMAGES"
-    for i in $(seq "$n"); do
-        dir=$STATE/host$i
-        mkdir -p "$dir/state"
-        ln -s "$IMAGES" "$dir/state/images"
-    done
+    seed_images "$n"
+    local memory
+    memory=$(host_memory "$n")
     in_host 1 "$BIN" cluster init --data "$STATE/host1/coordinator" --listen "$NET.1:$PORT" --name c1 >/dev/null
     cp "$STATE/host1/coordinator/admin.cluster" "$ADMIN"
     chmod 600 "$ADMIN"
@@ -289,7 +314,7 @@ up() {
     sed -i "s|\"$NET.1:$PORT\"|$list|" "$ADMIN"
     for i in $(seq "$n"); do
         join "$i" agent "$STATE/host$i/agent" "host$i"
-        spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i"
+        spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i" --memory "$memory"
     done
     wait_ready "$coords" "$n"
     "$BIN" cluster status --cluster "$ADMIN"
@@ -299,7 +324,8 @@ Cluster up in $((SECONDS - start)) s: $n hosts (${HOST_PREFIX}1..$n), coordinato
 This namespace reaches it through $ROOT_LINK ($ROOT_ADDR). Point the CLI at it:
   export LABSPAN_CLUSTER=$ADMIN
   $BIN cluster status
-  $BIN up LAB.yaml        (images must be in $IMAGES: $BIN image build tiny-router)
+  $BIN up LAB.yaml        (host1 has the images of $IMAGES, the other hosts fetch
+                            what their labs use; add one: $BIN image push FILE.qcow2)
 Logs and pids: $STATE/hostN/{coordinator,agent}.{log,pid}
 Remove it all:   $(settings)$0 down
 TXT

@@ -327,6 +327,9 @@ impl Agent {
         let stops = gone.iter().map(|(lab, _, dir)| self.stop_dir(lab, dir));
         join_all(stops).await.into_iter().collect::<Result<Vec<_>, _>>()?;
         for (lab, vm, _) in gone {
+            // The folder of a lab whose last VM here just went (a lab that
+            // still has VMs keeps it: NotEmpty).
+            let _ = fs::remove_dir(paths::lab_vms_dir(&self.state, &lab));
             events(Event::Stopped { lab, vm });
         }
         let restarts = changed.into_iter().map(|(lab, v)| async move {

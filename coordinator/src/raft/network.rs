@@ -221,9 +221,16 @@ impl PeerLink {
                 )))),
             }
         };
-        let reply = tokio::time::timeout(option.hard_ttl(), exchange)
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))??;
+        let reply = match tokio::time::timeout(option.hard_ttl(), exchange).await {
+            Ok(reply) => reply?,
+            Err(e) => {
+                // A peer killed and restarted on the same address never
+                // closes the old connection: its RPCs would time out until
+                // QUIC's idle timeout (20 s). Dial afresh next time.
+                self.forget_addr();
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+        };
         match reply {
             RaftReply::Forbidden { role } => {
                 Err(RPCError::Network(NetworkError::new(&ForbiddenError {
@@ -231,6 +238,12 @@ impl PeerLink {
                 })))
             }
             reply => Ok(reply),
+        }
+    }
+
+    fn forget_addr(&self) {
+        if let Ok(addr) = self.addr.parse::<SocketAddr>() {
+            self.lock().remove(&addr);
         }
     }
 

@@ -81,6 +81,17 @@ mod tests {
     }
 
     #[test]
+    fn only_admins_remove_coordinators() {
+        let remove = Request::RemoveCoordinator {
+            member: "c2".into(),
+        };
+        assert!(may(Role::Admin, &remove));
+        for role in [Role::Agent, Role::Viewer, Role::Coordinator] {
+            assert!(!may(role, &remove), "{role}");
+        }
+    }
+
+    #[test]
     fn viewers_read_agents_heartbeat() {
         assert!(may(Role::Viewer, &Request::Status));
         assert!(!may(Role::Agent, &Request::Status));

@@ -207,11 +207,7 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(2);
 /// cluster could not commit anything, not even putting the node back.
 /// A voter is first demoted to learner, so it receives the membership that
 /// no longer counts it (and then refuses API requests), then dropped.
-pub(super) async fn remove_coordinator(
-    inner: &Arc<Inner>,
-    caller: &PeerIdentity,
-    member: &str,
-) -> Reply {
+pub(super) async fn remove_coordinator(inner: &Arc<Inner>, member: &str) -> Reply {
     let membership = inner.raft.metrics().borrow().membership_config.clone();
     let membership = membership.membership();
     let found = membership
@@ -243,16 +239,19 @@ pub(super) async fn remove_coordinator(
                 format!("not removing {target}: {why}"),
             );
         }
-        if let Err(reply) = demote(inner, id, &target).await {
-            return reply;
-        }
-        if id == inner.id {
-            // This leader steps down once the demotion commits; the next
-            // leader drops it from the membership.
-            return after_stepping_down(inner, caller, member).await;
+        // openraft 0.9 lets a leader demoted to learner go on leading: the
+        // leader leaves in one step (it steps down once that commits).
+        if id != inner.id {
+            if let Err(reply) = demote(inner, id, &target).await {
+                return reply;
+            }
         }
     }
-    let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+    let change = if id == inner.id {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
     match inner.raft.change_membership(change, false).await {
         Ok(_) => {
             tracing::info!(id, member = %target, "coordinator removed");
@@ -279,39 +278,21 @@ async fn demote(inner: &Arc<Inner>, id: NodeId, target: &Member) -> Result<(), R
             ))
         }
     };
-    if id != inner.id {
-        // A stopped node never catches up: the wait is bounded and its end ignored.
-        let _ = inner
-            .raft
-            .wait(Some(REACH_TIMEOUT))
-            .metrics(
-                |m| {
-                    m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&id).copied().flatten())
-                        .is_some_and(|matched| matched >= log_id)
-                },
-                "the removed coordinator to learn its removal",
-            )
-            .await;
-    }
-    Ok(())
-}
-
-/// A leader that demoted itself asks the next leader to finish the removal.
-async fn after_stepping_down(inner: &Arc<Inner>, caller: &PeerIdentity, member: &str) -> Reply {
+    // A stopped node never catches up: the wait is bounded and its end ignored.
     let _ = inner
         .raft
-        .wait(Some(LEADER_WAIT))
+        .wait(Some(REACH_TIMEOUT))
         .metrics(
-            |m| m.current_leader.is_some_and(|l| l != inner.id),
-            "another leader",
+            |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .is_some_and(|matched| matched >= log_id)
+            },
+            "the removed coordinator to learn its removal",
         )
         .await;
-    let req = Request::RemoveCoordinator {
-        member: member.to_string(),
-    };
-    inner.forward(caller, req).await
+    Ok(())
 }
 
 /// Ok when a majority of `voters` (the membership after a removal) answer now.

@@ -222,7 +222,7 @@ impl Inner {
             }
             Request::UseToken { token, name } => join::use_token(self, &token, &name).await,
             Request::RemoveCoordinator { member } => {
-                leader::remove_coordinator(self, caller, &member).await
+                leader::remove_coordinator(self, &member).await
             }
             Request::AddCoordinator { id, addr } => {
                 leader::add_coordinator(self, id, &caller.name, &addr).await
