@@ -13,11 +13,12 @@ use labspan_proto::msg::{
 };
 use labspan_proto::plan::HostPlan;
 use labspan_transport::client::{Client, ClusterFile};
-use labspan_transport::{read_frame, write_frame};
+use labspan_transport::{expect_end, read_message, write_frame};
 use quinn::Connection;
 
 use crate::image_service::ImageService;
 use crate::reconcile::{Agent, Event};
+use crate::stream;
 
 /// How often the agent tells the leader it is alive (the leader marks a
 /// host down after 10 s of silence).
@@ -193,7 +194,22 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let (agent, hooks) = (agent.clone(), hooks.clone());
         tokio::spawn(async move {
-            let reply = match read_frame::<AgentRequest>(&mut recv).await {
+            // A byte stream (console, capture) stays open after its request.
+            let request = match read_message::<AgentRequest>(&mut recv).await {
+                Ok(r @ (AgentRequest::Console { .. } | AgentRequest::Capture { .. })) => Ok(r),
+                Ok(r) => expect_end(&mut recv).await.map(|()| r),
+                Err(e) => Err(e),
+            };
+            let reply = match request {
+                Ok(AgentRequest::Console { lab, node }) => {
+                    return stream::console(agent.state(), &lab, &node, send, recv).await;
+                }
+                Ok(AgentRequest::Capture {
+                    lab,
+                    node,
+                    nic,
+                    count,
+                }) => return stream::capture(&lab, &node, &nic, count, send, recv).await,
                 Ok(AgentRequest::ApplyPlan(plan)) => {
                     let _one_plan_at_a_time = hooks.apply_lock.lock().await;
                     let reply = apply(&agent, &plan, hooks.events.as_deref()).await;

@@ -7,5 +7,6 @@ pub mod image_service;
 pub mod net;
 pub mod paths;
 pub mod reconcile;
+pub mod stream;
 pub mod verify;
 pub mod vm;

@@ -252,11 +252,15 @@ impl Agent {
         self.apply_checked(plan, images, kernel, events).await
     }
 
+    /// The state folder this agent keeps its VMs in.
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
     /// The kernel's interfaces, with a creation a killed agent left half
     /// done finished first (see [`net::KernelNet::with_journal`]).
     async fn kernel(&self) -> Result<net::KernelNet, AgentError> {
-        let kernel =
-            net::KernelNet::connect()?.with_journal(paths::net_journal(&self.state));
+        let kernel = net::KernelNet::connect()?.with_journal(paths::net_journal(&self.state));
         kernel.recover().await?;
         Ok(kernel)
     }
@@ -325,7 +329,10 @@ impl Agent {
             }
         }
         let stops = gone.iter().map(|(lab, _, dir)| self.stop_dir(lab, dir));
-        join_all(stops).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+        join_all(stops)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         for (lab, vm, _) in gone {
             // The folder of a lab whose last VM here just went (a lab that
             // still has VMs keeps it: NotEmpty).
@@ -337,7 +344,10 @@ impl Agent {
                 .await
                 .map_err(|source| AgentError::vm(lab, source))
         });
-        join_all(restarts).await.into_iter().collect::<Result<Vec<_>, _>>()?;
+        join_all(restarts)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         let net_report = net::reconcile_with(&mut kernel, plan).await?;
         let accel = self.accel(&images).await?;
         let runs = wanted.iter().map(|(key, (lab, vm))| {

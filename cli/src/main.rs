@@ -53,6 +53,8 @@ enum Command {
     Exec(cmd::exec::Args),
     /// Attach to a node's serial console.
     Console(cmd::console::Args),
+    /// Capture a node NIC's packets as pcap (for wireshark, tcpdump -r).
+    Capture(cmd::capture::Args),
     /// Create a cluster, make join tokens, join, see its status.
     #[command(subcommand)]
     Cluster(cmd::cluster::Command),
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Exec(a) => cmd::exec::run(a),
         Command::Console(a) => cmd::console::run(a),
+        Command::Capture(a) => cmd::capture::run(a),
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Coordinator(c) => cmd::coordinator::run(c),
         Command::Agent(c) => cmd::agent::run(c),

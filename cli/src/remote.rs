@@ -43,6 +43,22 @@ pub async fn call(client: &Client, req: &Request) -> anyhow::Result<Reply> {
     }
 }
 
+/// Opens a byte-stream request (console, capture): the stream, past the
+/// coordinator's `Streaming` reply, and the client that must outlive it.
+pub async fn open_stream(
+    path: &Path,
+    req: &Request,
+) -> anyhow::Result<(Client, quinn::SendStream, quinn::RecvStream)> {
+    let client = connect(path).await?;
+    let (mut send, mut recv) = client.connection().open_bi().await?;
+    labspan_transport::write_message(&mut send, req).await?;
+    match labspan_transport::read_message::<Reply>(&mut recv).await? {
+        Reply::Streaming => Ok((client, send, recv)),
+        Reply::Error(e) => Err(refusal(e)),
+        other => bail!("unexpected reply to a stream request: {other:?}"),
+    }
+}
+
 fn refusal(e: ErrorReply) -> anyhow::Error {
     match e.kind {
         ErrorKind::Invalid | ErrorKind::NotFound => {

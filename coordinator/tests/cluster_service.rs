@@ -177,9 +177,10 @@ fn serve_plans(conn: quinn::Connection, host: String) {
                         })
                         .collect(),
                 ),
-                AgentRequest::Exec { .. } => AgentReply::Error(
-                    labspan_proto::msg::ErrorReply::new(ErrorKind::Invalid, "stand-in"),
-                ),
+                _ => AgentReply::Error(labspan_proto::msg::ErrorReply::new(
+                    ErrorKind::Invalid,
+                    "stand-in",
+                )),
             };
             let _ = write_frame(&mut send, &reply).await;
         }
@@ -764,7 +765,10 @@ async fn the_leader_removes_itself_and_the_next_leader_takes_over() -> TestResul
             .filter(|s| s.members.len() == 2 && s.leader.is_some_and(|l| l != leader))
     })
     .await?;
-    assert!(st.members.iter().all(|m| m.voter && m.id != leader), "{st:?}");
+    assert!(
+        st.members.iter().all(|m| m.voter && m.id != leader),
+        "{st:?}"
+    );
     token(&via_other, Role::Viewer).await?;
     via_other.close().await;
     admin.close().await;

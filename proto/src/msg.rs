@@ -129,6 +129,29 @@ pub enum Request {
     /// The image endpoints of the hosts that are up, and what each holds
     /// (`labspan image push` picks one).
     ImageHosts,
+    /// A byte stream: the serial console of a guest, both ways. After the
+    /// reply ([`Reply::Streaming`] or an error) the stream carries raw bytes.
+    Console { lab: String, node: String },
+    /// A byte stream: packets of a guest NIC's tap as pcap, captured on its
+    /// host (`count` packets, or until the caller closes the stream).
+    Capture {
+        lab: String,
+        node: String,
+        nic: String,
+        count: Option<u32>,
+    },
+}
+
+impl Request {
+    /// Whether the stream of this request carries raw bytes after its
+    /// reply (console, capture), also when forwarded.
+    pub fn is_stream(&self) -> bool {
+        match self {
+            Request::Console { .. } | Request::Capture { .. } => true,
+            Request::Forwarded { request, .. } => request.is_stream(),
+            _ => false,
+        }
+    }
 }
 
 /// The reply to one [`Request`].
@@ -166,6 +189,9 @@ pub enum Reply {
     Error(ErrorReply),
     /// Answer to [`Request::ImageHosts`].
     ImageHosts(Vec<HostImages>),
+    /// Answer to [`Request::Console`] and [`Request::Capture`]: raw bytes
+    /// follow on the stream.
+    Streaming,
 }
 
 /// One up host's image endpoint and inventory.
@@ -255,6 +281,15 @@ pub enum AgentRequest {
         cmd: String,
         timeout_secs: u64,
     },
+    /// Pipe a guest's serial console both ways (see [`Request::Console`]).
+    Console { lab: String, node: String },
+    /// Capture a guest NIC's tap as pcap (see [`Request::Capture`]).
+    Capture {
+        lab: String,
+        node: String,
+        nic: String,
+        count: Option<u32>,
+    },
 }
 
 /// An agent's answer to an [`AgentRequest`].
@@ -264,6 +299,8 @@ pub enum AgentReply {
     Applied(Vec<VmReport>),
     /// Answer to [`AgentRequest::Exec`].
     Exec(ExecResult),
+    /// Raw bytes follow (console, capture).
+    Streaming,
     /// The agent could not do it.
     Error(ErrorReply),
 }

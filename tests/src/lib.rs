@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
+pub mod daemons;
 pub mod local_cluster;
 pub mod netns;
 

@@ -7,9 +7,10 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use labspan_tests::daemons::{field, ok, until_ok, Daemons};
 use labspan_tests::{text, write_lab, Fabric, TestHost};
 
 const DUO: &str = r#"
@@ -28,58 +29,6 @@ verify:
 
 const COORDINATOR: &str = "198.18.0.1:7100";
 
-/// Daemons started by this test, stopped (SIGTERM, by pid) on drop.
-struct Daemons(Vec<Child>);
-
-impl Daemons {
-    fn spawn(&mut self, mut cmd: Command, log: &Path) {
-        let out = File::create(log).expect("creating a daemon log");
-        let err = out.try_clone().expect("cloning a log handle");
-        let child = cmd
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("starting a daemon");
-        self.0.push(child);
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on a pid this test started and has not reaped yet.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(out));
-    text(out)
-}
-
-/// Retries `labspan ARGS` on `host` until it succeeds (a daemon starting), at most about 30 s.
-fn until_ok(host: &TestHost, args: &[&str]) -> String {
-    for _ in 0..60 {
-        let out = host.labspan(args);
-        if out.status.success() {
-            return text(&out);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    ok(&host.labspan(args), &args.join(" "))
-}
-
-fn field<'a>(out: &'a str, label: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {label:?} in {out}"))
-}
-
 #[test]
 fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
     let fabric = Fabric::new("cl", 2);
@@ -92,7 +41,7 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
         "cluster init",
     );
     let admin = format!("{data}/admin.cluster");
-    let mut daemons = Daemons(Vec::new());
+    let mut daemons = Daemons::default();
     daemons.spawn(
         h1.labspan_cmd(&["coordinator", "run", "--data", data]),
         &h1.state.join("coordinator.log"),
@@ -160,6 +109,8 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
         "labspan exec --cluster",
     );
     assert_eq!(exec.trim(), "b");
+    capture_through_the_cluster(h1, &admin);
+    console_through_the_cluster(h1, &admin);
 
     ok(
         &h1.labspan(&["down", "duo", "--cluster", &admin]),
@@ -167,6 +118,106 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
     );
     assert_eq!((on(h1), on(h2)), (0, 0), "guests left after down");
     drop(daemons);
+}
+
+/// `labspan capture` of b's NIC (on h2) from h1's CLI while a pings b:
+/// the pcap streams from h2's agent through the coordinator.
+fn capture_through_the_cluster(h1: &TestHost, admin: &str) {
+    let pcap = h1.state.join("b-eth0.pcap");
+    let pcap_arg = pcap.to_str().expect("utf-8 path");
+    let args = [
+        "capture",
+        "duo",
+        "b",
+        "eth0",
+        "--count",
+        "4",
+        "-w",
+        pcap_arg,
+        "--cluster",
+        admin,
+    ];
+    let mut capture = h1
+        .labspan_cmd(&args)
+        .spawn()
+        .expect("starting labspan capture");
+    let ping = [
+        "exec",
+        "duo",
+        "a",
+        "--cluster",
+        admin,
+        "--",
+        "ping -c 8 198.19.40.2",
+    ];
+    ok(&h1.labspan(&ping), "ping from a while capturing");
+    let status = capture.wait().expect("waiting for labspan capture");
+    assert!(status.success(), "labspan capture: {status}");
+    let bytes = std::fs::read(&pcap).expect("reading the capture");
+    // pcap: a 24-byte header (magic a1b2c3d4, little-endian here), then 4
+    // records of a 16-byte header and at least an Ethernet + IPv4 header.
+    assert_eq!(
+        bytes.get(..4),
+        Some(&[0xd4, 0xc3, 0xb2, 0xa1][..]),
+        "pcap magic"
+    );
+    assert!(
+        bytes.len() >= 24 + 4 * (16 + 34),
+        "4 packets: {} bytes",
+        bytes.len()
+    );
+
+    let missing = h1.labspan(&["capture", "duo", "b", "eth9", "--cluster", admin]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("no NIC b:eth9"),
+        "{}",
+        text(&missing)
+    );
+}
+
+/// `labspan console` of b (on h2) from h1's CLI, its input piped: b's
+/// serial shell answers through the agent and the coordinator.
+fn console_through_the_cluster(h1: &TestHost, admin: &str) {
+    use std::io::{Read, Write};
+    let mut console = h1
+        .labspan_cmd(&["console", "duo", "b", "--cluster", admin])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting labspan console");
+    let mut stdout = console.stdout.take().expect("console stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = console.stdin.take().expect("console stdin");
+    // The shell prints 42 only if it ran the line (the echoed input says 6*7).
+    stdin
+        .write_all(b"\necho console-$((6*7))\n")
+        .expect("typing into the console");
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen).contains("console-42") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend(chunk),
+            Err(_) => break,
+        }
+    }
+    drop(stdin);
+    let status = console.wait().expect("waiting for labspan console");
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.contains("console-42"),
+        "the guest shell answered: {seen:?}"
+    );
+    assert!(status.success(), "labspan console: {status}");
 }
 
 /// Coordinators of the failover test, all on h1 (each also uses port + 1).
@@ -241,7 +292,7 @@ fn a_deploy_survives_kill_9_of_its_leader() {
         "cluster init",
     );
     let admin = format!("{c1}/admin.cluster");
-    let mut daemons = Daemons(Vec::new());
+    let mut daemons = Daemons::default();
     daemons.spawn(
         h1.labspan_cmd(&["coordinator", "run", "--data", c1]),
         &h1.state.join("c1.log"),
@@ -326,8 +377,10 @@ fn a_deploy_survives_kill_9_of_its_leader() {
         .trim_start_matches('c')
         .parse()
         .expect("coordinator cN");
-    let leader_child = &daemons.0[at - 1];
-    let pid = i32::try_from(leader_child.id()).expect("pid");
+    let pid = daemons
+        .pid(at - 1)
+        .and_then(|p| i32::try_from(p).ok())
+        .expect("the leader's pid");
     // SAFETY: kill(2) on a pid this test started and has not reaped yet.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 

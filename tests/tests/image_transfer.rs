@@ -5,11 +5,12 @@
 //! name to one host, and a lab using it runs on both; a lab naming an image
 //! no host has is refused with the fix.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use labspan_tests::daemons::{field, ok, until_ok, Daemons};
 use labspan_tests::{text, write_lab, Fabric, TestHost, TEST_IMAGES};
 
 const COORDINATOR: &str = "198.18.0.1:7120";
@@ -30,57 +31,6 @@ verify:
   - ping: {{from: a, to: b}}
 "#
     )
-}
-
-/// Daemons started by this test, stopped (SIGTERM, by pid) on drop.
-struct Daemons(Vec<Child>);
-
-impl Daemons {
-    fn spawn(&mut self, mut cmd: Command, log: &Path) {
-        let out = File::create(log).expect("creating a daemon log");
-        let err = out.try_clone().expect("cloning a log handle");
-        let child = cmd
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("starting a daemon");
-        self.0.push(child);
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on a pid this test started and has not reaped yet.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(out));
-    text(out)
-}
-
-fn until_ok(host: &TestHost, args: &[&str]) -> String {
-    for _ in 0..60 {
-        let out = host.labspan(args);
-        if out.status.success() {
-            return text(&out);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    ok(&host.labspan(args), &args.join(" "))
-}
-
-fn field<'a>(out: &'a str, label: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {label:?} in {out}"))
 }
 
 /// Gives `host` a store of its own (the harness links the shared one),
@@ -172,7 +122,7 @@ fn a_host_without_the_image_fetches_it_and_pushed_images_spread() {
     h1.ensure_tiny();
     own_store(h1, Some("tiny"));
     own_store(h2, None);
-    let mut daemons = Daemons(Vec::new());
+    let mut daemons = Daemons::default();
     let admin = cluster(&fabric, &mut daemons);
 
     // h2 holds nothing: its node boots from the copy it fetches from h1.

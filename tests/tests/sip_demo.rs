@@ -61,7 +61,8 @@ fn placement(cluster: &LocalCluster) -> Vec<(String, String)> {
         .skip(1)
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() >= 3 && cols[0] == "sip").then(|| (cols[1].to_string(), cols[2].to_string()))
+            (cols.len() >= 3 && cols[0] == "sip")
+                .then(|| (cols[1].to_string(), cols[2].to_string()))
         })
         .collect()
 }

@@ -126,19 +126,31 @@ fn write_err(doing: &'static str, e: WriteError) -> TransportError {
 /// then the end of the stream. An oversized header is refused before any
 /// payload is buffered.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, TransportError> {
+    let msg = read_message(recv).await?;
+    expect_end(recv).await?;
+    Ok(msg)
+}
+
+/// Reads one message (header and payload) and leaves the stream open: the
+/// first message of a byte stream (console, capture), raw bytes after it.
+pub async fn read_message<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, TransportError> {
     let mut head = [0u8; HEADER_LEN];
     recv.read_exact(&mut head)
         .await
         .map_err(|e| read_exact_err("reading a message header", HEADER_LEN, e))?;
     let size = codec::parse_header(&head)?;
     let payload = read_payload(recv, size).await?;
+    Ok(codec::decode_payload(&payload)?)
+}
+
+/// Waits for the end of `recv`, which must carry nothing more.
+pub async fn expect_end(recv: &mut RecvStream) -> Result<(), TransportError> {
     let mut extra = [0u8; 1];
     match recv.read(&mut extra).await {
-        Ok(None) => {}
-        Ok(Some(n)) => return Err(CodecError::TrailingBytes { extra: n }.into()),
-        Err(e) => return Err(read_err("waiting for the end of a message", e)),
+        Ok(None) => Ok(()),
+        Ok(Some(n)) => Err(CodecError::TrailingBytes { extra: n }.into()),
+        Err(e) => Err(read_err("waiting for the end of a message", e)),
     }
-    Ok(codec::decode_payload(&payload)?)
 }
 
 /// Reads exactly `size` payload bytes, growing the buffer only as bytes
@@ -168,14 +180,22 @@ pub async fn write_frame<T: Serialize>(
     send: &mut SendStream,
     msg: &T,
 ) -> Result<(), TransportError> {
-    let bytes = codec::encode(msg)?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| write_err("sending a message", e))?;
+    write_message(send, msg).await?;
     send.finish().map_err(|e| TransportError::Stream {
         doing: "finishing a message",
         reason: e.to_string(),
     })
+}
+
+/// Writes `msg` and leaves the stream open (see [`read_message`]).
+pub async fn write_message<T: Serialize>(
+    send: &mut SendStream,
+    msg: &T,
+) -> Result<(), TransportError> {
+    let bytes = codec::encode(msg)?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| write_err("sending a message", e))
 }
 
 /// Sends `req` on a new stream of `conn` and waits for the reply.

@@ -13,14 +13,18 @@ mod endpoint;
 mod frame;
 mod image;
 mod server;
+mod splice;
 
 pub use endpoint::{
     client_endpoint, connect, join_client_endpoint, join_server_endpoint, peer_identity_of,
     server_endpoint, transport_config, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
 };
+pub use frame::{
+    expect_end, read_frame, read_message, request, write_frame, write_message, StreamErrorCode,
+};
 pub use image::{connect_image, image_client_endpoint, image_server_endpoint};
-pub use frame::{read_frame, request, write_frame, StreamErrorCode};
-pub use server::{serve, serve_join, JoinService, Service, REQUEST_READ_TIMEOUT};
+pub use server::{answer, serve, serve_join, JoinService, Service, REQUEST_READ_TIMEOUT};
+pub use splice::{splice, SPLICE_LINGER};
 
 use labspan_proto::codec::CodecError;
 

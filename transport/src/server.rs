@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::frame::{read_frame, write_frame, StreamErrorCode};
+use crate::frame::{expect_end, read_message, write_frame, StreamErrorCode};
 use crate::tls::PeerIdentity;
 use crate::{peer_identity_of, TransportError};
 
@@ -40,6 +40,24 @@ pub trait Service: Send + Sync + 'static {
     /// a server that must later open streams towards the member (agents
     /// only dial out) keeps `conn` here.
     fn connected(&self, _peer: &PeerIdentity, _conn: &Connection) {}
+
+    /// Whether `req` is a byte-stream request (a console, a capture): then
+    /// [`Service::stream`] gets its QUIC stream instead of `handle`.
+    fn is_stream(&self, _req: &Self::Request) -> bool {
+        false
+    }
+
+    /// Serves a byte-stream request: writes its reply frame on `send`, then
+    /// carries raw bytes both ways until either side finishes.
+    fn stream(
+        &self,
+        _peer: &PeerIdentity,
+        _req: Self::Request,
+        _send: SendStream,
+        _recv: RecvStream,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Serves `service` on `endpoint` until the endpoint is closed.
@@ -70,10 +88,17 @@ async fn serve_connection<S: Service>(conn: Connection, service: Arc<S>) {
     };
     tracing::debug!(name = %peer.name, role = %peer.role, "member connected");
     service.connected(&peer, &conn);
-    let who = format!("{} ({})", peer.name, peer.role);
-    serve_streams(conn, who, move |req| {
-        let (service, peer) = (service.clone(), peer.clone());
-        async move { service.handle(&peer, req).await }
+    let who = Arc::new(format!("{} ({})", peer.name, peer.role));
+    serve_streams(conn, who.to_string(), move |req, send, recv| {
+        let (service, peer, who) = (service.clone(), peer.clone(), who.clone());
+        async move {
+            if service.is_stream(&req) {
+                service.stream(&peer, req, send, recv).await;
+            } else if let Some((send, recv)) = request_ended(send, recv, &who).await {
+                let reply = service.handle(&peer, req).await;
+                answer(send, recv, &who, &reply).await;
+            }
+        }
     })
     .await;
 }
@@ -103,9 +128,15 @@ pub fn serve_join<S: JoinService>(endpoint: Endpoint, service: Arc<S>) -> JoinHa
                 let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(conn) => {
-                        serve_streams(conn, remote.to_string(), move |req| {
-                            let service = service.clone();
-                            async move { service.handle(remote, req).await }
+                        let who = remote.to_string();
+                        serve_streams(conn, who.clone(), move |req, send, recv| {
+                            let (service, who) = (service.clone(), who.clone());
+                            async move {
+                                if let Some((send, recv)) = request_ended(send, recv, &who).await {
+                                    let reply = service.handle(remote, req).await;
+                                    answer(send, recv, &who, &reply).await;
+                                }
+                            }
                         })
                         .await
                     }
@@ -116,13 +147,13 @@ pub fn serve_join<S: JoinService>(endpoint: Endpoint, service: Arc<S>) -> JoinHa
     })
 }
 
-/// Hands every stream of `conn` to `handle`, one task per stream.
-async fn serve_streams<Req, Rep, F, Fut>(conn: Connection, who: String, handle: F)
+/// Hands every stream of `conn`, with its decoded request, to `handle`,
+/// one task per stream.
+async fn serve_streams<Req, F, Fut>(conn: Connection, who: String, handle: F)
 where
     Req: DeserializeOwned + Send + 'static,
-    Rep: Serialize + Send + Sync + 'static,
-    F: Fn(Req) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Rep> + Send + 'static,
+    F: Fn(Req, SendStream, RecvStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
     let who = Arc::new(who);
@@ -140,18 +171,13 @@ where
     }
 }
 
-async fn serve_stream<Req, Rep, F, Fut>(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    handle: &F,
-    who: &str,
-) where
+async fn serve_stream<Req, F, Fut>(send: SendStream, mut recv: RecvStream, handle: &F, who: &str)
+where
     Req: DeserializeOwned,
-    Rep: Serialize,
-    F: Fn(Req) -> Fut,
-    Fut: Future<Output = Rep>,
+    F: Fn(Req, SendStream, RecvStream) -> Fut,
+    Fut: Future<Output = ()>,
 {
-    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<Req>(&mut recv));
+    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_message::<Req>(&mut recv));
     let req = match read.await {
         Ok(Ok(req)) => req,
         Ok(Err(e)) => return refuse(send, recv, who, refusal_code(&e), &e),
@@ -160,8 +186,40 @@ async fn serve_stream<Req, Rep, F, Fut>(
             return refuse(send, recv, who, Some(StreamErrorCode::Timeout), &e);
         }
     };
-    let reply = handle(req).await;
-    if let Err(e) = write_frame(&mut send, &reply).await {
+    handle(req, send, recv).await;
+}
+
+/// The request's stream once its end came after the one message (a
+/// request that is not a byte stream carries nothing more); `None` when
+/// it was refused for trailing bytes or a broken stream.
+async fn request_ended(
+    send: SendStream,
+    mut recv: RecvStream,
+    who: &str,
+) -> Option<(SendStream, RecvStream)> {
+    let ended = tokio::time::timeout(REQUEST_READ_TIMEOUT, expect_end(&mut recv)).await;
+    match ended {
+        Ok(Ok(())) => Some((send, recv)),
+        Ok(Err(e)) => {
+            refuse(send, recv, who, refusal_code(&e), &e);
+            None
+        }
+        Err(_) => {
+            let e = "request not received in time";
+            refuse(send, recv, who, Some(StreamErrorCode::Timeout), &e);
+            None
+        }
+    }
+}
+
+/// Writes `reply` as the one answer of a request stream.
+pub async fn answer<Rep: Serialize>(
+    mut send: SendStream,
+    recv: RecvStream,
+    who: &str,
+    reply: &Rep,
+) {
+    if let Err(e) = write_frame(&mut send, reply).await {
         let code = match e {
             TransportError::Codec(_) => Some(StreamErrorCode::Internal),
             _ => None,

@@ -66,8 +66,12 @@ impl KernelNet {
         let mut recovered = None;
         if let Some((name, alias)) = text.trim_end_matches('\n').split_once('\t') {
             if self.index(name).await?.is_some() && self.alias_of(name).await?.is_none() {
-                tracing::warn!(interface = name, "marking an interface whose creation was cut short");
-                self.set("setting alias of", name, |b| b.alias(alias)).await?;
+                tracing::warn!(
+                    interface = name,
+                    "marking an interface whose creation was cut short"
+                );
+                self.set("setting alias of", name, |b| b.alias(alias))
+                    .await?;
                 recovered = Some(name.to_string());
             }
         }

@@ -1,6 +1,7 @@
 //! One module per `labspan` subcommand.
 
 pub mod agent;
+pub mod capture;
 pub mod cluster;
 pub mod console;
 pub mod coordinator;

@@ -21,6 +21,8 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::RemoveCoordinator { .. } => role == Role::Admin,
         R::RegisterHost { .. } | R::Heartbeat | R::ImageInventory { .. } => role == Role::Agent,
         R::ImageHosts => role == Role::Admin,
+        // A console is a root shell; a capture shows every packet.
+        R::Console { .. } | R::Capture { .. } => role == Role::Admin,
     }
 }
 

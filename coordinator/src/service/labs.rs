@@ -11,6 +11,7 @@ use labspan_proto::msg::{
 };
 use labspan_proto::plan::HostPlan;
 use labspan_transport as transport;
+use quinn::Connection;
 
 use super::hosts::DEFAULT_UNDERLAY_MTU;
 use super::status::status_text;
@@ -342,17 +343,21 @@ async fn push(inner: &Inner, host: &str, plan: HostPlan) -> Result<Vec<VmReport>
     }
 }
 
+/// The leader's connection from the agent of `host`.
+pub(super) fn agent_connection(inner: &Inner, host: &str) -> Result<Connection, String> {
+    lock(&inner.agents)
+        .get(host)
+        .cloned()
+        .filter(|c| c.close_reason().is_none())
+        .ok_or_else(|| format!("the agent of host {host:?} is not connected to the leader"))
+}
+
 async fn agent_request(
     inner: &Inner,
     host: &str,
     req: &AgentRequest,
 ) -> Result<AgentReply, String> {
-    let conn = lock(&inner.agents)
-        .get(host)
-        .cloned()
-        .filter(|c| c.close_reason().is_none());
-    let conn =
-        conn.ok_or_else(|| format!("the agent of host {host:?} is not connected to the leader"))?;
+    let conn = agent_connection(inner, host)?;
     transport::request(&conn, req)
         .await
         .map_err(|e| format!("agent of host {host:?}: {e}"))
@@ -399,6 +404,22 @@ pub(super) async fn delete(inner: &Arc<Inner>, name: &str) -> Reply {
     }
 }
 
+/// The host that runs `node` of `lab`, or the refusal saying which is unknown.
+pub(super) fn host_of(inner: &Inner, lab: &str, node: &str) -> Result<String, ErrorReply> {
+    match inner.state.read().state.labs.get(lab) {
+        None => Err(ErrorReply::new(
+            ErrorKind::NotFound,
+            format!("lab {lab:?} is not deployed"),
+        )),
+        Some(rec) => rec.placement.get(node).cloned().ok_or_else(|| {
+            ErrorReply::new(
+                ErrorKind::NotFound,
+                format!("lab {lab:?} has no node {node:?}"),
+            )
+        }),
+    }
+}
+
 /// Leader: runs `cmd` in node `node` of `lab` through that host's agent.
 pub(super) async fn exec(
     inner: &Arc<Inner>,
@@ -407,17 +428,9 @@ pub(super) async fn exec(
     cmd: &str,
     timeout_secs: u64,
 ) -> Reply {
-    let host = match inner.state.read().state.labs.get(lab) {
-        None => return error(ErrorKind::NotFound, format!("lab {lab:?} is not deployed")),
-        Some(rec) => match rec.placement.get(node) {
-            Some(h) => h.clone(),
-            None => {
-                return error(
-                    ErrorKind::NotFound,
-                    format!("lab {lab:?} has no node {node:?}"),
-                )
-            }
-        },
+    let host = match host_of(inner, lab, node) {
+        Ok(h) => h,
+        Err(refused) => return Reply::Error(refused),
     };
     let req = AgentRequest::Exec {
         lab: lab.into(),

@@ -37,7 +37,7 @@ impl Inner {
     }
 
     /// The current leader, as this coordinator knows it.
-    fn leader(&self) -> Option<(NodeId, Member)> {
+    pub(super) fn leader(&self) -> Option<(NodeId, Member)> {
         let m = self.raft.metrics().borrow().clone();
         let id = m.current_leader?;
         let member = m.membership_config.membership().get_node(&id)?.clone();
@@ -79,24 +79,30 @@ impl Inner {
 
     /// One request to another coordinator over the cached connection.
     pub(super) async fn peer_request(&self, addr: &str, req: &Request) -> Result<Reply, String> {
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-        let cached = lock(&self.peers).get(&addr).cloned();
-        let conn = match cached.filter(|c| c.close_reason().is_none()) {
-            Some(c) => c,
-            None => {
-                let c: Connection = transport::connect(&self.endpoint, addr)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                lock(&self.peers).insert(addr, c.clone());
-                c
-            }
-        };
+        let (addr, conn) = self.peer_connection(addr).await?;
         transport::request(&conn, req).await.map_err(|e| {
             lock(&self.peers).remove(&addr);
             e.to_string()
         })
+    }
+
+    /// The cached connection to the coordinator at `addr`, made if needed.
+    pub(super) async fn peer_connection(
+        &self,
+        addr: &str,
+    ) -> Result<(SocketAddr, Connection), String> {
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+        let cached = lock(&self.peers).get(&addr).cloned();
+        if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
+            return Ok((addr, c));
+        }
+        let c: Connection = transport::connect(&self.endpoint, addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        lock(&self.peers).insert(addr, c.clone());
+        Ok((addr, c))
     }
 
     /// Proposes `cmd` (on the leader) and waits until it is committed and applied.

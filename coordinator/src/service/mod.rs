@@ -19,6 +19,7 @@ mod leader;
 mod recovery;
 mod resume;
 mod status;
+mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
 use labspan_transport::tls::{ClusterCa, PeerIdentity};
 use labspan_transport::{self as transport, Service, TransportError};
 use openraft::Raft;
-use quinn::{Connection, Endpoint};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::task::JoinHandle;
 
 use crate::raft::{
@@ -115,6 +116,14 @@ impl Service for CoordinatorService {
             lock(&self.inner.agents).insert(peer.name.clone(), conn.clone());
         }
     }
+
+    fn is_stream(&self, req: &Request) -> bool {
+        req.is_stream()
+    }
+
+    async fn stream(&self, peer: &PeerIdentity, req: Request, send: SendStream, recv: RecvStream) {
+        stream::serve(&self.inner, peer, req, send, recv).await;
+    }
 }
 
 fn forbidden(peer: &PeerIdentity, req: &Request) -> Reply {
@@ -154,6 +163,8 @@ fn kind(req: &Request) -> &'static str {
         Request::Forwarded { .. } => "Forwarded",
         Request::ImageInventory { .. } => "ImageInventory",
         Request::ImageHosts => "ImageHosts",
+        Request::Console { .. } => "Console",
+        Request::Capture { .. } => "Capture",
     }
 }
 
