@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::{text, TestHost};
+use crate::{text, Fabric, TestHost};
 
 /// Daemons started by a test, stopped (SIGTERM, by pid) on drop.
 #[derive(Default)]
@@ -68,4 +68,65 @@ pub fn field<'a>(out: &'a str, label: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(label))
         .map(str::trim)
         .unwrap_or_else(|| panic!("no {label:?} in {out}"))
+}
+
+/// Starts a coordinator listening on `coordinator` in the first host of
+/// `fabric` and an agent daemon (`h1`, `h2`, ...) on every host, all kept
+/// in `daemons`; waits until every host is up and returns the admin
+/// cluster file.
+pub fn start_cluster(fabric: &Fabric, coordinator: &str, daemons: &mut Daemons) -> String {
+    let h1 = &fabric.hosts[0];
+    let data = h1.state.join("c1");
+    let data = data.to_str().expect("utf-8 path").to_string();
+    ok(
+        &h1.labspan(&["cluster", "init", "--data", &data, "--listen", coordinator]),
+        "cluster init",
+    );
+    let admin = format!("{data}/admin.cluster");
+    daemons.spawn(
+        h1.labspan_cmd(&["coordinator", "run", "--data", &data]),
+        &h1.state.join("coordinator.log"),
+    );
+    for (i, host) in fabric.hosts.iter().enumerate() {
+        let out = until_ok(
+            h1,
+            &["cluster", "token", "--role", "agent", "--cluster", &admin],
+        );
+        let (token, fingerprint) = (field(&out, "token:"), field(&out, "ca fingerprint:"));
+        let dir = host.state.join("agent");
+        let dir = dir.to_str().expect("utf-8 path");
+        let name = format!("h{}", i + 1);
+        let join = [
+            "cluster",
+            "join",
+            coordinator,
+            "--token",
+            token,
+            "--ca-fingerprint",
+            fingerprint,
+            "--data",
+            dir,
+            "--name",
+            &name,
+        ];
+        ok(&host.labspan(&join), "cluster join");
+        let vtep = host.vtep.expect("fabric host").to_string();
+        let mut agent = host.labspan_cmd(&["agent", "run", "--data", dir, "--vtep", &vtep]);
+        agent.env("LABSPAN_LOG", "info");
+        daemons.spawn(agent, &host.state.join("agent.log"));
+    }
+    let hosts = fabric.hosts.len();
+    let mut up = 0;
+    for _ in 0..60 {
+        let status = ok(
+            &h1.labspan(&["cluster", "status", "--cluster", &admin]),
+            "cluster status",
+        );
+        up = status.lines().filter(|l| l.ends_with(" up")).count();
+        if up == hosts {
+            return admin;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{up} of {hosts} hosts up after 30 s (logs in each host's state folder)");
 }

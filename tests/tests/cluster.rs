@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use labspan_tests::daemons::{field, ok, until_ok, Daemons};
+use labspan_tests::daemons::{field, ok, start_cluster, until_ok, Daemons};
 use labspan_tests::{text, write_lab, Fabric, TestHost};
 
 const DUO: &str = r#"
@@ -34,59 +34,8 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
     let fabric = Fabric::new("cl", 2);
     let (h1, h2) = (&fabric.hosts[0], &fabric.hosts[1]);
     h1.ensure_tiny();
-    let data = h1.state.join("c1");
-    let data = data.to_str().expect("utf-8 path");
-    ok(
-        &h1.labspan(&["cluster", "init", "--data", data, "--listen", COORDINATOR]),
-        "cluster init",
-    );
-    let admin = format!("{data}/admin.cluster");
     let mut daemons = Daemons::default();
-    daemons.spawn(
-        h1.labspan_cmd(&["coordinator", "run", "--data", data]),
-        &h1.state.join("coordinator.log"),
-    );
-
-    for (i, host) in fabric.hosts.iter().enumerate() {
-        let out = until_ok(
-            h1,
-            &["cluster", "token", "--role", "agent", "--cluster", &admin],
-        );
-        let (token, fingerprint) = (field(&out, "token:"), field(&out, "ca fingerprint:"));
-        let dir = host.state.join("agent");
-        let dir = dir.to_str().expect("utf-8 path");
-        let name = format!("h{}", i + 1);
-        let join = [
-            "cluster",
-            "join",
-            COORDINATOR,
-            "--token",
-            token,
-            "--ca-fingerprint",
-            fingerprint,
-            "--data",
-            dir,
-            "--name",
-            &name,
-        ];
-        ok(&host.labspan(&join), "cluster join");
-        let vtep = host.vtep.expect("fabric host").to_string();
-        daemons.spawn(
-            host.labspan_cmd(&["agent", "run", "--data", dir, "--vtep", &vtep]),
-            &host.state.join("agent.log"),
-        );
-    }
-    // Both agents registered and up.
-    for _ in 0..60 {
-        let status = ok(
-            &h1.labspan(&["cluster", "status", "--cluster", &admin]),
-            "cluster status",
-        );
-        if status.lines().filter(|l| l.ends_with(" up")).count() == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let admin = start_cluster(&fabric, COORDINATOR, &mut daemons);
 
     let lab = write_lab(h1, "duo.yaml", DUO);
     let up = h1.labspan(&["up", lab.to_str().expect("utf-8 path"), "--cluster", &admin]);

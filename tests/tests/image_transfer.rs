@@ -8,9 +8,8 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use labspan_tests::daemons::{field, ok, until_ok, Daemons};
+use labspan_tests::daemons::{ok, start_cluster, Daemons};
 use labspan_tests::{text, write_lab, Fabric, TestHost, TEST_IMAGES};
 
 const COORDINATOR: &str = "198.18.0.1:7120";
@@ -60,61 +59,6 @@ fn hash_of(host: &TestHost, name: &str) -> Option<String> {
     fs::read_to_string(index).ok().map(|h| h.trim().to_string())
 }
 
-/// Starts a coordinator on h1 and an agent on every host; returns the admin file.
-fn cluster(fabric: &Fabric, daemons: &mut Daemons) -> String {
-    let h1 = &fabric.hosts[0];
-    let data = h1.state.join("c1");
-    let data = data.to_str().expect("utf-8 path").to_string();
-    ok(
-        &h1.labspan(&["cluster", "init", "--data", &data, "--listen", COORDINATOR]),
-        "cluster init",
-    );
-    let admin = format!("{data}/admin.cluster");
-    daemons.spawn(
-        h1.labspan_cmd(&["coordinator", "run", "--data", &data]),
-        &h1.state.join("coordinator.log"),
-    );
-    for (i, host) in fabric.hosts.iter().enumerate() {
-        let out = until_ok(
-            h1,
-            &["cluster", "token", "--role", "agent", "--cluster", &admin],
-        );
-        let (token, fingerprint) = (field(&out, "token:"), field(&out, "ca fingerprint:"));
-        let dir = host.state.join("agent");
-        let dir = dir.to_str().expect("utf-8 path");
-        let name = format!("h{}", i + 1);
-        let join = [
-            "cluster",
-            "join",
-            COORDINATOR,
-            "--token",
-            token,
-            "--ca-fingerprint",
-            fingerprint,
-            "--data",
-            dir,
-            "--name",
-            &name,
-        ];
-        ok(&host.labspan(&join), "cluster join");
-        let vtep = host.vtep.expect("fabric host").to_string();
-        let mut agent = host.labspan_cmd(&["agent", "run", "--data", dir, "--vtep", &vtep]);
-        agent.env("LABSPAN_LOG", "info");
-        daemons.spawn(agent, &host.state.join("agent.log"));
-    }
-    for _ in 0..60 {
-        let status = ok(
-            &h1.labspan(&["cluster", "status", "--cluster", &admin]),
-            "cluster status",
-        );
-        if status.lines().filter(|l| l.ends_with(" up")).count() == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    admin
-}
-
 #[test]
 fn a_host_without_the_image_fetches_it_and_pushed_images_spread() {
     let fabric = Fabric::new("img", 2);
@@ -123,7 +67,7 @@ fn a_host_without_the_image_fetches_it_and_pushed_images_spread() {
     own_store(h1, Some("tiny"));
     own_store(h2, None);
     let mut daemons = Daemons::default();
-    let admin = cluster(&fabric, &mut daemons);
+    let admin = start_cluster(&fabric, COORDINATOR, &mut daemons);
 
     // h2 holds nothing: its node boots from the copy it fetches from h1.
     let file = write_lab(h1, "fetch.yaml", &lab("fetch", "tiny", 41));
