@@ -37,14 +37,14 @@ kill_ours() {
     for f in "$state"/vms/*/*/qemu.pid "$state"/bare/*/qemu.pid; do
         [ -f "$f" ] || continue
         pid=$(tr -dc 0-9 <"$f")
-        [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || continue
+        { [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ]; } || continue
         if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$state/"; then
             kill "$pid" 2>/dev/null && pids+=("$pid")
         fi
     done
     for pid in "${pids[@]}"; do
         for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
-        [ -d "/proc/$pid" ] && kill -9 "$pid" 2>/dev/null || true
+        if [ -d "/proc/$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
     done
 }
 

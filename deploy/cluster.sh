@@ -43,7 +43,7 @@ usage() { echo "deploy/cluster.sh: $*" >&2; exit 2; }
     usage "LABSPAN_CLUSTER_NAME=$NAME: use 1 to 40 of a-z, 0-9 and '-' (it prefixes namespace names)"
 [[ $ROOT_LINK =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$ ]] ||
     usage "LABSPAN_CLUSTER_LINK=$ROOT_LINK: an interface name is 1 to 15 of A-Z, a-z, 0-9, '_', '.', '-'"
-[[ $STATE == /?* && $STATE != *..* ]] && [ "${STATE%/}" != "" ] ||
+{ [[ $STATE == /?* && $STATE != *..* ]] && [ "${STATE%/}" != "" ]; } ||
     usage "LABSPAN_CLUSTER_STATE=$STATE: give an absolute folder other than /"
 if [[ $SUBNET =~ ^198\.18\.([0-9]{1,3})\.0/24$ ]] && [ "${BASH_REMATCH[1]}" -le 255 ]; then
     NET=198.18.$((10#${BASH_REMATCH[1]}))
@@ -88,7 +88,7 @@ stop_pidfile() {
             alive_as "$pid" "$word" || break
             sleep 0.2
         done
-        alive_as "$pid" "$word" && kill -KILL "$pid" 2>/dev/null || true
+        if alive_as "$pid" "$word"; then kill -KILL "$pid" 2>/dev/null || true; fi
     fi
     rm -f "$pidfile"
 }
@@ -126,7 +126,7 @@ marker_text() { printf 'name=%s\nlink=%s\nsubnet=%s\n' "$NAME" "$ROOT_LINK" "$SU
 
 # This cluster's namespaces that exist now.
 our_namespaces() {
-    ip netns list | awk '{print $1}' | grep -E "^($HOST_PREFIX[0-9]+|$UNDERLAY)\$" || true
+    ip netns list | awk '{print $1}' | grep -E "^(${HOST_PREFIX}[0-9]+|$UNDERLAY)\$" || true
 }
 
 down() {
@@ -288,7 +288,7 @@ wait_ready() {
 
 up() {
     local n=${1:-3}
-    [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || { echo "usage: $0 up [N]   (1 <= N <= 200)" >&2; exit 2; }
+    { [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ]; } || { echo "usage: $0 up [N]   (1 <= N <= 200)" >&2; exit 2; }
     find_bin
     if [ -e "$STATE" ]; then down >/dev/null; fi
     check_free

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what labspan needs on a Debian 12 machine (as root): QEMU, iproute2,
-# the tools that build guest images, and a Rust toolchain when there is none.
+# the tools that build guest images, a Rust toolchain when there is none, and
+# the tools of the quality gates (deploy/lint.sh) and test tiers (nextest).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for p in iproute2 iputils-ping iperf3 tcpdump cpio gzip e2fsprogs debootstrap ca-certificates curl gcc; do
+for p in iproute2 iputils-ping iperf3 tcpdump cpio gzip e2fsprogs debootstrap ca-certificates curl gcc shellcheck; do
     installed "$p" || missing+=("$p")
 done
 # qemu-system-x86 and qemu-utils go together, both from bookworm: on a machine
@@ -24,3 +25,18 @@ fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
 fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# The gates' tools. rustfmt and clippy are toolchain components.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+# Built from crates.io at pinned versions. --debug: a debug build compiles in
+# about half the time of a release one, and both tools still finish their
+# check of this workspace in seconds.
+cargo_tool() { # binary crate@version
+    command -v "$1" >/dev/null 2>&1 || cargo install --quiet --locked --debug "$2"
+}
+cargo_tool cargo-deny cargo-deny@0.20.2
+cargo_tool cargo-machete cargo-machete@0.9.2
+# The test runner of deploy/test.sh; most Rust machines already have it.
+cargo_tool cargo-nextest cargo-nextest@0.9.143

@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, and the integration tests that need root, real
-# QEMU (under TCG here) and real netlink. See README.md.
+# Runs the tests, by tier (see .config/nextest.toml and README.md, "Tests"):
+#
+#   deploy/test.sh          every tier: the README's test command (as root)
+#   deploy/test.sh fast     no root: unit and property tests, parser,
+#                           placement, plans, Raft, codec (the everyday one)
+#   deploy/test.sh kernel   root: bridges, taps, VXLAN in namespaces
+#   deploy/test.sh qemu     root: real QEMU guests on one host, image tools
+#   deploy/test.sh cluster  root: several test hosts, daemons, guests
+#
+# Extra arguments go to `cargo nextest run` (a test name filter, say).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" -ne 0 ]; then
-    echo "deploy/test.sh: the integration tests need root (namespaces, taps, QEMU); run it as root" >&2
+tier=${1:-all}
+[ $# -eq 0 ] || shift
+case "$tier" in
+    all) profile=default ;;
+    fast | kernel | qemu | cluster) profile=$tier ;;
+    *) echo "usage: deploy/test.sh [fast|kernel|qemu|cluster] [nextest args]" >&2; exit 2 ;;
+esac
+if [ "$tier" != fast ] && [ "$(id -u)" -ne 0 ]; then
+    echo "deploy/test.sh: the $tier tests need root (namespaces, taps, QEMU); run it as root, or run 'deploy/test.sh fast'" >&2
+    exit 2
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "deploy/test.sh: needs cargo-nextest (deploy/install-deps.sh installs it)" >&2
     exit 2
 fi
 cargo build --workspace --all-targets --locked
-# QEMU guests under TCG use a whole core each while booting: at most two
-# tests at once keeps boots from crawling on 2-core machines.
-cargo test --workspace --locked -- --test-threads=2
+cargo nextest run --workspace --locked --profile "$profile" "$@"

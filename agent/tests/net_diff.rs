@@ -1,6 +1,8 @@
 //! The network diff, without a kernel: which actions a plan and an observed
 //! host give, and what the fake host looks like after them.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 mod net_support;
 
 use std::collections::BTreeSet;

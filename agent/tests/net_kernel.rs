@@ -2,6 +2,8 @@
 //! namespaces of its own: bridges, taps, aliases, MTUs, idempotence,
 //! foreign interfaces, removal and impairments.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 mod net_support;
 
 use labspan_agent::net::{self, NetError};

@@ -1,6 +1,8 @@
 //! A segment stretched over VXLAN between two "hosts" (network namespaces
 //! joined by a veth pair on 198.18.0.0/16), against the real kernel.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 mod net_support;
 
 use std::net::UdpSocket;

@@ -1,9 +1,12 @@
 //! Real QEMU (TCG unless the host's KVM proves usable) booting the real
 //! `tiny` image built from Debian packages. Needs root (taps), apt sources,
-//! `qemu-system-x86` and `qemu-utils`; skipped when not root.
+//! `qemu-system-x86` and `qemu-utils`; without root each test fails and says
+//! so. The `qemu` tier runs them (`.config/nextest.toml`).
 //!
 //! The image store is kept between runs in `$LABSPAN_TEST_IMAGES` (default
 //! `/var/tmp/labspan-test-images`) so only the first run downloads.
+
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,9 +19,15 @@ use labspan_agent::vm::{self, Accel, AccelChoice, NicSpec, Vm, VmConfig};
 const AGENT_WAIT: Duration = Duration::from_secs(120);
 const EXEC_WAIT: Duration = Duration::from_secs(30);
 
-fn is_root() -> bool {
+/// Taps need root: without it the test fails and says why, rather than pass
+/// having checked nothing.
+fn need_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (taps, QEMU): run the qemu tier as root"
+    );
 }
 
 fn store() -> ImageStore {
@@ -174,10 +183,7 @@ async fn console_answers(vm: &Vm, line: &str, expect: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_guest_runs_commands_files_and_survives_adoption() {
-    if !is_root() {
-        eprintln!("skipped: needs root for taps");
-        return;
-    }
+    need_root();
     let image = tiny();
     // A second build finds the first in the cache.
     let again = store().build_tiny(&mut |_| {}).expect("cached build");
@@ -261,10 +267,7 @@ async fn tiny_guest_runs_commands_files_and_survives_adoption() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_image_gets_an_overlay_that_stop_removes() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    need_root();
     let tiny = tiny();
     let state = state_root();
     // A user's image: an empty qcow2 disk booted with tiny's kernel and
@@ -319,10 +322,7 @@ async fn disk_image_gets_an_overlay_that_stop_removes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_accel_picks_one_that_boots_and_caches_it() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    need_root();
     let image = tiny();
     let state = state_root();
     let started = Instant::now();
@@ -372,10 +372,7 @@ async fn auto_accel_picks_one_that_boots_and_caches_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_launch_leaves_nothing_and_dead_qemu_is_not_adopted() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    need_root();
     let tiny = tiny();
     let state = state_root();
 

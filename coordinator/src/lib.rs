@@ -1,6 +1,8 @@
 //! The labspan coordinator: placement, host plans, and the replicated
 //! cluster state.
 
+#![forbid(unsafe_code)]
+
 pub mod hosts;
 pub mod images;
 pub mod placement;

@@ -2,6 +2,8 @@
 //! honours hints, answers the same way twice, keeps running nodes where they
 //! are, and says what runs short when nothing fits.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use labspan_coordinator::hosts::{parse_hosts, Host};

@@ -5,6 +5,8 @@
 //! comparison, of reading the same text into a marked-yaml tree alone.
 //! `LAB_BENCH_NODES` and `LAB_BENCH_RUNS` change the size and the run count.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! Types every labspan component shares: the lab model and its validation,
 //! host plans, and the names labspan gives to host interfaces.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod image;
 pub mod lab;

@@ -1,6 +1,8 @@
 //! `load` and `load_bundle`: reading the lab file and the files it copies
 //! into guests, with positions in the errors.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::path::{Path, PathBuf};
 
 use labspan_proto::lab::{load, load_bundle, LoadError};

@@ -1,5 +1,7 @@
 //! The demo labs shipped in `demos/` are valid and mean what they say.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::path::PathBuf;
 
 use labspan_proto::lab;

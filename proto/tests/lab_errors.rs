@@ -1,6 +1,8 @@
 //! One test per kind of lab-file error: the exact message, position and path
 //! a user sees. Labs are written inline so the positions can be read off.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use labspan_proto::lab::{parse, Diagnostic};
 
 /// Every diagnostic of `text` as displayed (`lab.yaml:L:C: path: msg` + help).

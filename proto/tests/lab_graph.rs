@@ -1,6 +1,8 @@
 //! Drawings show every node, NIC and segment, and group nodes by host when a
 //! placement is given.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::collections::BTreeMap;
 
 use labspan_proto::lab::graph::{render, Format, Hosts};

@@ -1,5 +1,7 @@
 //! A valid lab survives `to_yaml` → `parse` unchanged.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;

@@ -15,6 +15,8 @@
 //! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --skip-failover --skip-agents]`
 //! as root. It builds and runs the release `labspan` binary (or `$LABSPAN_BIN`).
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -3,6 +3,8 @@
 //! always runs (QEMU killed by pid, namespace and folder removed), even when
 //! a test fails.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::fs;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};

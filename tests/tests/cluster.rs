@@ -5,6 +5,8 @@
 //! hosts and pushes each its plan; `verify` runs through the cluster's exec
 //! path and a ping crosses the VXLAN segment between the hosts.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -5,6 +5,8 @@
 //! name to one host, and a lab using it runs on both; a lab naming an image
 //! no host has is refused with the fix.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::fs;
 use std::path::Path;
 use std::process::Command;

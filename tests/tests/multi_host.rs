@@ -3,6 +3,8 @@
 //! agent, guests on different hosts reaching each other through labspan's
 //! VXLAN segments. The control plane is not involved: this is the data path.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -11,6 +11,8 @@
 //! only phone1 in place, which saves a second boot of eight guests (minutes
 //! under TCG on two cores).
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,8 @@
 //! request is malformed, truncated, oversized or of another version is reset
 //! with a [`StreamErrorCode`]; the connection and the endpoint keep serving.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod tls;
 

@@ -1,6 +1,8 @@
 //! Real QUIC with mutual TLS on 127.0.0.1: who gets in, and what a bad
 //! message does to its stream (and only to its stream).
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 

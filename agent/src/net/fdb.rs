@@ -144,7 +144,9 @@ mod tests {
             NeighbourAttribute::Destination(NeighbourAddress::Other(vec![198, 18, 0, 2]));
         assert_eq!(zero_entry_remote(&dumped), Some(remote));
         let v6 = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
-        let IpAddr::V6(raw) = v6 else { return };
+        let IpAddr::V6(raw) = v6 else {
+            panic!("{v6} is not an IPv6 address")
+        };
         dumped.attributes[1] =
             NeighbourAttribute::Destination(NeighbourAddress::Other(raw.octets().to_vec()));
         assert_eq!(zero_entry_remote(&dumped), Some(v6));

@@ -141,20 +141,21 @@ struct RawTerminal(Option<libc::termios>);
 
 impl RawTerminal {
     fn enter() -> RawTerminal {
-        // SAFETY: termios is plain data; tcgetattr fills it or fails, and we
-        // only use it when it succeeded.
-        unsafe {
-            let mut saved: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(libc::STDIN_FILENO, &mut saved) != 0 {
-                return RawTerminal(None);
-            }
-            let mut raw = saved;
-            libc::cfmakeraw(&mut raw);
-            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) != 0 {
-                return RawTerminal(None);
-            }
-            RawTerminal(Some(saved))
+        // SAFETY: termios is plain old data, for which all-zero bytes are a
+        // valid value; tcgetattr overwrites it below.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` is a valid, writable termios; the result is checked.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut saved) } != 0 {
+            return RawTerminal(None);
         }
+        let mut raw = saved;
+        // SAFETY: `raw` is a valid termios read by tcgetattr.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: `raw` is a valid termios; the result is checked.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            return RawTerminal(None);
+        }
+        RawTerminal(Some(saved))
     }
 }
 
