@@ -89,6 +89,7 @@ mod tests {
                 nic("eth1", 2, &[]),
             ],
             config: GuestConfig::default(),
+            restart: Default::default(),
         }
     }
 

@@ -209,6 +209,7 @@ mod tests {
             cpus: 1,
             nics: vec![],
             config: Default::default(),
+            restart: Default::default(),
         };
         let lab = labspan_proto::plan::LabPlan {
             lab: "l".into(),

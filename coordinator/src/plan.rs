@@ -207,6 +207,7 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
                 files,
                 exec: node.exec.clone(),
             },
+            restart: node.restart,
         });
     }
     Ok(plans)
@@ -285,6 +286,7 @@ mod tests {
                 .collect(),
             exec: vec!["true".into()],
             files: BTreeMap::from([("/etc/motd".into(), "motd.txt".into())]),
+            restart: Default::default(),
         }
     }
 

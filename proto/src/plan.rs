@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::image::ImagePlan;
-use crate::lab::{Check, Impairment};
+use crate::lab::{Check, Impairment, RestartPolicy};
 
 /// Everything one host must run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,6 +72,9 @@ pub struct VmPlan {
     /// In guest order: the first NIC is the guest's first virtio-net device.
     pub nics: Vec<NicPlan>,
     pub config: GuestConfig,
+    /// What the agent does when the guest fails.
+    #[serde(default)]
+    pub restart: RestartPolicy,
 }
 
 /// One guest NIC and the tap that backs it.

@@ -469,3 +469,30 @@ fn check_timeout_out_of_range_or_without_unit() {
         ]
     );
 }
+
+#[test]
+fn unknown_restart_policy() {
+    let text = lab("nodes:\n  a: {restart: sometimes}\n");
+    assert_eq!(
+        error(&text),
+        "lab.yaml:4:16: nodes.a.restart: restart \"sometimes\" is not a restart policy\n  help: use always, on-failure (the default) or never"
+    );
+    let text = "name: t\ndefaults: {image: tiny, restart: [never]}\nnodes: {a: {}}\n";
+    assert_eq!(
+        error(text),
+        "lab.yaml:2:34: defaults.restart: expected a restart policy, found a list"
+    );
+}
+
+#[test]
+fn restart_policy_defaults_to_on_failure_and_is_inherited() {
+    use labspan_proto::lab::RestartPolicy;
+    let text = "name: t\ndefaults: {image: tiny}\nnodes: {a: {}, b: {restart: never}}\n";
+    let lab = parse("lab.yaml", text).expect("valid");
+    assert_eq!(lab.nodes["a"].restart, RestartPolicy::OnFailure);
+    assert_eq!(lab.nodes["b"].restart, RestartPolicy::Never);
+    let text = "name: t\ndefaults: {image: tiny, restart: always}\nnodes: {a: {}, b: {restart: on-failure}}\n";
+    let lab = parse("lab.yaml", text).expect("valid");
+    assert_eq!(lab.nodes["a"].restart, RestartPolicy::Always);
+    assert_eq!(lab.nodes["b"].restart, RestartPolicy::OnFailure);
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use labspan_proto::lab::{
     parse, to_yaml, Check, Endpoint, HostSelector, Impairment, Lab, Lan, Link, Nic, Node,
-    PlacementHints,
+    PlacementHints, RestartPolicy,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -23,6 +23,7 @@ struct NodeSpec {
     files: BTreeMap<String, String>,
     loose_nics: Vec<Option<u32>>,
     pin: Option<(bool, u8)>,
+    restart: RestartPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -51,9 +52,10 @@ fn node_spec() -> impl Strategy<Value = NodeSpec> {
         btree_map("/[a-z0-9/._-]{0,10}", "[a-z0-9._/-]{1,10}", 0..3),
         vec(option::of(68u32..=9000), 0..3),
         option::of((any::<bool>(), any::<u8>())),
+        prop::sample::select(RestartPolicy::ALL.to_vec()),
     )
         .prop_map(
-            |(suffix, image, memory_mib, cpus, exec, files, loose_nics, pin)| NodeSpec {
+            |(suffix, image, memory_mib, cpus, exec, files, loose_nics, pin, restart)| NodeSpec {
                 suffix,
                 image,
                 memory_mib,
@@ -62,6 +64,7 @@ fn node_spec() -> impl Strategy<Value = NodeSpec> {
                 files,
                 loose_nics,
                 pin,
+                restart,
             },
         )
 }
@@ -182,6 +185,7 @@ fn build(
                 nics,
                 exec: s.exec.clone(),
                 files: s.files.clone(),
+                restart: s.restart,
             };
             (name.clone(), node)
         })

@@ -92,6 +92,7 @@ pub fn vm(lab: &mut LabPlan, name: &str, nics: &[(&str, Option<&str>)]) {
         cpus: 1,
         nics,
         config: GuestConfig::default(),
+        restart: Default::default(),
     });
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::model::{Check, HostSelector, Impairment, Lab, Link};
+use super::model::{Check, HostSelector, Impairment, Lab, Link, RestartPolicy};
 
 #[derive(Serialize)]
 struct FileLab<'a> {
@@ -32,6 +32,8 @@ struct FileNode<'a> {
     exec: &'a [String],
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     files: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -150,6 +152,7 @@ pub fn to_yaml(lab: &Lab) -> String {
                 nics,
                 exec: &n.exec,
                 files: &n.files,
+                restart: (n.restart != RestartPolicy::default()).then(|| n.restart.as_str()),
             };
             (name.as_str(), node)
         })

@@ -38,6 +38,47 @@ pub struct Node {
     pub exec: Vec<String>,
     /// Guest path → host path, relative to the lab file's folder.
     pub files: BTreeMap<String, String>,
+    /// What the agent does when the guest fails.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+/// When a node's guest is started again after it stops (a kernel panic, a
+/// hang, a reboot or power-off from inside, its QEMU dying).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Always, with a capped backoff, however often it fails.
+    Always,
+    /// Restarted with a backoff, until it fails again before ever becoming
+    /// ready several times in a row (a guest that cannot boot is left).
+    #[default]
+    OnFailure,
+    /// Never: a failed guest is left as it is and reported.
+    Never,
+}
+
+impl RestartPolicy {
+    /// Every policy, as spelled in a lab file.
+    pub const ALL: [RestartPolicy; 3] = [
+        RestartPolicy::Always,
+        RestartPolicy::OnFailure,
+        RestartPolicy::Never,
+    ];
+
+    /// The policy as a lab file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A guest network interface.

@@ -11,7 +11,7 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode
 use marked_yaml::Node as Yaml;
 
 use super::diagnostic::{closest, Pos, Sink};
-use super::model::{Check, Endpoint, HostSelector, Impairment, Nic, Node};
+use super::model::{Check, Endpoint, HostSelector, Impairment, Nic, Node, RestartPolicy};
 use super::units;
 
 /// Smallest guest memory we accept; less cannot boot a Linux kernel.
@@ -107,6 +107,7 @@ struct Defaults {
     image: Option<String>,
     memory_mib: Option<u64>,
     cpus: Option<u32>,
+    restart: Option<RestartPolicy>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -118,8 +119,10 @@ const TOP_KEYS: &[&str] = &[
     "placement",
     "verify",
 ];
-const NODE_KEYS: &[&str] = &["image", "memory", "cpus", "nics", "exec", "files"];
-const DEFAULT_KEYS: &[&str] = &["image", "memory", "cpus"];
+const NODE_KEYS: &[&str] = &[
+    "image", "memory", "cpus", "nics", "exec", "files", "restart",
+];
+const DEFAULT_KEYS: &[&str] = &["image", "memory", "cpus", "restart"];
 const NIC_KEYS: &[&str] = &["ip", "mtu"];
 const LINK_KEYS: &[&str] = &["endpoints", "delay", "jitter", "loss", "rate"];
 const PLACEMENT_KEYS: &[&str] = &["pin", "together", "spread"];
@@ -369,7 +372,23 @@ fn read_defaults(sink: &mut Sink, n: &Yaml) -> Defaults {
     d.cpus = map
         .get_node("cpus")
         .and_then(|v| read_cpus(sink, v, "defaults.cpus"));
+    d.restart = map
+        .get_node("restart")
+        .and_then(|v| read_restart(sink, v, "defaults.restart"));
     d
+}
+
+fn read_restart(sink: &mut Sink, n: &Yaml, path: &str) -> Option<RestartPolicy> {
+    let text = want_str(sink, n, path, "a restart policy")?;
+    let found = RestartPolicy::ALL
+        .into_iter()
+        .find(|p| p.as_str() == text.trim());
+    if found.is_none() {
+        let msg = format!("restart \"{text}\" is not a restart policy");
+        let help = "use always, on-failure (the default) or never";
+        sink.error(Pos::of(n), path, msg, Some(help.into()));
+    }
+    found
 }
 
 fn read_image(sink: &mut Sink, n: &Yaml, path: &str) -> Option<String> {
@@ -455,6 +474,7 @@ fn read_node(sink: &mut Sink, key: &MarkedScalarNode, body: &Yaml, defaults: &De
             nics: BTreeMap::new(),
             exec: Vec::new(),
             files: BTreeMap::new(),
+            restart: defaults.restart.unwrap_or_default(),
         },
         ip_pos: BTreeMap::new(),
         file_pos: BTreeMap::new(),
@@ -503,6 +523,12 @@ fn read_node_fields(sink: &mut Sink, map: &MarkedMappingNode, path: &str, raw: &
         .and_then(|v| read_cpus(sink, v, &join(path, "cpus")))
     {
         raw.node.cpus = c;
+    }
+    if let Some(r) = map
+        .get_node("restart")
+        .and_then(|v| read_restart(sink, v, &join(path, "restart")))
+    {
+        raw.node.restart = r;
     }
     if let Some(v) = map.get_node("nics") {
         read_nics(sink, v, &join(path, "nics"), raw);
