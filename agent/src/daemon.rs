@@ -17,8 +17,9 @@ use labspan_transport::{expect_end, read_message, write_frame};
 use quinn::Connection;
 
 use crate::image_service::ImageService;
-use crate::reconcile::{Agent, Event};
-use crate::stream;
+use crate::reconcile::{Agent, AgentError, Event, Report};
+use crate::{stream, supervise};
+use labspan_proto::health::GuestHealth;
 
 /// How often the agent tells the leader it is alive (the leader marks a
 /// host down after 10 s of silence).
@@ -35,12 +36,26 @@ pub struct HostInfo {
     pub underlay_mtu: u32,
     pub memory_mib: u64,
     pub cpus: u32,
+    /// vCPUs offered per CPU (lab guests mostly idle).
+    pub cpu_overcommit: f64,
     /// Where to serve this host's images to the other hosts (`None`: not
     /// served; this host still fetches what it lacks).
     pub image_listen: Option<std::net::SocketAddr>,
 }
 
+/// vCPUs per CPU a host offers unless told otherwise (as in hosts files).
+pub const DEFAULT_CPU_OVERCOMMIT: f64 = 4.0;
+
 impl HostInfo {
+    /// vCPUs this host offers to labs: its CPUs × its overcommit.
+    pub fn vcpus(&self) -> u64 {
+        // The product of a u32 and a ratio in (0, 64] fits; floor as the
+        // hosts file does.
+        (f64::from(self.cpus) * self.cpu_overcommit)
+            .floor()
+            .max(1.0) as u64
+    }
+
     /// This machine's memory and CPUs, with the given fabric settings.
     pub fn of_this_machine(vtep: IpAddr, underlay_mtu: u32) -> std::io::Result<HostInfo> {
         let meminfo = std::fs::read_to_string("/proc/meminfo")?;
@@ -55,6 +70,7 @@ impl HostInfo {
             underlay_mtu,
             memory_mib: kib / 1024,
             cpus: u32::try_from(cpus).unwrap_or(u32::MAX),
+            cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
             image_listen: None,
         })
     }
@@ -98,6 +114,20 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
         )
     });
     let images = ImageService::start(&cluster, &agent, host.image_listen, announce);
+    let events = hooks.events.clone();
+    let supervisor_events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e: Event| {
+        tracing::info!(event = ?e, "supervise");
+        if let Some(events) = &events {
+            events(e);
+        }
+    });
+    // Aborted with this task: the supervisor lives as long as the daemon.
+    let supervisor = AbortOnDrop(tokio::spawn(supervise::run(
+        agent.clone(),
+        hooks.apply_lock.clone(),
+        supervisor_events,
+    )));
+    let _supervisor = supervisor;
     let mut hint: Option<String> = None;
     loop {
         let targets = match hint.take() {
@@ -117,7 +147,7 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
             agent.clone(),
             hooks.clone(),
         ));
-        let end = session(&client, &host, &images).await;
+        let end = session(&client, &host, &images, &agent).await;
         server.abort();
         client.close().await;
         match end {
@@ -135,7 +165,12 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
 
 /// Registers, then heartbeats until the coordinator stops being the leader
 /// or the connection breaks.
-async fn session(client: &Client, host: &HostInfo, images: &ImageService) -> SessionEnd {
+async fn session(
+    client: &Client,
+    host: &HostInfo,
+    images: &ImageService,
+    agent: &Agent,
+) -> SessionEnd {
     // The inventory goes first: a lab deployed right after registration
     // must find this host's images.
     if let Some(end) = report_images(client, images, true).await {
@@ -144,10 +179,12 @@ async fn session(client: &Client, host: &HostInfo, images: &ImageService) -> Ses
     let register = Request::RegisterHost {
         memory_mib: host.memory_mib,
         cpus: host.cpus,
+        vcpus: host.vcpus(),
         vtep: host.vtep,
         underlay_mtu: host.underlay_mtu,
     };
     let mut req = register.clone();
+    let mut health_sent = None;
     loop {
         match client.request(&req).await {
             Ok(Reply::Done) => req = Request::Heartbeat,
@@ -164,6 +201,49 @@ async fn session(client: &Client, host: &HostInfo, images: &ImageService) -> Ses
         if let Some(end) = report_images(client, images, false).await {
             return end;
         }
+        if let Some(end) = report_health(client, agent, &mut health_sent).await {
+            return end;
+        }
+    }
+}
+
+/// Sends how this host's guests are doing when it changed since `sent`.
+async fn report_health(
+    client: &Client,
+    agent: &Agent,
+    sent: &mut Option<Vec<GuestHealth>>,
+) -> Option<SessionEnd> {
+    let guests = agent.guest_health();
+    if sent.as_ref() == Some(&guests) {
+        return None;
+    }
+    let req = Request::GuestHealth {
+        guests: guests.clone(),
+    };
+    match client.request(&req).await {
+        Ok(Reply::Done) => {
+            *sent = Some(guests);
+            None
+        }
+        Ok(Reply::NotLeader { leader: Some(addr) }) => Some(SessionEnd::Leader(addr)),
+        Ok(Reply::NotLeader { leader: None }) => {
+            Some(SessionEnd::Retry("no leader elected yet".into()))
+        }
+        Ok(other) => {
+            tracing::warn!(reply = ?other, "the leader did not take the guests' health");
+            *sent = Some(guests);
+            None
+        }
+        Err(e) => Some(SessionEnd::Retry(e.to_string())),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -210,6 +290,24 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks) {
                     nic,
                     count,
                 }) => return stream::capture(&lab, &node, &nic, count, send, recv).await,
+                Ok(AgentRequest::Restart { lab, node }) => {
+                    let _one_plan_at_a_time = hooks.apply_lock.lock().await;
+                    let log = |e: Event| {
+                        tracing::info!(event = ?e, "restart");
+                        if let Some(events) = hooks.events.as_deref() {
+                            events(e);
+                        }
+                    };
+                    match agent.restart(&lab, &node, &log).await {
+                        Ok(report) => AgentReply::Applied(vm_reports("", report)),
+                        Err(e @ AgentError::NoSuchVm { .. }) => {
+                            AgentReply::Error(ErrorReply::new(ErrorKind::NotFound, e.to_string()))
+                        }
+                        Err(e) => {
+                            AgentReply::Error(ErrorReply::new(ErrorKind::Internal, e.to_string()))
+                        }
+                    }
+                }
                 Ok(AgentRequest::ApplyPlan(plan)) => {
                     let _one_plan_at_a_time = hooks.apply_lock.lock().await;
                     let reply = apply(&agent, &plan, hooks.events.as_deref()).await;
@@ -269,22 +367,24 @@ async fn apply(
         })
         .await
     {
-        Ok(report) => AgentReply::Applied(
-            report
-                .vms
-                .into_iter()
-                .map(|v| VmReport {
-                    host: plan.host.clone(),
-                    lab: v.lab,
-                    vm: v.vm,
-                    pid: v.pid,
-                    error: v.error,
-                })
-                .collect(),
-        ),
+        Ok(report) => AgentReply::Applied(vm_reports(&plan.host, report)),
         Err(e) => AgentReply::Error(ErrorReply::new(
             ErrorKind::Internal,
             format!("host {}: {e}", plan.host),
         )),
     }
+}
+
+fn vm_reports(host: &str, report: Report) -> Vec<VmReport> {
+    report
+        .vms
+        .into_iter()
+        .map(|v| VmReport {
+            host: host.to_string(),
+            lab: v.lab,
+            vm: v.vm,
+            pid: v.pid,
+            error: v.error,
+        })
+        .collect()
 }

@@ -15,14 +15,20 @@ use futures::future::join_all;
 use labspan_proto::plan::{HostPlan, LabPlan, VmPlan};
 use sha2::{Digest, Sha256};
 
+pub mod vms;
+
 use crate::guest::{network_script, shell_quote};
 use crate::image::transfer::{Fetcher, Progress};
 use crate::image::{Image, ImageError, ImageStore};
 use crate::net::{self, NetError, NetOps};
 use crate::paths;
+use crate::supervise;
 use crate::vm::{
-    self, Accel, AccelChoice, ExecOutput, GuestAgent, NicSpec, QgaError, Vm, VmConfig, VmError,
+    self, Accel, AccelChoice, ExecOutput, GuestAgent, QgaError, Vm, VmConfig, VmError,
 };
+use labspan_proto::health::{GuestHealth, GuestState};
+use labspan_proto::lab::RestartPolicy;
+pub use vms::{Found, Key, VmAction, Wanted};
 
 /// How long a guest may take to boot until its agent answers (TCG on a busy
 /// 2-core machine boots a Debian guest in tens of seconds).
@@ -114,6 +120,25 @@ pub enum Event {
     Configured { lab: String, vm: String },
     /// A VM not in the plan was stopped and removed.
     Stopped { lab: String, vm: String },
+    /// A guest failed (panicked, shut down, hung, lost its QEMU).
+    Failed {
+        lab: String,
+        vm: String,
+        state: GuestState,
+        why: String,
+    },
+    /// A failed guest will be restarted after `delay`.
+    BackingOff {
+        lab: String,
+        vm: String,
+        delay: Duration,
+    },
+    /// A failed guest is left as it is.
+    Left {
+        lab: String,
+        vm: String,
+        why: String,
+    },
     /// An image the lab uses is being fetched from another host
     /// (`bytes == total` when it is complete).
     Fetching {
@@ -167,6 +192,29 @@ pub struct Agent {
     /// Fetches the plan's images this host lacks (set by the daemon; without
     /// it the store is used as it is).
     fetcher: std::sync::OnceLock<Arc<Fetcher>>,
+    /// The last plan applied: the supervisor restarts guests against it.
+    last_plan: std::sync::Mutex<Option<HostPlan>>,
+    /// Guest-agent sessions open per guest (an `exec` in flight): the
+    /// supervisor does not ping a guest whose agent is busy serving one.
+    busy: std::sync::Mutex<BTreeMap<Key, usize>>,
+}
+
+/// Marks a guest's agent busy while it lives.
+struct Busy<'a> {
+    agent: &'a Agent,
+    key: Key,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.agent.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = busy.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                busy.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Agent {
@@ -178,7 +226,34 @@ impl Agent {
             images,
             accel,
             fetcher: std::sync::OnceLock::new(),
+            last_plan: std::sync::Mutex::new(None),
+            busy: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The plan last applied (`None` before the first).
+    pub fn last_plan(&self) -> Option<HostPlan> {
+        self.last_plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn mark_busy(&self, key: &Key) -> Busy<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        *busy.entry(key.clone()).or_default() += 1;
+        Busy {
+            agent: self,
+            key: key.clone(),
+        }
+    }
+
+    /// Whether a guest's agent is serving an `exec` now.
+    pub fn is_busy(&self, key: &Key) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
     }
 
     /// Lets `apply` fetch missing images with `fetcher` (once; later calls
@@ -240,16 +315,91 @@ impl Agent {
 
     /// Brings the host to `plan`. Inputs are checked first (images present,
     /// no foreign interface in the way): when they fail nothing is touched.
+    /// A failed guest is restarted unless its policy is `restart: never`
+    /// (a plan comes from the user's `up`, or a change of the cluster).
     pub async fn apply(
         &self,
         plan: &HostPlan,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<Report, AgentError> {
+        let policies = policies(plan);
+        let may_restart = |key: &Key| {
+            policies
+                .get(key)
+                .is_some_and(|p| *p != RestartPolicy::Never)
+        };
+        self.apply_with(plan, &may_restart, events).await
+    }
+
+    /// [`Agent::apply`], restarting the failed guests `may_restart` allows
+    /// and leaving the others as they are.
+    pub async fn apply_with(
+        &self,
+        plan: &HostPlan,
+        may_restart: &(dyn Fn(&Key) -> bool + Sync),
         events: &(dyn Fn(Event) + Sync),
     ) -> Result<Report, AgentError> {
         self.ensure_images(plan, events).await?;
         let images = self.resolve_images(plan)?;
         let mut kernel = self.kernel().await?;
         net::diff(&net::desired_links(plan)?, &kernel.observe().await?)?;
-        self.apply_checked(plan, images, kernel, events).await
+        *self.last_plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan.clone());
+        self.apply_checked(plan, images, kernel, may_restart, events)
+            .await
+    }
+
+    /// Restarts one guest of the last plan, keeping its disk: its QEMU is
+    /// ended and launched again from its folder. The caller holds the
+    /// daemon's apply lock.
+    pub async fn restart(
+        &self,
+        lab: &str,
+        node: &str,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Result<Report, AgentError> {
+        let key = (lab.to_string(), node.to_string());
+        let no_such = || AgentError::NoSuchVm {
+            lab: lab.to_string(),
+            vm: node.to_string(),
+        };
+        let plan = self.last_plan().ok_or_else(no_such)?;
+        if !policies(&plan).contains_key(&key) {
+            return Err(no_such());
+        }
+        let dir = paths::vm_dir(&self.state, lab, node);
+        if let Some(vm) = vm::adopt(&dir).map_err(|source| AgentError::vm(lab, source))? {
+            vm.halt()
+                .await
+                .map_err(|source| AgentError::vm(lab, source))?;
+        }
+        let mut health = supervise::load(&dir);
+        health.requested(supervise::now());
+        supervise::save(&dir, &health);
+        events(Event::Restarting {
+            lab: lab.to_string(),
+            vm: node.to_string(),
+            why: "requested (labspan restart)".into(),
+        });
+        // The QEMU is gone now, so the diff restarts it; it alone may be.
+        let only = |k: &Key| *k == key;
+        let mut report = self.apply_with(&plan, &only, events).await?;
+        report.vms.retain(|v| v.lab == lab && v.vm == node);
+        Ok(report)
+    }
+
+    /// How every guest of the last plan is doing, from their records.
+    pub fn guest_health(&self) -> Vec<GuestHealth> {
+        let Some(plan) = self.last_plan() else {
+            return Vec::new();
+        };
+        policies(&plan)
+            .into_keys()
+            .filter_map(|(lab, node)| {
+                let dir = paths::vm_dir(&self.state, &lab, &node);
+                dir.exists()
+                    .then(|| supervise::load(&dir).report(&lab, &node))
+            })
+            .collect()
     }
 
     /// The state folder this agent keeps its VMs in.
@@ -277,12 +427,29 @@ impl Agent {
     async fn apply_checked(
         &self,
         plan: &HostPlan,
-        images: BTreeMap<(String, String), Image>,
+        images: BTreeMap<Key, Image>,
         mut kernel: net::KernelNet,
+        may_restart: &(dyn Fn(&Key) -> bool + Sync),
         events: &(dyn Fn(Event) + Sync),
     ) -> Result<Report, AgentError> {
-        let running = self.running_vms()?;
-        let wanted: BTreeMap<(String, String), (&LabPlan, &VmPlan)> = plan
+        let dirs = self.running_vms()?;
+        let mut found = BTreeMap::new();
+        let mut running = BTreeMap::new();
+        for (key, dir) in &dirs {
+            let lab = &key.0;
+            match vm::adopt(dir).map_err(|source| AgentError::vm(lab.clone(), source))? {
+                None => {
+                    found.insert(key.clone(), Found::Gone);
+                }
+                Some(v) => {
+                    let failed = guest_failure(&v).await;
+                    let record = v.record().clone();
+                    found.insert(key.clone(), Found::Running { record, failed });
+                    running.insert(key.clone(), v);
+                }
+            }
+        }
+        let wanted: BTreeMap<Key, (&LabPlan, &VmPlan)> = plan
             .labs
             .iter()
             .flat_map(|l| {
@@ -291,74 +458,122 @@ impl Agent {
                     .map(move |v| ((l.lab.clone(), v.name.clone()), (l, v)))
             })
             .collect();
+        let diff_input = wanted
+            .iter()
+            .map(|(key, (_, vm))| {
+                let image_hash = images[key].manifest.hash.as_str();
+                (
+                    key.clone(),
+                    Wanted {
+                        plan: vm,
+                        image_hash,
+                    },
+                )
+            })
+            .collect();
+        let actions = vms::vm_actions(&found, &diff_input, may_restart);
         // Stop what goes away or changes before the network reconcile, which
-        // deletes their taps.
-        // Stops run together: a guest may take its whole ACPI grace.
-        let mut kept = BTreeMap::new();
+        // deletes their taps. Stops run together: a guest may take its
+        // whole ACPI grace.
         let mut gone = Vec::new();
-        let mut changed = Vec::new();
-        for (key, dir) in running {
-            let (lab, name) = key.clone();
-            let Some((_, plan_vm)) = wanted.get(&key) else {
-                gone.push((lab, name, dir));
-                continue;
-            };
-            match vm::adopt(&dir).map_err(|source| AgentError::vm(lab.clone(), source))? {
-                Some(v) => match mismatch(&v, plan_vm, &images[&key]) {
-                    None => {
-                        kept.insert(key, v);
-                    }
-                    Some(why) => {
-                        events(Event::Restarting {
-                            lab: lab.clone(),
-                            vm: name,
-                            why,
-                        });
-                        changed.push((lab, v));
-                    }
-                },
-                None => {
-                    let why = "its QEMU process is gone".to_string();
+        let mut replaced = Vec::new();
+        let mut halted = Vec::new();
+        for action in &actions {
+            match action {
+                VmAction::Stop(key) => gone.push(key.clone()),
+                VmAction::Replace { key, why } | VmAction::Restart { key, why } => {
                     events(Event::Restarting {
-                        lab: lab.clone(),
-                        vm: name.clone(),
-                        why,
+                        lab: key.0.clone(),
+                        vm: key.1.clone(),
+                        why: why.clone(),
                     });
-                    vm::remove_state(&dir, &name).map_err(|source| AgentError::vm(lab, source))?;
+                    let restart = matches!(action, VmAction::Restart { .. });
+                    if restart {
+                        let dir = paths::vm_dir(&self.state, &key.0, &key.1);
+                        let mut health = supervise::load(&dir);
+                        health.restarting(why, supervise::now());
+                        supervise::save(&dir, &health);
+                    }
+                    if let Some(v) = running.remove(key) {
+                        if restart {
+                            halted.push((key.0.clone(), v));
+                        } else {
+                            replaced.push((key.0.clone(), v));
+                        }
+                    }
                 }
+                _ => {}
             }
         }
-        let stops = gone.iter().map(|(lab, _, dir)| self.stop_dir(lab, dir));
+        let stops = gone.iter().map(|(lab, vm)| {
+            let dir = &dirs[&(lab.clone(), vm.clone())];
+            self.stop_dir(lab, dir)
+        });
         join_all(stops)
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
-        for (lab, vm, _) in gone {
+        for (lab, vm) in gone {
             // The folder of a lab whose last VM here just went (a lab that
             // still has VMs keeps it: NotEmpty).
             let _ = fs::remove_dir(paths::lab_vms_dir(&self.state, &lab));
             events(Event::Stopped { lab, vm });
         }
-        let restarts = changed.into_iter().map(|(lab, v)| async move {
+        let replaces = replaced.into_iter().map(|(lab, v)| async move {
             v.stop(STOP_TIMEOUT)
                 .await
+                .map(|_| ())
                 .map_err(|source| AgentError::vm(lab, source))
         });
-        join_all(restarts)
-            .await
+        let halts = halted.into_iter().map(|(lab, v)| async move {
+            v.halt().await.map_err(|source| AgentError::vm(lab, source))
+        });
+        let (replaces, halts) = futures::future::join(join_all(replaces), join_all(halts)).await;
+        replaces
             .into_iter()
+            .chain(halts)
             .collect::<Result<Vec<_>, _>>()?;
         let net_report = net::reconcile_with(&mut kernel, plan).await?;
         let accel = self.accel(&images).await?;
-        let runs = wanted.iter().map(|(key, (lab, vm))| {
-            let adopted = kept.remove(key);
-            self.bring_up(lab, vm, &images[key], accel, adopted, events)
+        let runs = actions.into_iter().filter_map(|action| {
+            let (key, left) = match action {
+                VmAction::Stop(_) => return None,
+                VmAction::Leave { key, why } => (key, Some(why)),
+                VmAction::Adopt(key)
+                | VmAction::Launch(key)
+                | VmAction::Replace { key, .. }
+                | VmAction::Restart { key, .. } => (key, None),
+            };
+            let (lab, vm) = wanted.get(&key)?;
+            let adopted = running.remove(&key);
+            let image = images.get(&key)?;
+            Some(async move {
+                match left {
+                    Some(why) => self.left(lab, vm, adopted, &why),
+                    None => self.bring_up(lab, vm, image, accel, adopted, events).await,
+                }
+            })
         });
         let vms = join_all(runs.collect::<Vec<_>>()).await;
         Ok(Report {
             vms,
             net_actions: net_report.actions.len(),
         })
+    }
+
+    /// The outcome of a failed guest that is left as it is.
+    fn left(&self, lab: &LabPlan, plan: &VmPlan, vm: Option<Vm>, why: &str) -> VmOutcome {
+        let dir = paths::vm_dir(&self.state, &lab.lab, &plan.name);
+        VmOutcome {
+            lab: lab.lab.clone(),
+            vm: plan.name.clone(),
+            pid: vm.map_or(0, |v| v.pid()),
+            error: Some(format!(
+                "the guest failed ({why}) and is left as it is (restart: {}); `labspan restart {} {}` restarts it",
+                plan.restart, lab.lab, plan.name
+            )),
+            console: dir.join(paths::CONSOLE_SOCKET),
+        }
     }
 
     fn resolve_images(
@@ -430,19 +645,28 @@ impl Agent {
                         vm: plan.name.clone(),
                     });
                     let cfg = vm_config(plan, image, accel);
-                    vm::launch(&dir, &cfg)
+                    let mut health = supervise::load(&dir);
+                    let vm = vm::launch(&dir, &cfg)
                         .await
-                        .map_err(|source| AgentError::vm(lab.lab.clone(), source))?
+                        .map_err(|source| AgentError::vm(lab.lab.clone(), source))?;
+                    if health.state != GuestState::Booting {
+                        health.booting(supervise::now());
+                    }
+                    supervise::save(&dir, &health);
+                    vm
                 }
             };
             outcome.pid = vm.pid();
             if !image.manifest.guest.guest_agent {
                 return Ok(());
             }
-            let after = vm
-                .wait_guest_agent(BOOT_TIMEOUT)
-                .await
-                .map_err(|source| AgentError::vm(lab.lab.clone(), source))?;
+            let after = match vm.wait_guest_agent(BOOT_TIMEOUT).await {
+                Ok(after) => after,
+                Err(e) => {
+                    self.boot_failed(lab, plan, &vm, &e, events);
+                    return Err(AgentError::vm(lab.lab.clone(), e));
+                }
+            };
             events(Event::Booted {
                 lab: lab.lab.clone(),
                 vm: plan.name.clone(),
@@ -454,11 +678,52 @@ impl Agent {
                     vm: plan.name.clone(),
                 });
             }
+            let mut health = supervise::load(&dir);
+            health.ready(supervise::now());
+            supervise::save(&dir, &health);
             Ok::<(), AgentError>(())
         }
         .await;
         outcome.error = result.err().map(|e| e.to_string());
         outcome
+    }
+
+    /// Records a guest that failed while booting, for the supervisor to
+    /// restart it by its policy.
+    fn boot_failed(
+        &self,
+        lab: &LabPlan,
+        plan: &VmPlan,
+        vm: &Vm,
+        error: &VmError,
+        events: &(dyn Fn(Event) + Sync),
+    ) {
+        let (state, why) = match error {
+            VmError::Died { .. } => (GuestState::QemuGone, "its QEMU process is gone".into()),
+            VmError::AgentTimeout { timeout, .. } => (
+                GuestState::Hung,
+                format!("its guest agent did not answer within {timeout:?} of boot"),
+            ),
+            VmError::GuestStopped { state, .. } => (
+                supervise::guest_state(*state),
+                format!("it {state} while booting"),
+            ),
+            _ => return,
+        };
+        let mut health = supervise::load(vm.dir());
+        health.fail(
+            state,
+            &why,
+            supervise::now(),
+            vm.console_lines(supervise::CONSOLE_LINES),
+        );
+        supervise::save(vm.dir(), &health);
+        events(Event::Failed {
+            lab: lab.lab.clone(),
+            vm: plan.name.clone(),
+            state,
+            why,
+        });
     }
 
     /// Applies what changed since this boot of the VM was last configured:
@@ -614,6 +879,7 @@ impl Agent {
                 vm: node.to_string(),
             })?;
         let err = |source| AgentError::vm(lab.to_string(), source);
+        let _busy = self.mark_busy(&(lab.to_string(), node.to_string()));
         let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(err)?;
         ga.exec_shell(cmd, timeout).await.map_err(|source| {
             err(VmError::Qga {
@@ -682,29 +948,34 @@ impl Step<'_> {
     }
 }
 
-/// Why a running VM no longer matches its plan (`None`: it matches).
-fn mismatch(vm: &Vm, plan: &VmPlan, image: &Image) -> Option<String> {
-    let rec = vm.record();
-    if rec.image_hash != image.manifest.hash {
-        return Some(format!("image \"{}\" changed", plan.image));
-    }
-    if rec.spec.memory_mib != plan.memory_mib || rec.spec.cpus != plan.cpus {
-        return Some("memory or cpus changed".into());
-    }
-    if rec.spec.nics != nic_specs(plan) {
-        return Some("its NICs changed".into());
-    }
-    None
-}
-
-fn nic_specs(plan: &VmPlan) -> Vec<NicSpec> {
-    plan.nics
+/// Each planned guest's restart policy.
+fn policies(plan: &HostPlan) -> BTreeMap<Key, RestartPolicy> {
+    plan.labs
         .iter()
-        .map(|n| NicSpec {
-            tap: n.tap.clone(),
-            mac: n.mac,
+        .flat_map(|l| {
+            l.vms
+                .iter()
+                .map(move |v| ((l.lab.clone(), v.name.clone()), v.restart))
         })
         .collect()
+}
+
+/// Why the guest in a running QEMU has failed, if it has: QEMU holds it
+/// stopped (panic, reboot, power-off), or the supervisor found it hung or
+/// already recorded it failed.
+async fn guest_failure(vm: &Vm) -> Option<String> {
+    let health = supervise::load(vm.dir());
+    if health.state.is_failure() {
+        return Some(
+            health
+                .last_reason
+                .unwrap_or_else(|| format!("it is {}", health.state)),
+        );
+    }
+    match vm.run_state().await {
+        Ok(state) if state.is_failure() => Some(format!("it {state}")),
+        _ => None,
+    }
 }
 
 fn vm_config(plan: &VmPlan, image: &Image, accel: Accel) -> VmConfig {
@@ -714,7 +985,7 @@ fn vm_config(plan: &VmPlan, image: &Image, accel: Accel) -> VmConfig {
         memory_mib: plan.memory_mib,
         cpus: plan.cpus,
         accel,
-        nics: nic_specs(plan),
+        nics: vms::nic_specs(plan),
     }
 }
 

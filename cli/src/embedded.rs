@@ -235,7 +235,7 @@ impl Prepared {
     pub fn fits(&self, bundle: &LabBundle) -> anyhow::Result<BTreeMap<String, String>> {
         let lab = &bundle.lab;
         let placement = place_lab(lab, &[self.capacity()?], &BTreeMap::new())
-            .map_err(|e| InvalidInput(format!("lab \"{}\": {e}", lab.name)))?;
+            .map_err(|e| InvalidInput(format!("lab \"{}\": {}", lab.name, e.on_cluster())))?;
         Ok(placement.nodes)
     }
 
@@ -268,7 +268,9 @@ impl Prepared {
     /// This machine, empty, as placement sees a host.
     fn capacity(&self) -> anyhow::Result<Host> {
         let info = this_host()?;
-        Ok(Host::new(&self.host, info.memory_mib, info.cpus))
+        let mut host = Host::new(&self.host, info.memory_mib, info.cpus);
+        host.cpu_overcommit = info.cpu_overcommit;
+        Ok(host)
     }
 
     /// Starts the coordinator and the agent, and returns once the agent has
@@ -375,9 +377,16 @@ fn move_port(layout: &Layout, taken: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// This machine as the agent announces it.
+/// This machine as its embedded agent offers it; `LABSPAN_CPU_OVERCOMMIT`
+/// sets the overcommit, as it does for `labspan agent run`.
 fn this_host() -> anyhow::Result<HostInfo> {
-    HostInfo::of_this_machine(IpAddr::V4(Ipv4Addr::LOCALHOST), LOCAL_UNDERLAY_MTU)
-        .context("reading this machine's memory and CPUs")
+    let mut host = HostInfo::of_this_machine(IpAddr::V4(Ipv4Addr::LOCALHOST), LOCAL_UNDERLAY_MTU)
+        .context("reading this machine's memory and CPUs")?;
+    if let Ok(text) = std::env::var("LABSPAN_CPU_OVERCOMMIT") {
+        host.cpu_overcommit = crate::cmd::agent::cpu_overcommit(&text)
+            .map_err(|e| InvalidInput(format!("LABSPAN_CPU_OVERCOMMIT: {e}")))?;
+    }
+    Ok(host)
 }
 
 fn local_fabric() -> HostFabric {

@@ -230,6 +230,7 @@ async fn agent_serving(
     let register = Request::RegisterHost {
         memory_mib: 16 * 1024,
         cpus: 4,
+        vcpus: 16,
         vtep: "198.18.0.1".parse()?,
         underlay_mtu: 1500,
     };
@@ -584,6 +585,7 @@ async fn a_deploy_survives_the_death_of_its_leader() -> TestResult {
     let register = Request::RegisterHost {
         memory_mib: 16 * 1024,
         cpus: 4,
+        vcpus: 16,
         vtep: "198.18.0.1".parse()?,
         underlay_mtu: 1500,
     };

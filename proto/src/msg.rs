@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::GuestHealth;
 use crate::image::ImageInfo;
 use crate::plan::HostPlan;
 
@@ -98,6 +99,9 @@ pub enum Request {
     RegisterHost {
         memory_mib: u64,
         cpus: u32,
+        /// vCPUs the host offers to labs: `cpus` × its agent's
+        /// `--cpu-overcommit`.
+        vcpus: u64,
         vtep: IpAddr,
         underlay_mtu: u32,
     },
@@ -129,6 +133,11 @@ pub enum Request {
     /// The image endpoints of the hosts that are up, and what each holds
     /// (`labspan image push` picks one).
     ImageHosts,
+    /// An agent tells the leader how its guests are doing (soft state,
+    /// sent when it changes).
+    GuestHealth { guests: Vec<GuestHealth> },
+    /// Restarts one node's guest on its host, keeping its disk.
+    RestartNode { lab: String, node: String },
     /// A byte stream: the serial console of a guest, both ways. After the
     /// reply ([`Reply::Streaming`] or an error) the stream carries raw bytes.
     Console { lab: String, node: String },
@@ -247,6 +256,8 @@ pub struct LabReport {
     /// `Running`, `Failed: why`, ...
     pub status: String,
     pub vms: Vec<VmReport>,
+    /// How each guest is doing, as its agent last said.
+    pub guests: Vec<GuestHealth>,
 }
 
 /// How one VM came up, as its agent reported it.
@@ -281,6 +292,8 @@ pub enum AgentRequest {
         cmd: String,
         timeout_secs: u64,
     },
+    /// Restart a guest of this host, keeping its disk.
+    Restart { lab: String, node: String },
     /// Pipe a guest's serial console both ways (see [`Request::Console`]).
     Console { lab: String, node: String },
     /// Capture a guest NIC's tap as pcap (see [`Request::Capture`]).

@@ -346,6 +346,7 @@ async fn agent(file: ClusterFile, i: usize, up: Rc<std::cell::Cell<usize>>) {
     let register = Request::RegisterHost {
         memory_mib: 16 * 1024,
         cpus: 8,
+        vcpus: 32,
         vtep: vtep.parse().expect("a valid address"),
         underlay_mtu: 1500,
     };

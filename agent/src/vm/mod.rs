@@ -31,6 +31,15 @@ pub const QEMU: &str = "qemu-system-x86_64";
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `quit` may take before SIGKILL.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
+/// Kernel arguments of every direct kernel boot. `no_timer_check`: on an
+/// overloaded host the kernel's IO-APIC timer check fails and panics the
+/// boot ("IO-APIC + timer doesn't work!"), as cloud images know. `panic=1`:
+/// a kernel that panics without pvpanic reboots, which QEMU turns into a
+/// stop the agent sees.
+pub const BOOT_ROBUSTNESS: &str = "no_timer_check panic=1";
+/// How often a booting guest's run state is read, so that one that panics
+/// or stops while booting is reported at once rather than at the timeout.
+const BOOT_STATE_EVERY: Duration = Duration::from_secs(2);
 
 /// Errors about one VM.
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +56,12 @@ pub enum VmError {
     Start { vm: String, detail: String },
     #[error("VM {vm} is already running (QEMU pid {pid}) in {dir}")]
     AlreadyRunning { vm: String, pid: u32, dir: PathBuf },
-    #[error("VM {vm}: the QEMU process (pid {pid}) is gone; last console lines:\n{console}")]
-    Died {
-        vm: String,
-        pid: u32,
-        console: String,
-    },
-    #[error("VM {vm}: its guest agent did not answer within {timeout:?}; last console lines:\n{console}")]
-    AgentTimeout {
-        vm: String,
-        timeout: Duration,
-        console: String,
-    },
+    #[error("VM {vm}: the QEMU process (pid {pid}) is gone (its last console lines: `labspan inspect LAB --json`)")]
+    Died { vm: String, pid: u32 },
+    #[error("VM {vm}: its guest agent did not answer within {timeout:?} (its last console lines: `labspan inspect LAB --json`)")]
+    AgentTimeout { vm: String, timeout: Duration },
+    #[error("VM {vm}: the guest {state} while booting (its last console lines: `labspan inspect LAB --json`)")]
+    GuestStopped { vm: String, state: RunState },
     #[error("VM {vm}: {source}")]
     Qmp {
         vm: String,
@@ -171,20 +174,30 @@ impl Vm {
     /// Waits until the guest agent answers; returns how long that took.
     pub async fn wait_guest_agent(&self, timeout: Duration) -> Result<Duration, VmError> {
         let start = Instant::now();
+        let mut last_state = start;
         loop {
             if !self.is_running() {
                 return Err(VmError::Died {
                     vm: self.name().to_string(),
                     pid: self.pid,
-                    console: self.console_tail(),
                 });
+            }
+            if last_state.elapsed() >= BOOT_STATE_EVERY {
+                last_state = Instant::now();
+                if let Ok(state) = self.run_state().await {
+                    if state.is_failure() {
+                        return Err(VmError::GuestStopped {
+                            vm: self.name().to_string(),
+                            state,
+                        });
+                    }
+                }
             }
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 return Err(VmError::AgentTimeout {
                     vm: self.name().to_string(),
                     timeout,
-                    console: self.console_tail(),
                 });
             }
             let attempt = left.min(Duration::from_secs(1));
@@ -203,6 +216,10 @@ impl Vm {
             Stopped::AlreadyGone
         } else {
             if let Ok(mut q) = self.qmp().await {
+                // A guest that powers off now is meant to: QEMU should exit
+                // rather than hold it for the agent.
+                let poweroff = serde_json::json!({"shutdown": "poweroff"});
+                let _ = q.execute("set-action", Some(poweroff)).await;
                 let _ = q.execute("system_powerdown", None).await;
             }
             if self.wait_exit(timeout).await {
@@ -222,6 +239,38 @@ impl Vm {
         tracing::info!(vm = self.name(), pid = self.pid, ?how, "VM stopped");
         remove_state(&self.dir, self.name())?;
         Ok(how)
+    }
+
+    /// The guest's run state, from QMP `query-status`.
+    pub async fn run_state(&self) -> Result<RunState, VmError> {
+        let mut q = self.qmp().await?;
+        let status = q
+            .execute("query-status", None)
+            .await
+            .map_err(|source| self.qmp_err(source))?;
+        Ok(RunState::from_qmp(
+            status.get("status").and_then(|s| s.as_str()).unwrap_or(""),
+        ))
+    }
+
+    /// Ends QEMU (`quit`, then SIGKILL) and keeps the state folder, disk
+    /// included, for the guest to be launched again from it.
+    pub async fn halt(&self) -> Result<(), VmError> {
+        if self.is_running() {
+            if let Ok(mut q) = self.qmp().await {
+                let _ = q.execute("quit", None).await;
+            }
+            if !self.wait_exit(QUIT_GRACE).await {
+                self.kill().await?;
+            }
+        }
+        tracing::info!(vm = self.name(), pid = self.pid, "QEMU ended, state kept");
+        Ok(())
+    }
+
+    /// The last `n` lines its serial console printed.
+    pub fn console_lines(&self, n: usize) -> Vec<String> {
+        console_lines(&self.record.spec.paths.console_log, n)
     }
 
     /// SIGKILLs QEMU (only if the pid is still our QEMU) and waits for it.
@@ -251,10 +300,6 @@ impl Vm {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         true
-    }
-
-    fn console_tail(&self) -> String {
-        console_tail(&self.record.spec.paths.console_log, 8)
     }
 
     fn qmp_err(&self, source: QmpError) -> VmError {
@@ -334,7 +379,10 @@ fn launch_spec(cfg: &VmConfig, paths: VmPaths, disk: Option<PathBuf>) -> LaunchS
     let m = &cfg.image.manifest;
     let kernel = cfg.image.kernel_path();
     let cmdline = if kernel.is_some() {
-        format!("{} labspan.hostname={}", m.cmdline, cfg.name)
+        format!(
+            "{} {BOOT_ROBUSTNESS} labspan.hostname={}",
+            m.cmdline, cfg.name
+        )
     } else {
         String::new()
     };
@@ -516,13 +564,80 @@ fn cmdline_serves(cmdline: &[u8], qmp: &Path) -> bool {
     is_qemu && args.any(|a| a.contains(&needle))
 }
 
-/// The last `n` lines of a console log, for error messages.
-fn console_tail(log: &Path, n: usize) -> String {
-    let text = fs::read(log)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// The last `n` lines of a console log, read from its end (a guest can
+/// print without bound).
+pub fn console_lines(log: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL_BYTES: u64 = 16 * 1024;
+    let Ok(mut file) = fs::File::open(log) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    if file
+        .seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .is_err()
+        || file.take(TAIL_BYTES).read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// A guest's run state as QMP `query-status` names it, reduced to what the
+/// agent acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Running (or about to: `prelaunch`, `inmigrate`, ...).
+    Running,
+    /// Paused by someone on purpose (`stop`, a migration, a fenced host).
+    Paused,
+    /// Its kernel panicked (pvpanic).
+    Panicked,
+    /// It rebooted or powered off from inside.
+    ShutDown,
+    /// QEMU hit an internal error running it.
+    InternalError,
+}
+
+impl RunState {
+    /// From a `query-status` `status` string.
+    pub fn from_qmp(status: &str) -> RunState {
+        match status {
+            "guest-panicked" => RunState::Panicked,
+            "shutdown" => RunState::ShutDown,
+            "internal-error" | "io-error" => RunState::InternalError,
+            "paused" | "suspended" | "postmigrate" | "finish-migrate" | "save-vm"
+            | "restore-vm" | "colo" | "watchdog" => RunState::Paused,
+            _ => RunState::Running,
+        }
+    }
+
+    /// Whether the guest stopped on its own and will not go on by itself.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            RunState::Panicked | RunState::ShutDown | RunState::InternalError
+        )
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunState::Running => "is running",
+            RunState::Paused => "is paused",
+            RunState::Panicked => "panicked (its kernel)",
+            RunState::ShutDown => "rebooted or powered off (a kernel panic reboots it)",
+            RunState::InternalError => "stopped on a QEMU internal error",
+        })
+    }
 }
 
 #[cfg(test)]

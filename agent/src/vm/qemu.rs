@@ -107,6 +107,13 @@ pub fn command_line(spec: &LaunchSpec) -> Vec<OsString> {
         .push(chardev_socket("qga0", &p.qga, None));
     a.push("-device")
         .push("virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
+    // A guest's panic (pvpanic), reboot or power-off leaves QEMU running
+    // with the guest stopped, in a run state the agent reads (QMP
+    // `query-status`) even after its own restart; the agent then decides to
+    // restart the guest or leave it for a post-mortem.
+    a.push("-device").push("pvpanic");
+    a.push("-action")
+        .push("reboot=shutdown,shutdown=pause,panic=pause");
     a.push("-pidfile").path(&p.pidfile);
     a.push("-daemonize");
     a.0
@@ -238,6 +245,16 @@ mod tests {
         assert_eq!(values(&a, "-display"), vec!["none"]);
         assert_eq!(values(&a, "-m"), vec!["256M"]);
         assert_eq!(values(&a, "-smp"), vec!["2"]);
+    }
+
+    #[test]
+    fn a_failed_guest_is_held_for_the_agent() {
+        let a = strings(&spec());
+        assert!(values(&a, "-device").contains(&"pvpanic".to_string()));
+        assert_eq!(
+            values(&a, "-action"),
+            vec!["reboot=shutdown,shutdown=pause,panic=pause"]
+        );
     }
 
     #[test]

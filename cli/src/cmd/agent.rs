@@ -43,6 +43,20 @@ pub struct RunArgs {
     /// Offer only this many CPUs to labs (default: all of them).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus: Option<u32>,
+    /// vCPUs offered per CPU, a ratio in (0, 64]: lab guests mostly idle,
+    /// so small machines run more of them than they have CPUs.
+    #[arg(long, env = "LABSPAN_CPU_OVERCOMMIT", value_name = "F", value_parser = cpu_overcommit, default_value_t = labspan_agent::daemon::DEFAULT_CPU_OVERCOMMIT)]
+    pub cpu_overcommit: f64,
+}
+
+/// A vCPU-per-CPU ratio, as hosts files take it.
+pub fn cpu_overcommit(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 64.0 => Ok(f),
+        _ => Err(format!(
+            "\"{text}\" is not a ratio in (0, 64], e.g. 4 or 1.5"
+        )),
+    }
 }
 
 fn memory_mib(text: &str) -> Result<u64, String> {
@@ -70,6 +84,7 @@ fn host_info(args: &RunArgs) -> anyhow::Result<HostInfo> {
     if let Some(cpus) = args.cpus {
         host.cpus = cpus;
     }
+    host.cpu_overcommit = args.cpu_overcommit;
     host.image_listen = Some(args.image_listen.unwrap_or(std::net::SocketAddr::new(
         args.vtep,
         labspan_agent::image::transfer::DEFAULT_IMAGE_PORT,

@@ -151,6 +151,16 @@ impl Progress {
             ),
             Event::Configured { lab, vm } => (lab, vm, "configured".to_string()),
             Event::Stopped { lab, vm } => (lab, vm, "stopped and removed".to_string()),
+            Event::Failed {
+                lab,
+                vm,
+                state,
+                why,
+            } => (lab, vm, format!("{state}: {why}")),
+            Event::BackingOff { lab, vm, delay } => {
+                (lab, vm, format!("restarting in {} s", delay.as_secs()))
+            }
+            Event::Left { lab, vm, why } => (lab, vm, format!("left as it is ({why})")),
             Event::Fetching {
                 lab,
                 image,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::error::PlacementError;
+use super::error::{CpuKnob, PlacementError};
 use super::graph::Res;
 use super::memory::MibPair;
 use super::{HostSelector, Problem};
@@ -246,6 +246,7 @@ fn check_sizes(p: &Problem, prep: &Prepared) -> Result<(), PlacementError> {
                 need: need.cpu,
                 free,
                 host,
+                knob: CpuKnob::default(),
             });
         }
     }
@@ -319,6 +320,7 @@ fn check_totals(p: &Problem, prep: &Prepared) -> Result<(), PlacementError> {
         return Err(PlacementError::TotalVcpus {
             need: need.cpu,
             free: free.cpu,
+            knob: CpuKnob::default(),
         });
     }
     Ok(())

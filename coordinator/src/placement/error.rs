@@ -69,7 +69,7 @@ pub enum PlacementError {
         host: String,
     },
     /// A node (or together group) needs more vCPUs than any allowed host has free.
-    #[error("{what}: needs {need} vCPUs, largest free on any host is {free} ({host}); raise cpu_overcommit or add CPUs")]
+    #[error("{what}: needs {need} vCPUs, largest free on any host is {free} ({host}); raise {knob} or add CPUs")]
     Vcpus {
         /// `node "x"` or `together [..]`.
         what: String,
@@ -79,6 +79,8 @@ pub enum PlacementError {
         free: u64,
         /// That host.
         host: String,
+        /// The setting that raises it where the user is.
+        knob: CpuKnob,
     },
     /// A `spread` group needs more distinct hosts than its pins allow.
     #[error("spread [{group}] needs {need} hosts{}, {up} {}", .label.as_ref().map(|l| format!(" labelled \"{l}\"")).unwrap_or_default(), if *.up == 1 { "is up" } else { "are up" })]
@@ -99,12 +101,16 @@ pub enum PlacementError {
         sizes: MibPair,
     },
     /// All nodes together need more vCPUs than all hosts have free.
-    #[error("the lab needs {need} vCPUs in all, the hosts have {free} free: raise cpu_overcommit or add hosts")]
+    #[error(
+        "the lab needs {need} vCPUs in all, the hosts have {free} free: raise {knob} or add hosts"
+    )]
     TotalVcpus {
         /// vCPUs needed.
         need: u64,
         /// vCPUs free.
         free: u64,
+        /// The setting that raises it where the user is.
+        knob: CpuKnob,
     },
     /// The nodes fit in total but could not be packed (free memory is split
     /// in pieces too small for what is left).
@@ -117,4 +123,39 @@ pub enum PlacementError {
         /// Host with the largest free piece.
         host: String,
     },
+}
+
+/// The setting that lets a host run more vCPUs than it has CPUs, as the user
+/// reaches it: a key of the offline hosts file, or a flag of each agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CpuKnob {
+    /// `cpu_overcommit` in the hosts file (`labspan place`).
+    #[default]
+    HostsFile,
+    /// `labspan agent run --cpu-overcommit` on the cluster's hosts.
+    AgentFlag,
+}
+
+impl std::fmt::Display for CpuKnob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CpuKnob::HostsFile => "cpu_overcommit in the hosts file",
+            CpuKnob::AgentFlag => {
+                "the hosts' `labspan agent run --cpu-overcommit` (LABSPAN_CPU_OVERCOMMIT)"
+            }
+        })
+    }
+}
+
+impl PlacementError {
+    /// The same error, naming the knob of a cluster (the agents' flag)
+    /// instead of the hosts file's key.
+    pub fn on_cluster(mut self) -> PlacementError {
+        if let PlacementError::Vcpus { knob, .. } | PlacementError::TotalVcpus { knob, .. } =
+            &mut self
+        {
+            *knob = CpuKnob::AgentFlag;
+        }
+        self
+    }
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-pub use error::PlacementError;
+pub use error::{CpuKnob, PlacementError};
 pub use figures::{Figures, HostUse};
 pub use lab::{lab_problem, place_lab, place_labs, segment_weight, RATE_WEIGHT_FULL};
 pub use labspan_proto::lab::HostSelector;

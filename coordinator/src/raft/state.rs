@@ -20,6 +20,7 @@ pub const LAST_VNI: u32 = (1 << 24) - 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     pub memory_mib: u64,
+    /// vCPUs it runs for labs in all (its CPUs × its agent's overcommit).
     pub vcpus: u64,
 }
 

@@ -15,11 +15,16 @@ pub fn may(role: Role, req: &Request) -> bool {
             role == Role::Coordinator
         }
         R::Status | R::GetLab { .. } => matches!(role, Role::Admin | Role::Viewer),
-        R::CreateToken { .. } | R::DeployLab { .. } | R::DeleteLab { .. } | R::Exec { .. } => {
-            role == Role::Admin
-        }
+        R::CreateToken { .. }
+        | R::DeployLab { .. }
+        | R::DeleteLab { .. }
+        | R::Exec { .. }
+        | R::RestartNode { .. } => role == Role::Admin,
         R::RemoveCoordinator { .. } => role == Role::Admin,
-        R::RegisterHost { .. } | R::Heartbeat | R::ImageInventory { .. } => role == Role::Agent,
+        R::RegisterHost { .. }
+        | R::Heartbeat
+        | R::ImageInventory { .. }
+        | R::GuestHealth { .. } => role == Role::Agent,
         R::ImageHosts => role == Role::Admin,
         // A console is a root shell; a capture shows every packet.
         R::Console { .. } | R::Capture { .. } => role == Role::Admin,
@@ -98,6 +103,15 @@ mod tests {
         assert!(may(Role::Viewer, &Request::Status));
         assert!(!may(Role::Agent, &Request::Status));
         assert!(may(Role::Agent, &Request::Heartbeat));
+        let health = Request::GuestHealth { guests: vec![] };
+        assert!(may(Role::Agent, &health));
+        assert!(!may(Role::Admin, &health));
+        let restart = Request::RestartNode {
+            lab: "l".into(),
+            node: "n".into(),
+        };
+        assert!(may(Role::Admin, &restart));
+        assert!(!may(Role::Viewer, &restart) && !may(Role::Agent, &restart));
         assert!(!may(Role::Admin, &Request::Heartbeat));
     }
 }

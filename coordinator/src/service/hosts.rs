@@ -33,6 +33,7 @@ pub(super) async fn register(
     name: &str,
     memory_mib: u64,
     cpus: u32,
+    vcpus: u64,
     vtep: IpAddr,
     underlay_mtu: u32,
 ) -> Reply {
@@ -41,10 +42,7 @@ pub(super) async fn register(
         .as_ref()
         .map(|h| h.labels.clone())
         .unwrap_or_else(BTreeSet::new);
-    let capacity = Capacity {
-        memory_mib,
-        vcpus: u64::from(cpus),
-    };
+    let capacity = Capacity { memory_mib, vcpus };
     let cmd = Command::RegisterHost {
         name: name.to_string(),
         capacity,
@@ -72,7 +70,7 @@ pub(super) async fn register(
             return Reply::Error(e);
         }
     }
-    tracing::info!(host = name, %vtep, memory_mib, cpus, "host registered");
+    tracing::info!(host = name, %vtep, memory_mib, cpus, vcpus, "host registered");
     send_own_plan(inner, name);
     Reply::Done
 }

@@ -30,7 +30,7 @@ pub(super) async fn get(inner: &Arc<Inner>, name: &str) -> Reply {
     match state.state.labs.get(name) {
         Some(rec) => Reply::Lab {
             bundle: rec.spec.clone(),
-            report: report(name, rec, vec![]),
+            report: report(inner, name, rec, vec![]),
         },
         None => error(
             ErrorKind::NotFound,
@@ -39,13 +39,30 @@ pub(super) async fn get(inner: &Arc<Inner>, name: &str) -> Reply {
     }
 }
 
-fn report(name: &str, rec: &crate::raft::LabRecord, vms: Vec<VmReport>) -> LabReport {
+fn report(
+    inner: &Inner,
+    name: &str,
+    rec: &crate::raft::LabRecord,
+    vms: Vec<VmReport>,
+) -> LabReport {
+    // Only what the node's current host says: a node moved away leaves its
+    // old host's word behind.
+    let guests = lock(&inner.guests)
+        .iter()
+        .flat_map(|(host, guests)| {
+            guests.iter().filter(move |g| {
+                g.lab == name && rec.placement.get(&g.node).is_some_and(|h| h == host)
+            })
+        })
+        .cloned()
+        .collect();
     LabReport {
         lab: name.to_string(),
         placement: rec.placement.clone(),
         vnis: rec.vnis.clone(),
         status: status_text(&rec.status),
         vms,
+        guests,
     }
 }
 
@@ -84,7 +101,12 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
         .unwrap_or_default();
     let placement = match place_lab(&bundle.lab, &offers(&state, &name), &existing) {
         Ok(p) => p.nodes,
-        Err(e) => return error(ErrorKind::Invalid, format!("lab {name:?}: {e}")),
+        Err(e) => {
+            return error(
+                ErrorKind::Invalid,
+                format!("lab {name:?}: {}", e.on_cluster()),
+            )
+        }
     };
     let segments: BTreeSet<String> = bundle.lab.segments().into_iter().map(|s| s.key).collect();
     let spec = if state.labs.contains_key(&name) {
@@ -129,7 +151,7 @@ pub(super) async fn deploy(inner: &Arc<Inner>, bytes: Vec<u8>) -> Reply {
     };
     let state = inner.state.read();
     match state.state.labs.get(&name) {
-        Some(rec) => Reply::Deployed(report(&name, rec, vms)),
+        Some(rec) => Reply::Deployed(report(inner, &name, rec, vms)),
         None => error(
             ErrorKind::Internal,
             format!("lab {name:?} vanished during its deploy"),
@@ -206,11 +228,13 @@ pub(super) fn offers(state: &ClusterState, lab: &str) -> Vec<Host> {
         .iter()
         .filter(|(_, h)| h.up)
         .map(|(name, h)| {
+            // The agent already multiplied its CPUs by its overcommit.
             let mut host = Host::new(
                 name,
                 h.capacity.memory_mib,
                 u32::try_from(h.capacity.vcpus).unwrap_or(u32::MAX),
             );
+            host.cpu_overcommit = 1.0;
             host.labels = h.labels.clone();
             host.vtep = Some(h.vtep);
             (name, host)
@@ -440,6 +464,28 @@ pub(super) async fn exec(
     };
     match agent_request(inner, &host, &req).await {
         Ok(AgentReply::Exec(out)) => Reply::Exec(out),
+        Ok(AgentReply::Error(e)) => Reply::Error(e),
+        Ok(other) => error(
+            ErrorKind::Internal,
+            format!("unexpected agent reply {other:?}"),
+        ),
+        Err(e) => error(ErrorKind::Unavailable, e),
+    }
+}
+
+/// Leader: restarts node `node` of `lab` through its host's agent, keeping
+/// its disk.
+pub(super) async fn restart(inner: &Arc<Inner>, lab: &str, node: &str) -> Reply {
+    let host = match host_of(inner, lab, node) {
+        Ok(h) => h,
+        Err(refused) => return Reply::Error(refused),
+    };
+    let req = AgentRequest::Restart {
+        lab: lab.into(),
+        node: node.into(),
+    };
+    match agent_request(inner, &host, &req).await {
+        Ok(AgentReply::Applied(_)) => Reply::Done,
         Ok(AgentReply::Error(e)) => Reply::Error(e),
         Ok(other) => error(
             ErrorKind::Internal,

@@ -79,6 +79,8 @@ struct Inner {
     agents: Mutex<HashMap<String, Connection>>,
     /// Heartbeats (leader only).
     live: Mutex<HashMap<String, HostLive>>,
+    /// How each host's guests are doing, as its agent last said (leader only).
+    guests: Mutex<HashMap<String, Vec<labspan_proto::health::GuestHealth>>>,
     /// What images each host holds and where it serves them (leader only).
     images: Mutex<crate::images::Inventories>,
     /// One lab change at a time: placement sees the previous one's result.
@@ -162,6 +164,8 @@ fn kind(req: &Request) -> &'static str {
         Request::RemoveCoordinator { .. } => "RemoveCoordinator",
         Request::Forwarded { .. } => "Forwarded",
         Request::ImageInventory { .. } => "ImageInventory",
+        Request::GuestHealth { .. } => "GuestHealth",
+        Request::RestartNode { .. } => "RestartNode",
         Request::ImageHosts => "ImageHosts",
         Request::Console { .. } => "Console",
         Request::Capture { .. } => "Capture",
@@ -198,12 +202,14 @@ impl Inner {
             Request::RegisterHost {
                 memory_mib,
                 cpus,
+                vcpus,
                 vtep,
                 underlay_mtu,
             } => match self.not_leader() {
                 Some(reply) => reply,
                 None => {
-                    hosts::register(self, &caller.name, memory_mib, cpus, vtep, underlay_mtu).await
+                    let name = &caller.name;
+                    hosts::register(self, name, memory_mib, cpus, vcpus, vtep, underlay_mtu).await
                 }
             },
             Request::Heartbeat => match self.not_leader() {
@@ -213,6 +219,13 @@ impl Inner {
             Request::ImageInventory { addr, images } => match self.not_leader() {
                 Some(reply) => reply,
                 None => images::inventory(self, &caller.name, addr, images),
+            },
+            Request::GuestHealth { guests } => match self.not_leader() {
+                Some(reply) => reply,
+                None => {
+                    lock(&self.guests).insert(caller.name.clone(), guests);
+                    Reply::Done
+                }
             },
             other if self.is_leader() => self.on_leader(caller, other).await,
             other if may_forward => self.forward(caller, other).await,
@@ -247,6 +260,7 @@ impl Inner {
                 cmd,
                 timeout_secs,
             } => labs::exec(self, &lab, &node, &cmd, timeout_secs).await,
+            Request::RestartNode { lab, node } => labs::restart(self, &lab, &node).await,
             other => error(
                 ErrorKind::Invalid,
                 format!("{} is not served here", kind(&other)),
@@ -314,6 +328,7 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
         peers: Mutex::default(),
         agents: Mutex::default(),
         live: Mutex::default(),
+        guests: Mutex::default(),
         images: Mutex::default(),
         lab_lock: tokio::sync::Mutex::new(()),
         was_member: std::sync::atomic::AtomicBool::new(false),

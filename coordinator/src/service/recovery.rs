@@ -94,7 +94,7 @@ fn decide_lab(state: &ClusterState, name: &str) -> Option<Recovery> {
         Ok(p) => moved_or_stranded(name, &rec.placement, &lost, p.nodes),
         Err(e) => Recovery::Strand {
             lab: name.into(),
-            reason: no_host(&lost, &e.to_string()),
+            reason: no_host(&lost, &e.on_cluster().to_string()),
         },
     };
     match &step {
