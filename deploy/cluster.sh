@@ -19,6 +19,10 @@
 #   LABSPAN_ACCEL (auto|kvm|tcg, default auto), CLUSTER_DEADLINE (s, 90),
 #   LABSPAN_HOST_MEMORY     memory each host offers (default: an equal share
 #                           of this machine's, e.g. 8192MiB of 24 GiB for 3)
+#   LABSPAN_CPU_OVERCOMMIT  vCPUs each host offers per CPU of this machine
+#                           (default 4; every host sees all of its CPUs, so
+#                           raise it to fit more guests on a small machine)
+# It reads the cluster's state with `labspan cluster status --json` (jq).
 # Several clusters run side by side when each has its own name, link, state
 # folder and subnet; `up` refuses a subnet the root namespace already uses and
 # namespaces or a link that another cluster (or anything else) owns.
@@ -145,8 +149,8 @@ down() {
     # 1. Labs, through the cluster, while it is still up.
     if [ -n "$BIN" ] && [ -f "$ADMIN" ] && any_coordinator_alive; then
         local labs lab
-        labs=$(timeout 20 "$BIN" cluster status --cluster "$ADMIN" 2>/dev/null |
-            awk '$1 == "LAB" && $2 == "STATUS" {on = 1; next} on && NF {print $1}') || labs=
+        labs=$(timeout 20 "$BIN" cluster status --json --cluster "$ADMIN" 2>/dev/null |
+            jq -r '.labs[].name') || labs=
         for lab in $labs; do
             echo "labspan down $lab (cluster)"
             timeout 180 "$BIN" down "$lab" --cluster "$ADMIN" || echo "  (failed; its QEMUs are stopped by pid below)"
@@ -271,15 +275,8 @@ join() {
 wait_ready() {
     local voters=$1 hosts=$2 deadline=$((SECONDS + ${CLUSTER_DEADLINE:-90})) got=
     while [ $SECONDS -lt $deadline ]; do
-        # Text status: "leader: ID ...", member rows "ID NAME ADDR yes|no ROLE",
-        # host rows ending in "up".
-        got=$("$BIN" cluster status --cluster "$ADMIN" 2>/dev/null | awk '
-            $1 == "leader:" {leader = ($2 != "none")}
-            $1 == "HOST" {hosts = 1}
-            $1 == "LAB" {hosts = 0}
-            !hosts && NF == 5 && $4 == "yes" {v++}
-            hosts && $NF == "up" {u++}
-            END {print v + 0, u + 0, leader ? "leader" : "no-leader"}') || got=
+        got=$("$BIN" cluster status --json --cluster "$ADMIN" 2>/dev/null | jq -r '
+            "\([.members[] | select(.voter)] | length) \([.hosts[] | select(.up)] | length) \(if .leader == null then "no-leader" else "leader" end)"') || got=
         [ "$got" = "$voters $hosts leader" ] && return 0
         sleep 1
     done
@@ -314,7 +311,8 @@ up() {
     sed -i "s|\"$NET.1:$PORT\"|$list|" "$ADMIN"
     for i in $(seq "$n"); do
         join "$i" agent "$STATE/host$i/agent" "host$i"
-        spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i" --memory "$memory"
+        spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i" --memory "$memory" \
+            --cpu-overcommit "${LABSPAN_CPU_OVERCOMMIT:-4}"
     done
     wait_ready "$coords" "$n"
     "$BIN" cluster status --cluster "$ADMIN"

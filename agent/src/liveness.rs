@@ -18,6 +18,8 @@ pub const STABLE_AFTER_SECS: u64 = 60;
 /// `on-failure` gives up after this many restarts in a row that never
 /// made the guest ready.
 pub const GIVE_UP_AFTER: u32 = 5;
+/// Why a guest restarted on `labspan restart`.
+pub const REQUESTED: &str = "requested (labspan restart)";
 /// Events kept per guest.
 const EVENTS_KEPT: usize = 20;
 
@@ -131,7 +133,9 @@ impl Health {
         if !self.state.is_failure() || self.state == GuestState::Left {
             return Decision::Nothing;
         }
+        let requested = self.last_reason.as_deref() == Some(REQUESTED);
         let give_up = match policy {
+            _ if requested => None,
             RestartPolicy::Never => Some("restart: never".to_string()),
             RestartPolicy::OnFailure if self.unready_restarts >= GIVE_UP_AFTER => Some(format!(
                 "restart: on-failure gave up after {} restarts that never made it ready",
@@ -175,13 +179,16 @@ impl Health {
         self.booting(now);
     }
 
-    /// Someone asked for a restart: it does not count as a failure, and the
-    /// backoff starts over.
+    /// Someone asked for a restart now: it is due at once, is not a
+    /// failure, and the backoff starts over.
     pub fn requested(&mut self, now: u64) {
         self.failures = 0;
         self.unready_restarts = 0;
-        self.restarting("requested (labspan restart)", now);
-        self.unready_restarts = 0;
+        self.state = GuestState::BackingOff;
+        self.last_reason = Some(REQUESTED.into());
+        self.last_at = Some(now);
+        self.next_restart_at = Some(now);
+        self.event(now, "restart requested".into());
     }
 
     /// The record as `inspect` shows it.
@@ -338,14 +345,13 @@ mod tests {
         let mut h = ready_guest();
         h.fail(GuestState::Panicked, "panic", 20, vec![]);
         h.requested(21);
+        assert_eq!(h.next_step(RestartPolicy::Never, 21), Decision::Restart);
+        h.restarting(REQUESTED, 21);
         assert_eq!(
             (h.restarts, h.failures, h.state),
             (1, 0, GuestState::Booting)
         );
-        assert_eq!(
-            h.last_reason.as_deref(),
-            Some("requested (labspan restart)")
-        );
+        assert_eq!(h.last_reason.as_deref(), Some(REQUESTED));
     }
 
     #[test]

@@ -366,21 +366,12 @@ impl Agent {
         if !policies(&plan).contains_key(&key) {
             return Err(no_such());
         }
+        // Recorded as due now, the guest reads as failed to the diff, which
+        // restarts it (and only it), keeping its folder and disk.
         let dir = paths::vm_dir(&self.state, lab, node);
-        if let Some(vm) = vm::adopt(&dir).map_err(|source| AgentError::vm(lab, source))? {
-            vm.halt()
-                .await
-                .map_err(|source| AgentError::vm(lab, source))?;
-        }
         let mut health = supervise::load(&dir);
         health.requested(supervise::now());
         supervise::save(&dir, &health);
-        events(Event::Restarting {
-            lab: lab.to_string(),
-            vm: node.to_string(),
-            why: "requested (labspan restart)".into(),
-        });
-        // The QEMU is gone now, so the diff restarts it; it alone may be.
         let only = |k: &Key| *k == key;
         let mut report = self.apply_with(&plan, &only, events).await?;
         report.vms.retain(|v| v.lab == lab && v.vm == node);
@@ -443,7 +434,7 @@ impl Agent {
                 }
                 Some(v) => {
                     let failed = guest_failure(&v).await;
-                    let record = v.record().clone();
+                    let record = Box::new(v.record().clone());
                     found.insert(key.clone(), Found::Running { record, failed });
                     running.insert(key.clone(), v);
                 }

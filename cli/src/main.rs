@@ -51,6 +51,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Run a command in a node's guest.
     Exec(cmd::exec::Args),
+    /// Restart one node's guest, keeping its disk.
+    Restart(cmd::restart::Args),
     /// Attach to a node's serial console.
     Console(cmd::console::Args),
     /// Capture a node NIC's packets as pcap (for wireshark, tcpdump -r).
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Down(a) => cmd::down::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Exec(a) => cmd::exec::run(a),
+        Command::Restart(a) => cmd::restart::run(a),
         Command::Console(a) => cmd::console::run(a),
         Command::Capture(a) => cmd::capture::run(a),
         Command::Cluster(c) => cmd::cluster::run(c),

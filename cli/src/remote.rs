@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use labspan_agent::verify::GuestExec;
 use labspan_agent::vm::ExecOutput;
 use labspan_proto::codec;
+use labspan_proto::health::GuestHealth;
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{ErrorKind, ErrorReply, ExecResult, LabReport, Reply, Request};
 use labspan_transport::client::{Client, ClusterFile};
@@ -258,16 +259,74 @@ pub async fn exec(
     Ok(ExitCode::from(u8::try_from(out.exit_code).unwrap_or(255)))
 }
 
+/// Restarts one node's guest, keeping its disk.
+pub async fn restart(path: &Path, lab: &str, node: &str) -> anyhow::Result<ExitCode> {
+    let client = connect(path).await?;
+    let req = Request::RestartNode {
+        lab: lab.into(),
+        node: node.into(),
+    };
+    match call(&client, &req).await? {
+        Reply::Done => {}
+        other => bail!("unexpected reply to RestartNode: {other:?}"),
+    }
+    client.close().await;
+    println!("{lab}/{node}: restarted, disk kept (see `labspan inspect {lab}`)");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One node as `inspect` shows it on a cluster.
 #[derive(serde::Serialize)]
 struct NodeRow {
     lab: String,
     node: String,
     host: String,
-    /// The lab's status (`Running`, `Failed: ...`).
+    /// The guest's state as its agent last said (`ready`, `panicked`, ...),
+    /// else the lab's status (`Running`, `Failed`).
     state: String,
+    /// The lab's whole status (`Failed: why`).
+    lab_status: String,
     addresses: Vec<String>,
     console: String,
+    /// Liveness, restarts, recent events and the console's last lines at
+    /// the last failure.
+    guest: Option<GuestHealth>,
+}
+
+impl NodeRow {
+    /// `N` restarts, or nothing.
+    fn restarts(&self) -> String {
+        self.guest
+            .as_ref()
+            .map_or(String::new(), |g| g.restarts.to_string())
+    }
+
+    /// The last failure or restart: its reason and how long ago, on one line.
+    fn last(&self, now: u64) -> String {
+        let Some(g) = &self.guest else {
+            return String::new();
+        };
+        match (&g.last_reason, g.last_at) {
+            (Some(why), Some(at)) => {
+                format!("{} ({} ago)", one_line(why), ago(now.saturating_sub(at)))
+            }
+            (Some(why), None) => one_line(why),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Text on one line, for tables that scripts may read.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        _ => format!("{}h", secs / 3600),
+    }
 }
 
 /// `labspan inspect` on a cluster.
@@ -309,18 +368,24 @@ pub async fn inspect(path: &Path, only: Option<&str>, json: bool) -> anyhow::Res
         let wl = width(|r| r.lab.len(), "LAB");
         let wn = width(|r| r.node.len(), "NODE");
         let wh = width(|r| r.host.len(), "HOST");
+        let ws = width(|r| r.state.len(), "STATE");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         println!(
-            "{:<wl$} {:<wn$} {:<wh$} {:<8}  ADDRESSES",
-            "LAB", "NODE", "HOST", "STATE"
+            "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  LAST",
+            "LAB", "NODE", "HOST", "STATE", "RESTARTS", "ADDRESSES"
         );
         for r in &rows {
             println!(
-                "{:<wl$} {:<wn$} {:<wh$} {:<8}  {}",
+                "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  {}",
                 r.lab,
                 r.node,
                 r.host,
                 r.state,
-                r.addresses.join(" ")
+                r.restarts(),
+                r.addresses.join(" "),
+                r.last(now),
             );
         }
     }
@@ -333,11 +398,26 @@ fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
         .lab
         .nodes
         .iter()
-        .map(|(node, spec)| NodeRow {
+        .map(|(node, spec)| {
+            let guest = report.guests.iter().find(|g| &g.node == node).cloned();
+            // The lab's status word alone: its reasons go to --json.
+            let lab_state = report
+                .status
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (node, spec, guest, lab_state)
+        })
+        .map(|(node, spec, guest, lab_state)| NodeRow {
             lab: report.lab.clone(),
             node: node.clone(),
             host: hosts.get(node).cloned().unwrap_or_default(),
-            state: report.status.clone(),
+            state: guest
+                .as_ref()
+                .map_or(lab_state, |g| g.state.as_str().to_string()),
+            lab_status: report.status.clone(),
+            guest,
             addresses: spec
                 .nics
                 .iter()

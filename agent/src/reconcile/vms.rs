@@ -20,7 +20,7 @@ pub enum Found {
     /// Its QEMU runs this; `failed` says why the guest in it has failed
     /// (panicked, shut down, hung), if it has.
     Running {
-        record: VmRecord,
+        record: Box<VmRecord>,
         failed: Option<String>,
     },
 }
@@ -183,7 +183,7 @@ mod tests {
 
     fn running(p: &VmPlan, hash: &str, failed: Option<&str>) -> Found {
         Found::Running {
-            record: record(p, hash),
+            record: Box::new(record(p, hash)),
             failed: failed.map(String::from),
         }
     }

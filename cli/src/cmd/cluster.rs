@@ -296,6 +296,8 @@ fn print_status(s: &ClusterStatus) {
     if !s.labs.is_empty() {
         println!("\n{:<16} STATUS", "LAB");
         for (lab, st) in &s.labs {
+            // One line per lab: the reasons of a failure can span lines.
+            let st = st.split_whitespace().collect::<Vec<_>>().join(" ");
             println!("{lab:<16} {st}");
         }
     }

@@ -12,5 +12,6 @@ pub mod image;
 mod image_push;
 pub mod inspect;
 pub mod place;
+pub mod restart;
 pub mod up;
 pub mod validate;
