@@ -60,7 +60,7 @@ fn unknown_key_without_close_match_lists_the_keys() {
     let text = lab("nodes: {a: {colour: red}}\n");
     assert_eq!(
         error(&text),
-        "lab.yaml:3:13: nodes.a: unknown key \"colour\"\n  help: expected one of: image, memory, cpus, nics, exec, files"
+        "lab.yaml:3:13: nodes.a: unknown key \"colour\"\n  help: expected one of: image, memory, cpus, nics, exec, files, restart"
     );
 }
 
