@@ -55,12 +55,23 @@ async fn start_at(
     dir: &Path,
     addr: SocketAddr,
 ) -> Result<(Coordinator, SocketAddr), Box<dyn std::error::Error>> {
+    start_with(ca, id, dir, addr, Config::default()).await
+}
+
+/// [`start_at`] with a Raft configuration of the test's own.
+async fn start_with(
+    ca: &ClusterCa,
+    id: NodeId,
+    dir: &Path,
+    addr: SocketAddr,
+    config: Config,
+) -> Result<(Coordinator, SocketAddr), Box<dyn std::error::Error>> {
     let cred = ca.issue(&format!("c{id}"), Role::Coordinator)?;
     let endpoint = transport::server_endpoint(addr, ca.cert(), &cred)?;
     let addr = endpoint.local_addr()?;
     let (log, sm) = raft::open(&dir.join("raft.redb"))?;
     let state = sm.shared();
-    let config = Arc::new(Config::default().validate()?);
+    let config = Arc::new(config.validate()?);
     let network = QuicNetwork::new(endpoint.clone());
     let raft = Raft::new(id, config, network, log, sm).await?;
     transport::serve(endpoint.clone(), Arc::new(RaftService::new(raft.clone())));
@@ -82,9 +93,20 @@ async fn restart_at(
     dir: &Path,
     addr: SocketAddr,
 ) -> Result<(Coordinator, SocketAddr), Box<dyn std::error::Error>> {
+    restart_with(ca, id, dir, addr, Config::default).await
+}
+
+/// [`restart_at`] with the Raft configuration `config` makes.
+async fn restart_with(
+    ca: &ClusterCa,
+    id: NodeId,
+    dir: &Path,
+    addr: SocketAddr,
+    config: fn() -> Config,
+) -> Result<(Coordinator, SocketAddr), Box<dyn std::error::Error>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match start_at(ca, id, dir, addr).await {
+        match start_with(ca, id, dir, addr, config()).await {
             Err(e) if tokio::time::Instant::now() < deadline && addr_in_use(e.as_ref()) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -106,10 +128,19 @@ async fn start_cluster(
     ca: &ClusterCa,
     dirs: &[TempDir],
 ) -> Result<(Vec<Coordinator>, BTreeMap<NodeId, Member>), Box<dyn std::error::Error>> {
+    start_cluster_with(ca, dirs, Config::default).await
+}
+
+/// [`start_cluster`] with the Raft configuration `config` makes.
+async fn start_cluster_with(
+    ca: &ClusterCa,
+    dirs: &[TempDir],
+    config: fn() -> Config,
+) -> Result<(Vec<Coordinator>, BTreeMap<NodeId, Member>), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     let mut members = BTreeMap::new();
     for (id, dir) in (1..).zip(dirs) {
-        let (node, addr) = start_at(ca, id, dir.path(), any_port()).await?;
+        let (node, addr) = start_with(ca, id, dir.path(), any_port(), config()).await?;
         let member = Member {
             name: format!("c{id}"),
             addr: addr.to_string(),
@@ -228,5 +259,193 @@ async fn only_coordinators_may_send_raft_rpcs() -> TestResult {
     let term = node.raft.metrics().borrow().current_term;
     assert!(term < 99, "term {term}");
     stop_all(vec![node], false).await?;
+    Ok(())
+}
+
+/// A lab whose stored spec is `spec_len` bytes.
+fn create_lab(i: usize, spec_len: usize) -> Command {
+    Command::CreateLab {
+        name: format!("lab-{i:03}"),
+        spec: vec![u8::try_from(i % 251).unwrap_or(0); spec_len],
+        segments: BTreeSet::from(["lan0".to_string()]),
+    }
+}
+
+/// Proposes `cmd` on whichever node leads, following leadership changes (a
+/// loaded machine may miss a heartbeat); returns the entry's index.
+async fn write_on_leader(
+    nodes: &[Raft<TypeConfig>],
+    cmd: Command,
+) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let mut target = 0;
+    for _ in 0..20 {
+        match nodes[target].client_write(cmd.clone()).await {
+            Ok(written) => return Ok(written.log_id.index),
+            Err(e) => match e.forward_to_leader() {
+                Some(fwd) => {
+                    target = fwd
+                        .leader_id
+                        .and_then(|id| usize::try_from(id).ok())
+                        .filter(|id| (1..=nodes.len()).contains(id))
+                        .map_or(target, |id| id - 1);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => return Err(e.to_string().into()),
+            },
+        }
+    }
+    Err("no stable leader".into())
+}
+
+/// Writes labs `range` through the cluster's leader, a few at a time;
+/// returns the last log index written.
+async fn write_labs(
+    nodes: &[Coordinator],
+    range: std::ops::Range<usize>,
+    spec_len: usize,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let rafts: Arc<Vec<Raft<TypeConfig>>> =
+        Arc::new(nodes.iter().map(|n| n.raft.clone()).collect());
+    let mut last = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in range {
+        let rafts = rafts.clone();
+        tasks.spawn(async move { write_on_leader(&rafts, create_lab(i, spec_len)).await });
+        if tasks.len() >= 16 {
+            if let Some(done) = tasks.join_next().await {
+                last = last.max(done?.map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        last = last.max(done?.map_err(|e| e.to_string())?);
+    }
+    Ok(last)
+}
+
+async fn applied_everywhere(nodes: &[Coordinator], index: u64) -> TestResult {
+    for node in nodes {
+        node.raft
+            .wait(WAIT)
+            .applied_index_at_least(Some(index), "entry applied everywhere")
+            .await?;
+    }
+    Ok(())
+}
+
+fn leader_index(
+    nodes: &[Coordinator],
+    leader: NodeId,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let i = usize::try_from(leader)? - 1;
+    if i >= nodes.len() {
+        return Err(format!("leader {leader} is not one of the nodes").into());
+    }
+    Ok(i)
+}
+
+/// Timings for a machine busy with other work: these tests are about
+/// state, and an election in the middle only makes them slower.
+fn patient() -> Config {
+    Config {
+        // openraft gives an AppendEntries one heartbeat interval: large
+        // entries, with the follower's fsync, on a loaded machine, need more.
+        heartbeat_interval: 1000,
+        election_timeout_min: 5000,
+        election_timeout_max: 10_000,
+        install_snapshot_timeout: 10_000,
+        ..Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_labs_survive_a_restart_of_every_coordinator() -> TestResult {
+    let ca = ClusterCa::generate("test")?;
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (nodes, members) = start_cluster_with(&ca, &dirs, patient).await?;
+    let leader = leader_index(&nodes, leader_of(&nodes[0]).await?)?;
+    // Half of them in a snapshot, the other half only in the log.
+    let half = write_labs(&nodes, 0..250, 2048).await?;
+    applied_everywhere(&nodes, half).await?;
+    for node in &nodes {
+        node.raft.trigger().snapshot().await?;
+        node.raft
+            .wait(WAIT)
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= half),
+                "a snapshot",
+            )
+            .await?;
+    }
+    let last = write_labs(&nodes, 250..500, 2048).await?;
+    applied_everywhere(&nodes, last).await?;
+    let before = nodes[leader].state.read().state.clone();
+    assert_eq!(before.labs.len(), 500);
+    stop_all(nodes, true).await?;
+
+    let mut again = Vec::new();
+    for ((id, member), dir) in members.iter().zip(&dirs) {
+        let addr: SocketAddr = member.addr.parse()?;
+        let (node, _) = restart_with(&ca, *id, dir.path(), addr, patient).await?;
+        again.push(node);
+    }
+    leader_of(&again[0]).await?;
+    applied_everywhere(&again, last).await?;
+    for node in &again {
+        assert_eq!(node.state.read().state, before);
+    }
+    stop_all(again, false).await?;
+    Ok(())
+}
+
+/// A restarted coordinator applies at once what it knew was committed (its
+/// saved commit index), and never an entry it had only appended: that one
+/// waits for a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_coordinator_applies_only_what_it_knew_committed() -> TestResult {
+    let ca = ClusterCa::generate("test")?;
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (mut nodes, members) = start_cluster(&ca, &dirs).await?;
+    let leader_id = leader_of(&nodes[0]).await?;
+    let leader = leader_index(&nodes, leader_id)?;
+    let committed = nodes[leader].raft.client_write(create_sip()).await?;
+    applied_everywhere(&nodes, committed.log_id.index).await?;
+
+    // Without its followers the leader appends an entry it cannot commit.
+    let kept = nodes.remove(leader);
+    stop_all(nodes, false).await?;
+    let raft = kept.raft.clone();
+    let stranded = tokio::spawn(async move { raft.client_write(create_lab(1, 16)).await });
+    kept.raft
+        .wait(WAIT)
+        .log_index_at_least(Some(committed.log_id.index + 1), "an uncommitted append")
+        .await?;
+    stranded.abort();
+    let addr: SocketAddr = members[&leader_id].addr.parse()?;
+    stop_all(vec![kept], true).await?;
+
+    // Alone again, it has both entries in its log but applies only the first.
+    let (alone, _) = restart_at(&ca, leader_id, dirs[leader].path(), addr).await?;
+    alone
+        .raft
+        .wait(WAIT)
+        .applied_index_at_least(
+            Some(committed.log_id.index),
+            "the committed entry is applied",
+        )
+        .await?;
+    let m = alone.raft.metrics().borrow().clone();
+    assert_eq!(m.last_log_index, Some(committed.log_id.index + 1), "{m:?}");
+    assert_eq!(
+        m.last_applied.map(|l| l.index),
+        Some(committed.log_id.index)
+    );
+    let state = alone.state.read().state.clone();
+    assert!(state.labs.contains_key("sip"));
+    assert!(
+        !state.labs.contains_key("lab-001"),
+        "an uncommitted entry was applied"
+    );
+    stop_all(vec![alone], false).await?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use labspan_coordinator::raft::{
     self, Capacity, Command, LogStore, NodeId, StateMachineStore, TypeConfig,
 };
+use labspan_proto::codec::MAX_MESSAGE_SIZE;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageError, Vote};
@@ -86,5 +87,52 @@ async fn second_open_of_a_store_in_use_is_refused() -> Result<(), Box<dyn std::e
     let _first = raft::open(&path)?;
     let second = raft::open(&path);
     assert!(matches!(second, Err(raft::OpenError::Database { .. })));
+    Ok(())
+}
+
+/// A state over the codec's 16 MiB message limit: built into a snapshot,
+/// installed on a new store from the chunks openraft sends (3 MiB each), and
+/// restored from disk after a restart.
+#[tokio::test]
+async fn a_snapshot_over_the_message_limit_is_built_installed_and_restored(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let source = TempDir::new()?;
+    let (_log, mut sm) = raft::open(&source.path().join("raft.redb"))?;
+    let labs = (1..=40u64).map(|i| {
+        let spec = vec![u8::try_from(i)?; 512 * 1024];
+        let cmd = Command::CreateLab {
+            name: format!("lab-{i}"),
+            spec,
+            segments: BTreeSet::from(["lan0".to_string()]),
+        };
+        Ok::<_, std::num::TryFromIntError>(entry(i, cmd))
+    });
+    let labs: Vec<_> = labs.collect::<Result<_, _>>()?;
+    sm.apply(labs).await?;
+    let want = sm.shared().read().state.clone();
+    let snapshot = sm.build_snapshot().await?;
+    let bytes = snapshot.snapshot.into_inner();
+    assert!(bytes.len() > MAX_MESSAGE_SIZE, "{} bytes", bytes.len());
+
+    let target = TempDir::new()?;
+    let path = target.path().join("raft.redb");
+    {
+        let (_log, mut joined) = raft::open(&path)?;
+        let mut received = joined.begin_receiving_snapshot().await?;
+        for chunk in bytes.chunks(3 * 1024 * 1024) {
+            received.get_mut().extend_from_slice(chunk);
+        }
+        joined.install_snapshot(&snapshot.meta, received).await?;
+        assert_eq!(joined.shared().read().state, want);
+    }
+    let (_log, mut restarted) = raft::open(&path)?;
+    assert_eq!(restarted.shared().read().state, want);
+    let (last, _) = restarted.applied_state().await?;
+    assert_eq!(last, Some(log_id(1, 0, 40)));
+    let current = restarted
+        .get_current_snapshot()
+        .await?
+        .ok_or("no snapshot")?;
+    assert_eq!(current.snapshot.into_inner(), bytes);
     Ok(())
 }

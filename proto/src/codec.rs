@@ -144,6 +144,30 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_payload(rest)
 }
 
+/// Decodes the first envelope of `bytes`; returns it and the bytes after it.
+///
+/// A message stream longer than [`MAX_MESSAGE_SIZE`] (a Raft snapshot) is a
+/// sequence of envelopes, each within the limit, read back with this one
+/// message at a time.
+pub fn decode_first<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
+        return Err(CodecError::Truncated {
+            needed: HEADER_LEN,
+            got: bytes.len(),
+        });
+    };
+    let size = parse_header(head)?;
+    let rest = &bytes[HEADER_LEN..];
+    if rest.len() < size {
+        return Err(CodecError::Truncated {
+            needed: HEADER_LEN + size,
+            got: bytes.len(),
+        });
+    }
+    let (payload, after) = rest.split_at(size);
+    Ok((decode_payload(payload)?, after))
+}
+
 /// Decodes a payload whose header was already checked with [`parse_header`].
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
     if payload.len() > MAX_MESSAGE_SIZE {
@@ -183,6 +207,24 @@ mod tests {
             key: "lab/sip".into(),
             value: vec![1, 2, 3],
         }
+    }
+
+    #[test]
+    fn decode_first_reads_a_stream_one_message_at_a_time() -> Result<(), CodecError> {
+        let mut stream = encode(&Msg::Ping(1))?;
+        stream.extend(encode(&put())?);
+        let (first, rest) = decode_first::<Msg>(&stream)?;
+        assert_eq!(first, Msg::Ping(1));
+        let (second, rest) = decode_first::<Msg>(rest)?;
+        assert_eq!(second, put());
+        assert!(rest.is_empty());
+        let cut = &stream[..stream.len() - 1];
+        let (_, rest) = decode_first::<Msg>(cut)?;
+        assert!(matches!(
+            decode_first::<Msg>(rest),
+            Err(CodecError::Truncated { .. })
+        ));
+        Ok(())
     }
 
     #[test]

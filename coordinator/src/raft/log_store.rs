@@ -1,8 +1,19 @@
 //! The Raft log and vote, in redb.
 //!
-//! Every write is one redb transaction committed with redb's default
-//! durability (`Immediate`: fsync before `commit` returns), so an entry or a
-//! vote is on disk before openraft is told it is: nothing acknowledged is lost.
+//! Every write of entries or of the vote is one redb transaction committed
+//! with redb's default durability (`Immediate`: fsync before `commit`
+//! returns), so an entry or a vote is on disk before openraft is told it is:
+//! nothing acknowledged is lost.
+//!
+//! The committed index is the exception: it is written without an fsync
+//! (`Durability::None`) and reaches the disk with the next durable write (an
+//! append or a vote), as etcd's commit index rides along with its entries.
+//! What a restarted coordinator may apply follows: every index it finds
+//! saved was committed when it was saved, so it applies up to there at once;
+//! entries after it wait until a leader tells it the commit index. A crash
+//! can only make the saved index older, never newer, so it never applies an
+//! entry that was not committed (`tests/raft_cluster.rs`,
+//! `restarted_coordinator_applies_only_what_it_knew_committed`).
 //! Writes run on tokio's blocking pool ([`blocking`]): an fsync never holds
 //! one of the async worker threads that serve the API, Raft RPCs and agents.
 //! Entries and metadata are encoded with the codec, so a store written by an
@@ -18,7 +29,7 @@ use openraft::{
     AnyError, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -70,16 +81,19 @@ pub(super) fn read_meta<T: DeserializeOwned>(
     Ok(Some(value))
 }
 
-/// Writes one codec-encoded value into META and commits durably.
-pub(super) fn write_meta<T: Serialize>(
+/// Writes one codec-encoded value into META with `durability`.
+fn write_meta<T: Serialize>(
     db: &Database,
     key: &str,
     value: &T,
     subject: ErrorSubject<NodeId>,
+    durability: Durability,
 ) -> StorageResult<()> {
     let err = |e: redb::Error| io(subject.clone(), ErrorVerb::Write, e);
     let bytes = codec::encode(value).map_err(|e| io(subject.clone(), ErrorVerb::Write, e))?;
-    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+    txn.set_durability(durability)
+        .map_err(|e| io(subject.clone(), ErrorVerb::Write, e))?;
     {
         let mut table = txn.open_table(META).map_err(|e| err(e.into()))?;
         table
@@ -188,16 +202,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let (db, vote) = (self.db.clone(), *vote);
-        blocking(move || write_meta(&db, KEY_VOTE, &vote, ErrorSubject::Vote)).await
+        blocking(move || {
+            write_meta(
+                &db,
+                KEY_VOTE,
+                &vote,
+                ErrorSubject::Vote,
+                Durability::Immediate,
+            )
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
         read_meta(&self.db, KEY_VOTE, ErrorSubject::Vote)
     }
 
+    /// No fsync (see the module doc): made durable by the next append or
+    /// vote. Still on the blocking pool: it waits for redb's write lock,
+    /// which an append holds through its fsync.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
         let db = self.db.clone();
-        blocking(move || write_meta(&db, KEY_COMMITTED, &committed, ErrorSubject::Store)).await
+        blocking(move || {
+            write_meta(
+                &db,
+                KEY_COMMITTED,
+                &committed,
+                ErrorSubject::Store,
+                Durability::None,
+            )
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {

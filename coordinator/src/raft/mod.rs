@@ -13,6 +13,7 @@
 
 mod log_store;
 mod network;
+mod snapshot;
 mod state;
 mod state_machine;
 
@@ -23,6 +24,7 @@ use std::sync::Arc;
 
 pub use log_store::LogStore;
 pub use network::{PeerLink, QuicNetwork, RaftReply, RaftRequest, RaftService};
+pub use snapshot::SnapshotError;
 pub use state::{
     Applied, Capacity, ClusterState, Command, CommandResult, Host, JoinToken, LabRecord, LabStatus,
     Rejection, FIRST_VNI, LAST_VNI,

@@ -1,8 +1,10 @@
-//! The state machine: [`ClusterState`] in memory, snapshotted with the codec.
+//! The state machine: [`ClusterState`] in memory, snapshotted in the format
+//! of [`super::snapshot`] (a stream of codec envelopes, any size).
 //!
-//! The current snapshot is also saved in the redb store (durably), so a
-//! restarted coordinator rebuilds its state from it plus the log entries
-//! after it, even once the log before the snapshot is purged.
+//! The current snapshot is also saved in the redb store (durably, in its own
+//! table: its metadata and its bytes), so a restarted coordinator rebuilds
+//! its state from it plus the log entries after it, even once the log before
+//! the snapshot is purged.
 
 use std::io::Cursor;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
@@ -13,13 +15,21 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use redb::Database;
+use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::log_store::{read_meta, write_meta};
-use super::{Applied, ClusterState, CommandResult, Member, NodeId, TypeConfig};
+use super::log_store::read_meta;
+use super::{snapshot, Applied, ClusterState, CommandResult, Member, NodeId, TypeConfig};
 
-const KEY_SNAPSHOT: &str = "snapshot";
+/// The saved snapshot: [`KEY_META`] → its codec-encoded metadata,
+/// [`KEY_DATA`] → its bytes (not one codec message: they may exceed the
+/// message limit).
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+const KEY_META: &str = "meta";
+const KEY_DATA: &str = "data";
+/// Where releases before the streamed format kept the snapshot (in the log
+/// store's metadata table, as one codec message); read once, then replaced.
+const KEY_LEGACY_SNAPSHOT: &str = "snapshot";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -48,9 +58,16 @@ impl SharedState {
     }
 }
 
-/// A snapshot as saved in redb: its metadata and the encoded state.
-#[derive(Serialize, Deserialize)]
+/// A snapshot: its metadata and the encoded state.
 struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, Member>,
+    data: Vec<u8>,
+}
+
+/// The snapshot of releases before the streamed format: `data` is the whole
+/// state as one codec message.
+#[derive(Serialize, Deserialize)]
+struct LegacySnapshot {
     meta: SnapshotMeta<NodeId, Member>,
     data: Vec<u8>,
 }
@@ -81,10 +98,23 @@ impl StateMachineStore {
             db,
             snapshot_seq: 0,
         };
-        let saved: Option<StoredSnapshot> =
-            read_meta(&store.db, KEY_SNAPSHOT, ErrorSubject::Snapshot(None))?;
-        if let Some(snap) = saved {
+        if let Some(snap) = load(&store.db)? {
             store.restore(&snap)?;
+        } else if let Some(old) = read_meta::<LegacySnapshot>(
+            &store.db,
+            KEY_LEGACY_SNAPSHOT,
+            ErrorSubject::Snapshot(None),
+        )? {
+            let state: ClusterState = codec::decode(&old.data)
+                .map_err(|e| snapshot_err(Some(&old.meta), ErrorVerb::Read, e))?;
+            let data =
+                snapshot::write(&state).map_err(|e| snapshot_err(None, ErrorVerb::Write, e))?;
+            let snap = StoredSnapshot {
+                meta: old.meta,
+                data,
+            };
+            store.restore(&snap)?;
+            save(&store.db, &snap)?;
         }
         Ok(store)
     }
@@ -95,7 +125,7 @@ impl StateMachineStore {
     }
 
     fn restore(&self, snap: &StoredSnapshot) -> StorageResult<()> {
-        let state: ClusterState = codec::decode(&snap.data)
+        let state = snapshot::read(&snap.data)
             .map_err(|e| snapshot_err(Some(&snap.meta), ErrorVerb::Read, e))?;
         self.data.update(|d| {
             d.last_applied = snap.meta.last_log_id;
@@ -110,7 +140,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let (last_applied, membership, encoded) = {
             let d = self.data.read();
-            let encoded = codec::encode(&d.state);
+            let encoded = snapshot::write(&d.state);
             (d.last_applied, d.last_membership.clone(), encoded)
         };
         let data = encoded.map_err(|e| snapshot_err(None, ErrorVerb::Write, e))?;
@@ -127,12 +157,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         };
-        write_meta(
-            &self.db,
-            KEY_SNAPSHOT,
-            &stored,
-            ErrorSubject::Snapshot(Some(meta.signature())),
-        )?;
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || save(&db, &stored).map(|()| stored))
+            .await
+            .map_err(|e| snapshot_err(Some(&meta), ErrorVerb::Write, e))??;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -194,20 +222,57 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         // Decode first: a bad snapshot must not replace the saved one.
         self.restore(&stored)?;
-        write_meta(
-            &self.db,
-            KEY_SNAPSHOT,
-            &stored,
-            ErrorSubject::Snapshot(Some(meta.signature())),
-        )
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || save(&db, &stored))
+            .await
+            .map_err(|e| snapshot_err(Some(meta), ErrorVerb::Write, e))?
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let saved: Option<StoredSnapshot> =
-            read_meta(&self.db, KEY_SNAPSHOT, ErrorSubject::Snapshot(None))?;
-        Ok(saved.map(|s| Snapshot {
+        Ok(load(&self.db)?.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
     }
+}
+
+/// Saves `snap` as the current snapshot, in one durable transaction.
+fn save(db: &Database, snap: &StoredSnapshot) -> StorageResult<()> {
+    let subject = || ErrorSubject::Snapshot(Some(snap.meta.signature()));
+    let err = |e: redb::Error| snapshot_err(Some(&snap.meta), ErrorVerb::Write, e);
+    let meta = codec::encode(&snap.meta)
+        .map_err(|e| StorageIOError::new(subject(), ErrorVerb::Write, AnyError::new(&e)))?;
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    {
+        let mut table = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
+        table
+            .insert(KEY_META, meta.as_slice())
+            .map_err(|e| err(e.into()))?;
+        table
+            .insert(KEY_DATA, snap.data.as_slice())
+            .map_err(|e| err(e.into()))?;
+    }
+    txn.commit().map_err(|e| err(e.into()))
+}
+
+/// The saved snapshot, if any.
+fn load(db: &Database) -> StorageResult<Option<StoredSnapshot>> {
+    let err = |e: redb::Error| snapshot_err(None, ErrorVerb::Read, e);
+    let txn = db.begin_read().map_err(|e| err(e.into()))?;
+    let table = match txn.open_table(SNAPSHOT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(err(e.into())),
+    };
+    let (Some(meta), Some(data)) = (
+        table.get(KEY_META).map_err(|e| err(e.into()))?,
+        table.get(KEY_DATA).map_err(|e| err(e.into()))?,
+    ) else {
+        return Ok(None);
+    };
+    let meta = codec::decode(meta.value()).map_err(|e| snapshot_err(None, ErrorVerb::Read, e))?;
+    Ok(Some(StoredSnapshot {
+        meta,
+        data: data.value().to_vec(),
+    }))
 }
