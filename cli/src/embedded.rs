@@ -220,7 +220,7 @@ fn free_loopback_port() -> anyhow::Result<SocketAddr> {
 }
 
 /// This machine's name (lower case, as `cluster join` names members).
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_ascii_lowercase())
         .ok()

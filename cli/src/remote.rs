@@ -15,7 +15,9 @@ use labspan_agent::vm::ExecOutput;
 use labspan_proto::codec;
 use labspan_proto::health::GuestHealth;
 use labspan_proto::lab::LabBundle;
-use labspan_proto::msg::{ErrorKind, ErrorReply, ExecResult, LabReport, Reply, Request};
+use labspan_proto::msg::{
+    ErrorKind, ErrorReply, ExecResult, LabReport, LabSource, LabStatus, NodeState, Reply, Request,
+};
 use labspan_transport::client::{Client, ClusterFile};
 
 use crate::InvalidInput;
@@ -62,7 +64,7 @@ pub async fn open_stream(
 
 fn refusal(e: ErrorReply) -> anyhow::Error {
     match e.kind {
-        ErrorKind::Invalid | ErrorKind::NotFound => {
+        ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Conflict => {
             InvalidInput(format!("error: {}", e.message)).into()
         }
         ErrorKind::Forbidden => anyhow::anyhow!("refused: {}", e.message),
@@ -70,15 +72,41 @@ fn refusal(e: ErrorReply) -> anyhow::Error {
     }
 }
 
+/// Where a deploy comes from, and whether it may replace a lab of the
+/// same name that another member or file deployed.
+pub struct Deploy {
+    source: LabSource,
+    replace: bool,
+}
+
+impl Deploy {
+    /// A deploy of the lab file at `file` from this machine.
+    pub fn new(file: &Path, replace: bool) -> anyhow::Result<Deploy> {
+        let file =
+            std::path::absolute(file).with_context(|| format!("lab file {}", file.display()))?;
+        let source = LabSource {
+            file: file.display().to_string(),
+            host: crate::embedded::host_name(),
+        };
+        Ok(Deploy { source, replace })
+    }
+}
+
 /// `labspan up` on a cluster: deploy, print the placement and VMs, run `verify`.
-pub async fn up(path: &Path, bundle: &LabBundle, verify: bool) -> anyhow::Result<ExitCode> {
-    up_with(path, bundle, verify, &|| {}).await
+pub async fn up(
+    path: &Path,
+    bundle: &LabBundle,
+    how: &Deploy,
+    verify: bool,
+) -> anyhow::Result<ExitCode> {
+    up_with(path, bundle, how, verify, &|| {}).await
 }
 
 /// [`up`], calling `deployed` when the deploy has returned, before printing.
 pub async fn up_with(
     path: &Path,
     bundle: &LabBundle,
+    how: &Deploy,
     verify: bool,
     deployed: &dyn Fn(),
 ) -> anyhow::Result<ExitCode> {
@@ -86,11 +114,11 @@ pub async fn up_with(
     let client = connect(path).await?;
     let name = bundle.lab.name.clone();
     let bytes = codec::encode(bundle).context("encoding the lab bundle")?;
-    let deploy = deploy(path, client, &name, bytes).await;
+    let deploy = deploy(path, client, &name, bytes, how).await;
     deployed();
     let (client, report) = deploy?;
     print_report(&report);
-    let mut ok = report.status == "Running";
+    let mut ok = report.status == LabStatus::Running;
     if verify && ok && !bundle.lab.verify.is_empty() {
         let guests = ClusterGuests {
             client: &client,
@@ -106,55 +134,91 @@ pub async fn up_with(
 /// leader gone), reconnects to any coordinator of the cluster file and waits
 /// until the cluster settles the lab (a new leader finishes the deploy); the
 /// deploy is sent again only if the cluster does not hold this bundle.
+///
+/// A deploy is one log entry (spec, placement and `Deploying` together), so
+/// finding this bundle stored means the deploy is in the log: it is done
+/// once the lab's status is no longer `Deploying`.
 async fn deploy(
     path: &Path,
-    mut client: Client,
+    client: Client,
     name: &str,
     bytes: Vec<u8>,
+    how: &Deploy,
 ) -> anyhow::Result<(Client, LabReport)> {
     let deadline = Instant::now() + RESUME_WAIT;
+    let req = Request::DeployLab {
+        bundle: bytes.clone(),
+        source: how.source.clone(),
+        replace: how.replace,
+    };
+    let get = Request::GetLab { name: name.into() };
+    let mut client = Some(client);
     let mut send = true;
     loop {
-        if send {
-            let req = Request::DeployLab {
-                bundle: bytes.clone(),
-            };
-            match client.request(&req).await {
-                Ok(Reply::Deployed(r)) => return Ok((client, r)),
-                Ok(Reply::Error(e)) if !coordinator_lost(e.kind) => return Err(refusal(e)),
-                Ok(Reply::Error(e)) => eprintln!("the deploy lost its leader ({}); waiting for the cluster to finish it", e.message),
-                Ok(other) => bail!("unexpected reply to DeployLab: {other:?}"),
-                Err(e) => eprintln!("lost the coordinator during the deploy ({e}); waiting for the cluster to finish it"),
+        if let Some(c) = client.take() {
+            let asked = if send { &req } else { &get };
+            match (send, c.request(asked).await) {
+                (true, Ok(Reply::Deployed(r))) => return Ok((c, r)),
+                (false, Ok(Reply::Lab { bundle, report })) if bundle == bytes => {
+                    if report.status != LabStatus::Deploying {
+                        return Ok((c, report));
+                    }
+                    client = Some(c); // A leader is settling it.
+                }
+                // The deploy never reached the log (or an older version did): send it again.
+                (false, Ok(Reply::Lab { .. })) => {
+                    (client, send) = (Some(c), true);
+                    continue;
+                }
+                (false, Ok(Reply::Error(e))) if e.kind == ErrorKind::NotFound => {
+                    (client, send) = (Some(c), true);
+                    continue;
+                }
+                (_, Ok(Reply::Error(e))) if !coordinator_lost(e.kind) => return Err(refusal(e)),
+                (_, Ok(Reply::Error(e))) => {
+                    eprintln!(
+                        "the deploy lost its leader ({}); waiting for the cluster to finish it",
+                        e.message
+                    );
+                    (client, send) = (Some(c), false);
+                }
+                (_, Ok(other)) => bail!("unexpected reply: {other:?}"),
+                (_, Err(e)) => {
+                    if let Some(why) = e.tls_refusal() {
+                        bail!("the cluster refused this member's certificate: {why}");
+                    }
+                    eprintln!("lost the coordinator during the deploy ({e}); waiting for the cluster to finish it");
+                    // Dropped: the next round dials the cluster afresh.
+                    send = false;
+                }
             }
         }
         if Instant::now() >= deadline {
             bail!("lab {name:?}: the cluster did not finish the deploy within {} s; see `labspan inspect {name}`", RESUME_WAIT.as_secs());
         }
         tokio::time::sleep(RESUME_POLL).await;
-        if client.connection().close_reason().is_some() {
+        if client
+            .as_ref()
+            .is_none_or(|c| c.connection().close_reason().is_some())
+        {
             match connect(path).await {
-                Ok(c) => client = c,
+                Ok(c) => client = Some(c),
+                Err(e) if is_refusal(&e) => return Err(e),
                 Err(e) => {
                     eprintln!("no coordinator answered yet ({e:#}); retrying");
-                    send = false;
-                    continue;
+                    client = None;
                 }
             }
         }
-        let get = Request::GetLab { name: name.into() };
-        send = match client.request(&get).await {
-            Ok(Reply::Lab { bundle, report }) if bundle == bytes => {
-                if report.status != "Deploying" {
-                    return Ok((client, report));
-                }
-                false
-            }
-            // The deploy never reached the log (or an older version did): send it again.
-            Ok(Reply::Lab { .. }) => true,
-            Ok(Reply::Error(e)) if e.kind == ErrorKind::NotFound => true,
-            _ => false,
-        };
     }
+}
+
+/// Whether `e` is a refusal of this member's credential (retrying cannot help).
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<labspan_transport::client::ClientError>()
+            .is_some_and(|e| matches!(e, labspan_transport::client::ClientError::Refused { .. }))
+    })
 }
 
 /// True for a refusal that means the coordinator or its leader went away
@@ -170,10 +234,11 @@ fn print_report(report: &LabReport) {
     );
     for (node, host) in &report.placement {
         let vm = report.vms.iter().find(|v| &v.vm == node);
-        let state = match vm {
-            Some(v) if v.error.is_none() => "ready",
-            Some(_) => "FAILED",
-            None => "-",
+        let state = match (vm, report.nodes.get(node)) {
+            (Some(v), _) if v.error.is_some() => "FAILED".to_string(),
+            (_, Some(NodeState::Running)) | (Some(_), None) => "ready".to_string(),
+            (_, Some(other)) => other.to_string(),
+            (None, None) => "-".to_string(),
         };
         let pid = vm.map_or("-".to_string(), |v| v.pid.to_string());
         println!(
@@ -184,7 +249,7 @@ fn print_report(report: &LabReport) {
             println!("  {e}");
         }
     }
-    if report.status != "Running" {
+    if report.status != LabStatus::Running {
         println!("{}", report.status);
     }
 }
@@ -281,11 +346,9 @@ struct NodeRow {
     lab: String,
     node: String,
     host: String,
-    /// The guest's state as its agent last said (`ready`, `panicked`, ...),
-    /// else the lab's status (`Running`, `Failed`).
+    /// The node's own state (`running`, `lost`, `moving`, ...), or, for a
+    /// running node whose agent said more, the guest's (`ready`, `panicked`).
     state: String,
-    /// The lab's whole status (`Failed: why`).
-    lab_status: String,
     addresses: Vec<String>,
     console: String,
     /// Liveness, restarts, recent events and the console's last lines at
@@ -329,6 +392,17 @@ fn ago(secs: u64) -> String {
     }
 }
 
+/// One lab as `inspect --json` shows it.
+#[derive(serde::Serialize)]
+struct LabView {
+    lab: String,
+    /// `Running`, `Degraded: why`, ...: the lab's reason, once.
+    status: String,
+    /// Who deployed it, from which file and host, and when.
+    origin: Option<labspan_proto::msg::LabOrigin>,
+    nodes: Vec<NodeRow>,
+}
+
 /// `labspan inspect` on a cluster.
 pub async fn inspect(path: &Path, only: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let client = connect(path).await?;
@@ -347,49 +421,75 @@ pub async fn inspect(path: &Path, only: Option<&str>, json: bool) -> anyhow::Res
         ))
         .into());
     }
-    let mut rows = Vec::new();
+    let mut views = Vec::new();
     for name in labs {
         let (bundle, report) = match call(&client, &Request::GetLab { name: name.clone() }).await? {
             Reply::Lab { bundle, report } => (codec::decode::<LabBundle>(&bundle)?, report),
             other => bail!("unexpected reply to GetLab: {other:?}"),
         };
-        rows.extend(node_rows(&bundle, &report));
+        views.push(LabView {
+            lab: name,
+            status: report.status.to_string(),
+            origin: report.origin.clone(),
+            nodes: node_rows(&bundle, &report),
+        });
     }
     client.close().await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else if rows.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+    } else if views.is_empty() {
         println!("no lab is deployed");
     } else {
-        // Columns as wide as their longest value (lab names run long).
-        let width = |f: fn(&NodeRow) -> usize, title: &str| {
-            rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
-        };
-        let wl = width(|r| r.lab.len(), "LAB");
-        let wn = width(|r| r.node.len(), "NODE");
-        let wh = width(|r| r.host.len(), "HOST");
-        let ws = width(|r| r.state.len(), "STATE");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        println!(
-            "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  LAST",
-            "LAB", "NODE", "HOST", "STATE", "RESTARTS", "ADDRESSES"
-        );
-        for r in &rows {
-            println!(
-                "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  {}",
-                r.lab,
-                r.node,
-                r.host,
-                r.state,
-                r.restarts(),
-                r.addresses.join(" "),
-                r.last(now),
-            );
-        }
+        print_views(&views);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node table, then each lab's status (when not plainly running) and
+/// origin, once per lab.
+fn print_views(views: &[LabView]) {
+    let rows: Vec<&NodeRow> = views.iter().flat_map(|v| &v.nodes).collect();
+    // Columns as wide as their longest value (lab names run long).
+    let width = |f: fn(&NodeRow) -> usize, title: &str| {
+        rows.iter()
+            .map(|r| f(r))
+            .chain([title.len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let wl = width(|r| r.lab.len(), "LAB");
+    let wn = width(|r| r.node.len(), "NODE");
+    let wh = width(|r| r.host.len(), "HOST");
+    let ws = width(|r| r.state.len(), "STATE");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  LAST",
+        "LAB", "NODE", "HOST", "STATE", "RESTARTS", "ADDRESSES"
+    );
+    for r in &rows {
+        println!(
+            "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  {}",
+            r.lab,
+            r.node,
+            r.host,
+            r.state,
+            r.restarts(),
+            r.addresses.join(" "),
+            r.last(now),
+        );
+    }
+    println!();
+    for v in views {
+        if v.status != "Running" {
+            println!("lab \"{}\" is {}", v.lab, v.status);
+        }
+        match &v.origin {
+            Some(o) => println!("lab \"{}\" deployed by {o}", v.lab),
+            None => println!("lab \"{}\": origin not recorded", v.lab),
+        }
+    }
 }
 
 fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
@@ -400,30 +500,23 @@ fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
         .iter()
         .map(|(node, spec)| {
             let guest = report.guests.iter().find(|g| &g.node == node).cloned();
-            // The lab's status word alone: its reasons go to --json.
-            let lab_state = report
-                .status
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            (node, spec, guest, lab_state)
-        })
-        .map(|(node, spec, guest, lab_state)| NodeRow {
-            lab: report.lab.clone(),
-            node: node.clone(),
-            host: hosts.get(node).cloned().unwrap_or_default(),
-            state: guest
-                .as_ref()
-                .map_or(lab_state, |g| g.state.as_str().to_string()),
-            lab_status: report.status.clone(),
-            guest,
-            addresses: spec
-                .nics
-                .iter()
-                .flat_map(|(nic, n)| n.ip.iter().map(move |ip| format!("{nic}:{ip}")))
-                .collect(),
-            console: format!("labspan console {} {node}", report.lab),
+            NodeRow {
+                lab: report.lab.clone(),
+                node: node.clone(),
+                host: hosts.get(node).cloned().unwrap_or_default(),
+                state: match (report.nodes.get(node), &guest) {
+                    (Some(NodeState::Running) | None, Some(g)) => g.state.as_str().to_string(),
+                    (Some(own), _) => own.to_string(),
+                    (None, None) => NodeState::Starting.to_string(),
+                },
+                guest,
+                addresses: spec
+                    .nics
+                    .iter()
+                    .flat_map(|(nic, n)| n.ip.iter().map(move |ip| format!("{nic}:{ip}")))
+                    .collect(),
+                console: format!("labspan console {} {node}", report.lab),
+            }
         })
         .collect()
 }

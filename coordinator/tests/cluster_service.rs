@@ -12,8 +12,8 @@ use labspan_coordinator::service::{self, DataDir, Running};
 use labspan_proto::codec;
 use labspan_proto::lab::{self, LabBundle};
 use labspan_proto::msg::{
-    AgentReply, AgentRequest, ClusterStatus, ErrorKind, JoinGrant, JoinReply, JoinRequest, Reply,
-    Request, Role, VmReport,
+    AgentReply, AgentRequest, ClusterStatus, ErrorKind, JoinGrant, JoinReply, JoinRequest,
+    LabSource, LabStatus, Reply, Request, Role, VmReport,
 };
 use labspan_proto::plan::HostPlan;
 use labspan_transport::client::{self, Client, ClusterFile};
@@ -295,13 +295,15 @@ async fn cluster_joins_serves_the_api_and_restarts_from_disk() -> TestResult {
     let deployed = match via_follower
         .request(&Request::DeployLab {
             bundle: ping_bundle()?,
+            source: LabSource::default(),
+            replace: false,
         })
         .await?
     {
         Reply::Deployed(r) => r,
         other => return Err(format!("deploy failed: {other:?}").into()),
     };
-    assert_eq!(deployed.status, "Running", "{deployed:?}");
+    assert_eq!(deployed.status, LabStatus::Running, "{deployed:?}");
     assert_eq!(
         deployed.placement.values().collect::<Vec<_>>(),
         ["h1", "h1"]
@@ -340,6 +342,8 @@ async fn cluster_joins_serves_the_api_and_restarts_from_disk() -> TestResult {
     let bad = admin
         .request(&Request::DeployLab {
             bundle: b"not a lab".to_vec(),
+            source: LabSource::default(),
+            replace: false,
         })
         .await?;
     assert!(
@@ -538,7 +542,13 @@ async fn a_deploy_survives_the_death_of_its_leader() -> TestResult {
     let deploy_client = Client::connect(&admin_file).await?;
     let bundle = ping_bundle()?;
     let deploy = tokio::spawn(async move {
-        let reply = deploy_client.request(&Request::DeployLab { bundle }).await;
+        let reply = deploy_client
+            .request(&Request::DeployLab {
+                bundle,
+                source: LabSource::default(),
+                replace: false,
+            })
+            .await;
         deploy_client.close().await;
         reply
     });

@@ -167,10 +167,32 @@ async fn leader_of(node: &Coordinator) -> Result<NodeId, Box<dyn std::error::Err
 }
 
 fn create_sip() -> Command {
-    Command::CreateLab {
+    let lab = labspan_proto::lab::parse("sip", "name: sip\nnodes:\n  r1: {image: tiny}\n")
+        .unwrap_or_else(|d| panic!("{d}"));
+    let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
+        lab,
+        files: BTreeMap::new(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    Command::DeployLab {
         name: "sip".into(),
-        spec: b"lab".to_vec(),
+        spec,
         segments: BTreeSet::from(["lan0".to_string(), "r1-r2".to_string()]),
+        placement: BTreeMap::from([("r1".to_string(), "h1".to_string())]),
+        origin: None,
+    }
+}
+
+/// The host `create_sip` places its node on.
+fn register_h1() -> Command {
+    Command::RegisterHost {
+        name: "h1".into(),
+        capacity: labspan_coordinator::raft::Capacity {
+            memory_mib: 4096,
+            vcpus: 2,
+        },
+        labels: BTreeSet::new(),
+        vtep: std::net::IpAddr::from([198, 18, 0, 1]),
     }
 }
 
@@ -181,6 +203,7 @@ async fn three_coordinators_commit_and_agree() -> TestResult {
     let (nodes, _) = start_cluster(&ca, &dirs).await?;
     let leader = &nodes[usize::try_from(leader_of(&nodes[0]).await?)? - 1].raft;
 
+    leader.client_write(register_h1()).await?;
     let written = leader.client_write(create_sip()).await?;
     let expected = BTreeMap::from([("lan0".to_string(), 4096), ("r1-r2".to_string(), 4097)]);
     assert_eq!(written.data, Ok(Applied::Vnis(expected)));
@@ -204,6 +227,7 @@ async fn restarted_cluster_has_the_same_state_from_disk() -> TestResult {
     let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
     let (nodes, members) = start_cluster(&ca, &dirs).await?;
     let leader = &nodes[usize::try_from(leader_of(&nodes[0]).await?)? - 1].raft;
+    leader.client_write(register_h1()).await?;
     let written = leader.client_write(create_sip()).await?;
     for node in &nodes {
         node.raft

@@ -83,7 +83,13 @@ pub enum Request {
     /// Deploys a lab, or applies an edited one: `bundle` is a
     /// [`crate::lab::LabBundle`] encoded with [`crate::codec`], so the files
     /// it copies into guests travel with it.
-    DeployLab { bundle: Vec<u8> },
+    /// `source` says which file it came from; a lab deployed from another
+    /// file or by another member is replaced only with `replace`.
+    DeployLab {
+        bundle: Vec<u8>,
+        source: LabSource,
+        replace: bool,
+    },
     /// Stops a lab on every host and forgets it.
     DeleteLab { name: String },
     /// The bundle of a deployed lab (as deployed), and its record.
@@ -221,8 +227,8 @@ pub struct ClusterStatus {
     /// Index of the last committed (and applied) entry on the leader.
     pub commit_index: Option<u64>,
     pub hosts: Vec<HostStatus>,
-    /// Lab name → status (`Running`, `Failed: why`, ...).
-    pub labs: Vec<(String, String)>,
+    /// Lab name → status.
+    pub labs: Vec<(String, LabStatus)>,
 }
 
 /// One coordinator in the Raft membership.
@@ -253,11 +259,127 @@ pub struct LabReport {
     pub placement: BTreeMap<String, String>,
     /// Segment key → VNI.
     pub vnis: BTreeMap<String, u32>,
-    /// `Running`, `Failed: why`, ...
-    pub status: String,
+    pub status: LabStatus,
+    /// Node → its own state (a lost host's nodes are `Lost` while the rest
+    /// of the lab runs).
+    pub nodes: BTreeMap<String, NodeState>,
+    /// Who deployed the lab, from which file, and when.
+    pub origin: Option<LabOrigin>,
     pub vms: Vec<VmReport>,
     /// How each guest is doing, as its agent last said.
     pub guests: Vec<GuestHealth>,
+}
+
+/// Where a lab is in its life. It crosses the wire typed: clients match on
+/// it, and its text is for people only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabStatus {
+    /// Placed and recorded in one step; agents are bringing it up (a fresh
+    /// deploy, an edit, or nodes moving off a lost host).
+    #[default]
+    Deploying,
+    /// Every VM is up.
+    Running,
+    /// Could not be brought up; the reason is for the user.
+    Failed { reason: String },
+    /// Being torn down.
+    Deleting,
+    /// Some nodes were on a host that is down and no up host can take them;
+    /// the rest of the lab runs. The reason names those nodes.
+    Degraded { reason: String },
+}
+
+impl LabStatus {
+    /// The status word, without its reason.
+    pub fn word(&self) -> &'static str {
+        match self {
+            LabStatus::Deploying => "Deploying",
+            LabStatus::Running => "Running",
+            LabStatus::Failed { .. } => "Failed",
+            LabStatus::Deleting => "Deleting",
+            LabStatus::Degraded { .. } => "Degraded",
+        }
+    }
+
+    /// Why the lab is `Failed` or `Degraded`.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            LabStatus::Failed { reason } | LabStatus::Degraded { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LabStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason() {
+            Some(reason) => write!(f, "{}: {reason}", self.word()),
+            None => f.write_str(self.word()),
+        }
+    }
+}
+
+/// One node's own state, as the leader knows it from the replicated state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Its host is bringing it up (a deploy or an edit in flight).
+    Starting,
+    /// Its host was lost; it is starting on another host.
+    Moving,
+    /// Up, as far as the last deploy reported.
+    Running,
+    /// Its host is down and no host has taken it yet.
+    Lost,
+    /// The lab failed (its reason is the lab's).
+    Failed,
+    /// The lab is being torn down.
+    Stopping,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Starting => "starting",
+            NodeState::Moving => "moving",
+            NodeState::Running => "running",
+            NodeState::Lost => "lost",
+            NodeState::Failed => "failed",
+            NodeState::Stopping => "stopping",
+        })
+    }
+}
+
+/// Which lab file a deploy came from, as the CLI saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSource {
+    /// The lab file's absolute path on the machine that ran `up`.
+    pub file: String,
+    /// That machine's name.
+    pub host: String,
+}
+
+/// Who deployed a lab, from where, and when (recorded by the leader: the
+/// member comes from the caller's certificate, never from the request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabOrigin {
+    pub member: String,
+    pub source: LabSource,
+    /// Seconds since the Unix epoch, on the leader's clock.
+    pub deployed_unix: u64,
+}
+
+impl fmt::Display for LabOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.deployed_unix),
+        );
+        write!(
+            f,
+            "member {:?} from {}:{} at {when}",
+            self.member, self.source.host, self.source.file
+        )
+    }
 }
 
 /// How one VM came up, as its agent reported it.
@@ -371,6 +493,9 @@ pub enum ErrorKind {
     NotFound,
     /// No coordinator or agent could be reached to do it.
     Unavailable,
+    /// It would undo someone else's work (a lab deployed from another file
+    /// or by another member); the message says whose, and how to insist.
+    Conflict,
 }
 
 impl ErrorReply {

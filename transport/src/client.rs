@@ -4,6 +4,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use labspan_proto::msg::{JoinReply, JoinRequest, Reply, Request};
 use quinn::{Connection, Endpoint};
@@ -11,6 +15,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::tls::{self, NodeCredential};
 use crate::{client_endpoint, connect, join_client_endpoint, request, TransportError};
+
+/// How long one dial may take before that coordinator counts as
+/// unreachable (a dead coordinator never answers: QUIC would otherwise wait
+/// for its idle timeout). Every coordinator is dialled at once, so a dead
+/// one costs this much only when all are dead.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longer second round, for a machine so loaded that no handshake
+/// finished within [`CONNECT_TIMEOUT`].
+const SLOW_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The head start of the coordinator that answered last (usually the
+/// leader, or one that forwards to it).
+const OTHERS_AFTER: Duration = Duration::from_millis(100);
+
+/// The coordinator that answered this process last.
+static LAST_ANSWERED: Mutex<Option<String>> = Mutex::new(None);
 
 /// A coordinator answers joins on its API port + 1 (see [`join_addr`]).
 pub const JOIN_PORT_OFFSET: u16 = 1;
@@ -47,6 +66,10 @@ pub enum ClientError {
     /// The credential in the cluster file is unusable.
     #[error("cluster credential: {0}")]
     Tls(#[from] tls::TlsError),
+    /// A coordinator refused this member's certificate during the TLS
+    /// handshake: another cluster's CA, an unknown or a removed member.
+    #[error("coordinator {addr} refused this member's certificate: {why}")]
+    Refused { addr: SocketAddr, why: String },
     /// No coordinator of the list answered.
     #[error("no coordinator answered (tried {tried}): {last}")]
     Unreachable {
@@ -127,24 +150,74 @@ impl Client {
         Self::connect_to(file, &file.coordinators).await
     }
 
-    /// Connects to the first of `addrs` that answers, with the credential of `file`.
+    /// Connects to whichever of `addrs` answers first, with the credential
+    /// of `file`. Every address is dialled at once (the one that answered
+    /// last gets a head start), each for at most [`CONNECT_TIMEOUT`]; a TLS
+    /// refusal ends the attempt at once with [`ClientError::Refused`].
     pub async fn connect_to(file: &ClusterFile, addrs: &[String]) -> Result<Client, ClientError> {
         let (ca, me) = file.credential()?;
+        let last_answered = LAST_ANSWERED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut targets = Vec::new();
         let mut last = None;
         for text in addrs {
-            let addr: SocketAddr = match text.parse() {
-                Ok(a) => a,
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => targets.push((text.clone(), addr)),
                 Err(e) => {
                     last = Some(TransportError::Config(format!(
                         "coordinator address {text:?}: {e}"
-                    )));
-                    continue;
+                    )))
                 }
-            };
-            let endpoint = client_endpoint(any_local(addr), &ca, &me).map_err(Box::new)?;
-            match connect(&endpoint, addr).await {
-                Ok(conn) => return Ok(Client { endpoint, conn }),
-                Err(e) => last = Some(e),
+            }
+        }
+        for timeout in [CONNECT_TIMEOUT, SLOW_CONNECT_TIMEOUT] {
+            let mut dials: FuturesUnordered<_> = targets
+                .iter()
+                .map(|(text, addr)| {
+                    let first =
+                        last_answered.as_deref() == Some(text.as_str()) || last_answered.is_none();
+                    let (ca, me, addr) = (&ca, &me, *addr);
+                    async move {
+                        if !first {
+                            tokio::time::sleep(OTHERS_AFTER).await;
+                        }
+                        let endpoint = client_endpoint(any_local(addr), ca, me)?;
+                        match tokio::time::timeout(timeout, connect(&endpoint, addr)).await {
+                            Ok(Ok(conn)) => Ok((text, Client { endpoint, conn })),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(TransportError::Timeout {
+                                addr,
+                                after: timeout,
+                            }),
+                        }
+                    }
+                })
+                .collect();
+            let mut timed_out = false;
+            while let Some(result) = dials.next().await {
+                match result {
+                    Ok((text, client)) => {
+                        *LAST_ANSWERED
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(text.clone());
+                        return Ok(client);
+                    }
+                    Err(e) => {
+                        if let (Some(why), &TransportError::Connection { peer, .. }) =
+                            (e.tls_refusal(), &e)
+                        {
+                            return Err(ClientError::Refused { addr: peer, why });
+                        }
+                        timed_out |= matches!(e, TransportError::Timeout { .. });
+                        last = Some(e);
+                    }
+                }
+            }
+            if !timed_out {
+                break;
             }
         }
         Err(ClientError::Unreachable {
@@ -157,7 +230,17 @@ impl Client {
 
     /// Sends one request and waits for its reply.
     pub async fn request(&self, req: &Request) -> Result<Reply, TransportError> {
-        request(&self.conn, req).await
+        request(&self.conn, req).await.map_err(|e| {
+            // A server that refuses the client's certificate closes the
+            // connection after the client's side of the handshake is done:
+            // the first request is where that shows.
+            match self.conn.close_reason() {
+                Some(reason) if crate::tls_refusal(&reason).is_some() => {
+                    TransportError::ConnectionLost(reason)
+                }
+                _ => e,
+            }
+        })
     }
 
     /// The connection (agents serve the coordinator's requests on it).

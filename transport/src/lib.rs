@@ -57,6 +57,12 @@ pub enum TransportError {
         #[source]
         source: quinn::ConnectionError,
     },
+    /// The connection attempt got no answer in time (coordinator down?).
+    #[error("no answer from {addr} within {} ms", after.as_millis())]
+    Timeout {
+        addr: std::net::SocketAddr,
+        after: std::time::Duration,
+    },
     /// The connection broke while a request was in flight (peer gone,
     /// idle timeout, or the server refused the client's certificate).
     #[error("connection lost")]
@@ -77,4 +83,51 @@ pub enum TransportError {
     /// A message could not be encoded or decoded.
     #[error("bad message")]
     Codec(#[from] CodecError),
+}
+
+impl TransportError {
+    /// What TLS refused, when this error is a handshake refusal (a
+    /// certificate from another CA, an unknown or revoked member): retrying
+    /// cannot help, so callers stop at once and say why.
+    pub fn tls_refusal(&self) -> Option<String> {
+        match self {
+            TransportError::Connection { source, .. } | TransportError::ConnectionLost(source) => {
+                tls_refusal(source)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The TLS refusal behind a connection error: a close with a TLS alert
+/// code (QUIC's crypto error range), sent by the peer or raised here.
+pub fn tls_refusal(e: &quinn::ConnectionError) -> Option<String> {
+    let (code, reason) = match e {
+        quinn::ConnectionError::TransportError(t) => (u64::from(t.code), t.reason.clone()),
+        quinn::ConnectionError::ConnectionClosed(c) => (
+            u64::from(c.error_code),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        _ => return None,
+    };
+    if !(0x100..=0x1ff).contains(&code) {
+        return None;
+    }
+    let alert = match code - 0x100 {
+        40 => "handshake failure",
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired",
+        46 => "certificate unknown (not signed by this cluster's CA?)",
+        48 => "unknown CA (the certificate is from another cluster)",
+        49 => "access denied",
+        116 => "certificate required",
+        _ => "TLS alert",
+    };
+    Some(if reason.is_empty() {
+        alert.to_string()
+    } else {
+        format!("{alert}: {reason}")
+    })
 }

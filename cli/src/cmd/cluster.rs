@@ -297,6 +297,7 @@ fn print_status(s: &ClusterStatus) {
         println!("\n{:<16} STATUS", "LAB");
         for (lab, st) in &s.labs {
             // One line per lab: the reasons of a failure can span lines.
+            let st = st.to_string();
             let st = st.split_whitespace().collect::<Vec<_>>().join(" ");
             println!("{lab:<16} {st}");
         }
@@ -310,7 +311,7 @@ fn status_json(s: &ClusterStatus) -> serde_json::Value {
         "commit_index": s.commit_index,
         "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
         "hosts": s.hosts.iter().map(|h| serde_json::json!({"name": h.name, "vtep": h.vtep, "memory_mib": h.memory_mib, "cpus": h.vcpus, "up": h.up})).collect::<Vec<_>>(),
-        "labs": s.labs.iter().map(|(l, st)| serde_json::json!({"name": l, "status": st})).collect::<Vec<_>>(),
+        "labs": s.labs.iter().map(|(l, st)| serde_json::json!({"name": l, "status": st.to_string()})).collect::<Vec<_>>(),
     })
 }
 

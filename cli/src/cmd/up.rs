@@ -29,6 +29,10 @@ pub struct Args {
     /// instead of this machine.
     #[arg(long, env = "LABSPAN_CLUSTER")]
     pub cluster: Option<PathBuf>,
+    /// Replace a lab of the same name that another member, or another
+    /// file, deployed (its nodes restart from this file).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// Runs `labspan up`.
@@ -40,15 +44,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn up(args: Args) -> anyhow::Result<ExitCode> {
     let bundle = load(&args.lab)?;
     if let Some(cluster) = &args.cluster {
-        return crate::remote::up(cluster, &bundle, !args.no_verify).await;
+        let deploy = crate::remote::Deploy::new(&args.lab, args.replace)?;
+        return crate::remote::up(cluster, &bundle, &deploy, !args.no_verify).await;
     }
-    embedded_up(&bundle, args.accel, !args.no_verify).await
+    let deploy = crate::remote::Deploy::new(&args.lab, args.replace)?;
+    embedded_up(&bundle, &deploy, args.accel, !args.no_verify).await
 }
 
 /// `up` on the embedded default: this machine's own single-node cluster,
 /// after a check of the lab against this machine (exit 2, nothing changed).
 async fn embedded_up(
     bundle: &LabBundle,
+    deploy: &crate::remote::Deploy,
     accel: AccelChoice,
     verify: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -64,7 +71,8 @@ async fn embedded_up(
     };
     let cluster = prepared.start(accel, Some(hook)).await?;
     let finish = || progress.finish();
-    let result = crate::remote::up_with(cluster.cluster_file(), bundle, verify, &finish).await;
+    let result =
+        crate::remote::up_with(cluster.cluster_file(), bundle, deploy, verify, &finish).await;
     progress.finish();
     cluster.stop().await;
     result

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use labspan_proto::msg::Role;
+use labspan_proto::codec;
+use labspan_proto::lab::LabBundle;
+use labspan_proto::msg::{LabOrigin, Role};
 use serde::{Deserialize, Serialize};
 
 /// Lowest VNI labspan hands out; lower ones are left to the site's own use.
@@ -36,23 +38,9 @@ pub struct Host {
     pub up: bool,
 }
 
-/// Where a lab is in its life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LabStatus {
-    /// Accepted, not yet placed.
-    Pending,
-    /// Placed; agents are bringing it up.
-    Deploying,
-    /// Every VM is up.
-    Running,
-    /// Could not be brought up; the reason is for the user.
-    Failed { reason: String },
-    /// Being torn down.
-    Deleting,
-    /// Some nodes were on a host that is down and no up host can take them;
-    /// the rest of the lab runs. The reason names those nodes.
-    Degraded { reason: String },
-}
+/// Where a lab is in its life: the wire type, so what the CLI matches on
+/// is what the log holds.
+pub use labspan_proto::msg::LabStatus;
 
 /// A lab as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,9 +49,14 @@ pub struct LabRecord {
     pub spec: Vec<u8>,
     /// Segment key → VNI, stable for the life of the lab.
     pub vnis: BTreeMap<String, u32>,
-    /// Node name → host name; empty until placed.
+    /// Node name → host name: every node of the spec, always.
     pub placement: BTreeMap<String, String>,
     pub status: LabStatus,
+    /// Nodes being started on a new host after a host loss (cleared when
+    /// the lab settles).
+    pub moving: BTreeSet<String>,
+    /// Who deployed the lab, from which file, and when.
+    pub origin: Option<LabOrigin>,
 }
 
 /// Everything the coordinators agree on.
@@ -105,24 +98,25 @@ pub enum Command {
     SetHostUp { name: String, up: bool },
     /// Forgets a host that no lab is placed on.
     RemoveHost { name: String },
-    /// Adds a lab and allocates a VNI per segment.
-    CreateLab {
+    /// A deploy or an edit, as one entry: the spec, a VNI per segment
+    /// (kept segments keep theirs), where every node runs, who deployed it,
+    /// and the status `Deploying`. No prefix of the log can hold a spec
+    /// without its placement.
+    DeployLab {
         name: String,
         spec: Vec<u8>,
         segments: BTreeSet<String>,
+        placement: BTreeMap<String, String>,
+        origin: Option<LabOrigin>,
     },
-    /// Replaces a lab's spec; kept segments keep their VNI.
-    UpdateLabSpec {
-        name: String,
-        spec: Vec<u8>,
-        segments: BTreeSet<String>,
-    },
-    /// Records where each node of a lab runs (decided by the leader).
-    SetPlacement {
+    /// A recovery move, as one entry: the lab's whole new placement (same
+    /// nodes), `moved` being the nodes that change host, and `Deploying`.
+    MoveNodes {
         lab: String,
         placement: BTreeMap<String, String>,
+        moved: BTreeSet<String>,
     },
-    /// Records a lab's status.
+    /// Records how a lab settled (`Running`, `Failed`, `Degraded`).
     SetLabStatus { lab: String, status: LabStatus },
     /// Forgets a lab and frees its VNIs.
     DeleteLab { name: String },
@@ -170,6 +164,10 @@ pub enum Rejection {
         node: String,
         host: String,
     },
+    #[error("lab {lab:?}: {reason}")]
+    BadPlacement { lab: String, reason: String },
+    #[error("lab {lab:?}: the spec does not decode: {reason}")]
+    BadSpec { lab: String, reason: String },
     #[error("unknown join token: ask an admin for a new one (`labspan cluster token`)")]
     UnknownToken,
     #[error("join token already used by {0:?}: tokens are one-time, ask for a new one")]
@@ -218,19 +216,23 @@ impl ClusterState {
                 Ok(Applied::Done)
             }
             Command::RemoveHost { name } => self.remove_host(name),
-            Command::CreateLab {
+            Command::DeployLab {
                 name,
                 spec,
                 segments,
-            } => self.create_lab(name, spec, segments),
-            Command::UpdateLabSpec {
-                name,
-                spec,
-                segments,
-            } => self.update_lab(name, spec, segments),
-            Command::SetPlacement { lab, placement } => self.set_placement(lab, placement),
+                placement,
+                origin,
+            } => self.deploy_lab(name, spec, segments, placement, origin),
+            Command::MoveNodes {
+                lab,
+                placement,
+                moved,
+            } => self.move_nodes(lab, placement, moved),
             Command::SetLabStatus { lab, status } => {
                 let rec = self.lab_mut(lab)?;
+                if *status != LabStatus::Deploying {
+                    rec.moving.clear();
+                }
                 rec.status = status.clone();
                 Ok(Applied::Done)
             }
@@ -306,55 +308,76 @@ impl ClusterState {
         Ok(Applied::Done)
     }
 
-    fn create_lab(
+    fn deploy_lab(
         &mut self,
         name: &str,
         spec: &[u8],
         segments: &BTreeSet<String>,
+        placement: &BTreeMap<String, String>,
+        origin: &Option<LabOrigin>,
     ) -> CommandResult {
-        if self.labs.contains_key(name) {
-            return Err(Rejection::LabExists(name.to_string()));
-        }
-        let vnis = self.allocate(name, segments.iter())?;
+        let nodes = spec_nodes(name, spec)?;
+        self.check_placement(name, &nodes, placement)?;
+        let old_vnis = self
+            .labs
+            .get(name)
+            .map(|r| r.vnis.clone())
+            .unwrap_or_default();
+        let kept: BTreeMap<String, u32> = old_vnis
+            .into_iter()
+            .filter(|(seg, _)| segments.contains(seg))
+            .collect();
+        let new_segments = segments.iter().filter(|s| !kept.contains_key(*s));
+        // Allocate before freeing so a refused deploy leaves everything as it was.
+        let mut vnis = self.allocate(name, new_segments)?;
+        vnis.extend(kept);
+        self.vni_owners
+            .retain(|vni, (lab, _)| lab != name || vnis.values().any(|v| v == vni));
         let record = LabRecord {
             spec: spec.to_vec(),
             vnis: vnis.clone(),
-            placement: BTreeMap::new(),
-            status: LabStatus::Pending,
+            placement: placement.clone(),
+            status: LabStatus::Deploying,
+            moving: BTreeSet::new(),
+            origin: origin.clone(),
         };
         self.labs.insert(name.to_string(), record);
         Ok(Applied::Vnis(vnis))
     }
 
-    fn update_lab(
+    fn move_nodes(
         &mut self,
-        name: &str,
-        spec: &[u8],
-        segments: &BTreeSet<String>,
+        lab: &str,
+        placement: &BTreeMap<String, String>,
+        moved: &BTreeSet<String>,
     ) -> CommandResult {
-        let old = self
+        let rec = self
             .labs
-            .get(name)
-            .ok_or_else(|| Rejection::UnknownLab(name.to_string()))?;
-        let kept: BTreeMap<String, u32> = old
-            .vnis
-            .iter()
-            .filter(|(seg, _)| segments.contains(*seg))
-            .map(|(s, v)| (s.clone(), *v))
-            .collect();
-        let new_segments = segments.iter().filter(|s| !kept.contains_key(*s));
-        // Allocate before freeing so a failed update leaves everything as it was.
-        let mut vnis = self.allocate(name, new_segments)?;
-        vnis.extend(kept);
-        self.vni_owners
-            .retain(|vni, (lab, _)| lab != name || vnis.values().any(|v| v == vni));
-        let rec = self.lab_mut(name)?;
-        rec.spec = spec.to_vec();
-        rec.vnis = vnis.clone();
-        Ok(Applied::Vnis(vnis))
+            .get(lab)
+            .ok_or_else(|| Rejection::UnknownLab(lab.to_string()))?;
+        let nodes: BTreeSet<String> = rec.placement.keys().cloned().collect();
+        self.check_placement(lab, &nodes, placement)?;
+        if let Some(node) = moved.iter().find(|n| !nodes.contains(*n)) {
+            return Err(Rejection::BadPlacement {
+                lab: lab.to_string(),
+                reason: format!("moved node {node:?} is not in the lab"),
+            });
+        }
+        let rec = self.lab_mut(lab)?;
+        rec.placement = placement.clone();
+        rec.status = LabStatus::Deploying;
+        rec.moving = moved.clone();
+        Ok(Applied::Done)
     }
 
-    fn set_placement(&mut self, lab: &str, placement: &BTreeMap<String, String>) -> CommandResult {
+    /// A placement must name exactly the lab's nodes, each on a known host:
+    /// then every lab in the state can be planned.
+    fn check_placement(
+        &self,
+        lab: &str,
+        nodes: &BTreeSet<String>,
+        placement: &BTreeMap<String, String>,
+    ) -> Result<(), Rejection> {
         if let Some((node, host)) = placement.iter().find(|(_, h)| !self.hosts.contains_key(*h)) {
             return Err(Rejection::PlacementOnUnknownHost {
                 lab: lab.to_string(),
@@ -362,9 +385,18 @@ impl ClusterState {
                 host: host.clone(),
             });
         }
-        let rec = self.lab_mut(lab)?;
-        rec.placement = placement.clone();
-        Ok(Applied::Done)
+        let placed: BTreeSet<&String> = placement.keys().collect();
+        if placed != nodes.iter().collect() {
+            let missing: Vec<&String> = nodes.iter().filter(|n| !placed.contains(n)).collect();
+            let extra: Vec<&&String> = placed.iter().filter(|n| !nodes.contains(**n)).collect();
+            return Err(Rejection::BadPlacement {
+                lab: lab.to_string(),
+                reason: format!(
+                    "the placement must name every node once (unplaced: {missing:?}, unknown: {extra:?})"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Gives each of `segments` of `lab` the lowest free VNI, all or none.
@@ -389,6 +421,16 @@ impl ClusterState {
         }
         Ok(out)
     }
+}
+
+/// The node names of the lab bundle `spec`.
+fn spec_nodes(lab: &str, spec: &[u8]) -> Result<BTreeSet<String>, Rejection> {
+    codec::decode::<LabBundle>(spec)
+        .map(|b| b.lab.nodes.into_keys().collect())
+        .map_err(|e| Rejection::BadSpec {
+            lab: lab.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Up to `n` lowest VNIs in `FIRST_VNI..=LAST_VNI` not in `used`.

@@ -36,7 +36,11 @@ mod tests {
     use super::*;
 
     fn deploy() -> Request {
-        Request::DeployLab { bundle: vec![] }
+        Request::DeployLab {
+            bundle: vec![],
+            source: Default::default(),
+            replace: false,
+        }
     }
 
     #[test]

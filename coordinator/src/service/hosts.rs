@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use labspan_proto::msg::{ErrorKind, Reply};
 use labspan_transport::IDLE_TIMEOUT;
 
-use super::{error, labs, lock, recovery, HostLive, Inner};
+use super::push::{self, DEFAULT_UNDERLAY_MTU};
+use super::{error, lock, recovery, HostLive, Inner};
 use crate::raft::{Capacity, Command};
 
 /// A host not heard of for this long is marked down.
@@ -23,8 +24,6 @@ pub const NEW_LEADER_GRACE: Duration =
     Duration::from_secs(2 * IDLE_TIMEOUT.as_secs() + HOST_DOWN_AFTER.as_secs());
 /// How often the leader looks for silent hosts.
 const MONITOR_EVERY: Duration = Duration::from_secs(1);
-/// Underlay MTU assumed for a host whose agent has not said (after a failover).
-pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 /// Leader: records the host of agent `name` (its certificate's name), marks
 /// it up, and sends it its plan (a restarted agent converges again).
@@ -83,7 +82,7 @@ fn send_own_plan(inner: &Arc<Inner>, name: &str) {
         // After any lab change in flight: a plan computed before it must not
         // reach the agent after that change's plan.
         let _one_at_a_time = inner.lab_lock.lock().await;
-        labs::push_plans(&inner, &BTreeSet::from([host])).await
+        push::push_plans(&inner, &BTreeSet::from([host])).await
     });
 }
 

@@ -9,13 +9,16 @@
 //! are not forwarded: they are told where the leader is and connect to it,
 //! so the leader holds their connections and can push plans on them.
 
+mod agents;
 pub mod authz;
 pub mod data_dir;
+pub mod decide;
 mod hosts;
 mod images;
 mod join;
 mod labs;
 mod leader;
+mod push;
 mod recovery;
 mod resume;
 mod status;
@@ -251,7 +254,11 @@ impl Inner {
             Request::AddCoordinator { id, addr } => {
                 leader::add_coordinator(self, id, &caller.name, &addr).await
             }
-            Request::DeployLab { bundle } => labs::deploy(self, bundle).await,
+            Request::DeployLab {
+                bundle,
+                source,
+                replace,
+            } => labs::deploy(self, caller, bundle, source, replace).await,
             Request::DeleteLab { name } => labs::delete(self, &name).await,
             Request::ImageHosts => images::hosts(self).await,
             Request::Exec {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use labspan_proto::codec;
 use labspan_proto::lab::LabBundle;
 
-use super::{labs, lock, Inner};
+use super::{agents, decide, push, Inner};
 use crate::placement::place_lab;
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
 
@@ -36,6 +36,31 @@ pub(super) enum Recovery {
     /// A `Degraded` lab whose hosts are all up again (the lost host came
     /// back): plan its hosts again and record how it runs.
     Restore { lab: String },
+}
+
+impl Recovery {
+    /// The one log entry this step writes (`Restore` writes only the
+    /// status it settles to).
+    pub(super) fn command(&self) -> Option<Command> {
+        match self {
+            Recovery::Move {
+                lab,
+                placement,
+                moved,
+            } => Some(Command::MoveNodes {
+                lab: lab.clone(),
+                placement: placement.clone(),
+                moved: moved.keys().cloned().collect(),
+            }),
+            Recovery::Strand { lab, reason } => Some(Command::SetLabStatus {
+                lab: lab.clone(),
+                status: LabStatus::Degraded {
+                    reason: reason.clone(),
+                },
+            }),
+            Recovery::Restore { .. } => None,
+        }
+    }
 }
 
 /// Every lab that needs a recovery step, in lab-name order. Each move is
@@ -90,7 +115,7 @@ fn decide_lab(state: &ClusterState, name: &str) -> Option<Recovery> {
             return None;
         }
     };
-    let step = match place_lab(&bundle.lab, &labs::offers(state, name), &rec.placement) {
+    let step = match place_lab(&bundle.lab, &decide::offers(state, name), &rec.placement) {
         Ok(p) => moved_or_stranded(name, &rec.placement, &lost, p.nodes),
         Err(e) => Recovery::Strand {
             lab: name.into(),
@@ -197,33 +222,19 @@ async fn carry_out(
                 return Ok(());
             }
             tracing::warn!(lab, ?moved, "host lost: starting its nodes on other hosts");
-            // `Deploying` first: a new leader settles a move it finds recorded.
-            for cmd in [
-                Command::SetLabStatus {
-                    lab: lab.clone(),
-                    status: LabStatus::Deploying,
-                },
-                Command::SetPlacement {
-                    lab: lab.clone(),
-                    placement: placement.clone(),
-                },
-            ] {
+            // One entry: placement and `Deploying` together, so a new
+            // leader settles a move it finds recorded.
+            if let Some(cmd) = step.command() {
                 inner.write(cmd).await?;
             }
-            let vms = labs::settle(inner, lab, &hosts).await?;
+            let vms = push::settle(inner, lab, &hosts).await?;
             tracing::info!(lab, vms = vms.len(), "lab re-placed after a host loss");
         }
         Recovery::Strand { lab, reason } => {
             tracing::warn!(lab, reason, "lab degraded: lost nodes have no host");
-            let status = LabStatus::Degraded {
-                reason: reason.clone(),
-            };
-            inner
-                .write(Command::SetLabStatus {
-                    lab: lab.clone(),
-                    status,
-                })
-                .await?;
+            if let Some(cmd) = step.command() {
+                inner.write(cmd).await?;
+            }
         }
         Recovery::Restore { lab } => {
             let hosts: BTreeSet<String> = inner
@@ -237,7 +248,7 @@ async fn carry_out(
             if waiting_for_agents(inner, lab, &hosts) {
                 return Ok(());
             }
-            let vms = labs::settle(inner, lab, &hosts).await?;
+            let vms = push::settle(inner, lab, &hosts).await?;
             tracing::info!(lab, vms = vms.len(), "degraded lab whole again");
         }
     }
@@ -250,11 +261,7 @@ async fn carry_out(
 /// whose agent never comes back is marked down, and the next decision
 /// places around it.
 fn waiting_for_agents(inner: &Inner, lab: &str, hosts: &BTreeSet<String>) -> bool {
-    let agents = lock(&inner.agents);
-    let missing: Vec<&String> = hosts
-        .iter()
-        .filter(|h| agents.get(*h).is_none_or(|c| c.close_reason().is_some()))
-        .collect();
+    let missing = agents::missing(inner, hosts);
     if !missing.is_empty() {
         tracing::info!(lab, ?missing, "recovery waits for these agents to connect");
     }

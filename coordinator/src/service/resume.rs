@@ -1,6 +1,6 @@
 //! A new leader finishes the deploys its predecessor left `Deploying`
 //! (issue 5, item 6): the lab's spec, placement and VNIs are already in the
-//! log, so what is left is the end of a deploy ([`labs::settle`]): push the
+//! log, so what is left is the end of a deploy ([`super::push::settle`]): push the
 //! host plans and record `Running` or `Failed`. Agents adopt the VMs already
 //! running, so nothing that was started restarts.
 //!
@@ -15,7 +15,7 @@ use labspan_transport::IDLE_TIMEOUT;
 use openraft::ServerState;
 
 use super::hosts::HOST_DOWN_AFTER;
-use super::{labs, lock, Inner};
+use super::{agents, push, Inner};
 use crate::raft::LabStatus;
 
 /// How long a resumed deploy waits for its hosts' agents to reach the new
@@ -71,7 +71,7 @@ async fn resume(inner: Arc<Inner>, term: u64) {
             ?hosts,
             "resuming a deploy left unfinished by the previous leader"
         );
-        match labs::settle(&inner, &lab, &hosts).await {
+        match push::settle(&inner, &lab, &hosts).await {
             Ok(vms) => tracing::info!(lab, vms = vms.len(), "resumed deploy settled"),
             Err(e) => tracing::warn!(lab, error = %e.message, "cannot settle a resumed deploy"),
         }
@@ -107,14 +107,7 @@ fn hosts_of(inner: &Inner, lab: &str) -> BTreeSet<String> {
 async fn wait_for_agents(inner: &Inner, hosts: &BTreeSet<String>) {
     let deadline = Instant::now() + AGENTS_WAIT;
     loop {
-        let missing: Vec<String> = {
-            let agents = lock(&inner.agents);
-            hosts
-                .iter()
-                .filter(|h| agents.get(*h).is_none_or(|c| c.close_reason().is_some()))
-                .cloned()
-                .collect()
-        };
+        let missing = agents::missing(inner, hosts);
         if missing.is_empty() || Instant::now() >= deadline {
             if !missing.is_empty() {
                 tracing::warn!(?missing, "agents did not reach the new leader in time");

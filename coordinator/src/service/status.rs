@@ -5,7 +5,6 @@ use std::sync::Arc;
 use labspan_proto::msg::{ClusterStatus, HostStatus, MemberStatus, Reply};
 
 use super::Inner;
-use crate::raft::LabStatus;
 
 /// The cluster as the leader sees it, after a read-index round.
 pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
@@ -41,7 +40,7 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
         .state
         .labs
         .iter()
-        .map(|(name, rec)| (name.clone(), status_text(&rec.status)))
+        .map(|(name, rec)| (name.clone(), rec.status.clone()))
         .collect();
     Reply::Status(ClusterStatus {
         members,
@@ -51,13 +50,4 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
         hosts,
         labs,
     })
-}
-
-/// A lab status as users read it.
-pub(super) fn status_text(status: &LabStatus) -> String {
-    match status {
-        LabStatus::Failed { reason } => format!("Failed: {reason}"),
-        LabStatus::Degraded { reason } => format!("Degraded: {reason}"),
-        other => format!("{other:?}"),
-    }
 }

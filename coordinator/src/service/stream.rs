@@ -110,7 +110,7 @@ async fn to_agent(inner: &Arc<Inner>, req: &Request) -> Result<Far, ErrorReply> 
     };
     let host = labs::host_of(inner, lab, node)?;
     let unavailable = |e: String| ErrorReply::new(ErrorKind::Unavailable, e);
-    let conn = labs::agent_connection(inner, &host).map_err(unavailable)?;
+    let conn = super::agents::connection(inner, &host).map_err(unavailable)?;
     let (mut send, mut recv) = conn
         .open_bi()
         .await

@@ -18,12 +18,45 @@ fn register(name: &str) -> Command {
     }
 }
 
-fn create(name: &str, segments: &[&str]) -> Command {
-    Command::CreateLab {
-        name: name.into(),
-        spec: name.as_bytes().to_vec(),
-        segments: segs(segments),
+/// The bundle of lab `name` with one node per name in `nodes`.
+fn spec(name: &str, nodes: &[&str]) -> Vec<u8> {
+    let mut yaml = format!("name: {name}\ndefaults: {{image: tiny}}\nnodes:\n");
+    for n in nodes {
+        yaml.push_str(&format!("  {n}: {{}}\n"));
     }
+    let lab =
+        labspan_proto::lab::parse("test lab", &yaml).unwrap_or_else(|d| panic!("{d}\n{yaml}"));
+    codec::encode(&LabBundle {
+        lab,
+        files: BTreeMap::new(),
+    })
+    .expect("encodes")
+}
+
+/// A deploy of lab `name` (one node, `r1`, on `h1`) with `segments`.
+fn create(name: &str, segments: &[&str]) -> Command {
+    deploy(name, &[("r1", "h1")], segments)
+}
+
+fn deploy(name: &str, placement: &[(&str, &str)], segments: &[&str]) -> Command {
+    let nodes: Vec<&str> = placement.iter().map(|(n, _)| *n).collect();
+    Command::DeployLab {
+        name: name.into(),
+        spec: spec(name, &nodes),
+        segments: segs(segments),
+        placement: placement
+            .iter()
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .collect(),
+        origin: None,
+    }
+}
+
+/// A state with host `h1` registered.
+fn with_h1() -> ClusterState {
+    let mut s = ClusterState::default();
+    assert_eq!(s.apply(&register("h1")), Ok(Applied::Done));
+    s
 }
 
 fn vnis(result: CommandResult) -> BTreeMap<String, u32> {
@@ -35,7 +68,7 @@ fn vnis(result: CommandResult) -> BTreeMap<String, u32> {
 
 #[test]
 fn vnis_are_lowest_free_from_4096() {
-    let mut s = ClusterState::default();
+    let mut s = with_h1();
     let a = vnis(s.apply(&create("a", &["l1", "l2"])));
     assert_eq!(
         a,
@@ -56,21 +89,86 @@ fn vnis_are_lowest_free_from_4096() {
 }
 
 #[test]
-fn update_keeps_vnis_of_kept_segments() {
-    let mut s = ClusterState::default();
+fn an_edit_keeps_vnis_of_kept_segments_and_is_deploying_again() {
+    let mut s = with_h1();
     let before = vnis(s.apply(&create("a", &["l1", "l2", "l3"])));
-    let update = Command::UpdateLabSpec {
-        name: "a".into(),
-        spec: b"v2".to_vec(),
-        segments: segs(&["l1", "l3", "l4"]),
-    };
+    let _ = s.apply(&Command::SetLabStatus {
+        lab: "a".into(),
+        status: LabStatus::Running,
+    });
+    let update = deploy("a", &[("r1", "h1"), ("r2", "h1")], &["l1", "l3", "l4"]);
     let after = vnis(s.apply(&update));
     assert_eq!(after["l1"], before["l1"]);
     assert_eq!(after["l3"], before["l3"]);
     // l2's VNI was still held while l4 was allocated, so l4 gets the next one.
     assert_eq!(after["l4"], 4099);
     assert!(!s.vni_owners.contains_key(&before["l2"]));
-    assert_eq!(s.labs["a"].spec, b"v2");
+    let rec = &s.labs["a"];
+    assert_eq!(rec.status, LabStatus::Deploying);
+    assert_eq!(rec.placement.len(), 2);
+}
+
+#[test]
+fn a_deploy_whose_placement_misses_a_node_changes_nothing() {
+    let mut s = with_h1();
+    let _ = s.apply(&create("a", &["s"]));
+    let before = s.clone();
+    let mut cmd = deploy("a", &[("r1", "h1"), ("r2", "h1")], &["s", "t"]);
+    if let Command::DeployLab { placement, .. } = &mut cmd {
+        placement.remove("r2");
+    }
+    assert!(matches!(s.apply(&cmd), Err(Rejection::BadPlacement { .. })));
+    let bad_spec = Command::DeployLab {
+        name: "a".into(),
+        spec: b"not a bundle".to_vec(),
+        segments: segs(&[]),
+        placement: BTreeMap::new(),
+        origin: None,
+    };
+    assert!(matches!(s.apply(&bad_spec), Err(Rejection::BadSpec { .. })));
+    assert_eq!(s, before);
+}
+
+#[test]
+fn a_move_sets_placement_and_deploying_in_one_entry() {
+    let mut s = with_h1();
+    let _ = s.apply(&register("h2"));
+    let _ = s.apply(&deploy("a", &[("r1", "h1"), ("r2", "h1")], &[]));
+    let _ = s.apply(&Command::SetLabStatus {
+        lab: "a".into(),
+        status: LabStatus::Running,
+    });
+    let placement: BTreeMap<String, String> = [("r1", "h1"), ("r2", "h2")]
+        .iter()
+        .map(|(n, h)| (n.to_string(), h.to_string()))
+        .collect();
+    let moved = segs(&["r2"]);
+    let mv = Command::MoveNodes {
+        lab: "a".into(),
+        placement: placement.clone(),
+        moved: moved.clone(),
+    };
+    assert_eq!(s.apply(&mv), Ok(Applied::Done));
+    assert_eq!(s.labs["a"].placement, placement);
+    assert_eq!(s.labs["a"].status, LabStatus::Deploying);
+    assert_eq!(s.labs["a"].moving, moved);
+    let _ = s.apply(&Command::SetLabStatus {
+        lab: "a".into(),
+        status: LabStatus::Running,
+    });
+    assert!(s.labs["a"].moving.is_empty(), "a settled lab moves nothing");
+    // A move may not add or drop nodes.
+    let before = s.clone();
+    let short = Command::MoveNodes {
+        lab: "a".into(),
+        placement: BTreeMap::from([("r1".to_string(), "h2".to_string())]),
+        moved: segs(&["r1"]),
+    };
+    assert!(matches!(
+        s.apply(&short),
+        Err(Rejection::BadPlacement { .. })
+    ));
+    assert_eq!(s, before);
 }
 
 #[test]
@@ -86,18 +184,6 @@ fn same_commands_give_same_state() {
         let _ = s2.apply(c);
     }
     assert_eq!(s1, s2);
-}
-
-#[test]
-fn duplicate_lab_is_rejected_and_changes_nothing() {
-    let mut s = ClusterState::default();
-    let _ = s.apply(&create("a", &["s"]));
-    let before = s.clone();
-    assert_eq!(
-        s.apply(&create("a", &["z"])),
-        Err(Rejection::LabExists("a".into()))
-    );
-    assert_eq!(s, before);
 }
 
 #[test]
@@ -129,13 +215,10 @@ fn host_lifecycle() {
     // Re-registering keeps the up/down state: only heartbeats change it.
     let _ = s.apply(&register("h1"));
     assert!(!s.hosts["h1"].up);
-    let _ = s.apply(&create("a", &["s"]));
-    let placement = BTreeMap::from([("r1".to_string(), "h1".to_string())]);
-    let set = Command::SetPlacement {
-        lab: "a".into(),
-        placement,
-    };
-    assert_eq!(s.apply(&set), Ok(Applied::Done));
+    assert!(matches!(
+        s.apply(&create("a", &["s"])),
+        Ok(Applied::Vnis(_))
+    ));
     assert_eq!(
         s.apply(&Command::RemoveHost { name: "h1".into() }),
         Err(Rejection::HostInUse {
@@ -153,15 +236,11 @@ fn host_lifecycle() {
 
 #[test]
 fn placement_on_unknown_host_is_rejected() {
-    let mut s = ClusterState::default();
-    let _ = s.apply(&create("a", &["s"]));
-    let placement = BTreeMap::from([("r1".to_string(), "ghost".to_string())]);
-    let r = s.apply(&Command::SetPlacement {
-        lab: "a".into(),
-        placement,
-    });
+    let mut s = with_h1();
+    let r = s.apply(&deploy("a", &[("r1", "ghost")], &["s"]));
     assert!(matches!(r, Err(Rejection::PlacementOnUnknownHost { .. })));
-    assert!(s.labs["a"].placement.is_empty());
+    assert!(!s.labs.contains_key("a"));
+    assert!(s.vni_owners.is_empty());
 }
 
 #[test]
@@ -172,6 +251,7 @@ fn status_of_unknown_lab_is_rejected() {
         status: LabStatus::Running,
     };
     assert_eq!(s.apply(&cmd), Err(Rejection::UnknownLab("a".into())));
+    let _ = s.apply(&register("h1"));
     let _ = s.apply(&create("a", &[]));
     assert_eq!(s.apply(&cmd), Ok(Applied::Done));
     assert_eq!(s.labs["a"].status, LabStatus::Running);
@@ -182,6 +262,7 @@ fn state_round_trips_through_the_codec() -> Result<(), labspan_proto::codec::Cod
     let mut s = ClusterState::default();
     let _ = s.apply(&register("h1"));
     let _ = s.apply(&create("a", &["s", "t"]));
+    assert!(s.labs.contains_key("a"));
     let bytes = labspan_proto::codec::encode(&s)?;
     assert_eq!(labspan_proto::codec::decode::<ClusterState>(&bytes)?, s);
     Ok(())

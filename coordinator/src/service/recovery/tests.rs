@@ -53,6 +53,8 @@ fn record(spec: Vec<u8>, placement: &[(&str, &str)], status: LabStatus) -> LabRe
             .map(|(n, h)| (n.to_string(), h.to_string()))
             .collect(),
         status,
+        moving: BTreeSet::new(),
+        origin: None,
     }
 }
 

@@ -1,0 +1,245 @@
+//! The leader's decisions, pure: what placement may use, what each host's
+//! plan is, what a deploy writes, how a lab settled, what state each node
+//! is in, and whether a deploy may replace a lab. No `Inner`, no `async`:
+//! the service modules above call these and do the I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use labspan_proto::codec;
+use labspan_proto::health::GuestHealth;
+use labspan_proto::lab::LabBundle;
+use labspan_proto::msg::{LabOrigin, LabReport, NodeState, VmReport};
+use labspan_proto::plan::HostPlan;
+
+use crate::hosts::Host;
+use crate::placement::{place_lab, vm_memory_mib};
+use crate::plan::{plan_lab, HostFabric, PlanInput};
+use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
+
+/// Checks a lab that arrived as data (not as a file) with the lab file's
+/// own rules: a valid lab survives `to_yaml` → `parse` unchanged.
+pub(super) fn revalidate(bundle: &LabBundle) -> Result<(), String> {
+    let name = &bundle.lab.name;
+    let text = labspan_proto::lab::to_yaml(&bundle.lab);
+    match labspan_proto::lab::parse(&format!("lab {name:?} as submitted"), &text) {
+        Ok(lab) if lab == bundle.lab => Ok(()),
+        Ok(_) => Err(format!(
+            "lab {name:?} is not what its own file would say; submit it with `labspan up FILE`"
+        )),
+        Err(diagnostics) => Err(diagnostics.to_string()),
+    }
+}
+
+/// The one command a deploy (or an edit) of `bundle` writes: its spec
+/// (`bytes`), segments, the placement over what `state` offers (nodes that
+/// already run stay where they are), and `origin`. Placement errors are for
+/// the user.
+pub fn deploy_command(
+    state: &ClusterState,
+    bundle: &LabBundle,
+    bytes: Vec<u8>,
+    origin: Option<LabOrigin>,
+) -> Result<Command, String> {
+    let name = &bundle.lab.name;
+    let existing = state
+        .labs
+        .get(name)
+        .map(|r| r.placement.clone())
+        .unwrap_or_default();
+    let placement = place_lab(&bundle.lab, &offers(state, name), &existing)
+        .map_err(|e| format!("lab {name:?}: {}", e.on_cluster()))?
+        .nodes;
+    let segments: BTreeSet<String> = bundle.lab.segments().into_iter().map(|s| s.key).collect();
+    Ok(Command::DeployLab {
+        name: name.clone(),
+        spec: bytes,
+        segments,
+        placement,
+        origin,
+    })
+}
+
+/// Whether a deploy from `new` may replace the lab `existing` records: the
+/// same member from the same file (an edit) may; anyone else needs
+/// `--replace`. The refusal says who deployed it, from where and when.
+pub fn may_replace(
+    lab: &str,
+    existing: Option<&LabOrigin>,
+    new: &LabOrigin,
+    replace: bool,
+) -> Result<(), String> {
+    let Some(old) = existing else {
+        return Ok(());
+    };
+    if replace || (old.member == new.member && old.source == new.source) {
+        return Ok(());
+    }
+    Err(format!(
+        "lab {lab:?} is already deployed by {old}; `labspan up --replace` replaces it \
+         (its nodes restart from your file), or rename your lab"
+    ))
+}
+
+/// What placement may use of each host that is up: its capacity minus the
+/// VMs of every lab but `lab`.
+pub(super) fn offers(state: &ClusterState, lab: &str) -> Vec<Host> {
+    let mut hosts: BTreeMap<&String, Host> = state
+        .hosts
+        .iter()
+        .filter(|(_, h)| h.up)
+        .map(|(name, h)| {
+            let mut host = Host::new(
+                name,
+                h.capacity.memory_mib,
+                u32::try_from(h.capacity.vcpus).unwrap_or(u32::MAX),
+            );
+            host.labels = h.labels.clone();
+            host.vtep = Some(h.vtep);
+            // The agent already multiplied its CPUs by its overcommit.
+            host.cpu_overcommit = 1.0;
+            (name, host)
+        })
+        .collect();
+    for (other, rec) in state.labs.iter().filter(|(n, _)| n.as_str() != lab) {
+        let Ok(bundle) = codec::decode::<LabBundle>(&rec.spec) else {
+            continue;
+        };
+        for (node, spec) in &bundle.lab.nodes {
+            let Some(host) = rec.placement.get(node).and_then(|h| hosts.get_mut(h)) else {
+                continue;
+            };
+            host.used_memory_mib += vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
+            host.used_vcpus += u64::from(spec.cpus);
+            tracing::trace!(lab = other, node, host = host.name, "capacity in use");
+        }
+    }
+    hosts.into_values().collect()
+}
+
+/// Every host's complete plan, for `wanted` hosts: its share of every lab,
+/// and the labs that could not be planned (lab → why). The log keeps every
+/// lab plannable (one entry per deploy, placement checked in `apply`), so
+/// the second map is empty unless something is badly wrong.
+pub fn host_plans(
+    state: &ClusterState,
+    fabrics: &BTreeMap<String, HostFabric>,
+    wanted: &BTreeSet<String>,
+) -> (BTreeMap<String, HostPlan>, BTreeMap<String, String>) {
+    let mut plans: BTreeMap<String, HostPlan> = wanted
+        .iter()
+        .map(|h| {
+            (
+                h.clone(),
+                HostPlan {
+                    host: h.clone(),
+                    labs: vec![],
+                },
+            )
+        })
+        .collect();
+    let mut unplanned = BTreeMap::new();
+    for (name, rec) in &state.labs {
+        if !rec.placement.values().any(|h| wanted.contains(h)) {
+            continue;
+        }
+        match plan_record(rec, fabrics) {
+            Ok(per_host) => {
+                for (host, lab_plan) in per_host {
+                    if let Some(plan) = plans.get_mut(&host) {
+                        plan.labs.push(lab_plan);
+                    }
+                }
+            }
+            Err(e) => {
+                unplanned.insert(name.clone(), e);
+            }
+        }
+    }
+    (plans, unplanned)
+}
+
+/// One stored lab's plan per host.
+fn plan_record(
+    rec: &LabRecord,
+    fabrics: &BTreeMap<String, HostFabric>,
+) -> Result<BTreeMap<String, labspan_proto::plan::LabPlan>, String> {
+    let bundle = codec::decode::<LabBundle>(&rec.spec).map_err(|e| e.to_string())?;
+    let input = PlanInput {
+        lab: &bundle.lab,
+        files: &bundle.files,
+        placement: &rec.placement,
+        hosts: fabrics,
+        vnis: &rec.vnis,
+    };
+    plan_lab(&input).map_err(|e| e.to_string())
+}
+
+/// The lab's status from what the agents reported, and its VMs.
+pub(super) fn outcome(
+    lab: &str,
+    outcomes: &BTreeMap<String, Result<Vec<VmReport>, String>>,
+) -> (LabStatus, Vec<VmReport>) {
+    let mut problems = Vec::new();
+    let mut vms = Vec::new();
+    for (host, result) in outcomes {
+        match result {
+            Ok(reports) => vms.extend(reports.iter().filter(|v| v.lab == lab).cloned()),
+            Err(e) => problems.push(format!("host {host}: {e}")),
+        }
+    }
+    problems.extend(
+        vms.iter()
+            .filter_map(|v| v.error.as_ref().map(|e| format!("node {}: {e}", v.vm))),
+    );
+    let status = if problems.is_empty() {
+        LabStatus::Running
+    } else {
+        LabStatus::Failed {
+            reason: problems.join("; "),
+        }
+    };
+    (status, vms)
+}
+
+/// Each node's own state, from the lab's status and its hosts' liveness:
+/// a node on a host that is down is `Lost` whatever the lab's status says.
+pub fn node_states(state: &ClusterState, rec: &LabRecord) -> BTreeMap<String, NodeState> {
+    rec.placement
+        .iter()
+        .map(|(node, host)| {
+            let up = state.hosts.get(host).is_some_and(|h| h.up);
+            let node_state = match &rec.status {
+                _ if !up => NodeState::Lost,
+                LabStatus::Deploying if rec.moving.contains(node) => NodeState::Moving,
+                LabStatus::Deploying => NodeState::Starting,
+                LabStatus::Running | LabStatus::Degraded { .. } => NodeState::Running,
+                LabStatus::Failed { .. } => NodeState::Failed,
+                LabStatus::Deleting => NodeState::Stopping,
+            };
+            (node.clone(), node_state)
+        })
+        .collect()
+}
+
+/// Lab `name` as clients see it.
+pub(super) fn report(
+    state: &ClusterState,
+    name: &str,
+    rec: &LabRecord,
+    vms: Vec<VmReport>,
+    guests: Vec<GuestHealth>,
+) -> LabReport {
+    LabReport {
+        lab: name.to_string(),
+        placement: rec.placement.clone(),
+        vnis: rec.vnis.clone(),
+        status: rec.status.clone(),
+        nodes: node_states(state, rec),
+        origin: rec.origin.clone(),
+        vms,
+        guests,
+    }
+}
+
+#[cfg(test)]
+mod tests;
