@@ -10,6 +10,9 @@
 #                                 cluster first)
 #   deploy/cluster.sh down       (stops every lab, QEMU and daemon it started,
 #                                 removes the namespaces, the veth and the state)
+#   deploy/cluster.sh start I coordinator|agent
+#                                (starts that daemon of host I again, as `up`
+#                                 did, after a crash or a `kill -9`)
 # Environment:
 #   LABSPAN_CLUSTER_NAME    namespace prefix (default labspan: labspan-host1..)
 #   LABSPAN_CLUSTER_LINK    root-side veth, <= 15 bytes (default lsc-root)
@@ -245,7 +248,7 @@ spawn() {
     local i=$1 name=$2; shift 2
     local dir=$STATE/host$i
     LABSPAN_STATE=$dir/state LABSPAN_ACCEL=${LABSPAN_ACCEL:-auto} \
-        setsid ip netns exec "$HOST_PREFIX$i" "$BIN" "$@" </dev/null >"$dir/$name.log" 2>&1 &
+        setsid ip netns exec "$HOST_PREFIX$i" "$BIN" "$@" </dev/null >>"$dir/$name.log" 2>&1 &
     echo $! >"$dir/$name.pid"
 }
 
@@ -329,9 +332,30 @@ Remove it all:   $(settings)$0 down
 TXT
 }
 
+# Starts the coordinator or the agent of host I again, with the arguments
+# `up` gave it; refuses while it still runs.
+start_daemon() {
+    local i=${1:-} what=${2:-} n
+    own_state || die "no cluster of this name in $STATE (see \`$0 up\`)"
+    [[ $i =~ ^[0-9]+$ ]] && [ -d "$STATE/host$i/$what" ] ||
+        usage "start: host '$i' has no $what in $STATE (usage: $0 start I coordinator|agent)"
+    find_bin
+    if [ -f "$STATE/host$i/$what.pid" ] && alive_as "$(tr -dc '0-9' <"$STATE/host$i/$what.pid")" "$what"; then
+        die "the $what of host $i still runs (pid $(cat "$STATE/host$i/$what.pid"))"
+    fi
+    case $what in
+        coordinator) spawn "$i" coordinator coordinator run --data "$STATE/host$i/coordinator" ;;
+        agent)
+            n=$(host_dirs | wc -l)
+            spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i" --memory "$(host_memory "$n")" ;;
+        *) usage "start: coordinator or agent, not '$what'" ;;
+    esac
+}
+
 [ "$(id -u)" -eq 0 ] || die "needs root (namespaces, veths, QEMU)"
 case "${1:-}" in
     up) up "${2:-3}" ;;
     down) down ;;
-    *) echo "usage: $0 up [N] | down" >&2; exit 2 ;;
+    start) start_daemon "${2:-}" "${3:-}" ;;
+    *) echo "usage: $0 up [N] | down | start I coordinator|agent" >&2; exit 2 ;;
 esac

@@ -125,6 +125,8 @@ fn a_node_moved_by_its_pin_restarts_alone_and_down_leaves_nothing() {
     let before = where_running(&cluster, "tri");
     let hosts: Vec<usize> = before.values().map(|&(h, _)| h).collect();
     assert_eq!(hosts, vec![1, 2, 3], "{before:?}");
+    another_file_with_the_same_name_is_refused(&cluster, file, &before);
+    a_certificate_from_another_ca_is_refused_at_once(&cluster);
 
     cluster.write_file("tri.yaml", &chain("tri", &pins("host1")));
     let shown = ok(&cluster.labspan(&["up", file]), "labspan up (c on host1)");
@@ -138,6 +140,73 @@ fn a_node_moved_by_its_pin_restarts_alone_and_down_leaves_nothing() {
 
     ok(&cluster.labspan(&["down", "tri"]), "labspan down");
     assert_clean(&cluster, "tri");
+}
+
+/// Labs have an identity (issue 18): `up` of another file that names a
+/// running lab is refused with who deployed it, from where and when, and the
+/// lab keeps its VMs; `inspect` shows its origin.
+fn another_file_with_the_same_name_is_refused(
+    cluster: &LocalCluster,
+    file: &str,
+    before: &BTreeMap<String, (usize, u32)>,
+) {
+    let pins = "  pin: {a: host1, b: host2, c: host1}";
+    let other = cluster.write_file("other.yaml", &chain("tri", pins));
+    let other = other.to_str().expect("utf-8 path");
+    let refused = cluster.labspan(&["up", other]);
+    let said = text(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("already deployed by member") && said.contains(file),
+        "{said}"
+    );
+    assert!(said.contains("--replace"), "{said}");
+    assert_eq!(
+        &where_running(cluster, "tri"),
+        before,
+        "the lab's VMs changed"
+    );
+    let shown = ok(&cluster.labspan(&["inspect", "tri"]), "labspan inspect tri");
+    assert!(
+        shown.contains("lab \"tri\" deployed by member") && shown.contains(file),
+        "{shown}"
+    );
+    assert!(shown.contains("running"), "{shown}");
+}
+
+/// A member whose certificate another cluster's CA signed is refused during
+/// the handshake, and `up` says so instead of waiting for a coordinator.
+fn a_certificate_from_another_ca_is_refused_at_once(cluster: &LocalCluster) {
+    let dir = cluster.write_file("foreign-ca", "");
+    std::fs::remove_file(&dir).expect("removing the placeholder");
+    let init = cluster.labspan(&[
+        "cluster",
+        "init",
+        "--data",
+        dir.to_str().expect("utf-8 path"),
+        "--listen",
+        "127.0.0.1:9",
+    ]);
+    ok(&init, "labspan cluster init (another CA)");
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        let text = std::fs::read_to_string(&p).expect("reading a cluster file");
+        serde_json::from_str(&text).expect("a cluster file")
+    };
+    let mut mixed = read(cluster.admin());
+    let foreign = read(dir.join("admin.cluster"));
+    mixed["cert_pem"] = foreign["cert_pem"].clone();
+    mixed["key_pem"] = foreign["key_pem"].clone();
+    let path = cluster.write_file("foreign.cluster", &mixed.to_string());
+    let lab = cluster.write_file("solo.yaml", "name: solo\nnodes:\n  a: {image: tiny}\n");
+    let out = labspan_tests::run(
+        std::process::Command::new(labspan_tests::labspan_bin())
+            .args(["up", lab.to_str().expect("utf-8 path")])
+            .env("LABSPAN_CLUSTER", &path),
+    );
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("refused this member's certificate"), "{said}");
+    assert!(!said.contains("waiting for the cluster"), "{said}");
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, env = "LABSPAN_CLUSTER")]
     pub cluster: Option<PathBuf>,
     /// Replace a lab of the same name that another member, or another
-    /// file, deployed (its nodes restart from this file).
+    /// file, deployed (the lab then runs what this file says).
     #[arg(long)]
     pub replace: bool,
 }

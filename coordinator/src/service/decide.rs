@@ -76,7 +76,7 @@ pub fn may_replace(
     }
     Err(format!(
         "lab {lab:?} is already deployed by {old}; `labspan up --replace` replaces it \
-         (its nodes restart from your file), or rename your lab"
+         (the lab then runs what your file says), or rename your lab"
     ))
 }
 

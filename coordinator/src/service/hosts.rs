@@ -10,8 +10,8 @@ use labspan_proto::msg::{ErrorKind, Reply};
 use labspan_transport::IDLE_TIMEOUT;
 
 use super::push::{self, DEFAULT_UNDERLAY_MTU};
-use super::{error, lock, recovery, HostLive, Inner};
-use crate::raft::{Capacity, Command};
+use super::{agents, error, lock, recovery, HostLive, Inner};
+use crate::raft::{Capacity, Command, LabStatus};
 
 /// A host not heard of for this long is marked down.
 pub const HOST_DOWN_AFTER: Duration = Duration::from_secs(10);
@@ -76,14 +76,45 @@ pub(super) async fn register(
 
 /// Sends host `name` its complete plan in the background: after a restart
 /// or a loss, its agent converges (and stops VMs that moved elsewhere).
+/// Labs on it that `Failed` (typically because this agent was away during
+/// their deploy) are settled again, so they become `Running` once every
+/// host of theirs runs its share.
 fn send_own_plan(inner: &Arc<Inner>, name: &str) {
     let (inner, host) = (inner.clone(), name.to_string());
     tokio::spawn(async move {
         // After any lab change in flight: a plan computed before it must not
         // reach the agent after that change's plan.
         let _one_at_a_time = inner.lab_lock.lock().await;
-        push::push_plans(&inner, &BTreeSet::from([host])).await
+        push::push_plans(&inner, &BTreeSet::from([host.clone()])).await;
+        for (lab, hosts) in failed_labs_on(&inner, &host) {
+            if !agents::missing(&inner, &hosts).is_empty() {
+                continue; // Settled when the last of its agents registers.
+            }
+            match push::settle(&inner, &lab, &hosts).await {
+                Ok(_) => tracing::info!(
+                    lab,
+                    host,
+                    "failed lab settled again after its host registered"
+                ),
+                Err(e) => {
+                    tracing::warn!(lab, error = %e.message, "cannot settle a failed lab again")
+                }
+            }
+        }
     });
+}
+
+/// The `Failed` labs with a node on `host`, each with all its hosts.
+fn failed_labs_on(inner: &Inner, host: &str) -> Vec<(String, BTreeSet<String>)> {
+    let state = inner.state.read();
+    state
+        .state
+        .labs
+        .iter()
+        .filter(|(_, rec)| matches!(rec.status, LabStatus::Failed { .. }))
+        .filter(|(_, rec)| rec.placement.values().any(|h| h == host))
+        .map(|(lab, rec)| (lab.clone(), rec.placement.values().cloned().collect()))
+        .collect()
 }
 
 /// Leader: agent `name` is alive.

@@ -19,6 +19,9 @@ use crate::raft::{Applied, Command, Member, NodeId};
 
 /// How long a request waits for a leader to be elected before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long a coordinator has to answer a ping on a cached connection (or
+/// a dial) before forwarding gives it up.
+const PEER_PROBE: Duration = Duration::from_secs(1);
 /// Pause between attempts of a new coordinator to be added.
 const MEMBERSHIP_RETRY: Duration = Duration::from_secs(1);
 
@@ -87,6 +90,12 @@ impl Inner {
     }
 
     /// The cached connection to the coordinator at `addr`, made if needed.
+    ///
+    /// A cached connection to a peer that restarted (or died) stays open on
+    /// this side until QUIC's idle timeout, and a request on it would wait
+    /// that long; so a cached connection must answer a ping within
+    /// [`PEER_PROBE`] or it is dropped and the peer dialled afresh (for at
+    /// most as long).
     pub(super) async fn peer_connection(
         &self,
         addr: &str,
@@ -96,11 +105,21 @@ impl Inner {
             .map_err(|e| format!("bad address {addr:?}: {e}"))?;
         let cached = lock(&self.peers).get(&addr).cloned();
         if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
-            return Ok((addr, c));
+            let probe = transport::request::<_, Reply>(&c, &Request::Ping { nonce: 0 });
+            match tokio::time::timeout(PEER_PROBE, probe).await {
+                Ok(Ok(Reply::Pong { .. })) => return Ok((addr, c)),
+                outcome => {
+                    tracing::info!(%addr, ?outcome, "cached coordinator connection is dead; dialling afresh");
+                    lock(&self.peers).remove(&addr);
+                    c.close(0u32.into(), b"no answer");
+                }
+            }
         }
-        let c: Connection = transport::connect(&self.endpoint, addr)
-            .await
-            .map_err(|e| e.to_string())?;
+        let c: Connection =
+            tokio::time::timeout(PEER_PROBE, transport::connect(&self.endpoint, addr))
+                .await
+                .map_err(|_| format!("no answer from {addr} within {} ms", PEER_PROBE.as_millis()))?
+                .map_err(|e| e.to_string())?;
         lock(&self.peers).insert(addr, c.clone());
         Ok((addr, c))
     }
