@@ -337,7 +337,7 @@ TXT
 start_daemon() {
     local i=${1:-} what=${2:-} n
     own_state || die "no cluster of this name in $STATE (see \`$0 up\`)"
-    [[ $i =~ ^[0-9]+$ ]] && [ -d "$STATE/host$i/$what" ] ||
+    { [[ $i =~ ^[0-9]+$ ]] && [ -d "$STATE/host$i/$what" ]; } ||
         usage "start: host '$i' has no $what in $STATE (usage: $0 start I coordinator|agent)"
     find_bin
     if [ -f "$STATE/host$i/$what.pid" ] && alive_as "$(tr -dc '0-9' <"$STATE/host$i/$what.pid")" "$what"; then

@@ -166,21 +166,20 @@ async fn leader_of(node: &Coordinator) -> Result<NodeId, Box<dyn std::error::Err
     Ok(m.current_leader.ok_or("no leader")?)
 }
 
-fn create_sip() -> Command {
+fn create_sip() -> Result<Command, Box<dyn std::error::Error>> {
     let lab = labspan_proto::lab::parse("sip", "name: sip\nnodes:\n  r1: {image: tiny}\n")
-        .unwrap_or_else(|d| panic!("{d}"));
+        .map_err(|d| d.to_string())?;
     let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
         lab,
         files: BTreeMap::new(),
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    Command::DeployLab {
+    })?;
+    Ok(Command::DeployLab {
         name: "sip".into(),
         spec,
         segments: BTreeSet::from(["lan0".to_string(), "r1-r2".to_string()]),
         placement: BTreeMap::from([("r1".to_string(), "h1".to_string())]),
         origin: None,
-    }
+    })
 }
 
 /// The host `create_sip` places its node on.
@@ -204,7 +203,7 @@ async fn three_coordinators_commit_and_agree() -> TestResult {
     let leader = &nodes[usize::try_from(leader_of(&nodes[0]).await?)? - 1].raft;
 
     leader.client_write(register_h1()).await?;
-    let written = leader.client_write(create_sip()).await?;
+    let written = leader.client_write(create_sip()?).await?;
     let expected = BTreeMap::from([("lan0".to_string(), 4096), ("r1-r2".to_string(), 4097)]);
     assert_eq!(written.data, Ok(Applied::Vnis(expected)));
 
@@ -228,7 +227,7 @@ async fn restarted_cluster_has_the_same_state_from_disk() -> TestResult {
     let (nodes, members) = start_cluster(&ca, &dirs).await?;
     let leader = &nodes[usize::try_from(leader_of(&nodes[0]).await?)? - 1].raft;
     leader.client_write(register_h1()).await?;
-    let written = leader.client_write(create_sip()).await?;
+    let written = leader.client_write(create_sip()?).await?;
     for node in &nodes {
         node.raft
             .wait(WAIT)
