@@ -285,13 +285,29 @@ async fn only_coordinators_may_send_raft_rpcs() -> TestResult {
     Ok(())
 }
 
-/// A lab whose stored spec is `spec_len` bytes.
-fn create_lab(i: usize, spec_len: usize) -> Command {
-    Command::CreateLab {
-        name: format!("lab-{i:03}"),
-        spec: vec![u8::try_from(i % 251).unwrap_or(0); spec_len],
+/// A lab with one node on h1 whose bundle carries a `spec_len`-byte file.
+fn create_lab(i: usize, spec_len: usize) -> Result<Command, String> {
+    let name = format!("lab-{i:03}");
+    let lab = labspan_proto::lab::parse(
+        &name,
+        &format!("name: {name}\nnodes:\n  r1: {{image: tiny}}\n"),
+    )
+    .map_err(|d| d.to_string())?;
+    let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
+        lab,
+        files: BTreeMap::from([(
+            "pad".to_string(),
+            vec![u8::try_from(i % 251).unwrap_or(0); spec_len],
+        )]),
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Command::DeployLab {
+        name,
+        spec,
         segments: BTreeSet::from(["lan0".to_string()]),
-    }
+        placement: BTreeMap::from([("r1".to_string(), "h1".to_string())]),
+        origin: None,
+    })
 }
 
 /// Proposes `cmd` on whichever node leads, following leadership changes (a
@@ -333,7 +349,7 @@ async fn write_labs(
     let mut tasks = tokio::task::JoinSet::new();
     for i in range {
         let rafts = rafts.clone();
-        tasks.spawn(async move { write_on_leader(&rafts, create_lab(i, spec_len)).await });
+        tasks.spawn(async move { write_on_leader(&rafts, create_lab(i, spec_len)?).await });
         if tasks.len() >= 16 {
             if let Some(done) = tasks.join_next().await {
                 last = last.max(done?.map_err(|e| e.to_string())?);
@@ -387,6 +403,12 @@ async fn five_hundred_labs_survive_a_restart_of_every_coordinator() -> TestResul
     let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
     let (nodes, members) = start_cluster_with(&ca, &dirs, patient).await?;
     let leader = leader_index(&nodes, leader_of(&nodes[0]).await?)?;
+    write_on_leader(
+        &nodes.iter().map(|n| n.raft.clone()).collect::<Vec<_>>(),
+        register_h1(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     // Half of them in a snapshot, the other half only in the log.
     let half = write_labs(&nodes, 0..250, 2048).await?;
     applied_everywhere(&nodes, half).await?;
@@ -431,14 +453,16 @@ async fn restarted_coordinator_applies_only_what_it_knew_committed() -> TestResu
     let (mut nodes, members) = start_cluster(&ca, &dirs).await?;
     let leader_id = leader_of(&nodes[0]).await?;
     let leader = leader_index(&nodes, leader_id)?;
-    let committed = nodes[leader].raft.client_write(create_sip()).await?;
+    nodes[leader].raft.client_write(register_h1()).await?;
+    let committed = nodes[leader].raft.client_write(create_sip()?).await?;
     applied_everywhere(&nodes, committed.log_id.index).await?;
 
     // Without its followers the leader appends an entry it cannot commit.
     let kept = nodes.remove(leader);
     stop_all(nodes, false).await?;
     let raft = kept.raft.clone();
-    let stranded = tokio::spawn(async move { raft.client_write(create_lab(1, 16)).await });
+    let stranded_lab = create_lab(1, 16)?;
+    let stranded = tokio::spawn(async move { raft.client_write(stranded_lab).await });
     kept.raft
         .wait(WAIT)
         .log_index_at_least(Some(committed.log_id.index + 1), "an uncommitted append")

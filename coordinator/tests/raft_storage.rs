@@ -98,17 +98,38 @@ async fn a_snapshot_over_the_message_limit_is_built_installed_and_restored(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let source = TempDir::new()?;
     let (_log, mut sm) = raft::open(&source.path().join("raft.redb"))?;
-    let labs = (1..=40u64).map(|i| {
-        let spec = vec![u8::try_from(i)?; 512 * 1024];
-        let cmd = Command::CreateLab {
-            name: format!("lab-{i}"),
+    sm.apply([entry(1, register("h1"))]).await?;
+    let labs = (2..=41u64).map(|i| {
+        // The bulk is a guest file of the lab's bundle: a real, plannable lab.
+        let name = format!("lab-{i}");
+        let lab = labspan_proto::lab::parse(
+            &name,
+            &format!("name: {name}\nnodes:\n  r1: {{image: tiny}}\n"),
+        )
+        .map_err(|d| d.to_string())?;
+        let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
+            lab,
+            files: std::collections::BTreeMap::from([(
+                "pad".to_string(),
+                vec![u8::try_from(i)?; 512 * 1024],
+            )]),
+        })?;
+        let cmd = Command::DeployLab {
+            name,
             spec,
             segments: BTreeSet::from(["lan0".to_string()]),
+            placement: std::collections::BTreeMap::from([("r1".to_string(), "h1".to_string())]),
+            origin: None,
         };
-        Ok::<_, std::num::TryFromIntError>(entry(i, cmd))
+        Ok::<_, Box<dyn std::error::Error>>(entry(i, cmd))
     });
     let labs: Vec<_> = labs.collect::<Result<_, _>>()?;
     sm.apply(labs).await?;
+    assert_eq!(
+        sm.shared().read().state.labs.len(),
+        40,
+        "every lab was stored"
+    );
     let want = sm.shared().read().state.clone();
     let snapshot = sm.build_snapshot().await?;
     let bytes = snapshot.snapshot.into_inner();
@@ -128,7 +149,7 @@ async fn a_snapshot_over_the_message_limit_is_built_installed_and_restored(
     let (_log, mut restarted) = raft::open(&path)?;
     assert_eq!(restarted.shared().read().state, want);
     let (last, _) = restarted.applied_state().await?;
-    assert_eq!(last, Some(log_id(1, 0, 40)));
+    assert_eq!(last, Some(log_id(1, 0, 41)));
     let current = restarted
         .get_current_snapshot()
         .await?

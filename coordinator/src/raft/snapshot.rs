@@ -198,6 +198,8 @@ mod tests {
                 vnis: BTreeMap::from([("lan".to_string(), vni)]),
                 placement: BTreeMap::from([("r1".to_string(), "h1".to_string())]),
                 status: LabStatus::Running,
+                moving: BTreeSet::new(),
+                origin: None,
             };
             s.labs.insert(name, record);
         }
