@@ -25,8 +25,10 @@ use crate::InvalidInput;
 /// How long one check command may run in the guest.
 const CHECK_EXEC_TIMEOUT_SECS: u64 = 30;
 /// How long `up` waits for the cluster to finish a deploy whose coordinator
-/// was lost (a new leader resumes it once the agents found it).
-const RESUME_WAIT: Duration = Duration::from_secs(180);
+/// was lost (a new leader resumes it once the agents found it): longer than
+/// an agent waits for its guests to boot (`BOOT_TIMEOUT`, 300 s), so a
+/// deploy that was only slow is not reported as lost.
+const RESUME_WAIT: Duration = Duration::from_secs(360);
 /// How often `up` then asks how the lab is.
 const RESUME_POLL: Duration = Duration::from_secs(1);
 

@@ -311,8 +311,15 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
     let join_endpoint = transport::join_server_endpoint(join_at, ca.cert(), &me)?;
     let (log, sm) = raft::open(&data.raft_store())?;
     let state = sm.shared();
+    // etcd's defaults rather than openraft's (50 ms, 150-300 ms): guests
+    // booting under TCG saturate the cores of a lab host, and a follower
+    // that misses a few 50 ms heartbeats starts an election that moves the
+    // leader in the middle of a deploy.
     let raft_config = openraft::Config {
         cluster_name: "labspan".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
         ..Default::default()
     };
     let raft_config = Arc::new(
