@@ -119,10 +119,11 @@ fn killed_agent_restarts_keeps_the_vms_and_applies_an_added_link() {
     let before = (host.qemu_pid("pair", "a"), host.qemu_pid("pair", "b"));
     assert!(before.0.is_some() && before.1.is_some());
 
-    // v2 links the NICs that were left unconnected.
+    // v2, the same file edited, links the NICs that were left unconnected
+    // (a lab file at another path would be refused as a replacement).
     let v2_text =
         format!("{PAIR_V1}  - [a:eth1, b:eth1]\nverify:\n  - ping: {{from: a, to: 198.19.21.2}}\n");
-    let v2 = write_lab(&host, "v2.yaml", &v2_text);
+    let v2 = write_lab(&host, "v1.yaml", &v2_text);
     let new_bridge = names::bridge("pair", "link:a:eth1--b:eth1");
     let mut child = host
         .labspan_cmd(&["up", v2.to_str().expect("utf-8 path")])
