@@ -122,26 +122,11 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<usize, CodecError> {
 
 /// Decodes one complete envelope; `bytes` must hold exactly one message.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
-        return Err(CodecError::Truncated {
-            needed: HEADER_LEN,
-            got: bytes.len(),
-        });
-    };
-    let size = parse_header(head)?;
-    let rest = &bytes[HEADER_LEN..];
-    if rest.len() < size {
-        return Err(CodecError::Truncated {
-            needed: HEADER_LEN + size,
-            got: bytes.len(),
-        });
+    let (payload, after) = split_envelope(bytes)?;
+    if !after.is_empty() {
+        return Err(CodecError::TrailingBytes { extra: after.len() });
     }
-    if rest.len() > size {
-        return Err(CodecError::TrailingBytes {
-            extra: rest.len() - size,
-        });
-    }
-    decode_payload(rest)
+    decode_payload(payload)
 }
 
 /// Decodes the first envelope of `bytes`; returns it and the bytes after it.
@@ -150,6 +135,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// sequence of envelopes, each within the limit, read back with this one
 /// message at a time.
 pub fn decode_first<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    let (payload, after) = split_envelope(bytes)?;
+    Ok((decode_payload(payload)?, after))
+}
+
+/// The payload of the first envelope of `bytes` (header checked, whole
+/// payload present) and the bytes after it.
+fn split_envelope(bytes: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
     let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
         return Err(CodecError::Truncated {
             needed: HEADER_LEN,
@@ -164,8 +156,7 @@ pub fn decode_first<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), Cod
             got: bytes.len(),
         });
     }
-    let (payload, after) = rest.split_at(size);
-    Ok((decode_payload(payload)?, after))
+    Ok(rest.split_at(size))
 }
 
 /// Decodes a payload whose header was already checked with [`parse_header`].
