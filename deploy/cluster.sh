@@ -156,7 +156,7 @@ down() {
             jq -r '.labs[].name') || labs=
         for lab in $labs; do
             echo "labspan down $lab (cluster)"
-            timeout 180 "$BIN" down "$lab" --cluster "$ADMIN" || echo "  (failed; its QEMUs are stopped by pid below)"
+            timeout 180 "$BIN" down "$lab" --ignore-missing --cluster "$ADMIN" || echo "  (failed; its QEMUs are stopped by pid below)"
         done
     fi
     # 2. Any QEMU the agents left, by the pidfiles under each host's state.

@@ -331,9 +331,7 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks) {
                             stdout: out.stdout,
                             stderr: out.stderr,
                         }),
-                        Err(e) => {
-                            AgentReply::Error(ErrorReply::new(ErrorKind::NotFound, e.to_string()))
-                        }
+                        Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
                     }
                 }
                 Err(e) => {
@@ -368,9 +366,10 @@ async fn apply(
         .await
     {
         Ok(report) => AgentReply::Applied(vm_reports(&plan.host, report)),
+        // The coordinator names the host; the error stays one line.
         Err(e) => AgentReply::Error(ErrorReply::new(
             ErrorKind::Internal,
-            format!("host {}: {e}", plan.host),
+            e.to_string().replace('\n', " "),
         )),
     }
 }

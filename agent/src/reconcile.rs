@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use labspan_proto::msg::ErrorKind;
 use labspan_proto::plan::{HostPlan, LabPlan, VmPlan};
 use sha2::{Digest, Sha256};
 
@@ -93,6 +94,22 @@ impl AgentError {
         AgentError::Vm {
             lab: lab.into(),
             source: Box::new(source),
+        }
+    }
+
+    /// How a caller should class this error: an unknown VM, a guest command
+    /// that ran out of time, or a failure on this host.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AgentError::NoSuchVm { .. } => ErrorKind::NotFound,
+            AgentError::Vm { source, .. } => match source.as_ref() {
+                VmError::Qga {
+                    source: QgaError::Unfinished { .. },
+                    ..
+                } => ErrorKind::TimedOut,
+                _ => ErrorKind::Internal,
+            },
+            _ => ErrorKind::Internal,
         }
     }
 }

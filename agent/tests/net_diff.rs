@@ -419,6 +419,7 @@ fn impairments_change_only_when_the_kernel_would_apply_them_differently() {
         actions(&host(vec![l]), &fake),
         vec![Action::SetImpairment {
             name: a0,
+            nic: "a:eth0".into(),
             impairment: Impairment::default()
         }]
     );

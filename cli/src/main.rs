@@ -3,11 +3,13 @@
 mod cmd;
 mod embedded;
 mod guests;
+mod log;
+mod origin;
 mod remote;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Exit status for invalid input (lab file, flags, hosts file): nothing was changed.
 const EXIT_INVALID: u8 = 2;
@@ -69,14 +71,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LABSPAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    log::init();
+    quiet_on_closed_stdout();
+    let cli = match Cli::command().try_get_matches() {
+        Ok(matches) => {
+            origin::record(&matches);
+            Cli::from_arg_matches(&matches)
+        }
+        Err(e) => Err(e),
+    };
+    let cli = cli.unwrap_or_else(|e| origin::explain_and_exit(e));
     let result = match cli.command {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Graph(a) => cmd::graph::run(a),
@@ -95,6 +99,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`| head`, `| tcpdump -c 3`): it has what it wanted.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(invalid) = e.downcast_ref::<InvalidInput>() {
                 eprintln!("{invalid}");
@@ -104,4 +110,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `println!` panics when stdout is a pipe whose reader has gone (Rust
+/// ignores SIGPIPE); such a command ends quietly with status 0 instead, as
+/// `validate ... | head -n 1` expects. Every other panic is reported as usual.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = (payload.downcast_ref::<String>().map(String::as_str))
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
 }

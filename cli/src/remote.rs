@@ -18,7 +18,7 @@ use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{
     ErrorKind, ErrorReply, ExecResult, LabReport, LabSource, LabStatus, NodeState, Reply, Request,
 };
-use labspan_transport::client::{Client, ClusterFile};
+use labspan_transport::client::{Client, ClientError, ClusterFile};
 
 use crate::InvalidInput;
 
@@ -34,10 +34,34 @@ const RESUME_POLL: Duration = Duration::from_secs(1);
 
 /// Connects with the credential in the cluster file at `path`.
 pub async fn connect(path: &Path) -> anyhow::Result<Client> {
-    let file = ClusterFile::load(path)?;
+    let file = load_cluster_file(path)?;
     Client::connect(&file)
         .await
         .with_context(|| format!("cluster file {}", path.display()))
+}
+
+/// Reads the cluster file; an unreadable one is the user's to fix (exit 2),
+/// named with the flag or variable it came from, its cause said once.
+pub fn load_cluster_file(path: &Path) -> anyhow::Result<ClusterFile> {
+    let from = crate::origin::cluster();
+    match ClusterFile::load(path) {
+        Ok(file) => Ok(file),
+        Err(ClientError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(InvalidInput(format!(
+                "error: cluster file {} (from {from}) does not exist\n  \
+                 hint: `labspan cluster init` or `deploy/cluster.sh up` makes one; \
+                 without {from}, commands run on this machine",
+                path.display()
+            ))
+            .into())
+        }
+        Err(ClientError::Io { source, .. }) => Err(InvalidInput(format!(
+            "error: cluster file {} (from {from}): {source}",
+            path.display()
+        ))
+        .into()),
+        Err(e) => Err(InvalidInput(format!("error: {e} (from {from})")).into()),
+    }
 }
 
 /// Sends `req` and turns a refusal into an error (invalid input → exit 2).
@@ -70,6 +94,11 @@ fn refusal(e: ErrorReply) -> anyhow::Error {
             InvalidInput(format!("error: {}", e.message)).into()
         }
         ErrorKind::Forbidden => anyhow::anyhow!("refused: {}", e.message),
+        // Only `exec` runs for a time the caller chose.
+        ErrorKind::TimedOut => anyhow::anyhow!(
+            "{}; give it longer with `labspan exec --timeout SECS`",
+            e.message
+        ),
         _ => anyhow::anyhow!("{}", e.message),
     }
 }
@@ -288,12 +317,13 @@ fn output(r: ExecResult) -> ExecOutput {
     }
 }
 
-/// `labspan down` on a cluster.
-pub async fn down(path: &Path, lab: &str) -> anyhow::Result<ExitCode> {
+/// `labspan down` on a cluster. An unknown lab is an error (exit 2, with
+/// the closest deployed name) unless `ignore_missing`, for scripts.
+pub async fn down(path: &Path, lab: &str, ignore_missing: bool) -> anyhow::Result<ExitCode> {
     let client = connect(path).await?;
     match client.request(&Request::DeleteLab { name: lab.into() }).await? {
         Reply::Done => println!("lab \"{lab}\" is down: its VMs stopped on every host, its interfaces and VM folders removed"),
-        Reply::Error(e) if e.kind == ErrorKind::NotFound => println!("lab \"{lab}\" is not deployed; nothing to do"),
+        Reply::Error(e) if e.kind == ErrorKind::NotFound && ignore_missing => println!("lab \"{lab}\" is not deployed; nothing to do"),
         Reply::Error(e) => return Err(refusal(e)),
         other => bail!("unexpected reply to DeleteLab: {other:?}"),
     }
@@ -408,20 +438,18 @@ struct LabView {
 /// `labspan inspect` on a cluster.
 pub async fn inspect(path: &Path, only: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let client = connect(path).await?;
-    let labs: Vec<String> = match call(&client, &Request::Status).await? {
-        Reply::Status(s) => s
-            .labs
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|n| only.is_none_or(|o| o == n))
-            .collect(),
+    let deployed: Vec<String> = match call(&client, &Request::Status).await? {
+        Reply::Status(s) => s.labs.into_iter().map(|(name, _)| name).collect(),
         other => bail!("unexpected reply to Status: {other:?}"),
     };
+    let labs: Vec<String> = (deployed.iter())
+        .filter(|n| only.is_none_or(|o| o == *n))
+        .cloned()
+        .collect();
     if let (Some(lab), true) = (only, labs.is_empty()) {
-        return Err(InvalidInput(format!(
-            "lab \"{lab}\" is not deployed (see `labspan inspect`)"
-        ))
-        .into());
+        let hint =
+            labspan_proto::suggest::hint(lab, deployed.iter().map(String::as_str), "deployed labs");
+        return Err(InvalidInput(format!("error: lab \"{lab}\" is not deployed{hint}")).into());
     }
     let mut views = Vec::new();
     for name in labs {

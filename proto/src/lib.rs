@@ -10,3 +10,4 @@ pub mod lab;
 pub mod msg;
 pub mod names;
 pub mod plan;
+pub mod suggest;

@@ -496,6 +496,8 @@ pub enum ErrorKind {
     /// It would undo someone else's work (a lab deployed from another file
     /// or by another member); the message says whose, and how to insist.
     Conflict,
+    /// It was started but did not end in the time it was given.
+    TimedOut,
 }
 
 impl ErrorReply {

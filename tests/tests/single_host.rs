@@ -62,6 +62,20 @@ fn down_leaves_no_interface_process_socket_or_overlay() {
     assert!(!host.labspan_links().is_empty());
     assert!(host.vm_files().iter().any(|f| f.ends_with("qmp.sock")));
 
+    // A typo is an error that names the lab meant, and stops nothing.
+    let typo = host.labspan(&["down", "tiro"]);
+    assert_eq!(typo.status.code(), Some(2), "{}", text(&typo));
+    assert!(
+        text(&typo).contains("did you mean \"trio\""),
+        "{}",
+        text(&typo)
+    );
+    let still: Vec<u32> = ["a", "b", "c"]
+        .iter()
+        .filter_map(|n| host.qemu_pid("trio", n))
+        .collect();
+    assert_eq!(still, pids, "a down of a misspelt lab stops nothing");
+
     let down = host.labspan(&["down", "trio"]);
     assert!(
         down.status.success(),
@@ -90,12 +104,15 @@ fn down_leaves_no_interface_process_socket_or_overlay() {
         text(&inspect)
     );
 
-    // Idempotent: a second down is fine and says so.
+    // A second down is an error, unless a script says a missing lab is fine.
     let again = host.labspan(&["down", "trio"]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("not deployed"), "{}", text(&again));
+    let scripted = host.labspan(&["down", "trio", "--ignore-missing"]);
     assert!(
-        again.status.success() && text(&again).contains("not deployed"),
+        scripted.status.success() && text(&scripted).contains("nothing to do"),
         "{}",
-        text(&again)
+        text(&scripted)
     );
 }
 

@@ -53,6 +53,8 @@ pub enum Action {
     /// Apply an impairment on a tap's root qdisc (none: remove it).
     SetImpairment {
         name: String,
+        /// The lab's name for the tap's NIC (`node:nic`), for errors.
+        nic: String,
         impairment: Impairment,
     },
 }
@@ -107,7 +109,9 @@ impl fmt::Display for Action {
                     "fdb del 00:00:00:00:00:00 dev {device} dst {remote} self"
                 )
             }
-            Action::SetImpairment { name, impairment } => {
+            Action::SetImpairment {
+                name, impairment, ..
+            } => {
                 write!(f, "set {name} impairment {impairment:?}")
             }
         }

@@ -121,6 +121,7 @@ fn changes_of(current: &Link, want: &Link) -> Vec<Action> {
     if want.kind == LinkKind::Tap && !same_impairment(&current.impairment, &want.impairment) {
         out.push(Action::SetImpairment {
             name: name(),
+            nic: nic_of(want),
             impairment: want.impairment,
         });
     }
@@ -131,4 +132,14 @@ fn changes_of(current: &Link, want: &Link) -> Vec<Action> {
         });
     }
     out
+}
+
+/// A tap's NIC as the lab names it (`node:nic`), from the alias labspan
+/// gave it (`labspan:LAB/tap NODE.NIC`); the device name if it has none.
+fn nic_of(tap: &Link) -> String {
+    tap.alias
+        .as_deref()
+        .and_then(|a| a.split_once("/tap "))
+        .and_then(|(_, nic)| nic.split_once('.'))
+        .map_or_else(|| tap.name.clone(), |(node, nic)| format!("{node}:{nic}"))
 }

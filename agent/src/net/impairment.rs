@@ -94,10 +94,11 @@ fn of_root(root: &Value) -> Impairment {
     }
 }
 
-/// Puts `imp` on the root qdisc of `dev` (in the calling thread's namespace).
-pub async fn apply(dev: &str, imp: &Impairment) -> Result<(), NetError> {
+/// Puts `imp` on the root qdisc of `dev` (in the calling thread's
+/// namespace), the tap of the lab's NIC `nic` (`node:nic`, what errors name).
+pub async fn apply(dev: &str, nic: &str, imp: &Impairment) -> Result<(), NetError> {
     let args = tc_args(dev, imp);
-    let out = run_tc(dev, &args).await?;
+    let out = run_tc(nic, &args).await?;
     let deleting = args.get(1).is_some_and(|a| a == "del");
     // Nothing to delete is what was asked for.
     if out.status.success()
@@ -114,8 +115,8 @@ pub async fn apply(dev: &str, imp: &Impairment) -> Result<(), NetError> {
         _ => String::new(),
     };
     Err(NetError::Tc {
-        object: dev.to_string(),
-        detail: format!("`tc {}`: {}{hint}", args.join(" "), stderr.trim()),
+        object: format!("the link end {nic}"),
+        detail: format!("{}{hint}", stderr.trim()),
     })
 }
 

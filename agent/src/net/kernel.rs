@@ -320,7 +320,11 @@ impl NetOps for KernelNet {
                     .await
                     .map_err(|e| NetError::netlink(what, device, e))
             }
-            Action::SetImpairment { name, impairment } => impairment::apply(name, impairment).await,
+            Action::SetImpairment {
+                name,
+                nic,
+                impairment,
+            } => impairment::apply(name, nic, impairment).await,
         }
     }
 }

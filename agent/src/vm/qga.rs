@@ -30,27 +30,21 @@ pub enum QgaError {
         #[source]
         source: std::io::Error,
     },
-    #[error("guest agent at {path} did not answer {what} within {timeout:?}: is qemu-guest-agent running in the guest?")]
-    Timeout {
-        path: PathBuf,
-        what: String,
-        timeout: Duration,
-    },
-    #[error("guest agent at {path} closed the connection during {what}")]
-    Closed { path: PathBuf, what: String },
-    #[error("guest agent at {path}: {command} failed: {class}: {desc}")]
+    #[error("the guest agent did not answer {what} within {timeout:?}: is qemu-guest-agent running in the guest?")]
+    Timeout { what: String, timeout: Duration },
+    /// The guest agent answers, but the command it runs has not ended.
+    #[error("`{command}` did not finish within {} s (it may still be running in the guest)", timeout.as_secs())]
+    Unfinished { command: String, timeout: Duration },
+    #[error("the guest agent closed the connection during {what}")]
+    Closed { what: String },
+    #[error("guest agent: {command} failed: {class}: {desc}")]
     Command {
-        path: PathBuf,
         command: String,
         class: String,
         desc: String,
     },
-    #[error("guest agent at {path}: malformed reply to {command}: {detail}")]
-    Protocol {
-        path: PathBuf,
-        command: String,
-        detail: String,
-    },
+    #[error("guest agent: malformed reply to {command}: {detail}")]
+    Protocol { command: String, detail: String },
 }
 
 /// What a guest command did.
@@ -140,7 +134,6 @@ impl GuestAgent {
         let reply: Reply = serde_json::from_str(&line).map_err(|e| self.bad(command, e))?;
         if let Some(e) = reply.error {
             return Err(QgaError::Command {
-                path: self.path.clone(),
                 command: command.to_string(),
                 class: e.class,
                 desc: e.desc,
@@ -181,11 +174,12 @@ impl GuestAgent {
                 return self.exec_output(st);
             }
             if Instant::now() >= deadline {
-                return Err(QgaError::Timeout {
-                    path: self.path.clone(),
-                    what: format!("{path} {} (still running in the guest)", args.join(" ")),
-                    timeout,
-                });
+                // The line as the user wrote it: `sh -c LINE` shows as LINE.
+                let command = match args {
+                    ["-c", line] => (*line).to_string(),
+                    _ => format!("{path} {}", args.join(" ")),
+                };
+                return Err(QgaError::Unfinished { command, timeout });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -291,7 +285,6 @@ impl GuestAgent {
 
     fn bad(&self, command: &str, detail: impl std::fmt::Display) -> QgaError {
         QgaError::Protocol {
-            path: self.path.clone(),
             command: command.to_string(),
             detail: detail.to_string(),
         }
@@ -303,12 +296,8 @@ fn line_error(path: &Path, what: &str, timeout: Duration, e: LineError) -> QgaEr
     let (path, what) = (path.to_path_buf(), what.to_string());
     match e {
         LineError::Io(source) => QgaError::Io { path, source },
-        LineError::Timeout => QgaError::Timeout {
-            path,
-            what,
-            timeout,
-        },
-        LineError::Closed => QgaError::Closed { path, what },
+        LineError::Timeout => QgaError::Timeout { what, timeout },
+        LineError::Closed => QgaError::Closed { what },
     }
 }
 

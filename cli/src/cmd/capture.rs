@@ -83,7 +83,7 @@ fn local(args: &Args) -> anyhow::Result<ExitCode> {
     let tap = names::tap(&args.lab, &args.node, &args.nic);
     if !Path::new("/sys/class/net").join(&tap).exists() {
         return Err(InvalidInput(format!(
-            "error: lab {:?} has no NIC {}:{} on this machine (no tap {tap}; see `labspan inspect`)",
+            "error: lab {:?} has no NIC {}:{} running on this machine (see `labspan inspect`)",
             args.lab, args.node, args.nic
         ))
         .into());
@@ -100,7 +100,9 @@ fn local(args: &Args) -> anyhow::Result<ExitCode> {
     let status = cmd
         .status()
         .context("running tcpdump (install it: apt install tcpdump)")?;
-    Ok(if status.success() {
+    // tcpdump ends on SIGPIPE when our reader has what it wanted (`| tcpdump -c 3`).
+    let reader_gone = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGPIPE);
+    Ok(if status.success() || reader_gone {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -9,22 +9,26 @@ use crate::embedded;
 pub struct Args {
     /// Lab name (as in its file's `name:`).
     pub lab: String,
+    /// A lab that is not deployed is not an error (for scripts).
+    #[arg(long)]
+    pub ignore_missing: bool,
     /// Act on the cluster this file names instead of this machine.
     #[arg(long, env = "LABSPAN_CLUSTER")]
     pub cluster: Option<std::path::PathBuf>,
 }
 
-/// Runs `labspan down`. Idempotent: a lab already gone is not an error.
+/// Runs `labspan down`. A lab that is not deployed is an error (exit 2,
+/// with the closest deployed name) unless `--ignore-missing`.
 /// On the embedded default, leftovers of an interrupted `up` (VMs,
 /// interfaces of a lab the cluster never recorded) are removed too: the
 /// local agent brings the host to its recorded plan before anything else.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
     if let Some(cluster) = &args.cluster {
-        return rt.block_on(crate::remote::down(cluster, &args.lab));
+        return rt.block_on(crate::remote::down(cluster, &args.lab, args.ignore_missing));
     }
     rt.block_on(embedded::with_cluster(
         embedded::accel_from_env(),
-        async |file| crate::remote::down(&file, &args.lab).await,
+        async |file| crate::remote::down(&file, &args.lab, args.ignore_missing).await,
     ))
 }

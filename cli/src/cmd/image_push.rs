@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use labspan_agent::image::transfer;
 use labspan_agent::image::{ImageError, ImageStore, ImportRequest};
 use labspan_proto::msg::{HostImages, Reply, Request};
-use labspan_transport::client::{any_local, ClusterFile};
+use labspan_transport::client::any_local;
 use labspan_transport::image_client_endpoint;
 
 use super::image::{short, user_error};
@@ -48,7 +48,7 @@ pub fn push(
         return Ok(ExitCode::SUCCESS);
     }
     let (host, addr) = pick(&hosts)?;
-    let file = ClusterFile::load(cluster)?;
+    let file = crate::remote::load_cluster_file(cluster)?;
     let (ca, me) = file.credential()?;
     let started = Instant::now();
     let stored = rt.block_on(async {

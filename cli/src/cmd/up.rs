@@ -13,6 +13,7 @@ use labspan_agent::vm::AccelChoice;
 use labspan_proto::lab::LabBundle;
 
 use crate::embedded::{self, load};
+use crate::InvalidInput;
 
 /// Arguments of `labspan up`.
 #[derive(clap::Args)]
@@ -42,6 +43,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn up(args: Args) -> anyhow::Result<ExitCode> {
+    if args.cluster.is_some() && crate::origin::accel_on_command_line() {
+        return Err(InvalidInput(format!(
+            "error: --accel does not apply with a cluster (from {}): each host's agent picks its \
+             accelerator (`labspan agent run --accel`); drop --accel",
+            crate::origin::cluster()
+        ))
+        .into());
+    }
     let bundle = load(&args.lab)?;
     if let Some(cluster) = &args.cluster {
         let deploy = crate::remote::Deploy::new(&args.lab, args.replace)?;

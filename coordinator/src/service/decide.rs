@@ -184,12 +184,13 @@ pub(super) fn outcome(
     for (host, result) in outcomes {
         match result {
             Ok(reports) => vms.extend(reports.iter().filter(|v| v.lab == lab).cloned()),
-            Err(e) => problems.push(format!("host {host}: {e}")),
+            Err(e) => problems.push(format!("host {host}: {}", first_line(e))),
         }
     }
     problems.extend(
-        vms.iter()
-            .filter_map(|v| v.error.as_ref().map(|e| format!("node {}: {e}", v.vm))),
+        vms.iter().filter_map(|v| {
+            (v.error.as_ref()).map(|e| format!("node {}: {}", v.vm, first_line(e)))
+        }),
     );
     let status = if problems.is_empty() {
         LabStatus::Running
@@ -199,6 +200,15 @@ pub(super) fn outcome(
         }
     };
     (status, vms)
+}
+
+/// A lab's status is one line: the first line of a multi-line report
+/// (the console tail of a guest that did not answer stays in `up`'s table).
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(':')
 }
 
 /// Each node's own state, from the lab's status and its hosts' liveness:

@@ -12,10 +12,11 @@ use labspan_proto::msg::{
     AgentReply, AgentRequest, ErrorKind, ErrorReply, LabOrigin, LabSource, Reply,
 };
 use labspan_transport::tls::PeerIdentity;
+use labspan_proto::suggest;
 
 use super::push::{push_plans, settle};
 use super::{agents, decide, error, lock, Inner};
-use crate::raft::Command;
+use crate::raft::{ClusterState, Command};
 
 /// Leader: the bundle and record of lab `name` (linearizable).
 pub(super) async fn get(inner: &Arc<Inner>, name: &str) -> Reply {
@@ -28,11 +29,17 @@ pub(super) async fn get(inner: &Arc<Inner>, name: &str) -> Reply {
             bundle: rec.spec.clone(),
             report: decide::report(&state.state, name, rec, vec![], guests_of(inner, name, rec)),
         },
-        None => error(
-            ErrorKind::NotFound,
-            format!("lab {name:?} is not deployed (see `labspan inspect`)"),
-        ),
+        None => Reply::Error(no_lab(&state.state, name)),
     }
+}
+
+/// The refusal for an unknown lab, with the closest deployed name or the list.
+pub(super) fn no_lab(state: &ClusterState, name: &str) -> ErrorReply {
+    let hint = suggest::hint(name, state.labs.keys().map(String::as_str), "deployed labs");
+    ErrorReply::new(
+        ErrorKind::NotFound,
+        format!("lab {name:?} is not deployed{hint}"),
+    )
 }
 
 /// What the agents last said of lab `name`'s guests: only what each node's
@@ -143,13 +150,16 @@ pub(super) async fn delete(inner: &Arc<Inner>, name: &str) -> Reply {
         return Reply::Error(e);
     }
     // A host that is down stops the lab's VMs when it registers again.
-    let hosts: Option<BTreeSet<String>> = {
+    let hosts: Result<BTreeSet<String>, ErrorReply> = {
         let state = &inner.state.read().state;
         let up = |h: &&String| state.hosts.get(*h).is_some_and(|h| h.up);
-        (state.labs.get(name)).map(|rec| rec.placement.values().filter(up).cloned().collect())
+        (state.labs.get(name))
+            .map(|rec| rec.placement.values().filter(up).cloned().collect())
+            .ok_or_else(|| no_lab(state, name))
     };
-    let Some(hosts) = hosts else {
-        return error(ErrorKind::NotFound, format!("lab {name:?} is not deployed"));
+    let hosts = match hosts {
+        Ok(hosts) => hosts,
+        Err(refused) => return Reply::Error(refused),
     };
     if let Err(e) = inner
         .write(Command::DeleteLab {
@@ -177,20 +187,41 @@ pub(super) async fn delete(inner: &Arc<Inner>, name: &str) -> Reply {
     }
 }
 
-/// The host that runs `node` of `lab`, or the refusal saying which is unknown.
+/// The host that runs `node` of `lab`, or the refusal saying which is
+/// unknown (with the closest name, or the names there are).
 pub(super) fn host_of(inner: &Inner, lab: &str, node: &str) -> Result<String, ErrorReply> {
-    match inner.state.read().state.labs.get(lab) {
-        None => Err(ErrorReply::new(
+    let state = &inner.state.read().state;
+    let rec = state.labs.get(lab).ok_or_else(|| no_lab(state, lab))?;
+    rec.placement.get(node).cloned().ok_or_else(|| {
+        let hint = suggest::hint(node, rec.placement.keys().map(String::as_str), "its nodes");
+        ErrorReply::new(
             ErrorKind::NotFound,
-            format!("lab {lab:?} is not deployed"),
-        )),
-        Some(rec) => rec.placement.get(node).cloned().ok_or_else(|| {
-            ErrorReply::new(
-                ErrorKind::NotFound,
-                format!("lab {lab:?} has no node {node:?}"),
-            )
-        }),
+            format!("lab {lab:?} has no node {node:?}{hint}"),
+        )
+    })
+}
+
+/// Refuses a NIC that `node` of `lab` does not have, listing those it has
+/// (the lab as deployed; the node is known to exist).
+pub(super) fn check_nic(inner: &Inner, lab: &str, node: &str, nic: &str) -> Result<(), ErrorReply> {
+    let spec = match inner.state.read().state.labs.get(lab) {
+        Some(rec) => rec.spec.clone(),
+        None => return Ok(()),
+    };
+    let Ok(bundle) = codec::decode::<LabBundle>(&spec) else {
+        return Ok(());
+    };
+    let Some(n) = bundle.lab.nodes.get(node) else {
+        return Ok(());
+    };
+    if n.nics.contains_key(nic) {
+        return Ok(());
     }
+    let hint = suggest::hint(nic, n.nics.keys().map(String::as_str), "its NICs");
+    Err(ErrorReply::new(
+        ErrorKind::NotFound,
+        format!("node {node:?} of lab {lab:?} has no NIC {nic:?}{hint}"),
+    ))
 }
 
 /// Leader: runs `cmd` in node `node` of `lab` through that host's agent.

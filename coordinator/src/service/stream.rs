@@ -109,6 +109,9 @@ async fn to_agent(inner: &Arc<Inner>, req: &Request) -> Result<Far, ErrorReply> 
         }
     };
     let host = labs::host_of(inner, lab, node)?;
+    if let Request::Capture { nic, .. } = req {
+        labs::check_nic(inner, lab, node, nic)?;
+    }
     let unavailable = |e: String| ErrorReply::new(ErrorKind::Unavailable, e);
     let conn = super::agents::connection(inner, &host).map_err(unavailable)?;
     let (mut send, mut recv) = conn

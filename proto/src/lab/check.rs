@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::diagnostic::{closest, Pos, Sink};
+use super::diagnostic::{Pos, Sink};
 use super::model::HostSelector;
 use super::read::{name_problem, RawEndpoint, RawGroup, RawLab, RawNode, MAX_NIC_NAME};
+use crate::suggest::closest;
 
 /// Above this many nodes, "did you mean" is not worth a scan per error.
 const SUGGEST_LIMIT: usize = 10_000;

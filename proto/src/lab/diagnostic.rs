@@ -137,55 +137,9 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// Levenshtein distance, for "did you mean".
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
-}
-
-/// The candidate closest to `word`, if close enough to be a likely typo.
-pub(crate) fn closest<'c>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'c str>,
-) -> Option<&'c str> {
-    // Inputs this long are not typos of short keys; skip the quadratic work.
-    if word.len() > 64 {
-        return None;
-    }
-    let len = word.chars().count();
-    let limit = (len / 3).max(1);
-    candidates
-        .into_iter()
-        .map(|c| (edit_distance(word, c), c))
-        // A one-letter name is "close" to every other one-letter name: no help.
-        .filter(|(d, _)| *d <= limit && *d < len)
-        .min()
-        .map(|(_, c)| c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suggests_close_words_only() {
-        assert_eq!(closest("mtuu", ["ip", "mtu"]), Some("mtu"));
-        assert_eq!(
-            closest("memroy", ["image", "memory", "cpus"]),
-            Some("memory")
-        );
-        assert_eq!(closest("zzz", ["ip", "mtu"]), None);
-    }
 
     #[test]
     fn display_has_position_path_and_help() {

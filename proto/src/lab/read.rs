@@ -10,9 +10,10 @@ use ipnet::IpNet;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode};
 use marked_yaml::Node as Yaml;
 
-use super::diagnostic::{closest, Pos, Sink};
+use super::diagnostic::{Pos, Sink};
 use super::model::{Check, Endpoint, HostSelector, Impairment, Nic, Node, RestartPolicy};
 use super::units;
+use crate::suggest::closest;
 
 /// Smallest guest memory we accept; less cannot boot a Linux kernel.
 pub(crate) const MIN_MEMORY_MIB: u64 = 32;
