@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use labspan_proto::msg::{
-    AgentReply, AgentRequest, ErrorKind, ErrorReply, ExecResult, Reply, Request, VmReport,
+    AgentReply, AgentRequest, Capabilities, ErrorKind, ErrorReply, ExecResult, Reply, Request,
+    VmReport,
 };
 use labspan_proto::plan::HostPlan;
 use labspan_transport::client::{Client, ClusterFile};
 use labspan_transport::{expect_end, read_message, write_frame};
 use quinn::Connection;
+
+use crate::net::capabilities;
 
 use crate::image_service::ImageService;
 use crate::reconcile::{Agent, AgentError, Event, Report};
@@ -128,6 +131,13 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
         supervisor_events,
     )));
     let _supervisor = supervisor;
+    let found = Capabilities {
+        kvm: crate::vm::accel::kvm_works(agent.state()),
+        ..capabilities::probe().await
+    };
+    let capabilities =
+        capabilities::mask(found, std::env::var(capabilities::MASK_ENV).ok().as_deref());
+    tracing::info!(%capabilities, "this host's capabilities");
     let mut hint: Option<String> = None;
     loop {
         let targets = match hint.take() {
@@ -147,7 +157,7 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
             agent.clone(),
             hooks.clone(),
         ));
-        let end = session(&client, &host, &images, &agent).await;
+        let end = session(&client, &host, capabilities, &images, &agent).await;
         server.abort();
         client.close().await;
         match end {
@@ -168,13 +178,26 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
 async fn session(
     client: &Client,
     host: &HostInfo,
+    capabilities: Capabilities,
     images: &ImageService,
     agent: &Agent,
 ) -> SessionEnd {
-    // The inventory goes first: a lab deployed right after registration
-    // must find this host's images.
+    // The inventory and the capabilities go first: a lab deployed right
+    // after registration must find this host's images, and know what it can do.
     if let Some(end) = report_images(client, images, true).await {
         return end;
+    }
+    match client
+        .request(&Request::HostCapabilities(capabilities))
+        .await
+    {
+        Ok(Reply::Done) => {}
+        Ok(Reply::NotLeader { leader: Some(addr) }) => return SessionEnd::Leader(addr),
+        Ok(Reply::NotLeader { leader: None }) => {
+            return SessionEnd::Retry("no leader elected yet".into())
+        }
+        Ok(other) => return SessionEnd::Retry(format!("unexpected reply {other:?}")),
+        Err(e) => return SessionEnd::Retry(e.to_string()),
     }
     let register = Request::RegisterHost {
         memory_mib: host.memory_mib,

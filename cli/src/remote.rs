@@ -372,6 +372,18 @@ pub async fn restart(path: &Path, lab: &str, node: &str) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// The bundle and record of running lab `name` (unknown: exit 2, with the
+/// closest deployed name).
+pub async fn lab(path: &Path, name: &str) -> anyhow::Result<(LabBundle, LabReport)> {
+    let client = connect(path).await?;
+    let reply = call(&client, &Request::GetLab { name: name.into() }).await?;
+    client.close().await;
+    match reply {
+        Reply::Lab { bundle, report } => Ok((codec::decode::<LabBundle>(&bundle)?, report)),
+        other => bail!("unexpected reply to GetLab: {other:?}"),
+    }
+}
+
 /// One node as `inspect` shows it on a cluster.
 #[derive(serde::Serialize)]
 struct NodeRow {

@@ -147,6 +147,7 @@ fn problem(n: usize, edges: Edges, hosts: usize, rng: &mut Rng) -> Problem {
             used_memory_mib: 0,
             used_vcpus: 0,
             labels: BTreeSet::new(),
+            lacks: BTreeSet::new(),
         })
         .collect();
     Problem {

@@ -41,6 +41,8 @@ pub struct Host {
     pub used_memory_mib: u64,
     /// vCPUs already taken by VMs of other labs.
     pub used_vcpus: u64,
+    /// Capabilities its agent found missing (`netem`, `tbf`).
+    pub lacks: BTreeSet<String>,
 }
 
 impl Host {
@@ -56,6 +58,7 @@ impl Host {
             vtep: None,
             used_memory_mib: 0,
             used_vcpus: 0,
+            lacks: BTreeSet::new(),
         }
     }
 
@@ -73,6 +76,7 @@ impl Host {
             used_memory_mib: self.used_memory_mib,
             used_vcpus: self.used_vcpus,
             labels: self.labels.clone(),
+            lacks: self.lacks.clone(),
         }
     }
 }

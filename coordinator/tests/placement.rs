@@ -21,6 +21,7 @@ fn host(name: &str, memory_mib: u64, vcpus: u64, labels: &[&str]) -> HostOffer {
         used_memory_mib: 0,
         used_vcpus: 0,
         labels: labels.iter().map(|l| l.to_string()).collect(),
+        lacks: Default::default(),
     }
 }
 
@@ -396,4 +397,28 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn nodes_with_impaired_links_go_only_to_hosts_that_can_impair_them() {
+    let mut p = two_triangles();
+    p.hosts[0].lacks.insert("netem".into());
+    let why = || "link a:eth0--b:eth0 is impaired".to_string();
+    for node in [0, 3] {
+        p.requires
+            .entry(node)
+            .or_default()
+            .insert("netem".into(), why());
+    }
+    let placed = place(&p).expect("h2 can impair");
+    assert_eq!(placed.nodes["n0"], "h2");
+    assert_eq!(placed.nodes["n3"], "h2");
+
+    p.hosts[1].lacks.insert("netem".into());
+    let e = place(&p).expect_err("no host has netem").to_string();
+    assert!(e.starts_with("node \"n0\": needs netem"), "{e}");
+    assert!(
+        e.contains("no host that is up has") && e.contains("h1, h2"),
+        "{e}"
+    );
 }

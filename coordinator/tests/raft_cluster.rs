@@ -74,7 +74,10 @@ async fn start_with(
     let config = Arc::new(config.validate()?);
     let network = QuicNetwork::new(endpoint.clone());
     let raft = Raft::new(id, config, network, log, sm).await?;
-    transport::serve(endpoint.clone(), Arc::new(RaftService::new(raft.clone())));
+    transport::serve(
+        endpoint.clone(),
+        Arc::new(RaftService::new(raft.clone(), Duration::from_millis(300))),
+    );
     let node = Coordinator {
         raft,
         state,

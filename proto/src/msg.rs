@@ -113,6 +113,9 @@ pub enum Request {
     },
     /// An agent is alive (not a Raft entry: the leader keeps it in memory).
     Heartbeat,
+    /// An agent tells the leader what its host can do (soft state on the
+    /// leader, like heartbeats); sent before registering.
+    HostCapabilities(Capabilities),
     /// A new coordinator, holding the certificate of a join, asks to be
     /// added as a learner, then promoted to voter.
     AddCoordinator { id: u64, addr: String },
@@ -249,6 +252,62 @@ pub struct HostStatus {
     pub memory_mib: u64,
     pub vcpus: u64,
     pub up: bool,
+    /// What it can do (`None`: its agent has not said to this leader).
+    pub capabilities: Option<Capabilities>,
+}
+
+/// What a host's kernel and hardware can do, as its agent found out by
+/// trying (not by reading a kernel config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The netem qdisc: link delay, jitter and loss.
+    pub netem: bool,
+    /// The tbf qdisc: a link rate alone.
+    pub tbf: bool,
+    /// VXLAN devices: segments that span hosts.
+    pub vxlan: bool,
+    /// KVM boots a guest in time (`None`: `/dev/kvm` opens, not tried yet).
+    pub kvm: Option<bool>,
+}
+
+impl Capabilities {
+    /// Whether the host can put `imp` on a link (which qdisc it takes is
+    /// the agent's rule: netem for delay, jitter or loss, tbf for a rate alone).
+    pub fn can_impair(&self, imp: &crate::lab::Impairment) -> Result<(), &'static str> {
+        match crate::lab::qdisc_for(imp) {
+            Some("netem") if !self.netem => Err("netem"),
+            Some("tbf") if !self.tbf => Err("tbf"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out: Vec<String> = [
+            (self.netem, "netem"),
+            (self.tbf, "tbf"),
+            (self.vxlan, "vxlan"),
+        ]
+        .iter()
+        .map(|(on, name)| {
+            if *on {
+                name.to_string()
+            } else {
+                format!("no-{name}")
+            }
+        })
+        .collect();
+        out.push(
+            match self.kvm {
+                Some(true) => "kvm",
+                Some(false) => "no-kvm",
+                None => "kvm-untested",
+            }
+            .to_string(),
+        );
+        f.write_str(&out.join(" "))
+    }
 }
 
 /// Where a lab's nodes run and how its VMs came up.

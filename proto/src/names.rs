@@ -36,6 +36,14 @@ pub fn vxlan(vni: u32) -> String {
     format!("lsx{vni}")
 }
 
+/// A capability probe's throw-away interface: `lsp` + `kind` + this
+/// process's id in hex (agents sharing a namespace do not collide). It
+/// carries no ownership marker, so no agent's clean-up touches it; the
+/// probe deletes it at once.
+pub fn probe(kind: &str) -> String {
+    format!("lsp{kind}{:x}", std::process::id())
+}
+
 /// Alias (ownership marker) of an interface made for `lab`, describing `what`.
 pub fn alias(lab: &str, what: &str) -> String {
     format!("{OWNER_MARK}{lab}/{what}")

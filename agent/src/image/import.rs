@@ -64,7 +64,7 @@ impl ImageStore {
                 (Some(_), None) => IMPORTED_CMDLINE.to_string(),
             },
             guest: GuestKind {
-                kind: "imported".into(),
+                kind: super::IMPORTED_KIND.into(),
                 guest_agent: true,
             },
             recipe,

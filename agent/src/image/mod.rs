@@ -31,6 +31,10 @@ pub use tiny::{
     recipe, BuildReport, TinyRecipe, CMDLINE as TINY_CMDLINE, RECIPES, TINY, TINY_ROUTER,
 };
 
+/// `guest.kind` of an image imported from a disk of the user's: labspan
+/// cannot know whether it runs a guest agent.
+pub const IMPORTED_KIND: &str = "imported";
+
 /// What a guest image is and how to boot it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

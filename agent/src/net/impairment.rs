@@ -21,7 +21,8 @@ pub fn tc_args(dev: &str, imp: &Impairment) -> Vec<String> {
     let nz = |v: Option<u64>| v.filter(|v| *v > 0);
     let loss = imp.loss_percent.filter(|l| *l > 0.0);
     let (delay, jitter, rate) = (nz(imp.delay_us), nz(imp.jitter_us), nz(imp.rate_kbit));
-    if delay.is_none() && jitter.is_none() && loss.is_none() {
+    // One rule for which qdisc, shared with the capability check.
+    if labspan_proto::lab::qdisc_for(imp) != Some("netem") {
         match rate {
             None => {
                 return ["qdisc", "del", "dev", dev, "root"]

@@ -6,6 +6,7 @@
 //! `names::OWNER_MARK` are ever changed or deleted.
 
 mod action;
+pub mod capabilities;
 mod desired;
 mod diff;
 mod error;

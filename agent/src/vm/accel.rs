@@ -116,6 +116,19 @@ pub async fn resolve(
     Ok(if usable { Accel::Kvm } else { Accel::Tcg })
 }
 
+/// Whether KVM can run guests here, as far as known without booting one:
+/// no when `/dev/kvm` does not open, the probe's verdict for this boot when
+/// there is one, else `None` (the first VM under `auto` finds out).
+pub fn kvm_works(state: &Path) -> Option<bool> {
+    if !kvm_opens() {
+        return Some(false);
+    }
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    read_verdict(&state.join(PROBE_CACHE), &boot_id)
+}
+
 fn read_verdict(cache: &Path, boot_id: &str) -> Option<bool> {
     let v: Verdict = serde_json::from_slice(&fs::read(cache).ok()?).ok()?;
     (v.boot_id == boot_id).then_some(v.kvm_usable)

@@ -38,11 +38,15 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// List the images in the store.
+    /// List the images in the store, or with `--cluster` which lab hosts
+    /// hold which image.
     List {
         /// Print JSON (the manifests) instead of a table.
         #[arg(long)]
         json: bool,
+        /// List the images of every up host of the cluster this file names.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -86,7 +90,12 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Build { name, store } => build(&name, &store.open()),
-        Command::List { json, store } => list(json, &store.open()),
+        Command::List {
+            json,
+            cluster: Some(cluster),
+            ..
+        } => super::image_push::list_cluster(&cluster, json),
+        Command::List { json, store, .. } => list(json, &store.open()),
         Command::Push {
             image,
             name,
@@ -154,11 +163,24 @@ fn build(name: &str, store: &ImageStore) -> anyhow::Result<ExitCode> {
 }
 
 fn list(json: bool, store: &ImageStore) -> anyhow::Result<ExitCode> {
-    let images = store
-        .list()
-        .with_context(|| format!("listing images in {}", store.root().display()))?;
+    let listing = || -> Result<Vec<(String, Image)>, ImageError> {
+        let names = store.names()?;
+        names
+            .into_iter()
+            .map(|n| store.get(&n).map(|i| (n, i)))
+            .collect()
+    };
+    let images =
+        listing().with_context(|| format!("listing images in {}", store.root().display()))?;
     if json {
-        let manifests: Vec<_> = images.iter().map(|i| &i.manifest).collect();
+        // Each under the name it has in this store (a pushed copy may have
+        // been named apart from the image it was made from).
+        let manifests: Vec<_> = (images.iter())
+            .map(|(name, i)| image::Manifest {
+                name: name.clone(),
+                ..i.manifest.clone()
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&manifests)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -173,7 +195,7 @@ fn list(json: bool, store: &ImageStore) -> anyhow::Result<ExitCode> {
         "{:<16} {:<12} {:<9} {:<6} {:<14} {:>9}",
         "NAME", "HASH", "KIND", "AGENT", "BOOTS", "SIZE"
     );
-    for i in &images {
+    for (name, i) in &images {
         let m = &i.manifest;
         let boots = match (&m.kernel, &m.disk) {
             (Some(_), Some(_)) => "kernel+disk",
@@ -182,15 +204,25 @@ fn list(json: bool, store: &ImageStore) -> anyhow::Result<ExitCode> {
         };
         println!(
             "{:<16} {:<12} {:<9} {:<6} {:<14} {:>9}",
-            m.name,
+            name,
             &m.hash[..m.hash.len().min(12)],
             m.guest.kind,
-            if m.guest.guest_agent { "yes" } else { "no" },
+            agent_column(m),
             boots,
             human_size(dir_size(&i.dir))
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the image runs a guest agent: known for the images labspan
+/// builds; an imported disk is whatever its maker put in it.
+fn agent_column(m: &image::Manifest) -> &'static str {
+    match (m.guest.kind.as_str(), m.guest.guest_agent) {
+        (image::IMPORTED_KIND, _) => "unknown",
+        (_, true) => "yes",
+        (_, false) => "no",
+    }
 }
 
 /// Bad names and unusable files are the user's input: exit status 2.

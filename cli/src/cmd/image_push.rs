@@ -160,3 +160,64 @@ fn pick(hosts: &[HostImages]) -> anyhow::Result<(String, SocketAddr)> {
         names.join(", ")
     )
 }
+
+/// One image on one host, as `image list --cluster` shows it.
+#[derive(serde::Serialize)]
+struct HostImage<'a> {
+    image: &'a str,
+    host: &'a str,
+    size: u64,
+    hash: &'a str,
+    digest: &'a str,
+}
+
+/// `labspan image list --cluster FILE`: which up host holds which image,
+/// with sizes and hashes (the copies of one image share both).
+pub fn list_cluster(cluster: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let hosts = rt.block_on(image_hosts(cluster))?;
+    let mut rows: Vec<HostImage<'_>> = hosts
+        .iter()
+        .flat_map(|h| {
+            h.images.iter().map(|i| HostImage {
+                image: &i.name,
+                host: &h.host,
+                size: i.size,
+                hash: &i.hash,
+                digest: &i.digest,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.image, a.host).cmp(&(b.image, b.host)));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        let up: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+        println!("no host holds an image (hosts up: {})", up.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let wide = |f: fn(&HostImage<'_>) -> usize, title: &str| {
+        rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
+    };
+    let (wi, wh) = (
+        wide(|r| r.image.len(), "IMAGE"),
+        wide(|r| r.host.len(), "HOST"),
+    );
+    println!(
+        "{:<wi$} {:<wh$} {:>10}  {:<12}  DIGEST",
+        "IMAGE", "HOST", "SIZE", "HASH"
+    );
+    for r in &rows {
+        println!(
+            "{:<wi$} {:<wh$} {:>10}  {:<12}  {}",
+            r.image,
+            r.host,
+            format!("{:.1} MiB", r.size as f64 / (1024.0 * 1024.0)),
+            r.hash.chars().take(12).collect::<String>(),
+            r.digest.chars().take(16).collect::<String>(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

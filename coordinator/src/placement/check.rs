@@ -84,6 +84,9 @@ fn check_indices(p: &Problem) -> Result<(), PlacementError> {
     if let Some(&i) = p.pins.keys().find(|&&i| i >= n) {
         return bad("a pin", i);
     }
+    if let Some(&i) = p.requires.keys().find(|&&i| i >= n) {
+        return bad("a capability requirement", i);
+    }
     for (&node, &host) in &p.existing {
         if node >= n || host >= p.hosts.len() {
             return Err(PlacementError::InvalidInput(format!(
@@ -172,13 +175,40 @@ fn allowed_for(
     sets: &mut Vec<Vec<bool>>,
 ) -> Result<u32, PlacementError> {
     let mut acc: Option<Vec<bool>> = None;
+    let and = |acc: Option<Vec<bool>>, s: Vec<bool>| {
+        Some(match acc {
+            None => s,
+            Some(a) => a.iter().zip(&s).map(|(x, y)| *x && *y).collect(),
+        })
+    };
     for &m in members {
         if let Some(sel) = p.pins.get(&m) {
-            let s = selector_hosts(p, m, sel)?;
-            acc = Some(match acc {
-                None => s,
-                Some(a) => a.iter().zip(&s).map(|(x, y)| *x && *y).collect(),
-            });
+            acc = and(acc, selector_hosts(p, m, sel)?);
+        }
+    }
+    let pinned = acc.clone();
+    for &m in members {
+        for (capability, why) in p.requires.get(&m).into_iter().flatten() {
+            let s: Vec<bool> = p
+                .hosts
+                .iter()
+                .map(|h| !h.lacks.contains(capability))
+                .collect();
+            acc = and(acc, s);
+            // Named by node: "node b needs netem (why); no host that is up has it".
+            if !acc.as_ref().is_some_and(|a| a.iter().any(|&b| b)) {
+                return Err(PlacementError::MissingCapability {
+                    node: p.nodes[m].name.clone(),
+                    capability: capability.clone(),
+                    why: why.clone(),
+                    pinned: pinned.as_ref().is_some_and(|a| a.iter().any(|&b| b)),
+                    lacking: (p.hosts.iter())
+                        .filter(|h| h.lacks.contains(capability))
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
         }
     }
     let Some(set) = acc else { return Ok(0) };

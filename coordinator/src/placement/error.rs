@@ -30,6 +30,25 @@ pub enum PlacementError {
         /// The label.
         label: String,
     },
+    /// A node needs a capability (a qdisc for its links' impairment) that
+    /// no host it may run on has.
+    #[error(
+        "node \"{node}\": needs {capability} ({why}), which {} (lacking it: {lacking}); \
+         drop the impairment or add a host whose kernel has {capability}",
+        if *pinned { "no host it is pinned to has" } else { "no host that is up has" }
+    )]
+    MissingCapability {
+        /// The node.
+        node: String,
+        /// What it needs (`netem`, `tbf`).
+        capability: String,
+        /// Which link asks for it.
+        why: String,
+        /// Whether its pins (or group) narrowed the hosts first.
+        pinned: bool,
+        /// The hosts known to lack it, comma separated.
+        lacking: String,
+    },
     /// The members of a `together` group are pinned to disjoint hosts.
     #[error("together [{group}]: its members' pins allow no common host")]
     TogetherPinsConflict {

@@ -106,11 +106,22 @@ fn add_lab(
         vcpus: u64::from(n.cpus),
     }));
     for s in lab.segments() {
-        let members = s
+        let members: Vec<usize> = s
             .members
             .iter()
             .map(|e| find(&e.node, &s.key))
             .collect::<Result<_, _>>()?;
+        // An impaired segment's members need a host whose kernel has its qdisc.
+        if let Some(qdisc) = labspan_proto::lab::qdisc_for(&s.impairment) {
+            for &m in &members {
+                let why = format!("{} is impaired", s.key.replacen(':', " ", 1));
+                p.requires
+                    .entry(m)
+                    .or_default()
+                    .entry(qdisc.to_string())
+                    .or_insert(why);
+            }
+        }
         p.segments.push(SegmentDemand {
             key: format!("{prefix}{}", s.key),
             members,

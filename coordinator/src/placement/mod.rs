@@ -63,6 +63,9 @@ pub struct HostOffer {
     pub used_vcpus: u64,
     /// Labels that `pin: label:X` hints select on.
     pub labels: BTreeSet<String>,
+    /// Capabilities the host is known to lack (`netem`, `tbf`); nodes that
+    /// need one run elsewhere.
+    pub lacks: BTreeSet<String>,
 }
 
 impl HostOffer {
@@ -88,6 +91,9 @@ pub struct Problem {
     pub hosts: Vec<HostOffer>,
     /// Node → where it must run.
     pub pins: BTreeMap<usize, HostSelector>,
+    /// Node → capabilities its host must have, each with why (`netem` →
+    /// `link a:eth0 -- b:eth0 has a delay`).
+    pub requires: BTreeMap<usize, BTreeMap<String, String>>,
     /// Groups of nodes that must share one host.
     pub together: Vec<Vec<usize>>,
     /// Groups of nodes that must run on pairwise different hosts.

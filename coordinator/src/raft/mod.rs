@@ -11,6 +11,7 @@
 // storage call; boxing it in our helpers would only add conversions.
 #![allow(clippy::result_large_err)]
 
+pub mod campaign;
 mod log_store;
 mod network;
 mod snapshot;

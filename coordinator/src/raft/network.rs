@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use labspan_proto::codec;
 use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
@@ -21,6 +22,7 @@ use openraft::raft::{
 use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
 
+use super::campaign::{would_vote, LeaderContact};
 use super::{Member, NodeId, TypeConfig};
 use labspan_transport::tls::PeerIdentity;
 use labspan_transport::{self as transport, Service, TransportError};
@@ -31,6 +33,8 @@ pub enum RaftRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
+    /// Would you vote for a campaign now? (see [`super::campaign`])
+    PreVote,
 }
 
 /// The answer to a [`RaftRequest`].
@@ -41,6 +45,10 @@ pub enum RaftReply {
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to [`RaftRequest::PreVote`].
+    PreVote {
+        grant: bool,
+    },
     /// The caller is not a coordinator.
     Forbidden {
         role: Role,
@@ -50,12 +58,24 @@ pub enum RaftReply {
 /// Serves Raft RPCs to the local Raft node.
 pub struct RaftService {
     raft: openraft::Raft<TypeConfig>,
+    contact: LeaderContact,
+    lease: Duration,
 }
 
 impl RaftService {
-    /// Serves RPCs for `raft`.
-    pub fn new(raft: openraft::Raft<TypeConfig>) -> Self {
-        Self { raft }
+    /// Serves RPCs for `raft`; a pre-vote is granted after `lease` without
+    /// a leader.
+    pub fn new(raft: openraft::Raft<TypeConfig>, lease: Duration) -> Self {
+        Self {
+            raft,
+            contact: LeaderContact::default(),
+            lease,
+        }
+    }
+
+    /// When a leader was last heard, for the campaign gate.
+    pub fn contact(&self) -> LeaderContact {
+        self.contact.clone()
     }
 }
 
@@ -68,12 +88,28 @@ impl RaftService {
         }
         match req {
             RaftRequest::AppendEntries(r) => {
-                RaftReply::AppendEntries(self.raft.append_entries(r).await)
+                let reply = self.raft.append_entries(r).await;
+                // Accepted (or a log to mend): a leader of our term or a newer one.
+                if matches!(
+                    reply,
+                    Ok(AppendEntriesResponse::Success
+                        | AppendEntriesResponse::PartialSuccess(_)
+                        | AppendEntriesResponse::Conflict)
+                ) {
+                    self.contact.heard();
+                }
+                RaftReply::AppendEntries(reply)
             }
             RaftRequest::InstallSnapshot(r) => {
                 RaftReply::InstallSnapshot(self.raft.install_snapshot(r).await)
             }
             RaftRequest::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
+            RaftRequest::PreVote => {
+                let leads = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+                RaftReply::PreVote {
+                    grant: would_vote(leads, self.contact.since(), self.lease),
+                }
+            }
         }
     }
 
@@ -139,15 +175,22 @@ impl QuicNetwork {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
-    type Network = PeerLink;
-
-    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerLink {
+impl QuicNetwork {
+    /// A handle on peer `target` at `node`'s address.
+    pub fn link(&self, target: NodeId, node: &Member) -> PeerLink {
         PeerLink {
             network: self.clone(),
             target,
             addr: node.addr.clone(),
         }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerLink {
+        self.link(target, node)
     }
 }
 
@@ -192,7 +235,7 @@ impl PeerLink {
     /// Sends `req` and returns the reply, connecting first if needed; all
     /// within openraft's deadline, so a peer that is down (a connect attempt
     /// never answered) does not hold up elections or replication.
-    async fn call<E: std::error::Error>(
+    pub(super) async fn ask<E: std::error::Error>(
         &self,
         req: RaftRequest,
         option: &RPCOption,
@@ -272,7 +315,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        match self.call(RaftRequest::AppendEntries(rpc), &option).await? {
+        match self.ask(RaftRequest::AppendEntries(rpc), &option).await? {
             RaftReply::AppendEntries(r) => r.map_err(|e| self.remote(e)),
             other => Err(self.unexpected(&other)),
         }
@@ -283,10 +326,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        match self
-            .call(RaftRequest::InstallSnapshot(rpc), &option)
-            .await?
-        {
+        match self.ask(RaftRequest::InstallSnapshot(rpc), &option).await? {
             RaftReply::InstallSnapshot(r) => r.map_err(|e| self.remote(e)),
             other => Err(self.unexpected(&other)),
         }
@@ -297,7 +337,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
-        match self.call(RaftRequest::Vote(rpc), &option).await? {
+        match self.ask(RaftRequest::Vote(rpc), &option).await? {
             RaftReply::Vote(r) => r.map_err(|e| self.remote(e)),
             other => Err(self.unexpected(&other)),
         }

@@ -24,7 +24,8 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::RegisterHost { .. }
         | R::Heartbeat
         | R::ImageInventory { .. }
-        | R::GuestHealth { .. } => role == Role::Agent,
+        | R::GuestHealth { .. }
+        | R::HostCapabilities(_) => role == Role::Agent,
         R::ImageHosts => role == Role::Admin,
         // A console is a root shell; a capture shows every packet.
         R::Console { .. } | R::Capture { .. } => role == Role::Admin,

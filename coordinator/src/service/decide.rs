@@ -3,12 +3,12 @@
 //! is in, and whether a deploy may replace a lab. No `Inner`, no `async`:
 //! the service modules above call these and do the I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use labspan_proto::codec;
 use labspan_proto::health::GuestHealth;
 use labspan_proto::lab::LabBundle;
-use labspan_proto::msg::{LabOrigin, LabReport, NodeState, VmReport};
+use labspan_proto::msg::{Capabilities, LabOrigin, LabReport, NodeState, VmReport};
 use labspan_proto::plan::HostPlan;
 
 use crate::hosts::Host;
@@ -36,6 +36,7 @@ pub(super) fn revalidate(bundle: &LabBundle) -> Result<(), String> {
 /// the user.
 pub fn deploy_command(
     state: &ClusterState,
+    capabilities: &HashMap<String, Capabilities>,
     bundle: &LabBundle,
     bytes: Vec<u8>,
     origin: Option<LabOrigin>,
@@ -46,7 +47,7 @@ pub fn deploy_command(
         .get(name)
         .map(|r| r.placement.clone())
         .unwrap_or_default();
-    let placement = place_lab(&bundle.lab, &offers(state, name), &existing)
+    let placement = place_lab(&bundle.lab, &offers(state, name, capabilities), &existing)
         .map_err(|e| format!("lab {name:?}: {}", e.on_cluster()))?
         .nodes;
     let segments: BTreeSet<String> = bundle.lab.segments().into_iter().map(|s| s.key).collect();
@@ -81,8 +82,14 @@ pub fn may_replace(
 }
 
 /// What placement may use of each host that is up: its capacity minus the
-/// VMs of every lab but `lab`.
-pub(super) fn offers(state: &ClusterState, lab: &str) -> Vec<Host> {
+/// VMs of every lab but `lab`, and what its agent said it lacks (a lab
+/// whose impaired links no host can carry is refused before anything
+/// starts, and such links go only where they can be made).
+pub(super) fn offers(
+    state: &ClusterState,
+    lab: &str,
+    capabilities: &HashMap<String, Capabilities>,
+) -> Vec<Host> {
     let mut hosts: BTreeMap<&String, Host> = state
         .hosts
         .iter()
@@ -97,6 +104,13 @@ pub(super) fn offers(state: &ClusterState, lab: &str) -> Vec<Host> {
             host.vtep = Some(h.vtep);
             // The agent already multiplied its CPUs by its overcommit.
             host.cpu_overcommit = 1.0;
+            if let Some(c) = capabilities.get(name) {
+                host.lacks = [(c.netem, "netem"), (c.tbf, "tbf")]
+                    .into_iter()
+                    .filter(|(has, _)| !has)
+                    .map(|(_, qdisc)| qdisc.to_string())
+                    .collect();
+            }
             (name, host)
         })
         .collect();

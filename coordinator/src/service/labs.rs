@@ -11,8 +11,8 @@ use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{
     AgentReply, AgentRequest, ErrorKind, ErrorReply, LabOrigin, LabSource, Reply,
 };
-use labspan_transport::tls::PeerIdentity;
 use labspan_proto::suggest;
+use labspan_transport::tls::PeerIdentity;
 
 use super::push::{push_plans, settle};
 use super::{agents, decide, error, lock, Inner};
@@ -90,6 +90,7 @@ pub(super) async fn deploy(
     }
     let name = bundle.lab.name.clone();
     let state = inner.state.read().state.clone();
+    let capabilities = lock(&inner.capabilities).clone();
     let existing = state.labs.get(&name);
     let origin = LabOrigin {
         member: caller.name.clone(),
@@ -109,7 +110,7 @@ pub(super) async fn deploy(
     let old_hosts: Vec<String> = existing
         .map(|r| r.placement.values().cloned().collect())
         .unwrap_or_default();
-    let cmd = match decide::deploy_command(&state, &bundle, bytes, Some(origin)) {
+    let cmd = match decide::deploy_command(&state, &capabilities, &bundle, bytes, Some(origin)) {
         Ok(cmd) => cmd,
         Err(why) => return error(ErrorKind::Invalid, why),
     };

@@ -28,9 +28,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
+use labspan_proto::msg::{Capabilities, ErrorKind, ErrorReply, Reply, Request, Role};
 use labspan_transport::tls::{ClusterCa, PeerIdentity};
 use labspan_transport::{self as transport, Service, TransportError};
 use openraft::Raft;
@@ -86,6 +86,8 @@ struct Inner {
     guests: Mutex<HashMap<String, Vec<labspan_proto::health::GuestHealth>>>,
     /// What images each host holds and where it serves them (leader only).
     images: Mutex<crate::images::Inventories>,
+    /// What each host can do, as its agent said (leader only).
+    capabilities: Mutex<HashMap<String, Capabilities>>,
     /// One lab change at a time: placement sees the previous one's result.
     lab_lock: tokio::sync::Mutex<()>,
     /// Set once this coordinator saw itself a voter (a removal is then
@@ -162,6 +164,7 @@ fn kind(req: &Request) -> &'static str {
         Request::Exec { .. } => "Exec",
         Request::RegisterHost { .. } => "RegisterHost",
         Request::Heartbeat => "Heartbeat",
+        Request::HostCapabilities(_) => "HostCapabilities",
         Request::AddCoordinator { .. } => "AddCoordinator",
         Request::UseToken { .. } => "UseToken",
         Request::RemoveCoordinator { .. } => "RemoveCoordinator",
@@ -218,6 +221,13 @@ impl Inner {
             Request::Heartbeat => match self.not_leader() {
                 Some(reply) => reply,
                 None => hosts::heartbeat(self, &caller.name).await,
+            },
+            Request::HostCapabilities(found) => match self.not_leader() {
+                Some(reply) => reply,
+                None => {
+                    lock(&self.capabilities).insert(caller.name.clone(), found);
+                    Reply::Done
+                }
             },
             Request::ImageInventory { addr, images } => match self.not_leader() {
                 Some(reply) => reply,
@@ -320,15 +330,19 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
         heartbeat_interval: 100,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
+        // The campaign gate turns elections on when a pre-vote would win.
+        enable_elect: false,
         ..Default::default()
     };
+    // openraft's own leader lease (a follower refuses votes for as long).
+    let lease = Duration::from_millis(raft_config.election_timeout_max);
     let raft_config = Arc::new(
         raft_config
             .validate()
             .map_err(|e| StartError::Raft(e.to_string()))?,
     );
     let network = QuicNetwork::new(endpoint.clone());
-    let raft = Raft::new(config.id, raft_config, network, log, sm)
+    let raft = Raft::new(config.id, raft_config, network.clone(), log, sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
     let inner = Arc::new(Inner {
@@ -338,12 +352,13 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
         state: state.clone(),
         ca,
         endpoint: endpoint.clone(),
-        raft_rpc: RaftService::new(raft.clone()),
+        raft_rpc: RaftService::new(raft.clone(), lease),
         peers: Mutex::default(),
         agents: Mutex::default(),
         live: Mutex::default(),
         guests: Mutex::default(),
         images: Mutex::default(),
+        capabilities: Mutex::default(),
         lab_lock: tokio::sync::Mutex::new(()),
         was_member: std::sync::atomic::AtomicBool::new(false),
     });
@@ -363,6 +378,13 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
         tokio::spawn(hosts::monitor(inner.clone())),
         tokio::spawn(resume::on_leadership(inner.clone())),
         tokio::spawn(leader::watch_membership(inner.clone())),
+        tokio::spawn(raft::campaign::gate(
+            raft.clone(),
+            config.id,
+            network.clone(),
+            inner.raft_rpc.contact(),
+            lease,
+        )),
     ];
     let initialized = raft
         .is_initialized()

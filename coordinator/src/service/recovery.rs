@@ -11,13 +11,14 @@
 //! host are decided again, a move recorded but not yet pushed is a lab left
 //! `Deploying`, which [`super::resume`] settles.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use labspan_proto::codec;
 use labspan_proto::lab::LabBundle;
+use labspan_proto::msg::Capabilities;
 
-use super::{agents, decide, push, Inner};
+use super::{agents, decide, lock, push, Inner};
 use crate::placement::place_lab;
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
 
@@ -66,7 +67,10 @@ impl Recovery {
 /// Every lab that needs a recovery step, in lab-name order. Each move is
 /// applied to a copy of the state before the next lab is decided, so two
 /// labs never count on the same free room.
-pub(super) fn decide(state: &ClusterState) -> Vec<Recovery> {
+pub(super) fn decide(
+    state: &ClusterState,
+    capabilities: &HashMap<String, Capabilities>,
+) -> Vec<Recovery> {
     // The usual case, every tick: nothing lost, no copy of the state.
     let quiet = state.labs.values().all(|rec| {
         !matches!(rec.status, LabStatus::Degraded { .. }) && lost_nodes(state, rec).is_empty()
@@ -78,7 +82,7 @@ pub(super) fn decide(state: &ClusterState) -> Vec<Recovery> {
     let names: Vec<String> = state.labs.keys().cloned().collect();
     let mut out = Vec::new();
     for name in names {
-        let Some(step) = decide_lab(&state, &name) else {
+        let Some(step) = decide_lab(&state, &name, capabilities) else {
             continue;
         };
         if let (Recovery::Move { placement, .. }, Some(rec)) = (&step, state.labs.get_mut(&name)) {
@@ -98,7 +102,11 @@ fn lost_nodes(state: &ClusterState, rec: &LabRecord) -> BTreeMap<String, String>
         .collect()
 }
 
-fn decide_lab(state: &ClusterState, name: &str) -> Option<Recovery> {
+fn decide_lab(
+    state: &ClusterState,
+    name: &str,
+    capabilities: &HashMap<String, Capabilities>,
+) -> Option<Recovery> {
     let rec = state.labs.get(name)?;
     if rec.status == LabStatus::Deleting {
         return None;
@@ -115,7 +123,11 @@ fn decide_lab(state: &ClusterState, name: &str) -> Option<Recovery> {
             return None;
         }
     };
-    let step = match place_lab(&bundle.lab, &decide::offers(state, name), &rec.placement) {
+    let step = match place_lab(
+        &bundle.lab,
+        &decide::offers(state, name, capabilities),
+        &rec.placement,
+    ) {
         Ok(p) => moved_or_stranded(name, &rec.placement, &lost, p.nodes),
         Err(e) => Recovery::Strand {
             lab: name.into(),
@@ -187,7 +199,8 @@ fn no_host(lost: &BTreeMap<String, String>, why: &str) -> String {
 /// Leader: carries out [`decide`]'s steps, one lab at a time, under the lab
 /// lock (a deploy in flight finishes first and is seen by the decision).
 pub(super) async fn run(inner: &Arc<Inner>) {
-    if decide(&inner.state.read().state).is_empty() {
+    let capabilities = lock(&inner.capabilities).clone();
+    if decide(&inner.state.read().state, &capabilities).is_empty() {
         return;
     }
     let _one_at_a_time = inner.lab_lock.lock().await;
@@ -195,7 +208,7 @@ pub(super) async fn run(inner: &Arc<Inner>) {
         tracing::info!(error = %e.message, "not recovering labs: leadership not confirmed");
         return;
     }
-    let steps = decide(&inner.state.read().state);
+    let steps = decide(&inner.state.read().state, &capabilities);
     for step in steps {
         if !inner.is_leader() {
             return; // The next leader decides again from the log.

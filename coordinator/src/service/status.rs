@@ -23,6 +23,7 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
             voter: voters.contains(id),
         })
         .collect();
+    let capabilities = super::lock(&inner.capabilities).clone();
     let state = inner.state.read();
     let hosts = state
         .state
@@ -34,6 +35,7 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
             memory_mib: h.capacity.memory_mib,
             vcpus: h.capacity.vcpus,
             up: h.up,
+            capabilities: capabilities.get(name).copied(),
         })
         .collect();
     let labs = state

@@ -1,6 +1,8 @@
 //! Drawings of a lab: nodes, their NICs and the segments joining them, as
 //! Graphviz dot, Mermaid or JSON. Given a placement (node → host), nodes are
 //! grouped by host (dot clusters, Mermaid subgraphs, a `host` field in JSON).
+//! Given also the VNIs of a running lab, segments that cross hosts carry
+//! theirs (`vxlan 10042`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -23,13 +25,56 @@ pub enum Format {
 /// Node name → host name, once a placement exists.
 pub type Hosts = BTreeMap<String, String>;
 
+/// Segment key → VNI, as the cluster allocated them.
+pub type Vnis = BTreeMap<String, u32>;
+
 /// Draws `lab` in `format`, grouping nodes by host when `hosts` is given.
 pub fn render(lab: &Lab, format: Format, hosts: Option<&Hosts>) -> String {
+    render_running(lab, format, hosts, &Vnis::new())
+}
+
+/// Draws a running lab: nodes grouped by the host that runs them, and each
+/// segment that spans hosts marked with its VNI.
+pub fn render_running(lab: &Lab, format: Format, hosts: Option<&Hosts>, vnis: &Vnis) -> String {
+    let cross = crossing(lab, hosts, vnis);
     match format {
-        Format::Dot => dot(lab, hosts),
-        Format::Mermaid => mermaid(lab, hosts),
-        Format::Json => json(lab, hosts),
+        Format::Dot => dot(lab, hosts, &cross),
+        Format::Mermaid => mermaid(lab, hosts, &cross),
+        Format::Json => json(lab, hosts, &cross),
     }
+}
+
+/// Segment key → VNI of the segments whose members run on more than one host.
+fn crossing(lab: &Lab, hosts: Option<&Hosts>, vnis: &Vnis) -> Vnis {
+    let Some(hosts) = hosts else {
+        return Vnis::new();
+    };
+    lab.segments()
+        .into_iter()
+        .filter(|s| {
+            let mut on = s.members.iter().filter_map(|m| hosts.get(&m.node));
+            let first = on.next();
+            on.any(|h| Some(h) != first)
+        })
+        .filter_map(|s| vnis.get(&s.key).map(|v| (s.key, *v)))
+        .collect()
+}
+
+/// The keys of the lab's links, in file order (as [`Lab::segments`] lists them).
+fn link_keys(lab: &Lab) -> Vec<String> {
+    lab.segments()
+        .into_iter()
+        .take(lab.links.len())
+        .map(|s| s.key)
+        .collect()
+}
+
+/// `vxlan 10042` for a segment that crosses hosts, else empty.
+fn tunnel_label(cross: &Vnis, key: &str) -> String {
+    cross
+        .get(key)
+        .map(|v| format!("vxlan {v}"))
+        .unwrap_or_default()
 }
 
 /// Nodes grouped by host (`None`: not placed), in name order.
@@ -79,7 +124,7 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn dot(lab: &Lab, hosts: Option<&Hosts>) -> String {
+fn dot(lab: &Lab, hosts: Option<&Hosts>, cross: &Vnis) -> String {
     let mut out = format!("graph {} {{\n  node [shape=box];\n", quote(&lab.name));
     for (i, (host, names)) in by_host(lab, hosts).into_iter().enumerate() {
         let indent = if host.is_some() { "    " } else { "  " };
@@ -93,13 +138,19 @@ fn dot(lab: &Lab, hosts: Option<&Hosts>) -> String {
             out.push_str("  }\n");
         }
     }
-    for link in &lab.links {
+    for (link, key) in lab.links.iter().zip(link_keys(lab)) {
         let [a, b] = &link.endpoints;
-        let imp = impairment_label(&link.impairment);
-        let label = if imp.is_empty() {
+        let words: Vec<String> = [
+            impairment_label(&link.impairment),
+            tunnel_label(cross, &key),
+        ]
+        .into_iter()
+        .filter(|w| !w.is_empty())
+        .collect();
+        let label = if words.is_empty() {
             String::new()
         } else {
-            format!(", label={}", quote(&imp))
+            format!(", label={}", quote(&words.join(" ")))
         };
         let _ = writeln!(
             out,
@@ -111,8 +162,13 @@ fn dot(lab: &Lab, hosts: Option<&Hosts>) -> String {
         );
     }
     for (name, lan) in &lab.lans {
-        let id = quote(&format!("lan:{name}"));
-        let _ = writeln!(out, "  {id} [shape=ellipse, label={}];", quote(name));
+        let key = format!("lan:{name}");
+        let id = quote(&key);
+        let label = match tunnel_label(cross, &key) {
+            t if t.is_empty() => name.clone(),
+            t => format!("{name}\n{t}"),
+        };
+        let _ = writeln!(out, "  {id} [shape=ellipse, label={}];", quote(&label));
         for m in &lan.members {
             let _ = writeln!(
                 out,
@@ -126,7 +182,7 @@ fn dot(lab: &Lab, hosts: Option<&Hosts>) -> String {
     out
 }
 
-fn mermaid(lab: &Lab, hosts: Option<&Hosts>) -> String {
+fn mermaid(lab: &Lab, hosts: Option<&Hosts>, cross: &Vnis) -> String {
     // Mermaid ids cannot hold every character a name may; number them instead.
     let ids: BTreeMap<&str, String> = lab
         .nodes
@@ -147,12 +203,16 @@ fn mermaid(lab: &Lab, hosts: Option<&Hosts>) -> String {
             out.push_str("  end\n");
         }
     }
-    for link in &lab.links {
+    for (link, key) in lab.links.iter().zip(link_keys(lab)) {
         let [a, b] = &link.endpoints;
         let mut label = format!("{} — {}", nic_label(lab, a), nic_label(lab, b));
         let imp = impairment_label(&link.impairment);
         if !imp.is_empty() {
             let _ = write!(label, " ({imp})");
+        }
+        let tunnel = tunnel_label(cross, &key);
+        if !tunnel.is_empty() {
+            let _ = write!(label, " [{tunnel}]");
         }
         let _ = writeln!(
             out,
@@ -163,7 +223,11 @@ fn mermaid(lab: &Lab, hosts: Option<&Hosts>) -> String {
         );
     }
     for (i, (name, lan)) in lab.lans.iter().enumerate() {
-        let _ = writeln!(out, "  lan{i}(({}))", quote(name));
+        let label = match tunnel_label(cross, &format!("lan:{name}")) {
+            t if t.is_empty() => name.clone(),
+            t => format!("{name} [{t}]"),
+        };
+        let _ = writeln!(out, "  lan{i}(({}))", quote(&label));
         for m in &lan.members {
             let _ = writeln!(
                 out,
@@ -206,9 +270,12 @@ struct JsonSegment {
     members: Vec<String>,
     #[serde(skip_serializing_if = "Impairment::is_none")]
     impairment: Impairment,
+    /// The VNI of a segment that crosses hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vni: Option<u32>,
 }
 
-fn json(lab: &Lab, hosts: Option<&Hosts>) -> String {
+fn json(lab: &Lab, hosts: Option<&Hosts>, cross: &Vnis) -> String {
     let nodes = lab
         .nodes
         .iter()
@@ -236,6 +303,7 @@ fn json(lab: &Lab, hosts: Option<&Hosts>) -> String {
                 "link"
             },
             members: s.members.iter().map(|m| m.to_string()).collect(),
+            vni: cross.get(&s.key).copied(),
             key: s.key,
             impairment: s.impairment,
         })
@@ -247,4 +315,32 @@ fn json(lab: &Lab, hosts: Option<&Hosts>) -> String {
     };
     // Plain strings and numbers always serialize.
     serde_json::to_string_pretty(&graph).unwrap_or_default() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_lab_marks_only_the_segments_that_cross_hosts() {
+        let lab = crate::lab::parse(
+            "t.yaml",
+            "name: t\ndefaults: {image: tiny}\nnodes:\n  a: {}\n  b: {}\n  c: {}\nlinks:\n  - [a:eth0, b:eth0]\n  - [b:eth1, c:eth0]\n",
+        )
+        .expect("valid lab");
+        let hosts: Hosts = [("a", "h1"), ("b", "h1"), ("c", "h2")]
+            .map(|(n, h)| (n.to_string(), h.to_string()))
+            .into();
+        let vnis: Vnis = [("link:a:eth0--b:eth0", 100), ("link:b:eth1--c:eth0", 101)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let dot = render_running(&lab, Format::Dot, Some(&hosts), &vnis);
+        assert!(dot.contains("vxlan 101"), "{dot}");
+        assert!(!dot.contains("vxlan 100"), "{dot}");
+        assert!(dot.contains("label=\"h2\""), "{dot}");
+        let json = render_running(&lab, Format::Json, Some(&hosts), &vnis);
+        assert_eq!(json.matches("\"vni\"").count(), 1, "{json}");
+        let mermaid = render_running(&lab, Format::Mermaid, Some(&hosts), &vnis);
+        assert!(mermaid.contains("[vxlan 101]"), "{mermaid}");
+    }
 }

@@ -126,6 +126,19 @@ pub struct Impairment {
     pub rate_kbit: Option<u64>,
 }
 
+/// The qdisc that carries `imp` on a tap: `netem` for a delay, jitter or
+/// loss (with any rate), `tbf` for a rate alone, none for no impairment.
+pub fn qdisc_for(imp: &Impairment) -> Option<&'static str> {
+    let nz = |v: Option<u64>| v.is_some_and(|v| v > 0);
+    if nz(imp.delay_us) || nz(imp.jitter_us) || imp.loss_percent.is_some_and(|l| l > 0.0) {
+        Some("netem")
+    } else if nz(imp.rate_kbit) {
+        Some("tbf")
+    } else {
+        None
+    }
+}
+
 impl Impairment {
     /// True when no impairment is asked for.
     pub fn is_none(&self) -> bool {

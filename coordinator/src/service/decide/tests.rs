@@ -1,7 +1,7 @@
 //! The leader's pure decisions, and the log property they keep: every
 //! prefix of a log the leader writes plans every lab it holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use labspan_proto::codec;
@@ -116,7 +116,7 @@ fn entries(state: &ClusterState, intent: &Intent) -> Vec<Command> {
         } => {
             let name = format!("lab{lab}");
             let (bundle, bytes) = bundle(&name, *count, *memory, pin.map(|p| HOSTS[p]));
-            match deploy_command(state, &bundle, bytes, None) {
+            match deploy_command(state, &HashMap::new(), &bundle, bytes, None) {
                 Ok(cmd) => vec![cmd, settled(&name)],
                 Err(_) => vec![], // Refused before anything is written.
             }
@@ -128,7 +128,7 @@ fn entries(state: &ClusterState, intent: &Intent) -> Vec<Command> {
             name: HOSTS[*h].into(),
             up: matches!(intent, Intent::HostUp(_)),
         }],
-        Intent::Recover => recovery::decide(state)
+        Intent::Recover => recovery::decide(state, &HashMap::new())
             .iter()
             .flat_map(|step| {
                 let lab = match step {
@@ -191,7 +191,7 @@ fn a_deploy_is_one_entry_with_every_node_placed_and_deploying() {
     let mut state = ClusterState::default();
     let _ = state.apply(&register(0));
     let (b, bytes) = bundle("one", 3, 256, None);
-    let cmd = deploy_command(&state, &b, bytes, None).expect("placed");
+    let cmd = deploy_command(&state, &HashMap::new(), &b, bytes, None).expect("placed");
     let Command::DeployLab { placement, .. } = &cmd else {
         panic!("{cmd:?}");
     };
@@ -240,7 +240,7 @@ fn nodes_on_a_lost_host_are_lost_and_moving_nodes_say_so() {
         let _ = state.apply(&register(i));
     }
     let (b, bytes) = bundle("chain", 3, 256, None);
-    let _ = state.apply(&deploy_command(&state, &b, bytes, None).expect("placed"));
+    let _ = state.apply(&deploy_command(&state, &HashMap::new(), &b, bytes, None).expect("placed"));
     let _ = state.apply(&settled("chain"));
     let rec = state.labs["chain"].clone();
     assert!(node_states(&state, &rec)
@@ -260,7 +260,7 @@ fn nodes_on_a_lost_host_are_lost_and_moving_nodes_say_so() {
         };
         assert_eq!(states[node], want, "{node} on {host}");
     }
-    for step in recovery::decide(&state) {
+    for step in recovery::decide(&state, &HashMap::new()) {
         if let Some(cmd) = step.command() {
             assert!(state.apply(&cmd).is_ok(), "{cmd:?}");
         }
@@ -276,7 +276,7 @@ fn a_lab_with_an_unplaced_node_is_reported_unplannable() {
     let mut state = ClusterState::default();
     let _ = state.apply(&register(0));
     let (b, bytes) = bundle("two", 2, 256, None);
-    let _ = state.apply(&deploy_command(&state, &b, bytes, None).expect("placed"));
+    let _ = state.apply(&deploy_command(&state, &HashMap::new(), &b, bytes, None).expect("placed"));
     assert!(unplannable(&state).is_empty());
     // What three separate writes left behind when the leader died between them.
     if let Some(rec) = state.labs.get_mut("two") {

@@ -1,6 +1,6 @@
 //! The host-loss decision over hand-built cluster states.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use labspan_proto::codec;
@@ -89,12 +89,15 @@ fn three_nodes_on_three_hosts(h2_up: bool) -> ClusterState {
 
 #[test]
 fn nothing_to_do_while_every_host_is_up() {
-    assert_eq!(decide(&three_nodes_on_three_hosts(true)), vec![]);
+    assert_eq!(
+        decide(&three_nodes_on_three_hosts(true), &HashMap::new()),
+        vec![]
+    );
 }
 
 #[test]
 fn a_host_loss_moves_only_that_hosts_nodes() {
-    let steps = decide(&three_nodes_on_three_hosts(false));
+    let steps = decide(&three_nodes_on_three_hosts(false), &HashMap::new());
     let [Recovery::Move {
         lab,
         placement,
@@ -119,7 +122,7 @@ fn a_node_pinned_to_the_lost_host_degrades_the_lab_once() {
     let mut s = three_nodes_on_three_hosts(false);
     let spec = lab("chain", &["a", "b", "c"], "placement:\n  pin: {b: h2}\n");
     s.labs.get_mut("chain").expect("lab").spec = spec;
-    let steps = decide(&s);
+    let steps = decide(&s, &HashMap::new());
     let [Recovery::Strand { lab, reason }] = steps.as_slice() else {
         panic!("one strand expected: {steps:?}");
     };
@@ -133,7 +136,7 @@ fn a_node_pinned_to_the_lost_host_degrades_the_lab_once() {
     s.labs.get_mut("chain").expect("lab").status = LabStatus::Degraded {
         reason: reason.clone(),
     };
-    assert_eq!(decide(&s), vec![]);
+    assert_eq!(decide(&s, &HashMap::new()), vec![]);
 }
 
 #[test]
@@ -149,7 +152,7 @@ fn full_hosts_degrade_the_lab_and_change_nothing_else() {
             ),
         )],
     );
-    let steps = decide(&s);
+    let steps = decide(&s, &HashMap::new());
     assert!(
         matches!(steps.as_slice(), [Recovery::Strand { lab, reason }]
             if lab == "duo" && reason.starts_with("node \"b\" has no host")),
@@ -181,7 +184,7 @@ fn two_labs_never_count_on_the_same_free_room() {
             ),
         ],
     );
-    let steps = decide(&s);
+    let steps = decide(&s, &HashMap::new());
     assert!(
         matches!(steps.as_slice(), [Recovery::Move { lab: l1, .. }, Recovery::Strand { lab: l2, .. }]
             if l1 == "l1" && l2 == "l2"),
@@ -196,7 +199,7 @@ fn a_degraded_lab_whose_host_is_back_is_restored() {
         reason: "node \"b\" has no host".into(),
     };
     assert_eq!(
-        decide(&s),
+        decide(&s, &HashMap::new()),
         vec![Recovery::Restore {
             lab: "chain".into()
         }]
@@ -207,5 +210,5 @@ fn a_degraded_lab_whose_host_is_back_is_restored() {
 fn a_lab_being_deleted_is_left_alone() {
     let mut s = three_nodes_on_three_hosts(false);
     s.labs.get_mut("chain").expect("lab").status = LabStatus::Deleting;
-    assert_eq!(decide(&s), vec![]);
+    assert_eq!(decide(&s, &HashMap::new()), vec![]);
 }
