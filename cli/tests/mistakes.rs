@@ -2,6 +2,8 @@
 //! pipe, settings from the environment, a flag that does not apply, and
 //! log output that is not a terminal.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -2,6 +2,8 @@
 //! made by `deploy/cluster.sh`: leadership that a coordinator coming back
 //! from a partition does not disturb.
 
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
