@@ -121,7 +121,7 @@ fn capture_through_the_cluster(h1: &TestHost, admin: &str) {
     let missing = h1.labspan(&["capture", "duo", "b", "eth9", "--cluster", admin]);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
     assert!(
-        text(&missing).contains("no NIC b:eth9"),
+        text(&missing).contains(r#"node "b" of lab "duo" has no NIC "eth9"; did you mean "eth0"?"#),
         "{}",
         text(&missing)
     );

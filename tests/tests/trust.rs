@@ -12,11 +12,11 @@ use labspan_tests::text;
 
 /// Generous bound for the cluster to answer on a busy 2-core machine.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
-/// How long the coordinator is cut off by default: dozens of election
-/// timeouts (150-300 ms), each of which used to raise its term.
+/// How long the coordinator is cut off by default: several election
+/// timeouts (1-2 s), each of which would raise its term without the gate.
 const PARTITION: Duration = Duration::from_secs(5);
 /// How long the cluster is watched after the coordinator is back: many
-/// heartbeats (50 ms) from the leader reach it meanwhile.
+/// heartbeats (100 ms) from the leader reach it meanwhile.
 const WATCH_AFTER: Duration = Duration::from_secs(5);
 
 fn ok(out: &Output, what: &str) -> String {
