@@ -212,7 +212,8 @@ fn a_delay_is_applied_or_refused_with_tc_s_reason() {
     match result {
         Ok(second) => assert_eq!(second.actions, vec![], "netem reads back equal"),
         Err(NetError::Tc { object, detail }) => {
-            assert_eq!(object, names::tap("t", "a", "eth0"));
+            // Named as the lab says it (node:NIC), not by its host tap.
+            assert_eq!(object, "the link end a:eth0");
             assert!(detail.contains("CONFIG_NET_SCH_NETEM"), "{detail}");
         }
         Err(e) => panic!("unexpected error: {e}"),

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use labspan_proto::codec;
 use labspan_proto::lab::{parse, LabBundle};
-use labspan_proto::msg::{LabOrigin, LabSource, NodeState};
+use labspan_proto::msg::{Capabilities, LabOrigin, LabSource, NodeState};
 use proptest::prelude::*;
 
 use super::{deploy_command, host_plans, may_replace, node_states};
@@ -283,4 +283,47 @@ fn a_lab_with_an_unplaced_node_is_reported_unplannable() {
         rec.placement.remove("n1");
     }
     assert!(unplannable(&state).contains_key("two"));
+}
+
+/// What a host's agent said it can do: everything, or no netem.
+fn can(netem: bool) -> Capabilities {
+    Capabilities {
+        netem,
+        tbf: true,
+        vxlan: true,
+        kvm: None,
+    }
+}
+
+#[test]
+fn a_delayed_link_goes_only_to_hosts_with_netem_and_is_refused_when_none_has_it() {
+    let mut state = ClusterState::default();
+    for i in 0..3 {
+        let _ = state.apply(&register(i));
+    }
+    let yaml = "name: slow\ndefaults: {image: tiny, memory: 256MiB, cpus: 1}\n\
+                nodes:\n  a: {nics: {eth0: {}}}\n  b: {nics: {eth0: {}}}\n\
+                links:\n  - {endpoints: [a:eth0, b:eth0], delay: 10ms}\n";
+    let lab = parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}"));
+    let b = LabBundle {
+        lab,
+        files: BTreeMap::new(),
+    };
+    let bytes = codec::encode(&b).expect("encodes");
+
+    let only_h3: HashMap<String, Capabilities> =
+        [("h1", can(false)), ("h2", can(false)), ("h3", can(true))]
+            .into_iter()
+            .map(|(h, c)| (h.to_string(), c))
+            .collect();
+    let cmd = deploy_command(&state, &only_h3, &b, bytes.clone(), None).expect("placed");
+    let Command::DeployLab { placement, .. } = &cmd else {
+        panic!("{cmd:?}");
+    };
+    assert!(placement.values().all(|h| h == "h3"), "{placement:?}");
+
+    let none: HashMap<String, Capabilities> =
+        HOSTS.iter().map(|h| (h.to_string(), can(false))).collect();
+    let refused = deploy_command(&state, &none, &b, bytes, None).expect_err("no host has netem");
+    assert!(refused.contains("netem"), "{refused}");
 }
