@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use labspan_proto::msg::{
     AgentReply, AgentRequest, Capabilities, ErrorKind, ErrorReply, ExecResult, Reply, Request,
@@ -17,6 +17,7 @@ use labspan_transport::client::{Client, ClusterFile};
 use labspan_transport::{expect_end, read_message, write_frame};
 use quinn::Connection;
 
+use crate::fence::Fence;
 use crate::net::capabilities;
 
 use crate::image_service::ImageService;
@@ -24,9 +25,12 @@ use crate::reconcile::{Agent, AgentError, Event, Report};
 use crate::{stream, supervise};
 use labspan_proto::health::GuestHealth;
 
-/// How often the agent tells the leader it is alive (the leader marks a
-/// host down after 10 s of silence).
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the agent tells the leader it is alive until the leader says
+/// (each `Reply::Lease` carries the interval).
+pub const HEARTBEAT_INTERVAL: Duration = crate::fence::DEFAULT_HEARTBEAT;
+/// While fenced, the agent registers again (which makes the leader send its
+/// plan) at most once per this many heartbeats.
+const REREGISTER_EVERY: u32 = 5;
 /// Pause before trying the coordinators again when none answered.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -97,11 +101,19 @@ pub struct Hooks {
     pub applied: Option<Arc<tokio::sync::watch::Sender<u64>>>,
     /// Receives the agent's progress events as they happen.
     pub events: Option<Arc<dyn Fn(Event) + Send + Sync>>,
+    /// Pause every VM when the lease lapses (see [`crate::fence`]): a
+    /// standalone daemon does; the embedded default, alone on its machine,
+    /// has no other host its nodes could move to.
+    pub fence: bool,
 }
 
 /// Runs the daemon until the process is stopped.
 pub async fn run(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>) {
-    run_with(cluster, host, agent, Hooks::default()).await;
+    let hooks = Hooks {
+        fence: true,
+        ..Hooks::default()
+    };
+    run_with(cluster, host, agent, hooks).await;
 }
 
 /// [`run`], reporting to `hooks`; runs until its task is dropped.
@@ -138,6 +150,12 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
     let capabilities =
         capabilities::mask(found, std::env::var(capabilities::MASK_ENV).ok().as_deref());
     tracing::info!(%capabilities, "this host's capabilities");
+    let fence = Arc::new(Fence::new(agent.state(), &cluster.ca_pem, hooks.fence));
+    let watch = {
+        let fence = fence.clone();
+        tokio::spawn(async move { fence.watch().await })
+    };
+    let _stop_watch = AbortOnDrop(watch);
     let mut hint: Option<String> = None;
     loop {
         let targets = match hint.take() {
@@ -156,8 +174,9 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
             client.connection().clone(),
             agent.clone(),
             hooks.clone(),
+            fence.clone(),
         ));
-        let end = session(&client, &host, capabilities, &images, &agent).await;
+        let end = session(&client, &host, capabilities, &images, &agent, &fence).await;
         server.abort();
         client.close().await;
         match end {
@@ -173,14 +192,18 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
     }
 }
 
+
 /// Registers, then heartbeats until the coordinator stops being the leader
-/// or the connection breaks.
+/// or the connection breaks. Each answered heartbeat renews the lease; a
+/// fenced host registers again now and then, which makes the leader send it
+/// its plan (that plan lifts the fence).
 async fn session(
     client: &Client,
     host: &HostInfo,
     capabilities: Capabilities,
     images: &ImageService,
     agent: &Agent,
+    fence: &Fence,
 ) -> SessionEnd {
     // The inventory and the capabilities go first: a lab deployed right
     // after registration must find this host's images, and know what it can do.
@@ -208,19 +231,44 @@ async fn session(
     };
     let mut req = register.clone();
     let mut health_sent = None;
+    let mut beats_fenced = 0u32;
     loop {
-        match client.request(&req).await {
-            Ok(Reply::Done) => req = Request::Heartbeat,
-            Ok(Reply::NotLeader { leader: Some(addr) }) => return SessionEnd::Leader(addr),
-            Ok(Reply::NotLeader { leader: None }) => {
+        let sent = Instant::now();
+        // An answer later than the lease renews nothing: ask again.
+        let reply = tokio::time::timeout(fence.lease(), client.request(&req)).await;
+        match reply {
+            Err(_) => tracing::warn!(request = ?req, "no answer within the lease; asking again"),
+            Ok(Ok(Reply::Lease {
+                heartbeat_ms,
+                lease_ms,
+            })) => {
+                fence.renew(
+                    sent,
+                    Duration::from_millis(heartbeat_ms),
+                    Duration::from_millis(lease_ms),
+                );
+                beats_fenced = if fence.fenced() { beats_fenced + 1 } else { 0 };
+                req = if beats_fenced % REREGISTER_EVERY == 0 && fence.fenced() {
+                    register.clone()
+                } else {
+                    Request::Heartbeat
+                };
+            }
+            Ok(Ok(Reply::NotLeader { leader: Some(addr) })) => return SessionEnd::Leader(addr),
+            Ok(Ok(Reply::NotLeader { leader: None })) => {
                 return SessionEnd::Retry("no leader elected yet".into())
             }
             // The leader does not know this host (a new leader before it applied the registration): register again.
-            Ok(Reply::Error(e)) if e.kind == ErrorKind::NotFound => req = register.clone(),
-            Ok(other) => return SessionEnd::Retry(format!("unexpected reply {other:?}")),
-            Err(e) => return SessionEnd::Retry(e.to_string()),
+            Ok(Ok(Reply::Error(e))) if e.kind == ErrorKind::NotFound => req = register.clone(),
+            // A leader that cannot confirm its quorum grants no lease; it
+            // may get it back, or lose the leadership and say so.
+            Ok(Ok(Reply::Error(e))) if e.kind == ErrorKind::Unavailable => {
+                tracing::warn!(error = %e, "no lease granted");
+            }
+            Ok(Ok(other)) => return SessionEnd::Retry(format!("unexpected reply {other:?}")),
+            Ok(Err(e)) => return SessionEnd::Retry(e.to_string()),
         }
-        images.pause(HEARTBEAT_INTERVAL).await;
+        images.pause(fence.heartbeat()).await;
         if let Some(end) = report_images(client, images, false).await {
             return end;
         }
@@ -293,9 +341,9 @@ async fn report_images(client: &Client, images: &ImageService, always: bool) -> 
 }
 
 /// Serves the coordinator's requests on the agent's connection.
-async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks) {
+async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fence>) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let (agent, hooks) = (agent.clone(), hooks.clone());
+        let (agent, hooks, fence) = (agent.clone(), hooks.clone(), fence.clone());
         tokio::spawn(async move {
             // A byte stream (console, capture) stays open after its request.
             let request = match read_message::<AgentRequest>(&mut recv).await {
@@ -333,7 +381,16 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks) {
                 }
                 Ok(AgentRequest::ApplyPlan(plan)) => {
                     let _one_plan_at_a_time = hooks.apply_lock.lock().await;
-                    let reply = apply(&agent, &plan, hooks.events.as_deref()).await;
+                    let reply = match fence.admit(&plan).await {
+                        Ok(()) => apply(&agent, &plan, hooks.events.as_deref()).await,
+                        Err(refusal) => {
+                            tracing::warn!(generation = plan.generation, %refusal, "host plan refused");
+                            AgentReply::Error(ErrorReply::new(
+                                ErrorKind::Invalid,
+                                format!("host {}: {refusal}", plan.host),
+                            ))
+                        }
+                    };
                     if let Some(applied) = &hooks.applied {
                         applied.send_modify(|n| *n += 1);
                     }

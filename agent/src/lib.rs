@@ -1,6 +1,7 @@
 //! labspan host agent.
 
 pub mod daemon;
+pub mod fence;
 pub mod guest;
 pub mod image;
 pub mod image_service;

@@ -261,6 +261,7 @@ impl Prepared {
         let plan = HostPlan {
             host: self.host.clone(),
             labs: plans.into_values().collect(),
+            ..HostPlan::default()
         };
         agent.check(&plan).await.map_err(classify)
     }

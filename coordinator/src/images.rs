@@ -224,6 +224,7 @@ mod tests {
                 let plan = HostPlan {
                     host: h.to_string(),
                     labs: vec![lab.clone()],
+                    generation: 0,
                 };
                 (h.to_string(), plan)
             })

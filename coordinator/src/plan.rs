@@ -55,6 +55,14 @@ pub enum PlanError {
     /// A segment spanning hosts has no VNI.
     #[error("lab \"{lab}\": segment {segment} spans hosts but has no VNI")]
     NoVni { lab: String, segment: String },
+    /// A host's underlay MTU leaves no room for VXLAN (the leader checks
+    /// what agents announce; this guards a state that holds one anyway).
+    #[error("lab \"{lab}\": host \"{host}\": {why}")]
+    BadUnderlayMtu {
+        lab: String,
+        host: String,
+        why: String,
+    },
 }
 
 /// Inputs of `plan_lab`.
@@ -112,13 +120,22 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
     }
     // The fabric limit is the same on every host so that moving a node never
     // changes a running guest's MTU.
+    for (host, fabric) in input.hosts {
+        labspan_proto::plan::check_underlay_mtu(fabric.underlay_mtu).map_err(|why| {
+            PlanError::BadUnderlayMtu {
+                lab: lab.name.clone(),
+                host: host.clone(),
+                why,
+            }
+        })?;
+    }
     let fabric_mtu = input
         .hosts
         .values()
         .map(|h| h.underlay_mtu)
         .min()
         .unwrap_or(1550)
-        - VXLAN_OVERHEAD;
+        .saturating_sub(VXLAN_OVERHEAD);
 
     let segments = lab.segments();
     let spans = segment_hosts(&segments, input.placement);
@@ -402,6 +419,21 @@ mod tests {
                 .map(|s| s.mtu),
             Some(1450)
         );
+    }
+
+    #[test]
+    fn an_underlay_mtu_below_the_vxlan_overhead_is_refused_not_wrapped() {
+        for bad in [0, 40, 49, 575, 70_000] {
+            let mut h = hosts(1);
+            h.get_mut("h1").expect("h1").underlay_mtu = bad;
+            let err = plan(&placed(&[("a", "h1"), ("b", "h1"), ("c", "h1")]), &h)
+                .expect_err("bad underlay MTU");
+            assert!(
+                matches!(&err, PlanError::BadUnderlayMtu { host, .. } if host == "h1"),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&format!("underlay MTU {bad} is outside 576..=65535")), "{err}");
+        }
     }
 
     #[test]

@@ -187,14 +187,18 @@ fn serve_plans(conn: quinn::Connection, host: String) {
     });
 }
 
-/// Heartbeats on `conn` every 2 s (as the agent daemon does) until it closes.
+/// Heartbeats on `conn` as often as the leader says (as the agent daemon
+/// does) until it closes.
 fn heartbeat(conn: quinn::Connection) {
     tokio::spawn(async move {
-        while labspan_transport::request::<_, Reply>(&conn, &Request::Heartbeat)
-            .await
-            .is_ok()
+        let mut every = service::Timing::default().heartbeat;
+        while let Ok(reply) =
+            labspan_transport::request::<_, Reply>(&conn, &Request::Heartbeat).await
         {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            if let Reply::Lease { heartbeat_ms, .. } = reply {
+                every = Duration::from_millis(heartbeat_ms);
+            }
+            tokio::time::sleep(every).await;
         }
     });
 }
@@ -254,7 +258,7 @@ async fn register_with_leader(
     for _ in 0..3 {
         serve(conn.connection().clone(), name.to_string());
         match conn.request(register).await? {
-            Reply::Done => return Ok(conn),
+            Reply::Lease { .. } => return Ok(conn),
             Reply::NotLeader {
                 leader: Some(leader),
             } => conn = Client::connect_to(file, &[leader]).await?,

@@ -210,6 +210,11 @@ pub enum Reply {
     /// Answer to [`Request::Console`] and [`Request::Capture`]: raw bytes
     /// follow on the stream.
     Streaming,
+    /// Answer to [`Request::RegisterHost`] and [`Request::Heartbeat`] from a
+    /// leader that confirmed it still holds a quorum: the agent's VMs may
+    /// run until `lease_ms` after it sent the request (then it pauses them);
+    /// it heartbeats every `heartbeat_ms`.
+    Lease { heartbeat_ms: u64, lease_ms: u64 },
 }
 
 /// One up host's image endpoint and inventory.

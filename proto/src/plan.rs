@@ -12,11 +12,32 @@ use serde::{Deserialize, Serialize};
 use crate::image::ImagePlan;
 use crate::lab::{Check, Impairment, RestartPolicy};
 
+/// Underlay MTUs a host may announce: from IPv4's smallest datagram every
+/// link must carry to the largest IP packet (VXLAN takes 50 bytes of it).
+pub const UNDERLAY_MTU: std::ops::RangeInclusive<u32> = 576..=65535;
+
+/// Checks an underlay MTU against [`UNDERLAY_MTU`]; the error says the range.
+pub fn check_underlay_mtu(mtu: u32) -> Result<u32, String> {
+    if UNDERLAY_MTU.contains(&mtu) {
+        Ok(mtu)
+    } else {
+        Err(format!(
+            "underlay MTU {mtu} is outside {}..={} bytes",
+            UNDERLAY_MTU.start(),
+            UNDERLAY_MTU.end()
+        ))
+    }
+}
+
 /// Everything one host must run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostPlan {
     pub host: String,
     pub labs: Vec<LabPlan>,
+    /// The fencing token: the index of the last Raft entry the plan was
+    /// made from. An agent refuses a plan older than one it has applied
+    /// (a slow push from a deposed leader must not undo a host loss's moves).
+    pub generation: u64,
 }
 
 /// The part of one lab that runs on one host.

@@ -371,7 +371,7 @@ async fn agent(file: ClusterFile, i: usize, up: Rc<std::cell::Cell<usize>>) {
         let mut counted = false;
         loop {
             match client.request(&req).await {
-                Ok(Reply::Done) => {
+                Ok(Reply::Lease { .. }) => {
                     if !counted {
                         up.set(up.get() + 1);
                         counted = true;

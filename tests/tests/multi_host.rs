@@ -66,6 +66,7 @@ fn plans(lab: &Lab, fabric: &Fabric, placement: &[(&str, usize)]) -> Vec<HostPla
         .map(|i| HostPlan {
             host: name(i),
             labs: by_host.remove(&name(i)).into_iter().collect(),
+            ..HostPlan::default()
         })
         .collect()
 }
@@ -180,6 +181,7 @@ fn a_lab_spans_three_hosts_moves_a_node_and_leaves_nothing() {
         .map(|i| HostPlan {
             host: format!("h{i}"),
             labs: vec![],
+            ..HostPlan::default()
         })
         .collect();
     apply(&fabric, &empty);

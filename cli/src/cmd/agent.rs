@@ -27,8 +27,8 @@ pub struct RunArgs {
     /// This host's address on the underlay (VXLAN tunnel endpoint).
     #[arg(long)]
     pub vtep: IpAddr,
-    /// MTU of the network between hosts.
-    #[arg(long, default_value_t = 1500)]
+    /// MTU of the network between hosts (576 to 65535).
+    #[arg(long, default_value_t = 1500, value_parser = underlay_mtu)]
     pub underlay_mtu: u32,
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, env = "LABSPAN_ACCEL", default_value = "auto")]
@@ -57,6 +57,13 @@ pub fn cpu_overcommit(text: &str) -> Result<f64, String> {
             "\"{text}\" is not a ratio in (0, 64], e.g. 4 or 1.5"
         )),
     }
+}
+
+fn underlay_mtu(text: &str) -> Result<u32, String> {
+    let mtu: u32 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a number of bytes: {e}"))?;
+    labspan_proto::plan::check_underlay_mtu(mtu)
 }
 
 fn memory_mib(text: &str) -> Result<u64, String> {

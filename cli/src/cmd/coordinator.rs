@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use labspan_coordinator::service;
+use std::time::Duration;
+
+use labspan_coordinator::service::{self, Timing};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// `labspan coordinator ...`
@@ -19,13 +21,57 @@ pub struct RunArgs {
     /// The coordinator's data folder.
     #[arg(long)]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+/// Liveness settings (see docs/control-plane.md); defaults are production's.
+/// Every coordinator of a cluster should run with the same ones.
+#[derive(clap::Args)]
+pub struct TimingArgs {
+    /// How often agents heartbeat, in ms (agents learn it from the leader).
+    #[arg(long, env = "LABSPAN_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_ms: Option<u64>,
+    /// How long an agent keeps its VMs running without an acknowledged
+    /// heartbeat, in ms; then it pauses them.
+    #[arg(long, env = "LABSPAN_LEASE_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_ms: Option<u64>,
+    /// Extra silence, in ms, before the leader marks a host down and moves
+    /// its nodes (detection = lease + margin).
+    #[arg(long, env = "LABSPAN_FENCE_MARGIN_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub fence_margin_ms: Option<u64>,
+    /// How often the leader looks for silent hosts, in ms.
+    #[arg(long, env = "LABSPAN_MONITOR_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub monitor_ms: Option<u64>,
+    /// How long a new leader waits for agents it never heard of, in ms.
+    #[arg(long, env = "LABSPAN_NEW_LEADER_GRACE_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub new_leader_grace_ms: Option<u64>,
+}
+
+impl TimingArgs {
+    /// Production timing with the flags given applied; checked.
+    pub fn timing(&self) -> anyhow::Result<Timing> {
+        let d = Timing::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        let t = Timing {
+            heartbeat: ms(self.heartbeat_ms, d.heartbeat),
+            lease: ms(self.lease_ms, d.lease),
+            fence_margin: ms(self.fence_margin_ms, d.fence_margin),
+            monitor_every: ms(self.monitor_ms, d.monitor_every),
+            new_leader_grace: ms(self.new_leader_grace_ms, d.new_leader_grace),
+        };
+        t.validate()
+            .map_err(|e| anyhow::Error::new(crate::InvalidInput(format!("coordinator timing: {e}"))))?;
+        Ok(t)
+    }
 }
 
 /// Runs `labspan coordinator ...`.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let Command::Run(args) = cmd;
+    let timing = args.timing.timing()?;
     tokio::runtime::Runtime::new()?.block_on(async {
-        let running = service::start(&args.data).await?;
+        let running = service::start_with(&args.data, timing).await?;
         eprintln!(
             "coordinator listening on {} (joins on port + 1); stop with Ctrl-C or SIGTERM",
             running.addr

@@ -7,23 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use labspan_proto::msg::{ErrorKind, Reply};
-use labspan_transport::IDLE_TIMEOUT;
+use labspan_proto::plan::check_underlay_mtu;
 
 use super::push::{self, DEFAULT_UNDERLAY_MTU};
 use super::{agents, error, lock, recovery, HostLive, Inner};
 use crate::raft::{Capacity, Command, LabStatus};
 
-/// A host not heard of for this long is marked down.
-pub const HOST_DOWN_AFTER: Duration = Duration::from_secs(10);
-/// How long a new leader waits for a host it never heard of: its agent
-/// notices the old leader is gone within the transport's idle timeout, may
-/// spend as long again on a dead coordinator of its list, then registers.
-/// Marking it down sooner would move VMs off a healthy host, and a
-/// coordinator failover never restarts a VM.
-pub const NEW_LEADER_GRACE: Duration =
-    Duration::from_secs(2 * IDLE_TIMEOUT.as_secs() + HOST_DOWN_AFTER.as_secs());
-/// How often the leader looks for silent hosts.
-const MONITOR_EVERY: Duration = Duration::from_secs(1);
 
 /// Leader: records the host of agent `name` (its certificate's name), marks
 /// it up, and sends it its plan (a restarted agent converges again).
@@ -36,6 +25,9 @@ pub(super) async fn register(
     vtep: IpAddr,
     underlay_mtu: u32,
 ) -> Reply {
+    if let Err(why) = check_host(memory_mib, cpus, underlay_mtu) {
+        return error(ErrorKind::Invalid, format!("host {name:?}: {why}"));
+    }
     let known = inner.state.read().state.hosts.get(name).cloned();
     let labels = known
         .as_ref()
@@ -71,7 +63,49 @@ pub(super) async fn register(
     }
     tracing::info!(host = name, %vtep, memory_mib, cpus, vcpus, "host registered");
     send_own_plan(inner, name);
-    Reply::Done
+    lease(inner).await
+}
+
+/// What an agent announces about its host, checked before it is used.
+fn check_host(memory_mib: u64, cpus: u32, underlay_mtu: u32) -> Result<(), String> {
+    check_underlay_mtu(underlay_mtu)?;
+    if cpus == 0 {
+        return Err("a host with 0 CPUs cannot run a VM".into());
+    }
+    if memory_mib == 0 {
+        return Err("a host with 0 MiB of memory cannot run a VM".into());
+    }
+    Ok(())
+}
+
+/// The agent's lease, granted only once this leader has confirmed it still
+/// leads a quorum (a deposed leader on the minority side of a partition
+/// must not keep an agent's VMs running while the majority moves them).
+/// The confirmation is bounded by the lease itself: an agent that waited
+/// longer would have fenced anyway.
+async fn lease(inner: &Inner) -> Reply {
+    let t = inner.timing;
+    match tokio::time::timeout(t.lease, inner.fresh()).await {
+        Ok(Ok(())) => Reply::Lease {
+            heartbeat_ms: millis(t.heartbeat),
+            lease_ms: millis(t.lease),
+        },
+        Ok(Err(e)) => error(
+            ErrorKind::Unavailable,
+            format!("no lease: {}", e.message),
+        ),
+        Err(_) => error(
+            ErrorKind::Unavailable,
+            format!(
+                "no lease: leadership not confirmed by a quorum within {:?}",
+                t.lease
+            ),
+        ),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Sends host `name` its complete plan in the background: after a restart
@@ -117,7 +151,7 @@ fn failed_labs_on(inner: &Inner, host: &str) -> Vec<(String, BTreeSet<String>)> 
         .collect()
 }
 
-/// Leader: agent `name` is alive.
+/// Leader: agent `name` is alive; answers with its lease.
 pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
     let up = match inner.state.read().state.hosts.get(name) {
         Some(h) => h.up,
@@ -151,12 +185,12 @@ pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
         // its VMs may have moved meanwhile.
         send_own_plan(inner, name);
     }
-    Reply::Done
+    lease(inner).await
 }
 
 /// Runs for the life of the coordinator; acts only while it leads.
 pub(super) async fn monitor(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(MONITOR_EVERY);
+    let mut tick = tokio::time::interval(inner.timing.monitor_every);
     let mut recovering: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
@@ -166,7 +200,8 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
             continue;
         }
         for name in silent_hosts(&inner) {
-            tracing::warn!(host = name, after = ?HOST_DOWN_AFTER, "no heartbeat: marking the host down");
+            let after = inner.timing.host_down_after();
+            tracing::warn!(host = name, ?after, "no heartbeat: marking the host down");
             if let Err(e) = inner
                 .write(Command::SetHostUp {
                     name: name.clone(),
@@ -187,7 +222,7 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
 }
 
 /// Hosts marked up whose agent has been silent too long; hosts never heard
-/// of by this leader get [`NEW_LEADER_GRACE`] from now.
+/// of by this leader get the new leader's grace from now.
 fn silent_hosts(inner: &Inner) -> Vec<String> {
     let hosts: Vec<(String, bool)> = inner
         .state
@@ -198,16 +233,18 @@ fn silent_hosts(inner: &Inner) -> Vec<String> {
         .map(|(n, h)| (n.clone(), h.up))
         .collect();
     let now = Instant::now();
+    let down_after = inner.timing.host_down_after();
+    let grace = inner.timing.new_leader_grace;
     let mut live = lock(&inner.live);
     hosts
         .into_iter()
         .filter(|(name, up)| {
             let seen = live.entry(name.clone()).or_insert(HostLive {
                 // Seen "in the future": `duration_since` stays zero until then.
-                last_seen: now + (NEW_LEADER_GRACE - HOST_DOWN_AFTER),
+                last_seen: now + grace.saturating_sub(down_after),
                 underlay_mtu: DEFAULT_UNDERLAY_MTU,
             });
-            *up && now.duration_since(seen.last_seen) > HOST_DOWN_AFTER
+            *up && now.duration_since(seen.last_seen) > down_after
         })
         .map(|(name, _)| name)
         .collect()

@@ -23,6 +23,7 @@ mod recovery;
 mod resume;
 mod status;
 mod stream;
+pub mod timing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ use crate::raft::{
     self, Member, NodeId, OpenError, QuicNetwork, RaftService, SharedState, TypeConfig,
 };
 pub use data_dir::{DataDir, DataDirError, NodeConfig};
+pub use timing::{Timing, TimingError};
 
 /// Why a coordinator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,9 @@ pub enum StartError {
     /// Raft refused to start or to initialize.
     #[error("raft: {0}")]
     Raft(String),
+    /// The liveness settings contradict each other.
+    #[error("timing: {0}")]
+    Timing(#[from] TimingError),
 }
 
 /// What the leader knows of a host outside the log: when it was last heard of.
@@ -84,6 +89,8 @@ struct Inner {
     live: Mutex<HashMap<String, HostLive>>,
     /// How each host's guests are doing, as its agent last said (leader only).
     guests: Mutex<HashMap<String, Vec<labspan_proto::health::GuestHealth>>>,
+    /// Heartbeat, lease and detection durations.
+    timing: Timing,
     /// What images each host holds and where it serves them (leader only).
     images: Mutex<crate::images::Inventories>,
     /// What each host can do, as its agent said (leader only).
@@ -306,8 +313,14 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts the coordinator whose data folder is `dir`.
+/// Starts the coordinator whose data folder is `dir`, with production timing.
 pub async fn start(dir: &Path) -> Result<Running, StartError> {
+    start_with(dir, Timing::default()).await
+}
+
+/// Starts the coordinator whose data folder is `dir`, with `timing`.
+pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartError> {
+    timing.validate()?;
     let data = DataDir::at(dir);
     let (config, ca, me) = data.load()?;
     let endpoint = transport::server_endpoint(config.listen, ca.cert(), &me)?;
@@ -357,6 +370,7 @@ pub async fn start(dir: &Path) -> Result<Running, StartError> {
         agents: Mutex::default(),
         live: Mutex::default(),
         guests: Mutex::default(),
+        timing,
         images: Mutex::default(),
         capabilities: Mutex::default(),
         lab_lock: tokio::sync::Mutex::new(()),

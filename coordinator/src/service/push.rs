@@ -44,7 +44,14 @@ pub(super) async fn push_plans(
     let (mut plans, unplanned) = {
         let state = inner.state.read();
         let fabrics = fabrics(inner, &state.state);
-        decide::host_plans(&state.state, &fabrics, hosts)
+        let (mut plans, unplanned) = decide::host_plans(&state.state, &fabrics, hosts);
+        // The fencing token, read under the same lock as the state the
+        // plans come from: an agent never goes back to an older one.
+        let generation = state.last_applied.map_or(0, |id| id.index);
+        for plan in plans.values_mut() {
+            plan.generation = generation;
+        }
+        (plans, unplanned)
     };
     for (lab, error) in &unplanned {
         tracing::error!(

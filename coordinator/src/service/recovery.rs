@@ -269,7 +269,7 @@ async fn carry_out(
 }
 
 /// Whether an agent of `hosts` is not connected to this leader yet (after a
-/// failover they come back within [`super::hosts::NEW_LEADER_GRACE`]): the
+/// failover they come back within the new leader's grace, `Timing::new_leader_grace`): the
 /// step waits for a later tick rather than record the lab `Failed`. A host
 /// whose agent never comes back is marked down, and the next decision
 /// places around it.

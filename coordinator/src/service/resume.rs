@@ -11,19 +11,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labspan_transport::IDLE_TIMEOUT;
 use openraft::ServerState;
 
-use super::hosts::HOST_DOWN_AFTER;
 use super::{agents, push, Inner};
 use crate::raft::LabStatus;
 
-/// How long a resumed deploy waits for its hosts' agents to reach the new
-/// leader: an agent notices a dead leader within the transport's idle
-/// timeout, may spend as long again on a dead coordinator of its list, then
-/// registers.
-const AGENTS_WAIT: Duration =
-    Duration::from_secs(2 * IDLE_TIMEOUT.as_secs() + HOST_DOWN_AFTER.as_secs());
 /// How often the resumed deploy looks for its agents' connections.
 const AGENTS_POLL: Duration = Duration::from_millis(250);
 
@@ -101,11 +93,11 @@ fn hosts_of(inner: &Inner, lab: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Waits (at most [`AGENTS_WAIT`]) until every host in `hosts` has an open
+/// Waits (at most the new leader's grace, `Timing::new_leader_grace`) until every host in `hosts` has an open
 /// connection from its agent; an agent still missing then makes the lab
 /// `Failed`, as it does for a fresh deploy.
 async fn wait_for_agents(inner: &Inner, hosts: &BTreeSet<String>) {
-    let deadline = Instant::now() + AGENTS_WAIT;
+    let deadline = Instant::now() + inner.timing.new_leader_grace;
     loop {
         let missing = agents::missing(inner, hosts);
         if missing.is_empty() || Instant::now() >= deadline {

@@ -1,0 +1,150 @@
+//! Every liveness duration of the control plane in one place: how often
+//! agents heartbeat, how long an agent's lease lasts before it fences itself
+//! (pauses its VMs), and when the leader may call a silent host lost.
+//!
+//! The safety rule between them is built in: a host is marked down (and its
+//! nodes moved) only after `lease + fence_margin` of silence, so an agent cut
+//! off from the quorum has paused its VMs before a copy starts elsewhere.
+//! Agents are told `heartbeat` and `lease` by the leader in every
+//! [`Reply::Lease`](labspan_proto::msg::Reply::Lease), so the two sides
+//! cannot disagree.
+
+use std::time::Duration;
+
+use labspan_transport::IDLE_TIMEOUT;
+
+/// The control plane's liveness settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often an agent heartbeats.
+    pub heartbeat: Duration,
+    /// How long one acknowledged heartbeat keeps an agent's VMs running,
+    /// counted from when the agent sent it.
+    pub lease: Duration,
+    /// Time an agent has, after its lease lapsed, to pause its VMs before
+    /// the leader may start them elsewhere (QMP `stop` takes milliseconds;
+    /// the rest covers a loaded host's scheduling delays).
+    pub fence_margin: Duration,
+    /// How often the leader looks for silent hosts.
+    pub monitor_every: Duration,
+    /// How long a new leader waits for an agent it never heard of before
+    /// it may mark its host down.
+    pub new_leader_grace: Duration,
+}
+
+/// Why a [`Timing`] is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TimingError {
+    /// A duration is zero.
+    #[error("{what} must be more than 0")]
+    Zero { what: &'static str },
+    /// The lease does not outlast a few heartbeats.
+    #[error("lease ({lease:?}) must be at least 2 heartbeats ({heartbeat:?} each): one late heartbeat must not fence a host")]
+    LeaseTooShort { lease: Duration, heartbeat: Duration },
+    /// A new leader would mark hosts down before their agents can reach it.
+    #[error("new-leader grace ({grace:?}) must be at least the detection time ({down:?})")]
+    GraceTooShort { grace: Duration, down: Duration },
+}
+
+impl Default for Timing {
+    /// Production values: a host cut off is marked down within 3 s
+    /// (`host_down_after` + `monitor_every`), with 4 heartbeats per lease.
+    fn default() -> Timing {
+        let heartbeat = Duration::from_millis(400);
+        let lease = Duration::from_millis(1600);
+        let fence_margin = Duration::from_millis(900);
+        Timing {
+            heartbeat,
+            lease,
+            fence_margin,
+            monitor_every: Duration::from_millis(200),
+            // An agent notices the old leader is gone within the transport's
+            // idle timeout, may spend as long again on a dead coordinator of
+            // its list, then registers; a failover never restarts a VM.
+            new_leader_grace: 2 * IDLE_TIMEOUT + lease + fence_margin,
+        }
+    }
+}
+
+impl Timing {
+    /// Every duration divided by `factor` (tests of host loss, at a shorter scale).
+    pub fn scaled_down(factor: u32) -> Timing {
+        let d = Timing::default();
+        let f = factor.max(1);
+        Timing {
+            heartbeat: d.heartbeat / f,
+            lease: d.lease / f,
+            fence_margin: d.fence_margin / f,
+            monitor_every: d.monitor_every / f,
+            new_leader_grace: d.new_leader_grace / f,
+        }
+    }
+
+    /// Silence after which the leader marks a host down and moves its nodes.
+    pub fn host_down_after(&self) -> Duration {
+        self.lease + self.fence_margin
+    }
+
+    /// Checks the rules between the durations.
+    pub fn validate(&self) -> Result<(), TimingError> {
+        for (what, d) in [
+            ("heartbeat", self.heartbeat),
+            ("lease", self.lease),
+            ("fence margin", self.fence_margin),
+            ("monitor interval", self.monitor_every),
+        ] {
+            if d.is_zero() {
+                return Err(TimingError::Zero { what });
+            }
+        }
+        if self.lease < 2 * self.heartbeat {
+            return Err(TimingError::LeaseTooShort {
+                lease: self.lease,
+                heartbeat: self.heartbeat,
+            });
+        }
+        if self.new_leader_grace < self.host_down_after() {
+            return Err(TimingError::GraceTooShort {
+                grace: self.new_leader_grace,
+                down: self.host_down_after(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_detect_within_3_s_and_move_only_after_the_lease() {
+        let t = Timing::default();
+        assert_eq!(t.validate(), Ok(()));
+        assert!(t.host_down_after() + t.monitor_every <= Duration::from_secs(3));
+        assert!(t.host_down_after() > t.lease);
+        assert_eq!(Timing::scaled_down(4).validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_lease_of_one_heartbeat_or_a_short_grace_is_refused() {
+        let t = Timing {
+            lease: Duration::from_millis(400),
+            ..Timing::default()
+        };
+        assert!(matches!(
+            t.validate(),
+            Err(TimingError::LeaseTooShort { .. })
+        ));
+        let t = Timing {
+            new_leader_grace: Duration::from_secs(1),
+            ..Timing::default()
+        };
+        assert!(matches!(t.validate(), Err(TimingError::GraceTooShort { .. })));
+        let t = Timing {
+            heartbeat: Duration::ZERO,
+            ..Timing::default()
+        };
+        assert_eq!(t.validate(), Err(TimingError::Zero { what: "heartbeat" }));
+    }
+}
