@@ -13,6 +13,13 @@
 #   deploy/cluster.sh start I coordinator|agent
 #                                (starts that daemon of host I again, as `up`
 #                                 did, after a crash or a `kill -9`)
+#   deploy/cluster.sh cut N      (host N off the underlay: control and lab
+#                                 traffic, as a pulled cable)
+#   deploy/cluster.sh partition-control N
+#                                (host N loses only the control plane: UDP
+#                                 7100/7101 dropped by nftables inside its
+#                                 namespace; VXLAN and image transfers flow)
+#   deploy/cluster.sh heal N     (undoes cut and partition-control of host N)
 # Environment:
 #   LABSPAN_CLUSTER_NAME    namespace prefix (default labspan: labspan-host1..)
 #   LABSPAN_CLUSTER_LINK    root-side veth, <= 15 bytes (default lsc-root)
@@ -352,10 +359,70 @@ start_daemon() {
     esac
 }
 
+# Checks that host N exists in this cluster; prints its namespace.
+fault_host() {
+    local i=$1
+    [[ $i =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] || usage "give a host number (1, 2, ...), not '$i'"
+    own_state || die "$STATE holds no cluster named $NAME: start it with $(settings)$0 up"
+    ip netns list | awk '{print $1}' | grep -qx "$HOST_PREFIX$i" ||
+        die "host $i has no namespace $HOST_PREFIX$i (the cluster has $(our_namespaces | grep -c "^$HOST_PREFIX") hosts)"
+    echo "$HOST_PREFIX$i"
+}
+
+# The nftables table that partition-control adds inside a host's namespace.
+NFT_TABLE=labspan_fault
+
+# Host N off the underlay: its port on the underlay bridge goes down, so
+# nothing crosses (the host itself is untouched and sees its link down).
+cut() {
+    local i=$1 ns
+    ns=$(fault_host "$i")
+    ip -n "$UNDERLAY" link set "port$i" down
+    echo "host $i ($ns) cut off the underlay; undo with: $(settings)$0 heal $i"
+}
+
+# Host N keeps its lab traffic (VXLAN, UDP 4789) and image transfers but
+# loses the control plane: UDP to and from ports 7100 (API, Raft) and 7101
+# (joins) is dropped on its underlay link. Its own coordinator stays
+# reachable from its agent over loopback, as on a real host whose uplink
+# to the other control-plane members failed.
+partition_control() {
+    local i=$1 ns
+    ns=$(fault_host "$i")
+    command -v nft >/dev/null || die "nft not found: install nftables (deploy/install-deps.sh does)"
+    ip netns exec "$ns" nft delete table inet "$NFT_TABLE" 2>/dev/null || true
+    ip netns exec "$ns" nft -f - <<NFT
+table inet $NFT_TABLE {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        iifname "eth0" udp dport { $PORT, $((PORT + 1)) } drop
+        iifname "eth0" udp sport { $PORT, $((PORT + 1)) } drop
+    }
+    chain output {
+        type filter hook output priority 0; policy accept;
+        oifname "eth0" udp dport { $PORT, $((PORT + 1)) } drop
+        oifname "eth0" udp sport { $PORT, $((PORT + 1)) } drop
+    }
+}
+NFT
+    echo "host $i ($ns): control plane cut (UDP $PORT/$((PORT + 1)) dropped on eth0), lab traffic flows; undo with: $(settings)$0 heal $i"
+}
+
+heal() {
+    local i=$1 ns
+    ns=$(fault_host "$i")
+    ip -n "$UNDERLAY" link set "port$i" up
+    ip netns exec "$ns" nft delete table inet "$NFT_TABLE" 2>/dev/null || true
+    echo "host $i ($ns) healed: back on the underlay, control plane open"
+}
+
 [ "$(id -u)" -eq 0 ] || die "needs root (namespaces, veths, QEMU)"
 case "${1:-}" in
     up) up "${2:-3}" ;;
     down) down ;;
     start) start_daemon "${2:-}" "${3:-}" ;;
-    *) echo "usage: $0 up [N] | down | start I coordinator|agent" >&2; exit 2 ;;
+    cut) cut "${2:-}" ;;
+    partition-control) partition_control "${2:-}" ;;
+    heal) heal "${2:-}" ;;
+    *) echo "usage: $0 up [N] | down | start I coordinator|agent | cut N | partition-control N | heal N" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for p in iproute2 iputils-ping iperf3 tcpdump cpio gzip e2fsprogs debootstrap ca-certificates curl gcc shellcheck jq; do
+for p in iproute2 iputils-ping iperf3 tcpdump nftables cpio gzip e2fsprogs debootstrap ca-certificates curl gcc shellcheck jq; do
     installed "$p" || missing+=("$p")
 done
 # qemu-system-x86 and qemu-utils go together, both from bookworm: on a machine

@@ -224,6 +224,11 @@ impl LocalCluster {
         unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
     }
 
+    /// `cluster.sh ACTION I`: `cut`, `partition-control` or `heal` of host `i`.
+    pub fn fault(&self, action: &str, i: usize) -> Output {
+        run(self.script().args([action, &i.to_string()]))
+    }
+
     /// The log of daemon `what` (`agent`, `coordinator`) of host `i`.
     pub fn log(&self, i: usize, what: &str) -> String {
         std::fs::read_to_string(self.state.join(format!("host{i}/{what}.log"))).unwrap_or_default()

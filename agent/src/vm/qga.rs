@@ -20,6 +20,8 @@ use super::jsonline::{JsonLines, LineError};
 
 /// Bytes per guest-file-read/write call (the agent's JSON lines stay small).
 const FILE_CHUNK: usize = 48 * 1024;
+/// The largest file read from a guest (the guest decides when it ends).
+const READ_FILE_MAX: usize = 64 * 1024 * 1024;
 
 /// Errors talking to a guest agent.
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +228,10 @@ impl GuestAgent {
                     Err(e) => break Err(self.bad("guest-file-read", e)),
                 }
             }
+            if data.len() > READ_FILE_MAX {
+                let why = format!("{path} is larger than {READ_FILE_MAX} bytes");
+                break Err(self.bad("guest-file-read", why));
+            }
             if v.get("eof").and_then(Value::as_bool).unwrap_or(true) {
                 break Ok(());
             }
@@ -257,11 +263,8 @@ impl GuestAgent {
                 .unwrap_or(Ok(Vec::new()))
         };
         Ok(ExecOutput {
-            exit_code: match (st.exitcode, st.signal) {
-                (Some(c), _) => c,
-                (None, Some(s)) => 128 + s,
-                (None, None) => -1,
-            },
+            exit_code: exit_code(st.exitcode, st.signal)
+                .map_err(|e| self.bad("guest-exec-status", e))?,
             signal: st.signal,
             stdout: decode(st.out_data)?,
             stderr: decode(st.err_data)?,
@@ -298,6 +301,10 @@ fn line_error(path: &Path, what: &str, timeout: Duration, e: LineError) -> QgaEr
         LineError::Io(source) => QgaError::Io { path, source },
         LineError::Timeout => QgaError::Timeout { what, timeout },
         LineError::Closed => QgaError::Closed { what },
+        LineError::TooLong(limit) => QgaError::Protocol {
+            command: what,
+            detail: format!("a line longer than {limit} bytes"),
+        },
     }
 }
 
@@ -313,11 +320,33 @@ fn random_id() -> u64 {
     h.finish() & 0x7fff_ffff
 }
 
+/// A shell's exit status: the code, or 128 + the signal that ended it.
+/// Signal numbers are 1..=64 on Linux; anything else is the guest's
+/// invention (and 128 + it could overflow).
+fn exit_code(code: Option<i32>, signal: Option<i32>) -> Result<i32, String> {
+    match (code, signal) {
+        (Some(c), _) => Ok(c),
+        (None, Some(s)) if (1..=64).contains(&s) => Ok(128 + s),
+        (None, Some(s)) => Err(format!("signal {s} is not a signal number (1 to 64)")),
+        (None, None) => Ok(-1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
+
+    #[test]
+    fn a_signal_outside_1_to_64_is_refused_not_overflowed() {
+        assert_eq!(exit_code(Some(3), None), Ok(3));
+        assert_eq!(exit_code(None, Some(9)), Ok(137));
+        for bad in [i32::MAX, 0, -1, 65] {
+            let err = exit_code(None, Some(bad)).expect_err("not a signal");
+            assert!(err.contains(&format!("signal {bad} is not")), "{err}");
+        }
+    }
 
     #[tokio::test]
     async fn sync_skips_stale_replies_then_exec_decodes() {

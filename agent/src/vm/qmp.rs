@@ -143,6 +143,10 @@ fn line_error(path: &Path, what: &str, timeout: Duration, e: LineError) -> QmpEr
             timeout,
         },
         LineError::Closed => QmpError::Closed { path, what },
+        LineError::TooLong(limit) => QmpError::Protocol {
+            path,
+            line: format!("(a line longer than {limit} bytes, during {what})"),
+        },
     }
 }
 
