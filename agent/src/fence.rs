@@ -225,7 +225,10 @@ impl Fence {
         }
         resume_all(&self.state).await;
         self.lock().fenced = false;
-        tracing::info!(generation = plan.generation, "fence lifted: stale copies stopped, VMs resumed");
+        tracing::info!(
+            generation = plan.generation,
+            "fence lifted: stale copies stopped, VMs resumed"
+        );
         Ok(())
     }
 
@@ -289,27 +292,28 @@ fn vm_dirs(state: &Path) -> Vec<((String, String), PathBuf)> {
 
 /// Sends `command` to every running VM's QMP, together.
 async fn qmp_all(state: &Path, command: &'static str, keep: impl Fn(&(String, String)) -> bool) {
-    let runs = vm_dirs(state)
-        .into_iter()
-        .filter(|(key, _)| keep(key))
-        .map(|((lab, node), dir)| async move {
+    let runs = vm_dirs(state).into_iter().filter(|(key, _)| keep(key)).map(
+        |((lab, node), dir)| async move {
             let result = async {
                 let Some(v) = vm::adopt(&dir)? else {
                     return Ok(());
                 };
-                v.qmp().await?.execute(command, None).await.map_err(|source| {
-                    vm::VmError::Qmp {
+                v.qmp()
+                    .await?
+                    .execute(command, None)
+                    .await
+                    .map_err(|source| vm::VmError::Qmp {
                         vm: node.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 Ok::<(), vm::VmError>(())
             }
             .await;
             if let Err(e) = result {
                 tracing::warn!(lab, node, command, error = %e, "fence: QMP command failed");
             }
-        });
+        },
+    );
     futures::future::join_all(runs).await;
 }
 
@@ -383,13 +387,23 @@ mod tests {
 
         let again = Fence::new(dir.path(), "CA one", false);
         assert_eq!(again.applied(), Some(9));
-        let err = again.admit(&plan(3)).await.expect_err("stale after restart");
-        assert!(err.to_string().contains("generation 3 is older than generation 9"), "{err}");
+        let err = again
+            .admit(&plan(3))
+            .await
+            .expect_err("stale after restart");
+        assert!(
+            err.to_string()
+                .contains("generation 3 is older than generation 9"),
+            "{err}"
+        );
         assert!(!dir.path().join(format!("{GENERATION_FILE}.new")).exists());
 
         let other_cluster = Fence::new(dir.path(), "CA two", false);
         assert_eq!(other_cluster.applied(), None);
-        other_cluster.admit(&plan(1)).await.expect("a new cluster starts from 0");
+        other_cluster
+            .admit(&plan(1))
+            .await
+            .expect("a new cluster starts from 0");
     }
 
     #[tokio::test]
@@ -404,7 +418,11 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(fence.admit(&plan(1)).await, Err(Refusal::NoLease));
-        fence.renew(Instant::now(), Duration::from_millis(10), Duration::from_secs(60));
+        fence.renew(
+            Instant::now(),
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        );
         fence.admit(&plan(1)).await.expect("leased");
         assert!(!fence.fenced(), "a plan under a lease lifts the fence");
     }

@@ -432,7 +432,11 @@ mod tests {
                 matches!(&err, PlanError::BadUnderlayMtu { host, .. } if host == "h1"),
                 "{err}"
             );
-            assert!(err.to_string().contains(&format!("underlay MTU {bad} is outside 576..=65535")), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("underlay MTU {bad} is outside 576..=65535")),
+                "{err}"
+            );
         }
     }
 

@@ -58,7 +58,17 @@ fn probe(cluster: &LocalCluster, stop: &AtomicBool) -> Vec<String> {
     let mut rounds = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let out = cluster.labspan(&[
-            "exec", "fence", "p", "--timeout", "30", "--", "ping", "-i", "0.1", "-w", "5",
+            "exec",
+            "fence",
+            "p",
+            "--timeout",
+            "30",
+            "--",
+            "ping",
+            "-i",
+            "0.1",
+            "-w",
+            "5",
             "198.19.60.2",
         ]);
         let shown = text(&out);
@@ -74,7 +84,18 @@ fn probe(cluster: &LocalCluster, stop: &AtomicBool) -> Vec<String> {
 /// ARP requests for v's address from p: how many were sent and answered.
 fn arping(cluster: &LocalCluster) -> (u32, u32) {
     let args = [
-        "exec", "fence", "p", "--", "arping", "-c", "5", "-w", "6", "-I", "eth0", "198.19.60.2",
+        "exec",
+        "fence",
+        "p",
+        "--",
+        "arping",
+        "-c",
+        "5",
+        "-w",
+        "6",
+        "-I",
+        "eth0",
+        "198.19.60.2",
     ];
     let out = cluster.wait_for("arping from p", BACK_WITHIN, || {
         let out = cluster.labspan(&args);
@@ -104,7 +125,17 @@ impl Capture {
     fn start(cluster: &LocalCluster, i: usize) -> Capture {
         let file = cluster.write_file("echo.pcap", "");
         let child = Command::new("ip")
-            .args(["netns", "exec", &cluster.netns(i), "tcpdump", "-i", "any", "-U", "-n", "-w"])
+            .args([
+                "netns",
+                "exec",
+                &cluster.netns(i),
+                "tcpdump",
+                "-i",
+                "any",
+                "-U",
+                "-n",
+                "-w",
+            ])
             .arg(&file)
             .args(["icmp[icmptype] == icmp-echo and src host 198.19.60.2"])
             .stdout(Stdio::null())
@@ -127,7 +158,10 @@ impl Capture {
             .expect("tcpdump -r");
         let mut ids: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let time = line.split_whitespace().next().and_then(|t| t.parse::<f64>().ok());
+            let time = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<f64>().ok());
             let id = line
                 .split("id ")
                 .nth(1)
@@ -160,7 +194,10 @@ fn a_host_cut_from_the_control_plane_pauses_its_vms_before_they_run_elsewhere() 
     let file = file.to_str().expect("utf-8 path");
     ok(&cluster.labspan(&["up", file]), "labspan up (pinned)");
     cluster.write_file("fence.yaml", &lab("  pin: {p: host1}"));
-    ok(&cluster.labspan(&["up", file]), "labspan up (v free to move)");
+    ok(
+        &cluster.labspan(&["up", file]),
+        "labspan up (v free to move)",
+    );
     let victim = 4;
     let stale = cluster
         .qemu_pid(victim, "fence", "v")
@@ -208,7 +245,11 @@ fn a_host_cut_from_the_control_plane_pauses_its_vms_before_they_run_elsewhere() 
             (back && cluster.qemu_pid(victim, "fence", "v").is_none()).then_some(())
         });
         phase("host4's stale copy stopped");
-        assert_eq!(cluster.running("fence", "v"), vec![moved], "v restarted again");
+        assert_eq!(
+            cluster.running("fence", "v"),
+            vec![moved],
+            "v restarted again"
+        );
         let (sent, received) = arping(&cluster);
         assert!(
             received <= sent && received > 0,

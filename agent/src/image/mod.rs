@@ -62,6 +62,33 @@ pub struct Manifest {
     pub recipe: Vec<String>,
 }
 
+impl Manifest {
+    /// Checks that `kernel`, `initrd` and `disk` are plain file names, so
+    /// that they stay inside the image folder (QEMU, as root, opens them as
+    /// a kernel or a disk's backing file): no `/`, no `..`, nothing hidden.
+    pub fn check_files(&self) -> Result<(), ImageError> {
+        for (field, value) in [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("disk", &self.disk),
+        ] {
+            let Some(file) = value else { continue };
+            let plain = !file.is_empty()
+                && file.len() <= 255
+                && !file.starts_with('.')
+                && !file.contains(['/', '\\', '\0']);
+            if !plain {
+                return Err(ImageError::BadFile {
+                    image: self.name.clone(),
+                    field,
+                    file: file.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What kind of guest an image boots into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestKind {
@@ -122,6 +149,12 @@ pub enum ImageError {
     Build { detail: String },
     #[error("{file} is not a usable qcow2 image: {detail}; nothing was imported")]
     NotQcow2 { file: PathBuf, detail: String },
+    #[error("image \"{image}\": manifest {field} {file:?} must be a plain file name inside the image folder (no '/', no '..', not hidden); the image is refused and nothing was stored")]
+    BadFile {
+        image: String,
+        field: &'static str,
+        file: String,
+    },
     #[error("manifest {path} is unreadable: {source}; remove that image folder and build or import it again")]
     BadManifest {
         path: PathBuf,
@@ -218,8 +251,9 @@ impl ImageStore {
         let dir = self.root.join("objects").join(hash);
         let path = dir.join("manifest.json");
         let text = fs::read(&path).map_err(io_err("reading image manifest", &path))?;
-        let manifest = serde_json::from_slice(&text)
+        let manifest: Manifest = serde_json::from_slice(&text)
             .map_err(|source| ImageError::BadManifest { path, source })?;
+        manifest.check_files()?;
         Ok(Image { dir, manifest })
     }
 
@@ -236,6 +270,7 @@ impl ImageStore {
     /// Moves a finished image folder from `tmp/` into `objects/HASH` and names
     /// it. When another build got there first, its copy is kept.
     fn commit(&self, staged: &Path, manifest: &Manifest) -> Result<Image, ImageError> {
+        manifest.check_files()?;
         let path = staged.join("manifest.json");
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| ImageError::Build {
             detail: e.to_string(),
@@ -322,6 +357,53 @@ mod tests {
         assert!(check_name("debian-12.1_x").is_ok());
         for bad in ["", "../x", ".hidden", "a/b", "a b"] {
             assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_manifest_naming_files_outside_its_folder_is_refused_and_leaves_nothing() {
+        for (field, file) in [
+            ("kernel", "../../x"),
+            ("kernel", "/etc/x"),
+            ("initrd", ".."),
+            ("disk", "sub/disk.qcow2"),
+            ("disk", ""),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = ImageStore::at(dir.path());
+            let work = store.work_dir("t").expect("work dir");
+            let staged = work.0.join("image");
+            fs::create_dir_all(&staged).expect("mkdir");
+            let mut m = Manifest {
+                name: "x".into(),
+                hash: "abc".into(),
+                kernel: Some("vmlinuz".into()),
+                initrd: None,
+                disk: None,
+                cmdline: String::new(),
+                guest: GuestKind {
+                    kind: "tiny".into(),
+                    guest_agent: true,
+                },
+                recipe: vec![],
+            };
+            let slot = match field {
+                "kernel" => &mut m.kernel,
+                "initrd" => &mut m.initrd,
+                _ => &mut m.disk,
+            };
+            *slot = Some(file.into());
+            let err = store.commit(&staged, &m).expect_err("outside the folder");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!(
+                    "manifest {field} {file:?} must be a plain file name"
+                )),
+                "{msg}"
+            );
+            drop(work);
+            assert!(!dir.path().join("objects").exists(), "{file}: stored");
+            assert!(!dir.path().join("names").exists(), "{file}: named");
         }
     }
 

@@ -210,7 +210,9 @@ fn check_manifest(staged: &Path, hash: &str) -> Result<(), ReceiveError> {
             manifest.hash
         )));
     }
-    Ok(())
+    manifest
+        .check_files()
+        .map_err(|e| ReceiveError::Mismatch(e.to_string()))
 }
 
 #[cfg(test)]
@@ -268,6 +270,29 @@ mod tests {
             super::super::digest::digest_folder(&img.dir).expect("digest"),
             d
         );
+    }
+
+    #[tokio::test]
+    async fn a_manifest_with_a_kernel_outside_the_image_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, hash) = store_with_image(&dir.path().join("src"));
+        // A peer whose store holds a doctored manifest (its digest made anew).
+        let obj = src.object_dir(&hash);
+        let path = obj.join("manifest.json");
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        m["kernel"] = "/etc/shadow".into();
+        std::fs::write(&path, serde_json::to_vec(&m).expect("json")).expect("write");
+        std::fs::remove_file(obj.join(super::super::digest::DIGEST_FILE)).ok();
+        let (bytes, d) = stream_of(&src, &hash);
+        let dst = ImageStore::at(dir.path().join("dst"));
+        let err = receive(&dst, &hash, &d, &bytes).await.expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("manifest kernel \"/etc/shadow\" must be a plain file name"),
+            "{msg}"
+        );
+        empty_after(&dst);
     }
 
     #[tokio::test]

@@ -111,7 +111,13 @@ mod tests {
         let mut reader: &[u8] = b"{\"return\": {}}\nnext\n";
         let line = read_limited(&mut reader, 64).await.expect("a short line");
         assert_eq!(line, "{\"return\": {}}\n");
-        assert_eq!(read_limited(&mut reader, 5).await.expect("exactly 5"), "next\n");
-        assert!(matches!(read_limited(&mut reader, 5).await, Err(LineError::Closed)));
+        assert_eq!(
+            read_limited(&mut reader, 5).await.expect("exactly 5"),
+            "next\n"
+        );
+        assert!(matches!(
+            read_limited(&mut reader, 5).await,
+            Err(LineError::Closed)
+        ));
     }
 }

@@ -60,8 +60,9 @@ impl TimingArgs {
             monitor_every: ms(self.monitor_ms, d.monitor_every),
             new_leader_grace: ms(self.new_leader_grace_ms, d.new_leader_grace),
         };
-        t.validate()
-            .map_err(|e| anyhow::Error::new(crate::InvalidInput(format!("coordinator timing: {e}"))))?;
+        t.validate().map_err(|e| {
+            anyhow::Error::new(crate::InvalidInput(format!("coordinator timing: {e}")))
+        })?;
         Ok(t)
     }
 }

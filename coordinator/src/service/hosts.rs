@@ -90,10 +90,7 @@ async fn lease(inner: &Inner) -> Reply {
             heartbeat_ms: millis(t.heartbeat),
             lease_ms: millis(t.lease),
         },
-        Ok(Err(e)) => error(
-            ErrorKind::Unavailable,
-            format!("no lease: {}", e.message),
-        ),
+        Ok(Err(e)) => error(ErrorKind::Unavailable, format!("no lease: {}", e.message)),
         Err(_) => error(
             ErrorKind::Unavailable,
             format!(

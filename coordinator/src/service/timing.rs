@@ -40,7 +40,10 @@ pub enum TimingError {
     Zero { what: &'static str },
     /// The lease does not outlast a few heartbeats.
     #[error("lease ({lease:?}) must be at least 2 heartbeats ({heartbeat:?} each): one late heartbeat must not fence a host")]
-    LeaseTooShort { lease: Duration, heartbeat: Duration },
+    LeaseTooShort {
+        lease: Duration,
+        heartbeat: Duration,
+    },
     /// A new leader would mark hosts down before their agents can reach it.
     #[error("new-leader grace ({grace:?}) must be at least the detection time ({down:?})")]
     GraceTooShort { grace: Duration, down: Duration },
@@ -140,7 +143,10 @@ mod tests {
             new_leader_grace: Duration::from_secs(1),
             ..Timing::default()
         };
-        assert!(matches!(t.validate(), Err(TimingError::GraceTooShort { .. })));
+        assert!(matches!(
+            t.validate(),
+            Err(TimingError::GraceTooShort { .. })
+        ));
         let t = Timing {
             heartbeat: Duration::ZERO,
             ..Timing::default()
