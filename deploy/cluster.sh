@@ -362,7 +362,9 @@ start_daemon() {
 # Checks that host N exists in this cluster; prints its namespace.
 fault_host() {
     local i=$1
-    [[ $i =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] || usage "give a host number (1, 2, ...), not '$i'"
+    if ! [[ $i =~ ^[0-9]+$ ]] || [ "$i" -lt 1 ]; then
+        usage "give a host number (1, 2, ...), not '$i'"
+    fi
     own_state || die "$STATE holds no cluster named $NAME: start it with $(settings)$0 up"
     ip netns list | awk '{print $1}' | grep -qx "$HOST_PREFIX$i" ||
         die "host $i has no namespace $HOST_PREFIX$i (the cluster has $(our_namespaces | grep -c "^$HOST_PREFIX") hosts)"

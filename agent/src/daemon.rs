@@ -248,7 +248,8 @@ async fn session(
                     Duration::from_millis(lease_ms),
                 );
                 beats_fenced = if fence.fenced() { beats_fenced + 1 } else { 0 };
-                req = if beats_fenced % REREGISTER_EVERY == 0 && fence.fenced() {
+                req = if beats_fenced >= REREGISTER_EVERY {
+                    beats_fenced = 0;
                     register.clone()
                 } else {
                     Request::Heartbeat

@@ -12,6 +12,7 @@
 //!   a stop silences it);
 //! - `p` probes `v`'s address every 100 ms: no `DUP!` reply, and ARP
 //!   requests get one answer each.
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
