@@ -192,7 +192,6 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
     }
 }
 
-
 /// Registers, then heartbeats until the coordinator stops being the leader
 /// or the connection breaks. Each answered heartbeat renews the lease; a
 /// fenced host registers again now and then, which makes the leader send it

@@ -147,6 +147,7 @@ pub fn host_plans(
                 HostPlan {
                     host: h.clone(),
                     labs: vec![],
+                    generation: 0,
                 },
             )
         })

@@ -13,7 +13,6 @@ use super::push::{self, DEFAULT_UNDERLAY_MTU};
 use super::{agents, error, lock, recovery, HostLive, Inner};
 use crate::raft::{Capacity, Command, LabStatus};
 
-
 /// Leader: records the host of agent `name` (its certificate's name), marks
 /// it up, and sends it its plan (a restarted agent converges again).
 pub(super) async fn register(
