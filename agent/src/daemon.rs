@@ -380,9 +380,22 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                     }
                 }
                 Ok(AgentRequest::ApplyPlan(plan)) => {
-                    let _one_plan_at_a_time = hooks.apply_lock.lock().await;
-                    let reply = match fence.admit(&plan).await {
-                        Ok(()) => apply(&agent, &plan, hooks.events.as_deref()).await,
+                    // The fence before the apply lock: lifting it resumes
+                    // the VMs that an apply still in flight (pushed by a
+                    // leader that died) waits on to boot.
+                    let admitted = match fence.admit(&plan).await {
+                        Ok(()) => {
+                            let one_plan_at_a_time = hooks.apply_lock.lock().await;
+                            // A newer plan may have been admitted while this
+                            // one waited for the lock.
+                            fence.still_current(&plan).map(|()| one_plan_at_a_time)
+                        }
+                        Err(refusal) => Err(refusal),
+                    };
+                    let reply = match admitted {
+                        Ok(_one_plan_at_a_time) => {
+                            apply(&agent, &plan, hooks.events.as_deref()).await
+                        }
                         Err(refusal) => {
                             tracing::warn!(generation = plan.generation, %refusal, "host plan refused");
                             AgentReply::Error(ErrorReply::new(

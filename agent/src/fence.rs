@@ -232,6 +232,12 @@ impl Fence {
         Ok(())
     }
 
+    /// Whether `plan`, admitted earlier, is still the newest admitted
+    /// (checked again under the apply lock, just before it is applied).
+    pub fn still_current(&self, plan: &HostPlan) -> Result<(), Refusal> {
+        check_generation(self.applied(), plan.generation)
+    }
+
     /// Keeps `generation` (when newer) on disk before the plan is applied:
     /// written to a new file, synced, then renamed over the old one.
     fn record(&self, generation: u64) -> Result<(), Refusal> {

@@ -7,7 +7,9 @@
 //! Two oracles watch the lab network that both copies share:
 //! - every boot of the moving node `v` starts a pinger towards `p` (a lab
 //!   `exec` line), and `p`'s host captures those echo requests: each copy's
-//!   pinger has its own ICMP id, and the times of two ids never overlap
+//!   pinger has its own ICMP id and a payload size drawn at boot (two
+//!   boots of one image often get the same pid, hence the same id), and
+//!   the times of two pingers never overlap
 //!   (the stale copy's host still forwards to `p`'s host: only a pause or
 //!   a stop silences it);
 //! - `p` probes `v`'s address every 100 ms: no `DUP!` reply, and ARP
@@ -38,7 +40,7 @@ nodes:
   p: {{nics: {{eth0: {{ip: [198.19.60.1/24]}}}}}}
   v:
     nics: {{eth0: {{ip: [198.19.60.2/24]}}}}
-    exec: ["(ping -i 0.2 198.19.60.1 >/dev/null 2>&1 &)"]
+    exec: ["(ping -s $((16 + RANDOM % 1000)) -i 0.2 198.19.60.1 >/dev/null 2>&1 &)"]
 links:
   - [p:eth0, v:eth0]
 placement:
@@ -116,7 +118,7 @@ fn arping(cluster: &LocalCluster) -> (u32, u32) {
 
 /// `tcpdump` of the echo requests from v's address inside host `i`'s
 /// namespace, on every interface (VXLAN, bridge, tap: the same packet seen
-/// thrice keeps its ICMP id, which is all that is compared).
+/// thrice keeps its ICMP id and length, which are all that is compared).
 struct Capture {
     child: std::process::Child,
     file: std::path::PathBuf,
@@ -146,8 +148,9 @@ impl Capture {
         Capture { child, file }
     }
 
-    /// ICMP id → (first, last) capture time in seconds, of every pinger seen.
-    fn pingers(mut self) -> BTreeMap<u32, (f64, f64)> {
+    /// (ICMP id, length) → (first, last) capture time in seconds, of every
+    /// pinger seen.
+    fn pingers(mut self) -> BTreeMap<(u32, u32), (f64, f64)> {
         // SIGINT makes tcpdump flush and close the file.
         // SAFETY: kill(2) on the pid of the child this test started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -157,7 +160,7 @@ impl Capture {
             .arg(&self.file)
             .output()
             .expect("tcpdump -r");
-        let mut ids: BTreeMap<u32, (f64, f64)> = BTreeMap::new();
+        let mut ids: BTreeMap<(u32, u32), (f64, f64)> = BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let time = line
                 .split_whitespace()
@@ -168,8 +171,12 @@ impl Capture {
                 .nth(1)
                 .and_then(|r| r.split(',').next())
                 .and_then(|n| n.trim().parse::<u32>().ok());
-            if let (Some(t), Some(id)) = (time, id) {
-                let e = ids.entry(id).or_insert((t, t));
+            let length = line
+                .split("length ")
+                .nth(1)
+                .and_then(|n| n.trim().parse::<u32>().ok());
+            if let (Some(t), Some(id), Some(length)) = (time, id, length) {
+                let e = ids.entry((id, length)).or_insert((t, t));
                 e.0 = e.0.min(t);
                 e.1 = e.1.max(t);
             }
@@ -261,7 +268,7 @@ fn a_host_cut_from_the_control_plane_pauses_its_vms_before_they_run_elsewhere() 
     });
 
     let pingers = capture.pingers();
-    eprintln!("v's pingers seen from host1 (ICMP id: first, last): {pingers:?}");
+    eprintln!("v's pingers seen from host1 ((ICMP id, length): first, last): {pingers:?}");
     assert!(
         pingers.len() >= 2,
         "both copies' pingers should have been seen (before the cut, after the move): {pingers:?}"
