@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what labspan needs on a Debian 12 machine (as root): QEMU, iproute2,
-# the tools that build guest images, a Rust toolchain when there is none, and
+# nftables (deploy/cluster.sh partition-control), the tools that build guest
+# images, a Rust toolchain when there is none, and
 # the tools of the quality gates (deploy/lint.sh) and test tiers (nextest).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
