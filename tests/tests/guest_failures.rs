@@ -38,9 +38,12 @@ fn guest(cluster: &LocalCluster, node: &str) -> Option<Value> {
     if !out.status.success() {
         return None;
     }
-    let rows: Value = serde_json::from_slice(&out.stdout).ok()?;
-    rows.as_array()?
+    // One record per lab, each with its nodes.
+    let labs: Value = serde_json::from_slice(&out.stdout).ok()?;
+    labs.as_array()?
         .iter()
+        .filter_map(|lab| lab["nodes"].as_array())
+        .flatten()
         .find(|r| r["node"] == node)
         .map(|r| r["guest"].clone())
         .filter(|g| !g.is_null())
