@@ -16,6 +16,7 @@ use labspan_proto::msg::{
     LabSource, LabStatus, Reply, Request, Role, VmReport,
 };
 use labspan_proto::plan::HostPlan;
+use labspan_testutil::wait_until_async;
 use labspan_transport::client::{self, Client, ClusterFile};
 use labspan_transport::tls::{ca_fingerprint, ClusterCa};
 use labspan_transport::{read_frame, write_frame};
@@ -45,20 +46,14 @@ fn free_addr() -> TestResult<SocketAddr> {
     Err("no free pair of UDP ports".into())
 }
 
-/// Polls `check` until it returns `Some`, for at most about 60 s (a bound
-/// on how long a broken test hangs, not a timing assertion).
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> TestResult<T>
+/// [`wait_until_async`] with this file's bound of 60 s (how long a broken
+/// test hangs, not a timing assertion).
+async fn eventually<T, F, Fut>(what: &str, check: F) -> TestResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    for _ in 0..240 {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(format!("timed out waiting for {what}").into())
+    Ok(wait_until_async(what, Duration::from_secs(60), check).await)
 }
 
 async fn status(client: &Client) -> Option<ClusterStatus> {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::{text, Fabric, TestHost};
+use std::cell::RefCell;
+
+use crate::{described, text, wait_until, Fabric, TestHost};
 
 /// Daemons started by a test, stopped (SIGTERM, by pid) on drop.
 #[derive(Default)]
@@ -50,16 +52,21 @@ pub fn ok(out: &Output, what: &str) -> String {
 }
 
 /// Retries `labspan ARGS` on `host` until it succeeds (a daemon starting),
-/// at most about 30 s.
+/// for at most 30 s.
 pub fn until_ok(host: &TestHost, args: &[&str]) -> String {
-    for _ in 0..60 {
+    let last = RefCell::new(String::new());
+    let what = described(|| {
+        format!(
+            "`labspan {}` to succeed; it last said: {}",
+            args.join(" "),
+            last.borrow()
+        )
+    });
+    wait_until(what, Duration::from_secs(30), || {
         let out = host.labspan(args);
-        if out.status.success() {
-            return text(&out);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    ok(&host.labspan(args), &args.join(" "))
+        *last.borrow_mut() = text(&out);
+        out.status.success().then(|| text(&out))
+    })
 }
 
 /// The value after `label` on the first line that starts with it.
@@ -116,17 +123,20 @@ pub fn start_cluster(fabric: &Fabric, coordinator: &str, daemons: &mut Daemons) 
         daemons.spawn(agent, &host.state.join("agent.log"));
     }
     let hosts = fabric.hosts.len();
-    let mut up = 0;
-    for _ in 0..60 {
+    let up = std::cell::Cell::new(0);
+    let what = described(|| {
+        format!(
+            "{hosts} hosts up, {} are (logs in each host's state folder)",
+            up.get()
+        )
+    });
+    wait_until(what, Duration::from_secs(30), || {
         let status = ok(
             &h1.labspan(&["cluster", "status", "--cluster", &admin]),
             "cluster status",
         );
-        up = status.lines().filter(|l| l.ends_with(" up")).count();
-        if up == hosts {
-            return admin;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    panic!("{up} of {hosts} hosts up after 30 s (logs in each host's state folder)");
+        up.set(status.lines().filter(|l| l.ends_with(" up")).count());
+        (up.get() == hosts).then_some(())
+    });
+    admin
 }

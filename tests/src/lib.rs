@@ -14,7 +14,8 @@ use std::sync::{Mutex, OnceLock};
 
 pub mod daemons;
 pub mod local_cluster;
-pub mod netns;
+
+pub use labspan_testutil::{described, netns, wait_until, wait_until_async};
 
 /// Where tests keep images, shared by every test host so `tiny` is built once.
 pub const TEST_IMAGES: &str = "/var/lib/labspan/images";

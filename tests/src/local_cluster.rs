@@ -6,11 +6,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{is_qemu, labspan_bin, run, text};
+use crate::{described, is_qemu, labspan_bin, run, text, wait_until};
 
 /// One cluster made by `deploy/cluster.sh up N`.
 pub struct LocalCluster {
@@ -183,26 +183,17 @@ impl LocalCluster {
             .ok()
     }
 
-    /// Waits until `check` holds, polling every half second; panics with
-    /// `what` after `limit` (a generous bound, not a timing assertion).
-    pub fn wait_for<T>(
-        &self,
-        what: &str,
-        limit: Duration,
-        mut check: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = check() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not after {limit:?}; cluster status: {}",
+    /// Waits until `check` holds ([`wait_until`]); fails with `what` and the
+    /// cluster's status after `limit` (a generous bound, not a timing
+    /// assertion).
+    pub fn wait_for<T>(&self, what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+        let what = described(|| {
+            format!(
+                "{what}; cluster status: {}",
                 self.status().map(|s| s.to_string()).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            )
+        });
+        wait_until(what, limit, check)
     }
 
     /// `kill -9` of the coordinator on host `i` (by its pidfile, after

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use labspan_tests::daemons::{field, ok, start_cluster, until_ok, Daemons};
-use labspan_tests::{text, write_lab, Fabric, TestHost};
+use labspan_tests::{text, wait_until, write_lab, Fabric, TestHost};
 
 const DUO: &str = r#"
 name: duo
@@ -266,12 +266,11 @@ fn a_deploy_survives_kill_9_of_its_leader() {
             .as_array()
             .map_or(0, |m| m.iter().filter(|m| m["voter"] == true).count())
     };
-    for _ in 0..120 {
-        if status_json(h1, &admin).is_some_and(|s| voters(&s) == 3) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until("three voting coordinators", Duration::from_secs(60), || {
+        status_json(h1, &admin)
+            .is_some_and(|s| voters(&s) == 3)
+            .then_some(())
+    });
     for (i, host) in fabric.hosts.iter().enumerate() {
         let dir = join_member(h1, host, &admin, "agent", &format!("h{}", i + 1), None);
         let vtep = host.vtep.expect("fabric host").to_string();
@@ -280,17 +279,14 @@ fn a_deploy_survives_kill_9_of_its_leader() {
             &host.state.join("agent.log"),
         );
     }
-    for _ in 0..60 {
+    wait_until("both agents up", Duration::from_secs(30), || {
         let up = status_json(h1, &admin).and_then(|s| {
             s["hosts"]
                 .as_array()
                 .map(|h| h.iter().filter(|h| h["up"] == true).count())
         });
-        if up == Some(2) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        (up == Some(2)).then_some(())
+    });
 
     let lab = write_lab(h1, "duo.yaml", DUO);
     let out_path = h1.state.join("up.log");
@@ -299,24 +295,26 @@ fn a_deploy_survives_kill_9_of_its_leader() {
         &out_path,
     );
     // Wait for a guest to run while the lab is still Deploying, then kill the leader.
-    let mut before = None;
-    for _ in 0..600 {
-        let pids: Vec<Option<u32>> = [(h1, "a"), (h1, "b"), (h2, "a"), (h2, "b")]
-            .iter()
-            .map(|(h, n)| h.qemu_pid("duo", n))
-            .collect();
-        let status = status_json(h1, &admin);
-        let deploying = status
-            .as_ref()
-            .and_then(|s| lab_status(s, "duo"))
-            .is_some_and(|s| s == "Deploying");
-        if deploying && pids.iter().any(Option::is_some) {
-            before = status.map(|s| (s, pids));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (status, pids_before) = before.expect("the lab never ran a guest while Deploying");
+    let (status, pids_before) = wait_until(
+        "a guest of the lab running while it is Deploying",
+        Duration::from_secs(60),
+        || {
+            let pids: Vec<Option<u32>> = [(h1, "a"), (h1, "b"), (h2, "a"), (h2, "b")]
+                .iter()
+                .map(|(h, n)| h.qemu_pid("duo", n))
+                .collect();
+            let status = status_json(h1, &admin);
+            let deploying = status
+                .as_ref()
+                .and_then(|s| lab_status(s, "duo"))
+                .is_some_and(|s| s == "Deploying");
+            if deploying && pids.iter().any(Option::is_some) {
+                status.map(|s| (s, pids))
+            } else {
+                None
+            }
+        },
+    );
     let leader = status["leader"].as_u64().expect("a leader");
     let name = status["members"]
         .as_array()

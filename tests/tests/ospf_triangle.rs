@@ -2,10 +2,11 @@
 //! bird2 OSPF, a host behind each. The lab's own checks pass, and when a
 //! side of the triangle is cut, OSPF sends the traffic round the other two.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use labspan_tests::{text, TestHost};
+use labspan_tests::{described, text, wait_until, TestHost};
 
 const LAB: &str = "ospf-triangle";
 /// Generous: TCG guests on a 2-core machine that other tests share.
@@ -13,20 +14,6 @@ const REROUTE_DEADLINE: Duration = Duration::from_secs(120);
 
 fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../demos/ospf-triangle/lab.yaml")
-}
-
-/// Retries `probe` until it holds or `deadline` passes. Each probe is a
-/// guest command (a ping waits up to a second), which paces the loop.
-fn eventually(deadline: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if probe() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-    }
 }
 
 /// `birdc show route for ADDR` on `node`: the route OSPF chose.
@@ -68,18 +55,23 @@ fn ospf_converges_and_reroutes_round_a_cut_link() {
     let cut = host.labspan(&["exec", LAB, "r2", "--", "ip", "link", "set", "eth0", "down"]);
     assert!(cut.status.success(), "cutting r1-r2: {}", text(&cut));
     let cut_at = Instant::now();
-    let mut last = String::new();
-    let rerouted = eventually(REROUTE_DEADLINE, || {
-        last = route(&host, "r1", "198.19.2.10");
-        last.contains("via 198.19.0.9 on eth1")
+    let last = RefCell::new(String::new());
+    let what = described(|| {
+        format!(
+            "r1 to route to h2's LAN through r3; its route:\n{}",
+            last.borrow()
+        )
     });
-    assert!(
-        rerouted,
-        "r1 still has no route to h2's LAN through r3:\n{last}"
-    );
-    assert!(
-        eventually(REROUTE_DEADLINE, || pings(&host, "h1", "198.19.2.10")),
-        "h1 no longer reaches h2 with r1-r2 cut"
+    wait_until(what, REROUTE_DEADLINE, || {
+        *last.borrow_mut() = route(&host, "r1", "198.19.2.10");
+        last.borrow()
+            .contains("via 198.19.0.9 on eth1")
+            .then_some(())
+    });
+    wait_until(
+        "h1 to reach h2 again with r1-r2 cut",
+        REROUTE_DEADLINE,
+        || pings(&host, "h1", "198.19.2.10").then_some(()),
     );
     eprintln!(
         "r1-r2 cut to h1 reaching h2 through r3: {:.1?}",

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // not every test binary uses namespaces
-pub use labspan_tests::netns;
+pub use labspan_testutil::netns;
 
 use std::net::IpAddr;
 
