@@ -20,6 +20,7 @@ use marked_yaml::{LoadError as YamlError, LoaderOptions, Node as Yaml};
 pub use diagnostic::{Diagnostic, Diagnostics, Pos};
 pub use emit::to_yaml;
 pub use model::*;
+pub use read::LAB_FILE_KEYS;
 
 use diagnostic::Sink;
 use read::RawLab;

@@ -131,6 +131,20 @@ const VERIFY_KEYS: &[&str] = &["ping", "exec"];
 const PING_KEYS: &[&str] = &["from", "to", "timeout"];
 const EXEC_KEYS: &[&str] = &["node", "cmd", "expect", "timeout"];
 
+/// Every key a lab file may use, by where it goes: `docs/lab-file.md` must
+/// name each one (a test in `tests/tests/docs_examples.rs` checks).
+pub const LAB_FILE_KEYS: &[(&str, &[&str])] = &[
+    ("the top level", TOP_KEYS),
+    ("a node", NODE_KEYS),
+    ("defaults", DEFAULT_KEYS),
+    ("a NIC", NIC_KEYS),
+    ("a link", LINK_KEYS),
+    ("placement", PLACEMENT_KEYS),
+    ("a check", VERIFY_KEYS),
+    ("a ping check", PING_KEYS),
+    ("an exec check", EXEC_KEYS),
+];
+
 /// Joins an object path and a key.
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
