@@ -74,7 +74,7 @@ fn kind(body: &str) -> Kind {
 }
 
 fn check_block(page: &Path, line: usize, body: &str) -> Result<(), String> {
-    let at = format!("{}:{line}", page.display());
+    let at = format!("{} (the example at line {line})", page.display());
     match kind(body) {
         Kind::Lab => lab::parse(&at, body)
             .map(drop)
