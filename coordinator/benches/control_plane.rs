@@ -90,14 +90,16 @@ async fn three(dirs: &[TempDir; 3]) -> BenchResult<(Vec<Running>, ClusterFile)> 
         else {
             return Err("no token".into());
         };
+        let request = labspan_transport::tls::CertificateRequest::generate(&name)?;
         let join = JoinRequest::Join {
             token,
             name: name.clone(),
+            csr_pem: request.csr_pem.clone(),
         };
         let JoinReply::Joined(grant) = client::join(api, &ca_fingerprint, &join).await? else {
             return Err("join refused".into());
         };
-        DataDir::at(dir.path()).save_grant(&name, free_addr()?, &grant)?;
+        DataDir::at(dir.path()).save_grant(&name, free_addr()?, &grant, &request)?;
         nodes.push(service::start(dir.path()).await?);
     }
     eventually("three voters", || async {

@@ -18,7 +18,7 @@ use labspan_proto::msg::{
 use labspan_proto::plan::HostPlan;
 use labspan_testutil::wait_until_async;
 use labspan_transport::client::{self, Client, ClusterFile};
-use labspan_transport::tls::{ca_fingerprint, ClusterCa};
+use labspan_transport::tls::{ca_fingerprint, CertificateRequest, ClusterCa};
 use labspan_transport::{read_frame, write_frame};
 use tempfile::TempDir;
 
@@ -80,15 +80,29 @@ async fn token(admin: &Client, role: Role) -> TestResult<(String, String)> {
     }
 }
 
+/// Joins as `name` with a key made here; returns the grant and that key.
 async fn join(
     api: SocketAddr,
     fingerprint: &str,
     token: &str,
     name: &str,
+) -> TestResult<(JoinGrant, CertificateRequest)> {
+    let request = CertificateRequest::generate(name)?;
+    let grant = join_with(api, fingerprint, token, name, &request.csr_pem).await?;
+    Ok((grant, request))
+}
+
+async fn join_with(
+    api: SocketAddr,
+    fingerprint: &str,
+    token: &str,
+    name: &str,
+    csr_pem: &str,
 ) -> TestResult<JoinGrant> {
     let req = JoinRequest::Join {
         token: token.into(),
         name: name.into(),
+        csr_pem: csr_pem.into(),
     };
     match client::join(api, fingerprint, &req).await? {
         JoinReply::Joined(grant) => Ok(grant),
@@ -110,8 +124,8 @@ async fn three_coordinators(dirs: &[TempDir; 3]) -> TestResult<(Vec<Running>, Cl
     for (i, dir) in dirs.iter().enumerate().skip(1) {
         let name = format!("c{}", i + 1);
         let (token, fingerprint) = token(&client, Role::Coordinator).await?;
-        let grant = join(api, &fingerprint, &token, &name).await?;
-        DataDir::at(dir.path()).save_grant(&name, free_addr()?, &grant)?;
+        let (grant, request) = join(api, &fingerprint, &token, &name).await?;
+        DataDir::at(dir.path()).save_grant(&name, free_addr()?, &grant, &request)?;
         nodes.push(service::start(dir.path()).await?);
     }
     client.close().await;
@@ -219,12 +233,13 @@ async fn agent_serving(
     serve: impl Fn(quinn::Connection, String),
 ) -> TestResult<(Client, ClusterFile)> {
     let (token, fingerprint) = token(admin, Role::Agent).await?;
-    let grant = join(api, &fingerprint, &token, name).await?;
+    let (grant, request) = join(api, &fingerprint, &token, name).await?;
+    let me = request.credential(&grant.cert_pem)?;
     let file = ClusterFile {
         coordinators: grant.coordinators,
         ca_pem: grant.ca_pem,
-        cert_pem: grant.cert_pem,
-        key_pem: grant.key_pem,
+        cert_pem: me.cert_pem(),
+        key_pem: me.key_pem(),
     };
     let register = Request::RegisterHost {
         memory_mib: 16 * 1024,
@@ -412,9 +427,25 @@ async fn a_join_token_is_one_time_and_the_fingerprint_is_checked() -> TestResult
         join(node.addr, &wrong, &token, "h1").await.is_err(),
         "joined a CA with the wrong fingerprint"
     );
-    let grant = join(node.addr, &fingerprint, &token, "h1").await?;
+    // A request that is not signed by its own key (one byte of its
+    // signature changed) is refused, and does not spend the token.
+    let request = CertificateRequest::generate("h1")?;
+    let forged = tamper(&request.csr_pem);
+    let refused = join_with(node.addr, &fingerprint, &token, "h1", &forged).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("certificate request")),
+        "a forged certificate request was signed: {refused:?}"
+    );
+    let grant = join_with(node.addr, &fingerprint, &token, "h1", &request.csr_pem).await?;
     assert_eq!(grant.role, Role::Agent);
     assert!(grant.ca_key_pem.is_none(), "an agent got the CA key");
+    // The certificate is for the key the member made and kept.
+    request.credential(&grant.cert_pem)?;
+    let other = CertificateRequest::generate("h1")?;
+    assert!(
+        other.credential(&grant.cert_pem).is_err(),
+        "a certificate for one key was taken for another"
+    );
     let again = join(node.addr, &fingerprint, &token, "h2").await;
     assert!(
         again.is_err_and(|e| e.to_string().contains("already used")),
@@ -791,4 +822,17 @@ async fn the_leader_removes_itself_and_the_next_leader_takes_over() -> TestResul
     admin.close().await;
     shutdown(nodes).await;
     Ok(())
+}
+
+/// `pem` with one base64 letter changed near its end, in the signature.
+fn tamper(pem: &str) -> String {
+    let mut lines: Vec<String> = pem.lines().map(String::from).collect();
+    if let Some(body) = lines.iter_mut().rev().find(|l| !l.starts_with("-----")) {
+        let keep = body.trim_end_matches('=').len();
+        if let Some(at) = keep.checked_sub(3) {
+            let swapped = if body.as_bytes()[at] == b'A' { "B" } else { "A" };
+            body.replace_range(at..=at, swapped);
+        }
+    }
+    lines.join("\n") + "\n"
 }

@@ -508,8 +508,14 @@ pub enum AgentReply {
 /// certificate yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinRequest {
-    /// Exchanges a join token for a certificate naming `name`.
-    Join { token: String, name: String },
+    /// Exchanges a join token for a certificate naming `name`, signed over
+    /// the public key of `csr_pem` (a PEM certificate request the member
+    /// made with its own key, which never leaves it).
+    Join {
+        token: String,
+        name: String,
+        csr_pem: String,
+    },
 }
 
 /// The answer to a [`JoinRequest`].
@@ -524,8 +530,8 @@ pub enum JoinReply {
 pub struct JoinGrant {
     pub role: Role,
     pub ca_pem: String,
+    /// The member's certificate, for the key of its request.
     pub cert_pem: String,
-    pub key_pem: String,
     /// The CA key, for coordinators only: every coordinator signs joins
     /// (as kubeadm's control-plane join copies the CA).
     pub ca_key_pem: Option<String>,

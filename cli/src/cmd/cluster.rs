@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use labspan_coordinator::service::DataDir;
 use labspan_proto::msg::{ClusterStatus, JoinReply, JoinRequest, Reply, Request, Role};
 use labspan_transport::client::{self, ClusterFile};
-use labspan_transport::tls;
+use labspan_transport::tls::{self, CertificateRequest};
 
 use crate::remote::{call, connect};
 use crate::InvalidInput;
@@ -173,9 +173,14 @@ async fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
 
 async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     let name = a.name.clone().unwrap_or_else(host_name);
+    // This member's key is made here and never sent: the cluster signs a
+    // request for it.
+    let request = CertificateRequest::generate(&name)
+        .map_err(|e| InvalidInput(format!("error: member name: {e}")))?;
     let req = JoinRequest::Join {
         token: a.token.clone(),
         name: name.clone(),
+        csr_pem: request.csr_pem.clone(),
     };
     let reply = client::join(a.coordinator, &a.ca_fingerprint, &req)
         .await
@@ -191,18 +196,21 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
         let Some(listen) = a.listen else {
             return Err(InvalidInput("error: this token is for a coordinator: give --listen ADDR:PORT (the token is now used; ask for a new one)".into()).into());
         };
-        DataDir::at(&a.data).save_grant(&name, listen, &grant)?;
+        DataDir::at(&a.data).save_grant(&name, listen, &grant, &request)?;
         println!(
             "coordinator {name} joined; start it:\n  labspan coordinator run --data {}",
             a.data.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let credential = request
+        .credential(&grant.cert_pem)
+        .context("reading the certificate the cluster granted")?;
     let file = ClusterFile {
         coordinators: grant.coordinators,
         ca_pem: grant.ca_pem,
-        cert_pem: grant.cert_pem,
-        key_pem: grant.key_pem,
+        cert_pem: credential.cert_pem(),
+        key_pem: credential.key_pem(),
     };
     let path = a.data.join(format!("{}.cluster", grant.role));
     file.save(&path)?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use labspan_proto::msg::{JoinGrant, Role};
 use labspan_transport::client::{write_private, ClusterFile};
-use labspan_transport::tls::{self, ClusterCa, NodeCredential};
+use labspan_transport::tls::{self, CertificateRequest, ClusterCa, NodeCredential};
 use serde::{Deserialize, Serialize};
 
 use crate::raft::NodeId;
@@ -137,18 +137,20 @@ impl DataDir {
         Ok(admin)
     }
 
-    /// A joining coordinator: saves what the cluster granted.
+    /// A joining coordinator: saves what the cluster granted for the key of
+    /// its `request`.
     pub fn save_grant(
         &self,
         name: &str,
         listen: SocketAddr,
         grant: &JoinGrant,
+        request: &CertificateRequest,
     ) -> Result<NodeConfig, DataDirError> {
         let (Some(id), Some(ca_key)) = (grant.node_id, grant.ca_key_pem.as_ref()) else {
             return Err(DataDirError::NotCoordinator { role: grant.role });
         };
         self.prepare()?;
-        let me = NodeCredential::from_pem(&grant.cert_pem, &grant.key_pem)?;
+        let me = request.credential(&grant.cert_pem)?;
         self.write_keys(&grant.ca_pem, ca_key, &me)?;
         let config = NodeConfig {
             id,

@@ -92,8 +92,12 @@ impl JoinService for JoinHandler {
     type Reply = JoinReply;
 
     async fn handle(&self, remote: SocketAddr, req: JoinRequest) -> JoinReply {
-        let JoinRequest::Join { token, name } = req;
-        match self.grant(&token, &name).await {
+        let JoinRequest::Join {
+            token,
+            name,
+            csr_pem,
+        } = req;
+        match self.grant(&token, &name, &csr_pem).await {
             Ok(grant) => {
                 tracing::info!(%remote, name, role = %grant.role, "member joined");
                 JoinReply::Joined(grant)
@@ -107,8 +111,11 @@ impl JoinService for JoinHandler {
 }
 
 impl JoinHandler {
-    async fn grant(&self, token: &str, name: &str) -> Result<JoinGrant, ErrorReply> {
+    async fn grant(&self, token: &str, name: &str, csr_pem: &str) -> Result<JoinGrant, ErrorReply> {
         validate_name(name).map_err(|e| ErrorReply::new(ErrorKind::Invalid, e.to_string()))?;
+        // Checked before the token is spent on it.
+        labspan_transport::tls::check_request(name, csr_pem)
+            .map_err(|e| ErrorReply::new(ErrorKind::Invalid, error_chain(&e)))?;
         let inner = &self.inner;
         let used = Request::UseToken {
             token: token.to_string(),
@@ -124,7 +131,7 @@ impl JoinHandler {
                 ))
             }
         };
-        let cred = inner.ca.issue(name, role).map_err(|e| {
+        let cert = inner.ca.sign_request(name, role, csr_pem).map_err(|e| {
             ErrorReply::new(
                 ErrorKind::Internal,
                 format!("cannot sign a certificate for {name}: {e}"),
@@ -139,11 +146,22 @@ impl JoinHandler {
         Ok(JoinGrant {
             role,
             ca_pem: inner.ca.cert_pem(),
-            cert_pem: cred.cert_pem(),
-            key_pem: cred.key_pem(),
+            cert_pem: labspan_transport::tls::cert_to_pem(&cert),
             ca_key_pem: (role == Role::Coordinator).then(|| inner.ca.key_pem()),
             node_id,
             coordinators,
         })
     }
+}
+
+/// An error and its causes on one line (rcgen's reason is in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -2,8 +2,8 @@
 
 use labspan_proto::msg::Role;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -96,48 +96,139 @@ impl ClusterCa {
         self.issuer.key().serialize_pem()
     }
 
-    /// Issues a certificate naming member `name` with `role`.
+    /// Issues a certificate naming member `name` with `role`, with a key
+    /// made here (the first coordinator's own, and the admin's, at `init`).
     ///
     /// The identity is the SAN URI `labspan://role/ROLE/NAME` (read back by
     /// [`super::peer_identity`]); coordinators also get the DNS name
     /// [`COORDINATOR_SERVER_NAME`] and the serverAuth usage so they can serve.
     pub fn issue(&self, name: &str, role: Role) -> Result<NodeCredential, TlsError> {
-        validate_name(name)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "labspan");
-        dn.push(DnType::OrganizationalUnitName, role.as_str());
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        let uri = identity_uri(role, name)
-            .try_into()
-            .map_err(gen_err(format!("encode the identity of {name}")))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if role == Role::Coordinator {
-            let dns = COORDINATOR_SERVER_NAME
-                .try_into()
-                .map_err(gen_err("encode the coordinator server name"))?;
-            params.subject_alt_names.push(SanType::DnsName(dns));
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-        }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + MEMBER_VALIDITY;
         let key = KeyPair::generate().map_err(gen_err(format!("generate a key for {name}")))?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(gen_err(format!("sign the certificate of {role} {name}")))?;
+        let cert = self.sign(name, role, &key)?;
         Ok(NodeCredential {
-            cert: cert.der().clone(),
+            cert,
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         })
     }
+
+    /// Signs the certificate request a joining member made with its own key
+    /// ([`CertificateRequest::generate`]): the member's private key never
+    /// leaves it. The request's signature is checked (it proves the member
+    /// holds the key); only its public key is used: the name, role, usages
+    /// and validity are the CA's, whatever the request asked for.
+    pub fn sign_request(
+        &self,
+        name: &str,
+        role: Role,
+        csr_pem: &str,
+    ) -> Result<CertificateDer<'static>, TlsError> {
+        let csr = check_request(name, csr_pem)?;
+        self.sign(name, role, &csr.public_key)
+    }
+
+    fn sign(
+        &self,
+        name: &str,
+        role: Role,
+        public_key: &impl PublicKeyData,
+    ) -> Result<CertificateDer<'static>, TlsError> {
+        let params = member_params(name, role)?;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(gen_err(format!("sign the certificate of {role} {name}")))?;
+        Ok(cert.der().clone())
+    }
 }
+
+/// Reads and checks a member's certificate request (its self-signature).
+/// Checked before a join token is spent on it.
+pub fn check_request(name: &str, csr_pem: &str) -> Result<CertificateSigningRequestParams, TlsError> {
+    CertificateSigningRequestParams::from_pem(csr_pem).map_err(gen_err(format!(
+        "read the certificate request of {name} (a PEM `CERTIFICATE REQUEST` signed by its own key)"
+    )))
+}
+
+/// What every member certificate says: its identity, usages and validity.
+fn member_params(name: &str, role: Role) -> Result<CertificateParams, TlsError> {
+    validate_name(name)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "labspan");
+    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let uri = identity_uri(role, name)
+        .try_into()
+        .map_err(gen_err(format!("encode the identity of {name}")))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if role == Role::Coordinator {
+        let dns = COORDINATOR_SERVER_NAME
+            .try_into()
+            .map_err(gen_err("encode the coordinator server name"))?;
+        params.subject_alt_names.push(SanType::DnsName(dns));
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + MEMBER_VALIDITY;
+    Ok(params)
+}
+
+/// A joining member's own key and the certificate request it sends: the
+/// key stays with the member.
+pub struct CertificateRequest {
+    key: KeyPair,
+    /// The request (PEM), for [`ClusterCa::sign_request`].
+    pub csr_pem: String,
+}
+
+impl CertificateRequest {
+    /// A fresh key for member `name` and a request signed by it.
+    pub fn generate(name: &str) -> Result<Self, TlsError> {
+        validate_name(name)?;
+        let key = KeyPair::generate().map_err(gen_err(format!("generate a key for {name}")))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let csr = params
+            .serialize_request(&key)
+            .map_err(gen_err(format!("make the certificate request of {name}")))?;
+        let csr_pem = csr
+            .pem()
+            .map_err(gen_err(format!("encode the certificate request of {name}")))?;
+        Ok(Self { key, csr_pem })
+    }
+
+    /// The private key as PEM (PKCS#8), to save beside the certificate.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The credential once the CA signed the request: refused when the
+    /// certificate is not for this key.
+    pub fn credential(&self, cert_pem: &str) -> Result<NodeCredential, TlsError> {
+        let cert = cert_from_pem(cert_pem, "the member certificate")?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).map_err(|e| {
+            TlsError::BadCertificate {
+                reason: e.to_string(),
+            }
+        })?;
+        if parsed.public_key().raw != self.key.subject_public_key_info().as_slice() {
+            return Err(TlsError::BadCertificate {
+                reason: "the certificate granted is not for the key this member made".into(),
+            });
+        }
+        Ok(NodeCredential {
+            cert,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der())),
+        })
+    }
+}
+
 
 impl NodeCredential {
     /// The certificate as PEM.

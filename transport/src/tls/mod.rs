@@ -13,7 +13,9 @@ mod identity;
 mod image;
 mod join;
 
-pub use ca::{cert_from_pem, cert_to_pem, ClusterCa, NodeCredential};
+pub use ca::{
+    cert_from_pem, cert_to_pem, check_request, CertificateRequest, ClusterCa, NodeCredential,
+};
 pub use config::{client_config, crypto_provider, server_config, ALPN};
 pub use identity::{ca_fingerprint, check_ca_fingerprint, peer_identity, PeerIdentity};
 pub use image::{image_client_config, image_server_config, AGENT_SERVER_NAME, IMAGE_ALPN};

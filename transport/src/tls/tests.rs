@@ -114,3 +114,44 @@ fn configs_speak_labspan_alpn_only() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_signed_request_names_what_the_ca_says_for_the_members_own_key() -> TestResult {
+    let ca = ClusterCa::generate("lab")?;
+    // The request asks nothing the CA would honour: the name and role in
+    // the certificate are the CA's.
+    let request = CertificateRequest::generate("asked-for")?;
+    let cert = ca.sign_request("node-7", Role::Agent, &request.csr_pem)?;
+    assert_eq!(
+        peer_identity(&cert)?,
+        PeerIdentity {
+            name: "node-7".into(),
+            role: Role::Agent
+        }
+    );
+    let cred = request.credential(&cert_to_pem(&cert))?;
+    assert_eq!(cred.cert, cert);
+    // A certificate for another key is not this member's.
+    let other = CertificateRequest::generate("node-7")?;
+    assert!(matches!(
+        other.credential(&cert_to_pem(&cert)),
+        Err(TlsError::BadCertificate { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn requests_that_are_not_requests_are_refused() -> TestResult {
+    let ca = ClusterCa::generate("lab")?;
+    let cred = ca.issue("node-7", Role::Agent)?;
+    for bad in ["", "not pem", &cred.cert_pem()] {
+        assert!(
+            matches!(
+                ca.sign_request("node-7", Role::Agent, bad),
+                Err(TlsError::Generate { .. })
+            ),
+            "{bad:?} signed"
+        );
+    }
+    Ok(())
+}
