@@ -433,7 +433,9 @@ async fn a_join_token_is_one_time_and_the_fingerprint_is_checked() -> TestResult
     let forged = tamper(&request.csr_pem);
     let refused = join_with(node.addr, &fingerprint, &token, "h1", &forged).await;
     assert!(
-        refused.as_ref().is_err_and(|e| e.to_string().contains("certificate request")),
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("certificate request")),
         "a forged certificate request was signed: {refused:?}"
     );
     let grant = join_with(node.addr, &fingerprint, &token, "h1", &request.csr_pem).await?;
@@ -830,7 +832,11 @@ fn tamper(pem: &str) -> String {
     if let Some(body) = lines.iter_mut().rev().find(|l| !l.starts_with("-----")) {
         let keep = body.trim_end_matches('=').len();
         if let Some(at) = keep.checked_sub(3) {
-            let swapped = if body.as_bytes()[at] == b'A' { "B" } else { "A" };
+            let swapped = if body.as_bytes()[at] == b'A' {
+                "B"
+            } else {
+                "A"
+            };
             body.replace_range(at..=at, swapped);
         }
     }

@@ -2,8 +2,9 @@
 
 use labspan_proto::msg::Role;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -142,7 +143,10 @@ impl ClusterCa {
 
 /// Reads and checks a member's certificate request (its self-signature).
 /// Checked before a join token is spent on it.
-pub fn check_request(name: &str, csr_pem: &str) -> Result<CertificateSigningRequestParams, TlsError> {
+pub fn check_request(
+    name: &str,
+    csr_pem: &str,
+) -> Result<CertificateSigningRequestParams, TlsError> {
     CertificateSigningRequestParams::from_pem(csr_pem).map_err(gen_err(format!(
         "read the certificate request of {name} (a PEM `CERTIFICATE REQUEST` signed by its own key)"
     )))
@@ -212,11 +216,10 @@ impl CertificateRequest {
     /// certificate is not for this key.
     pub fn credential(&self, cert_pem: &str) -> Result<NodeCredential, TlsError> {
         let cert = cert_from_pem(cert_pem, "the member certificate")?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).map_err(|e| {
-            TlsError::BadCertificate {
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&cert).map_err(|e| TlsError::BadCertificate {
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         if parsed.public_key().raw != self.key.subject_public_key_info().as_slice() {
             return Err(TlsError::BadCertificate {
                 reason: "the certificate granted is not for the key this member made".into(),
@@ -228,7 +231,6 @@ impl CertificateRequest {
         })
     }
 }
-
 
 impl NodeCredential {
     /// The certificate as PEM.
