@@ -738,6 +738,22 @@ async fn a_coordinator_is_removed_and_the_rest_still_commit() -> TestResult {
     // Down to the leader alone, then its removal is refused.
     assert_eq!(admin.request(&remove(&kept.name)).await?, Reply::Done);
     token(&admin, Role::Viewer).await?;
+
+    // The removed coordinator's certificate, signed by the CA, is refused.
+    let read = |file: &str| std::fs::read_to_string(dirs[kept_at].path().join(file));
+    let as_removed = ClusterFile {
+        coordinators: vec![st.members[dirs_index_of(&st, leader)?].addr.clone()],
+        ca_pem: admin_file.ca_pem.clone(),
+        cert_pem: read("node.pem")?,
+        key_pem: read("node.key")?,
+    };
+    let removed = Client::connect(&as_removed).await?;
+    let reply = removed.request(&Request::WhoAmI).await?;
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.kind == ErrorKind::Forbidden && e.message.contains("removed")),
+        "a removed coordinator's certificate was taken: {reply:?}"
+    );
+    removed.close().await;
     let leader_name = st
         .members
         .iter()

@@ -20,6 +20,7 @@ enum Part {
     Lab(String, LabRecord),
     Vni(u32, String, String),
     Token(String, JoinToken),
+    Revoked(String),
 }
 
 /// One envelope of a snapshot, as written: [`Part`] over borrowed data (the
@@ -31,6 +32,7 @@ enum PartRef<'a> {
     Lab(&'a str, &'a LabRecord),
     Vni(u32, &'a str, &'a str),
     Token(&'a str, &'a JoinToken),
+    Revoked(&'a str),
 }
 
 /// The first envelope: how many of each part follow, and the scalar fields.
@@ -40,6 +42,7 @@ struct Head {
     labs: u64,
     vnis: u64,
     tokens: u64,
+    revoked: u64,
     next_node_id: u64,
 }
 
@@ -61,8 +64,8 @@ pub enum SnapshotError {
     Count { announced: Counts, got: Counts },
 }
 
-/// Parts of each kind: (hosts, labs, VNIs, tokens).
-pub type Counts = (u64, u64, u64, u64);
+/// Parts of each kind: (hosts, labs, VNIs, tokens, revoked coordinators).
+pub type Counts = (u64, u64, u64, u64, u64);
 
 fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -77,12 +80,14 @@ pub fn write(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
         vni_owners,
         tokens,
         next_node_id,
+        revoked,
     } = state;
     let head = Head {
         hosts: count(hosts.len()),
         labs: count(labs.len()),
         vnis: count(vni_owners.len()),
         tokens: count(tokens.len()),
+        revoked: count(revoked.len()),
         next_node_id: *next_node_id,
     };
     let mut out = codec::encode(&PartRef::Head(head))?;
@@ -97,6 +102,9 @@ pub fn write(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
     }
     for (hash, token) in tokens {
         out.extend(codec::encode(&PartRef::Token(hash, token))?);
+    }
+    for name in revoked {
+        out.extend(codec::encode(&PartRef::Revoked(name))?);
     }
     Ok(out)
 }
@@ -139,6 +147,9 @@ pub fn read(mut bytes: &[u8]) -> Result<ClusterState, SnapshotError> {
             (Part::Token(hash, token), true) => {
                 state.tokens.insert(hash, token);
             }
+            (Part::Revoked(name), true) => {
+                state.revoked.insert(name);
+            }
         }
         index += 1;
     }
@@ -148,12 +159,13 @@ pub fn read(mut bytes: &[u8]) -> Result<ClusterState, SnapshotError> {
             what: "no head: the snapshot is empty",
         });
     };
-    let announced = (head.hosts, head.labs, head.vnis, head.tokens);
+    let announced = (head.hosts, head.labs, head.vnis, head.tokens, head.revoked);
     let got = (
         count(state.hosts.len()),
         count(state.labs.len()),
         count(state.vni_owners.len()),
         count(state.tokens.len()),
+        count(state.revoked.len()),
     );
     if announced != got {
         return Err(SnapshotError::Count { announced, got });
@@ -211,6 +223,7 @@ mod tests {
                 used_by: None,
             },
         );
+        s.revoked.insert("c9".into());
         s
     }
 
@@ -240,6 +253,7 @@ mod tests {
             labs: 0,
             vnis: 0,
             tokens: 0,
+            revoked: 0,
             next_node_id: 0,
         }))?
         .len();

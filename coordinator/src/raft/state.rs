@@ -71,6 +71,10 @@ pub struct ClusterState {
     pub tokens: BTreeMap<String, JoinToken>,
     /// Raft node id the next joining coordinator gets (0: not yet counted, 2 is next).
     pub next_node_id: u64,
+    /// Coordinators removed from the cluster: a certificate naming one of
+    /// them is refused, although the CA signed it. Joining again under the
+    /// name admits it again.
+    pub revoked: BTreeSet<String>,
 }
 
 /// A one-time join token.
@@ -98,6 +102,8 @@ pub enum Command {
     SetHostUp { name: String, up: bool },
     /// Forgets a host that no lab is placed on.
     RemoveHost { name: String },
+    /// Refuses coordinator `name`'s certificate from now on (it was removed).
+    RevokeCoordinator { name: String },
     /// A deploy or an edit, as one entry: the spec, a VNI per segment
     /// (kept segments keep theirs), where every node runs, who deployed it,
     /// and the status `Deploying`. No prefix of the log can hold a spec
@@ -254,6 +260,10 @@ impl ClusterState {
                 name,
                 now_unix,
             } => self.use_token(hash, name, *now_unix),
+            Command::RevokeCoordinator { name } => {
+                self.revoked.insert(name.clone());
+                Ok(Applied::Done)
+            }
             Command::DeleteLab { name } => {
                 self.labs
                     .remove(name)
@@ -280,6 +290,9 @@ impl ClusterState {
         });
         if let Some(token) = self.tokens.get_mut(hash) {
             token.used_by = Some(name.to_string());
+        }
+        if role == Role::Coordinator {
+            self.revoked.remove(name);
         }
         Ok(Applied::TokenUsed { role, node_id })
     }

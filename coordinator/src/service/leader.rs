@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request};
+use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
 use labspan_transport as transport;
 use labspan_transport::tls::PeerIdentity;
 use openraft::error::{ClientWriteError, RaftError};
@@ -280,7 +280,21 @@ pub(super) async fn remove_coordinator(inner: &Arc<Inner>, member: &str) -> Repl
     match inner.raft.change_membership(change, false).await {
         Ok(_) => {
             tracing::info!(id, member = %target, "coordinator removed");
-            Reply::Done
+            // After the change, never before: a revoked member's Raft
+            // traffic is refused, and the change needs it.
+            let revoke = Command::RevokeCoordinator {
+                name: target.name.clone(),
+            };
+            match inner.write(revoke).await {
+                Ok(_) => Reply::Done,
+                Err(e) => error(
+                    e.kind,
+                    format!(
+                        "coordinator {target} was removed, but its certificate is not refused yet: {}",
+                        e.message
+                    ),
+                ),
+            }
         }
         Err(e) => error(
             ErrorKind::Internal,
@@ -368,6 +382,22 @@ impl Inner {
 
     /// The refusal a removed coordinator gives to everything but pings,
     /// identity and Raft RPCs; `None` while it is a member.
+    /// A refusal for a coordinator whose certificate was revoked when it
+    /// was removed from the cluster (the CA signed it; the cluster no longer
+    /// takes it).
+    pub(super) fn revoked_refusal(&self, peer: &PeerIdentity) -> Option<Reply> {
+        if peer.role != Role::Coordinator || !self.state.read().state.revoked.contains(&peer.name) {
+            return None;
+        }
+        Some(error(
+            ErrorKind::Forbidden,
+            format!(
+                "coordinator {} was removed from the cluster: its certificate is refused (join again with a new token)",
+                peer.name
+            ),
+        ))
+    }
+
     pub(super) fn removed_refusal(&self, req: &Request) -> Option<Reply> {
         if matches!(
             req,

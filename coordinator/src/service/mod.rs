@@ -119,6 +119,9 @@ impl Service for CoordinatorService {
         if !authz::may(peer.role, &req) {
             return forbidden(peer, &req);
         }
+        if let Some(refused) = self.inner.revoked_refusal(peer) {
+            return refused;
+        }
         if let Some(refused) = self.inner.removed_refusal(&req) {
             return refused;
         }

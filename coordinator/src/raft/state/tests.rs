@@ -324,3 +324,18 @@ fn coordinator_tokens_reserve_distinct_node_ids_from_2() {
         .collect();
     assert_eq!(ids, [Some(2), Some(3)]);
 }
+
+#[test]
+fn a_revoked_coordinator_is_admitted_again_only_by_a_coordinator_join() {
+    let mut s = ClusterState::default();
+    let revoke = Command::RevokeCoordinator { name: "c3".into() };
+    assert_eq!(s.apply(&revoke), Ok(Applied::Done));
+    assert!(s.revoked.contains("c3"));
+    // An agent of that name does not lift it.
+    let _ = s.apply(&add_token("a", Role::Agent, 10));
+    let _ = s.apply(&use_token("a", "c3", 0));
+    assert!(s.revoked.contains("c3"));
+    let _ = s.apply(&add_token("c", Role::Coordinator, 10));
+    let _ = s.apply(&use_token("c", "c3", 0));
+    assert!(!s.revoked.contains("c3"));
+}
