@@ -131,11 +131,15 @@ pub fn start_cluster(fabric: &Fabric, coordinator: &str, daemons: &mut Daemons) 
         )
     });
     wait_until(what, Duration::from_secs(30), || {
-        let status = ok(
-            &h1.labspan(&["cluster", "status", "--cluster", &admin]),
-            "cluster status",
+        let out = h1.labspan(&["cluster", "status", "--json", "--cluster", &admin]);
+        ok(&out, "cluster status");
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_default();
+        up.set(
+            (status["hosts"].as_array().into_iter().flatten())
+                .filter(|h| h["up"] == true)
+                .count(),
         );
-        up.set(status.lines().filter(|l| l.ends_with(" up")).count());
         (up.get() == hosts).then_some(())
     });
     admin

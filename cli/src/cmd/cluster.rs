@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use labspan_coordinator::service::DataDir;
-use labspan_proto::msg::{ClusterStatus, JoinReply, JoinRequest, Reply, Request, Role};
+use labspan_proto::msg::{
+    Capabilities, ClusterStatus, JoinReply, JoinRequest, Reply, Request, Role,
+};
 use labspan_transport::client::{self, ClusterFile};
 use labspan_transport::tls::{self, CertificateRequest};
 
@@ -288,17 +290,18 @@ fn print_status(s: &ClusterStatus) {
         );
     }
     println!(
-        "\n{:<16} {:<16} {:>10} {:>6}  STATE",
-        "HOST", "VTEP", "MEMORY", "CPUS"
+        "\n{:<16} {:<16} {:>10} {:>6}  {:<5} CAPABILITIES",
+        "HOST", "VTEP", "MEMORY", "CPUS", "STATE"
     );
     for h in &s.hosts {
         println!(
-            "{:<16} {:<16} {:>7} MiB {:>6}  {}",
+            "{:<16} {:<16} {:>7} MiB {:>6}  {:<5} {}",
             h.name,
             h.vtep.to_string(),
             h.memory_mib,
             h.vcpus,
-            if h.up { "up" } else { "DOWN" }
+            if h.up { "up" } else { "DOWN" },
+            capabilities(h.capabilities.as_ref())
         );
     }
     if !s.labs.is_empty() {
@@ -312,13 +315,18 @@ fn print_status(s: &ClusterStatus) {
     }
 }
 
+/// A host's capabilities as `cluster status` shows them.
+fn capabilities(c: Option<&Capabilities>) -> String {
+    c.map_or("not reported yet".into(), ToString::to_string)
+}
+
 fn status_json(s: &ClusterStatus) -> serde_json::Value {
     serde_json::json!({
         "leader": s.leader,
         "term": s.term,
         "commit_index": s.commit_index,
         "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
-        "hosts": s.hosts.iter().map(|h| serde_json::json!({"name": h.name, "vtep": h.vtep, "memory_mib": h.memory_mib, "cpus": h.vcpus, "up": h.up})).collect::<Vec<_>>(),
+        "hosts": s.hosts.iter().map(|h| serde_json::json!({"name": h.name, "vtep": h.vtep, "memory_mib": h.memory_mib, "cpus": h.vcpus, "up": h.up, "capabilities": h.capabilities.map(|c| serde_json::json!({"netem": c.netem, "tbf": c.tbf, "vxlan": c.vxlan, "kvm": c.kvm}))})).collect::<Vec<_>>(),
         "labs": s.labs.iter().map(|(l, st)| serde_json::json!({"name": l, "status": st.to_string()})).collect::<Vec<_>>(),
     })
 }
