@@ -133,8 +133,7 @@ pub fn start_cluster(fabric: &Fabric, coordinator: &str, daemons: &mut Daemons) 
     wait_until(what, Duration::from_secs(30), || {
         let out = h1.labspan(&["cluster", "status", "--json", "--cluster", &admin]);
         ok(&out, "cluster status");
-        let status: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         up.set(
             (status["hosts"].as_array().into_iter().flatten())
                 .filter(|h| h["up"] == true)
