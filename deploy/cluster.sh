@@ -376,9 +376,11 @@ NFT_TABLE=labspan_fault
 
 # Host N off the underlay: its port on the underlay bridge goes down, so
 # nothing crosses (the host itself is untouched and sees its link down).
-cut() {
+# (Not named `cut`: a function of that name would shadow cut(1), which
+# alive_as uses.)
+cut_host() {
     local i=$1 ns
-    ns=$(fault_host "$i")
+    ns=$(fault_host "$i") || exit 2
     ip -n "$UNDERLAY" link set "port$i" down
     echo "host $i ($ns) cut off the underlay; undo with: $(settings)$0 heal $i"
 }
@@ -390,7 +392,7 @@ cut() {
 # to the other control-plane members failed.
 partition_control() {
     local i=$1 ns
-    ns=$(fault_host "$i")
+    ns=$(fault_host "$i") || exit 2
     command -v nft >/dev/null || die "nft not found: install nftables (deploy/install-deps.sh does)"
     ip netns exec "$ns" nft delete table inet "$NFT_TABLE" 2>/dev/null || true
     ip netns exec "$ns" nft -f - <<NFT
@@ -410,9 +412,9 @@ NFT
     echo "host $i ($ns): control plane cut (UDP $PORT/$((PORT + 1)) dropped on eth0), lab traffic flows; undo with: $(settings)$0 heal $i"
 }
 
-heal() {
+heal_host() {
     local i=$1 ns
-    ns=$(fault_host "$i")
+    ns=$(fault_host "$i") || exit 2
     ip -n "$UNDERLAY" link set "port$i" up
     ip netns exec "$ns" nft delete table inet "$NFT_TABLE" 2>/dev/null || true
     echo "host $i ($ns) healed: back on the underlay, control plane open"
@@ -423,8 +425,8 @@ case "${1:-}" in
     up) up "${2:-3}" ;;
     down) down ;;
     start) start_daemon "${2:-}" "${3:-}" ;;
-    cut) cut "${2:-}" ;;
+    cut) cut_host "${2:-}" ;;
     partition-control) partition_control "${2:-}" ;;
-    heal) heal "${2:-}" ;;
+    heal) heal_host "${2:-}" ;;
     *) echo "usage: $0 up [N] | down | start I coordinator|agent | cut N | partition-control N | heal N" >&2; exit 2 ;;
 esac

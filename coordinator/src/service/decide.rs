@@ -236,6 +236,8 @@ pub fn node_states(state: &ClusterState, rec: &LabRecord) -> BTreeMap<String, No
             let node_state = match &rec.status {
                 _ if !up => NodeState::Lost,
                 LabStatus::Deploying if rec.moving.contains(node) => NodeState::Moving,
+                // A move after a host loss: the other nodes run on, untouched.
+                LabStatus::Deploying if !rec.moving.is_empty() => NodeState::Running,
                 LabStatus::Deploying => NodeState::Starting,
                 LabStatus::Running | LabStatus::Degraded { .. } => NodeState::Running,
                 LabStatus::Failed { .. } => NodeState::Failed,
