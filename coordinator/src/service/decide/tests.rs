@@ -271,7 +271,11 @@ fn nodes_on_a_lost_host_are_lost_and_moving_nodes_say_so() {
     assert!(rec.moving.contains("n1"));
     for (node, host) in &rec.placement {
         if !rec.moving.contains(node) {
-            assert_eq!(states[node], NodeState::Running, "{node} on {host} keeps running");
+            assert_eq!(
+                states[node],
+                NodeState::Running,
+                "{node} on {host} keeps running"
+            );
         }
     }
 }
