@@ -4,10 +4,12 @@
 //! command in a guest. When the leader changes or goes away it finds the
 //! new one by itself.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use labspan_proto::files::FileStore;
 use labspan_proto::msg::{
     AgentReply, AgentRequest, Capabilities, ErrorKind, ErrorReply, ExecResult, Reply, Request,
     VmReport,
@@ -343,7 +345,8 @@ async fn report_images(client: &Client, images: &ImageService, always: bool) -> 
 /// Serves the coordinator's requests on the agent's connection.
 async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fence>) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let (agent, hooks, fence) = (agent.clone(), hooks.clone(), fence.clone());
+        let (agent, hooks, fence, conn) =
+            (agent.clone(), hooks.clone(), fence.clone(), conn.clone());
         tokio::spawn(async move {
             // A byte stream (console, capture) stays open after its request.
             let request = match read_message::<AgentRequest>(&mut recv).await {
@@ -394,6 +397,7 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                     };
                     let reply = match admitted {
                         Ok(_one_plan_at_a_time) => {
+                            fetch_files(&conn, agent.files(), &plan).await;
                             apply(&agent, &plan, hooks.events.as_deref()).await
                         }
                         Err(refusal) => {
@@ -436,6 +440,47 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                 tracing::warn!(error = %e, "cannot answer the coordinator");
             }
         });
+    }
+}
+
+/// Brings the plan's guest files this host lacks from the coordinator, by
+/// hash. One that cannot be had is logged here and reported by the VM that
+/// needs it (its lab fails with the reason); the other labs go on.
+async fn fetch_files(conn: &Connection, store: &FileStore, plan: &HostPlan) {
+    let wanted: BTreeSet<&str> = plan
+        .labs
+        .iter()
+        .flat_map(|l| &l.vms)
+        .flat_map(|vm| &vm.config.files)
+        .map(|f| f.file.sha256.as_str())
+        .filter(|sha| !store.has(sha))
+        .collect();
+    for sha256 in wanted {
+        let req = Request::GetFile {
+            sha256: sha256.to_string(),
+        };
+        let reply: Result<Reply, _> = labspan_transport::request(conn, &req).await;
+        let stored = match reply {
+            Ok(Reply::File { contents }) => {
+                // Hash, write and fsync off the runtime threads.
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.put(&contents)).await {
+                    Ok(Ok(f)) if f.sha256 == sha256 => Ok(()),
+                    Ok(Ok(f)) => Err(format!(
+                        "the coordinator sent contents hashing to {}",
+                        f.sha256
+                    )),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(Reply::Error(e)) => Err(e.message),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = stored {
+            tracing::warn!(sha256, error = why, "cannot fetch a guest file");
+        }
     }
 }
 

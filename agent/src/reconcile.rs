@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use labspan_proto::files::FileStore;
 use labspan_proto::msg::ErrorKind;
-use labspan_proto::plan::{HostPlan, LabPlan, VmPlan};
+use labspan_proto::plan::{GuestFile, HostPlan, LabPlan, VmPlan};
 use sha2::{Digest, Sha256};
 
 pub mod vms;
@@ -87,6 +88,14 @@ pub enum AgentError {
     /// No such VM on this host.
     #[error("lab \"{lab}\" has no running node \"{vm}\" on this host (see `labspan inspect`)")]
     NoSuchVm { lab: String, vm: String },
+    /// A guest file's contents are not available on this host.
+    #[error("lab \"{lab}\": node \"{vm}\": guest file {path}: {why}")]
+    GuestFile {
+        lab: String,
+        vm: String,
+        path: String,
+        why: String,
+    },
 }
 
 impl AgentError {
@@ -205,6 +214,8 @@ impl Report {
 pub struct Agent {
     state: PathBuf,
     images: ImageStore,
+    /// Guest files by hash, fetched from the coordinators.
+    files: FileStore,
     accel: AccelChoice,
     /// Fetches the plan's images this host lacks (set by the daemon; without
     /// it the store is used as it is).
@@ -238,9 +249,11 @@ impl Agent {
     /// An agent keeping its state in `state` (see `paths::state_dir`).
     pub fn new(state: PathBuf, accel: AccelChoice) -> Agent {
         let images = ImageStore::at(state.join("images"));
+        let files = FileStore::at(state.join("files"));
         Agent {
             state,
             images,
+            files,
             accel,
             fetcher: std::sync::OnceLock::new(),
             last_plan: std::sync::Mutex::new(None),
@@ -413,6 +426,11 @@ impl Agent {
     /// The state folder this agent keeps its VMs in.
     pub fn state(&self) -> &Path {
         &self.state
+    }
+
+    /// This host's guest files by hash.
+    pub fn files(&self) -> &FileStore {
+        &self.files
     }
 
     /// The kernel's interfaces, with a creation a killed agent left half
@@ -734,6 +752,26 @@ impl Agent {
         });
     }
 
+    /// The contents of a guest file of the plan, from this host's file store
+    /// (the daemon fetched it before applying the plan).
+    fn guest_file(&self, lab: &str, vm: &str, file: &GuestFile) -> Result<Vec<u8>, AgentError> {
+        match self.files.get(&file.file.sha256) {
+            Ok(Some(contents)) => Ok(contents),
+            Ok(None) => Err(AgentError::GuestFile {
+                lab: lab.to_string(),
+                vm: vm.to_string(),
+                path: file.path.clone(),
+                why: format!("its contents ({}) are not on this host", file.file.sha256),
+            }),
+            Err(e) => Err(AgentError::GuestFile {
+                lab: lab.to_string(),
+                vm: vm.to_string(),
+                path: file.path.clone(),
+                why: e.to_string(),
+            }),
+        }
+    }
+
     /// Applies what changed since this boot of the VM was last configured:
     /// the network (addresses, names, MTUs: safe to apply again) whenever the
     /// NICs change; files and `exec` lines once per boot, and again only when
@@ -774,7 +812,10 @@ impl Agent {
                 if result.is_err() {
                     break;
                 }
-                result = step.write_file(&file.path, &file.contents).await;
+                result = match self.guest_file(lab, &plan.name, file) {
+                    Ok(contents) => step.write_file(&file.path, &contents).await,
+                    Err(e) => Err(e),
+                };
             }
             for (i, line) in plan.config.exec.iter().enumerate() {
                 if result.is_err() {

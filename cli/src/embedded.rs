@@ -31,7 +31,7 @@ use labspan_coordinator::hosts::Host;
 use labspan_coordinator::placement::place_lab;
 use labspan_coordinator::plan::{plan_lab, HostFabric, PlanInput, VXLAN_OVERHEAD};
 use labspan_coordinator::service::{self, DataDir, Running, StartError};
-use labspan_proto::lab::LabBundle;
+use labspan_proto::lab::{LabBundle, LoadedLab};
 use labspan_proto::msg::Role;
 use labspan_proto::plan::HostPlan;
 use labspan_transport::client::ClusterFile;
@@ -460,7 +460,7 @@ pub fn classify(e: AgentError) -> anyhow::Error {
 }
 
 /// Loads a lab file and everything it copies into guests; invalid → exit 2.
-pub fn load(path: &Path) -> anyhow::Result<LabBundle> {
+pub fn load(path: &Path) -> anyhow::Result<LoadedLab> {
     labspan_proto::lab::load_bundle(path).map_err(|e| match e {
         labspan_proto::lab::LoadError::Invalid(d) => InvalidInput(d.to_string()).into(),
         other => anyhow::Error::new(other),

@@ -14,7 +14,7 @@ use labspan_agent::verify::GuestExec;
 use labspan_agent::vm::ExecOutput;
 use labspan_proto::codec;
 use labspan_proto::health::GuestHealth;
-use labspan_proto::lab::LabBundle;
+use labspan_proto::lab::{LabBundle, LoadedLab};
 use labspan_proto::msg::{
     ErrorKind, ErrorReply, ExecResult, LabReport, LabSource, LabStatus, NodeState, Reply, Request,
 };
@@ -126,24 +126,26 @@ impl Deploy {
 /// `labspan up` on a cluster: deploy, print the placement and VMs, run `verify`.
 pub async fn up(
     path: &Path,
-    bundle: &LabBundle,
+    loaded: &LoadedLab,
     how: &Deploy,
     verify: bool,
 ) -> anyhow::Result<ExitCode> {
-    up_with(path, bundle, how, verify, &|| {}).await
+    up_with(path, loaded, how, verify, &|| {}).await
 }
 
 /// [`up`], calling `deployed` when the deploy has returned, before printing.
 pub async fn up_with(
     path: &Path,
-    bundle: &LabBundle,
+    loaded: &LoadedLab,
     how: &Deploy,
     verify: bool,
     deployed: &dyn Fn(),
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let bundle = &loaded.bundle;
     let client = connect(path).await?;
     let name = bundle.lab.name.clone();
+    upload_files(&client, loaded).await?;
     let bytes = codec::encode(bundle).context("encoding the lab bundle")?;
     let deploy = deploy(path, client, &name, bytes, how).await;
     deployed();
@@ -159,6 +161,30 @@ pub async fn up_with(
     }
     client.close().await;
     Ok(crate::cmd::up::summary(&name, ok, started))
+}
+
+/// Uploads the lab's guest files to the cluster's file store; the deploy
+/// names them by hash. A file the cluster holds already is sent again (it
+/// costs one message; a cheaper "which do you lack" round trip is not worth
+/// the protocol yet).
+async fn upload_files(client: &Client, loaded: &LoadedLab) -> anyhow::Result<()> {
+    let name = &loaded.bundle.lab.name;
+    for (sha256, contents) in &loaded.contents {
+        let req = Request::PutFile {
+            contents: contents.clone(),
+        };
+        match client.request(&req).await? {
+            Reply::FileStored { sha256: stored } if &stored == sha256 => {}
+            Reply::FileStored { sha256: stored } => {
+                bail!(
+                    "lab {name:?}: the cluster stored a guest file as {stored}, expected {sha256}"
+                )
+            }
+            Reply::Error(e) => return Err(refusal(e)),
+            other => bail!("unexpected reply to PutFile: {other:?}"),
+        }
+    }
+    Ok(())
 }
 
 /// Sends the deploy. If its coordinator is lost meanwhile (connection broken,

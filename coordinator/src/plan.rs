@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use labspan_proto::lab::{Endpoint, Lab, Segment};
+use labspan_proto::lab::{Endpoint, FileRef, Lab, Segment};
 use labspan_proto::names;
 use labspan_proto::plan::{
     GuestConfig, GuestFile, LabPlan, NicPlan, SegmentPlan, VmPlan, VxlanPlan,
@@ -63,13 +63,20 @@ pub enum PlanError {
         host: String,
         why: String,
     },
+    /// A node copies a file the lab's bundle does not name.
+    #[error("lab \"{lab}\": nodes.{node}.files: \"{file}\" is not in the lab's bundle; submit it with `labspan up FILE`")]
+    MissingFile {
+        lab: String,
+        node: String,
+        file: String,
+    },
 }
 
 /// Inputs of `plan_lab`.
 pub struct PlanInput<'a> {
     pub lab: &'a Lab,
-    /// Contents of the lab's `files`, by host path as written in the lab.
-    pub files: &'a BTreeMap<String, Vec<u8>>,
+    /// The lab's `files` by hash, by host path as written in the lab.
+    pub files: &'a BTreeMap<String, FileRef>,
     /// Node → host.
     pub placement: &'a BTreeMap<String, String>,
     pub hosts: &'a BTreeMap<String, HostFabric>,
@@ -209,11 +216,18 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
         let files = node
             .files
             .iter()
-            .map(|(guest, src)| GuestFile {
-                path: guest.clone(),
-                contents: input.files.get(src).cloned().unwrap_or_default(),
+            .map(|(guest, src)| {
+                let file = input.files.get(src).ok_or_else(|| PlanError::MissingFile {
+                    lab: lab.name.clone(),
+                    node: name.clone(),
+                    file: src.clone(),
+                })?;
+                Ok(GuestFile {
+                    path: guest.clone(),
+                    file: file.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<_, PlanError>>()?;
         lab_plan(&mut plans, lab, host).vms.push(VmPlan {
             name: name.clone(),
             image: node.image.clone(),
@@ -354,7 +368,7 @@ mod tests {
         placement: &BTreeMap<String, String>,
         hosts: &BTreeMap<String, HostFabric>,
     ) -> Result<BTreeMap<String, LabPlan>, PlanError> {
-        let files = BTreeMap::from([("motd.txt".to_string(), b"hello".to_vec())]);
+        let files = BTreeMap::from([("motd.txt".to_string(), FileRef::of(b"hello"))]);
         let vnis = BTreeMap::from([
             ("link:a:eth0--b:eth0".to_string(), 4096),
             ("lan:core".to_string(), 4097),
@@ -379,7 +393,7 @@ mod tests {
         let a = p.vms.iter().find(|v| v.name == "a").expect("a");
         assert_eq!(a.nics[0].segment.as_deref(), Some("link:a:eth0--b:eth0"));
         assert_eq!(a.nics[0].tap, names::tap("t", "a", "eth0"));
-        assert_eq!(a.config.files[0].contents, b"hello");
+        assert_eq!(a.config.files[0].file, FileRef::of(b"hello"));
     }
 
     #[test]

@@ -858,3 +858,202 @@ fn tamper(pem: &str) -> String {
     }
     lines.join("\n") + "\n"
 }
+
+/// Stands in for an agent that fetches every guest file of a plan by hash
+/// from the coordinator (as `agent::daemon` does) before it reports its VMs;
+/// what it got is kept in `fetched` (sha256 → contents).
+fn fetch_files_then_apply(
+    fetched: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>,
+) -> impl Fn(quinn::Connection, String) {
+    move |conn: quinn::Connection, host: String| {
+        let fetched = fetched.clone();
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let Ok(AgentRequest::ApplyPlan(plan)) = read_frame::<AgentRequest>(&mut recv).await
+                else {
+                    return;
+                };
+                for file in plan
+                    .labs
+                    .iter()
+                    .flat_map(|l| &l.vms)
+                    .flat_map(|v| &v.config.files)
+                {
+                    let req = Request::GetFile {
+                        sha256: file.file.sha256.clone(),
+                    };
+                    if let Ok(Reply::File { contents }) =
+                        labspan_transport::request::<_, Reply>(&conn, &req).await
+                    {
+                        if let Ok(mut f) = fetched.lock() {
+                            f.insert(file.file.sha256.clone(), contents);
+                        }
+                    }
+                }
+                let _ = write_frame(&mut send, &applied(&host, &plan)).await;
+            }
+        });
+    }
+}
+
+const WITH_FILE: &str = r#"
+name: big
+defaults: {image: tiny, memory: 256MiB, cpus: 1}
+nodes:
+  a: {files: {/srv/blob: blob.bin}}
+"#;
+
+fn bundle_with(sha256: &str, size: u64) -> TestResult<Vec<u8>> {
+    let lab = lab::parse("big.yaml", WITH_FILE).map_err(|d| d.to_string())?;
+    let file = lab::FileRef {
+        sha256: sha256.to_string(),
+        size,
+    };
+    Ok(codec::encode(&LabBundle {
+        lab,
+        files: [("blob.bin".to_string(), file)].into(),
+    })?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_with_a_12_mib_guest_file_deploys_and_status_answers_throughout() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = Client::connect(&admin_file).await?;
+    let api = nodes[0].addr;
+    let fetched = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let (_agent, _) = agent_serving(
+        &admin,
+        api,
+        "host-1",
+        true,
+        fetch_files_then_apply(fetched.clone()),
+    )
+    .await?;
+
+    // Status from a second client, all along; each must be answered.
+    let watcher = Client::connect(&admin_file).await?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let polls = tokio::spawn(async move {
+        let (mut answered, mut missed) = (0u32, Vec::new());
+        while !*stopped.borrow() {
+            match tokio::time::timeout(Duration::from_secs(10), watcher.request(&Request::Status))
+                .await
+            {
+                Ok(Ok(Reply::Status(_))) => answered += 1,
+                other => missed.push(format!("{other:?}")),
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
+        }
+        (answered, missed)
+    });
+
+    let blob: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let sha256 = lab::FileRef::of(&blob).sha256;
+    let stored = admin
+        .request(&Request::PutFile {
+            contents: blob.clone(),
+        })
+        .await?;
+    assert_eq!(
+        stored,
+        Reply::FileStored {
+            sha256: sha256.clone()
+        }
+    );
+    let bytes = bundle_with(&sha256, 12 * 1024 * 1024)?;
+    let reply = admin
+        .request(&Request::DeployLab {
+            bundle: bytes,
+            source: LabSource::default(),
+            replace: false,
+        })
+        .await?;
+    let Reply::Deployed(report) = reply else {
+        return Err(format!("deploy refused: {reply:?}").into());
+    };
+    assert_eq!(report.status, LabStatus::Running);
+    let _ = stop.send(true);
+    let (answered, missed) = polls.await?;
+    assert!(missed.is_empty(), "status went unanswered: {missed:?}");
+    assert!(answered > 0);
+
+    // The agent got the file by hash; the Raft state holds only its reference.
+    let got = fetched
+        .lock()
+        .map_err(|e| e.to_string())?
+        .get(&sha256)
+        .cloned();
+    assert!(
+        got.as_deref() == Some(blob.as_slice()),
+        "the agent did not get the file"
+    );
+    let state = converged(&nodes).await?;
+    assert!(
+        state.labs["big"].spec.len() < 64 * 1024,
+        "{} bytes",
+        state.labs["big"].spec.len()
+    );
+    for dir in &dirs {
+        assert!(
+            dir.path().join("files").join(&sha256).exists(),
+            "no copy in {}",
+            dir.path().display()
+        );
+    }
+    admin.close().await;
+    shutdown(nodes).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lab_over_the_file_limit_or_with_a_missing_file_is_refused() -> TestResult {
+    let dir = TempDir::new()?;
+    let admin_file = DataDir::at(dir.path()).init("test", "c1", free_addr()?)?;
+    let node = service::start(dir.path()).await?;
+    let admin = eventually("a leader", || async {
+        let c = Client::connect(&admin_file).await.ok()?;
+        status(&c).await.filter(|s| s.leader.is_some()).map(|_| c)
+    })
+    .await?;
+    let (_agent, _) = agent(&admin, node.addr, "host-1", true).await?;
+
+    let too_big = bundle_with(&"a".repeat(64), 49 * 1024 * 1024)?;
+    let reply = admin
+        .request(&Request::DeployLab {
+            bundle: too_big,
+            source: LabSource::default(),
+            replace: false,
+        })
+        .await?;
+    let Reply::Error(e) = reply else {
+        return Err(format!("accepted: {reply:?}").into());
+    };
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(
+        e.message
+            .contains("over the limit of 15 MiB for one guest file"),
+        "{}",
+        e.message
+    );
+
+    let never_uploaded = bundle_with(&"b".repeat(64), 1024)?;
+    let reply = admin
+        .request(&Request::DeployLab {
+            bundle: never_uploaded,
+            source: LabSource::default(),
+            replace: false,
+        })
+        .await?;
+    let Reply::Error(e) = reply else {
+        return Err(format!("accepted: {reply:?}").into());
+    };
+    assert!(e.message.contains("was not uploaded"), "{}", e.message);
+    assert!(
+        node.state.read().state.labs.is_empty(),
+        "a refused lab was stored"
+    );
+    admin.close().await;
+    node.shutdown().await;
+    Ok(())
+}

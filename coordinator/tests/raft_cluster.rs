@@ -288,7 +288,9 @@ async fn only_coordinators_may_send_raft_rpcs() -> TestResult {
     Ok(())
 }
 
-/// A lab with one node on h1 whose bundle carries a `spec_len`-byte file.
+/// A lab with one node on h1 whose bundle is about `spec_len` bytes (a
+/// guest file named by a long path: the bundle holds its hash, not its
+/// contents).
 fn create_lab(i: usize, spec_len: usize) -> Result<Command, String> {
     let name = format!("lab-{i:03}");
     let lab = labspan_proto::lab::parse(
@@ -299,8 +301,8 @@ fn create_lab(i: usize, spec_len: usize) -> Result<Command, String> {
     let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
         lab,
         files: BTreeMap::from([(
-            "pad".to_string(),
-            vec![u8::try_from(i % 251).unwrap_or(0); spec_len],
+            "p".repeat(spec_len),
+            labspan_proto::lab::FileRef::of(&[u8::try_from(i % 251).unwrap_or(0)]),
         )]),
     })
     .map_err(|e| e.to_string())?;

@@ -100,7 +100,8 @@ async fn a_snapshot_over_the_message_limit_is_built_installed_and_restored(
     let (_log, mut sm) = raft::open(&source.path().join("raft.redb"))?;
     sm.apply([entry(1, register("h1"))]).await?;
     let labs = (2..=41u64).map(|i| {
-        // The bulk is a guest file of the lab's bundle: a real, plannable lab.
+        // The bulk is a guest file's long path in the lab's bundle (the
+        // bundle holds files by hash): a real, plannable lab.
         let name = format!("lab-{i}");
         let lab = labspan_proto::lab::parse(
             &name,
@@ -110,8 +111,8 @@ async fn a_snapshot_over_the_message_limit_is_built_installed_and_restored(
         let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
             lab,
             files: std::collections::BTreeMap::from([(
-                "pad".to_string(),
-                vec![u8::try_from(i)?; 512 * 1024],
+                "p".repeat(512 * 1024),
+                labspan_proto::lab::FileRef::of(&[u8::try_from(i)?]),
             )]),
         })?;
         let cmd = Command::DeployLab {

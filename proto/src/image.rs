@@ -69,6 +69,11 @@ pub fn content_digest(files: &[FileDigest]) -> String {
     hex_lower(&h.finalize())
 }
 
+/// sha256 of `bytes`, lowercase hex (how guest files are addressed).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex_lower(&Sha256::digest(bytes))
+}
+
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod files;
 pub mod health;
 pub mod image;
 pub mod lab;

@@ -81,8 +81,8 @@ pub enum Request {
     /// A one-time join token for a new member of `role`.
     CreateToken { role: Role, ttl_secs: u64 },
     /// Deploys a lab, or applies an edited one: `bundle` is a
-    /// [`crate::lab::LabBundle`] encoded with [`crate::codec`], so the files
-    /// it copies into guests travel with it.
+    /// [`crate::lab::LabBundle`] encoded with [`crate::codec`]; the files it
+    /// copies into guests are named by hash and uploaded first ([`Request::PutFile`]).
     /// `source` says which file it came from; a lab deployed from another
     /// file or by another member is replaced only with `replace`.
     DeployLab {
@@ -90,6 +90,22 @@ pub enum Request {
         source: LabSource,
         replace: bool,
     },
+    /// Stores a guest file in the coordinators' file store (the leader keeps
+    /// it and copies it to every coordinator); the reply names its hash.
+    PutFile {
+        // One block, not a serde call per byte (a second per 12 MiB in a
+        // debug build, on a runtime thread); the same bytes on the wire.
+        #[serde(with = "serde_bytes")]
+        contents: Vec<u8>,
+    },
+    /// The leader copies a stored guest file to another coordinator.
+    StoreFile {
+        #[serde(with = "serde_bytes")]
+        contents: Vec<u8>,
+    },
+    /// The contents of a stored guest file (an agent, before it writes the
+    /// file into a guest; a coordinator that lacks a copy).
+    GetFile { sha256: String },
     /// Stops a lab on every host and forgets it.
     DeleteLab { name: String },
     /// The bundle of a deployed lab (as deployed), and its record.
@@ -215,6 +231,13 @@ pub enum Reply {
     /// run until `lease_ms` after it sent the request (then it pauses them);
     /// it heartbeats every `heartbeat_ms`.
     Lease { heartbeat_ms: u64, lease_ms: u64 },
+    /// Answer to [`Request::PutFile`] and [`Request::StoreFile`].
+    FileStored { sha256: String },
+    /// Answer to [`Request::GetFile`].
+    File {
+        #[serde(with = "serde_bytes")]
+        contents: Vec<u8>,
+    },
 }
 
 /// One up host's image endpoint and inventory.

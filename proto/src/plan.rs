@@ -121,9 +121,10 @@ pub struct GuestConfig {
     pub exec: Vec<String>,
 }
 
-/// A file to write in the guest.
+/// A file to write in the guest; the agent fetches its contents by hash
+/// from the coordinators (`Request::GetFile`) unless it holds them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestFile {
     pub path: String,
-    pub contents: Vec<u8>,
+    pub file: crate::lab::FileRef,
 }

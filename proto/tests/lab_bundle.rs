@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use labspan_proto::lab::{load, load_bundle, LoadError};
+use labspan_proto::lab::{load, load_bundle, FileRef, LoadError, MAX_FILE_SIZE};
 
 /// A scratch folder removed on drop, pass or fail.
 struct Scratch(PathBuf);
@@ -46,10 +46,36 @@ fn bundle_reads_files_relative_to_the_lab_file() {
     dir.write("motd.txt", b"hello\n");
     dir.write("gone.txt", b"issue\n");
     let path = dir.write("lab.yaml", LAB.as_bytes());
-    let bundle = load_bundle(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(bundle.files["motd.txt"], b"hello\n");
-    assert_eq!(bundle.files["gone.txt"], b"issue\n");
-    assert_eq!(bundle.lab.nodes["a"].files["/etc/motd"], "motd.txt");
+    let loaded = load_bundle(&path).unwrap_or_else(|e| panic!("{e}"));
+    let motd = &loaded.bundle.files["motd.txt"];
+    assert_eq!(motd, &FileRef::of(b"hello\n"));
+    assert_eq!(loaded.contents[&motd.sha256], b"hello\n");
+    let issue = &loaded.bundle.files["gone.txt"];
+    assert_eq!(loaded.contents[&issue.sha256], b"issue\n");
+    assert_eq!(loaded.bundle.lab.nodes["a"].files["/etc/motd"], "motd.txt");
+}
+
+#[test]
+fn a_lab_over_the_file_size_limit_is_refused_naming_the_limit() {
+    let dir = Scratch::new("big");
+    let big = vec![7u8; usize::try_from(MAX_FILE_SIZE).unwrap_or(0)];
+    dir.write("motd.txt", &big);
+    dir.write("gone.txt", &big[1..]);
+    let lab = "name: t\nnodes:\n  a:\n    image: tiny\n    files: {/etc/motd: motd.txt, /etc/issue: gone.txt}\n  b:\n    image: tiny\n    files: {/etc/motd: third.txt, /etc/issue: fourth.txt}\n";
+    dir.write("third.txt", &big[2..]);
+    dir.write("fourth.txt", &big[3..]);
+    let path = dir.write("lab.yaml", lab.as_bytes());
+    let shown = invalid(load_bundle(&path));
+    assert!(
+        shown.contains("over the limit of 48 MiB per lab"),
+        "{shown}"
+    );
+    dir.write("fourth.txt", &[big.as_slice(), b"!"].concat());
+    let shown = invalid(load_bundle(&path));
+    assert!(
+        shown.contains("\"fourth.txt\" is 15.0 MiB, over the limit of 15 MiB for one guest file"),
+        "{shown}"
+    );
 }
 
 #[test]

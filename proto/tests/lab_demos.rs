@@ -15,7 +15,7 @@ fn demo(name: &str) -> PathBuf {
 
 fn load(name: &str) -> lab::Lab {
     match lab::load_bundle(&demo(name)) {
-        Ok(b) => b.lab,
+        Ok(b) => b.bundle.lab,
         Err(e) => panic!("demos/{name}/lab.yaml is invalid:\n{e}"),
     }
 }

@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use labspan_agent::image::ImageError;
 use labspan_agent::reconcile::{Agent, Event};
 use labspan_agent::vm::AccelChoice;
-use labspan_proto::lab::LabBundle;
+use labspan_proto::lab::LoadedLab;
 
 use crate::embedded::{self, load};
 use crate::InvalidInput;
@@ -51,23 +51,24 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let bundle = load(&args.lab)?;
+    let loaded = load(&args.lab)?;
     if let Some(cluster) = &args.cluster {
         let deploy = crate::remote::Deploy::new(&args.lab, args.replace)?;
-        return crate::remote::up(cluster, &bundle, &deploy, !args.no_verify).await;
+        return crate::remote::up(cluster, &loaded, &deploy, !args.no_verify).await;
     }
     let deploy = crate::remote::Deploy::new(&args.lab, args.replace)?;
-    embedded_up(&bundle, &deploy, args.accel, !args.no_verify).await
+    embedded_up(&loaded, &deploy, args.accel, !args.no_verify).await
 }
 
 /// `up` on the embedded default: this machine's own single-node cluster,
 /// after a check of the lab against this machine (exit 2, nothing changed).
 async fn embedded_up(
-    bundle: &LabBundle,
+    loaded: &LoadedLab,
     deploy: &crate::remote::Deploy,
     accel: AccelChoice,
     verify: bool,
 ) -> anyhow::Result<ExitCode> {
+    let bundle = &loaded.bundle;
     let prepared = embedded::prepare().await?;
     let placement = prepared.fits(bundle)?;
     let agent = Agent::new(labspan_agent::paths::state_dir(), accel);
@@ -81,7 +82,7 @@ async fn embedded_up(
     let cluster = prepared.start(accel, Some(hook)).await?;
     let finish = || progress.finish();
     let result =
-        crate::remote::up_with(cluster.cluster_file(), bundle, deploy, verify, &finish).await;
+        crate::remote::up_with(cluster.cluster_file(), loaded, deploy, verify, &finish).await;
     progress.finish();
     cluster.stop().await;
     result

@@ -22,8 +22,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for file in &args.files {
         // load_bundle also reads `files:` sources, so a missing one is caught now.
         match lab::load_bundle(file) {
-            Ok(bundle) => {
-                let lab = &bundle.lab;
+            Ok(loaded) => {
+                let lab = &loaded.bundle.lab;
                 let segments = lab.links.len() + lab.lans.len();
                 println!(
                     "{}: ok ({} nodes, {segments} segments)",

@@ -17,9 +17,14 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::Status | R::GetLab { .. } => matches!(role, Role::Admin | Role::Viewer),
         R::CreateToken { .. }
         | R::DeployLab { .. }
+        | R::PutFile { .. }
         | R::DeleteLab { .. }
         | R::Exec { .. }
         | R::RestartNode { .. } => role == Role::Admin,
+        R::StoreFile { .. } => role == Role::Coordinator,
+        // Guest files are lab input: the hosts that run them, and the
+        // coordinators that hold copies.
+        R::GetFile { .. } => matches!(role, Role::Agent | Role::Coordinator),
         R::RemoveCoordinator { .. } => role == Role::Admin,
         R::RegisterHost { .. }
         | R::Heartbeat

@@ -86,6 +86,11 @@ impl DataDir {
         self.path.join("raft.redb")
     }
 
+    /// Guest files by hash (outside the Raft store: see `service::files`).
+    pub fn file_store(&self) -> PathBuf {
+        self.path.join("files")
+    }
+
     /// The CLI credential `cluster init` writes.
     pub fn admin_file(&self) -> PathBuf {
         self.path.join("admin.cluster")

@@ -76,6 +76,12 @@ pub(super) async fn deploy(
     if let Err(why) = decide::revalidate(&bundle) {
         return error(ErrorKind::Invalid, why);
     }
+    if let Err(why) = labspan_proto::lab::check_files_size(&bundle) {
+        return error(ErrorKind::Invalid, why);
+    }
+    if let Err(refused) = super::files::check_uploaded(inner, &bundle).await {
+        return refused;
+    }
     if let Err(missing) = crate::images::check_lab(
         &bundle.lab,
         &super::images::inventories(inner),

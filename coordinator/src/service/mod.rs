@@ -13,6 +13,7 @@ mod agents;
 pub mod authz;
 pub mod data_dir;
 pub mod decide;
+mod files;
 mod hosts;
 mod images;
 mod join;
@@ -91,6 +92,8 @@ struct Inner {
     guests: Mutex<HashMap<String, Vec<labspan_proto::health::GuestHealth>>>,
     /// Heartbeat, lease and detection durations.
     timing: Timing,
+    /// Guest files by hash (every coordinator keeps a copy; see [`files`]).
+    files: labspan_proto::files::FileStore,
     /// What images each host holds and where it serves them (leader only).
     images: Mutex<crate::images::Inventories>,
     /// What each host can do, as its agent said (leader only).
@@ -185,6 +188,9 @@ fn kind(req: &Request) -> &'static str {
         Request::ImageHosts => "ImageHosts",
         Request::Console { .. } => "Console",
         Request::Capture { .. } => "Capture",
+        Request::PutFile { .. } => "PutFile",
+        Request::StoreFile { .. } => "StoreFile",
+        Request::GetFile { .. } => "GetFile",
     }
 }
 
@@ -239,6 +245,11 @@ impl Inner {
                     Reply::Done
                 }
             },
+            Request::StoreFile { contents } => files::store(self, contents).await,
+            Request::GetFile { sha256 } => {
+                let may_ask_peers = caller.role != Role::Coordinator;
+                files::get(self, &sha256, may_ask_peers).await
+            }
             Request::ImageInventory { addr, images } => match self.not_leader() {
                 Some(reply) => reply,
                 None => images::inventory(self, &caller.name, addr, images),
@@ -279,6 +290,7 @@ impl Inner {
                 source,
                 replace,
             } => labs::deploy(self, caller, bundle, source, replace).await,
+            Request::PutFile { contents } => files::put(self, contents).await,
             Request::DeleteLab { name } => labs::delete(self, &name).await,
             Request::ImageHosts => images::hosts(self).await,
             Request::Exec {
@@ -376,6 +388,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         timing,
         images: Mutex::default(),
         capabilities: Mutex::default(),
+        files: labspan_proto::files::FileStore::at(data.file_store()),
         lab_lock: tokio::sync::Mutex::new(()),
         was_member: std::sync::atomic::AtomicBool::new(false),
     });

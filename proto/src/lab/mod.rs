@@ -25,13 +25,64 @@ pub use read::LAB_FILE_KEYS;
 use diagnostic::Sink;
 use read::RawLab;
 
-/// A lab and the contents of every file its nodes copy into the guest.
+/// Largest total size of the files one lab copies into its guests (48 MiB).
+///
+/// The files live outside the Raft log, in the coordinators' file store, but
+/// every coordinator keeps a copy and every host of the lab fetches them
+/// before its guests are configured: the limit keeps a lab's deploy within
+/// seconds and one user's lab from filling the coordinators' disks.
+pub const MAX_LAB_FILES_SIZE: u64 = 48 * 1024 * 1024;
+
+/// Largest single guest file (15 MiB): one file travels as one message,
+/// under the codec's 16 MiB limit.
+pub const MAX_FILE_SIZE: u64 = 15 * 1024 * 1024;
+
+/// A lab as the cluster stores it: the lab, and every file its nodes copy
+/// into guests by content hash (the contents are uploaded separately).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabBundle {
     /// The validated lab.
     pub lab: Lab,
-    /// Host path as written in the lab file → its contents.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// Host path as written in the lab file → the file it names.
+    pub files: BTreeMap<String, FileRef>,
+}
+
+impl LabBundle {
+    /// Total size of the lab's guest files (each distinct file once).
+    pub fn files_size(&self) -> u64 {
+        let distinct: BTreeMap<&str, u64> = self
+            .files
+            .values()
+            .map(|f| (f.sha256.as_str(), f.size))
+            .collect();
+        distinct.values().sum()
+    }
+}
+
+/// A guest file by content: what the Raft state and host plans hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRef {
+    /// sha256 of the contents, lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl FileRef {
+    /// The reference to `contents`.
+    pub fn of(contents: &[u8]) -> FileRef {
+        FileRef {
+            sha256: crate::image::sha256_hex(contents),
+            size: u64::try_from(contents.len()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A lab file loaded from disk: its bundle, and the contents of its files
+/// by sha256 (to upload before the bundle is deployed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedLab {
+    pub bundle: LabBundle,
+    pub contents: BTreeMap<String, Vec<u8>>,
 }
 
 /// Why a lab file could not be loaded.
@@ -262,29 +313,41 @@ pub fn load(path: &Path) -> Result<Lab, LoadError> {
 
 /// Reads and validates the lab file at `path`, and every file its nodes copy
 /// into guests (relative to the lab file's folder).
-pub fn load_bundle(path: &Path) -> Result<LabBundle, LoadError> {
+pub fn load_bundle(path: &Path) -> Result<LoadedLab, LoadError> {
     let text = read_text(path)?;
     let file = path.display().to_string();
     let (lab, file_pos) = parse_raw(&file, &text)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut sink = Sink::new(&file);
     let mut files = BTreeMap::new();
+    let mut contents = BTreeMap::new();
     for (name, node) in &lab.nodes {
         for (guest, host) in &node.files {
             if files.contains_key(host) {
                 continue;
             }
             let full = dir.join(host);
+            let pos = file_pos
+                .get(&(name.clone(), guest.clone()))
+                .copied()
+                .unwrap_or_default();
+            let at = format!("nodes.{name}.files.{guest}");
             match std::fs::read(&full) {
+                Ok(data) if data.len() as u64 > MAX_FILE_SIZE => {
+                    let msg = format!(
+                        "\"{host}\" is {}, over the limit of {} for one guest file",
+                        shown_size(data.len() as u64),
+                        shown_size(MAX_FILE_SIZE)
+                    );
+                    let help = "copy large data into the image instead (`labspan image build`)";
+                    sink.error(pos, &at, msg, Some(help.into()));
+                }
                 Ok(data) => {
-                    files.insert(host.clone(), data);
+                    let file = FileRef::of(&data);
+                    contents.insert(file.sha256.clone(), data);
+                    files.insert(host.clone(), file);
                 }
                 Err(e) => {
-                    let pos = file_pos
-                        .get(&(name.clone(), guest.clone()))
-                        .copied()
-                        .unwrap_or_default();
-                    let at = format!("nodes.{name}.files.{guest}");
                     let msg = format!("cannot read \"{host}\" ({}): {e}", full.display());
                     let help =
                         "create the file, or fix the path (relative to the lab file's folder)";
@@ -293,8 +356,49 @@ pub fn load_bundle(path: &Path) -> Result<LabBundle, LoadError> {
             }
         }
     }
+    let bundle = LabBundle { lab, files };
+    if let Err(e) = check_files_size(&bundle) {
+        sink.error(
+            Pos::default(),
+            "files",
+            e,
+            Some("copy large data into the image instead (`labspan image build`)".into()),
+        );
+    }
     if !sink.is_clean() {
         return Err(sink.finish().into());
     }
-    Ok(LabBundle { lab, files })
+    Ok(LoadedLab { bundle, contents })
+}
+
+/// `bytes` for a message: "48 MiB", "12.5 MiB", "300 bytes".
+fn shown_size(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    match bytes {
+        b if b % MIB == 0 => format!("{} MiB", b / MIB),
+        b if b >= MIB => format!("{:.1} MiB", b as f64 / MIB as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Refuses a lab whose guest files are over [`MAX_LAB_FILES_SIZE`] in
+/// total or one of which is over [`MAX_FILE_SIZE`]; the message names the limit.
+pub fn check_files_size(bundle: &LabBundle) -> Result<(), String> {
+    let name = &bundle.lab.name;
+    if let Some((host, f)) = bundle.files.iter().find(|(_, f)| f.size > MAX_FILE_SIZE) {
+        return Err(format!(
+            "lab \"{name}\": guest file \"{host}\" is {}, over the limit of {} for one guest file",
+            shown_size(f.size),
+            shown_size(MAX_FILE_SIZE)
+        ));
+    }
+    let total = bundle.files_size();
+    if total > MAX_LAB_FILES_SIZE {
+        return Err(format!(
+            "lab \"{name}\": its guest files total {}, over the limit of {} per lab",
+            shown_size(total),
+            shown_size(MAX_LAB_FILES_SIZE)
+        ));
+    }
+    Ok(())
 }

@@ -1,0 +1,202 @@
+//! Guest files outside the Raft log: the CLI uploads each file to the leader
+//! (`PutFile`), which keeps it in its file store and copies it to every other
+//! coordinator before it answers; the Raft state holds only hashes and sizes.
+//! An agent fetches a file by hash (`GetFile`) from the coordinator it is
+//! connected to, which takes it from another coordinator if it lacks a copy
+//! (a coordinator that joined later, or was down during the upload).
+
+use std::sync::Arc;
+
+use labspan_proto::files::{FileStore, FileStoreError};
+use labspan_proto::lab::{FileRef, LabBundle, MAX_FILE_SIZE};
+use labspan_proto::msg::{ErrorKind, Reply, Request};
+
+use super::{error, Inner};
+
+fn store_error(e: FileStoreError) -> Reply {
+    match e {
+        FileStoreError::BadHash(_) => error(ErrorKind::Invalid, e.to_string()),
+        other => error(
+            ErrorKind::Internal,
+            format!("the coordinator's file store: {other}"),
+        ),
+    }
+}
+
+/// Stores `contents` on a blocking thread (hash, write and fsync of up to
+/// 15 MiB must not hold a runtime thread that Raft's heartbeats need);
+/// gives the contents back for the copies to peers.
+async fn put_blocking(store: &FileStore, contents: Vec<u8>) -> (Result<FileRef, Reply>, Vec<u8>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || (store.put(&contents), contents)).await {
+        Ok((stored, contents)) => (stored.map_err(store_error), contents),
+        Err(e) => (
+            Err(error(
+                ErrorKind::Internal,
+                format!("storing a guest file: {e}"),
+            )),
+            Vec::new(),
+        ),
+    }
+}
+
+/// Reads (and checks) `sha256` on a blocking thread.
+async fn get_blocking(store: &FileStore, sha256: &str) -> Result<Option<Vec<u8>>, FileStoreError> {
+    let (store, sha) = (store.clone(), sha256.to_string());
+    match tokio::task::spawn_blocking(move || store.get(&sha)).await {
+        Ok(got) => got,
+        Err(e) => Err(FileStoreError::Io {
+            doing: "cannot read",
+            path: sha256.into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+fn too_large(size: usize) -> Option<Reply> {
+    (size as u64 > MAX_FILE_SIZE).then(|| {
+        error(
+            ErrorKind::Invalid,
+            format!(
+                "a guest file of {size} bytes is over the limit of {MAX_FILE_SIZE} bytes for one file"
+            ),
+        )
+    })
+}
+
+/// Leader: stores `contents` and copies it to every other coordinator; a
+/// majority of the voters must hold it before it is acknowledged, so a
+/// deploy that names it survives the loss of this leader.
+pub(super) async fn put(inner: &Arc<Inner>, contents: Vec<u8>) -> Reply {
+    if let Some(refused) = too_large(contents.len()) {
+        return refused;
+    }
+    let (file, contents) = match put_blocking(&inner.files, contents).await {
+        (Ok(f), contents) => (f, contents),
+        (Err(refused), _) => return refused,
+    };
+    let membership = inner
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let request = Request::StoreFile { contents };
+    let copies = membership
+        .nodes()
+        .filter(|(id, _)| **id != inner.id)
+        .map(|(id, member)| {
+            let (request, sha256) = (&request, &file.sha256);
+            async move {
+                let stored = matches!(
+                    inner.peer_request(&member.addr, request).await,
+                    Ok(Reply::FileStored { .. })
+                );
+                if !stored {
+                    tracing::warn!(peer = %member, sha256, "could not copy a guest file; it fetches it when asked");
+                }
+                (*id, stored)
+            }
+        });
+    let results = futures::future::join_all(copies).await;
+    let holders = 1 + results
+        .iter()
+        .filter(|(id, ok)| *ok && voters.contains(id))
+        .count();
+    let needed = voters.len() / 2 + 1;
+    if holders < needed {
+        return error(
+            ErrorKind::Unavailable,
+            format!(
+                "guest file {} is on {holders} of {} coordinators, a majority ({needed}) is needed; is a majority running?",
+                file.sha256,
+                voters.len()
+            ),
+        );
+    }
+    Reply::FileStored {
+        sha256: file.sha256,
+    }
+}
+
+/// Any coordinator: keeps a copy the leader sends.
+pub(super) async fn store(inner: &Inner, contents: Vec<u8>) -> Reply {
+    if let Some(refused) = too_large(contents.len()) {
+        return refused;
+    }
+    match put_blocking(&inner.files, contents).await.0 {
+        Ok(file) => Reply::FileStored {
+            sha256: file.sha256,
+        },
+        Err(refused) => refused,
+    }
+}
+
+/// Any coordinator: the contents of `sha256`, from its store or, failing
+/// that, from another coordinator (then kept here).
+pub(super) async fn get(inner: &Arc<Inner>, sha256: &str, may_ask_peers: bool) -> Reply {
+    match get_blocking(&inner.files, sha256).await {
+        Ok(Some(contents)) => return Reply::File { contents },
+        Ok(None) => {}
+        Err(FileStoreError::Damaged { path, .. }) => {
+            tracing::warn!(path = %path.display(), "removed a damaged guest file; fetching it again");
+        }
+        Err(e) => return store_error(e),
+    }
+    if may_ask_peers {
+        let members: Vec<_> = inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != inner.id)
+            .map(|(_, m)| m.clone())
+            .collect();
+        let request = Request::GetFile {
+            sha256: sha256.to_string(),
+        };
+        for member in members {
+            let Ok(Reply::File { contents }) = inner.peer_request(&member.addr, &request).await
+            else {
+                continue;
+            };
+            // `put` names the copy by its contents: a peer's wrong bytes
+            // never stand in for this hash.
+            match put_blocking(&inner.files, contents).await {
+                (Ok(f), contents) if f.sha256 == sha256 => return Reply::File { contents },
+                (Ok(_), _) => {
+                    tracing::warn!(peer = %member, sha256, "a coordinator sent the wrong contents for a guest file")
+                }
+                (Err(refused), _) => return refused,
+            }
+        }
+    }
+    error(
+        ErrorKind::NotFound,
+        format!("guest file {sha256} is on no coordinator; run `labspan up` again to upload it"),
+    )
+}
+
+/// Leader, before a deploy: every file the lab names is stored here (or
+/// fetched from another coordinator now).
+pub(super) async fn check_uploaded(inner: &Arc<Inner>, bundle: &LabBundle) -> Result<(), Reply> {
+    for (host_path, file) in &bundle.files {
+        if inner.files.has(&file.sha256) {
+            continue;
+        }
+        if let Reply::Error(e) = get(inner, &file.sha256, true).await {
+            return Err(error(
+                ErrorKind::Invalid,
+                format!(
+                    "lab {:?}: guest file {host_path:?} ({}) was not uploaded: {}",
+                    bundle.lab.name, file.sha256, e.message
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
