@@ -950,6 +950,8 @@ async fn a_lab_with_a_12_mib_guest_file_deploys_and_status_answers_throughout() 
 
     let blob: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let sha256 = lab::FileRef::of(&blob).sha256;
+    // Printed for docs/benchmarks.md, never asserted.
+    let started = std::time::Instant::now();
     let stored = admin
         .request(&Request::PutFile {
             contents: blob.clone(),
@@ -961,6 +963,7 @@ async fn a_lab_with_a_12_mib_guest_file_deploys_and_status_answers_throughout() 
             sha256: sha256.clone()
         }
     );
+    let uploaded = started.elapsed();
     let bytes = bundle_with(&sha256, 12 * 1024 * 1024)?;
     let reply = admin
         .request(&Request::DeployLab {
@@ -973,6 +976,10 @@ async fn a_lab_with_a_12_mib_guest_file_deploys_and_status_answers_throughout() 
         return Err(format!("deploy refused: {reply:?}").into());
     };
     assert_eq!(report.status, LabStatus::Running);
+    println!(
+        "12 MiB guest file: upload {uploaded:?}, upload and deploy {:?}",
+        started.elapsed()
+    );
     let _ = stop.send(true);
     let (answered, missed) = polls.await?;
     assert!(missed.is_empty(), "status went unanswered: {missed:?}");
@@ -1036,6 +1043,60 @@ async fn a_lab_over_the_file_limit_or_with_a_missing_file_is_refused() -> TestRe
         "{}",
         e.message
     );
+
+    // Four files under the one-file limit, over the lab's.
+    let text = "name: big\ndefaults: {image: tiny}\nnodes:\n  a: {files: {/f1: f1, /f2: f2, /f3: f3, /f4: f4}}\n";
+    let four = LabBundle {
+        lab: lab::parse("big.yaml", text).map_err(|d| d.to_string())?,
+        files: ["f1", "f2", "f3", "f4"]
+            .iter()
+            .zip(["c", "d", "e", "f"])
+            .map(|(path, digit)| {
+                let file = lab::FileRef {
+                    sha256: digit.repeat(64),
+                    size: 13 * 1024 * 1024,
+                };
+                (path.to_string(), file)
+            })
+            .collect(),
+    };
+    let reply = admin
+        .request(&Request::DeployLab {
+            bundle: codec::encode(&four)?,
+            source: LabSource::default(),
+            replace: false,
+        })
+        .await?;
+    let Reply::Error(e) = reply else {
+        return Err(format!("accepted: {reply:?}").into());
+    };
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(
+        e.message.contains("over the limit of 48 MiB per lab"),
+        "{}",
+        e.message
+    );
+
+    // A file over the limit is refused on upload, and not kept.
+    let reply = admin
+        .request(&Request::PutFile {
+            contents: vec![7; 15 * 1024 * 1024 + 1],
+        })
+        .await?;
+    let Reply::Error(e) = reply else {
+        return Err(format!("accepted: {reply:?}").into());
+    };
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(
+        e.message
+            .contains("over the limit of 15 MiB for one guest file"),
+        "{}",
+        e.message
+    );
+    let kept = std::fs::read_dir(dir.path().join("files"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(kept, 0, "a refused file was kept");
 
     let never_uploaded = bundle_with(&"b".repeat(64), 1024)?;
     let reply = admin

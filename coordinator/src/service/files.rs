@@ -58,7 +58,8 @@ fn too_large(size: usize) -> Option<Reply> {
         error(
             ErrorKind::Invalid,
             format!(
-                "a guest file of {size} bytes is over the limit of {MAX_FILE_SIZE} bytes for one file"
+                "a guest file of {size} bytes is over the limit of {} MiB for one guest file",
+                MAX_FILE_SIZE / (1024 * 1024)
             ),
         )
     })
