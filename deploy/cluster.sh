@@ -29,6 +29,10 @@
 #   LABSPAN_ACCEL (auto|kvm|tcg, default auto), CLUSTER_DEADLINE (s, 90),
 #   LABSPAN_HOST_MEMORY     memory each host offers (default: an equal share
 #                           of this machine's, e.g. 8192MiB of 24 GiB for 3)
+#   LABSPAN_CLUSTER_IMAGES  host1 (default: only host1 starts with the images
+#                           of /var/lib/labspan/images, the others fetch what
+#                           their labs use) or all (every host starts with
+#                           them, so a node can move while host1 is down)
 #   LABSPAN_CPU_OVERCOMMIT  vCPUs each host offers per CPU of this machine
 #                           (default 4; every host sees all of its CPUs, so
 #                           raise it to fit more guests on a small machine)
@@ -65,6 +69,9 @@ else
     usage "LABSPAN_CLUSTER_SUBNET=$SUBNET: use 198.18.X.0/24 (X in 0..255; benchmarking range only)"
 fi
 ROOT_ADDR=$NET.254
+SEED_IMAGES=${LABSPAN_CLUSTER_IMAGES:-host1}
+[[ $SEED_IMAGES == host1 || $SEED_IMAGES == all ]] ||
+    usage "LABSPAN_CLUSTER_IMAGES=$SEED_IMAGES: use host1 or all"
 
 die() { echo "deploy/cluster.sh: $*" >&2; exit 1; }
 
@@ -224,18 +231,20 @@ make_fabric() {
     ip link set "$ROOT_LINK" up
 }
 
-# Gives every host its own image store: host1's starts with the images of
-# $IMAGES (hard links when on the same filesystem: objects never change in
-# place), the others start empty and fetch from it what their labs use.
+# Gives every host its own image store: host1's (every host's with
+# LABSPAN_CLUSTER_IMAGES=all) starts with the images of $IMAGES (hard links
+# when on the same filesystem: objects never change in place), the others
+# start empty and fetch from it what their labs use.
 seed_images() {
-    local n=$1 i
+    local n=$1 i into
     mkdir -p "$IMAGES/objects" "$IMAGES/names"
     for i in $(seq "$n"); do
         mkdir -p "$STATE/host$i/state/images/objects" "$STATE/host$i/state/images/names"
+        [ "$i" -eq 1 ] || [ "$SEED_IMAGES" = all ] || continue
+        into=$STATE/host$i/state/images
+        cp -al "$IMAGES/objects/." "$into/objects/" 2>/dev/null || cp -a "$IMAGES/objects/." "$into/objects/"
+        cp -a "$IMAGES/names/." "$into/names/"
     done
-    local into=$STATE/host1/state/images
-    cp -al "$IMAGES/objects/." "$into/objects/" 2>/dev/null || cp -a "$IMAGES/objects/." "$into/objects/"
-    cp -a "$IMAGES/names/." "$into/names/"
 }
 
 # The memory each of N hosts offers: LABSPAN_HOST_MEMORY, else an equal
@@ -354,7 +363,8 @@ start_daemon() {
         coordinator) spawn "$i" coordinator coordinator run --data "$STATE/host$i/coordinator" ;;
         agent)
             n=$(host_dirs | wc -l)
-            spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i" --memory "$(host_memory "$n")" ;;
+            spawn "$i" agent agent run --data "$STATE/host$i/agent" --vtep "$NET.$i" --memory "$(host_memory "$n")" \
+                --cpu-overcommit "${LABSPAN_CPU_OVERCOMMIT:-4}" ;;
         *) usage "start: coordinator or agent, not '$what'" ;;
     esac
 }

@@ -9,6 +9,15 @@
 //! it a plan: the VMs that plan no longer holds (moved meanwhile) are
 //! killed first, then the others resume.
 //!
+//! The agent's own death must fence too: its QEMUs are daemonized and
+//! outlive it, and the leader moves a silent host's nodes whether its
+//! network or its agent went quiet. So a standalone agent starts a *guard*
+//! (`labspan agent guard`, [`guard`]), a small process that holds the read
+//! end of a pipe whose only writer is the agent: when the agent dies, even
+//! by `kill -9`, the kernel closes the pipe and the guard pauses every VM
+//! at once, well within the lease plus margin, then exits. The restarted
+//! agent starts fenced, as above.
+//!
 //! Plans carry a generation (the leader's last applied Raft index); a plan
 //! older than one this host has applied is refused, so a slow push from a
 //! deposed leader cannot bring back a node that moved. The last applied
@@ -321,6 +330,21 @@ async fn qmp_all(state: &Path, command: &'static str, keep: impl Fn(&(String, St
         },
     );
     futures::future::join_all(runs).await;
+}
+
+/// After the guard's first pause, the time it waits before pausing again
+/// (a QEMU that was being started when the agent died comes up meanwhile).
+const GUARD_REPAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// The guard of a standalone agent whose state folder is `state`: waits
+/// until `agent_gone` resolves (the pipe from the agent reached its end),
+/// then pauses every VM of the host, twice.
+pub async fn guard(state: &Path, agent_gone: impl std::future::Future<Output = ()>) {
+    agent_gone.await;
+    tracing::warn!("the agent is gone: pausing every VM of this host (a restarted agent resumes them under a lease)");
+    pause_all(state).await;
+    tokio::time::sleep(GUARD_REPAUSE_AFTER).await;
+    pause_all(state).await;
 }
 
 async fn pause_all(state: &Path) {

@@ -20,6 +20,12 @@ pub struct LocalCluster {
     pub hosts: usize,
     /// Third byte of the underlay: hosts are 198.18.X.1..N.
     pub net: u8,
+    /// Memory each host offers (`LABSPAN_HOST_MEMORY`, e.g. `1500MiB`);
+    /// `None` for an equal share of this machine's.
+    pub host_memory: Option<String>,
+    /// Every host starts with the images (`LABSPAN_CLUSTER_IMAGES=all`),
+    /// not only host1.
+    pub images_everywhere: bool,
     link: String,
     state: PathBuf,
 }
@@ -47,6 +53,8 @@ impl LocalCluster {
             name: format!("lsc-{tag}-{pid}"),
             hosts: 0,
             net: free_subnet(tag),
+            host_memory: None,
+            images_everywhere: false,
             link: format!("lc{tag}{pid}").chars().take(15).collect(),
             state: std::env::temp_dir().join(format!("labspan-cluster-{tag}-{pid}")),
         }
@@ -71,6 +79,12 @@ impl LocalCluster {
             )
             .env("LABSPAN_BIN", labspan_bin())
             .env("LABSPAN_ACCEL", "tcg");
+        if let Some(memory) = &self.host_memory {
+            cmd.env("LABSPAN_HOST_MEMORY", memory);
+        }
+        if self.images_everywhere {
+            cmd.env("LABSPAN_CLUSTER_IMAGES", "all");
+        }
         cmd
     }
 
@@ -106,9 +120,7 @@ impl LocalCluster {
 
     /// QEMU pid of `node` of `lab` on host `i`, if one is alive there.
     pub fn qemu_pid(&self, i: usize, lab: &str, node: &str) -> Option<u32> {
-        let pidfile = self
-            .state
-            .join(format!("host{i}/state/vms/{lab}/{node}/qemu.pid"));
+        let pidfile = self.vm_dir(i, lab, node).join("qemu.pid");
         let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
         is_qemu(pid).then_some(pid)
     }
@@ -199,7 +211,14 @@ impl LocalCluster {
     /// `kill -9` of the coordinator on host `i` (by its pidfile, after
     /// checking the pid is still that coordinator); false if none runs.
     pub fn kill_coordinator(&self, i: usize) -> bool {
-        let pidfile = self.state.join(format!("host{i}/coordinator.pid"));
+        self.kill_daemon(i, "coordinator")
+    }
+
+    /// `kill -9` of daemon `what` (`coordinator`, `agent`) on host `i`, by
+    /// its pidfile, after checking the pid is still that daemon; false if
+    /// none runs. An agent's QEMUs outlive it (they are daemonized).
+    pub fn kill_daemon(&self, i: usize, what: &str) -> bool {
+        let pidfile = self.state.join(format!("host{i}/{what}.pid"));
         let Some(pid) = std::fs::read_to_string(pidfile)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
@@ -207,12 +226,48 @@ impl LocalCluster {
             return false;
         };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains("coordinator\0run") {
+        if !String::from_utf8_lossy(&cmdline).contains(&format!("{what}\0run")) {
             return false;
         }
-        // SAFETY: kill(2) on the pid of a coordinator this cluster started,
+        // SAFETY: kill(2) on the pid of a daemon this cluster started,
         // checked just above.
         unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+    }
+
+    /// `cluster.sh start I WHAT`: daemon `what` of host `i` started again.
+    pub fn start_daemon(&self, i: usize, what: &str) -> Output {
+        run(self.script().args(["start", &i.to_string(), what]))
+    }
+
+    /// The folder of `node` of `lab` on host `i` (`qemu.pid`, `qmp.sock`).
+    pub fn vm_dir(&self, i: usize, lab: &str, node: &str) -> PathBuf {
+        self.state.join(format!("host{i}/state/vms/{lab}/{node}"))
+    }
+
+    /// Every live QEMU of every host: (host, lab, node, pid), read from the
+    /// agents' VM folders.
+    pub fn qemus(&self) -> Vec<(usize, String, String, u32)> {
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|r| {
+                    r.filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for i in 1..=self.hosts {
+            let vms = self.state.join(format!("host{i}/state/vms"));
+            for lab in names(&vms) {
+                for node in names(&vms.join(&lab)) {
+                    if let Some(pid) = self.qemu_pid(i, &lab, &node) {
+                        out.push((i, lab.clone(), node, pid));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// `cluster.sh ACTION I`: `cut`, `partition-control` or `heal` of host `i`.

@@ -16,6 +16,10 @@ use labspan_transport::client::ClusterFile;
 pub enum Command {
     /// Join the cluster's leader and run this host's share of every lab.
     Run(RunArgs),
+    /// Started by `agent run`: pauses this host's VMs when the agent that
+    /// started it dies (its standard input reaches its end).
+    #[command(hide = true)]
+    Guard,
 }
 
 /// Arguments of `labspan agent run`.
@@ -101,10 +105,59 @@ fn host_info(args: &RunArgs) -> anyhow::Result<HostInfo> {
 
 /// Runs `labspan agent ...`.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
-    let Command::Run(args) = cmd;
+    let args = match cmd {
+        Command::Run(args) => args,
+        Command::Guard => return guard(),
+    };
     let cluster = ClusterFile::load(&args.data.join("agent.cluster"))?;
     let host = host_info(&args)?;
     let agent = Arc::new(Agent::new(labspan_agent::paths::state_dir(), args.accel));
+    // Held until this process ends: its end is the guard's signal.
+    let _lifeline = start_guard()?;
     tokio::runtime::Runtime::new()?.block_on(daemon::run(cluster, host, agent));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `labspan agent guard` (see `labspan_agent::fence::guard`) with a
+/// pipe as its standard input; returns the pipe's write end, which only
+/// this process holds (std opens pipes close-on-exec, so no QEMU inherits
+/// it). A guard that exits early is logged: a `kill -9` of the agent would
+/// then leave its VMs running.
+fn start_guard() -> anyhow::Result<std::process::ChildStdin> {
+    let exe = std::env::current_exe().context("finding this program to start its guard")?;
+    let mut child = std::process::Command::new(exe)
+        .args(["agent", "guard"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the agent's guard (labspan agent guard)")?;
+    let lifeline = child
+        .stdin
+        .take()
+        .context("the agent's guard has no standard input")?;
+    std::thread::spawn(move || {
+        let status = child.wait();
+        tracing::error!(
+            ?status,
+            "the agent's guard exited: a kill -9 of this agent would now leave its VMs running"
+        );
+    });
+    Ok(lifeline)
+}
+
+/// `labspan agent guard`: waits for the end of standard input, then
+/// pauses every VM in the state folder.
+fn guard() -> anyhow::Result<ExitCode> {
+    let state = labspan_agent::paths::state_dir();
+    let agent_gone = async {
+        // Nothing is ever written: a read returns only at the pipe's end
+        // (or on an error, which means the same here).
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while tokio::io::AsyncReadExt::read(&mut stdin, &mut buf)
+            .await
+            .is_ok_and(|n| n > 0)
+        {}
+    };
+    tokio::runtime::Runtime::new()?.block_on(labspan_agent::fence::guard(&state, agent_gone));
     Ok(ExitCode::SUCCESS)
 }
