@@ -226,6 +226,46 @@ pub fn is_qemu(pid: u32) -> bool {
     !zombie && String::from_utf8_lossy(&cmdline).contains("qemu-system")
 }
 
+/// QMP `query-status` of the QEMU whose QMP socket is `sock`: its run state
+/// (`running`, `paused`, ...), or `None` if it does not answer within a
+/// second (QEMU serves one QMP client at a time: an agent may hold it).
+pub fn qmp_status(sock: &Path) -> Option<String> {
+    let status = qmp(sock, "query-status")?;
+    status["status"].as_str().map(String::from)
+}
+
+/// Runs QMP `command` (no arguments) on the QEMU whose QMP socket is
+/// `sock`; its `return` value, or `None` without an answer within a second.
+pub fn qmp(sock: &Path, command: &str) -> Option<serde_json::Value> {
+    use std::io::{BufRead, BufReader, Write};
+    let timeout = Some(std::time::Duration::from_secs(1));
+    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(timeout).ok()?;
+    s.set_write_timeout(timeout).ok()?;
+    let mut lines = BufReader::new(s.try_clone().ok()?);
+    let mut reply = |command: Option<&str>| -> Option<serde_json::Value> {
+        if let Some(c) = command {
+            s.write_all(format!("{{\"execute\":\"{c}\"}}\n").as_bytes())
+                .ok()?;
+        }
+        // Events may come first; a few lines at most.
+        for _ in 0..16 {
+            let mut line = String::new();
+            if lines.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+            if command.is_none() || v.get("return").is_some() {
+                return Some(v);
+            }
+        }
+        None
+    };
+    reply(None)?.get("QMP")?;
+    reply(Some("qmp_capabilities"))?;
+    reply(Some(command))?.get("return").cloned()
+}
+
 /// Writes a lab file into the host's state folder and returns its path.
 pub fn write_lab(host: &TestHost, file: &str, yaml: &str) -> PathBuf {
     let path = host.state.join(file);

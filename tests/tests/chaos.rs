@@ -54,16 +54,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, labspan_bin, text};
+use labspan_tests::{build_image, labspan_bin, qmp_status, text};
 
 /// The CI seed (a fixed default keeps CI reproducible).
 const DEFAULT_SEED: u64 = 1;
@@ -402,37 +400,6 @@ fn client(
     (model, stats)
 }
 
-/// QMP `query-status` of the VM whose socket is `sock`: its run state, or
-/// `None` if it does not answer within a second.
-fn run_state(sock: &Path) -> Option<String> {
-    let timeout = Some(Duration::from_secs(1));
-    let mut s = UnixStream::connect(sock).ok()?;
-    s.set_read_timeout(timeout).ok()?;
-    s.set_write_timeout(timeout).ok()?;
-    let mut lines = BufReader::new(s.try_clone().ok()?);
-    let mut reply = |s: &mut UnixStream, command: Option<&str>| -> Option<serde_json::Value> {
-        if let Some(c) = command {
-            s.write_all(format!("{{\"execute\":\"{c}\"}}\n").as_bytes())
-                .ok()?;
-        }
-        for _ in 0..16 {
-            let mut line = String::new();
-            if lines.read_line(&mut line).ok()? == 0 {
-                return None;
-            }
-            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-            if command.is_none() || v.get("return").is_some() {
-                return Some(v);
-            }
-        }
-        None
-    };
-    reply(&mut s, None)?.get("QMP")?;
-    reply(&mut s, Some("qmp_capabilities"))?;
-    let status = reply(&mut s, Some("query-status"))?;
-    status["return"]["status"].as_str().map(String::from)
-}
-
 /// A node's copy as the sampler knows it.
 struct Copy {
     host: usize,
@@ -483,7 +450,7 @@ fn sampler(cluster: &LocalCluster, shared: &Shared, stop: &AtomicBool) -> Sample
                     .iter()
                     .map(|(h, p)| {
                         let sock = cluster.vm_dir(*h, &key.0, &key.1).join("qmp.sock");
-                        (*h, *p, run_state(&sock))
+                        (*h, *p, qmp_status(&sock))
                     })
                     .collect();
                 stats.unknown += states.iter().filter(|s| s.2.is_none()).count();

@@ -2,7 +2,10 @@
 //! TCG, real bridges and taps, checks run inside the guests.
 
 use labspan_proto::names;
-use labspan_tests::{text, write_lab, TestHost};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use labspan_tests::{qmp, qmp_status, text, write_lab, TestHost};
 
 const TRIO: &str = r#"
 name: trio
@@ -227,4 +230,57 @@ fn a_node_larger_than_the_host_is_refused_and_nothing_is_touched() {
     assert!(out.contains("node \"a\"") && out.contains("GiB"), "{out}");
     assert_eq!(host.labspan_links(), Vec::<String>::new());
     assert_eq!(host.vm_files(), Vec::<std::path::PathBuf>::new());
+}
+
+/// `labspan agent guard`, which a cluster agent starts beside itself with a
+/// pipe only the agent holds, pauses every guest of the host when that pipe
+/// ends (the agent died, even by `kill -9`): a dead agent's guests must not
+/// run on while the leader starts them on another host.
+#[test]
+fn the_agent_guard_pauses_every_guest_when_its_agent_dies() {
+    let host = TestHost::new("guard");
+    host.ensure_tiny();
+    let lab = write_lab(
+        &host,
+        "solo.yaml",
+        "name: solo\ndefaults: {image: tiny, memory: 128MiB, cpus: 1}\nnodes:\n  a: {}\n",
+    );
+    let up = host.labspan(&["up", "--no-verify", lab.to_str().expect("utf-8 path")]);
+    assert!(up.status.success(), "labspan up failed:\n{}", text(&up));
+    let sock = host.state.join("vms/solo/a/qmp.sock");
+    assert_eq!(qmp_status(&sock).as_deref(), Some("running"));
+
+    let mut guard = host
+        .labspan_cmd(&["agent", "guard"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("labspan agent guard");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        guard.try_wait().expect("the guard").is_none(),
+        "the guard waits while its agent lives"
+    );
+    assert_eq!(qmp_status(&sock).as_deref(), Some("running"));
+    drop(guard.stdin.take()); // What the kernel does when the agent dies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = guard.try_wait().expect("the guard") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = guard.kill();
+            panic!("the guard did not finish 30 s after its pipe ended");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "the guard: {status}");
+    assert_eq!(
+        qmp_status(&sock).as_deref(),
+        Some("paused"),
+        "the guard pauses the guest"
+    );
+    // The embedded default never pauses a guest: resumed, it stops as usual.
+    assert!(qmp(&sock, "cont").is_some(), "QMP cont");
+    let down = host.labspan(&["down", "solo"]);
+    assert!(down.status.success(), "labspan down: {}", text(&down));
 }
