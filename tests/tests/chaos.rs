@@ -341,6 +341,10 @@ fn client(
             let attempt = Instant::now();
             let out = match &op.to {
                 Some(_) => labspan(cluster, &["up", "--no-verify", &path]),
+                // A retried `down` may find the lab already forgotten (an
+                // earlier attempt was taken but its answer lost): that is
+                // the acknowledgement.
+                None if tries > 1 => labspan(cluster, &["down", "--ignore-missing", op.lab]),
                 None => labspan(cluster, &["down", op.lab]),
             };
             let slow = Instant::now().duration_since(attempt) > SLOW_COMMAND;
