@@ -63,6 +63,23 @@ async fn status(client: &Client) -> Option<ClusterStatus> {
     }
 }
 
+/// A client of the cluster in `file`, once a coordinator answers with a leader.
+async fn leader_client(what: &str, file: &ClusterFile) -> TestResult<Client> {
+    eventually(what, || async {
+        let c = Client::connect(file).await.ok()?;
+        status(&c).await.filter(|s| s.leader.is_some()).map(|_| c)
+    })
+    .await
+}
+
+/// One coordinator (`init` in `dir`), started, and an admin client once it leads.
+async fn one_coordinator(dir: &TempDir) -> TestResult<(Running, ClusterFile, Client)> {
+    let admin_file = DataDir::at(dir.path()).init("test", "c1", free_addr()?)?;
+    let node = service::start(dir.path()).await?;
+    let admin = leader_client("a leader", &admin_file).await?;
+    Ok((node, admin_file, admin))
+}
+
 async fn token(admin: &Client, role: Role) -> TestResult<(String, String)> {
     match admin
         .request(&Request::CreateToken {
@@ -116,11 +133,7 @@ async fn three_coordinators(dirs: &[TempDir; 3]) -> TestResult<(Vec<Running>, Cl
     let first = service::start(dirs[0].path()).await?;
     let api = first.addr;
     let mut nodes = vec![first];
-    let client = eventually("the first coordinator to lead", || async {
-        let c = Client::connect(&admin).await.ok()?;
-        status(&c).await.filter(|s| s.leader.is_some()).map(|_| c)
-    })
-    .await?;
+    let client = leader_client("the first coordinator to lead", &admin).await?;
     for (i, dir) in dirs.iter().enumerate().skip(1) {
         let name = format!("c{}", i + 1);
         let (token, fingerprint) = token(&client, Role::Coordinator).await?;
@@ -411,13 +424,7 @@ async fn cluster_joins_serves_the_api_and_restarts_from_disk() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_token_is_one_time_and_the_fingerprint_is_checked() -> TestResult {
     let dir = TempDir::new()?;
-    let admin_file = DataDir::at(dir.path()).init("test", "c1", free_addr()?)?;
-    let node = service::start(dir.path()).await?;
-    let admin = eventually("a leader", || async {
-        let c = Client::connect(&admin_file).await.ok()?;
-        status(&c).await.filter(|s| s.leader.is_some()).map(|_| c)
-    })
-    .await?;
+    let (node, admin_file, admin) = one_coordinator(&dir).await?;
     let (token, fingerprint) = token(&admin, Role::Agent).await?;
     let ca = labspan_transport::tls::cert_from_pem(&admin_file.ca_pem, "ca")?;
     assert_eq!(fingerprint, ca_fingerprint(&ca));
@@ -1016,13 +1023,7 @@ async fn a_lab_with_a_12_mib_guest_file_deploys_and_status_answers_throughout() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lab_over_the_file_limit_or_with_a_missing_file_is_refused() -> TestResult {
     let dir = TempDir::new()?;
-    let admin_file = DataDir::at(dir.path()).init("test", "c1", free_addr()?)?;
-    let node = service::start(dir.path()).await?;
-    let admin = eventually("a leader", || async {
-        let c = Client::connect(&admin_file).await.ok()?;
-        status(&c).await.filter(|s| s.leader.is_some()).map(|_| c)
-    })
-    .await?;
+    let (node, _, admin) = one_coordinator(&dir).await?;
     let (_agent, _) = agent(&admin, node.addr, "host-1", true).await?;
 
     let too_big = bundle_with(&"a".repeat(64), 49 * 1024 * 1024)?;
