@@ -19,6 +19,8 @@ use openraft::raft::VoteRequest;
 use openraft::{Config, Raft, Vote};
 use tempfile::TempDir;
 
+mod support;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Generous: only bounds how long a broken test hangs.
@@ -288,33 +290,6 @@ async fn only_coordinators_may_send_raft_rpcs() -> TestResult {
     Ok(())
 }
 
-/// A lab with one node on h1 whose bundle is about `spec_len` bytes (a
-/// guest file named by a long path: the bundle holds its hash, not its
-/// contents).
-fn create_lab(i: usize, spec_len: usize) -> Result<Command, String> {
-    let name = format!("lab-{i:03}");
-    let lab = labspan_proto::lab::parse(
-        &name,
-        &format!("name: {name}\nnodes:\n  r1: {{image: tiny}}\n"),
-    )
-    .map_err(|d| d.to_string())?;
-    let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
-        lab,
-        files: BTreeMap::from([(
-            "p".repeat(spec_len),
-            labspan_proto::lab::FileRef::of(&[u8::try_from(i % 251).unwrap_or(0)]),
-        )]),
-    })
-    .map_err(|e| e.to_string())?;
-    Ok(Command::DeployLab {
-        name,
-        spec,
-        segments: BTreeSet::from(["lan0".to_string()]),
-        placement: BTreeMap::from([("r1".to_string(), "h1".to_string())]),
-        origin: None,
-    })
-}
-
 /// Proposes `cmd` on whichever node leads, following leadership changes (a
 /// loaded machine may miss a heartbeat); returns the entry's index.
 async fn write_on_leader(
@@ -354,7 +329,8 @@ async fn write_labs(
     let mut tasks = tokio::task::JoinSet::new();
     for i in range {
         let rafts = rafts.clone();
-        tasks.spawn(async move { write_on_leader(&rafts, create_lab(i, spec_len)?).await });
+        tasks
+            .spawn(async move { write_on_leader(&rafts, support::deploy_lab(i, spec_len)?).await });
         if tasks.len() >= 16 {
             if let Some(done) = tasks.join_next().await {
                 last = last.max(done?.map_err(|e| e.to_string())?);
@@ -466,7 +442,7 @@ async fn restarted_coordinator_applies_only_what_it_knew_committed() -> TestResu
     let kept = nodes.remove(leader);
     stop_all(nodes, false).await?;
     let raft = kept.raft.clone();
-    let stranded_lab = create_lab(1, 16)?;
+    let stranded_lab = support::deploy_lab(1, 16)?;
     let stranded = tokio::spawn(async move { raft.client_write(stranded_lab).await });
     kept.raft
         .wait(WAIT)

@@ -13,6 +13,8 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageError, Vote};
 use tempfile::TempDir;
 
+mod support;
+
 /// Builds a fresh store in a temporary directory that lives as long as the test.
 struct RedbBuilder;
 
@@ -99,29 +101,10 @@ async fn a_snapshot_over_the_message_limit_is_built_installed_and_restored(
     let source = TempDir::new()?;
     let (_log, mut sm) = raft::open(&source.path().join("raft.redb"))?;
     sm.apply([entry(1, register("h1"))]).await?;
+    // The bulk of each is a guest file's long path in the lab's bundle (the
+    // bundle holds files by hash): real, plannable labs.
     let labs = (2..=41u64).map(|i| {
-        // The bulk is a guest file's long path in the lab's bundle (the
-        // bundle holds files by hash): a real, plannable lab.
-        let name = format!("lab-{i}");
-        let lab = labspan_proto::lab::parse(
-            &name,
-            &format!("name: {name}\nnodes:\n  r1: {{image: tiny}}\n"),
-        )
-        .map_err(|d| d.to_string())?;
-        let spec = labspan_proto::codec::encode(&labspan_proto::lab::LabBundle {
-            lab,
-            files: std::collections::BTreeMap::from([(
-                "p".repeat(512 * 1024),
-                labspan_proto::lab::FileRef::of(&[u8::try_from(i)?]),
-            )]),
-        })?;
-        let cmd = Command::DeployLab {
-            name,
-            spec,
-            segments: BTreeSet::from(["lan0".to_string()]),
-            placement: std::collections::BTreeMap::from([("r1".to_string(), "h1".to_string())]),
-            origin: None,
-        };
+        let cmd = support::deploy_lab(usize::try_from(i)?, 512 * 1024)?;
         Ok::<_, Box<dyn std::error::Error>>(entry(i, cmd))
     });
     let labs: Vec<_> = labs.collect::<Result<_, _>>()?;
