@@ -71,9 +71,10 @@ pub struct ClusterState {
     pub tokens: BTreeMap<String, JoinToken>,
     /// Raft node id the next joining coordinator gets (0: not yet counted, 2 is next).
     pub next_node_id: u64,
-    /// Coordinators removed from the cluster: a certificate naming one of
-    /// them is refused, although the CA signed it. Joining again under the
-    /// name admits it again.
+    /// Coordinators being or already removed from the cluster: once such a
+    /// name is no longer a member, a certificate naming it is refused,
+    /// although the CA signed it. Joining again under the name admits it
+    /// again.
     pub revoked: BTreeSet<String>,
 }
 

@@ -272,6 +272,22 @@ pub(super) async fn remove_coordinator(inner: &Arc<Inner>, member: &str) -> Repl
             }
         }
     }
+    // Before the change, so a leader lost between the two leaves a member
+    // that `cluster remove` can remove again. The refusal applies only
+    // once the name is no longer a member (its Raft traffic is needed
+    // until then).
+    let revoke = Command::RevokeCoordinator {
+        name: target.name.clone(),
+    };
+    if let Err(e) = inner.write(revoke).await {
+        return error(
+            e.kind,
+            format!(
+                "not removing {target}: cannot record its revocation: {}",
+                e.message
+            ),
+        );
+    }
     let change = if id == inner.id {
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))
     } else {
@@ -280,21 +296,7 @@ pub(super) async fn remove_coordinator(inner: &Arc<Inner>, member: &str) -> Repl
     match inner.raft.change_membership(change, false).await {
         Ok(_) => {
             tracing::info!(id, member = %target, "coordinator removed");
-            // After the change, never before: a revoked member's Raft
-            // traffic is refused, and the change needs it.
-            let revoke = Command::RevokeCoordinator {
-                name: target.name.clone(),
-            };
-            match inner.write(revoke).await {
-                Ok(_) => Reply::Done,
-                Err(e) => error(
-                    e.kind,
-                    format!(
-                        "coordinator {target} was removed, but its certificate is not refused yet: {}",
-                        e.message
-                    ),
-                ),
-            }
+            Reply::Done
         }
         Err(e) => error(
             ErrorKind::Internal,
@@ -380,13 +382,23 @@ impl Inner {
             .any(|v| v == self.id)
     }
 
-    /// The refusal a removed coordinator gives to everything but pings,
-    /// identity and Raft RPCs; `None` while it is a member.
     /// A refusal for a coordinator whose certificate was revoked when it
     /// was removed from the cluster (the CA signed it; the cluster no longer
-    /// takes it).
+    /// takes it). A name revoked but still a member (the removal did not
+    /// finish) is still served.
     pub(super) fn revoked_refusal(&self, peer: &PeerIdentity) -> Option<Reply> {
         if peer.role != Role::Coordinator || !self.state.read().state.revoked.contains(&peer.name) {
+            return None;
+        }
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, m)| m.name == peer.name);
+        if member {
             return None;
         }
         Some(error(
@@ -398,6 +410,8 @@ impl Inner {
         ))
     }
 
+    /// The refusal a removed coordinator gives to everything but pings,
+    /// identity and Raft RPCs; `None` while it is a member.
     pub(super) fn removed_refusal(&self, req: &Request) -> Option<Reply> {
         if matches!(
             req,
