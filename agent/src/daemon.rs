@@ -23,7 +23,7 @@ use crate::fence::Fence;
 use crate::net::capabilities;
 
 use crate::image_service::ImageService;
-use crate::reconcile::{Agent, AgentError, Event, Report};
+use crate::reconcile::{Agent, Event, Report};
 use crate::{stream, supervise};
 use labspan_proto::health::GuestHealth;
 
@@ -374,12 +374,7 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                     };
                     match agent.restart(&lab, &node, &log).await {
                         Ok(report) => AgentReply::Applied(vm_reports("", report)),
-                        Err(e @ AgentError::NoSuchVm { .. }) => {
-                            AgentReply::Error(ErrorReply::new(ErrorKind::NotFound, e.to_string()))
-                        }
-                        Err(e) => {
-                            AgentReply::Error(ErrorReply::new(ErrorKind::Internal, e.to_string()))
-                        }
+                        Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
                     }
                 }
                 Ok(AgentRequest::ApplyPlan(plan)) => {

@@ -317,9 +317,9 @@ async fn qmp_all(state: &Path, command: &'static str, keep: impl Fn(&(String, St
                     .await?
                     .execute(command, None)
                     .await
-                    .map_err(|source| vm::VmError::Qmp {
+                    .map_err(|cause| vm::VmError::Qmp {
                         vm: node.clone(),
-                        source,
+                        cause,
                     })?;
                 Ok::<(), vm::VmError>(())
             }

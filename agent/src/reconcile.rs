@@ -44,30 +44,24 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// An image the plan uses could not be brought to this host.
-    #[error("lab \"{lab}\": {source}")]
+    #[error("lab \"{lab}\": {cause}")]
     Fetch {
         lab: String,
-        #[source]
-        source: Box<crate::image::transfer::FetchError>,
+        cause: Box<crate::image::transfer::FetchError>,
     },
     /// A VM's image is not in the store.
-    #[error("lab \"{lab}\": node \"{vm}\": {source}")]
+    #[error("lab \"{lab}\": node \"{vm}\": {cause}")]
     Image {
         lab: String,
         vm: String,
-        #[source]
-        source: ImageError,
+        cause: ImageError,
     },
     /// The network could not be brought to the plan.
     #[error(transparent)]
     Net(#[from] NetError),
     /// A VM could not be started, stopped or reached.
-    #[error("lab \"{lab}\": {source}")]
-    Vm {
-        lab: String,
-        #[source]
-        source: Box<VmError>,
-    },
+    #[error("lab \"{lab}\": {cause}")]
+    Vm { lab: String, cause: Box<VmError> },
     /// A configuration step failed inside a guest.
     #[error("lab \"{lab}\": node \"{vm}\": {step} exited {code}: {stderr}")]
     Config {
@@ -78,12 +72,11 @@ pub enum AgentError {
         stderr: String,
     },
     /// The state folder could not be read or written.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     State {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No such VM on this host.
     #[error("lab \"{lab}\" has no running node \"{vm}\" on this host (see `labspan inspect`)")]
@@ -99,10 +92,10 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    fn vm(lab: impl Into<String>, source: VmError) -> AgentError {
+    fn vm(lab: impl Into<String>, cause: VmError) -> AgentError {
         AgentError::Vm {
             lab: lab.into(),
-            source: Box::new(source),
+            cause: Box::new(cause),
         }
     }
 
@@ -111,9 +104,9 @@ impl AgentError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             AgentError::NoSuchVm { .. } => ErrorKind::NotFound,
-            AgentError::Vm { source, .. } => match source.as_ref() {
+            AgentError::Vm { cause, .. } => match cause.as_ref() {
                 VmError::Qga {
-                    source: QgaError::Unfinished { .. },
+                    cause: QgaError::Unfinished { .. },
                     ..
                 } => ErrorKind::TimedOut,
                 _ => ErrorKind::Internal,
@@ -331,7 +324,7 @@ impl Agent {
                     .await
                     .map_err(|e| AgentError::Fetch {
                         lab: lab.lab.clone(),
-                        source: Box::new(e),
+                        cause: Box::new(e),
                     })?;
             }
         }
@@ -463,7 +456,7 @@ impl Agent {
         let mut running = BTreeMap::new();
         for (key, dir) in &dirs {
             let lab = &key.0;
-            match vm::adopt(dir).map_err(|source| AgentError::vm(lab.clone(), source))? {
+            match vm::adopt(dir).map_err(|cause| AgentError::vm(lab.clone(), cause))? {
                 None => {
                     found.insert(key.clone(), Found::Gone);
                 }
@@ -549,10 +542,10 @@ impl Agent {
             v.stop(STOP_TIMEOUT)
                 .await
                 .map(|_| ())
-                .map_err(|source| AgentError::vm(lab, source))
+                .map_err(|cause| AgentError::vm(lab, cause))
         });
         let halts = halted.into_iter().map(|(lab, v)| async move {
-            v.halt().await.map_err(|source| AgentError::vm(lab, source))
+            v.halt().await.map_err(|cause| AgentError::vm(lab, cause))
         });
         let (replaces, halts) = futures::future::join(join_all(replaces), join_all(halts)).await;
         replaces
@@ -612,10 +605,10 @@ impl Agent {
                 let image = self
                     .images
                     .get(&vm.image)
-                    .map_err(|source| AgentError::Image {
+                    .map_err(|cause| AgentError::Image {
                         lab: lab.lab.clone(),
                         vm: vm.name.clone(),
-                        source,
+                        cause,
                     })?;
                 images.insert((lab.lab.clone(), vm.name.clone()), image);
             }
@@ -630,7 +623,7 @@ impl Agent {
         match probe {
             Some(image) => vm::accel::resolve(self.accel, &self.state, image)
                 .await
-                .map_err(|source| AgentError::vm(String::new(), source)),
+                .map_err(|cause| AgentError::vm(String::new(), cause)),
             None => Ok(match self.accel {
                 AccelChoice::Kvm => Accel::Kvm,
                 _ => Accel::Tcg,
@@ -674,7 +667,7 @@ impl Agent {
                     let mut health = supervise::load(&dir);
                     let vm = vm::launch(&dir, &cfg)
                         .await
-                        .map_err(|source| AgentError::vm(lab.lab.clone(), source))?;
+                        .map_err(|cause| AgentError::vm(lab.lab.clone(), cause))?;
                     if health.state != GuestState::Booting {
                         health.booting(supervise::now());
                     }
@@ -792,7 +785,7 @@ impl Agent {
         if done == want {
             return Ok(false);
         }
-        let vm_err = |source| AgentError::vm(lab.to_string(), source);
+        let vm_err = |cause| AgentError::vm(lab.to_string(), cause);
         let mut ga = vm
             .guest_agent(Duration::from_secs(10))
             .await
@@ -829,17 +822,17 @@ impl Agent {
         let log_path = vm.dir().join("exec.log");
         let mut log = fs::read_to_string(&log_path).unwrap_or_default();
         log.push_str(&step.log);
-        fs::write(&log_path, &log).map_err(|source| AgentError::State {
+        fs::write(&log_path, &log).map_err(|cause| AgentError::State {
             what: "writing",
             path: log_path,
-            source,
+            cause,
         })?;
         result?;
         let json = serde_json::to_vec(&want).unwrap_or_default();
-        fs::write(&path, json).map_err(|source| AgentError::State {
+        fs::write(&path, json).map_err(|cause| AgentError::State {
             what: "writing",
             path,
-            source,
+            cause,
         })?;
         Ok(true)
     }
@@ -866,7 +859,7 @@ impl Agent {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let err = |source| AgentError::vm(lab.to_string(), source);
+        let err = |cause| AgentError::vm(lab.to_string(), cause);
         match vm::adopt(dir).map_err(err)? {
             Some(v) => {
                 v.stop(STOP_TIMEOUT).await.map_err(err)?;
@@ -887,12 +880,12 @@ impl Agent {
         let stopped = join_all(vms.iter().map(|(_, dir)| self.stop_dir(lab, dir))).await;
         stopped.into_iter().collect::<Result<Vec<_>, _>>()?;
         let lab_dir = paths::lab_vms_dir(&self.state, lab);
-        if let Err(source) = fs::remove_dir(&lab_dir) {
-            if source.kind() != std::io::ErrorKind::NotFound {
+        if let Err(cause) = fs::remove_dir(&lab_dir) {
+            if cause.kind() != std::io::ErrorKind::NotFound {
                 return Err(AgentError::State {
                     what: "removing",
                     path: lab_dir,
-                    source,
+                    cause,
                 });
             }
         }
@@ -906,7 +899,7 @@ impl Agent {
         self.running_vms()?
             .into_iter()
             .map(|((lab, node), dir)| {
-                let vm = vm::adopt(&dir).map_err(|source| AgentError::vm(lab.clone(), source))?;
+                let vm = vm::adopt(&dir).map_err(|cause| AgentError::vm(lab.clone(), cause))?;
                 Ok(((lab, node), vm))
             })
             .collect()
@@ -922,18 +915,18 @@ impl Agent {
     ) -> Result<ExecOutput, AgentError> {
         let dir = paths::vm_dir(&self.state, lab, node);
         let vm = vm::adopt(&dir)
-            .map_err(|source| AgentError::vm(lab.to_string(), source))?
+            .map_err(|cause| AgentError::vm(lab.to_string(), cause))?
             .ok_or_else(|| AgentError::NoSuchVm {
                 lab: lab.to_string(),
                 vm: node.to_string(),
             })?;
-        let err = |source| AgentError::vm(lab.to_string(), source);
+        let err = |cause| AgentError::vm(lab.to_string(), cause);
         let _busy = self.mark_busy(&(lab.to_string(), node.to_string()));
         let mut ga = vm.guest_agent(Duration::from_secs(10)).await.map_err(err)?;
-        ga.exec_shell(cmd, timeout).await.map_err(|source| {
+        ga.exec_shell(cmd, timeout).await.map_err(|cause| {
             err(VmError::Qga {
                 vm: node.to_string(),
-                source,
+                cause,
             })
         })
     }
@@ -948,12 +941,12 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    fn qga_err(&self, source: QgaError) -> AgentError {
+    fn qga_err(&self, cause: QgaError) -> AgentError {
         AgentError::vm(
             self.lab.to_string(),
             VmError::Qga {
                 vm: self.vm.to_string(),
-                source,
+                cause,
             },
         )
     }
@@ -1070,11 +1063,11 @@ fn read_dirs(dir: &Path) -> Result<BTreeSet<PathBuf>, AgentError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-        Err(source) => {
+        Err(cause) => {
             return Err(AgentError::State {
                 what: "reading",
                 path: dir.to_path_buf(),
-                source,
+                cause,
             })
         }
     };
@@ -1083,4 +1076,57 @@ fn read_dirs(dir: &Path) -> Result<BTreeSet<PathBuf>, AgentError> {
         .map(|e| e.path())
         .filter(|p| p.is_dir())
         .collect())
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_kind_for_the_wire() {
+        let timed_out = AgentError::vm(
+            "lab",
+            VmError::Qga {
+                vm: "r1".into(),
+                cause: QgaError::Unfinished {
+                    command: "guest-exec".into(),
+                    timeout: Duration::from_secs(3),
+                },
+            },
+        );
+        assert_eq!(timed_out.kind(), ErrorKind::TimedOut);
+        let missing = AgentError::NoSuchVm {
+            lab: "lab".into(),
+            vm: "r9".into(),
+        };
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        let closed = AgentError::vm(
+            "lab",
+            VmError::Qga {
+                vm: "r1".into(),
+                cause: QgaError::Closed {
+                    what: "exec".into(),
+                },
+            },
+        );
+        assert_eq!(closed.kind(), ErrorKind::Internal);
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let e = AgentError::State {
+            what: "writing",
+            path: PathBuf::from("/x/vm.json"),
+            cause: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let cause = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        // The CLI prints a chain with `{:#}`: the message and every source.
+        let mut chain = e.to_string();
+        let mut next = std::error::Error::source(&e);
+        while let Some(c) = next {
+            chain.push_str(&format!(": {c}"));
+            next = c.source();
+        }
+        assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
+    }
 }

@@ -46,7 +46,7 @@ pub fn load_cluster_file(path: &Path) -> anyhow::Result<ClusterFile> {
     let from = crate::origin::cluster();
     match ClusterFile::load(path) {
         Ok(file) => Ok(file),
-        Err(ClientError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(ClientError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
             Err(InvalidInput(format!(
                 "error: cluster file {} (from {from}) does not exist\n  \
                  hint: `labspan cluster init` or `deploy/cluster.sh up` makes one; \
@@ -55,8 +55,8 @@ pub fn load_cluster_file(path: &Path) -> anyhow::Result<ClusterFile> {
             ))
             .into())
         }
-        Err(ClientError::Io { source, .. }) => Err(InvalidInput(format!(
-            "error: cluster file {} (from {from}): {source}",
+        Err(ClientError::Io { cause, .. }) => Err(InvalidInput(format!(
+            "error: cluster file {} (from {from}): {cause}",
             path.display()
         ))
         .into()),

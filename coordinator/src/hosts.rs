@@ -85,13 +85,12 @@ impl Host {
 #[derive(Debug, thiserror::Error)]
 pub enum HostsError {
     /// The file could not be read.
-    #[error("{file}: cannot read the hosts file: {source}")]
+    #[error("{file}: cannot read the hosts file: {cause}")]
     Read {
         /// The file.
         file: String,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file is not a valid hosts file.
     #[error("{file}:{line}:{column}: {message}")]
@@ -110,9 +109,9 @@ pub enum HostsError {
 /// Reads and parses a hosts file.
 pub fn load_hosts(path: &Path) -> Result<Vec<Host>, HostsError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| HostsError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| HostsError::Read {
         file: file.clone(),
-        source,
+        cause,
     })?;
     parse_hosts(&text, &file)
 }

@@ -123,8 +123,8 @@ async fn restart_with(
 fn addr_in_use(e: &(dyn std::error::Error + 'static)) -> bool {
     matches!(
         e.downcast_ref::<transport::TransportError>(),
-        Some(transport::TransportError::Bind { source, .. })
-            if source.kind() == std::io::ErrorKind::AddrInUse
+        Some(transport::TransportError::Bind { cause, .. })
+            if cause.kind() == std::io::ErrorKind::AddrInUse
     )
 }
 

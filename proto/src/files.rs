@@ -22,12 +22,11 @@ pub enum FileStoreError {
     #[error("stored file {path} is damaged (its contents hash to {found}); it was removed")]
     Damaged { path: PathBuf, found: String },
     /// The file system failed.
-    #[error("{doing} {path}")]
+    #[error("{doing} {path}: {cause}")]
     Io {
         doing: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -57,11 +56,7 @@ impl FileStore {
 
     fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileStoreError {
         let path = path.to_path_buf();
-        move |source| FileStoreError::Io {
-            doing,
-            path,
-            source,
-        }
+        move |cause| FileStoreError::Io { doing, path, cause }
     }
 
     /// Stores `contents` durably; returns its reference. Storing a file

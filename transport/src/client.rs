@@ -54,18 +54,17 @@ pub struct ClusterFile {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The cluster file could not be read or written.
-    #[error("cluster file {}: {source}", path.display())]
+    #[error("cluster file {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The cluster file is not what `labspan cluster init` writes.
     #[error("cluster file {}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
     /// The credential in the cluster file is unusable.
     #[error("cluster credential: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(tls::TlsError),
     /// A coordinator refused this member's certificate during the TLS
     /// handshake: another cluster's CA, an unknown or a removed member.
     #[error("coordinator {addr} refused this member's certificate: {why}")]
@@ -74,7 +73,6 @@ pub enum ClientError {
     #[error("no coordinator answered (tried {tried}): {last}")]
     Unreachable {
         tried: String,
-        #[source]
         last: Box<TransportError>,
     },
     /// Building the endpoint failed.
@@ -82,12 +80,18 @@ pub enum ClientError {
     Transport(#[from] Box<TransportError>),
 }
 
+impl From<tls::TlsError> for ClientError {
+    fn from(e: tls::TlsError) -> Self {
+        ClientError::Tls(e)
+    }
+}
+
 impl ClusterFile {
     /// Reads a cluster file.
     pub fn load(path: &Path) -> Result<ClusterFile, ClientError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ClientError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ClientError::Io {
             path: path.into(),
-            source,
+            cause,
         })?;
         serde_json::from_str(&text).map_err(|e| ClientError::Invalid {
             path: path.into(),
@@ -97,9 +101,9 @@ impl ClusterFile {
 
     /// Writes it, readable by its owner only (it holds a private key).
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        let io = |source| ClientError::Io {
+        let io = |cause| ClientError::Io {
             path: path.into(),
-            source,
+            cause,
         };
         let text = serde_json::to_string_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         write_private(path, text.as_bytes()).map_err(io)

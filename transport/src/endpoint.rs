@@ -59,7 +59,7 @@ pub fn server_endpoint(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport_config());
     let mut endpoint =
-        Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })?;
+        Endpoint::server(config, addr).map_err(|cause| TransportError::Bind { addr, cause })?;
     endpoint.set_default_client_config(client_config(ca, me)?);
     Ok(endpoint)
 }
@@ -71,7 +71,7 @@ pub fn client_endpoint(
     me: &NodeCredential,
 ) -> Result<Endpoint, TransportError> {
     let mut endpoint =
-        Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+        Endpoint::client(bind).map_err(|cause| TransportError::Bind { addr: bind, cause })?;
     endpoint.set_default_client_config(client_config(ca, me)?);
     Ok(endpoint)
 }
@@ -83,16 +83,16 @@ pub fn client_endpoint(
 pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Connection, TransportError> {
     let connecting = endpoint
         .connect(addr, COORDINATOR_SERVER_NAME)
-        .map_err(|source| TransportError::Connect { addr, source })?;
+        .map_err(|cause| TransportError::Connect { addr, cause })?;
     connecting
         .await
-        .map_err(|source| TransportError::Connection { peer: addr, source })
+        .map_err(|cause| TransportError::Connection { peer: addr, cause })
 }
 
 /// The verified identity of the member at the other end of `conn`.
 pub fn peer_identity_of(conn: &Connection) -> Result<PeerIdentity, TransportError> {
     let peer = conn.remote_address();
-    let err = |source| TransportError::Identity { peer, source };
+    let err = |cause| TransportError::Identity { peer, cause };
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -115,7 +115,7 @@ pub fn join_server_endpoint(
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport_config());
-    Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+    Endpoint::server(config, addr).map_err(|cause| TransportError::Bind { addr, cause })
 }
 
 /// A client endpoint for joining: no certificate; it trusts a coordinator
@@ -127,7 +127,7 @@ pub fn join_client_endpoint(
     let tls =
         tls::join_client_config(fingerprint).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut endpoint =
-        Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+        Endpoint::client(bind).map_err(|cause| TransportError::Bind { addr: bind, cause })?;
     endpoint.set_default_client_config(quinn_client_config(tls)?);
     Ok(endpoint)
 }

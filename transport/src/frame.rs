@@ -208,7 +208,7 @@ pub async fn request<Req: Serialize, Rep: DeserializeOwned>(
         .await
         .map_err(|e| TransportError::Connection {
             peer: conn.remote_address(),
-            source: e,
+            cause: e,
         })?;
     write_frame(&mut send, req).await?;
     read_frame(&mut recv).await

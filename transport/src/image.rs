@@ -24,7 +24,7 @@ pub fn image_server_endpoint(
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport_config());
-    Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+    Endpoint::server(config, addr).map_err(|cause| TransportError::Bind { addr, cause })
 }
 
 /// An endpoint that dials agents' image endpoints, bound to `bind`.
@@ -36,7 +36,7 @@ pub fn image_client_endpoint(
     let tls =
         tls::image_client_config(ca, me).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut endpoint =
-        Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+        Endpoint::client(bind).map_err(|cause| TransportError::Bind { addr: bind, cause })?;
     endpoint.set_default_client_config(quinn_client_config(tls)?);
     Ok(endpoint)
 }
@@ -48,8 +48,8 @@ pub async fn connect_image(
 ) -> Result<Connection, TransportError> {
     let connecting = endpoint
         .connect(addr, AGENT_SERVER_NAME)
-        .map_err(|source| TransportError::Connect { addr, source })?;
+        .map_err(|cause| TransportError::Connect { addr, cause })?;
     connecting
         .await
-        .map_err(|source| TransportError::Connection { peer: addr, source })
+        .map_err(|cause| TransportError::Connection { peer: addr, cause })
 }

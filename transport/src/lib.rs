@@ -37,25 +37,22 @@ pub enum TransportError {
     #[error("cannot build the QUIC configuration: {0}")]
     Config(String),
     /// The UDP socket could not be bound.
-    #[error("cannot bind a QUIC endpoint on {addr}")]
+    #[error("cannot bind a QUIC endpoint on {addr}: {cause}")]
     Bind {
         addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The connection attempt could not start (bad address, endpoint closed).
-    #[error("cannot connect to {addr}")]
+    #[error("cannot connect to {addr}: {cause}")]
     Connect {
         addr: std::net::SocketAddr,
-        #[source]
-        source: quinn::ConnectError,
+        cause: quinn::ConnectError,
     },
     /// The connection failed or was closed (handshake refused, peer gone, idle timeout).
-    #[error("connection to {peer} failed")]
+    #[error("connection to {peer} failed: {cause}")]
     Connection {
         peer: std::net::SocketAddr,
-        #[source]
-        source: quinn::ConnectionError,
+        cause: quinn::ConnectionError,
     },
     /// The connection attempt got no answer in time (coordinator down?).
     #[error("no answer from {addr} within {} ms", after.as_millis())]
@@ -65,14 +62,13 @@ pub enum TransportError {
     },
     /// The connection broke while a request was in flight (peer gone,
     /// idle timeout, or the server refused the client's certificate).
-    #[error("connection lost")]
-    ConnectionLost(#[source] quinn::ConnectionError),
+    #[error("connection lost: {0}")]
+    ConnectionLost(quinn::ConnectionError),
     /// The peer's certificate does not name a labspan member.
-    #[error("peer {peer} has no usable identity")]
+    #[error("peer {peer} has no usable identity: {cause}")]
     Identity {
         peer: std::net::SocketAddr,
-        #[source]
-        source: crate::tls::TlsError,
+        cause: crate::tls::TlsError,
     },
     /// The peer reset the stream: it refused this request (see the code).
     #[error("the peer refused the request: {code}")]
@@ -81,8 +77,14 @@ pub enum TransportError {
     #[error("stream failed while {doing}: {reason}")]
     Stream { doing: &'static str, reason: String },
     /// A message could not be encoded or decoded.
-    #[error("bad message")]
-    Codec(#[from] CodecError),
+    #[error("bad message: {0}")]
+    Codec(CodecError),
+}
+
+impl From<CodecError> for TransportError {
+    fn from(e: CodecError) -> Self {
+        TransportError::Codec(e)
+    }
 }
 
 impl TransportError {
@@ -91,8 +93,8 @@ impl TransportError {
     /// cannot help, so callers stop at once and say why.
     pub fn tls_refusal(&self) -> Option<String> {
         match self {
-            TransportError::Connection { source, .. } | TransportError::ConnectionLost(source) => {
-                tls_refusal(source)
+            TransportError::Connection { cause, .. } | TransportError::ConnectionLost(cause) => {
+                tls_refusal(cause)
             }
             _ => None,
         }

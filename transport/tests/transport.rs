@@ -67,7 +67,7 @@ async fn ping_with(tls: rustls::ClientConfig, addr: SocketAddr) -> Result<Reply,
     let quic = QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| TransportError::Config(e.to_string()))?;
     let mut endpoint =
-        Endpoint::client(loopback()).map_err(|source| TransportError::Bind { addr, source })?;
+        Endpoint::client(loopback()).map_err(|cause| TransportError::Bind { addr, cause })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport::transport_config());
     endpoint.set_default_client_config(cfg);
@@ -83,7 +83,7 @@ async fn ping_with(tls: rustls::ClientConfig, addr: SocketAddr) -> Result<Reply,
 fn tls_refusal(result: &Result<Reply, TransportError>) -> Option<String> {
     use quinn::ConnectionError::{ConnectionClosed, TransportError as Transport};
     let (code, reason) = match result {
-        Err(TransportError::Connection { source, .. })
+        Err(TransportError::Connection { cause: source, .. })
         | Err(TransportError::ConnectionLost(source)) => match source {
             ConnectionClosed(c) => (
                 u64::from(c.error_code),

@@ -132,12 +132,11 @@ pub enum ImageError {
     Missing { name: String, store: PathBuf },
     #[error("image name \"{name}\" is invalid: use letters, digits, '-', '_' and '.', not starting with '.'")]
     BadName { name: String },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("`{command}` failed: {detail}")]
     Tool { command: String, detail: String },
@@ -155,18 +154,17 @@ pub enum ImageError {
         field: &'static str,
         file: String,
     },
-    #[error("manifest {path} is unreadable: {source}; remove that image folder and build or import it again")]
+    #[error("manifest {path} is unreadable: {cause}; remove that image folder and build or import it again")]
     BadManifest {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 }
 
 /// Shorthand for an I/O error on a path.
 pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ImageError {
     let path = path.to_path_buf();
-    move |source| ImageError::Io { what, path, source }
+    move |cause| ImageError::Io { what, path, cause }
 }
 
 /// A folder of images.
@@ -205,7 +203,7 @@ impl ImageStore {
             Err(e) => return Err(io_err("reading image index", &index)(e)),
         };
         match self.by_hash(&hash) {
-            Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Err(ImageError::Io { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => {
                 Err(missing())
             }
             r => r,
@@ -252,7 +250,7 @@ impl ImageStore {
         let path = dir.join("manifest.json");
         let text = fs::read(&path).map_err(io_err("reading image manifest", &path))?;
         let manifest: Manifest = serde_json::from_slice(&text)
-            .map_err(|source| ImageError::BadManifest { path, source })?;
+            .map_err(|cause| ImageError::BadManifest { path, cause })?;
         manifest.check_files()?;
         Ok(Image { dir, manifest })
     }

@@ -28,13 +28,12 @@ pub enum ReceiveError {
     #[error("{0}")]
     Mismatch(String),
     /// The stream broke.
-    #[error("the transfer broke after {got} of {size} bytes of {file}: {source}")]
+    #[error("the transfer broke after {got} of {size} bytes of {file}: {cause}")]
     Read {
         file: String,
         got: u64,
         size: u64,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The store could not take the image.
     #[error(transparent)]
@@ -161,11 +160,11 @@ async fn receive_file<R: AsyncRead + Unpin>(
                     format!("nothing arrived for {} s", STALL_TIMEOUT.as_secs()),
                 ))
             });
-        let n = read.map_err(|source| ReceiveError::Read {
+        let n = read.map_err(|cause| ReceiveError::Read {
             file: name.to_string(),
             got,
             size,
-            source,
+            cause,
         })?;
         if n == 0 {
             break;
@@ -189,11 +188,11 @@ async fn expect_end<R: AsyncRead + Unpin>(stream: &mut R) -> Result<(), ReceiveE
         Ok(_) => Err(ReceiveError::Mismatch(
             "more bytes follow the last file of the offer".into(),
         )),
-        Err(source) => Err(ReceiveError::Read {
+        Err(cause) => Err(ReceiveError::Read {
             file: "the end of the stream".into(),
             got: 0,
             size: 0,
-            source,
+            cause,
         }),
     }
 }

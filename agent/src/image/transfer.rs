@@ -41,13 +41,12 @@ pub enum AttemptError {
     Transport(#[from] TransportError),
     /// An envelope on the stream is not a valid message.
     #[error("bad message: {0}")]
-    Codec(#[from] CodecError),
+    Codec(CodecError),
     /// The stream broke while reading or writing.
-    #[error("{doing}: {source}")]
+    #[error("{doing}: {cause}")]
     Stream {
         doing: &'static str,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The peer refused, or answered something else.
     #[error("{0}")]
@@ -77,15 +76,17 @@ pub enum FetchError {
         attempts: Vec<String>,
     },
     /// The local store failed.
-    #[error("image \"{image}\": {source}")]
-    Store {
-        image: String,
-        #[source]
-        source: ImageError,
-    },
+    #[error("image \"{image}\": {cause}")]
+    Store { image: String, cause: ImageError },
     /// The client endpoint could not be made.
     #[error("cannot open the image client endpoint: {0}")]
-    Endpoint(#[source] TransportError),
+    Endpoint(TransportError),
+}
+
+impl From<CodecError> for AttemptError {
+    fn from(e: CodecError) -> Self {
+        AttemptError::Codec(e)
+    }
 }
 
 /// How far a transfer is.
@@ -249,7 +250,7 @@ pub async fn send_files(
                 .await
                 .map_err(|e| AttemptError::Stream {
                     doing: "sending image bytes",
-                    source: e.into(),
+                    cause: e.into(),
                 })?;
         }
     }
@@ -266,15 +267,15 @@ pub async fn write_envelope<T: Serialize>(
         .await
         .map_err(|e| AttemptError::Stream {
             doing: "sending a message",
-            source: e.into(),
+            cause: e.into(),
         })
 }
 
 /// Reads one codec envelope of at most [`MAX_ENVELOPE`] bytes.
 pub async fn read_envelope<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, AttemptError> {
-    let stream = |source| AttemptError::Stream {
+    let stream = |cause| AttemptError::Stream {
         doing: "reading a message",
-        source,
+        cause,
     };
     let mut head = [0u8; HEADER_LEN];
     AsyncReadExt::read_exact(recv, &mut head)
@@ -323,9 +324,9 @@ impl Fetcher {
         progress: &(dyn Fn(Progress) + Sync),
         retrying: &(dyn Fn(&str, &str) + Sync),
     ) -> Result<Image, FetchError> {
-        let store_err = |source| FetchError::Store {
+        let store_err = |cause| FetchError::Store {
             image: image.name.clone(),
-            source,
+            cause,
         };
         if self.store.has(&image.hash) {
             return self
@@ -395,7 +396,7 @@ impl Fetcher {
                 .await
                 .map_err(|e| TransportError::Connection {
                     peer: conn.remote_address(),
-                    source: e,
+                    cause: e,
                 })?;
         write_envelope(
             &mut send,
@@ -514,7 +515,7 @@ pub async fn push(
         .await
         .map_err(|e| TransportError::Connection {
             peer: addr,
-            source: e,
+            cause: e,
         })?;
     let req = ImageRequest::Push {
         name: name.to_string(),

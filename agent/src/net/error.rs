@@ -22,26 +22,24 @@ pub enum NetError {
     #[error("{}", foreign_message(names))]
     Foreign { names: Vec<String> },
     /// The netlink socket could not be opened.
-    #[error("cannot open a netlink socket to manage interfaces")]
-    Connect(#[source] io::Error),
+    #[error("cannot open a netlink socket to manage interfaces: {0}")]
+    Connect(io::Error),
     /// A netlink request was refused.
-    #[error("{what} {object} failed{hint}")]
+    #[error("{what} {object} failed: {cause}{hint}")]
     Netlink {
         what: &'static str,
         object: String,
         /// What to do about it, when the error code says.
         hint: &'static str,
         /// Boxed: rtnetlink's error carries a whole netlink message.
-        #[source]
-        source: Box<rtnetlink::Error>,
+        cause: Box<rtnetlink::Error>,
     },
     /// A system call or program failed.
-    #[error("{what} {object} failed")]
+    #[error("{what} {object} failed: {cause}")]
     Io {
         what: &'static str,
         object: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// `tc` refused an impairment.
     #[error("impairment on {object}: {detail}")]
@@ -62,8 +60,8 @@ fn foreign_message(names: &[String]) -> String {
 
 impl NetError {
     /// A refused netlink request on `object`.
-    pub fn netlink(what: &'static str, object: &str, source: rtnetlink::Error) -> NetError {
-        let hint = match &source {
+    pub fn netlink(what: &'static str, object: &str, cause: rtnetlink::Error) -> NetError {
+        let hint = match &cause {
             rtnetlink::Error::NetlinkError(msg) => match -msg.raw_code() {
                 libc::EPERM | libc::EACCES => ": the agent needs CAP_NET_ADMIN (run it as root)",
                 libc::EEXIST => ": an interface of that name, or a VXLAN device with the same VNI and port, exists",
@@ -79,7 +77,7 @@ impl NetError {
             what,
             object: object.to_string(),
             hint,
-            source: Box::new(source),
+            cause: Box::new(cause),
         }
     }
 }

@@ -34,7 +34,7 @@ impl FakeNet {
         NetError::Io {
             what: "fake host",
             object: format!("{action}"),
-            source: io::Error::other(why.to_string()),
+            cause: io::Error::other(why.to_string()),
         }
     }
 

@@ -143,10 +143,10 @@ async fn run_tc(dev: &str, args: &[String]) -> Result<std::process::Output, NetE
         .args(args)
         .output()
         .await
-        .map_err(|source| NetError::Io {
+        .map_err(|cause| NetError::Io {
             what: "running `tc` (from iproute2) on",
             object: dev.to_string(),
-            source,
+            cause,
         })
 }
 

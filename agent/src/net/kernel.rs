@@ -61,7 +61,7 @@ impl KernelNet {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(journal_error("reading", path, source)),
+            Err(cause) => return Err(journal_error("reading", path, cause)),
         };
         let mut recovered = None;
         if let Some((name, alias)) = text.trim_end_matches('\n').split_once('\t') {
@@ -75,7 +75,7 @@ impl KernelNet {
                 recovered = Some(name.to_string());
             }
         }
-        std::fs::remove_file(path).map_err(|source| journal_error("removing", path, source))?;
+        std::fs::remove_file(path).map_err(|cause| journal_error("removing", path, cause))?;
         Ok(recovered)
     }
 
@@ -103,7 +103,7 @@ impl KernelNet {
             writeln!(f, "{name}\t{alias}")?;
             f.sync_all()
         };
-        write().map_err(|source| journal_error("writing", path, source))
+        write().map_err(|cause| journal_error("writing", path, cause))
     }
 
     fn done(&self) {
@@ -126,7 +126,7 @@ impl KernelNet {
         let missing = || NetError::Io {
             what: "looking up interface",
             object: name.to_string(),
-            source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            cause: std::io::Error::from_raw_os_error(libc::ENODEV),
         };
         self.index(name).await?.ok_or_else(missing)
     }
@@ -188,10 +188,10 @@ impl KernelNet {
                 self.add("creating VXLAN device", name, b.build()).await?;
             }
             LinkKind::Tap => {
-                tap::create(name).map_err(|source| NetError::Io {
+                tap::create(name).map_err(|cause| NetError::Io {
                     what: "creating tap",
                     object: name.to_string(),
-                    source,
+                    cause,
                 })?;
                 self.set("setting mtu of", name, |b| b.mtu(mtu)).await?;
             }
@@ -199,7 +199,7 @@ impl KernelNet {
                 return Err(NetError::Io {
                     what: "creating",
                     object: name.to_string(),
-                    source: std::io::Error::new(
+                    cause: std::io::Error::new(
                         std::io::ErrorKind::Unsupported,
                         format!("labspan does not create {k} interfaces"),
                     ),
@@ -329,11 +329,11 @@ impl NetOps for KernelNet {
     }
 }
 
-fn journal_error(what: &'static str, path: &Path, source: std::io::Error) -> NetError {
+fn journal_error(what: &'static str, path: &Path, cause: std::io::Error) -> NetError {
     NetError::Io {
         what,
         object: format!("interface journal {}", path.display()),
-        source,
+        cause,
     }
 }
 

@@ -181,11 +181,11 @@ struct ProbeLock {
 impl ProbeLock {
     async fn take(state: &Path) -> Result<Self, VmError> {
         let path = state.join("accel-probe.lock");
-        let io = |source| VmError::Io {
+        let io = |cause| VmError::Io {
             vm: "accel-probe".into(),
             what: "locking",
             path: path.clone(),
-            source,
+            cause,
         };
         fs::create_dir_all(state).map_err(io)?;
         let file = fs::OpenOptions::new()

@@ -44,13 +44,12 @@ const BOOT_STATE_EVERY: Duration = Duration::from_secs(2);
 /// Errors about one VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("VM {vm}: {what} {path}: {source}")]
+    #[error("VM {vm}: {what} {path}: {cause}")]
     Io {
         vm: String,
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("VM {vm}: QEMU failed to start: {detail}")]
     Start { vm: String, detail: String },
@@ -62,18 +61,10 @@ pub enum VmError {
     AgentTimeout { vm: String, timeout: Duration },
     #[error("VM {vm}: the guest {state} while booting (its last console lines: `labspan inspect LAB --json`)")]
     GuestStopped { vm: String, state: RunState },
-    #[error("VM {vm}: {source}")]
-    Qmp {
-        vm: String,
-        #[source]
-        source: QmpError,
-    },
-    #[error("VM {vm}: {source}")]
-    Qga {
-        vm: String,
-        #[source]
-        source: QgaError,
-    },
+    #[error("VM {vm}: {cause}")]
+    Qmp { vm: String, cause: QmpError },
+    #[error("VM {vm}: {cause}")]
+    Qga { vm: String, cause: QgaError },
     #[error("VM {vm}: state file {path} is unreadable: {detail}; stop the VM's QEMU and remove {path}'s folder")]
     BadState {
         vm: String,
@@ -158,16 +149,16 @@ impl Vm {
     pub async fn qmp(&self) -> Result<Qmp, VmError> {
         Qmp::connect(&self.record.spec.paths.qmp, QMP_TIMEOUT)
             .await
-            .map_err(|source| self.qmp_err(source))
+            .map_err(|cause| self.qmp_err(cause))
     }
 
     /// A fresh guest-agent session (one at a time per VM: drop it when done).
     pub async fn guest_agent(&self, timeout: Duration) -> Result<GuestAgent, VmError> {
         GuestAgent::connect(&self.record.spec.paths.qga, timeout)
             .await
-            .map_err(|source| VmError::Qga {
+            .map_err(|cause| VmError::Qga {
                 vm: self.name().to_string(),
-                source,
+                cause,
             })
     }
 
@@ -247,7 +238,7 @@ impl Vm {
         let status = q
             .execute("query-status", None)
             .await
-            .map_err(|source| self.qmp_err(source))?;
+            .map_err(|cause| self.qmp_err(cause))?;
         Ok(RunState::from_qmp(
             status.get("status").and_then(|s| s.as_str()).unwrap_or(""),
         ))
@@ -302,10 +293,10 @@ impl Vm {
         true
     }
 
-    fn qmp_err(&self, source: QmpError) -> VmError {
+    fn qmp_err(&self, cause: QmpError) -> VmError {
         VmError::Qmp {
             vm: self.name().to_string(),
-            source,
+            cause,
         }
     }
 }
@@ -333,11 +324,11 @@ pub async fn launch(dir: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
     }
     let io = |what, path: &Path| {
         let (vm, path) = (cfg.name.clone(), path.to_path_buf());
-        move |source| VmError::Io {
+        move |cause| VmError::Io {
             vm,
             what,
             path,
-            source,
+            cause,
         }
     };
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
@@ -465,12 +456,12 @@ pub fn adopt(dir: &Path) -> Result<Option<Vm>, VmError> {
             Err(_) => return Ok(None),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+        Err(cause) => {
             return Err(VmError::Io {
                 vm: name,
                 what: "reading",
                 path: paths.pidfile,
-                source,
+                cause,
             })
         }
     };
@@ -509,21 +500,21 @@ pub fn remove_state(dir: &Path, name: &str) -> Result<(), VmError> {
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(VmError::Io {
+        Err(cause) => Err(VmError::Io {
             vm: name.to_string(),
             what: "removing",
             path: dir.to_path_buf(),
-            source,
+            cause,
         }),
     }
 }
 
 fn read_pid(vm: &str, pidfile: &Path) -> Result<u32, VmError> {
-    let s = fs::read_to_string(pidfile).map_err(|source| VmError::Io {
+    let s = fs::read_to_string(pidfile).map_err(|cause| VmError::Io {
         vm: vm.to_string(),
         what: "reading",
         path: pidfile.to_path_buf(),
-        source,
+        cause,
     })?;
     s.trim().parse().map_err(|_| VmError::BadState {
         vm: vm.to_string(),

@@ -26,11 +26,10 @@ const READ_FILE_MAX: usize = 64 * 1024 * 1024;
 /// Errors talking to a guest agent.
 #[derive(Debug, thiserror::Error)]
 pub enum QgaError {
-    #[error("guest agent socket {path}: {source}")]
+    #[error("guest agent socket {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("the guest agent did not answer {what} within {timeout:?}: is qemu-guest-agent running in the guest?")]
     Timeout { what: String, timeout: Duration },
@@ -298,7 +297,7 @@ impl GuestAgent {
 fn line_error(path: &Path, what: &str, timeout: Duration, e: LineError) -> QgaError {
     let (path, what) = (path.to_path_buf(), what.to_string());
     match e {
-        LineError::Io(source) => QgaError::Io { path, source },
+        LineError::Io(cause) => QgaError::Io { path, cause },
         LineError::Timeout => QgaError::Timeout { what, timeout },
         LineError::Closed => QgaError::Closed { what },
         LineError::TooLong(limit) => QgaError::Protocol {

@@ -16,11 +16,10 @@ use super::jsonline::{JsonLines, LineError};
 /// Errors talking QMP.
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("QMP socket {path}: {source}")]
+    #[error("QMP socket {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("QMP socket {path}: no answer to {what} within {timeout:?}")]
     Timeout {
@@ -136,7 +135,7 @@ impl Qmp {
 fn line_error(path: &Path, what: &str, timeout: Duration, e: LineError) -> QmpError {
     let (path, what) = (path.to_path_buf(), what.to_string());
     match e {
-        LineError::Io(source) => QmpError::Io { path, source },
+        LineError::Io(cause) => QmpError::Io { path, cause },
         LineError::Timeout => QmpError::Timeout {
             path,
             what,

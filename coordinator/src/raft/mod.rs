@@ -64,18 +64,16 @@ openraft::declare_raft_types!(
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The redb file could not be created or opened.
-    #[error("cannot open the Raft store {path}: is another coordinator using it?")]
+    #[error("cannot open the Raft store {path} ({cause}): is another coordinator using it?")]
     Database {
         path: String,
-        #[source]
-        source: redb::DatabaseError,
+        cause: redb::DatabaseError,
     },
     /// The store opened but its contents could not be read.
-    #[error("cannot read the Raft store {path}")]
+    #[error("cannot read the Raft store {path}: {cause}")]
     Storage {
         path: String,
-        #[source]
-        source: Box<openraft::StorageError<NodeId>>,
+        cause: Box<openraft::StorageError<NodeId>>,
     },
 }
 
@@ -83,18 +81,18 @@ pub enum OpenError {
 /// machine rebuilt from the last snapshot saved there.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let shown = path.display().to_string();
-    let db = redb::Database::create(path).map_err(|source| OpenError::Database {
+    let db = redb::Database::create(path).map_err(|cause| OpenError::Database {
         path: shown.clone(),
-        source,
+        cause,
     })?;
     let db = Arc::new(db);
-    let log = LogStore::new(db.clone()).map_err(|source| OpenError::Storage {
+    let log = LogStore::new(db.clone()).map_err(|cause| OpenError::Storage {
         path: shown.clone(),
-        source: Box::new(source),
+        cause: Box::new(cause),
     })?;
-    let sm = StateMachineStore::new(db).map_err(|source| OpenError::Storage {
+    let sm = StateMachineStore::new(db).map_err(|cause| OpenError::Storage {
         path: shown,
-        source: Box::new(source),
+        cause: Box::new(cause),
     })?;
     Ok((log, sm))
 }

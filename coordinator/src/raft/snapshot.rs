@@ -50,12 +50,8 @@ struct Head {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// An envelope is malformed or over the message limit.
-    #[error("snapshot part {index}: {source}")]
-    Codec {
-        index: usize,
-        #[source]
-        source: CodecError,
-    },
+    #[error("snapshot part {index}: {cause}")]
+    Codec { index: usize, cause: CodecError },
     /// The first envelope is not the head, or a second head follows.
     #[error("snapshot part {index}: {what}")]
     Layout { index: usize, what: &'static str },
@@ -116,7 +112,7 @@ pub fn read(mut bytes: &[u8]) -> Result<ClusterState, SnapshotError> {
     let mut index = 0;
     while !bytes.is_empty() {
         let (part, rest) = codec::decode_first::<Part>(bytes)
-            .map_err(|source| SnapshotError::Codec { index, source })?;
+            .map_err(|cause| SnapshotError::Codec { index, cause })?;
         bytes = rest;
         match (part, head.is_some()) {
             (Part::Head(h), false) => {

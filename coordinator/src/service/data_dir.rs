@@ -39,11 +39,10 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     /// A file could not be read or written.
-    #[error("coordinator data folder: {}: {source}", path.display())]
+    #[error("coordinator data folder: {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `init` or `join` on a folder that already holds a coordinator.
     #[error("{} already holds a coordinator (node.json exists): start it with `labspan coordinator run --data {}`, or use another folder", dir.display(), dir.display())]
@@ -53,12 +52,18 @@ pub enum DataDirError {
     Invalid { path: PathBuf, reason: String },
     /// Certificates could not be made or read.
     #[error("coordinator data folder: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(tls::TlsError),
     /// The join grant is not a coordinator's.
     #[error(
         "the join token was for role {role}, not coordinator: use it with `labspan agent run`"
     )]
     NotCoordinator { role: Role },
+}
+
+impl From<tls::TlsError> for DataDirError {
+    fn from(e: tls::TlsError) -> Self {
+        DataDirError::Tls(e)
+    }
 }
 
 /// A coordinator's data folder.
@@ -67,9 +72,9 @@ pub struct DataDir {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io {
+    move |cause| DataDirError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -199,7 +204,7 @@ impl DataDir {
     pub fn load(&self) -> Result<(NodeConfig, ClusterCa, NodeCredential), DataDirError> {
         let read = |file: &str| {
             let path = self.path.join(file);
-            std::fs::read_to_string(&path).map_err(|source| DataDirError::Io { path, source })
+            std::fs::read_to_string(&path).map_err(|cause| DataDirError::Io { path, cause })
         };
         let path = self.path.join("node.json");
         let config: NodeConfig =

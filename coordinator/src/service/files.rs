@@ -48,7 +48,7 @@ async fn get_blocking(store: &FileStore, sha256: &str) -> Result<Option<Vec<u8>>
         Err(e) => Err(FileStoreError::Io {
             doing: "cannot read",
             path: sha256.into(),
-            source: std::io::Error::other(e.to_string()),
+            cause: std::io::Error::other(e.to_string()),
         }),
     }
 }

@@ -52,8 +52,8 @@ pub enum StartError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
     /// Its endpoints could not be opened (address in use?).
-    #[error("cannot open the coordinator's endpoints")]
-    Transport(#[from] TransportError),
+    #[error("cannot open the coordinator's endpoints: {0}")]
+    Transport(TransportError),
     /// Its Raft store could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -62,7 +62,19 @@ pub enum StartError {
     Raft(String),
     /// The liveness settings contradict each other.
     #[error("timing: {0}")]
-    Timing(#[from] TimingError),
+    Timing(TimingError),
+}
+
+impl From<TransportError> for StartError {
+    fn from(e: TransportError) -> Self {
+        StartError::Transport(e)
+    }
+}
+
+impl From<TimingError> for StartError {
+    fn from(e: TimingError) -> Self {
+        StartError::Timing(e)
+    }
 }
 
 /// What the leader knows of a host outside the log: when it was last heard of.
@@ -341,9 +353,9 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
     let endpoint = transport::server_endpoint(config.listen, ca.cert(), &me)?;
     let addr = endpoint
         .local_addr()
-        .map_err(|source| TransportError::Bind {
+        .map_err(|cause| TransportError::Bind {
             addr: config.listen,
-            source,
+            cause,
         })?;
     let join_at = labspan_transport::client::join_addr(addr);
     let join_endpoint = transport::join_server_endpoint(join_at, ca.cert(), &me)?;

@@ -89,16 +89,15 @@ pub struct LoadedLab {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The lab file itself could not be read.
-    #[error("cannot read lab file {}: {source}", path.display())]
+    #[error("cannot read lab file {}: {cause}", path.display())]
     Read {
         /// The lab file.
         path: PathBuf,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The lab file was read but is not a valid lab.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] Diagnostics),
 }
 
@@ -286,9 +285,9 @@ fn build(raw: RawLab) -> (Lab, FilePositions) {
 
 /// Reads a lab file as UTF-8 text.
 fn read_text(path: &Path) -> Result<String, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|cause| LoadError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];

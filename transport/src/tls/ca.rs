@@ -37,7 +37,7 @@ pub struct NodeCredential {
 
 fn gen_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> TlsError {
     let what = what.into();
-    move |source| TlsError::Generate { what, source }
+    move |cause| TlsError::Generate { what, cause }
 }
 
 impl ClusterCa {

@@ -20,9 +20,9 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|source| TlsError::Config {
+    roots.add(ca.clone()).map_err(|cause| TlsError::Config {
         what: "trust the cluster CA".into(),
-        source,
+        cause,
     })?;
     Ok(Arc::new(roots))
 }
@@ -39,15 +39,15 @@ pub fn server_config(
         .map_err(TlsError::Verifier)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Config {
+        .map_err(|cause| TlsError::Config {
             what: "select TLS 1.3 with ring".into(),
-            source,
+            cause,
         })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![me.cert.clone()], me.clone_key())
-        .map_err(|source| TlsError::Config {
+        .map_err(|cause| TlsError::Config {
             what: "use the member certificate as server certificate".into(),
-            source,
+            cause,
         })?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
@@ -60,15 +60,15 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Config {
+        .map_err(|cause| TlsError::Config {
             what: "select TLS 1.3 with ring".into(),
-            source,
+            cause,
         })?
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(vec![me.cert.clone()], me.clone_key())
-        .map_err(|source| TlsError::Config {
+        .map_err(|cause| TlsError::Config {
             what: "use the member certificate as client certificate".into(),
-            source,
+            cause,
         })?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))

@@ -45,9 +45,9 @@ pub fn image_client_config(
     me: &NodeCredential,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|source| TlsError::Config {
+    roots.add(ca.clone()).map_err(|cause| TlsError::Config {
         what: "trust the cluster CA".into(),
-        source,
+        cause,
     })?;
     let members = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
         .build()

@@ -16,10 +16,10 @@ use super::{ca_fingerprint, check_ca_fingerprint, crypto_provider, NodeCredentia
 /// ALPN of the join exchange: a join endpoint speaks nothing else.
 pub const JOIN_ALPN: &[u8] = b"labspan-join/1";
 
-fn tls13_err(source: rustls::Error) -> TlsError {
+fn tls13_err(cause: rustls::Error) -> TlsError {
     TlsError::Config {
         what: "select TLS 1.3 with ring".into(),
-        source,
+        cause,
     }
 }
 
@@ -34,9 +34,9 @@ pub fn join_server_config(
         .map_err(tls13_err)?
         .with_no_client_auth()
         .with_single_cert(vec![me.cert.clone(), ca.clone()], me.clone_key())
-        .map_err(|source| TlsError::Config {
+        .map_err(|cause| TlsError::Config {
             what: "use the coordinator certificate for joins".into(),
-            source,
+            cause,
         })?;
     config.alpn_protocols = vec![JOIN_ALPN.to_vec()];
     Ok(Arc::new(config))

@@ -33,12 +33,8 @@ pub enum TlsError {
     #[error("invalid member name {name:?}: use 1 to 63 of a-z, 0-9 and '-'")]
     InvalidName { name: String },
     /// rcgen failed to build or sign a certificate.
-    #[error("cannot {what}")]
-    Generate {
-        what: String,
-        #[source]
-        source: rcgen::Error,
-    },
+    #[error("cannot {what}: {cause}")]
+    Generate { what: String, cause: rcgen::Error },
     /// A PEM file or string does not hold what it should.
     #[error("cannot read {what} from PEM: {reason}")]
     Pem { what: String, reason: String },
@@ -58,15 +54,11 @@ pub enum TlsError {
     #[error("cluster CA fingerprint is {actual}, expected {expected}: refusing to join (check the fingerprint printed by `labspan cluster token`)")]
     FingerprintMismatch { expected: String, actual: String },
     /// rustls refused to build a configuration.
-    #[error("cannot build TLS configuration: {what}")]
-    Config {
-        what: String,
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("cannot build TLS configuration: {what}: {cause}")]
+    Config { what: String, cause: rustls::Error },
     /// rustls refused to build the client certificate verifier.
-    #[error("cannot build the client certificate verifier")]
-    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("cannot build the client certificate verifier: {0}")]
+    Verifier(rustls::server::VerifierBuilderError),
 }
 
 /// Checks a member name: it goes into URIs, file names and error messages.
