@@ -13,6 +13,8 @@ use std::path::Path;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
+use labspan_proto::lab::units::parse_size_mib;
+
 use crate::placement::HostOffer;
 
 /// Memory kept for the host itself when the file does not say (MiB).
@@ -331,32 +333,12 @@ impl Parser<'_> {
 
     fn size(&self, node: &Node, at: &str) -> Result<u64, HostsError> {
         let s = self.scalar(node, at)?;
-        parse_size_mib(s.as_str()).ok_or_else(|| {
-            self.err(
-                s.span(),
-                format!(
-                    "{at}: \"{}\" is not a size; write it with a unit, like 16GiB or 512MiB",
-                    s.as_str()
-                ),
-            )
-        })
+        match parse_size_mib(at, s.as_str()) {
+            Ok(0) => Err(self.err(s.span(), format!("{at}: a size of 0 leaves no room"))),
+            Ok(mib) => Ok(mib),
+            Err(why) => Err(self.err(s.span(), why)),
+        }
     }
-}
-
-/// Parses `16GiB`, `512MiB`, `1.5 GiB`, `2TiB` (also `G`, `M`, `T`) into MiB.
-pub fn parse_size_mib(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (num, unit) = t.split_at(split);
-    let factor = match unit.trim() {
-        "MiB" | "M" | "MB" => 1.0,
-        "GiB" | "G" | "GB" => 1024.0,
-        "TiB" | "T" | "TB" => 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let n: f64 = num.parse().ok()?;
-    let mib = (n * factor).round();
-    (1.0..1e12).contains(&mib).then_some(mib as u64)
 }
 
 #[cfg(test)]
@@ -391,7 +373,7 @@ mod tests {
     fn errors_name_file_line_and_key() {
         let e = error_of("hosts:\n  a:\n    memory: 16GB!\n    cpus: 2\n");
         assert!(
-            e.starts_with("h.yaml:3:13: hosts.a.memory: \"16GB!\" is not a size"),
+            e.starts_with("h.yaml:3:13: hosts.a.memory \"16GB!\" is not a size like 512MiB"),
             "{e}"
         );
         let e = error_of("hosts:\n  a: {memory: 1GiB, cpus: 2, gpus: 1}\n");
@@ -420,12 +402,21 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size_mib("16GiB"), Some(16384));
-        assert_eq!(parse_size_mib("512MiB"), Some(512));
-        assert_eq!(parse_size_mib("1.5 GiB"), Some(1536));
-        assert_eq!(parse_size_mib("16"), None);
-        assert_eq!(parse_size_mib("GiB"), None);
-        assert_eq!(parse_size_mib("0MiB"), None);
+    fn sizes_follow_the_lab_file_rule() {
+        let memory = |m: &str| {
+            parse_hosts(
+                &format!("hosts:\n  a: {{memory: {m}, cpus: 2}}\n"),
+                "h.yaml",
+            )
+            .map(|h| h[0].memory_mib)
+        };
+        assert_eq!(memory("16GiB").ok(), Some(16384));
+        assert_eq!(memory("1.5 GiB").ok(), Some(1536));
+        assert_eq!(memory("2g").ok(), Some(2048));
+        // A plain number is MiB, as in a lab file.
+        assert_eq!(memory("2048").ok(), Some(2048));
+        for bad in ["16GB", "GiB", "0MiB", "1.5MiB"] {
+            assert!(memory(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use labspan_proto::lab::units::parse_size_mib;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -135,26 +136,10 @@ impl Recipe {
     }
 }
 
-/// `2GiB`, `1.5GiB`, `1500MiB`, `2G`, `1500M`, `1500` (MiB) → MiB.
+/// A recipe's disk size in MiB: the one size rule
+/// ([`parse_size_mib`]), within what debootstrap and a guest need.
 pub fn size_mib(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("size \"{s}\" is not a size: write e.g. 2GiB or 1500MiB"))?;
-    let mult = match unit.trim() {
-        "" | "M" | "MiB" => 1.0,
-        "G" | "GiB" => 1024.0,
-        other => {
-            return Err(format!(
-                "size \"{s}\": unknown unit \"{other}\" (use MiB or GiB)"
-            ))
-        }
-    };
-    let mib = (n * mult).round() as u64;
+    let mib = parse_size_mib("size", s)?;
     if !(256..=65536).contains(&mib) {
         return Err(format!("size \"{s}\" is out of range (256MiB ..= 64GiB)"));
     }
@@ -684,6 +669,7 @@ mod tests {
         assert_eq!(size_mib("1.5GiB"), Ok(1536));
         assert_eq!(size_mib("1500M"), Ok(1500));
         assert_eq!(size_mib("1500"), Ok(1500));
+        assert_eq!(size_mib("2gib"), Ok(2048));
         assert!(size_mib("2TB").is_err());
         assert!(size_mib("10MiB").is_err());
     }

@@ -34,25 +34,33 @@ fn scaled(number: &str, scale: u64) -> Option<u64> {
     }
 }
 
-/// Memory: plain numbers are MiB; `M`/`MiB`/`G`/`GiB` (any case).
-pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
+/// A size in MiB, the one rule for every file that states one (lab files,
+/// hosts files, image recipes): a plain number is MiB; `M`/`MiB`, `G`/`GiB`,
+/// `T`/`TiB` in any case; decimals only where the result is whole MiB.
+/// `what` names the quantity in the message (`memory`, `size`).
+pub fn parse_size_mib(what: &str, text: &str) -> Result<u64, String> {
     let (n, unit) = split_number(text);
     let scale = match unit.to_ascii_lowercase().as_str() {
         "" | "m" | "mib" => 1,
         "g" | "gib" => 1024,
         "t" | "tib" => 1024 * 1024,
-        "mb" | "gb" | "kb" | "k" | "kib" => {
+        "mb" | "gb" | "tb" | "kb" | "k" | "kib" => {
             return Err(format!(
-                "memory \"{text}\" uses unit \"{unit}\"; write MiB or GiB (e.g. 512MiB, 2GiB)"
+                "{what} \"{text}\" uses unit \"{unit}\"; write MiB or GiB (e.g. 512MiB, 2GiB)"
             ))
         }
         _ => {
             return Err(format!(
-                "memory \"{text}\" is not a size like 512MiB or 2GiB"
+                "{what} \"{text}\" is not a size like 512MiB or 2GiB"
             ))
         }
     };
-    scaled(n, scale).ok_or_else(|| format!("memory \"{text}\" is not a whole number of MiB"))
+    scaled(n, scale).ok_or_else(|| format!("{what} \"{text}\" is not a whole number of MiB"))
+}
+
+/// A node's memory, in MiB ([`parse_size_mib`]).
+pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
+    parse_size_mib("memory", text)
 }
 
 /// Rate: `kbit`, `Mbit`, `Gbit` (per second), in kbit/s.
