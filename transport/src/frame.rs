@@ -134,11 +134,24 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T,
 /// Reads one message (header and payload) and leaves the stream open: the
 /// first message of a byte stream (console, capture), raw bytes after it.
 pub async fn read_message<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, TransportError> {
+    read_message_within(recv, codec::MAX_MESSAGE_SIZE).await
+}
+
+/// [`read_message`] for a stream whose messages are known to be small (the
+/// image endpoint's requests and offers): a payload over `max` bytes is
+/// refused before any of it is read.
+pub async fn read_message_within<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<T, TransportError> {
     let mut head = [0u8; HEADER_LEN];
     recv.read_exact(&mut head)
         .await
         .map_err(|e| read_exact_err("reading a message header", HEADER_LEN, e))?;
     let size = codec::parse_header(&head)?;
+    if size > max {
+        return Err(CodecError::Oversized { size, max }.into());
+    }
     let payload = read_payload(recv, size).await?;
     Ok(codec::decode_payload(&payload)?)
 }
@@ -181,6 +194,11 @@ pub async fn write_frame<T: Serialize>(
     msg: &T,
 ) -> Result<(), TransportError> {
     write_message(send, msg).await?;
+    finish(send)
+}
+
+/// Ends the sending side of `send`: the peer reads to its end.
+pub fn finish(send: &mut SendStream) -> Result<(), TransportError> {
     send.finish().map_err(|e| TransportError::Stream {
         doing: "finishing a message",
         reason: e.to_string(),

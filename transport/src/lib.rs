@@ -22,7 +22,8 @@ pub use endpoint::{
     server_endpoint, transport_config, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
 };
 pub use frame::{
-    expect_end, read_frame, read_message, request, write_frame, write_message, StreamErrorCode,
+    expect_end, finish, read_frame, read_message, read_message_within, request, write_frame,
+    write_message, StreamErrorCode,
 };
 pub use image::{connect_image, image_client_endpoint, image_server_endpoint};
 pub use server::{answer, serve, serve_join, JoinService, Service, REQUEST_READ_TIMEOUT};

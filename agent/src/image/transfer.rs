@@ -8,13 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labspan_proto::codec::{self, CodecError, HEADER_LEN};
 use labspan_proto::image::{ImageDigest, ImagePlan, ImageReply, ImageRequest, ImageSource};
 use labspan_proto::msg::{ErrorKind, ErrorReply, Role};
-use labspan_transport::{connect_image, peer_identity_of, TransportError};
+use labspan_transport::{
+    connect_image, finish, peer_identity_of, read_message_within, write_message, TransportError,
+};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
@@ -39,9 +38,6 @@ pub enum AttemptError {
     /// Connecting or talking to the peer failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// An envelope on the stream is not a valid message.
-    #[error("bad message: {0}")]
-    Codec(CodecError),
     /// The stream broke while reading or writing.
     #[error("{doing}: {cause}")]
     Stream {
@@ -81,12 +77,6 @@ pub enum FetchError {
     /// The client endpoint could not be made.
     #[error("cannot open the image client endpoint: {0}")]
     Endpoint(TransportError),
-}
-
-impl From<CodecError> for AttemptError {
-    fn from(e: CodecError) -> Self {
-        AttemptError::Codec(e)
-    }
 }
 
 /// How far a transfer is.
@@ -149,7 +139,7 @@ async fn serve_stream(
     changed: &tokio::sync::Notify,
 ) -> Result<(), AttemptError> {
     let refuse = |kind, msg: String| ImageReply::Error(ErrorReply::new(kind, msg));
-    match read_envelope::<ImageRequest>(&mut recv).await? {
+    match read_message_within::<ImageRequest>(&mut recv, MAX_ENVELOPE).await? {
         ImageRequest::Get { hash } if role == Role::Agent => {
             send_image(&mut send, store, &hash).await
         }
@@ -170,15 +160,15 @@ async fn serve_stream(
                     format!("image \"{name}\" was not stored: {e}"),
                 ),
             };
-            write_envelope(&mut send, &reply).await?;
-            finish(&mut send)
+            write_message(&mut send, &reply).await?;
+            Ok(finish(&mut send)?)
         }
         other => {
             let what = match other {
                 ImageRequest::Get { .. } => "fetch images (only agents do)",
                 ImageRequest::Push { .. } => "push images (only admins do)",
             };
-            write_envelope(
+            write_message(
                 &mut send,
                 &refuse(
                     ErrorKind::Forbidden,
@@ -186,7 +176,7 @@ async fn serve_stream(
                 ),
             )
             .await?;
-            finish(&mut send)
+            Ok(finish(&mut send)?)
         }
     }
 }
@@ -199,12 +189,12 @@ async fn send_image(
 ) -> Result<(), AttemptError> {
     if !store.has(hash) {
         let msg = format!("this host has no image with hash {hash}");
-        write_envelope(
+        write_message(
             send,
             &ImageReply::Error(ErrorReply::new(ErrorKind::NotFound, msg)),
         )
         .await?;
-        return finish(send);
+        return Ok(finish(send)?);
     }
     let digest = {
         let (store, hash) = (store.clone(), hash.to_string());
@@ -212,7 +202,7 @@ async fn send_image(
             .await
             .map_err(|e| AttemptError::Refused(format!("digest task failed: {e}")))??
     };
-    write_envelope(
+    write_message(
         send,
         &ImageReply::Offer {
             hash: hash.to_string(),
@@ -221,7 +211,7 @@ async fn send_image(
     )
     .await?;
     send_files(send, store, hash, &digest).await?;
-    finish(send)
+    Ok(finish(send)?)
 }
 
 /// Writes every file of `digest` (from `objects/HASH`) to `send`, in order.
@@ -255,51 +245,6 @@ pub async fn send_files(
         }
     }
     Ok(())
-}
-
-/// Writes one codec envelope (the stream stays open for what follows).
-pub async fn write_envelope<T: Serialize>(
-    send: &mut SendStream,
-    msg: &T,
-) -> Result<(), AttemptError> {
-    let bytes = codec::encode(msg)?;
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| AttemptError::Stream {
-            doing: "sending a message",
-            cause: e.into(),
-        })
-}
-
-/// Reads one codec envelope of at most [`MAX_ENVELOPE`] bytes.
-pub async fn read_envelope<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, AttemptError> {
-    let stream = |cause| AttemptError::Stream {
-        doing: "reading a message",
-        cause,
-    };
-    let mut head = [0u8; HEADER_LEN];
-    AsyncReadExt::read_exact(recv, &mut head)
-        .await
-        .map_err(stream)?;
-    let size = codec::parse_header(&head)?;
-    if size > MAX_ENVELOPE {
-        return Err(CodecError::Oversized {
-            size,
-            max: MAX_ENVELOPE,
-        }
-        .into());
-    }
-    let mut payload = vec![0u8; size];
-    AsyncReadExt::read_exact(recv, &mut payload)
-        .await
-        .map_err(stream)?;
-    Ok(codec::decode_payload(&payload)?)
-}
-
-/// Ends the sending side of a stream.
-pub fn finish(send: &mut SendStream) -> Result<(), AttemptError> {
-    send.finish()
-        .map_err(|e| AttemptError::Refused(format!("cannot finish the stream: {e}")))
 }
 
 /// Fetches images this host lacks from the hosts that hold them.
@@ -398,7 +343,7 @@ impl Fetcher {
                     peer: conn.remote_address(),
                     cause: e,
                 })?;
-        write_envelope(
+        write_message(
             &mut send,
             &ImageRequest::Get {
                 hash: image.hash.clone(),
@@ -406,9 +351,12 @@ impl Fetcher {
         )
         .await?;
         finish(&mut send)?;
-        let offer = tokio::time::timeout(super::receive::STALL_TIMEOUT, read_envelope(&mut recv))
-            .await
-            .map_err(|_| AttemptError::Refused("the host did not answer in time".into()))?;
+        let offer = tokio::time::timeout(
+            super::receive::STALL_TIMEOUT,
+            read_message_within(&mut recv, MAX_ENVELOPE),
+        )
+        .await
+        .map_err(|_| AttemptError::Refused("the host did not answer in time".into()))?;
         let digest = match offer? {
             ImageReply::Offer { hash, digest } if hash == image.hash => digest,
             ImageReply::Error(e) => return Err(AttemptError::Refused(e.message)),
@@ -524,12 +472,14 @@ pub async fn push(
     };
     // A refusing agent answers at once and stops reading: its answer says
     // more than the failed write does.
-    let sent = match write_envelope(&mut send, &req).await {
+    let sent = match write_message(&mut send, &req).await {
         Ok(()) => send_files(&mut send, store, &hash, &digest).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
-    .and_then(|()| finish(&mut send));
-    let reply = read_envelope::<ImageReply>(&mut recv).await;
+    .and_then(|()| Ok(finish(&mut send)?));
+    let reply = read_message_within::<ImageReply>(&mut recv, MAX_ENVELOPE)
+        .await
+        .map_err(AttemptError::from);
     conn.close(0u32.into(), b"done");
     let reply = match (reply, sent) {
         (Ok(reply), _) => reply,
@@ -600,7 +550,9 @@ mod tests {
             while let Some(incoming) = ep.accept().await {
                 let Ok(conn) = incoming.await else { continue };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let Ok(ImageRequest::Get { hash }) = read_envelope(&mut recv).await else {
+                    let Ok(ImageRequest::Get { hash }) =
+                        read_message_within(&mut recv, MAX_ENVELOPE).await
+                    else {
                         continue;
                     };
                     let digest = store.digest(&hash).expect("digest");
@@ -608,7 +560,7 @@ mod tests {
                         hash: hash.clone(),
                         digest: digest.clone(),
                     };
-                    write_envelope(&mut send, &offer).await.expect("offer");
+                    write_message(&mut send, &offer).await.expect("offer");
                     let mut bytes = Vec::new();
                     for f in &digest.files {
                         bytes.extend(
