@@ -14,6 +14,7 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
 use labspan_proto::lab::units::parse_size_mib;
+use labspan_proto::names::valid;
 
 use crate::placement::HostOffer;
 
@@ -231,15 +232,13 @@ impl Parser<'_> {
 
     fn host(&self, key: &MarkedScalarNode, node: &Node) -> Result<Host, HostsError> {
         let name = key.as_str();
-        let ok = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        if !ok {
+        // A host is the agent that runs on it: its name is a member name.
+        if valid::member(name).is_err() {
             return Err(self.err(
                 key.span(),
-                format!("host \"{name}\": a host name is 1..63 letters, digits, '-' or '.'"),
+                format!(
+                    "host \"{name}\": a host name is a member name, 1 to 63 of a-z, 0-9 and '-'"
+                ),
             ));
         }
         let at = format!("hosts.{name}");

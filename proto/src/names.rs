@@ -1,4 +1,5 @@
-//! The one place that names host interfaces and guest MACs.
+//! The one place for names: the rules for the names users give
+//! ([`valid`]), and the names labspan gives host interfaces and guest MACs.
 //!
 //! Names must fit IFNAMSIZ (15 bytes), be the same every time for the same
 //! lab object (so a restarted agent finds what it made), and differ between
@@ -7,6 +8,8 @@
 //! the agent which interfaces are its own.
 
 use sha2::{Digest, Sha256};
+
+pub mod valid;
 
 /// Prefix of every alias labspan sets; interfaces without it are never touched.
 pub const OWNER_MARK: &str = "labspan:";

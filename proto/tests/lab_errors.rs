@@ -496,3 +496,14 @@ fn restart_policy_defaults_to_on_failure_and_is_inherited() {
     assert_eq!(lab.nodes["a"].restart, RestartPolicy::Always);
     assert_eq!(lab.nodes["b"].restart, RestartPolicy::OnFailure);
 }
+
+#[test]
+fn an_image_name_the_store_would_refuse_is_refused_here() {
+    // The image store refuses names that could be paths ("..", ".x"): a lab
+    // naming one must fail validation, not its deploy.
+    let text = "name: t\nnodes:\n  a: {image: ..}\n";
+    assert_eq!(
+        error(text),
+        "lab.yaml:3:14: nodes.a.image: image name \"..\" cannot be used\n  help: use letters, digits, '-', '_' and '.', not starting with '.', at most 64 characters (see `labspan image list`)"
+    );
+}

@@ -311,19 +311,9 @@ impl ImageStore {
 
 /// Image names become file names: keep them plain.
 pub fn check_name(name: &str) -> Result<(), ImageError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ImageError::BadName {
-            name: name.to_string(),
-        })
-    }
+    labspan_proto::names::valid::image(name).map_err(|_| ImageError::BadName {
+        name: name.to_string(),
+    })
 }
 
 /// A work folder that is removed on drop, whether the work succeeded or not.

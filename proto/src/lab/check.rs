@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::diagnostic::{Pos, Sink};
 use super::model::HostSelector;
-use super::read::{name_problem, RawEndpoint, RawGroup, RawLab, RawNode, MAX_NIC_NAME};
+use super::read::{name_problem, RawEndpoint, RawGroup, RawLab, RawNode};
 use crate::suggest::closest;
 
 /// Above this many nodes, "did you mean" is not worth a scan per error.
@@ -143,7 +143,7 @@ fn check_endpoints(sink: &mut Sink, lab: &RawLab, nodes: &HashMap<&str, &RawNode
             continue;
         };
         if !raw.node.nics.contains_key(nic) {
-            if let Some((msg, help)) = name_problem("NIC", nic, MAX_NIC_NAME) {
+            if let Some((msg, help)) = name_problem("NIC", nic) {
                 sink.error(e.pos, &path(), msg, Some(help));
                 continue;
             }

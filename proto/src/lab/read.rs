@@ -13,6 +13,7 @@ use marked_yaml::Node as Yaml;
 use super::diagnostic::{Pos, Sink};
 use super::model::{Check, Endpoint, HostSelector, Impairment, Nic, Node, RestartPolicy};
 use super::units;
+use crate::names::valid;
 use crate::suggest::closest;
 
 /// Smallest guest memory we accept; less cannot boot a Linux kernel.
@@ -276,41 +277,16 @@ fn missing(sink: &mut Sink, map: &MarkedMappingNode, path: &str, key: &str, exam
     );
 }
 
-/// Whether `name` can name a `kind` (node, NIC, LAN): it ends up in guest
-/// interface names, hostnames and host-side identifiers.
-pub(crate) fn name_problem(kind: &str, name: &str, max: usize) -> Option<(String, String)> {
-    let first_ok = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest_ok = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if first_ok && rest_ok && name.len() <= max {
-        return None;
-    }
-    let why = if name.len() > max {
-        format!(
-            "{kind} name \"{name}\" is {} bytes long; the limit is {max}",
-            name.len()
-        )
-    } else {
-        format!("{kind} name \"{name}\" cannot be used")
+/// Whether `name` can name a `kind` (node, NIC, LAN): [`valid`]'s rule,
+/// as a diagnostic's message and help.
+pub(crate) fn name_problem(kind: &str, name: &str) -> Option<(String, String)> {
+    let checked = match kind {
+        "node" => valid::node(name),
+        "NIC" => valid::nic(name),
+        _ => valid::lan(name),
     };
-    let help = format!(
-        "use lowercase letters, digits, '-' and '_', starting with a letter or digit, at most {max} bytes"
-    );
-    Some((why, help))
+    checked.err().map(|e| (e.why, e.help))
 }
-
-/// Longest node name: a DNS label, since nodes become guest hostnames.
-pub(crate) const MAX_NODE_NAME: usize = 63;
-/// Longest NIC name: the guest's IFNAMSIZ - 1.
-pub(crate) const MAX_NIC_NAME: usize = 15;
-/// Longest LAN name.
-pub(crate) const MAX_LAN_NAME: usize = 32;
-/// Longest lab name.
-pub(crate) const MAX_LAB_NAME: usize = 32;
 
 /// Reads the whole lab file.
 pub(crate) fn read_lab(sink: &mut Sink, root: &Yaml) -> RawLab {
@@ -351,18 +327,8 @@ fn read_lab_name(sink: &mut Sink, top: &MarkedMappingNode) -> String {
     let Some(name) = want_str(sink, n, "name", "the lab's name") else {
         return String::new();
     };
-    let ok = name.len() <= MAX_LAB_NAME
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok {
-        let msg = format!("lab name \"{name}\" cannot be used");
-        let help = format!("use lowercase letters, digits and '-', 1 to {MAX_LAB_NAME} characters");
-        sink.error(Pos::of(n), "name", msg, Some(help));
+    if let Err(e) = valid::lab(name) {
+        sink.error(Pos::of(n), "name", e.why, Some(e.help));
     }
     name.to_string()
 }
@@ -408,13 +374,8 @@ fn read_restart(sink: &mut Sink, n: &Yaml, path: &str) -> Option<RestartPolicy> 
 
 fn read_image(sink: &mut Sink, n: &Yaml, path: &str) -> Option<String> {
     let image = want_str(sink, n, path, "an image name")?;
-    let ok = image
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !ok || image.len() > 64 {
-        let msg = format!("image name \"{image}\" cannot be used");
-        let help = "use letters, digits, '-', '_' and '.', at most 64 characters (see `labspan image list`)";
-        sink.error(Pos::of(n), path, msg, Some(help.to_string()));
+    if let Err(e) = valid::image(image) {
+        sink.error(Pos::of(n), path, e.why, Some(e.help));
         return None;
     }
     Some(image.to_string())
@@ -477,7 +438,7 @@ fn read_node(sink: &mut Sink, key: &MarkedScalarNode, body: &Yaml, defaults: &De
     let name = key.as_str().to_string();
     let path = join("nodes", &name);
     let pos = Pos::of_span(key.span());
-    if let Some((msg, help)) = name_problem("node", &name, MAX_NODE_NAME) {
+    if let Some((msg, help)) = name_problem("node", &name) {
         sink.error(pos, &path, msg, Some(help));
     }
     let mut raw = RawNode {
@@ -573,7 +534,7 @@ fn read_nics(sink: &mut Sink, n: &Yaml, path: &str, raw: &mut RawNode) {
     for (k, v) in map.iter() {
         let name = k.as_str();
         let p = join(path, name);
-        if let Some((msg, help)) = name_problem("NIC", name, MAX_NIC_NAME) {
+        if let Some((msg, help)) = name_problem("NIC", name) {
             sink.error(Pos::of_span(k.span()), &p, msg, Some(help));
         }
         let (nic, ip_pos) = read_nic(sink, v, &p);
@@ -810,7 +771,7 @@ fn read_lans(sink: &mut Sink, n: &Yaml) -> Vec<RawLan> {
     for (k, v) in map.iter() {
         let name = k.as_str();
         let path = join("lans", name);
-        if let Some((msg, help)) = name_problem("LAN", name, MAX_LAN_NAME) {
+        if let Some((msg, help)) = name_problem("LAN", name) {
             sink.error(Pos::of_span(k.span()), &path, msg, Some(help));
         }
         let Some(seq) = want_seq(sink, v, &path, "a list of members, e.g. [r1:eth1, r2:eth1]")

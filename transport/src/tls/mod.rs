@@ -63,18 +63,9 @@ pub enum TlsError {
 
 /// Checks a member name: it goes into URIs, file names and error messages.
 pub fn validate_name(name: &str) -> Result<(), TlsError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(TlsError::InvalidName {
-            name: name.to_string(),
-        })
-    }
+    labspan_proto::names::valid::member(name).map_err(|_| TlsError::InvalidName {
+        name: name.to_string(),
+    })
 }
 
 #[cfg(test)]
