@@ -26,7 +26,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -264,16 +263,9 @@ impl Fence {
             generation,
         })
         .map_err(|e| fail(e.to_string()))?;
-        let tmp = self.state.join(format!("{GENERATION_FILE}.new"));
-        let write = || -> std::io::Result<()> {
-            fs::create_dir_all(&self.state)?;
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.state)?.sync_all()
-        };
-        write().map_err(|e| fail(e.to_string()))?;
+        fs::create_dir_all(&self.state)
+            .and_then(|()| labspan_proto::atomic::write(&path, &bytes))
+            .map_err(|e| fail(e.to_string()))?;
         self.lock().applied = Some(generation);
         Ok(())
     }

@@ -822,14 +822,16 @@ impl Agent {
         let log_path = vm.dir().join("exec.log");
         let mut log = fs::read_to_string(&log_path).unwrap_or_default();
         log.push_str(&step.log);
-        fs::write(&log_path, &log).map_err(|cause| AgentError::State {
-            what: "writing",
-            path: log_path,
-            cause,
+        labspan_proto::atomic::write(&log_path, log.as_bytes()).map_err(|cause| {
+            AgentError::State {
+                what: "writing",
+                path: log_path,
+                cause,
+            }
         })?;
         result?;
         let json = serde_json::to_vec(&want).unwrap_or_default();
-        fs::write(&path, json).map_err(|cause| AgentError::State {
+        labspan_proto::atomic::write(&path, &json).map_err(|cause| AgentError::State {
             what: "writing",
             path,
             cause,

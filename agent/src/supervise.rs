@@ -55,11 +55,9 @@ pub fn save(dir: &Path, health: &Health) {
         return;
     }
     let path = dir.join(HEALTH_FILE);
-    let tmp = dir.join(format!("{HEALTH_FILE}.tmp"));
     let written = serde_json::to_vec_pretty(health)
         .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, &path));
+        .and_then(|json| labspan_proto::atomic::write(&path, &json));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot record a guest's health");
     }

@@ -198,7 +198,7 @@ fn init_agent(layout: &Layout) -> anyhow::Result<()> {
     let dir = layout.root.join("agent");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     file.save(&layout.agent_file())?;
-    std::fs::write(layout.host_file(), &host)
+    labspan_proto::atomic::write(&layout.host_file(), host.as_bytes())
         .with_context(|| format!("writing {}", layout.host_file().display()))?;
     Ok(())
 }

@@ -69,21 +69,9 @@ impl FileStore {
             return Ok(file);
         }
         std::fs::create_dir_all(&self.dir).map_err(Self::io("cannot create", &self.dir))?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", file.sha256, std::process::id()));
         // Durable before it is acknowledged: the leader counts this copy
         // towards the majority a deploy relies on.
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, contents)?;
-            f.sync_all()
-        };
-        write().map_err(Self::io("cannot write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(Self::io("cannot rename into place", &path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Self::io("cannot sync", &self.dir))?;
+        crate::atomic::write(&path, contents).map_err(Self::io("cannot write", &path))?;
         Ok(file)
     }
 

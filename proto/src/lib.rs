@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod codec;
 pub mod files;
 pub mod health;

@@ -118,21 +118,7 @@ impl ClusterFile {
     }
 }
 
-/// Writes `bytes` to `path` with mode 0600 (created so, never world-readable).
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+pub use labspan_proto::atomic::write_private;
 
 /// An unspecified local address of the same family as `peer`, for binding.
 pub fn any_local(peer: SocketAddr) -> SocketAddr {

@@ -92,10 +92,8 @@ pub(crate) fn write_digest(dir: &Path, digest: &ImageDigest) -> Result<(), Image
     let json = serde_json::to_vec_pretty(digest).map_err(|e| ImageError::Build {
         detail: e.to_string(),
     })?;
-    let tmp = dir.join(format!(".{DIGEST_FILE}.{}", std::process::id()));
-    fs::write(&tmp, json).map_err(io_err("writing", &tmp))?;
     let dst = dir.join(DIGEST_FILE);
-    fs::rename(&tmp, &dst).map_err(io_err("renaming into", &dst))
+    labspan_proto::atomic::write(&dst, &json).map_err(io_err("writing", &dst))
 }
 
 /// The digest of every regular file of `dir` but the cache and dotfiles.

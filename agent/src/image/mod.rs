@@ -259,10 +259,9 @@ impl ImageStore {
     fn set_name(&self, name: &str, hash: &str) -> Result<(), ImageError> {
         let names = self.root.join("names");
         fs::create_dir_all(&names).map_err(io_err("creating", &names))?;
-        let tmp = names.join(format!(".{name}.{}", std::process::id()));
-        fs::write(&tmp, format!("{hash}\n")).map_err(io_err("writing", &tmp))?;
         let dst = names.join(name);
-        fs::rename(&tmp, &dst).map_err(io_err("renaming into", &dst))
+        labspan_proto::atomic::write(&dst, format!("{hash}\n").as_bytes())
+            .map_err(io_err("writing", &dst))
     }
 
     /// Moves a finished image folder from `tmp/` into `objects/HASH` and names

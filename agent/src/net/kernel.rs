@@ -3,7 +3,6 @@
 //! the thread that opened it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -98,12 +97,8 @@ impl KernelNet {
         let Some(path) = &self.journal else {
             return Ok(());
         };
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(path)?;
-            writeln!(f, "{name}\t{alias}")?;
-            f.sync_all()
-        };
-        write().map_err(|cause| journal_error("writing", path, cause))
+        labspan_proto::atomic::write(path, format!("{name}\t{alias}\n").as_bytes())
+            .map_err(|cause| journal_error("writing", path, cause))
     }
 
     fn done(&self) {

@@ -110,7 +110,7 @@ pub async fn resolve(
         kvm_usable: usable,
     };
     if let Ok(json) = serde_json::to_vec(&verdict) {
-        let _ = fs::write(&cache, json);
+        let _ = labspan_proto::atomic::write(&cache, &json);
     }
     tracing::info!(kvm_usable = usable, "KVM probe done");
     Ok(if usable { Accel::Kvm } else { Accel::Tcg })

@@ -353,7 +353,8 @@ pub async fn launch(dir: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
         path: json_path.clone(),
         detail: e.to_string(),
     })?;
-    fs::write(&json_path, json).map_err(io("writing", &json_path))?;
+    // Atomic: a torn vm.json would make the next adoption refuse the VM.
+    labspan_proto::atomic::write(&json_path, &json).map_err(io("writing", &json_path))?;
     if let Err(e) = spawn_qemu(&record).await {
         let _ = remove_state(dir, &cfg.name);
         return Err(e);
