@@ -225,13 +225,10 @@ impl LocalCluster {
         else {
             return false;
         };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains(&format!("{what}\0run")) {
-            return false;
-        }
-        // SAFETY: kill(2) on the pid of a daemon this cluster started,
-        // checked just above.
-        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+        let daemon = format!("{what}\0run");
+        labspan_testutil::process::kill_if(pid, |cmdline| {
+            String::from_utf8_lossy(cmdline).contains(&daemon)
+        })
     }
 
     /// `cluster.sh start I WHAT`: daemon `what` of host `i` started again.

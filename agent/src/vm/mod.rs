@@ -14,7 +14,10 @@ pub mod qmp;
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -266,11 +269,11 @@ impl Vm {
 
     /// SIGKILLs QEMU (only if the pid is still our QEMU) and waits for it.
     pub async fn kill(&self) -> Result<(), VmError> {
-        if self.is_running() {
-            let pid = libc::pid_t::try_from(self.pid).unwrap_or(libc::pid_t::MAX);
-            // SAFETY: kill(2) has no memory effects; the pid was just checked
-            // to be our QEMU, so a recycled pid is not hit.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        if let Some(qemu) = QemuProcess::open(self.pid, &self.record.spec.paths.qmp) {
+            if let Err(e) = qemu.kill() {
+                // It may have ended since it was opened: the wait tells.
+                tracing::debug!(vm = self.name(), pid = self.pid, error = %e, "SIGKILL not sent");
+            }
         }
         if self.wait_exit(Duration::from_secs(5)).await {
             Ok(())
@@ -527,6 +530,31 @@ fn read_pid(vm: &str, pidfile: &Path) -> Result<u32, VmError> {
 /// Whether `pid` is alive (not a zombie) and is a QEMU serving `qmp`: a
 /// pidfile can outlive its process and the pid be reused by another.
 pub fn is_our_qemu(pid: u32, qmp: &Path) -> bool {
+    QemuProcess::open(pid, qmp).is_some()
+}
+
+/// Our QEMU, held by a pidfd. The pidfd is opened first and the process
+/// checked after, so the check is of the process the pidfd names: a
+/// signal sent through it can never reach another process that was given
+/// the same pid.
+pub struct QemuProcess(OwnedFd);
+
+impl QemuProcess {
+    /// QEMU `pid`, if it is alive and serves the QMP socket `qmp`.
+    pub fn open(pid: u32, qmp: &Path) -> Option<QemuProcess> {
+        let pid_t = i32::try_from(pid).ok().and_then(Pid::from_raw)?;
+        let fd = pidfd_open(pid_t, PidfdFlags::empty()).ok()?;
+        serves_qmp(pid, qmp).then_some(QemuProcess(fd))
+    }
+
+    /// Sends SIGKILL to it.
+    pub fn kill(&self) -> io::Result<()> {
+        Ok(pidfd_send_signal(&self.0, Signal::KILL)?)
+    }
+}
+
+/// Whether `/proc/PID` is a live (not zombie) QEMU serving `qmp`.
+fn serves_qmp(pid: u32, qmp: &Path) -> bool {
     let proc = PathBuf::from(format!("/proc/{pid}"));
     let Ok(stat) = fs::read_to_string(proc.join("stat")) else {
         return false;
@@ -635,6 +663,19 @@ impl std::fmt::Display for RunState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_is_not_our_qemu_is_never_held() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        assert!(QemuProcess::open(pid, Path::new("/run/x/qmp.sock")).is_none());
+        assert!(QemuProcess::open(u32::MAX, Path::new("/run/x/qmp.sock")).is_none());
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+    }
 
     #[test]
     fn cmdline_match_needs_qemu_and_our_socket() {

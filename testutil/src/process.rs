@@ -1,0 +1,40 @@
+//! Signals to processes a test did not spawn itself (daemons started by a
+//! script, known by a pidfile): sent through a pidfd, after checking that
+//! the pid is still the process the test means.
+
+use std::os::fd::OwnedFd;
+
+use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+
+/// `pid` held by a pidfd, if its command line (NUL-separated, from
+/// `/proc/PID/cmdline`) satisfies `ours`. The pidfd is opened before the
+/// check, so the check is of the process it names: a pid reused since the
+/// pidfile was written is refused, never signalled.
+pub fn open_if(pid: i32, ours: impl Fn(&[u8]) -> bool) -> Option<OwnedFd> {
+    let fd = pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    ours(&cmdline).then_some(fd)
+}
+
+/// SIGKILLs `pid` if its command line satisfies `ours`; true if sent.
+pub fn kill_if(pid: i32, ours: impl Fn(&[u8]) -> bool) -> bool {
+    open_if(pid, ours).is_some_and(|fd| pidfd_send_signal(&fd, Signal::KILL).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_process_whose_command_line_matches_is_signalled() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        assert!(!kill_if(pid, |c| c.starts_with(b"not-sleep\0")));
+        assert!(kill_if(pid, |c| c.starts_with(b"sleep\0")));
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "sleep was killed");
+    }
+}
