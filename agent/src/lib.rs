@@ -11,5 +11,6 @@ pub mod paths;
 pub mod reconcile;
 pub mod stream;
 pub mod supervise;
+pub mod tool;
 pub mod verify;
 pub mod vm;

@@ -17,20 +17,9 @@ pub struct Pinned {
     pub versions: Vec<String>,
 }
 
-/// Runs a tool and returns its stdout, or an error naming the command.
+/// Runs a tool ([`crate::tool`]) and returns its stdout.
 pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| ImageError::Tool {
-        command: shown.clone(),
-        detail: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(ImageError::Tool {
-            command: shown,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(crate::tool::stdout_of(cmd)?)
 }
 
 /// The versioned kernel package that `linux-image-cloud-amd64` points at.

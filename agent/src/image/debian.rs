@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::apt;
 use super::{check_name, io_err, GuestKind, Image, ImageError, ImageStore, Manifest};
 use crate::image::BuildReport;
+use crate::tool::ToolError;
 
 /// Bump when the build itself changes in a way the recipe does not show.
 const BUILDER_VERSION: &str = "debian-2";
@@ -220,7 +221,7 @@ fn build_into(
     let mib = size_mib(&recipe.size).map_err(|detail| ImageError::Build { detail })?;
     progress(&format!("making a {mib} MiB ext4 filesystem from the tree"));
     let raw = work.join("disk.raw");
-    tool(
+    apt::run(
         Command::new("mkfs.ext4")
             .args(["-q", "-d"])
             .arg(&root)
@@ -229,7 +230,7 @@ fn build_into(
             .arg(format!("{mib}M")),
     )?;
     progress("converting to qcow2");
-    tool(
+    apt::run(
         Command::new("qemu-img")
             .args(["convert", "-O", "qcow2"])
             .arg(&raw)
@@ -401,9 +402,12 @@ fn run_streaming(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| ImageError::Tool {
+        .map_err(|e| ToolError::Spawn {
             command: command.to_string(),
-            detail: format!("{e} (install it: apt-get install debootstrap)"),
+            cause: std::io::Error::new(
+                e.kind(),
+                format!("{e} (install it: apt-get install debootstrap)"),
+            ),
         })?;
     let mut stderr = child.stderr.take();
     let errors = std::thread::spawn(move || {
@@ -434,15 +438,17 @@ fn run_streaming(
     }
     let log = fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
     let log_tail: Vec<&str> = log.lines().rev().take(15).collect();
-    Err(ImageError::Tool {
+    Err(ToolError::Failed {
         command: command.to_string(),
-        detail: format!(
-            "{status}\n{}\n{}\n{}",
+        status,
+        stderr: format!(
+            "\n{}\n{}\n{}",
             tail.join("\n"),
             stderr.trim(),
             log_tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ),
-    })
+    }
+    .into())
 }
 
 /// debootstrap prints one line per package and step; people want phases
@@ -567,27 +573,7 @@ fn clear_files(dir: &Path) -> Result<(), ImageError> {
 }
 
 fn chroot(root: &Path, args: &[&str]) -> Result<(), ImageError> {
-    tool(Command::new("chroot").arg(root).args(args)).map(|_| ())
-}
-
-/// Runs a build tool; its stderr is the error detail.
-fn tool(cmd: &mut Command) -> Result<String, ImageError> {
-    let command = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|e| ImageError::Tool {
-        command: command.clone(),
-        detail: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(ImageError::Tool {
-            command,
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    apt::run(Command::new("chroot").arg(root).args(args)).map(|_| ())
 }
 
 /// The one kernel under `boot/` (`vmlinuz-VERSION`).

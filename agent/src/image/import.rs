@@ -87,7 +87,7 @@ fn check_qcow2(file: &Path) -> Result<(), ImageError> {
         .args(["info", "--output=json", "-f", "qcow2"])
         .arg(file))
     .map_err(|e| match e {
-        ImageError::Tool { detail, .. } => not(detail),
+        ImageError::Tool(e) => not(e.stderr().unwrap_or_default().to_string()),
         other => other,
     })?;
     let info: serde_json::Value =

@@ -138,8 +138,8 @@ pub enum ImageError {
         path: PathBuf,
         cause: io::Error,
     },
-    #[error("`{command}` failed: {detail}")]
-    Tool { command: String, detail: String },
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
     #[error("cannot resolve the tiny image's packages: {detail}")]
     Resolve { detail: String },
     #[error("image recipe {path}: {detail}")]

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::apt::{self, Pinned};
 use super::cpio::{write_archive, Entry};
 use super::{io_err, GuestKind, Image, ImageError, ImageStore, Manifest};
+use crate::tool::ToolError;
 
 /// Bump when the build itself changes in a way the recipe does not show.
 const BUILDER_VERSION: &str = "tiny-1";
@@ -409,9 +410,9 @@ fn pack(entries: &[Entry], dst: &Path) -> Result<(), ImageError> {
         .stdin(Stdio::piped())
         .stdout(out)
         .spawn()
-        .map_err(|e| ImageError::Tool {
-            command: "gzip".into(),
-            detail: e.to_string(),
+        .map_err(|cause| ToolError::Spawn {
+            command: "gzip -6 -n -c".into(),
+            cause,
         })?;
     let mut archive = Vec::new();
     write_archive(&mut archive, entries).map_err(io_err("archiving into", dst))?;
@@ -422,10 +423,12 @@ fn pack(entries: &[Entry], dst: &Path) -> Result<(), ImageError> {
     }
     let status = gzip.wait().map_err(io_err("compressing", dst))?;
     if !status.success() {
-        return Err(ImageError::Tool {
-            command: "gzip".into(),
-            detail: format!("{status}"),
-        });
+        return Err(ToolError::Failed {
+            command: "gzip -6 -n -c".into(),
+            status,
+            stderr: String::new(),
+        }
+        .into());
     }
     tracing::debug!(elapsed = ?started.elapsed(), "initramfs packed");
     Ok(())

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use super::NetError;
+use crate::tool::{self, ToolError};
 
 /// Bytes of burst a tbf gets at least: enough for a GSO packet of a guest.
 const MIN_BURST: u64 = 16 * 1024;
@@ -99,15 +100,15 @@ fn of_root(root: &Value) -> Impairment {
 /// namespace), the tap of the lab's NIC `nic` (`node:nic`, what errors name).
 pub async fn apply(dev: &str, nic: &str, imp: &Impairment) -> Result<(), NetError> {
     let args = tc_args(dev, imp);
-    let out = run_tc(nic, &args).await?;
+    let stderr = match run_tc(nic, &args).await? {
+        Ok(_) => return Ok(()),
+        Err(stderr) => stderr,
+    };
     let deleting = args.get(1).is_some_and(|a| a == "del");
     // Nothing to delete is what was asked for.
-    if out.status.success()
-        || (deleting && String::from_utf8_lossy(&out.stderr).contains("handle of zero"))
-    {
+    if deleting && stderr.contains("handle of zero") {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let hint = match args.get(5).map(String::as_str) {
         Some(kind) if stderr.contains("kind is unknown") => format!(
             " (this kernel has no {kind} qdisc: build it with CONFIG_NET_SCH_{}, or drop the impairment)",
@@ -125,29 +126,32 @@ pub async fn apply(dev: &str, nic: &str, imp: &Impairment) -> Result<(), NetErro
 /// run for the whole host).
 pub async fn observe_all() -> Result<BTreeMap<String, Impairment>, NetError> {
     let args: Vec<String> = ["-j", "qdisc", "show"].map(String::from).to_vec();
-    let out = run_tc("every device", &args).await?;
     let fail = |detail: String| NetError::Tc {
         object: "every device".to_string(),
         detail,
     };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(fail(format!("`tc -j qdisc show`: {}", stderr.trim())));
-    }
+    let out = run_tc("every device", &args)
+        .await?
+        .map_err(|stderr| fail(format!("`tc -j qdisc show`: {stderr}")))?;
     parse_show(&String::from_utf8_lossy(&out.stdout))
         .map_err(|e| fail(format!("unreadable `tc -j qdisc show` output: {e}")))
 }
 
-async fn run_tc(dev: &str, args: &[String]) -> Result<std::process::Output, NetError> {
-    Command::new("tc")
-        .args(args)
-        .output()
-        .await
-        .map_err(|cause| NetError::Io {
+/// Runs `tc ARGS` ([`tool`]): its output, or what it said on stderr when
+/// it failed (some failures are answers: nothing to delete).
+async fn run_tc(
+    dev: &str,
+    args: &[String],
+) -> Result<Result<std::process::Output, String>, NetError> {
+    match tool::run_async(Command::new("tc").args(args)).await {
+        Ok(out) => Ok(Ok(out)),
+        Err(ToolError::Failed { stderr, .. }) => Ok(Err(stderr)),
+        Err(ToolError::Spawn { cause, .. }) => Err(NetError::Io {
             what: "running `tc` (from iproute2) on",
             object: dev.to_string(),
             cause,
-        })
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::image::Image;
+use crate::tool::{self, ToolError};
 pub use accel::AccelChoice;
 pub use qemu::{Accel, LaunchSpec, NicSpec, VmPaths};
 pub use qga::{ExecOutput, GuestAgent, QgaError};
@@ -398,22 +399,23 @@ fn launch_spec(cfg: &VmConfig, paths: VmPaths, disk: Option<PathBuf>) -> LaunchS
 /// Runs QEMU; with `-daemonize` it returns once the guest is set up (or
 /// failed to be), so its exit status and stderr are the launch's verdict.
 async fn spawn_qemu(record: &VmRecord) -> Result<(), VmError> {
-    let out = tokio::process::Command::new(QEMU)
-        .args(qemu::command_line(&record.spec))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| VmError::Start {
+    let run = tool::run_async(
+        tokio::process::Command::new(QEMU)
+            .args(qemu::command_line(&record.spec))
+            .stdin(std::process::Stdio::null()),
+    )
+    .await;
+    match run {
+        Ok(_) => Ok(()),
+        Err(ToolError::Spawn { cause, .. }) => Err(VmError::Start {
             vm: record.name.clone(),
-            detail: format!("cannot run {QEMU}: {e} (install the qemu-system-x86 package)"),
-        })?;
-    if out.status.success() {
-        return Ok(());
+            detail: format!("cannot run {QEMU}: {cause} (install the qemu-system-x86 package)"),
+        }),
+        Err(ToolError::Failed { stderr, .. }) => Err(VmError::Start {
+            vm: record.name.clone(),
+            detail: stderr,
+        }),
     }
-    Err(VmError::Start {
-        vm: record.name.clone(),
-        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
 }
 
 /// Creates the VM's qcow2 overlay over the image's base disk, unless one is
@@ -422,25 +424,25 @@ async fn ensure_overlay(vm: &str, base: &Path, overlay: &Path) -> Result<PathBuf
     if overlay.exists() {
         return Ok(overlay.to_path_buf());
     }
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(base)
-        .arg(overlay)
-        .output()
-        .await;
+    let out = tool::run_async(
+        tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(base)
+            .arg(overlay),
+    )
+    .await;
     match out {
-        Ok(o) if o.status.success() => Ok(overlay.to_path_buf()),
-        Ok(o) => Err(VmError::Start {
+        Ok(_) => Ok(overlay.to_path_buf()),
+        Err(ToolError::Failed { stderr, .. }) => Err(VmError::Start {
             vm: vm.to_string(),
             detail: format!(
-                "qemu-img could not create the overlay {}: {}",
+                "qemu-img could not create the overlay {}: {stderr}",
                 overlay.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
             ),
         }),
-        Err(e) => Err(VmError::Start {
+        Err(ToolError::Spawn { cause, .. }) => Err(VmError::Start {
             vm: vm.to_string(),
-            detail: format!("cannot run qemu-img: {e} (install the qemu-utils package)"),
+            detail: format!("cannot run qemu-img: {cause} (install the qemu-utils package)"),
         }),
     }
 }
