@@ -426,6 +426,27 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                         Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
                     }
                 }
+                Ok(AgentRequest::MigrateOut {
+                    lab,
+                    node,
+                    to,
+                    port,
+                    psk,
+                }) => {
+                    let to = crate::vm::migrate::Endpoint {
+                        addr: to,
+                        port,
+                        psk,
+                    };
+                    let progress = |p| tracing::info!(lab, node, progress = ?p, "moving");
+                    match agent.migrate_out(&lab, &node, &to, &progress).await {
+                        Ok(figures) => AgentReply::Migrated(figures),
+                        Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
+                    }
+                }
+                Ok(AgentRequest::MoveStatus { lab, node }) => {
+                    AgentReply::MoveStatus(agent.move_status(&lab, &node).await)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable request from the coordinator");
                     return;

@@ -90,6 +90,7 @@ mod tests {
             ],
             config: GuestConfig::default(),
             restart: Default::default(),
+            incoming: None,
         }
     }
 

@@ -81,6 +81,12 @@ pub enum AgentError {
     /// No such VM on this host.
     #[error("lab \"{lab}\" has no running node \"{vm}\" on this host (see `labspan inspect`)")]
     NoSuchVm { lab: String, vm: String },
+    /// A live move of a guest failed (the source runs it on).
+    #[error("lab \"{lab}\": {cause}")]
+    Move {
+        lab: String,
+        cause: Box<vm::migrate::MoveError>,
+    },
     /// A guest file's contents are not available on this host.
     #[error("lab \"{lab}\": node \"{vm}\": guest file {path}: {why}")]
     GuestFile {
@@ -92,6 +98,13 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    fn moving(lab: impl Into<String>, cause: vm::migrate::MoveError) -> AgentError {
+        AgentError::Move {
+            lab: lab.into(),
+            cause: Box::new(cause),
+        }
+    }
+
     fn vm(lab: impl Into<String>, cause: VmError) -> AgentError {
         AgentError::Vm {
             lab: lab.into(),
@@ -121,6 +134,10 @@ impl AgentError {
 pub enum Event {
     /// QEMU is being started for a VM.
     Launching { lab: String, vm: String },
+    /// QEMU is being started to receive a guest moved from another host.
+    Receiving { lab: String, vm: String },
+    /// A moved guest arrived and runs here.
+    Arrived { lab: String, vm: String },
     /// A running VM was found and kept (same QEMU process).
     Adopted { lab: String, vm: String, pid: u32 },
     /// A VM's QEMU had died, or its definition changed; it is started again.
@@ -218,6 +235,8 @@ pub struct Agent {
     /// Guest-agent sessions open per guest (an `exec` in flight): the
     /// supervisor does not ping a guest whose agent is busy serving one.
     busy: std::sync::Mutex<BTreeMap<Key, usize>>,
+    /// Guests this agent is migrating to another host now.
+    moving_out: std::sync::Mutex<BTreeSet<Key>>,
 }
 
 /// Marks a guest's agent busy while it lives.
@@ -251,6 +270,7 @@ impl Agent {
             fetcher: std::sync::OnceLock::new(),
             last_plan: std::sync::Mutex::new(None),
             busy: std::sync::Mutex::new(BTreeMap::new()),
+            moving_out: std::sync::Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -658,6 +678,21 @@ impl Agent {
                     });
                     vm
                 }
+                None if plan.incoming.is_some() => {
+                    let cfg = vm_config(plan, image, accel);
+                    let at = plan.incoming.as_ref().map(endpoint);
+                    let at = at.as_ref().ok_or_else(|| AgentError::NoSuchVm {
+                        lab: lab.lab.clone(),
+                        vm: plan.name.clone(),
+                    })?;
+                    events(Event::Receiving {
+                        lab: lab.lab.clone(),
+                        vm: plan.name.clone(),
+                    });
+                    vm::launch_incoming(&dir, &cfg, at)
+                        .await
+                        .map_err(|source| AgentError::moving(lab.lab.clone(), source))?
+                }
                 None => {
                     events(Event::Launching {
                         lab: lab.lab.clone(),
@@ -676,6 +711,17 @@ impl Agent {
                 }
             };
             outcome.pid = vm.pid();
+            if plan.incoming.is_some() {
+                // The guest is still on its way: nothing to wait for here.
+                return Ok(());
+            }
+            if vm::migrate::is_incoming(&dir) {
+                self.arrived(&lab.lab, plan, &vm).await?;
+                events(Event::Arrived {
+                    lab: lab.lab.clone(),
+                    vm: plan.name.clone(),
+                });
+            }
             if !image.manifest.guest.guest_agent {
                 return Ok(());
             }
@@ -705,6 +751,88 @@ impl Agent {
         .await;
         outcome.error = result.err().map(|e| e.to_string());
         outcome
+    }
+
+    /// Ends the receiving side of a move recorded done: the guest runs here,
+    /// configured as it was on its old host (same boot: its files and
+    /// `exec` lines are not run again).
+    async fn arrived(&self, lab: &str, plan: &VmPlan, vm: &Vm) -> Result<(), AgentError> {
+        vm::migrate::finish_incoming(vm)
+            .await
+            .map_err(|source| AgentError::moving(lab, source))?;
+        let done = Configured {
+            pid: vm.pid(),
+            net: digest(&plan.nics),
+            run: digest(&plan.config),
+        };
+        let path = vm.dir().join(CONFIGURED);
+        let json = serde_json::to_vec(&done).unwrap_or_default();
+        fs::write(&path, json).map_err(|source| AgentError::State {
+            what: "writing",
+            path,
+            cause: source,
+        })?;
+        let mut health = supervise::load(vm.dir());
+        health.ready(supervise::now());
+        supervise::save(vm.dir(), &health);
+        Ok(())
+    }
+
+    /// Live-migrates guest `node` of `lab` into the QEMU waiting for it at
+    /// `to` (the destination's plan holds it as incoming). On failure the
+    /// guest runs on here, unless it had already left (then the error says
+    /// so and a leader decides the move done).
+    pub async fn migrate_out(
+        &self,
+        lab: &str,
+        node: &str,
+        to: &vm::migrate::Endpoint,
+        progress: &(dyn Fn(vm::migrate::Progress) + Sync),
+    ) -> Result<labspan_proto::msg::MoveFigures, AgentError> {
+        let key = (lab.to_string(), node.to_string());
+        let dir = paths::vm_dir(&self.state, lab, node);
+        let vm = vm::adopt(&dir)
+            .map_err(|source| AgentError::vm(lab.to_string(), source))?
+            .ok_or_else(|| AgentError::NoSuchVm {
+                lab: lab.to_string(),
+                vm: node.to_string(),
+            })?;
+        let _busy = self.mark_busy(&key);
+        self.moving_out().insert(key.clone());
+        let result = vm::migrate::migrate_out(&vm, to, progress).await;
+        self.moving_out().remove(&key);
+        result.map_err(|source| AgentError::moving(lab, source))
+    }
+
+    fn moving_out(&self) -> std::sync::MutexGuard<'_, BTreeSet<Key>> {
+        self.moving_out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How a move of `node` of `lab` looks on this host.
+    pub async fn move_status(&self, lab: &str, node: &str) -> labspan_proto::msg::MoveSide {
+        use labspan_proto::msg::MoveSide;
+        use vm::migrate::Arrival;
+        if self
+            .moving_out()
+            .contains(&(lab.to_string(), node.to_string()))
+        {
+            return MoveSide::Migrating;
+        }
+        let dir = paths::vm_dir(&self.state, lab, node);
+        let Ok(Some(vm)) = vm::adopt(&dir) else {
+            return MoveSide::Absent;
+        };
+        if vm::migrate::is_incoming(&dir) {
+            return match vm::migrate::arrival(&vm).await {
+                Ok(Arrival::Arrived) => MoveSide::Completed,
+                Ok(Arrival::Waiting) => MoveSide::Waiting,
+                Ok(Arrival::Failed) | Err(_) => MoveSide::Absent,
+            };
+        }
+        match vm::migrate::departed(&vm).await {
+            Ok(true) => MoveSide::Completed,
+            _ => MoveSide::Idle,
+        }
     }
 
     /// Records a guest that failed while booting, for the supervisor to
@@ -1019,6 +1147,15 @@ async fn guest_failure(vm: &Vm) -> Option<String> {
     match vm.run_state().await {
         Ok(state) if state.is_failure() => Some(format!("it {state}")),
         _ => None,
+    }
+}
+
+/// Where a planned incoming guest is received.
+fn endpoint(incoming: &labspan_proto::plan::IncomingPlan) -> vm::migrate::Endpoint {
+    vm::migrate::Endpoint {
+        addr: incoming.addr,
+        port: incoming.port,
+        psk: incoming.psk.clone(),
     }
 }
 

@@ -137,7 +137,8 @@ async fn probe(
 ) -> bool {
     let (lab, node) = key;
     let dir = paths::vm_dir(agent.state(), lab, node);
-    if !dir.is_dir() {
+    // A QEMU waiting for a moved guest has no guest to watch yet.
+    if !dir.is_dir() || vm::migrate::is_incoming(&dir) {
         return false;
     }
     let before = load(&dir);

@@ -413,3 +413,176 @@ async fn failed_launch_leaves_nothing_and_dead_qemu_is_not_adopted() {
     vm::remove_state(&dir, "k1").expect("cleanup");
     assert!(!dir.exists());
 }
+
+/// Two free TCP ports in a row on loopback (a move's RAM and NBD streams).
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two free ports in a row on 127.0.0.1");
+}
+
+async fn shell(vm: &Vm, line: &str) -> String {
+    let mut ga = vm.guest_agent(EXEC_WAIT).await.expect("agent session");
+    let out = ga.exec_shell(line, EXEC_WAIT).await.expect("exec");
+    assert_eq!(
+        out.exit_code,
+        0,
+        "`{line}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
+    use labspan_agent::vm::migrate::{self, Arrival, Endpoint};
+    need_root();
+    let tiny = tiny();
+    let state = state_root();
+    // tiny's kernel and initramfs over a qcow2 disk, so the disk copy runs.
+    let disk = state.path().join("user.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .expect("qemu-img runs");
+    assert!(ok.success());
+    let image = ImageStore::at(state.path().join("images"))
+        .import(&ImportRequest {
+            name: "withdisk",
+            disk: &disk,
+            kernel: Some(&tiny.kernel_path().expect("kernel")),
+            initrd: Some(&tiny.initrd_path().expect("initrd")),
+            cmdline: Some(&tiny.manifest.cmdline),
+        })
+        .expect("import");
+
+    let src_dir = state.path().join("a").join("m1");
+    let dst_dir = state.path().join("b").join("m1");
+    let _src_guard = VmGuard {
+        dir: src_dir.clone(),
+    };
+    let _dst_guard = VmGuard {
+        dir: dst_dir.clone(),
+    };
+    let src = boot(&src_dir, "m1", image.clone(), Vec::new()).await;
+    let boot_id = shell(&src, "cat /proc/sys/kernel/random/boot_id").await;
+    let marker = shell(
+        &src,
+        "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /dev/shm/marker; cat /dev/shm/marker",
+    )
+    .await;
+    // 4 MiB of random data on the guest's disk, below the page cache.
+    let disk_sum = shell(
+        &src,
+        "head -c 4194304 /dev/urandom > /dev/shm/d && dd if=/dev/shm/d of=/dev/vda bs=1048576 conv=fsync 2>/dev/null && md5sum < /dev/shm/d",
+    )
+    .await;
+    let uptime = |s: String| -> f64 {
+        s.split_whitespace()
+            .next()
+            .and_then(|u| u.parse().ok())
+            .expect("uptime")
+    };
+    let up_before = uptime(shell(&src, "cat /proc/uptime").await);
+
+    // Nobody listens: the move fails and the guest runs on, here.
+    let nowhere = Endpoint {
+        addr: "127.0.0.1".parse().expect("ip"),
+        port: free_port_pair(),
+        psk: "11".repeat(32),
+    };
+    let e = migrate::migrate_out(&src, &nowhere, &|_| {})
+        .await
+        .expect_err("a move to nobody fails");
+    eprintln!("move to nobody: {e}");
+    assert_eq!(shell(&src, "cat /dev/shm/marker").await, marker);
+
+    let cfg = VmConfig {
+        name: "m1".to_string(),
+        image,
+        memory_mib: 256,
+        cpus: 1,
+        accel: Accel::Tcg,
+        nics: Vec::new(),
+    };
+    let at = Endpoint {
+        addr: "127.0.0.1".parse().expect("ip"),
+        port: free_port_pair(),
+        psk: "5a".repeat(32),
+    };
+    let dst = vm::launch_incoming(&dst_dir, &cfg, &at)
+        .await
+        .expect("destination QEMU waits for the guest");
+    assert!(migrate::is_incoming(&dst_dir));
+    assert_eq!(
+        migrate::arrival(&dst).await.expect("arrival"),
+        Arrival::Waiting
+    );
+
+    // The streams are TLS with the move's key: another key gets nowhere.
+    let wrong = Endpoint {
+        psk: "a5".repeat(32),
+        ..at.clone()
+    };
+    let e = migrate::migrate_out(&src, &wrong, &|_| {})
+        .await
+        .expect_err("a move with the wrong key fails");
+    eprintln!("move with the wrong key: {e}");
+    assert_eq!(shell(&src, "cat /dev/shm/marker").await, marker);
+
+    let seen = std::sync::Mutex::new(Vec::new());
+    let figures = migrate::migrate_out(&src, &at, &|p| {
+        eprintln!("move: {p:?}");
+        seen.lock().expect("lock").push(p);
+    })
+    .await
+    .expect("the guest moves");
+    eprintln!("move figures: {figures:?}");
+    assert!(figures.disk_bytes >= 4 << 20, "{figures:?}");
+    assert!(
+        figures.ram_bytes > 0 && figures.ram_passes > 0,
+        "{figures:?}"
+    );
+    assert!(seen
+        .lock()
+        .expect("lock")
+        .contains(&migrate::Progress::Switchover));
+
+    assert_eq!(
+        migrate::arrival(&dst).await.expect("arrival"),
+        Arrival::Arrived
+    );
+    assert_eq!(
+        src.run_state().await.expect("source state"),
+        vm::RunState::from_qmp("postmigrate")
+    );
+    migrate::finish_incoming(&dst).await.expect("finish");
+    assert!(!migrate::is_incoming(&dst_dir));
+    src.kill().await.expect("source QEMU ends");
+
+    // The same boot, the same RAM, the same disk, on the other QEMU.
+    assert_eq!(
+        shell(&dst, "cat /proc/sys/kernel/random/boot_id").await,
+        boot_id
+    );
+    assert_eq!(shell(&dst, "cat /dev/shm/marker").await, marker);
+    assert!(uptime(shell(&dst, "cat /proc/uptime").await) >= up_before);
+    assert_eq!(
+        shell(
+            &dst,
+            "echo 3 > /proc/sys/vm/drop_caches; head -c 4194304 /dev/vda | md5sum"
+        )
+        .await,
+        disk_sum
+    );
+    // And it keeps writing to its own disk there.
+    shell(&dst, "echo after > /dev/shm/x && dd if=/dev/shm/x of=/dev/vda bs=512 seek=9000 conv=fsync 2>/dev/null").await;
+    dst.stop(Duration::from_secs(30)).await.expect("stop");
+}

@@ -256,6 +256,7 @@ impl Prepared {
             placement,
             hosts: &hosts,
             vnis: &BTreeMap::new(),
+            arriving: None,
         })
         .map_err(|e| InvalidInput(e.to_string()))?;
         let plan = HostPlan {

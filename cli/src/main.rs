@@ -55,6 +55,11 @@ enum Command {
     Exec(cmd::exec::Args),
     /// Restart one node's guest, keeping its disk.
     Restart(cmd::restart::Args),
+    /// Move a running node to another host without a restart.
+    Move(cmd::moving::Args),
+    /// Drain a host (move its VMs away) or end its cordon.
+    #[command(subcommand)]
+    Host(cmd::moving::HostCommand),
     /// Attach to a node's serial console.
     Console(cmd::console::Args),
     /// Capture a node NIC's packets as pcap (for wireshark, tcpdump -r).
@@ -91,6 +96,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Exec(a) => cmd::exec::run(a),
         Command::Restart(a) => cmd::restart::run(a),
+        Command::Move(a) => cmd::moving::run(a),
+        Command::Host(c) => cmd::moving::run_host(c),
         Command::Console(a) => cmd::console::run(a),
         Command::Capture(a) => cmd::capture::run(a),
         Command::Cluster(c) => cmd::cluster::run(c),

@@ -210,6 +210,7 @@ mod tests {
             nics: vec![],
             config: Default::default(),
             restart: Default::default(),
+            incoming: None,
         };
         let lab = labspan_proto::plan::LabPlan {
             lab: "l".into(),

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use labspan_proto::lab::{Endpoint, FileRef, Lab, Segment};
 use labspan_proto::names;
 use labspan_proto::plan::{
-    GuestConfig, GuestFile, LabPlan, NicPlan, SegmentPlan, VmPlan, VxlanPlan,
+    GuestConfig, GuestFile, IncomingPlan, LabPlan, NicPlan, SegmentPlan, VmPlan, VxlanPlan,
 };
 
 /// VXLAN's own header cost on an IPv4 underlay (outer IP 20 + UDP 8 +
@@ -82,6 +82,18 @@ pub struct PlanInput<'a> {
     pub hosts: &'a BTreeMap<String, HostFabric>,
     /// VNI of every segment that spans hosts, by segment key.
     pub vnis: &'a BTreeMap<String, u32>,
+    /// A node being moved: it runs on its placed host and is received on
+    /// another, and its segments span both until the move ends.
+    pub arriving: Option<Arriving<'a>>,
+}
+
+/// A node on its way to another host (a live move).
+#[derive(Debug, Clone, Copy)]
+pub struct Arriving<'a> {
+    pub node: &'a str,
+    /// The host that receives it.
+    pub to: &'a str,
+    pub plan: &'a IncomingPlan,
 }
 
 /// The hosts each segment has members on, by segment key.
@@ -145,7 +157,25 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
         .saturating_sub(VXLAN_OVERHEAD);
 
     let segments = lab.segments();
-    let spans = segment_hosts(&segments, input.placement);
+    let mut spans = segment_hosts(&segments, input.placement);
+    if let Some(a) = &input.arriving {
+        if !input.hosts.contains_key(a.to) {
+            return Err(PlanError::UnknownHost {
+                lab: lab.name.clone(),
+                node: a.node.to_string(),
+                host: a.to.to_string(),
+            });
+        }
+        // Peers flood the segment to both hosts while the guest moves, so
+        // its frames reach it wherever it runs at the switch-over.
+        for seg in &segments {
+            if seg.members.iter().any(|m| m.node == a.node) {
+                if let Some(hosts) = spans.get_mut(&seg.key) {
+                    hosts.insert(a.to);
+                }
+            }
+        }
+    }
     let mut segment_of: BTreeMap<&Endpoint, (&str, u32)> = BTreeMap::new();
     let mut plans: BTreeMap<String, LabPlan> = BTreeMap::new();
     for seg in &segments {
@@ -228,7 +258,7 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
                 })
             })
             .collect::<Result<_, PlanError>>()?;
-        lab_plan(&mut plans, lab, host).vms.push(VmPlan {
+        let vm = VmPlan {
             name: name.clone(),
             image: node.image.clone(),
             memory_mib: node.memory_mib,
@@ -239,7 +269,16 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
                 exec: node.exec.clone(),
             },
             restart: node.restart,
-        });
+            incoming: None,
+        };
+        if let Some(a) = input.arriving.filter(|a| a.node == name.as_str()) {
+            let arriving = VmPlan {
+                incoming: Some(a.plan.clone()),
+                ..vm.clone()
+            };
+            lab_plan(&mut plans, lab, a.to).vms.push(arriving);
+        }
+        lab_plan(&mut plans, lab, host).vms.push(vm);
     }
     Ok(plans)
 }
@@ -379,6 +418,7 @@ mod tests {
             placement,
             hosts,
             vnis: &vnis,
+            arriving: None,
         })
     }
 

@@ -174,6 +174,16 @@ pub enum Request {
         nic: String,
         count: Option<u32>,
     },
+    /// Moves a running node of a lab to another host without a restart
+    /// (`to`: `None` lets placement choose). Answered when the move is done
+    /// or rolled back.
+    MoveNode {
+        lab: String,
+        node: String,
+        to: Option<String>,
+    },
+    /// Cordons a host (no new placements) or ends its cordon.
+    Cordon { host: String, cordoned: bool },
 }
 
 impl Request {
@@ -238,6 +248,55 @@ pub enum Reply {
         #[serde(with = "serde_bytes")]
         contents: Vec<u8>,
     },
+    /// Answer to [`Request::MoveNode`]: the move is done.
+    Moved(MoveReport),
+}
+
+/// A finished move.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveReport {
+    pub lab: String,
+    pub node: String,
+    pub from: String,
+    pub to: String,
+    pub figures: MoveFigures,
+    /// From the request to the recorded end, on the leader.
+    pub total_ms: u64,
+}
+
+/// What one live migration measured, from the source's QEMU.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveFigures {
+    /// Bytes of the guest's own disk layer copied (0 without a disk).
+    pub disk_bytes: u64,
+    /// Time to copy the disk until the mirror was in step.
+    pub disk_ms: u64,
+    /// RAM bytes sent, all passes.
+    pub ram_bytes: u64,
+    /// RAM passes (dirty-memory syncs).
+    pub ram_passes: u64,
+    /// QEMU's measured downtime (the guest paused on both sides).
+    pub downtime_ms: u64,
+    /// The RAM migration's wall time (QEMU's `total-time`).
+    pub migrate_ms: u64,
+    /// On the source agent, from its first QMP command to `completed`.
+    pub total_ms: u64,
+}
+
+/// How one side of a move looks to its agent (a new leader asks both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveSide {
+    /// No QEMU of that node on this host.
+    Absent,
+    /// Source: this agent is migrating it now.
+    Migrating,
+    /// Source: QEMU's migration completed (the guest left); destination:
+    /// the guest arrived.
+    Completed,
+    /// A QEMU runs the node and no migration of it is under way or done.
+    Idle,
+    /// Destination: QEMU waits for or receives the guest.
+    Waiting,
 }
 
 /// One up host's image endpoint and inventory.
@@ -280,6 +339,9 @@ pub struct HostStatus {
     pub memory_mib: u64,
     pub vcpus: u64,
     pub up: bool,
+    /// Cordoned (`labspan host drain`): no new placements.
+    #[serde(default)]
+    pub cordoned: bool,
     /// What it can do (`None`: its agent has not said to this leader).
     pub capabilities: Option<Capabilities>,
 }
@@ -512,6 +574,17 @@ pub enum AgentRequest {
         nic: String,
         count: Option<u32>,
     },
+    /// Live-migrates a guest of this host into the QEMU waiting for it on
+    /// `to` (a host whose plan holds it as incoming).
+    MigrateOut {
+        lab: String,
+        node: String,
+        to: IpAddr,
+        port: u16,
+        psk: String,
+    },
+    /// How a node's move looks on this host.
+    MoveStatus { lab: String, node: String },
 }
 
 /// An agent's answer to an [`AgentRequest`].
@@ -525,6 +598,11 @@ pub enum AgentReply {
     Streaming,
     /// The agent could not do it.
     Error(ErrorReply),
+    /// Answer to [`AgentRequest::MigrateOut`]: the guest runs on the
+    /// destination.
+    Migrated(MoveFigures),
+    /// Answer to [`AgentRequest::MoveStatus`].
+    MoveStatus(MoveSide),
 }
 
 /// A request to a coordinator's join endpoint, from a member that has no

@@ -96,6 +96,24 @@ pub struct VmPlan {
     /// What the agent does when the guest fails.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Set while the guest is being moved here from another host: the
+    /// agent starts QEMU to receive it rather than to boot it.
+    #[serde(default)]
+    pub incoming: Option<IncomingPlan>,
+}
+
+/// Where a moved guest comes from and how its streams are secured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingPlan {
+    /// The host it runs on until the move is done.
+    pub from: String,
+    /// Where this host receives it: its VTEP address.
+    pub addr: IpAddr,
+    /// The port (on `addr`) of the RAM stream; the disk's NBD server
+    /// listens on the next one.
+    pub port: u16,
+    /// The move's pre-shared TLS key (hex), made by the leader for this move.
+    pub psk: String,
 }
 
 /// One guest NIC and the tap that backs it.

@@ -60,6 +60,7 @@ fn plans(lab: &Lab, fabric: &Fabric, placement: &[(&str, usize)]) -> Vec<HostPla
         placement: &placement,
         hosts: &hosts,
         vnis: &vnis,
+        arriving: None,
     })
     .expect("planning");
     (0..fabric.hosts.len())

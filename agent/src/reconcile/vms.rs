@@ -147,6 +147,7 @@ mod tests {
             }],
             config: GuestConfig::default(),
             restart: Default::default(),
+            incoming: None,
         }
     }
 
@@ -173,6 +174,7 @@ mod tests {
                     console_log: d.join("l"),
                     qga: d.join("g"),
                 },
+                incoming: false,
             },
         }
     }

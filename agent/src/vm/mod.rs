@@ -8,6 +8,7 @@
 
 pub mod accel;
 mod jsonline;
+pub mod migrate;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;
@@ -209,6 +210,16 @@ impl Vm {
     pub async fn stop(self, timeout: Duration) -> Result<Stopped, VmError> {
         let how = if !self.is_running() {
             Stopped::AlreadyGone
+        } else if self.not_here().await {
+            if let Ok(mut q) = self.qmp().await {
+                let _ = q.execute("quit", None).await;
+            }
+            if self.wait_exit(QUIT_GRACE).await {
+                Stopped::Quit
+            } else {
+                self.kill().await?;
+                Stopped::Killed
+            }
         } else {
             if let Ok(mut q) = self.qmp().await {
                 // A guest that powers off now is meant to: QEMU should exit
@@ -234,6 +245,16 @@ impl Vm {
         tracing::info!(vm = self.name(), pid = self.pid, ?how, "VM stopped");
         remove_state(&self.dir, self.name())?;
         Ok(how)
+    }
+
+    /// Whether the guest is not in this QEMU (it left by a move, or has not
+    /// arrived): no power button reaches it, so `stop` quits at once.
+    async fn not_here(&self) -> bool {
+        let Ok(mut q) = self.qmp().await else {
+            return false;
+        };
+        matches!(q.execute("query-status", None).await,
+            Ok(s) if s["status"] == "postmigrate" || s["status"] == "inmigrate")
     }
 
     /// The guest's run state, from QMP `query-status`.
@@ -319,6 +340,43 @@ pub fn vm_paths(dir: &Path) -> VmPaths {
 /// Starts `cfg` with its state in `dir` (created if needed). Fails if a VM
 /// already runs there. On failure, what this call created is removed.
 pub async fn launch(dir: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
+    launch_as(dir, cfg, false).await
+}
+
+/// Starts `cfg` as the destination of a move: QEMU with the same devices,
+/// waiting for the guest on `at` (see [`migrate::prepare_incoming`]). On
+/// failure, what this call created is removed.
+pub async fn launch_incoming(
+    dir: &Path,
+    cfg: &VmConfig,
+    at: &migrate::Endpoint,
+) -> Result<Vm, migrate::MoveError> {
+    // The mirror copies only what the source's overlay holds: anything left
+    // in an overlay here (an earlier move cut short) would shadow the base.
+    if adopt(dir)?.is_none() {
+        let overlay = dir.join("overlay.qcow2");
+        if let Err(source) = fs::remove_file(&overlay) {
+            if source.kind() != io::ErrorKind::NotFound {
+                return Err(VmError::Io {
+                    vm: cfg.name.clone(),
+                    what: "removing",
+                    path: overlay,
+                    cause: source,
+                }
+                .into());
+            }
+        }
+    }
+    let vm = launch_as(dir, cfg, true).await?;
+    if let Err(e) = migrate::prepare_incoming(&vm, at).await {
+        let _ = vm.kill().await;
+        let _ = remove_state(dir, &cfg.name);
+        return Err(e);
+    }
+    Ok(vm)
+}
+
+async fn launch_as(dir: &Path, cfg: &VmConfig, incoming: bool) -> Result<Vm, VmError> {
     if let Some(vm) = adopt(dir)? {
         return Err(VmError::AlreadyRunning {
             vm: cfg.name.clone(),
@@ -344,7 +402,8 @@ pub async fn launch(dir: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
         Some(base) => Some(ensure_overlay(&cfg.name, &base, &dir.join("overlay.qcow2")).await?),
         None => None,
     };
-    let spec = launch_spec(cfg, paths, disk);
+    let mut spec = launch_spec(cfg, paths, disk);
+    spec.incoming = incoming;
     let record = VmRecord {
         name: cfg.name.clone(),
         image: cfg.image.manifest.name.clone(),
@@ -393,6 +452,7 @@ fn launch_spec(cfg: &VmConfig, paths: VmPaths, disk: Option<PathBuf>) -> LaunchS
         disk,
         nics: cfg.nics.clone(),
         paths,
+        incoming: false,
     }
 }
 

@@ -49,6 +49,10 @@ pub struct LaunchSpec {
     pub disk: Option<PathBuf>,
     pub nics: Vec<NicSpec>,
     pub paths: VmPaths,
+    /// Started to receive a guest moved from another host (`-incoming
+    /// defer`) rather than to boot one.
+    #[serde(default)]
+    pub incoming: bool,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -114,6 +118,9 @@ pub fn command_line(spec: &LaunchSpec) -> Vec<OsString> {
     a.push("-device").push("pvpanic");
     a.push("-action")
         .push("reboot=shutdown,shutdown=pause,panic=pause");
+    if spec.incoming {
+        a.push("-incoming").push("defer");
+    }
     a.push("-pidfile").path(&p.pidfile);
     a.push("-daemonize");
     a.0
@@ -190,6 +197,7 @@ mod tests {
                 console_log: d.join("console.log"),
                 qga: d.join("qga.sock"),
             },
+            incoming: false,
         }
     }
 
@@ -269,6 +277,9 @@ mod tests {
             vec!["console=ttyS0 labspan.hostname=r1"]
         );
         assert!(values(&a, "-drive").is_empty());
+        assert!(values(&a, "-incoming").is_empty());
+        s.incoming = true;
+        assert_eq!(values(&strings(&s), "-incoming"), vec!["defer"]);
 
         s.accel = Accel::Kvm;
         s.kernel = None;

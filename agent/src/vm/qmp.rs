@@ -1,12 +1,14 @@
 //! A small QMP client: JSON lines over QEMU's unix socket.
 //!
 //! Only what labspan needs: the greeting and capability negotiation,
-//! commands with their `return` or `error`, and async events skipped (QEMU
-//! may send an event, e.g. POWERDOWN, before the reply to the command that
-//! caused it).
+//! commands with their `return` or `error`, and async events kept aside
+//! (QEMU may send an event, e.g. POWERDOWN, before the reply to the command
+//! that caused it) for whoever waits for one (a migration waits for
+//! `BLOCK_JOB_READY` and `MIGRATION`).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,6 +33,12 @@ pub enum QmpError {
     Closed { path: PathBuf, what: String },
     #[error("QMP socket {path}: unexpected message {line:?}")]
     Protocol { path: PathBuf, line: String },
+    #[error("QMP socket {path}: no {what} event within {timeout:?}")]
+    NoEvent {
+        path: PathBuf,
+        what: String,
+        timeout: Duration,
+    },
     #[error("QMP command {command} failed: {class}: {desc}")]
     Command {
         command: String,
@@ -48,7 +56,19 @@ struct Message {
     ret: Option<Value>,
     error: Option<ErrorBody>,
     event: Option<String>,
+    #[serde(default)]
+    data: Value,
 }
+
+/// An asynchronous QMP event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: String,
+    pub data: Value,
+}
+
+/// Events kept while nobody waits for them; older ones are dropped first.
+const MAX_PENDING_EVENTS: usize = 256;
 
 #[derive(Debug, Deserialize)]
 struct ErrorBody {
@@ -64,6 +84,7 @@ pub struct Qmp {
     path: PathBuf,
     lines: JsonLines,
     timeout: Duration,
+    events: VecDeque<Event>,
 }
 
 impl Qmp {
@@ -77,6 +98,7 @@ impl Qmp {
             path: path.to_path_buf(),
             lines,
             timeout,
+            events: VecDeque::new(),
         };
         let greeting = qmp.read_message("the greeting").await?;
         if greeting.greeting.is_none() {
@@ -94,7 +116,11 @@ impl Qmp {
             .map_err(|e| line_error(&self.path, command, self.timeout, e))?;
         loop {
             let msg = self.read_message(command).await?;
-            if msg.event.is_some() {
+            if let Some(name) = msg.event {
+                self.keep(Event {
+                    name,
+                    data: msg.data,
+                });
                 continue;
             }
             if let Some(e) = msg.error {
@@ -109,6 +135,58 @@ impl Qmp {
             }
             return Err(self.protocol(command));
         }
+    }
+
+    /// Waits up to `timeout` for an event `matches` accepts (one received
+    /// earlier, during a command, counts) and returns it; events it skips
+    /// are dropped.
+    pub async fn wait_event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&Event) -> bool,
+    ) -> Result<Event, QmpError> {
+        while let Some(e) = self.events.pop_front() {
+            if matches(&e) {
+                return Ok(e);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(QmpError::NoEvent {
+                    path: self.path.clone(),
+                    what: what.to_string(),
+                    timeout,
+                });
+            }
+            let line = match self.lines.read_line(left).await {
+                Ok(line) => line,
+                Err(LineError::Timeout) => continue,
+                Err(e) => return Err(line_error(&self.path, what, timeout, e)),
+            };
+            let msg: Message = serde_json::from_str(&line).map_err(|_| QmpError::Protocol {
+                path: self.path.clone(),
+                line: line.trim().to_string(),
+            })?;
+            if let Some(name) = msg.event {
+                let e = Event {
+                    name,
+                    data: msg.data,
+                };
+                if matches(&e) {
+                    return Ok(e);
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, e: Event) {
+        if self.events.len() >= MAX_PENDING_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
     }
 
     async fn read_message(&mut self, what: &str) -> Result<Message, QmpError> {

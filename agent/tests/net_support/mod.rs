@@ -94,6 +94,7 @@ pub fn vm(lab: &mut LabPlan, name: &str, nics: &[(&str, Option<&str>)]) {
         nics,
         config: GuestConfig::default(),
         restart: Default::default(),
+        incoming: None,
     });
 }
 

@@ -290,17 +290,22 @@ fn print_status(s: &ClusterStatus) {
         );
     }
     println!(
-        "\n{:<16} {:<16} {:>10} {:>6}  {:<5} CAPABILITIES",
+        "\n{:<16} {:<16} {:>10} {:>6}  {:<14} CAPABILITIES",
         "HOST", "VTEP", "MEMORY", "CPUS", "STATE"
     );
     for h in &s.hosts {
         println!(
-            "{:<16} {:<16} {:>7} MiB {:>6}  {:<5} {}",
+            "{:<16} {:<16} {:>7} MiB {:>6}  {:<14} {}",
             h.name,
             h.vtep.to_string(),
             h.memory_mib,
             h.vcpus,
-            if h.up { "up" } else { "DOWN" },
+            match (h.up, h.cordoned) {
+                (true, false) => "up",
+                (true, true) => "up, cordoned",
+                (false, false) => "DOWN",
+                (false, true) => "DOWN, cordoned",
+            },
             capabilities(h.capabilities.as_ref())
         );
     }
@@ -326,7 +331,7 @@ fn status_json(s: &ClusterStatus) -> serde_json::Value {
         "term": s.term,
         "commit_index": s.commit_index,
         "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name, "addr": m.addr, "voter": m.voter})).collect::<Vec<_>>(),
-        "hosts": s.hosts.iter().map(|h| serde_json::json!({"name": h.name, "vtep": h.vtep, "memory_mib": h.memory_mib, "cpus": h.vcpus, "up": h.up, "capabilities": h.capabilities.map(|c| serde_json::json!({"netem": c.netem, "tbf": c.tbf, "vxlan": c.vxlan, "kvm": c.kvm}))})).collect::<Vec<_>>(),
+        "hosts": s.hosts.iter().map(|h| serde_json::json!({"name": h.name, "vtep": h.vtep, "memory_mib": h.memory_mib, "cpus": h.vcpus, "up": h.up, "cordoned": h.cordoned, "capabilities": h.capabilities.map(|c| serde_json::json!({"netem": c.netem, "tbf": c.tbf, "vxlan": c.vxlan, "kvm": c.kvm}))})).collect::<Vec<_>>(),
         "labs": s.labs.iter().map(|(l, st)| serde_json::json!({"name": l, "status": st.to_string()})).collect::<Vec<_>>(),
     })
 }

@@ -11,6 +11,7 @@ pub mod graph;
 pub mod image;
 mod image_push;
 pub mod inspect;
+pub mod moving;
 pub mod place;
 pub mod restart;
 pub mod up;

@@ -157,6 +157,8 @@ impl Progress {
     fn on(&self, lab: &str, event: Event) {
         let (of, vm, msg) = match &event {
             Event::Launching { lab, vm } => (lab, vm, "starting QEMU".to_string()),
+            Event::Receiving { lab, vm } => (lab, vm, "receiving it from another host".to_string()),
+            Event::Arrived { lab, vm } => (lab, vm, "arrived from another host".to_string()),
             Event::Adopted { lab, vm, pid } => (lab, vm, format!("running (pid {pid}), kept")),
             Event::Restarting { lab, vm, why } => (lab, vm, format!("restarting: {why}")),
             Event::Booted { lab, vm, after } => (

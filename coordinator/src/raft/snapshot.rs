@@ -195,6 +195,7 @@ mod tests {
                 labels: BTreeSet::from(["fast".to_string()]),
                 vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
                 up: true,
+                cordoned: false,
             },
         );
         for i in 0..labs {
@@ -208,6 +209,7 @@ mod tests {
                 status: LabStatus::Running,
                 moving: BTreeSet::new(),
                 origin: None,
+                migration: None,
             };
             s.labs.insert(name, record);
         }
@@ -269,6 +271,7 @@ mod tests {
             labels: BTreeSet::new(),
             vtep: IpAddr::V4(Ipv4Addr::LOCALHOST),
             up: true,
+            cordoned: false,
         };
         let bytes = codec::encode(&PartRef::Host("h", &host))?;
         assert!(matches!(read(&bytes), Err(SnapshotError::Layout { .. })));

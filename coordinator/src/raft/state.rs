@@ -36,6 +36,9 @@ pub struct Host {
     pub vtep: IpAddr,
     /// False once heartbeats stopped (only transitions are logged).
     pub up: bool,
+    /// Cordoned by an admin (`labspan host drain`): no new placements.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 /// Where a lab is in its life: the wire type, so what the CLI matches on
@@ -57,6 +60,33 @@ pub struct LabRecord {
     pub moving: BTreeSet<String>,
     /// Who deployed the lab, from which file, and when.
     pub origin: Option<LabOrigin>,
+    /// A live move of one of its nodes, recorded before anything is done:
+    /// a new leader finishes or rolls back what it finds here.
+    #[serde(default)]
+    pub migration: Option<Migration>,
+}
+
+/// A live move in progress: node, from, to, phase, and how its streams
+/// meet (port and key, made by the leader that started it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub node: String,
+    pub from: String,
+    pub to: String,
+    pub phase: MovePhase,
+    /// RAM stream port on `to`'s VTEP address (NBD: the next one).
+    pub port: u16,
+    /// Pre-shared TLS key of the move's streams (hex).
+    pub psk: String,
+}
+
+/// How far a move got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MovePhase {
+    /// The destination is being readied; the source was not asked yet.
+    Preparing,
+    /// The source was asked to migrate the guest.
+    Copying,
 }
 
 /// Everything the coordinators agree on.
@@ -140,6 +170,22 @@ pub enum Command {
         name: String,
         now_unix: u64,
     },
+    /// Records the intent to move `node` of `lab` live to host `to`
+    /// (phase `Preparing`); refused while the lab has a move in progress.
+    BeginMove {
+        lab: String,
+        node: String,
+        to: String,
+        port: u16,
+        psk: String,
+    },
+    /// Advances the lab's move to `phase`.
+    SetMovePhase { lab: String, phase: MovePhase },
+    /// Ends the lab's move: `done` places the node on the destination,
+    /// else it stays where it was (rolled back).
+    EndMove { lab: String, done: bool },
+    /// Cordons a host (no new placements) or ends its cordon.
+    Cordon { name: String, cordoned: bool },
 }
 
 /// What an accepted command did.
@@ -177,6 +223,10 @@ pub enum Rejection {
     BadSpec { lab: String, reason: String },
     #[error("unknown join token: ask an admin for a new one (`labspan cluster token`)")]
     UnknownToken,
+    #[error("lab {0:?} has no move in progress")]
+    NoMove(String),
+    #[error("lab {lab:?} is already moving node {node:?}: wait until that move ends")]
+    MoveInProgress { lab: String, node: String },
     #[error("join token already used by {0:?}: tokens are one-time, ask for a new one")]
     TokenUsed(String),
     #[error("join token expired: ask for a new one (`labspan cluster token --ttl ...`)")]
@@ -205,11 +255,13 @@ impl ClusterState {
                 vtep,
             } => {
                 let up = self.hosts.get(name).is_none_or(|h| h.up);
+                let cordoned = self.hosts.get(name).is_some_and(|h| h.cordoned);
                 let host = Host {
                     capacity: *capacity,
                     labels: labels.clone(),
                     vtep: *vtep,
                     up,
+                    cordoned,
                 };
                 self.hosts.insert(name.clone(), host);
                 Ok(Applied::Done)
@@ -265,6 +317,41 @@ impl ClusterState {
                 self.revoked.insert(name.clone());
                 Ok(Applied::Done)
             }
+            Command::BeginMove {
+                lab,
+                node,
+                to,
+                port,
+                psk,
+            } => self.begin_move(lab, node, to, *port, psk),
+            Command::SetMovePhase { lab, phase } => {
+                let rec = self.lab_mut(lab)?;
+                let m = rec
+                    .migration
+                    .as_mut()
+                    .ok_or_else(|| Rejection::NoMove(lab.clone()))?;
+                m.phase = *phase;
+                Ok(Applied::Done)
+            }
+            Command::EndMove { lab, done } => {
+                let rec = self.lab_mut(lab)?;
+                let m = rec
+                    .migration
+                    .take()
+                    .ok_or_else(|| Rejection::NoMove(lab.clone()))?;
+                if *done {
+                    rec.placement.insert(m.node, m.to);
+                }
+                Ok(Applied::Done)
+            }
+            Command::Cordon { name, cordoned } => {
+                let host = self
+                    .hosts
+                    .get_mut(name)
+                    .ok_or_else(|| Rejection::UnknownHost(name.clone()))?;
+                host.cordoned = *cordoned;
+                Ok(Applied::Done)
+            }
             Command::DeleteLab { name } => {
                 self.labs
                     .remove(name)
@@ -273,6 +360,49 @@ impl ClusterState {
                 Ok(Applied::Done)
             }
         }
+    }
+
+    fn begin_move(
+        &mut self,
+        lab: &str,
+        node: &str,
+        to: &str,
+        port: u16,
+        psk: &str,
+    ) -> CommandResult {
+        if !self.hosts.contains_key(to) {
+            return Err(Rejection::UnknownHost(to.to_string()));
+        }
+        let rec = self.lab_mut(lab)?;
+        if let Some(m) = &rec.migration {
+            return Err(Rejection::MoveInProgress {
+                lab: lab.to_string(),
+                node: m.node.clone(),
+            });
+        }
+        let from = rec
+            .placement
+            .get(node)
+            .cloned()
+            .ok_or_else(|| Rejection::BadPlacement {
+                lab: lab.to_string(),
+                reason: format!("node {node:?} is not in the lab"),
+            })?;
+        if from == to {
+            return Err(Rejection::BadPlacement {
+                lab: lab.to_string(),
+                reason: format!("node {node:?} already runs on host {to:?}"),
+            });
+        }
+        rec.migration = Some(Migration {
+            node: node.to_string(),
+            from,
+            to: to.to_string(),
+            phase: MovePhase::Preparing,
+            port,
+            psk: psk.to_string(),
+        });
+        Ok(Applied::Done)
     }
 
     fn use_token(&mut self, hash: &str, name: &str, now_unix: u64) -> CommandResult {
@@ -354,6 +484,7 @@ impl ClusterState {
             status: LabStatus::Deploying,
             moving: BTreeSet::new(),
             origin: origin.clone(),
+            migration: None,
         };
         self.labs.insert(name.to_string(), record);
         Ok(Applied::Vnis(vnis))

@@ -20,7 +20,9 @@ pub fn may(role: Role, req: &Request) -> bool {
         | R::PutFile { .. }
         | R::DeleteLab { .. }
         | R::Exec { .. }
-        | R::RestartNode { .. } => role == Role::Admin,
+        | R::RestartNode { .. }
+        | R::MoveNode { .. }
+        | R::Cordon { .. } => role == Role::Admin,
         R::StoreFile { .. } => role == Role::Coordinator,
         // Guest files are lab input: the hosts that run them, and the
         // coordinators that hold copies.

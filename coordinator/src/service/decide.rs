@@ -9,11 +9,11 @@ use labspan_proto::codec;
 use labspan_proto::health::GuestHealth;
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{Capabilities, LabOrigin, LabReport, NodeState, VmReport};
-use labspan_proto::plan::HostPlan;
+use labspan_proto::plan::{HostPlan, IncomingPlan};
 
 use crate::hosts::Host;
 use crate::placement::{place_lab, vm_memory_mib};
-use crate::plan::{plan_lab, HostFabric, PlanInput};
+use crate::plan::{plan_lab, Arriving, HostFabric, PlanInput};
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
 
 /// Checks a lab that arrived as data (not as a file) with the lab file's
@@ -90,10 +90,18 @@ pub(super) fn offers(
     lab: &str,
     capabilities: &HashMap<String, Capabilities>,
 ) -> Vec<Host> {
+    // A cordoned host keeps the nodes of `lab` it runs (an edit does not
+    // move them) and takes no other.
+    let runs_lab = |host: &String| {
+        state
+            .labs
+            .get(lab)
+            .is_some_and(|r| r.placement.values().any(|h| h == host))
+    };
     let mut hosts: BTreeMap<&String, Host> = state
         .hosts
         .iter()
-        .filter(|(_, h)| h.up)
+        .filter(|(name, h)| h.up && (!h.cordoned || runs_lab(name)))
         .map(|(name, h)| {
             let mut host = Host::new(
                 name,
@@ -126,6 +134,17 @@ pub(super) fn offers(
             host.used_vcpus += u64::from(spec.cpus);
             tracing::trace!(lab = other, node, host = host.name, "capacity in use");
         }
+        // A node being moved holds room on both hosts until the move ends.
+        let arriving = rec.migration.as_ref().and_then(|m| {
+            let spec = bundle.lab.nodes.get(&m.node)?;
+            Some((&m.to, spec))
+        });
+        if let Some((to, spec)) = arriving {
+            if let Some(host) = hosts.get_mut(to) {
+                host.used_memory_mib += vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
+                host.used_vcpus += u64::from(spec.cpus);
+            }
+        }
     }
     hosts.into_values().collect()
 }
@@ -154,7 +173,13 @@ pub fn host_plans(
         .collect();
     let mut unplanned = BTreeMap::new();
     for (name, rec) in &state.labs {
-        if !rec.placement.values().any(|h| wanted.contains(h)) {
+        let arriving_at = rec.migration.as_ref().map(|m| &m.to);
+        if !rec
+            .placement
+            .values()
+            .chain(arriving_at)
+            .any(|h| wanted.contains(h))
+        {
             continue;
         }
         match plan_record(rec, fabrics) {
@@ -179,12 +204,30 @@ fn plan_record(
     fabrics: &BTreeMap<String, HostFabric>,
 ) -> Result<BTreeMap<String, labspan_proto::plan::LabPlan>, String> {
     let bundle = codec::decode::<LabBundle>(&rec.spec).map_err(|e| e.to_string())?;
+    let incoming = rec.migration.as_ref().and_then(|m| {
+        Some(IncomingPlan {
+            from: m.from.clone(),
+            addr: fabrics.get(&m.to)?.vtep,
+            port: m.port,
+            psk: m.psk.clone(),
+        })
+    });
+    let arriving = rec
+        .migration
+        .as_ref()
+        .zip(incoming.as_ref())
+        .map(|(m, plan)| Arriving {
+            node: &m.node,
+            to: &m.to,
+            plan,
+        });
     let input = PlanInput {
         lab: &bundle.lab,
         files: &bundle.files,
         placement: &rec.placement,
         hosts: fabrics,
         vnis: &rec.vnis,
+        arriving,
     };
     plan_lab(&input).map_err(|e| e.to_string())
 }

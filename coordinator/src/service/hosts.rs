@@ -245,3 +245,32 @@ fn silent_hosts(inner: &Inner) -> Vec<String> {
         .map(|(name, _)| name)
         .collect()
 }
+
+/// Leader: cordons host `name` (placement skips it for new nodes) or ends
+/// its cordon.
+pub(super) async fn cordon(inner: &Arc<Inner>, name: &str, cordoned: bool) -> Reply {
+    if let Err(e) = inner.fresh().await {
+        return Reply::Error(e);
+    }
+    let known = {
+        let state = &inner.state.read().state;
+        if state.hosts.contains_key(name) {
+            Ok(())
+        } else {
+            let hint =
+                labspan_proto::suggest::hint(name, state.hosts.keys().map(String::as_str), "hosts");
+            Err(format!("no host {name:?} in the cluster{hint}"))
+        }
+    };
+    if let Err(why) = known {
+        return error(ErrorKind::NotFound, why);
+    }
+    let cmd = Command::Cordon {
+        name: name.to_string(),
+        cordoned,
+    };
+    match inner.write(cmd).await {
+        Ok(_) => Reply::Done,
+        Err(e) => Reply::Error(e),
+    }
+}

@@ -19,6 +19,7 @@ mod images;
 mod join;
 mod labs;
 mod leader;
+mod moves;
 mod push;
 mod recovery;
 mod resume;
@@ -203,6 +204,8 @@ fn kind(req: &Request) -> &'static str {
         Request::PutFile { .. } => "PutFile",
         Request::StoreFile { .. } => "StoreFile",
         Request::GetFile { .. } => "GetFile",
+        Request::MoveNode { .. } => "MoveNode",
+        Request::Cordon { .. } => "Cordon",
     }
 }
 
@@ -312,6 +315,10 @@ impl Inner {
                 timeout_secs,
             } => labs::exec(self, &lab, &node, &cmd, timeout_secs).await,
             Request::RestartNode { lab, node } => labs::restart(self, &lab, &node).await,
+            Request::MoveNode { lab, node, to } => {
+                moves::move_node(self, &lab, &node, to.as_deref()).await
+            }
+            Request::Cordon { host, cordoned } => hosts::cordon(self, &host, cordoned).await,
             other => error(
                 ErrorKind::Invalid,
                 format!("{} is not served here", kind(&other)),

@@ -46,6 +46,7 @@ async fn resume(inner: Arc<Inner>, term: u64) {
         tracing::info!(term, error = %e.message, "not resuming deploys: leadership not confirmed");
         return;
     }
+    super::moves::resume(&inner).await;
     for lab in deploying(&inner) {
         let hosts = hosts_of(&inner, &lab);
         wait_for_agents(&inner, &hosts).await;
@@ -96,7 +97,7 @@ fn hosts_of(inner: &Inner, lab: &str) -> BTreeSet<String> {
 /// Waits (at most the new leader's grace, `Timing::new_leader_grace`) until every host in `hosts` has an open
 /// connection from its agent; an agent still missing then makes the lab
 /// `Failed`, as it does for a fresh deploy.
-async fn wait_for_agents(inner: &Inner, hosts: &BTreeSet<String>) {
+pub(super) async fn wait_for_agents(inner: &Inner, hosts: &BTreeSet<String>) {
     let deadline = Instant::now() + inner.timing.new_leader_grace;
     loop {
         let missing = agents::missing(inner, hosts);

@@ -35,6 +35,7 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
             memory_mib: h.capacity.memory_mib,
             vcpus: h.capacity.vcpus,
             up: h.up,
+            cordoned: h.cordoned,
             capabilities: capabilities.get(name).copied(),
         })
         .collect();

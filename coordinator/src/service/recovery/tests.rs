@@ -21,6 +21,7 @@ fn host(i: u8, vms: u64, up: bool) -> Host {
         labels: BTreeSet::new(),
         vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
         up,
+        cordoned: false,
     }
 }
 
@@ -55,6 +56,7 @@ fn record(spec: Vec<u8>, placement: &[(&str, &str)], status: LabStatus) -> LabRe
         status,
         moving: BTreeSet::new(),
         origin: None,
+        migration: None,
     }
 }
 

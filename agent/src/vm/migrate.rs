@@ -1,0 +1,624 @@
+//! Live migration of a running guest to another QEMU, disk included.
+//!
+//! The sequence (tested on QEMU 7.2; see docs/migration.md):
+//! - destination: QEMU started with the same devices and `-incoming defer`,
+//!   its fresh overlay exported writable over QEMU's NBD server, then
+//!   `migrate-incoming`;
+//! - source: `blockdev-mirror sync=top` of its overlay into that export
+//!   until `BLOCK_JOB_READY`, then `migrate` with `pause-before-switchover`;
+//!   at `pre-switchover` the mirror is *cancelled* (completing it would
+//!   pivot the source onto the NBD target) and its NBD client detached
+//!   (else the destination cannot drop its export), then `migrate-continue`;
+//! - destination, once told the move is done: export and NBD server
+//!   dropped, the guest running, `announce-self`.
+//!
+//! Both streams (NBD and RAM) are TLS with a pre-shared key that the
+//! leader makes for this one move and gives both agents over the cluster's
+//! mutual-TLS control plane: nothing crosses the underlay in the clear, and
+//! only the two agents of the move hold the key.
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{Qmp, QmpError, Vm, VmError};
+
+/// QMP exchanges during a move may wait behind a busy QEMU (TCG, a RAM
+/// pass in flight): longer than the usual 5 s.
+const MOVE_QMP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the disk copy may take to reach `BLOCK_JOB_READY`.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the RAM copy may take to reach `pre-switchover`, then
+/// `completed`.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How often progress is read while waiting for an event.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// QEMU's own default (300 ms), said out loud: the switch-over target.
+pub const DOWNTIME_LIMIT_MS: u64 = 300;
+/// QEMU caps migration at 128 MiB/s by default; between two lab hosts the
+/// underlay, not a cap, should be the limit.
+const MAX_BANDWIDTH: u64 = 10 << 30;
+
+/// QOM id of the TLS credentials object of a move (one move per QEMU).
+const TLS_ID: &str = "labspan-move-tls";
+/// Node name of the source's NBD client.
+const NBD_TARGET: &str = "labspan-move-target";
+/// Job id of the disk mirror.
+const MIRROR_JOB: &str = "labspan-move-mirror";
+/// Export id and NBD export name on the destination.
+const EXPORT_ID: &str = "labspan-move-disk";
+/// The block backend of the guest's one disk (`-drive if=virtio`).
+const DISK_DEVICE: &str = "virtio0";
+/// File in the VM folder of a destination QEMU still waiting for its guest.
+const INCOMING_FILE: &str = "incoming.json";
+/// Folder (in the VM folder) of the move's pre-shared key, for QEMU.
+const TLS_DIR: &str = "move-tls";
+
+/// Where a destination listens for one move, and the move's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The destination host's underlay address.
+    pub addr: IpAddr,
+    /// The RAM stream's port; the disk's NBD server listens on `port + 1`.
+    pub port: u16,
+    /// The move's pre-shared TLS key, hex.
+    pub psk: String,
+}
+
+impl Endpoint {
+    fn migration_uri(&self) -> String {
+        format!("tcp:{}", SocketAddr::new(self.addr, self.port))
+    }
+    fn nbd_port(&self) -> String {
+        self.port.saturating_add(1).to_string()
+    }
+}
+
+/// What a finished move measured, from the source's QEMU.
+pub use labspan_proto::msg::MoveFigures as Figures;
+
+/// Progress of a move, as the source sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Disk bytes copied of the total so far.
+    Disk { done: u64, total: u64 },
+    /// The disk is in step; RAM copy starts.
+    DiskReady { bytes: u64 },
+    /// A RAM pass: `pass`, bytes sent so far, bytes still dirty.
+    Ram {
+        pass: u64,
+        sent: u64,
+        remaining: u64,
+    },
+    /// The guest paused for the switch-over.
+    Switchover,
+}
+
+/// Errors of a move.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("VM {vm}: {cause}")]
+    Qmp { vm: String, cause: QmpError },
+    #[error("VM {vm}: {what} {}: {cause}", path.display())]
+    Io {
+        vm: String,
+        what: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("VM {vm}: the {what} failed: {why}")]
+    Failed {
+        vm: String,
+        what: &'static str,
+        why: String,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+/// A QMP session for a move, naming the VM in its errors.
+struct Session {
+    vm: String,
+    qmp: Qmp,
+}
+
+impl Session {
+    async fn open(vm: &Vm) -> Result<Session, MoveError> {
+        let qmp = Qmp::connect(&vm.record.spec.paths.qmp, MOVE_QMP_TIMEOUT)
+            .await
+            .map_err(|cause| MoveError::Qmp {
+                vm: vm.name().to_string(),
+                cause,
+            })?;
+        Ok(Session {
+            vm: vm.name().to_string(),
+            qmp,
+        })
+    }
+
+    async fn run(&mut self, command: &str, args: Value) -> Result<Value, MoveError> {
+        let args = (!args.is_null()).then_some(args);
+        self.qmp
+            .execute(command, args)
+            .await
+            .map_err(|cause| MoveError::Qmp {
+                vm: self.vm.clone(),
+                cause,
+            })
+    }
+
+    /// `query-migrate`'s status (`none` before any migration).
+    async fn migration(&mut self) -> Result<Value, MoveError> {
+        self.run("query-migrate", Value::Null).await
+    }
+
+    /// The node name of the guest's disk (its format layer).
+    async fn disk_node(&mut self) -> Result<String, MoveError> {
+        let block = self.run("query-block", Value::Null).await?;
+        block
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["device"] == DISK_DEVICE)
+            .and_then(|b| b["inserted"]["node-name"].as_str())
+            .map(String::from)
+            .ok_or_else(|| MoveError::Failed {
+                vm: self.vm.clone(),
+                what: "disk lookup",
+                why: format!("QEMU has no disk {DISK_DEVICE}"),
+            })
+    }
+
+    fn failed(&self, what: &'static str, why: impl Into<String>) -> MoveError {
+        MoveError::Failed {
+            vm: self.vm.clone(),
+            what,
+            why: why.into(),
+        }
+    }
+}
+
+/// Writes the move's key where QEMU's `tls-creds-psk` reads it
+/// (`keys.psk`, `username:hexkey`, 0600 in a 0700 folder).
+fn write_psk(vm: &Vm, psk: &str) -> Result<PathBuf, MoveError> {
+    let dir = vm.dir().join(TLS_DIR);
+    let io = |what, path: &Path| {
+        let (vm, path) = (vm.name().to_string(), path.to_path_buf());
+        move |cause| MoveError::Io {
+            vm,
+            what,
+            path,
+            cause,
+        }
+    };
+    if !psk.chars().all(|c| c.is_ascii_hexdigit()) || psk.len() < 32 {
+        return Err(MoveError::Failed {
+            vm: vm.name().to_string(),
+            what: "TLS setup",
+            why: "the move's key is not at least 16 bytes of hex".into(),
+        });
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io("creating", &dir))?;
+    let path = dir.join("keys.psk");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("writing", &path))?;
+    // QEMU's client side presents the user name "qemu" unless told otherwise.
+    writeln!(f, "qemu:{psk}").map_err(io("writing", &path))?;
+    Ok(dir)
+}
+
+async fn add_tls(s: &mut Session, dir: &Path, endpoint: &str) -> Result<(), MoveError> {
+    // A move cut short may have left one behind.
+    let _ = s.run("object-del", json!({ "id": TLS_ID })).await;
+    s.run(
+        "object-add",
+        json!({
+            "qom-type": "tls-creds-psk",
+            "id": TLS_ID,
+            "endpoint": endpoint,
+            "dir": dir.to_string_lossy(),
+        }),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Readies a destination QEMU launched with `-incoming defer`: its disk
+/// exported (writable, TLS) for the source's mirror, then the RAM stream
+/// awaited on `at`. Marks the VM folder as incoming.
+pub async fn prepare_incoming(vm: &Vm, at: &Endpoint) -> Result<(), MoveError> {
+    let dir = write_psk(vm, &at.psk)?;
+    let mut s = Session::open(vm).await?;
+    add_tls(&mut s, &dir, "server").await?;
+    s.run(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    )
+    .await?;
+    s.run("migrate-set-parameters", json!({ "tls-creds": TLS_ID }))
+        .await?;
+    if vm.record.spec.disk.is_some() {
+        let node = s.disk_node().await?;
+        s.run(
+            "nbd-server-start",
+            json!({
+                "addr": {"type": "inet", "data": {"host": at.addr.to_string(), "port": at.nbd_port()}},
+                "tls-creds": TLS_ID,
+            }),
+        )
+        .await?;
+        s.run(
+            "block-export-add",
+            json!({"type": "nbd", "id": EXPORT_ID, "node-name": node, "name": EXPORT_ID, "writable": true}),
+        )
+        .await?;
+    }
+    s.run("migrate-incoming", json!({ "uri": at.migration_uri() }))
+        .await?;
+    let path = vm.dir().join(INCOMING_FILE);
+    let marker = json!({"addr": at.addr, "port": at.port}).to_string();
+    fs::write(&path, marker).map_err(|cause| MoveError::Io {
+        vm: vm.name().to_string(),
+        what: "writing",
+        path,
+        cause,
+    })
+}
+
+/// Whether `vm` is a destination QEMU whose move is not finished.
+pub fn is_incoming(vm_dir: &Path) -> bool {
+    vm_dir.join(INCOMING_FILE).exists()
+}
+
+/// Where an incoming QEMU is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arrival {
+    /// Still receiving (or waiting for) the guest.
+    Waiting,
+    /// The guest arrived: QEMU's incoming migration completed.
+    Arrived,
+    /// The incoming migration failed.
+    Failed,
+}
+
+/// The incoming migration's state on a destination QEMU.
+pub async fn arrival(vm: &Vm) -> Result<Arrival, MoveError> {
+    let mut s = Session::open(vm).await?;
+    let m = s.migration().await?;
+    Ok(match m["status"].as_str().unwrap_or("none") {
+        "completed" => Arrival::Arrived,
+        "failed" | "cancelled" => Arrival::Failed,
+        _ => Arrival::Waiting,
+    })
+}
+
+/// Ends a destination's part once the move is decided done: drops the
+/// export, runs the guest (it runs already unless the source was paused
+/// when it switched), announces its MACs, and clears the incoming mark.
+pub async fn finish_incoming(vm: &Vm) -> Result<(), MoveError> {
+    let mut s = Session::open(vm).await?;
+    let status = s.migration().await?;
+    if status["status"] != "completed" {
+        return Err(s.failed(
+            "move",
+            format!(
+                "the guest has not arrived (incoming migration {})",
+                status["status"].as_str().unwrap_or("unknown")
+            ),
+        ));
+    }
+    // Gone already when a finish was cut short and runs again.
+    let _ = s.run("block-export-del", json!({ "id": EXPORT_ID })).await;
+    let _ = s.run("nbd-server-stop", Value::Null).await;
+    let _ = s.run("object-del", json!({ "id": TLS_ID })).await;
+    let run = s.run("query-status", Value::Null).await?;
+    if run["status"] != "running" {
+        s.run("cont", Value::Null).await?;
+    }
+    s.run(
+        "announce-self",
+        json!({"initial": 50, "max": 550, "rounds": 5, "step": 100}),
+    )
+    .await?;
+    let _ = fs::remove_dir_all(vm.dir().join(TLS_DIR));
+    let path = vm.dir().join(INCOMING_FILE);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(MoveError::Io {
+            vm: vm.name().to_string(),
+            what: "removing",
+            path,
+            cause: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Moves the running guest `vm` into the destination QEMU waiting at `to`
+/// (see [`prepare_incoming`]). On success the guest runs there and this
+/// QEMU holds it paused (`postmigrate`): the caller stops it once the move
+/// is recorded. On failure this QEMU runs the guest again, unless the
+/// migration completed (then the guest runs at the destination: the error
+/// says so and the caller must not resume it).
+pub async fn migrate_out(
+    vm: &Vm,
+    to: &Endpoint,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Figures, MoveError> {
+    let start = Instant::now();
+    let dir = write_psk(vm, &to.psk)?;
+    let mut s = Session::open(vm).await?;
+    let result = migrate_steps(&mut s, vm, &dir, to, progress, start).await;
+    if result.is_err() {
+        roll_back(&mut s).await;
+    }
+    let _ = s.run("object-del", json!({ "id": TLS_ID })).await;
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+async fn migrate_steps(
+    s: &mut Session,
+    vm: &Vm,
+    dir: &Path,
+    to: &Endpoint,
+    progress: &(dyn Fn(Progress) + Sync),
+    start: Instant,
+) -> Result<Figures, MoveError> {
+    let mut figures = Figures::default();
+    add_tls(s, dir, "client").await?;
+    let has_disk = vm.record.spec.disk.is_some();
+    if has_disk {
+        let node = s.disk_node().await?;
+        s.run(
+            "blockdev-add",
+            json!({
+                "driver": "nbd",
+                "node-name": NBD_TARGET,
+                "server": {"type": "inet", "host": to.addr.to_string(), "port": to.nbd_port()},
+                "export": EXPORT_ID,
+                "tls-creds": TLS_ID,
+            }),
+        )
+        .await?;
+        s.run(
+            "blockdev-mirror",
+            json!({"job-id": MIRROR_JOB, "device": node, "target": NBD_TARGET, "sync": "top"}),
+        )
+        .await?;
+        figures.disk_bytes = wait_mirror_ready(s, progress).await?;
+        figures.disk_ms = millis(start.elapsed());
+        progress(Progress::DiskReady {
+            bytes: figures.disk_bytes,
+        });
+    }
+    s.run(
+        "migrate-set-capabilities",
+        json!({"capabilities": [
+            {"capability": "events", "state": true},
+            {"capability": "pause-before-switchover", "state": true},
+        ]}),
+    )
+    .await?;
+    s.run(
+        "migrate-set-parameters",
+        json!({
+            "max-bandwidth": MAX_BANDWIDTH,
+            "downtime-limit": DOWNTIME_LIMIT_MS,
+            "tls-creds": TLS_ID,
+        }),
+    )
+    .await?;
+    s.run("migrate", json!({ "uri": to.migration_uri() }))
+        .await?;
+    wait_migration(s, "pre-switchover", progress).await?;
+    progress(Progress::Switchover);
+    if has_disk {
+        s.run("block-job-cancel", json!({ "device": MIRROR_JOB }))
+            .await?;
+        s.qmp
+            .wait_event("mirror end", MOVE_QMP_TIMEOUT, |e| {
+                (e.name == "BLOCK_JOB_COMPLETED" || e.name == "BLOCK_JOB_CANCELLED")
+                    && e.data["device"] == MIRROR_JOB
+            })
+            .await
+            .map_err(|cause| MoveError::Qmp {
+                vm: s.vm.clone(),
+                cause,
+            })?;
+        s.run("blockdev-del", json!({ "node-name": NBD_TARGET }))
+            .await?;
+    }
+    s.run("migrate-continue", json!({"state": "pre-switchover"}))
+        .await?;
+    wait_migration(s, "completed", progress).await?;
+    let m = s.migration().await?;
+    figures.downtime_ms = m["downtime"].as_u64().unwrap_or(0);
+    figures.migrate_ms = m["total-time"].as_u64().unwrap_or(0);
+    figures.ram_bytes = m["ram"]["transferred"].as_u64().unwrap_or(0);
+    figures.ram_passes = m["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
+    figures.total_ms = millis(start.elapsed());
+    Ok(figures)
+}
+
+/// Waits for the mirror to be in step; returns the bytes it copied.
+async fn wait_mirror_ready(
+    s: &mut Session,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<u64, MoveError> {
+    let deadline = Instant::now() + MIRROR_TIMEOUT;
+    loop {
+        let got = s
+            .qmp
+            .wait_event("BLOCK_JOB_READY", PROGRESS_EVERY, |e| {
+                e.name.starts_with("BLOCK_JOB_") && e.data["device"] == MIRROR_JOB
+            })
+            .await;
+        match got {
+            Ok(e) if e.name == "BLOCK_JOB_READY" => {
+                return Ok(e.data["len"].as_u64().unwrap_or(0));
+            }
+            Ok(e) if e.name == "BLOCK_JOB_COMPLETED" || e.name == "BLOCK_JOB_CANCELLED" => {
+                let why = e.data["error"]
+                    .as_str()
+                    .unwrap_or("it ended before it was ready");
+                return Err(s.failed("disk copy", why.to_string()));
+            }
+            Ok(_) => {}
+            Err(QmpError::NoEvent { .. }) => {
+                if Instant::now() >= deadline {
+                    return Err(
+                        s.failed("disk copy", format!("not in step after {MIRROR_TIMEOUT:?}"))
+                    );
+                }
+                let jobs = s.run("query-block-jobs", Value::Null).await?;
+                if let Some(j) = jobs
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|j| j["device"] == MIRROR_JOB)
+                {
+                    progress(Progress::Disk {
+                        done: j["offset"].as_u64().unwrap_or(0),
+                        total: j["len"].as_u64().unwrap_or(0),
+                    });
+                }
+            }
+            Err(cause) => {
+                return Err(MoveError::Qmp {
+                    vm: s.vm.clone(),
+                    cause,
+                })
+            }
+        }
+    }
+}
+
+/// Waits until the migration reaches `status`; a failed or cancelled
+/// migration is an error with QEMU's reason.
+async fn wait_migration(
+    s: &mut Session,
+    status: &str,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MoveError> {
+    let deadline = Instant::now() + MIGRATE_TIMEOUT;
+    let mut last_pass = 0;
+    loop {
+        let got = s
+            .qmp
+            .wait_event("MIGRATION", PROGRESS_EVERY, |e| e.name == "MIGRATION")
+            .await;
+        // Only events move this on: on a QEMU that itself arrived by a
+        // move, `query-migrate` keeps reporting that incoming migration.
+        let now = match got {
+            Ok(e) => e.data["status"].as_str().unwrap_or("").to_string(),
+            Err(QmpError::NoEvent { .. }) => {
+                if Instant::now() >= deadline {
+                    return Err(
+                        s.failed("RAM copy", format!("no {status} after {MIGRATE_TIMEOUT:?}"))
+                    );
+                }
+                let m = s.migration().await?;
+                let pass = m["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
+                if pass != last_pass {
+                    last_pass = pass;
+                    progress(Progress::Ram {
+                        pass,
+                        sent: m["ram"]["transferred"].as_u64().unwrap_or(0),
+                        remaining: m["ram"]["remaining"].as_u64().unwrap_or(0),
+                    });
+                }
+                continue;
+            }
+            Err(cause) => {
+                return Err(MoveError::Qmp {
+                    vm: s.vm.clone(),
+                    cause,
+                })
+            }
+        };
+        if now == status {
+            return Ok(());
+        }
+        if now == "failed" || now == "cancelled" {
+            let m = s.migration().await?;
+            let why = m["error-desc"].as_str().unwrap_or(&now).to_string();
+            return Err(s.failed("RAM copy", why));
+        }
+    }
+}
+
+/// Puts the source back as it was after a failed move: migration and
+/// mirror cancelled, the NBD client gone, the guest running. A migration
+/// that completed is left alone: the guest runs at the destination.
+async fn roll_back(s: &mut Session) {
+    if left(s).await {
+        return;
+    }
+    let _ = s.run("migrate_cancel", Value::Null).await;
+    let _ = s
+        .run(
+            "block-job-cancel",
+            json!({"device": MIRROR_JOB, "force": true}),
+        )
+        .await;
+    // The cancel is asynchronous: wait for the job to go before its target.
+    for _ in 0..100 {
+        match s.run("query-block-jobs", Value::Null).await {
+            Ok(j)
+                if j.as_array()
+                    .is_some_and(|a| a.iter().any(|j| j["device"] == MIRROR_JOB)) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => break,
+        }
+    }
+    let _ = s
+        .run("blockdev-del", json!({ "node-name": NBD_TARGET }))
+        .await;
+    for _ in 0..100 {
+        match s.migration().await {
+            Ok(m) if m["status"] == "cancelling" => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => break,
+        }
+    }
+    if let Ok(r) = s.run("query-status", Value::Null).await {
+        if r["status"] != "running" {
+            let _ = s.run("cont", Value::Null).await;
+        }
+    }
+}
+
+/// Whether the guest left this QEMU: its migration completed, which
+/// leaves it `postmigrate` (not `query-migrate`, which on a QEMU that
+/// itself arrived by a move reports that incoming migration).
+async fn left(s: &mut Session) -> bool {
+    matches!(s.run("query-status", Value::Null).await, Ok(r) if r["status"] == "postmigrate")
+}
+
+/// Whether the guest of this (source) QEMU left it for another host.
+pub async fn departed(vm: &Vm) -> Result<bool, MoveError> {
+    let mut s = Session::open(vm).await?;
+    Ok(left(&mut s).await)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,229 @@
+//! `labspan move LAB NODE [--to HOST]` and `labspan host drain|uncordon
+//! HOST`: running guests moved to another host without a restart (live
+//! migration, disk included), one at a time, each recorded in the
+//! cluster's log so that a new leader finishes or rolls it back.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::bail;
+use labspan_proto::msg::{MoveReport, Reply, Request};
+
+use crate::remote::{call, connect};
+use crate::InvalidInput;
+
+/// Arguments of `labspan move`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Lab name.
+    pub lab: String,
+    /// Node name.
+    pub node: String,
+    /// Host to move it to (default: the host placement chooses).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Print the move's figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The cluster (moves need one: the embedded default has one host).
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: Option<PathBuf>,
+}
+
+/// `labspan host ...`.
+#[derive(clap::Subcommand)]
+pub enum HostCommand {
+    /// Cordon a host (no new placements) and move every VM on it elsewhere.
+    Drain(HostArgs),
+    /// End a host's cordon: placement may use it again.
+    Uncordon(HostArgs),
+}
+
+/// Arguments of `labspan host drain|uncordon`.
+#[derive(clap::Args)]
+pub struct HostArgs {
+    /// Host name (as `labspan cluster status` shows it).
+    pub host: String,
+    /// Print each move's figures as JSON (drain).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "LABSPAN_CLUSTER")]
+    pub cluster: Option<PathBuf>,
+}
+
+fn cluster(file: Option<&Path>, what: &str) -> anyhow::Result<PathBuf> {
+    match file {
+        Some(f) => Ok(f.to_path_buf()),
+        None => Err(InvalidInput(format!(
+            "error: {what} needs a cluster (--cluster FILE or LABSPAN_CLUSTER): the embedded default has one host"
+        ))
+        .into()),
+    }
+}
+
+/// Runs `labspan move`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let file = cluster(args.cluster.as_deref(), "labspan move")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let report = move_one(&file, &args.lab, &args.node, args.to.as_deref()).await?;
+        print_move(&report, args.json)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Runs `labspan host drain|uncordon`.
+pub fn run_host(cmd: HostCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new()?;
+    match cmd {
+        HostCommand::Drain(a) => {
+            let file = cluster(a.cluster.as_deref(), "labspan host drain")?;
+            rt.block_on(drain(&file, &a.host, a.json))
+        }
+        HostCommand::Uncordon(a) => {
+            let file = cluster(a.cluster.as_deref(), "labspan host uncordon")?;
+            rt.block_on(async {
+                cordon(&file, &a.host, false).await?;
+                println!("host {}: cordon ended, placement may use it again", a.host);
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+async fn move_one(
+    file: &Path,
+    lab: &str,
+    node: &str,
+    to: Option<&str>,
+) -> anyhow::Result<MoveReport> {
+    let client = connect(file).await?;
+    let whither = to.map_or("the host placement chooses".to_string(), |t| {
+        format!("{t:?}")
+    });
+    eprintln!("{lab}/{node}: moving live to {whither} (disk, then RAM, then switch-over)...");
+    let req = Request::MoveNode {
+        lab: lab.into(),
+        node: node.into(),
+        to: to.map(String::from),
+    };
+    let reply = call(&client, &req).await;
+    client.close().await;
+    match reply? {
+        Reply::Moved(report) => Ok(report),
+        other => bail!("unexpected reply to MoveNode: {other:?}"),
+    }
+}
+
+fn print_move(r: &MoveReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&move_json(r))?);
+        return Ok(());
+    }
+    let f = &r.figures;
+    println!(
+        "{}/{}: moved {} -> {} in {:.1} s: disk {} KiB in {} ms, RAM {} MiB in {} passes, downtime {} ms",
+        r.lab,
+        r.node,
+        r.from,
+        r.to,
+        r.total_ms as f64 / 1000.0,
+        f.disk_bytes / 1024,
+        f.disk_ms,
+        f.ram_bytes >> 20,
+        f.ram_passes,
+        f.downtime_ms
+    );
+    Ok(())
+}
+
+fn move_json(r: &MoveReport) -> serde_json::Value {
+    let f = &r.figures;
+    serde_json::json!({
+        "lab": r.lab, "node": r.node, "from": r.from, "to": r.to,
+        "total_ms": r.total_ms,
+        "disk_bytes": f.disk_bytes, "disk_ms": f.disk_ms,
+        "ram_bytes": f.ram_bytes, "ram_passes": f.ram_passes,
+        "downtime_ms": f.downtime_ms, "migrate_ms": f.migrate_ms,
+        "agent_total_ms": f.total_ms,
+    })
+}
+
+async fn cordon(file: &Path, host: &str, cordoned: bool) -> anyhow::Result<()> {
+    let client = connect(file).await?;
+    let reply = call(
+        &client,
+        &Request::Cordon {
+            host: host.into(),
+            cordoned,
+        },
+    )
+    .await;
+    client.close().await;
+    match reply? {
+        Reply::Done => Ok(()),
+        other => bail!("unexpected reply to Cordon: {other:?}"),
+    }
+}
+
+/// The (lab, node) pairs placed on `host`.
+async fn nodes_on(file: &Path, host: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let client = connect(file).await?;
+    let status = match call(&client, &Request::Status).await? {
+        Reply::Status(s) => s,
+        other => bail!("unexpected reply to Status: {other:?}"),
+    };
+    let mut out = Vec::new();
+    for (lab, _) in &status.labs {
+        match call(&client, &Request::GetLab { name: lab.clone() }).await? {
+            Reply::Lab { report, .. } => out.extend(
+                report
+                    .placement
+                    .iter()
+                    .filter(|(_, h)| h.as_str() == host)
+                    .map(|(n, _)| (lab.clone(), n.clone())),
+            ),
+            other => bail!("unexpected reply to GetLab: {other:?}"),
+        }
+    }
+    client.close().await;
+    Ok(out)
+}
+
+/// Cordons `host`, then moves its nodes away one at a time.
+async fn drain(file: &Path, host: &str, json: bool) -> anyhow::Result<ExitCode> {
+    cordon(file, host, true).await?;
+    eprintln!("host {host}: cordoned (no new placements)");
+    let nodes = nodes_on(file, host).await?;
+    let mut failed = 0;
+    let mut reports = Vec::new();
+    for (lab, node) in &nodes {
+        match move_one(file, lab, node, None).await {
+            Ok(r) => {
+                if !json {
+                    print_move(&r, false)?;
+                }
+                reports.push(move_json(&r));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{lab}/{node}: not moved: {e:#}");
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&reports)?);
+    }
+    if failed > 0 {
+        eprintln!(
+            "host {host}: {failed} of {} nodes could not be moved; it stays cordoned",
+            nodes.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!(
+        "host {host}: drained ({} nodes moved), cordoned until `labspan host uncordon {host}`",
+        nodes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
