@@ -63,7 +63,7 @@ pub struct LabRecord {
     /// A live move of one of its nodes, recorded before anything is done:
     /// a new leader finishes or rolls back what it finds here.
     #[serde(default)]
-    pub migration: Option<Migration>,
+    pub migration: Option<Box<Migration>>,
 }
 
 /// A live move in progress: node, from, to, phase, and how its streams
@@ -340,7 +340,8 @@ impl ClusterState {
                     .take()
                     .ok_or_else(|| Rejection::NoMove(lab.clone()))?;
                 if *done {
-                    rec.placement.insert(m.node, m.to);
+                    let Migration { node, to, .. } = *m;
+                    rec.placement.insert(node, to);
                 }
                 Ok(Applied::Done)
             }
@@ -394,14 +395,14 @@ impl ClusterState {
                 reason: format!("node {node:?} already runs on host {to:?}"),
             });
         }
-        rec.migration = Some(Migration {
+        rec.migration = Some(Box::new(Migration {
             node: node.to_string(),
             from,
             to: to.to_string(),
             phase: MovePhase::Preparing,
             port,
             psk: psk.to_string(),
-        });
+        }));
         Ok(Applied::Done)
     }
 

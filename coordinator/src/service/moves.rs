@@ -445,7 +445,7 @@ fn migration(inner: &Inner, lab: &str) -> Option<Migration> {
         .state
         .labs
         .get(lab)
-        .and_then(|r| r.migration.clone())
+        .and_then(|r| r.migration.as_deref().cloned())
 }
 
 async fn side(inner: &Inner, host: &str, lab: &str, node: &str) -> Option<MoveSide> {

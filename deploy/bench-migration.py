@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Bare QEMU-to-QEMU live migration of the `tiny` guest, for comparison
+with `labspan move` (docs/benchmarks.md, "Live moves").
+
+Boots tiny (256 MiB, 1 vCPU, TCG, the devices labspan gives it) in one
+QEMU, starts a second with `-incoming`, migrates over loopback TCP with
+QEMU's defaults but the bandwidth cap lifted (as labspan does), and prints
+QEMU's downtime and total time per run. No TLS, no disk, no labspan.
+
+    sudo deploy/bench-migration.py [IMAGE_DIR] [RUNS]
+
+IMAGE_DIR holds tiny's vmlinuz and initrd.img (default: the test store's
+tiny, /var/tmp/labspan-test-images/objects/<hash>).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def image_dir():
+    if len(sys.argv) > 1 and sys.argv[1]:
+        return sys.argv[1]
+    store = "/var/tmp/labspan-test-images"
+    with open(os.path.join(store, "names", "tiny")) as f:
+        return os.path.join(store, "objects", f.read().strip())
+
+
+class Qmp:
+    def __init__(self, path):
+        for _ in range(100):
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(path)
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.f = self.s.makefile("rw")
+        self.f.readline()
+        self.run("qmp_capabilities")
+
+    def run(self, cmd, **args):
+        self.f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+        self.f.flush()
+        while True:
+            msg = json.loads(self.f.readline())
+            if "return" in msg:
+                return msg["return"]
+            if "error" in msg:
+                raise RuntimeError(f"{cmd}: {msg['error']}")
+
+
+def qemu(d, name, img, extra):
+    args = [
+        "qemu-system-x86_64", "-name", name, "-machine", "q35", "-accel", "tcg",
+        "-m", "256M", "-smp", "1", "-nodefaults", "-display", "none",
+        "-kernel", f"{img}/vmlinuz", "-initrd", f"{img}/initrd.img",
+        "-append", "console=ttyS0 quiet no_timer_check panic=1",
+        "-chardev", f"socket,id=serial0,path={d}/{name}.console,server=on,wait=off",
+        "-serial", "chardev:serial0",
+        "-chardev", f"socket,id=qmp0,path={d}/{name}.qmp,server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"socket,id=qga0,path={d}/{name}.qga,server=on,wait=off",
+        "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-device", "pvpanic", "-pidfile", f"{d}/{name}.pid", "-daemonize",
+    ] + extra
+    subprocess.run(args, check=True)
+    with open(f"{d}/{name}.pid") as f:
+        return int(f.read())
+
+
+def wait_guest_agent(path, limit=180):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(2)
+            s.connect(path)
+            s.sendall(b'{"execute":"guest-ping"}\n')
+            if b"return" in s.recv(4096):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("the guest agent never answered")
+
+
+def one_run(img, port):
+    with tempfile.TemporaryDirectory() as d:
+        pids = []
+        try:
+            pids.append(qemu(d, "src", img, []))
+            wait_guest_agent(f"{d}/src.qga")
+            pids.append(qemu(d, "dst", img, ["-incoming", f"tcp:127.0.0.1:{port}"]))
+            src = Qmp(f"{d}/src.qmp")
+            src.run("migrate-set-parameters", **{"max-bandwidth": 10 << 30, "downtime-limit": 300})
+            src.run("migrate", uri=f"tcp:127.0.0.1:{port}")
+            while True:
+                m = src.run("query-migrate")
+                if m.get("status") in ("completed", "failed", "cancelled"):
+                    return m
+                time.sleep(0.05)
+        finally:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def main():
+    img = image_dir()
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    for i in range(runs):
+        m = one_run(img, 47000 + i)
+        ram = m.get("ram", {})
+        print(
+            f"run {i + 1}: {m['status']}: downtime {m.get('downtime')} ms, "
+            f"total {m.get('total-time')} ms, RAM {ram.get('transferred', 0) >> 20} MiB "
+            f"in {ram.get('dirty-sync-count')} passes"
+        )
+
+
+if __name__ == "__main__":
+    main()
