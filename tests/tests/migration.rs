@@ -36,11 +36,9 @@ fn refused(out: &Output, what: &str, says: &str) {
     assert!(text(out).contains(says), "{what}: {}", text(out));
 }
 
+/// Runs `line` in `node` (`labspan exec` hands it to `sh -c`).
 fn sh(cluster: &LocalCluster, node: &str, line: &str) -> String {
-    ok(
-        &cluster.labspan(&["exec", "move", node, "--", "sh", "-c", line]),
-        line,
-    )
+    ok(&cluster.labspan(&["exec", "move", node, "--", line]), line)
 }
 
 /// What a guest's boot looks like from inside: boot id, uptime, marker.
@@ -50,6 +48,10 @@ fn boot(cluster: &LocalCluster) -> (String, f64, String) {
         .parse()
         .expect("uptime");
     let marker = sh(cluster, "v", "cat /dev/shm/marker");
+    assert!(
+        id.len() >= 32 && marker.len() == 32,
+        "boot id {id:?}, marker {marker:?}"
+    );
     (id, up, marker)
 }
 
