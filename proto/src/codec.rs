@@ -229,10 +229,11 @@ mod tests {
     #[test]
     fn other_version_is_refused() -> Result<(), CodecError> {
         let mut bytes = encode(&put())?;
-        bytes[2..4].copy_from_slice(&2u16.to_be_bytes());
+        let other = VERSION + 1;
+        bytes[2..4].copy_from_slice(&other.to_be_bytes());
         assert_eq!(
             decode::<Msg>(&bytes),
-            Err(CodecError::WrongVersion { found: 2 })
+            Err(CodecError::WrongVersion { found: other })
         );
         Ok(())
     }
