@@ -14,6 +14,7 @@ pub mod tls;
 mod endpoint;
 mod frame;
 mod image;
+pub mod poll;
 mod server;
 mod splice;
 

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use labspan_transport::poll::Poll;
+
 use crate::image::Image;
 use crate::tool::{self, ToolError};
 pub use accel::AccelChoice;
@@ -308,14 +310,10 @@ impl Vm {
     }
 
     async fn wait_exit(&self, timeout: Duration) -> bool {
-        let start = Instant::now();
-        while self.is_running() {
-            if start.elapsed() >= timeout {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        true
+        Poll::new(Duration::from_millis(50), timeout)
+            .until(|| async { (!self.is_running()).then_some(()) })
+            .await
+            .is_some()
     }
 
     fn qmp_err(&self, cause: QmpError) -> VmError {

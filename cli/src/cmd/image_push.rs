@@ -14,13 +14,14 @@ use labspan_agent::image::{ImageError, ImageStore, ImportRequest};
 use labspan_proto::msg::{HostImages, Reply, Request};
 use labspan_transport::client::any_local;
 use labspan_transport::image_client_endpoint;
+use labspan_transport::poll::Poll;
 
 use super::image::{short, user_error};
 
-/// How often, and how many times, `push` asks whether the leader knows the
-/// pushed image (about 10 s in all).
+/// How often, and for how long, `push` asks whether the leader knows the
+/// pushed image.
 const KNOWN_POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-const KNOWN_POLLS: usize = 40;
+const KNOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::InvalidInput;
 
 /// Runs `labspan image push`.
@@ -132,18 +133,18 @@ async fn image_hosts(cluster: &Path) -> anyhow::Result<Vec<HostImages>> {
 /// Whether the leader lists image `name` at `hash` on `host`, asked for a
 /// few seconds (the agent reports a pushed image at once).
 async fn wait_known(cluster: &Path, host: &str, name: &str, hash: &str) -> bool {
-    for _ in 0..KNOWN_POLLS {
-        if let Ok(hosts) = image_hosts(cluster).await {
-            let listed = hosts.iter().any(|h| {
-                h.host == host && h.images.iter().any(|i| i.name == name && i.hash == hash)
-            });
-            if listed {
-                return true;
-            }
-        }
-        tokio::time::sleep(KNOWN_POLL_EVERY).await;
-    }
-    false
+    Poll::new(KNOWN_POLL_EVERY, KNOWN_WITHIN)
+        .until(|| async {
+            let hosts = image_hosts(cluster).await.ok()?;
+            hosts
+                .iter()
+                .any(|h| {
+                    h.host == host && h.images.iter().any(|i| i.name == name && i.hash == hash)
+                })
+                .then_some(())
+        })
+        .await
+        .is_some()
 }
 
 /// The first up host that serves images.

@@ -9,8 +9,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use labspan_transport::poll::Poll;
 use openraft::ServerState;
 
 use super::{agents, push, Inner};
@@ -98,15 +99,11 @@ fn hosts_of(inner: &Inner, lab: &str) -> BTreeSet<String> {
 /// connection from its agent; an agent still missing then makes the lab
 /// `Failed`, as it does for a fresh deploy.
 pub(super) async fn wait_for_agents(inner: &Inner, hosts: &BTreeSet<String>) {
-    let deadline = Instant::now() + inner.timing.new_leader_grace;
-    loop {
+    let all_in = Poll::new(AGENTS_POLL, inner.timing.new_leader_grace)
+        .until(|| async { agents::missing(inner, hosts).is_empty().then_some(()) })
+        .await;
+    if all_in.is_none() {
         let missing = agents::missing(inner, hosts);
-        if missing.is_empty() || Instant::now() >= deadline {
-            if !missing.is_empty() {
-                tracing::warn!(?missing, "agents did not reach the new leader in time");
-            }
-            return;
-        }
-        tokio::time::sleep(AGENTS_POLL).await;
+        tracing::warn!(?missing, "agents did not reach the new leader in time");
     }
 }
