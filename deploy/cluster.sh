@@ -19,7 +19,9 @@
 #                                (host N loses only the control plane: UDP
 #                                 7100/7101 dropped by nftables inside its
 #                                 namespace; VXLAN and image transfers flow)
-#   deploy/cluster.sh heal N     (undoes cut and partition-control of host N)
+#   deploy/cluster.sh fill N     (fills the disk of host N's coordinator; needs
+#                                 LABSPAN_CLUSTER_COORDINATOR_DISK at `up`)
+#   deploy/cluster.sh heal N     (undoes cut, partition-control and fill of host N)
 # Environment:
 #   LABSPAN_CLUSTER_NAME    namespace prefix (default labspan: labspan-host1..)
 #   LABSPAN_CLUSTER_LINK    root-side veth, <= 15 bytes (default lsc-root)
@@ -33,6 +35,10 @@
 #                           of /var/lib/labspan/images, the others fetch what
 #                           their labs use) or all (every host starts with
 #                           them, so a node can move while host1 is down)
+#   LABSPAN_CLUSTER_COORDINATOR_DISK
+#                           a size (e.g. 64M): each coordinator keeps its data
+#                           on a tmpfs of that size, so `fill` can make its
+#                           disk full (default: no tmpfs)
 #   LABSPAN_CPU_OVERCOMMIT  vCPUs each host offers per CPU of this machine
 #                           (default 4; every host sees all of its CPUs, so
 #                           raise it to fit more guests on a small machine)
@@ -181,14 +187,20 @@ down() {
     # 3. Daemons: agents, then coordinators.
     for dir in $(host_dirs); do stop_pidfile "$dir/agent.pid" "agent run"; done
     for dir in $(host_dirs); do stop_pidfile "$dir/coordinator.pid" "coordinator run"; done
-    # 4. Namespaces (with every bridge, tap and VXLAN device inside); the
+    # 4. Coordinator disks (LABSPAN_CLUSTER_COORDINATOR_DISK).
+    local mnt
+    for dir in $(host_dirs); do
+        mnt=$dir/coordinator
+        if mountpoint -q "$mnt"; then umount "$mnt"; fi
+    done
+    # 5. Namespaces (with every bridge, tap and VXLAN device inside); the
     # root veth goes with its peer in the underlay namespace.
     local ns
     for ns in $(our_namespaces); do
         ip netns del "$ns"
     done
     ip link del "$ROOT_LINK" 2>/dev/null || true
-    # 5. State, with each host's image store ($IMAGES is kept).
+    # 6. State, with each host's image store ($IMAGES is kept).
     rm -rf "$STATE"
     echo "cluster $NAME removed (namespaces $HOST_PREFIX*, $UNDERLAY, veth $ROOT_LINK, $STATE)"
 }
@@ -316,6 +328,14 @@ up() {
     seed_images "$n"
     local memory
     memory=$(host_memory "$n")
+    if [ -n "${LABSPAN_CLUSTER_COORDINATOR_DISK:-}" ]; then
+        [[ $LABSPAN_CLUSTER_COORDINATOR_DISK =~ ^[1-9][0-9]*[KMG]$ ]] ||
+            usage "LABSPAN_CLUSTER_COORDINATOR_DISK=$LABSPAN_CLUSTER_COORDINATOR_DISK: give a size such as 64M"
+        for i in $(seq "$coords"); do
+            mkdir -p "$STATE/host$i/coordinator"
+            mount -t tmpfs -o "size=$LABSPAN_CLUSTER_COORDINATOR_DISK,mode=0700" "$NAME-c$i" "$STATE/host$i/coordinator"
+        done
+    fi
     in_host 1 "$BIN" cluster init --data "$STATE/host1/coordinator" --listen "$NET.1:$PORT" --name c1 >/dev/null
     cp "$STATE/host1/coordinator/admin.cluster" "$ADMIN"
     chmod 600 "$ADMIN"
@@ -422,12 +442,29 @@ NFT
     echo "host $i ($ns): control plane cut (UDP $PORT/$((PORT + 1)) dropped on eth0), lab traffic flows; undo with: $(settings)$0 heal $i"
 }
 
+# The file `fill` writes to take a coordinator's disk.
+FILLER=filler.bin
+
+# The disk of host N's coordinator (a tmpfs from `up`) has no free byte
+# left: its next Raft write fails as on a real full disk.
+fill_disk() {
+    local i=$1 dir
+    fault_host "$i" >/dev/null || exit 2
+    dir=$STATE/host$i/coordinator
+    mountpoint -q "$dir" ||
+        die "host $i's coordinator has no disk of its own: start the cluster with LABSPAN_CLUSTER_COORDINATOR_DISK=SIZE"
+    # dd stops at ENOSPC, which is the point.
+    dd if=/dev/zero of="$dir/$FILLER" bs=64K status=none 2>/dev/null || true
+    echo "host $i: the coordinator's disk is full ($(df -h --output=avail "$dir" | tail -1 | tr -d ' ') left); undo with: $(settings)$0 heal $i"
+}
+
 heal_host() {
     local i=$1 ns
     ns=$(fault_host "$i") || exit 2
     ip -n "$UNDERLAY" link set "port$i" up
     ip netns exec "$ns" nft delete table inet "$NFT_TABLE" 2>/dev/null || true
-    echo "host $i ($ns) healed: back on the underlay, control plane open"
+    rm -f "$STATE/host$i/coordinator/$FILLER"
+    echo "host $i ($ns) healed: back on the underlay, control plane open, disk freed"
 }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (namespaces, veths, QEMU)"
@@ -437,6 +474,7 @@ case "${1:-}" in
     start) start_daemon "${2:-}" "${3:-}" ;;
     cut) cut_host "${2:-}" ;;
     partition-control) partition_control "${2:-}" ;;
+    fill) fill_disk "${2:-}" ;;
     heal) heal_host "${2:-}" ;;
-    *) echo "usage: $0 up [N] | down | start I coordinator|agent | cut N | partition-control N | heal N" >&2; exit 2 ;;
+    *) echo "usage: $0 up [N] | down | start I coordinator|agent | cut N | partition-control N | fill N | heal N" >&2; exit 2 ;;
 esac

@@ -26,6 +26,10 @@ pub struct LocalCluster {
     /// Every host starts with the images (`LABSPAN_CLUSTER_IMAGES=all`),
     /// not only host1.
     pub images_everywhere: bool,
+    /// Each coordinator keeps its data on a tmpfs of this size
+    /// (`LABSPAN_CLUSTER_COORDINATOR_DISK`, e.g. `64M`), so that `fill`
+    /// can make its disk full.
+    pub coordinator_disk: Option<String>,
     link: String,
     state: PathBuf,
 }
@@ -55,6 +59,7 @@ impl LocalCluster {
             net: free_subnet(tag),
             host_memory: None,
             images_everywhere: false,
+            coordinator_disk: None,
             link: format!("lc{tag}{pid}").chars().take(15).collect(),
             state: std::env::temp_dir().join(format!("labspan-cluster-{tag}-{pid}")),
         }
@@ -84,6 +89,9 @@ impl LocalCluster {
         }
         if self.images_everywhere {
             cmd.env("LABSPAN_CLUSTER_IMAGES", "all");
+        }
+        if let Some(size) = &self.coordinator_disk {
+            cmd.env("LABSPAN_CLUSTER_COORDINATOR_DISK", size);
         }
         cmd
     }
@@ -218,17 +226,26 @@ impl LocalCluster {
     /// its pidfile, after checking the pid is still that daemon; false if
     /// none runs. An agent's QEMUs outlive it (they are daemonized).
     pub fn kill_daemon(&self, i: usize, what: &str) -> bool {
-        let pidfile = self.state.join(format!("host{i}/{what}.pid"));
-        let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        else {
+        let Some(pid) = self.daemon_pid(i, what) else {
             return false;
         };
         let daemon = format!("{what}\0run");
         labspan_testutil::process::kill_if(pid, |cmdline| {
             String::from_utf8_lossy(cmdline).contains(&daemon)
         })
+    }
+
+    /// The pid of daemon `what` (`coordinator`, `agent`) on host `i`, from
+    /// its pidfile, if that process still runs as that daemon.
+    pub fn daemon_pid(&self, i: usize, what: &str) -> Option<i32> {
+        let pidfile = self.state.join(format!("host{i}/{what}.pid"));
+        let pid = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline)
+            .contains(&format!("{what}\0run"))
+            .then_some(pid)
     }
 
     /// `cluster.sh start I WHAT`: daemon `what` of host `i` started again.
@@ -267,7 +284,8 @@ impl LocalCluster {
         out
     }
 
-    /// `cluster.sh ACTION I`: `cut`, `partition-control` or `heal` of host `i`.
+    /// `cluster.sh ACTION I`: `cut`, `partition-control`, `fill` or `heal`
+    /// of host `i`.
     pub fn fault(&self, action: &str, i: usize) -> Output {
         run(self.script().args([action, &i.to_string()]))
     }

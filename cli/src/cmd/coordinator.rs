@@ -78,11 +78,16 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             running.addr
         );
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let code = tokio::select! {
+            _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+            _ = term.recv() => ExitCode::SUCCESS,
+            why = running.raft_stopped() => {
+                tracing::error!(reason = %why, data = %args.data.display(), "raft stopped; exiting so that this coordinator is started again once its disk is fixed");
+                eprintln!("coordinator: raft stopped ({why}); is the disk of {} full? exiting", args.data.display());
+                ExitCode::FAILURE
+            }
+        };
         running.shutdown().await;
-        Ok(ExitCode::SUCCESS)
+        Ok(code)
     })
 }

@@ -28,6 +28,17 @@ pub(super) fn missing(inner: &Inner, hosts: &BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
+/// Closes the leader's connection from the agent of `host`, which the
+/// leader has just marked down: requests in flight on it (a deploy's or a
+/// recovery's plan, waiting on guests that boot there) fail now rather
+/// than after the QUIC idle timeout, so the labs they hold can recover. An
+/// agent that was only cut off connects and registers again once healed.
+pub(super) fn disconnect(inner: &Inner, host: &str) {
+    if let Some(conn) = lock(&inner.agents).remove(host) {
+        conn.close(0u32.into(), b"host marked down: register again");
+    }
+}
+
 /// One request to the agent of `host`, on its own connection.
 pub(super) async fn request(
     inner: &Inner,

@@ -112,11 +112,18 @@ fn millis(d: Duration) -> u64 {
 fn send_own_plan(inner: &Arc<Inner>, name: &str) {
     let (inner, host) = (inner.clone(), name.to_string());
     tokio::spawn(async move {
-        // After any lab change in flight: a plan computed before it must not
-        // reach the agent after that change's plan.
-        let _one_at_a_time = inner.lab_lock.lock().await;
+        // Not behind `lab_lock`: a deploy or a recovery that holds it may be
+        // waiting on this very host, whose guests stay paused (fenced) until
+        // a plan reaches it. The plan is safe out of order: it carries its
+        // generation, and the agent refuses one older than it has applied.
         push::push_plans(&inner, &BTreeSet::from([host.clone()])).await;
-        for (lab, hosts) in failed_labs_on(&inner, &host) {
+        let failed = failed_labs_on(&inner, &host);
+        if failed.is_empty() {
+            return;
+        }
+        // A lab's status is written by one lab change at a time.
+        let _one_at_a_time = inner.lab_lock.lock().await;
+        for (lab, hosts) in failed {
             if !agents::missing(&inner, &hosts).is_empty() {
                 continue; // Settled when the last of its agents registers.
             }
@@ -206,6 +213,8 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
                 .await
             {
                 tracing::warn!(host = name, error = %e, "cannot mark the host down");
+            } else {
+                agents::disconnect(&inner, &name);
             }
         }
         // Level-triggered: also finishes what a previous leader started.

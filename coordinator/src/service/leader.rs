@@ -47,42 +47,78 @@ impl Inner {
         Some((id, member))
     }
 
-    /// Sends `req` to the leader on behalf of `caller`.
+    /// Sends `req` to the leader on behalf of `caller`. A leader that
+    /// cannot be reached before anything is sent (it died, or lost its
+    /// quorum) is waited out, for at most [`LEADER_WAIT`] in all: a caller
+    /// during an election gets its answer from the next leader rather than
+    /// an error. A request lost after it was sent is not sent again (it may
+    /// have been done); the caller is told.
     pub(super) async fn forward(&self, caller: &PeerIdentity, req: Request) -> Reply {
-        let leader = match self.leader() {
-            Some(l) => Some(l),
-            None => {
-                let waiter = self.raft.wait(Some(LEADER_WAIT));
-                // A timeout is answered below (no leader known).
-                let _ = waiter
-                    .metrics(|m| m.current_leader.is_some(), "a leader")
-                    .await;
-                self.leader()
-            }
-        };
-        let Some((_, member)) = leader else {
-            return error(
-                ErrorKind::Unavailable,
-                "no leader elected (is a majority of coordinators running?)",
-            );
-        };
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let req = Request::Forwarded {
             name: caller.name.clone(),
             role: caller.role,
             request: Box::new(req),
         };
-        match self.peer_request(&member.addr, &req).await {
-            Ok(reply) => reply,
-            Err(e) => error(
-                ErrorKind::Unavailable,
-                format!("cannot reach the leader {member}: {e}"),
-            ),
+        let mut unreachable: Option<(NodeId, String)> = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let gone = unreachable.as_ref().map(|(id, _)| *id);
+            // A leader known, and not the one just found unreachable.
+            let waiter = self.raft.wait(Some(left));
+            let _ = waiter
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != gone,
+                    "a reachable leader",
+                )
+                .await;
+            let leader = self.leader().filter(|(id, _)| Some(*id) != gone);
+            let Some((id, member)) = leader else {
+                return match unreachable {
+                    Some((_, why)) => error(ErrorKind::Unavailable, why),
+                    None => error(
+                        ErrorKind::Unavailable,
+                        "no leader elected (is a majority of coordinators running?)",
+                    ),
+                };
+            };
+            let conn = match self.peer_connection(&member.addr).await {
+                Ok(conn) => conn,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(leader = %member, error = %e, "leader unreachable; waiting for another");
+                    unreachable = Some((id, format!("cannot reach the leader {member}: {e}")));
+                    continue;
+                }
+                Err(e) => {
+                    return error(
+                        ErrorKind::Unavailable,
+                        format!("cannot reach the leader {member}: {e}"),
+                    )
+                }
+            };
+            return match self.request_on(conn, &req).await {
+                Ok(reply) => reply,
+                Err(e) => error(
+                    ErrorKind::Unavailable,
+                    format!("lost the leader {member} during the request (it may or may not have been done): {e}"),
+                ),
+            };
         }
     }
 
     /// One request to another coordinator over the cached connection.
     pub(super) async fn peer_request(&self, addr: &str, req: &Request) -> Result<Reply, String> {
-        let (addr, conn) = self.peer_connection(addr).await?;
+        let conn = self.peer_connection(addr).await?;
+        self.request_on(conn, req).await
+    }
+
+    /// One request on a connection from [`Self::peer_connection`]; a
+    /// connection that fails is dropped from the cache.
+    async fn request_on(
+        &self,
+        (addr, conn): (SocketAddr, Connection),
+        req: &Request,
+    ) -> Result<Reply, String> {
         transport::request(&conn, req).await.map_err(|e| {
             lock(&self.peers).remove(&addr);
             e.to_string()

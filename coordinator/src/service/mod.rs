@@ -347,6 +347,9 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// How long each step of a shutdown may take.
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(5);
+
 /// Starts the coordinator whose data folder is `dir`, with production timing.
 pub async fn start(dir: &Path) -> Result<Running, StartError> {
     start_with(dir, Timing::default()).await
@@ -467,18 +470,44 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
 }
 
 impl Running {
+    /// Resolves when Raft has stopped on its own: a storage error (a full
+    /// or failing disk) is fatal to openraft, and a coordinator whose Raft
+    /// is gone can neither vote nor serve. The caller exits, so that the
+    /// service manager restarts it once the disk is fixed, rather than
+    /// leaving a member that answers and does nothing.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft metrics closed".into();
+            }
+        }
+    }
+
     /// Stops Raft and closes both endpoints (peers hear the close).
     pub async fn shutdown(self) {
         for task in &self.tasks {
             task.abort();
         }
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        // Bounded: a Raft that already stopped on a fatal error may not
+        // answer its shutdown, and a stopping process must not hang.
+        match tokio::time::timeout(SHUTDOWN_WITHIN, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft did not shut down cleanly"),
+            Err(_) => tracing::warn!("raft did not shut down within {SHUTDOWN_WITHIN:?}"),
         }
         self.endpoint.close(0u32.into(), b"coordinator stopping");
         self.join_endpoint
             .close(0u32.into(), b"coordinator stopping");
-        self.endpoint.wait_idle().await;
-        self.join_endpoint.wait_idle().await;
+        let idle = async {
+            self.endpoint.wait_idle().await;
+            self.join_endpoint.wait_idle().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_WITHIN, idle).await.is_err() {
+            tracing::warn!("connections still open {SHUTDOWN_WITHIN:?} after the close");
+        }
     }
 }
