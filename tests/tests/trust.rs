@@ -1,6 +1,7 @@
-//! A shared cluster people can trust (issue 18), on a local 3-host cluster
+//! A shared cluster people can trust (issue 18), on local 3-host clusters
 //! made by `deploy/cluster.sh`: leadership that a coordinator coming back
-//! from a partition does not disturb.
+//! from a partition does not disturb; images and a running lab's placement
+//! seen across the cluster.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
@@ -8,7 +9,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::text;
+use labspan_tests::{build_image, text};
 
 /// Generous bound for the cluster to answer on a busy 2-core machine.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
@@ -118,4 +119,120 @@ fn a_coordinator_back_from_a_partition_leaves_the_leader_and_term_alone() {
         "leadership moved after c{victim} came back: {seen:?}, was (leader {leader}, term {term})"
     );
     assert_eq!(after, Some((leader, term)));
+}
+
+/// `image push --name` lists under that name, `image list --cluster` says
+/// which host holds which image (size, hash), and `graph --cluster` draws a
+/// running lab where it runs, the segment that crosses hosts with its VNI.
+#[test]
+fn images_and_a_running_lab_are_seen_across_the_cluster() {
+    build_image("tiny");
+    let cluster = LocalCluster::up("look", 3);
+    let admin = cluster.admin();
+    let admin = admin.to_str().expect("utf-8 path");
+
+    // A blank disk, pushed under another name from a store of its own.
+    let disk = cluster.write_file("blank.qcow2", "");
+    let store = disk.parent().expect("the state folder").join("store");
+    std::fs::create_dir_all(&store).expect("a store folder");
+    let store = store.as_path();
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("8M")
+        .output()
+        .expect("qemu-img (apt install qemu-utils)");
+    ok(&out, "qemu-img create");
+    let store_arg = store.to_str().expect("utf-8 path");
+    ok(
+        &cluster.labspan(&[
+            "image",
+            "push",
+            disk.to_str().expect("utf-8 path"),
+            "--name",
+            "blank-copy",
+            "--store",
+            store_arg,
+        ]),
+        "image push --name",
+    );
+    let local = ok(
+        &cluster.labspan(&["image", "list", "--store", store_arg]),
+        "image list of the local store",
+    );
+    let row = local
+        .lines()
+        .find(|l| l.starts_with("blank-copy "))
+        .unwrap_or_else(|| panic!("no blank-copy in the local store:\n{local}"));
+    assert!(
+        row.split_whitespace().any(|w| w == "unknown"),
+        "an imported disk's guest agent is unknown: {row}"
+    );
+    let listed = ok(
+        &cluster.labspan(&["image", "list", "--cluster", admin, "--json"]),
+        "image list --cluster",
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("image list JSON");
+    let rows = listed.as_array().expect("a list");
+    let held = |image: &str| -> Vec<(String, u64, String)> {
+        rows.iter()
+            .filter(|r| r["image"] == image)
+            .map(|r| {
+                (
+                    r["host"].as_str().unwrap_or_default().to_string(),
+                    r["size"].as_u64().unwrap_or_default(),
+                    r["hash"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let copies = held("blank-copy");
+    assert_eq!(copies.len(), 1, "pushed to one host: {copies:?}");
+    assert!(copies[0].1 > 0 && copies[0].2.len() == 64, "{copies:?}");
+    assert!(held("blank").is_empty(), "listed under the name given");
+    assert!(
+        held("tiny").iter().any(|(h, _, _)| h == "host1"),
+        "host1 starts with the images: {rows:?}"
+    );
+
+    // A lab over two hosts, then drawn where it runs.
+    let lab = cluster.write_file(
+        "look.yaml",
+        "name: look\ndefaults: {image: tiny, cpus: 1, memory: 128MiB}\n\
+         nodes:\n  a: {nics: {eth0: {ip: [198.19.90.1/24]}}}\n  b: {nics: {eth0: {ip: [198.19.90.2/24]}}}\n\
+         links:\n  - [a:eth0, b:eth0]\nplacement:\n  pin: {a: host1, b: host2}\n",
+    );
+    ok(
+        &cluster.labspan(&["up", "--no-verify", lab.to_str().expect("utf-8 path")]),
+        "up",
+    );
+    let graph = ok(
+        &cluster.labspan(&["graph", "look", "--cluster", admin, "--format", "json"]),
+        "graph --cluster --format json",
+    );
+    let graph: serde_json::Value = serde_json::from_str(&graph).expect("graph JSON");
+    let host_of = |node: &str| {
+        graph["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == node))
+            .and_then(|n| n["host"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(host_of("a").as_deref(), Some("host1"), "{graph}");
+    assert_eq!(host_of("b").as_deref(), Some("host2"), "{graph}");
+    let segments = graph["segments"].as_array().expect("segments");
+    assert_eq!(segments.len(), 1, "{graph}");
+    assert!(
+        segments[0]["vni"].as_u64().is_some(),
+        "the segment crosses hosts and has a VNI: {graph}"
+    );
+    let dot = ok(
+        &cluster.labspan(&["graph", "look", "--cluster", admin]),
+        "graph --cluster",
+    );
+    assert!(
+        dot.contains("label=\"host1\"") && dot.contains("label=\"host2\"") && dot.contains("vxlan"),
+        "dot groups by host and marks the VXLAN: {dot}"
+    );
+    ok(&cluster.labspan(&["down", "look"]), "down");
 }

@@ -148,6 +148,9 @@ pub enum Command {
     },
     /// A recovery move, as one entry: the lab's whole new placement (same
     /// nodes), `moved` being the nodes that change host, and `Deploying`.
+    /// Refused if a moved node's host is up when the entry applies: the
+    /// host came back between the leader's decision and this entry, and
+    /// may already have resumed the node (a host marked up gets its plan).
     MoveNodes {
         lab: String,
         placement: BTreeMap<String, String>,
@@ -219,6 +222,12 @@ pub enum Rejection {
     },
     #[error("lab {lab:?}: {reason}")]
     BadPlacement { lab: String, reason: String },
+    #[error("lab {lab:?}: node {node:?} is not moved: its host {host:?} is up again")]
+    HostBackUp {
+        lab: String,
+        node: String,
+        host: String,
+    },
     #[error("lab {lab:?}: the spec does not decode: {reason}")]
     BadSpec { lab: String, reason: String },
     #[error("unknown join token: ask an admin for a new one (`labspan cluster token`)")]
@@ -507,6 +516,20 @@ impl ClusterState {
             return Err(Rejection::BadPlacement {
                 lab: lab.to_string(),
                 reason: format!("moved node {node:?} is not in the lab"),
+            });
+        }
+        let host_up = |node: &String| {
+            let host = rec.placement.get(node)?;
+            self.hosts
+                .get(host)
+                .is_some_and(|h| h.up)
+                .then(|| (node.clone(), host.clone()))
+        };
+        if let Some((node, host)) = moved.iter().find_map(host_up) {
+            return Err(Rejection::HostBackUp {
+                lab: lab.to_string(),
+                node,
+                host,
             });
         }
         let rec = self.lab_mut(lab)?;

@@ -148,6 +148,17 @@ fn a_move_sets_placement_and_deploying_in_one_entry() {
         placement: placement.clone(),
         moved: moved.clone(),
     };
+    // Only a node whose host is down moves.
+    let before = s.clone();
+    assert!(matches!(
+        s.apply(&mv),
+        Err(Rejection::HostBackUp { node, host, .. }) if node == "r2" && host == "h1"
+    ));
+    assert_eq!(s, before, "a refused move changes nothing");
+    let _ = s.apply(&Command::SetHostUp {
+        name: "h1".into(),
+        up: false,
+    });
     assert_eq!(s.apply(&mv), Ok(Applied::Done));
     assert_eq!(s.labs["a"].placement, placement);
     assert_eq!(s.labs["a"].status, LabStatus::Deploying);
@@ -158,6 +169,10 @@ fn a_move_sets_placement_and_deploying_in_one_entry() {
     });
     assert!(s.labs["a"].moving.is_empty(), "a settled lab moves nothing");
     // A move may not add or drop nodes.
+    let _ = s.apply(&Command::SetHostUp {
+        name: "h2".into(),
+        up: false,
+    });
     let before = s.clone();
     let short = Command::MoveNodes {
         lab: "a".into(),
