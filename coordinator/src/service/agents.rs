@@ -28,25 +28,40 @@ pub(super) fn missing(inner: &Inner, hosts: &BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// Closes the leader's connection from the agent of `host`, which the
-/// leader has just marked down: requests in flight on it (a deploy's or a
-/// recovery's plan, waiting on guests that boot there) fail now rather
-/// than after the QUIC idle timeout, so the labs they hold can recover. An
-/// agent that was only cut off connects and registers again once healed.
-pub(super) fn disconnect(inner: &Inner, host: &str) {
-    if let Some(conn) = lock(&inner.agents).remove(host) {
-        conn.close(0u32.into(), b"host marked down: register again");
-    }
+/// Tells the requests in flight that the leader has just marked a host
+/// down (see [`request`]).
+pub(super) fn host_lost(inner: &Inner) {
+    inner.hosts_lost.send_modify(|n| *n += 1);
 }
 
-/// One request to the agent of `host`, on its own connection.
+/// One request to the agent of `host`, on its own connection. It gives up
+/// as soon as the leader marks `host` down, rather than after QUIC's idle
+/// timeout (20 s): a deploy's or a recovery's plan waiting on guests that
+/// boot there must let go of the lab lock so that the lost host's nodes
+/// can move. The connection itself stays: an agent only cut off for a
+/// while carries on with it, and is marked up by its next heartbeat.
 pub(super) async fn request(
     inner: &Inner,
     host: &str,
     req: &AgentRequest,
 ) -> Result<AgentReply, String> {
     let conn = connection(inner, host)?;
-    transport::request(&conn, req)
-        .await
-        .map_err(|e| format!("agent of host {host:?}: {e}"))
+    let mut lost = inner.hosts_lost.subscribe();
+    let answer = transport::request(&conn, req);
+    tokio::pin!(answer);
+    loop {
+        tokio::select! {
+            reply = &mut answer => {
+                return reply.map_err(|e| format!("agent of host {host:?}: {e}"));
+            }
+            changed = lost.changed() => {
+                let up = inner.state.read().state.hosts.get(host).is_some_and(|h| h.up);
+                if changed.is_err() || !up {
+                    return Err(format!(
+                        "agent of host {host:?}: no answer before the host was marked down"
+                    ));
+                }
+            }
+        }
+    }
 }

@@ -214,7 +214,7 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
             {
                 tracing::warn!(host = name, error = %e, "cannot mark the host down");
             } else {
-                agents::disconnect(&inner, &name);
+                agents::host_lost(&inner);
             }
         }
         // Level-triggered: also finishes what a previous leader started.

@@ -99,6 +99,9 @@ struct Inner {
     peers: Mutex<HashMap<SocketAddr, Connection>>,
     /// The latest connection of each agent, by host name.
     agents: Mutex<HashMap<String, Connection>>,
+    /// Counts the hosts the leader has marked down: a request in flight to
+    /// an agent gives up when its host is marked down (see [`agents::request`]).
+    hosts_lost: tokio::sync::watch::Sender<u64>,
     /// Heartbeats (leader only).
     live: Mutex<HashMap<String, HostLive>>,
     /// How each host's guests are doing, as its agent last said (leader only).
@@ -405,6 +408,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         raft_rpc: RaftService::new(raft.clone(), lease),
         peers: Mutex::default(),
         agents: Mutex::default(),
+        hosts_lost: tokio::sync::watch::Sender::new(0),
         live: Mutex::default(),
         guests: Mutex::default(),
         timing,
