@@ -53,7 +53,7 @@
 //! [`DEFAULT_SECONDS`]) choose them; the same seed gives the same faults,
 //! holds, gaps and client operations, though not the same interleaving
 //! (guests boot at the machine's pace). The long form:
-//! `LABSPAN_CHAOS_SECONDS=600 LABSPAN_CHAOS_SEED=S cargo nextest run -p labspan-tests --test chaos --run-ignored all --no-capture`.
+//! `LABSPAN_CHAOS_SECONDS=600 LABSPAN_CHAOS_SEED=S cargo nextest run -p labspan-tests --test chaos --no-capture`.
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -824,7 +824,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 #[test]
-#[ignore = "not in CI yet: one run on a loaded machine did not converge (docs/benchmarks.md, Chaos); run with --run-ignored all"]
 fn faults_lose_no_operation_and_run_no_node_twice() {
     let seed = env_u64("LABSPAN_CHAOS_SEED", DEFAULT_SEED);
     let seconds = env_u64("LABSPAN_CHAOS_SECONDS", DEFAULT_SECONDS);
