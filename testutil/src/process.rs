@@ -32,6 +32,16 @@ mod tests {
             .spawn()
             .expect("sleep");
         let pid = i32::try_from(child.id()).expect("pid");
+        // Until the child has exec'd, its command line is this test's.
+        crate::wait::wait_until(
+            "the child to become sleep",
+            std::time::Duration::from_secs(10),
+            || {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .ok()
+                    .filter(|c| c.starts_with(b"sleep\0"))
+            },
+        );
         assert!(!kill_if(pid, |c| c.starts_with(b"not-sleep\0")));
         assert!(kill_if(pid, |c| c.starts_with(b"sleep\0")));
         let status = child.wait().expect("wait");
