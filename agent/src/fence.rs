@@ -305,14 +305,22 @@ async fn qmp_all(state: &Path, command: &'static str, keep: impl Fn(&(String, St
                 let Some(v) = vm::adopt(&dir)? else {
                     return Ok(());
                 };
-                v.qmp()
-                    .await?
-                    .execute(command, None)
-                    .await
-                    .map_err(|cause| vm::VmError::Qmp {
-                        vm: node.clone(),
-                        cause,
-                    })?;
+                let qmp_err = |cause| vm::VmError::Qmp {
+                    vm: node.clone(),
+                    cause,
+                };
+                let mut q = v.qmp().await?;
+                if command == "cont" {
+                    // Only what a fence paused: a guest that left by a live
+                    // move (`postmigrate`), is switching over
+                    // (`finish-migrate`) or has not arrived (`inmigrate`)
+                    // must not run here.
+                    let status = q.execute("query-status", None).await.map_err(qmp_err)?;
+                    if status["status"] != "paused" {
+                        return Ok(());
+                    }
+                }
+                q.execute(command, None).await.map_err(qmp_err)?;
                 Ok::<(), vm::VmError>(())
             }
             .await;

@@ -2,7 +2,8 @@
 //! moved to another host while a peer pings it every 10 ms keeps its boot
 //! (same boot id, uptime not reset, a marker kept only in RAM), runs on
 //! the new host only, and a drain moves it again and leaves the host
-//! cordoned. The figures of each move are printed (`--json`); the ping
+//! cordoned; a move whose leader is killed (kill -9) is ended by the next
+//! leader and leaves exactly one copy, the same boot. The figures of each move are printed (`--json`); the ping
 //! gap is printed too, as a figure, not asserted.
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
@@ -182,5 +183,63 @@ fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
     assert!(status["hosts"]
         .as_array()
         .is_some_and(|h| h.iter().all(|h| h["cordoned"] == false)));
+
+    // kill -9 of the leader while v moves: the next leader ends the move
+    // (done or rolled back), and v runs exactly once, the same boot.
+    let from = only_on_one(&cluster);
+    let to = (1..=3).find(|h| *h != from).expect("another host");
+    let leader = cluster.wait_for("a leader", Duration::from_secs(60), || {
+        cluster.leader_host()
+    });
+    let to_name = format!("host{to}");
+    std::thread::scope(|s| {
+        let mover = s.spawn(|| cluster.labspan(&["move", "move", "v", "--to", &to_name]));
+        cluster.wait_for("the destination's QEMU", Duration::from_secs(120), || {
+            cluster.qemu_pid(to, "move", "v").map(|_| ())
+        });
+        assert!(
+            cluster.kill_coordinator(leader),
+            "no leader on host{leader}"
+        );
+        let out = mover.join().expect("the move thread");
+        eprintln!("move while its leader was killed: {}", text(&out));
+    });
+    cluster.wait_for(
+        "the move ended by the next leader",
+        Duration::from_secs(240),
+        || {
+            let state = node_state(&cluster, "v")?;
+            let running = cluster.lab_status("move").is_some_and(|s| s == "Running");
+            (state != "moving" && running).then_some(())
+        },
+    );
+    let copies = cluster.running("move", "v");
+    eprintln!("after the leader's loss v runs on {copies:?}");
+    assert_eq!(copies.len(), 1, "v's QEMUs: {copies:?}");
+    assert_eq!(boot(&cluster).0, boot_id, "v booted again");
     ok(&cluster.labspan(&["down", "move"]), "labspan down");
+}
+
+/// The one host v runs on.
+fn only_on_one(cluster: &LocalCluster) -> usize {
+    let running = cluster.running("move", "v");
+    assert_eq!(running.len(), 1, "v's QEMUs: {running:?}");
+    running[0].0
+}
+
+/// The state `labspan inspect --json` gives `node` of lab "move".
+fn node_state(cluster: &LocalCluster, node: &str) -> Option<String> {
+    let out = cluster.labspan(&["inspect", "move", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    fn find(v: &serde_json::Value, node: &str) -> Option<String> {
+        match v {
+            serde_json::Value::Object(m) if m.get("node").is_some_and(|n| n == node) => {
+                m.get("state")?.as_str().map(String::from)
+            }
+            serde_json::Value::Object(m) => m.values().find_map(|v| find(v, node)),
+            serde_json::Value::Array(a) => a.iter().find_map(|v| find(v, node)),
+            _ => None,
+        }
+    }
+    find(&json, node)
 }

@@ -276,8 +276,11 @@ pub fn node_states(state: &ClusterState, rec: &LabRecord) -> BTreeMap<String, No
         .iter()
         .map(|(node, host)| {
             let up = state.hosts.get(host).is_some_and(|h| h.up);
+            let live_move = rec.migration.as_ref().is_some_and(|m| m.node == *node);
             let node_state = match &rec.status {
                 _ if !up => NodeState::Lost,
+                // A live move: the node runs on while it is copied.
+                _ if live_move => NodeState::Moving,
                 LabStatus::Deploying if rec.moving.contains(node) => NodeState::Moving,
                 // A move after a host loss: the other nodes run on, untouched.
                 LabStatus::Deploying if !rec.moving.is_empty() => NodeState::Running,
