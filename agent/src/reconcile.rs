@@ -767,7 +767,7 @@ impl Agent {
         };
         let path = vm.dir().join(CONFIGURED);
         let json = serde_json::to_vec(&done).unwrap_or_default();
-        fs::write(&path, json).map_err(|source| AgentError::State {
+        labspan_proto::atomic::write(&path, &json).map_err(|source| AgentError::State {
             what: "writing",
             path,
             cause: source,

@@ -272,7 +272,7 @@ pub async fn prepare_incoming(vm: &Vm, at: &Endpoint) -> Result<(), MoveError> {
         .await?;
     let path = vm.dir().join(INCOMING_FILE);
     let marker = json!({"addr": at.addr, "port": at.port}).to_string();
-    fs::write(&path, marker).map_err(|cause| MoveError::Io {
+    labspan_proto::atomic::write(&path, marker.as_bytes()).map_err(|cause| MoveError::Io {
         vm: vm.name().to_string(),
         what: "writing",
         path,
