@@ -12,5 +12,4 @@ pub mod reconcile;
 pub mod stream;
 pub mod supervise;
 pub mod tool;
-pub mod verify;
 pub mod vm;

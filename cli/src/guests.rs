@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::verify::{run_checks, CheckResult, GuestExec};
 use ipnet::IpNet;
-use labspan_agent::verify::{run_checks, CheckResult, GuestExec};
 use labspan_proto::lab::Lab;
 
 /// How long each `verify` check may take to pass.

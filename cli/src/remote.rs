@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::verify::GuestExec;
 use anyhow::{bail, Context};
-use labspan_agent::verify::GuestExec;
 use labspan_agent::vm::ExecOutput;
 use labspan_proto::codec;
 use labspan_proto::health::GuestHealth;
