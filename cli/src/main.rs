@@ -7,9 +7,6 @@ mod log;
 mod origin;
 mod remote;
 mod verify;
-// verify.rs names ExecOutput as `crate::vm::ExecOutput` (it moved here
-// unchanged from the agent); the next commit imports it directly.
-use labspan_agent::vm;
 
 use std::process::ExitCode;
 

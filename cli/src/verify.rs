@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use labspan_proto::lab::Check;
 use regex::Regex;
 
-use crate::vm::ExecOutput;
+use labspan_agent::vm::ExecOutput;
 
 /// Runs a shell command in a lab node's guest.
 pub trait GuestExec {
