@@ -249,7 +249,12 @@ impl Fence {
     /// Keeps `generation` (when newer) on disk before the plan is applied:
     /// written to a new file, synced, then renamed over the old one.
     fn record(&self, generation: u64) -> Result<(), Refusal> {
-        if self.applied().is_some_and(|a| a >= generation) {
+        // Held across the check and the write: two plans admitted at once
+        // (a plan pushed after a registration does not wait for the
+        // leader's lab lock) must not write at once, nor leave the older
+        // generation on disk after the newer.
+        let mut state = self.lock();
+        if state.applied.is_some_and(|a| a >= generation) {
             return Ok(());
         }
         let path = self.state.join(GENERATION_FILE);
@@ -266,7 +271,7 @@ impl Fence {
         fs::create_dir_all(&self.state)
             .and_then(|()| labspan_proto::atomic::write(&path, &bytes))
             .map_err(|e| fail(e.to_string()))?;
-        self.lock().applied = Some(generation);
+        state.applied = Some(generation);
         Ok(())
     }
 }

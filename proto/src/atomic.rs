@@ -28,12 +28,16 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    // The pid keeps two processes writing the same file from sharing one
-    // temporary file; the leading dot keeps listings of the folder clean.
+    // The pid and a count of this process's writes keep two writers of the
+    // same file (two processes, or two tasks of one) from sharing one
+    // temporary file, which the first rename would take from the second;
+    // the leading dot keeps listings of the folder clean.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let written = (|| {
         let mut file = OpenOptions::new()
