@@ -117,13 +117,13 @@ fn send_own_plan(inner: &Arc<Inner>, name: &str) {
         // a plan reaches it. The plan is safe out of order: it carries its
         // generation, and the agent refuses one older than it has applied.
         push::push_plans(&inner, &BTreeSet::from([host.clone()])).await;
-        let failed = failed_labs_on(&inner, &host);
-        if failed.is_empty() {
+        if failed_labs_on(&inner, &host).is_empty() {
             return;
         }
-        // A lab's status is written by one lab change at a time.
+        // A lab's status is written by one lab change at a time; read
+        // again under the lock (a lab may have changed or gone meanwhile).
         let _one_at_a_time = inner.lab_lock.lock().await;
-        for (lab, hosts) in failed {
+        for (lab, hosts) in failed_labs_on(&inner, &host) {
             if !agents::missing(&inner, &hosts).is_empty() {
                 continue; // Settled when the last of its agents registers.
             }
