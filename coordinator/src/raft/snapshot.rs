@@ -77,6 +77,7 @@ pub fn write(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
         tokens,
         next_node_id,
         revoked,
+        bundles: _,
     } = state;
     let head = Head {
         hosts: count(hosts.len()),
@@ -166,6 +167,7 @@ pub fn read(mut bytes: &[u8]) -> Result<ClusterState, SnapshotError> {
     if announced != got {
         return Err(SnapshotError::Count { announced, got });
     }
+    state.decode_bundles();
     Ok(state)
 }
 

@@ -6,9 +6,11 @@
 //! leaves the state untouched; it is still a committed log entry.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use labspan_proto::codec;
+use labspan_proto::codec::{self, CodecError};
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{LabOrigin, Role};
 use serde::{Deserialize, Serialize};
@@ -106,6 +108,70 @@ pub struct ClusterState {
     /// although the CA signed it. Joining again under the name admits it
     /// again.
     pub revoked: BTreeSet<String>,
+    /// Each lab's spec, decoded: derived from `labs`, never serialized.
+    #[serde(skip)]
+    pub bundles: Bundles,
+}
+
+/// Each lab's bundle, decoded once when its spec is applied (or a snapshot
+/// read): deploys, recovery ticks, plan pushes and the coordinators' file
+/// copies read every lab's bundle, and decoding every stored lab each time
+/// cost them in proportion to the whole cluster.
+///
+/// It is derived from [`ClusterState::labs`], so it is not part of the
+/// state's value: two states with the same labs are equal whatever their
+/// caches hold. A lab it lacks, or whose spec changed behind `apply` (a
+/// state built by hand), is decoded on demand: the cache can be stale or
+/// empty without giving a wrong answer.
+#[derive(Clone, Default)]
+pub struct Bundles(BTreeMap<String, Cached>);
+
+/// A decoded bundle and the spec it was decoded from.
+#[derive(Clone)]
+struct Cached {
+    spec: Arc<[u8]>,
+    bundle: Arc<LabBundle>,
+}
+
+impl Bundles {
+    /// The bundle of `spec`, stored for lab `name`.
+    fn of(&self, name: &str, spec: &[u8]) -> Result<Arc<LabBundle>, CodecError> {
+        match self.0.get(name) {
+            Some(c) if *c.spec == *spec => Ok(c.bundle.clone()),
+            _ => codec::decode::<LabBundle>(spec).map(Arc::new),
+        }
+    }
+
+    fn insert(&mut self, name: &str, spec: &[u8], bundle: Arc<LabBundle>) {
+        let spec = Arc::from(spec);
+        self.0.insert(name.to_string(), Cached { spec, bundle });
+    }
+
+    /// Decodes every lab of `labs` (a spec that does not decode is left
+    /// out, and refused again when asked for).
+    fn decode_all(labs: &BTreeMap<String, LabRecord>) -> Bundles {
+        let mut out = Bundles::default();
+        for (name, rec) in labs {
+            if let Ok(bundle) = codec::decode::<LabBundle>(&rec.spec) {
+                out.insert(name, &rec.spec, Arc::new(bundle));
+            }
+        }
+        out
+    }
+}
+
+impl PartialEq for Bundles {
+    fn eq(&self, _: &Bundles) -> bool {
+        true
+    }
+}
+
+impl Eq for Bundles {}
+
+impl fmt::Debug for Bundles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bundles({} decoded)", self.0.len())
+    }
 }
 
 /// A one-time join token.
@@ -254,6 +320,31 @@ pub enum Rejection {
 pub type CommandResult = Result<Applied, Rejection>;
 
 impl ClusterState {
+    /// The decoded bundle of lab `name`, if the lab exists.
+    pub fn bundle(&self, name: &str) -> Option<Result<Arc<LabBundle>, CodecError>> {
+        let rec = self.labs.get(name)?;
+        Some(self.bundles.of(name, &rec.spec))
+    }
+
+    /// Decodes every lab again (after the labs were read from a snapshot).
+    pub fn decode_bundles(&mut self) {
+        self.bundles = Bundles::decode_all(&self.labs);
+    }
+
+    /// Every guest file the stored labs name, by sha256.
+    pub fn file_hashes(&self) -> BTreeSet<String> {
+        self.labs
+            .keys()
+            .filter_map(|name| self.bundle(name)?.ok())
+            .flat_map(|b| {
+                b.files
+                    .values()
+                    .map(|f| f.sha256.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Applies `cmd`; on rejection the state is unchanged.
     pub fn apply(&mut self, cmd: &Command) -> CommandResult {
         match cmd {
@@ -366,6 +457,7 @@ impl ClusterState {
                 self.labs
                     .remove(name)
                     .ok_or_else(|| Rejection::UnknownLab(name.clone()))?;
+                self.bundles.0.remove(name);
                 self.vni_owners.retain(|_, (lab, _)| lab != name);
                 Ok(Applied::Done)
             }
@@ -470,7 +562,8 @@ impl ClusterState {
         placement: &BTreeMap<String, String>,
         origin: &Option<LabOrigin>,
     ) -> CommandResult {
-        let nodes = spec_nodes(name, spec)?;
+        let bundle = decode_spec(name, spec)?;
+        let nodes = bundle.lab.nodes.keys().cloned().collect();
         self.check_placement(name, &nodes, placement)?;
         let old_vnis = self
             .labs
@@ -497,6 +590,7 @@ impl ClusterState {
             migration: None,
         };
         self.labs.insert(name.to_string(), record);
+        self.bundles.insert(name, spec, bundle);
         Ok(Applied::Vnis(vnis))
     }
 
@@ -592,10 +686,10 @@ impl ClusterState {
     }
 }
 
-/// The node names of the lab bundle `spec`.
-fn spec_nodes(lab: &str, spec: &[u8]) -> Result<BTreeSet<String>, Rejection> {
+/// The lab bundle `spec`.
+fn decode_spec(lab: &str, spec: &[u8]) -> Result<Arc<LabBundle>, Rejection> {
     codec::decode::<LabBundle>(spec)
-        .map(|b| b.lab.nodes.into_keys().collect())
+        .map(Arc::new)
         .map_err(|e| Rejection::BadSpec {
             lab: lab.to_string(),
             reason: e.to_string(),

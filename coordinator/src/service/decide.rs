@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use labspan_proto::codec;
 use labspan_proto::health::GuestHealth;
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{Capabilities, LabOrigin, LabReport, NodeState, VmReport};
@@ -123,7 +122,7 @@ pub(super) fn offers(
         })
         .collect();
     for (other, rec) in state.labs.iter().filter(|(n, _)| n.as_str() != lab) {
-        let Ok(bundle) = codec::decode::<LabBundle>(&rec.spec) else {
+        let Some(Ok(bundle)) = state.bundle(other) else {
             continue;
         };
         for (node, spec) in &bundle.lab.nodes {
@@ -182,7 +181,13 @@ pub fn host_plans(
         {
             continue;
         }
-        match plan_record(rec, fabrics) {
+        let Some(bundle) = state.bundle(name) else {
+            continue;
+        };
+        match bundle
+            .map_err(|e| e.to_string())
+            .and_then(|b| plan_record(rec, &b, fabrics))
+        {
             Ok(per_host) => {
                 for (host, lab_plan) in per_host {
                     if let Some(plan) = plans.get_mut(&host) {
@@ -201,9 +206,9 @@ pub fn host_plans(
 /// One stored lab's plan per host.
 fn plan_record(
     rec: &LabRecord,
+    bundle: &LabBundle,
     fabrics: &BTreeMap<String, HostFabric>,
 ) -> Result<BTreeMap<String, labspan_proto::plan::LabPlan>, String> {
-    let bundle = codec::decode::<LabBundle>(&rec.spec).map_err(|e| e.to_string())?;
     let incoming = rec.migration.as_ref().and_then(|m| {
         Some(IncomingPlan {
             from: m.from.clone(),

@@ -16,7 +16,6 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labspan_proto::codec;
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{
     AgentReply, AgentRequest, Capabilities, ErrorKind, ErrorReply, MoveFigures, MoveReport,
@@ -91,8 +90,11 @@ pub fn choose(
             "node {node:?} of lab {lab:?} runs on host {from:?}, which is down: nothing to move live"
         )));
     }
-    let bundle = codec::decode::<LabBundle>(&rec.spec)
-        .map_err(|e| invalid(format!("lab {lab:?}: its stored spec does not decode: {e}")))?;
+    let bundle = state
+        .bundle(lab)
+        .transpose()
+        .map_err(|e| invalid(format!("lab {lab:?}: its stored spec does not decode: {e}")))?
+        .ok_or_else(|| invalid(format!("lab {lab:?} is not deployed")))?;
     let spec = bundle
         .lab
         .nodes

@@ -14,8 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use labspan_proto::codec;
-use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::Capabilities;
 
 use super::{agents, decide, lock, push, Inner};
@@ -116,7 +114,7 @@ fn decide_lab(
         let degraded = matches!(rec.status, LabStatus::Degraded { .. });
         return degraded.then(|| Recovery::Restore { lab: name.into() });
     }
-    let bundle = match codec::decode::<LabBundle>(&rec.spec) {
+    let bundle = match state.bundle(name)? {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(lab = name, error = %e, "cannot decode a stored lab; its lost nodes stay lost");

@@ -354,3 +354,103 @@ fn a_revoked_coordinator_is_admitted_again_only_by_a_coordinator_join() {
     let _ = s.apply(&use_token("c", "c3", 0));
     assert!(!s.revoked.contains("c3"));
 }
+
+/// Checks that the decoded cache holds exactly the stored labs, each as a
+/// fresh decode of its spec gives it.
+fn assert_cache_fresh(s: &ClusterState) {
+    let cached: BTreeSet<&String> = s.bundles.0.keys().collect();
+    let labs: BTreeSet<&String> = s.labs.keys().collect();
+    assert_eq!(cached, labs, "the cache holds other labs than the state");
+    for (name, rec) in &s.labs {
+        let fresh: LabBundle = codec::decode(&rec.spec).expect("a stored spec decodes");
+        let c = &s.bundles.0[name];
+        assert_eq!(*c.spec, *rec.spec, "lab {name}: cached from another spec");
+        assert_eq!(*c.bundle, fresh, "lab {name}: cached bundle differs");
+    }
+}
+
+mod cache {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LABS: [&str; 3] = ["a", "b", "c"];
+    const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+    const NODES: [&str; 3] = ["r1", "r2", "r3"];
+
+    /// Commands over a few labs, hosts and nodes, valid or not: deploys
+    /// and edits (some on unknown hosts, some with a spec that does not
+    /// decode or names other nodes than the placement), moves, deletes,
+    /// status changes and host changes.
+    fn command() -> impl Strategy<Value = Command> {
+        let lab = || proptest::sample::select(&LABS[..]);
+        let host = || proptest::sample::select(&HOSTS[..]);
+        let nodes = || proptest::sample::subsequence(&NODES[..], 1..=3);
+        prop_oneof![
+            host().prop_map(register),
+            (host(), any::<bool>()).prop_map(|(h, up)| Command::SetHostUp { name: h.into(), up }),
+            host().prop_map(|h| Command::RemoveHost { name: h.into() }),
+            (lab(), nodes(), proptest::collection::vec(host(), 3), 0..4u8).prop_map(
+                |(lab, nodes, hosts, how)| {
+                    let placement: Vec<(&str, &str)> =
+                        nodes.iter().copied().zip(hosts.iter().copied()).collect();
+                    let mut cmd = deploy(lab, &placement, &["lan"]);
+                    if let Command::DeployLab { spec, .. } = &mut cmd {
+                        match how {
+                            0 => *spec = b"not a bundle".to_vec(),
+                            1 => *spec = super::spec(lab, &NODES),
+                            _ => {}
+                        }
+                    }
+                    cmd
+                }
+            ),
+            (lab(), nodes(), host()).prop_map(|(lab, nodes, h)| Command::MoveNodes {
+                lab: lab.into(),
+                placement: nodes
+                    .iter()
+                    .map(|n| (n.to_string(), h.to_string()))
+                    .collect(),
+                moved: nodes.iter().map(|n| n.to_string()).collect(),
+            }),
+            lab().prop_map(|lab| Command::SetLabStatus {
+                lab: lab.into(),
+                status: LabStatus::Running
+            }),
+            lab().prop_map(|lab| Command::DeleteLab { name: lab.into() }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// After any sequence of applies (accepted or refused), and after
+        /// a snapshot is written and read, the cache equals a fresh decode
+        /// of every stored spec.
+        #[test]
+        fn the_decoded_cache_equals_a_fresh_decode(cmds in proptest::collection::vec(command(), 1..40)) {
+            let mut s = ClusterState::default();
+            for cmd in &cmds {
+                let _ = s.apply(cmd);
+                assert_cache_fresh(&s);
+            }
+            let bytes = crate::raft::snapshot::write(&s).expect("encodes");
+            let read = crate::raft::snapshot::read(&bytes).expect("decodes");
+            assert_cache_fresh(&read);
+            prop_assert_eq!(read, s);
+        }
+    }
+}
+
+#[test]
+fn a_state_built_by_hand_decodes_on_demand() {
+    let mut s = with_h1();
+    assert_eq!(s.apply(&create("a", &["lan"])).map(|_| ()), Ok(()));
+    // Changed behind `apply`: the stale entry is not used.
+    if let Some(rec) = s.labs.get_mut("a") {
+        rec.spec = spec("a", &["r1", "r2"]);
+    }
+    let b = s.bundle("a").expect("lab a").expect("decodes");
+    assert_eq!(b.lab.nodes.len(), 2);
+    assert!(s.bundle("zz").is_none());
+}
