@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use labspan_coordinator::raft::ClusterState;
+use labspan_coordinator::raft::{ClusterState, Command};
 use labspan_coordinator::service::{self, DataDir, Running};
 use labspan_proto::codec;
 use labspan_proto::lab::{self, LabBundle};
@@ -1117,5 +1117,310 @@ async fn a_lab_over_the_file_limit_or_with_a_missing_file_is_refused() -> TestRe
     );
     admin.close().await;
     node.shutdown().await;
+    Ok(())
+}
+
+/// [`bundle_with`] for a lab named `name`.
+fn bundle_named(name: &str, sha256: &str, size: u64) -> TestResult<Vec<u8>> {
+    let text = WITH_FILE.replace("name: big", &format!("name: {name}"));
+    let lab = lab::parse("lab.yaml", &text).map_err(|d| d.to_string())?;
+    let file = lab::FileRef {
+        sha256: sha256.to_string(),
+        size,
+    };
+    Ok(codec::encode(&LabBundle {
+        lab,
+        files: [("blob.bin".to_string(), file)].into(),
+    })?)
+}
+
+/// Deploys `bundle` through `client`; the lab must run.
+async fn deploy_running(
+    client: &Client,
+    bundle: Vec<u8>,
+) -> TestResult<labspan_proto::msg::LabReport> {
+    let reply = client
+        .request(&Request::DeployLab {
+            bundle,
+            source: LabSource::default(),
+            replace: false,
+        })
+        .await?;
+    match reply {
+        Reply::Deployed(r) if r.status == LabStatus::Running => Ok(r),
+        other => Err(format!("deploy did not run: {other:?}").into()),
+    }
+}
+
+/// A cluster whose labs hold more than 16 MiB of guest files (once the
+/// limit of the whole state in one snapshot message) snapshots and
+/// compacts its log; a fourth coordinator joins, catches up from the
+/// snapshot and copies the files; once the first three are removed and
+/// stopped, it alone deploys a lab that uses one of them, and the agent
+/// fetches the file from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_added_after_compaction_catches_up_and_keeps_the_files() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let fourth = TempDir::new()?;
+    let (mut nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = Client::connect(&admin_file).await?;
+    let (_h1, _) = agent(&admin, nodes[0].addr, "h1", true).await?;
+
+    // Two labs with a 9 MiB guest file each: 18 MiB of files.
+    let mut blobs = Vec::new();
+    for i in 0..2u8 {
+        let blob: Vec<u8> = (0..9 * 1024 * 1024u32)
+            .map(|b| (b % 251) as u8 ^ i)
+            .collect();
+        let reply = admin
+            .request(&Request::PutFile {
+                contents: blob.clone(),
+            })
+            .await?;
+        let Reply::FileStored { sha256 } = reply else {
+            return Err(format!("upload refused: {reply:?}").into());
+        };
+        let size = u64::try_from(blob.len())?;
+        deploy_running(&admin, bundle_named(&format!("big-{i}"), &sha256, size)?).await?;
+        blobs.push((sha256, blob));
+    }
+
+    // Every coordinator snapshots and purges its log up to the snapshot.
+    let state = converged(&nodes).await?;
+    let applied = nodes[0]
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .ok_or("nothing applied")?
+        .index;
+    let wait = Some(Duration::from_secs(60));
+    for node in &nodes {
+        node.raft.trigger().snapshot().await?;
+        node.raft
+            .wait(wait)
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "a snapshot",
+            )
+            .await?;
+        node.raft.trigger().purge_log(applied).await?;
+        node.raft
+            .wait(wait)
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= applied),
+                "the log purged",
+            )
+            .await?;
+    }
+
+    // A fourth coordinator joins: with the log purged, only the snapshot
+    // can bring it up to date.
+    let (token, fingerprint) = token(&admin, Role::Coordinator).await?;
+    let (grant, request) = join(nodes[0].addr, &fingerprint, &token, "c4").await?;
+    DataDir::at(fourth.path()).save_grant("c4", free_addr()?, &grant, &request)?;
+    nodes.push(service::start(fourth.path()).await?);
+    eventually("four voters", || async {
+        status(&admin)
+            .await
+            .filter(|s| s.members.iter().filter(|m| m.voter).count() == 4)
+    })
+    .await?;
+    let now = converged(&nodes).await?;
+    assert_eq!(now.labs, state.labs);
+    let installed = nodes[3].raft.metrics().borrow().snapshot;
+    assert!(
+        installed.is_some_and(|s| s.index >= applied),
+        "c4 caught up without the snapshot: {installed:?}"
+    );
+
+    // It copies the files in the background, from the others.
+    let c4_files = fourth.path().join("files");
+    eventually("c4 to copy the guest files", || async {
+        blobs
+            .iter()
+            .all(|(sha256, _)| c4_files.join(sha256).exists())
+            .then_some(())
+    })
+    .await?;
+
+    // The three first coordinators are removed and stopped; c4 leads alone.
+    let via_c4 = Client::connect_to(&admin_file, &[nodes[3].addr.to_string()]).await?;
+    for name in ["c1", "c2", "c3"] {
+        let remove = Request::RemoveCoordinator {
+            member: name.to_string(),
+        };
+        eventually(&format!("{name} removed"), || async {
+            match via_c4.request(&remove).await {
+                Ok(Reply::Done) => Some(()),
+                // A retry after a removal whose reply was lost.
+                Ok(Reply::Error(e)) if e.kind == ErrorKind::NotFound => Some(()),
+                _ => None,
+            }
+        })
+        .await?;
+    }
+    admin.close().await;
+    shutdown(nodes.drain(..3).collect()).await;
+    let c4_id = nodes[0].raft.metrics().borrow().id;
+    eventually("c4 alone and leading", || async {
+        status(&via_c4)
+            .await
+            .filter(|s| s.members.len() == 1 && s.leader == Some(c4_id))
+    })
+    .await?;
+
+    // A lab that uses the first file deploys through c4 onto a new host,
+    // whose agent fetches the file from c4: no other copy is running.
+    let fetched = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+    let (_h2, _) = agent_serving(
+        &via_c4,
+        nodes[0].addr,
+        "h2",
+        true,
+        fetch_files_then_apply(fetched.clone()),
+    )
+    .await?;
+    let cordon = Request::Cordon {
+        host: "h1".into(),
+        cordoned: true,
+    };
+    assert_eq!(via_c4.request(&cordon).await?, Reply::Done);
+    let (sha256, blob) = &blobs[0];
+    let size = u64::try_from(blob.len())?;
+    let report = deploy_running(&via_c4, bundle_named("again", sha256, size)?).await?;
+    assert_eq!(report.placement.values().collect::<Vec<_>>(), ["h2"]);
+    let got = fetched
+        .lock()
+        .map_err(|e| e.to_string())?
+        .get(sha256)
+        .cloned();
+    assert!(
+        got.as_deref() == Some(blob.as_slice()),
+        "the agent did not get the file from c4"
+    );
+    via_c4.close().await;
+    shutdown(nodes).await;
+    Ok(())
+}
+
+/// Lab `lab-NNN`: one node on h1, one segment.
+fn small_lab(i: usize) -> TestResult<Command> {
+    let name = format!("lab-{i:03}");
+    let text = format!("name: {name}\ndefaults: {{image: tiny}}\nnodes:\n  r1: {{}}\n");
+    let lab = lab::parse("lab.yaml", &text).map_err(|d| d.to_string())?;
+    Ok(Command::DeployLab {
+        name,
+        spec: codec::encode(&LabBundle {
+            lab,
+            files: Default::default(),
+        })?,
+        segments: ["lan0".to_string()].into(),
+        placement: [("r1".to_string(), "h1".to_string())].into(),
+        origin: None,
+    })
+}
+
+/// Stores labs `range` as running, through `leader`'s Raft, 16 at a time.
+async fn store_running_labs(leader: &Running, range: std::ops::Range<usize>) -> TestResult {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in range {
+        let (raft, deploy) = (leader.raft.clone(), small_lab(i)?);
+        tasks.spawn(async move {
+            let Command::DeployLab { name, .. } = &deploy else {
+                return Err("not a deploy".to_string());
+            };
+            let lab = name.clone();
+            for cmd in [
+                deploy,
+                Command::SetLabStatus {
+                    lab,
+                    status: LabStatus::Running,
+                },
+            ] {
+                match raft.client_write(cmd).await {
+                    Ok(w) if w.data.is_ok() => {}
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+            Ok(())
+        });
+        while tasks.len() >= 16 {
+            if let Some(done) = tasks.join_next().await {
+                done??;
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// A restart of all three coordinators with 500 stored labs, half of them
+/// only in a snapshot (the log before it purged), half only in the log:
+/// every lab comes back as it was, and the API serves each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_labs_survive_a_restart_and_are_served() -> TestResult {
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = Client::connect(&admin_file).await?;
+    let (_h1, _) = agent(&admin, nodes[0].addr, "h1", true).await?;
+    let st = status(&admin).await.ok_or("no status")?;
+    let leader = st.leader.ok_or("no leader")?;
+    let leader = nodes
+        .iter()
+        .find(|n| n.raft.metrics().borrow().id == leader)
+        .ok_or("the leader is not one of the nodes")?;
+
+    store_running_labs(leader, 0..250).await?;
+    let half = converged(&nodes).await?;
+    let wait = Some(Duration::from_secs(60));
+    for node in &nodes {
+        let applied = node.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let applied = applied.ok_or("nothing applied")?;
+        node.raft.trigger().snapshot().await?;
+        node.raft
+            .wait(wait)
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "a snapshot",
+            )
+            .await?;
+        node.raft.trigger().purge_log(applied).await?;
+    }
+    assert_eq!(half.labs.len(), 250);
+    store_running_labs(leader, 250..500).await?;
+    let before = converged(&nodes).await?;
+    assert_eq!(before.labs.len(), 500);
+
+    admin.close().await;
+    shutdown(nodes).await;
+    // No agent comes back: a long grace keeps h1 up, so nothing moves.
+    let timing = service::Timing {
+        new_leader_grace: Duration::from_secs(600),
+        ..service::Timing::default()
+    };
+    let mut again = Vec::new();
+    for dir in &dirs {
+        again.push(service::start_with(dir.path(), timing).await?);
+    }
+    let admin = leader_client("a leader after the restart", &admin_file).await?;
+    let after = converged(&again).await?;
+    assert_eq!(after.labs, before.labs);
+    for (name, rec) in &before.labs {
+        let reply = admin
+            .request(&Request::GetLab { name: name.clone() })
+            .await?;
+        let Reply::Lab { bundle, report } = reply else {
+            return Err(format!("lab {name} not served: {reply:?}").into());
+        };
+        assert_eq!(bundle, rec.spec, "lab {name}");
+        assert_eq!(report.status, LabStatus::Running, "lab {name}");
+        assert_eq!(report.placement, rec.placement, "lab {name}");
+        assert_eq!(report.vnis, rec.vnis, "lab {name}");
+    }
+    admin.close().await;
+    shutdown(again).await;
     Ok(())
 }

@@ -2,10 +2,16 @@
 //! (`PutFile`), which keeps it in its file store and copies it to every other
 //! coordinator before it answers; the Raft state holds only hashes and sizes.
 //! An agent fetches a file by hash (`GetFile`) from the coordinator it is
-//! connected to, which takes it from another coordinator if it lacks a copy
-//! (a coordinator that joined later, or was down during the upload).
+//! connected to, which takes it from another coordinator if it lacks a copy.
+//!
+//! Every coordinator also fetches, in the background, each file its replica
+//! of the state names and its store lacks ([`keep_copies`]): one that joined
+//! after the upload (it caught up from a snapshot or the log) or was down
+//! during it. The files then outlive the members that took them: a cluster
+//! whose coordinators are replaced one by one still serves every lab.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use labspan_proto::files::{FileStore, FileStoreError};
 use labspan_proto::lab::{FileRef, LabBundle, MAX_FILE_SIZE};
@@ -200,4 +206,51 @@ pub(super) async fn check_uploaded(inner: &Arc<Inner>, bundle: &LabBundle) -> Re
         }
     }
     Ok(())
+}
+
+/// How soon a coordinator tries again to fetch files no peer could give it.
+const COPY_RETRY: Duration = Duration::from_secs(5);
+
+/// Any coordinator, for as long as it runs: after each change of its
+/// replica, fetches from the other coordinators every guest file the
+/// stored labs name and its own store lacks; what no peer has yet is tried
+/// again every [`COPY_RETRY`].
+pub(super) async fn keep_copies(inner: Arc<Inner>) {
+    let mut metrics = inner.raft.metrics();
+    let mut complete_at = None;
+    loop {
+        let applied = metrics.borrow_and_update().last_applied;
+        if applied != complete_at && fetch_missing(&inner).await == 0 {
+            complete_at = applied;
+        }
+        let retry = applied != complete_at;
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(COPY_RETRY), if retry => {}
+        }
+    }
+}
+
+/// Fetches the files the state names and the store lacks; returns how
+/// many it could not get.
+async fn fetch_missing(inner: &Arc<Inner>) -> usize {
+    let wanted = inner.state.read().state.file_hashes();
+    let mut lacking = 0;
+    for sha256 in wanted.iter().filter(|h| !inner.files.has(h)) {
+        match get(inner, sha256, true).await {
+            Reply::File { .. } => {
+                tracing::info!(sha256, "copied a guest file from another coordinator")
+            }
+            Reply::Error(e) => {
+                tracing::warn!(sha256, error = %e.message, "cannot copy a guest file yet; trying again");
+                lacking += 1;
+            }
+            _ => lacking += 1,
+        }
+    }
+    lacking
 }

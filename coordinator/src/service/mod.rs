@@ -434,6 +434,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         tokio::spawn(hosts::monitor(inner.clone())),
         tokio::spawn(resume::on_leadership(inner.clone())),
         tokio::spawn(leader::watch_membership(inner.clone())),
+        tokio::spawn(files::keep_copies(inner.clone())),
         tokio::spawn(raft::campaign::gate(
             raft.clone(),
             config.id,
