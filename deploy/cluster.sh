@@ -363,6 +363,8 @@ This namespace reaches it through $ROOT_LINK ($ROOT_ADDR). Point the CLI at it:
   $BIN cluster status
   $BIN up LAB.yaml        (host1 has the images of $IMAGES, the other hosts fetch
                             what their labs use; add one: $BIN image push FILE.qcow2)
+Metrics (Prometheus, /metrics): coordinators http://$NET.{1..$coords}:7180/metrics,
+  agents http://$NET.{1..$n}:7181/metrics (see docs/metrics.md)
 Logs and pids: $STATE/hostN/{coordinator,agent}.{log,pid}
 Remove it all:   $(settings)$0 down
 TXT

@@ -9,7 +9,8 @@ export DEBIAN_FRONTEND=noninteractive
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for p in iproute2 iputils-ping iperf3 tcpdump nftables cpio gzip e2fsprogs debootstrap ca-certificates curl gcc shellcheck jq; do
+# prometheus: its promtool checks the daemons' /metrics (tests/tests/observability.rs).
+for p in iproute2 iputils-ping iperf3 tcpdump nftables cpio gzip e2fsprogs debootstrap ca-certificates curl gcc shellcheck jq prometheus; do
     installed "$p" || missing+=("$p")
 done
 # qemu-system-x86 and qemu-utils go together, both from bookworm: on a machine

@@ -6,6 +6,7 @@ pub mod guest;
 pub mod image;
 pub mod image_service;
 pub mod liveness;
+pub mod metrics;
 pub mod net;
 pub mod paths;
 pub mod reconcile;

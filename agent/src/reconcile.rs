@@ -237,6 +237,8 @@ pub struct Agent {
     busy: std::sync::Mutex<BTreeMap<Key, usize>>,
     /// Guests this agent is migrating to another host now.
     moving_out: std::sync::Mutex<BTreeSet<Key>>,
+    /// What `/metrics` serves besides the kernel's figures.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Marks a guest's agent busy while it lives.
@@ -271,7 +273,18 @@ impl Agent {
             last_plan: std::sync::Mutex::new(None),
             busy: std::sync::Mutex::new(BTreeMap::new()),
             moving_out: std::sync::Mutex::new(BTreeSet::new()),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// The counters and histograms this agent feeds.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Image bytes received from other hosts so far.
+    pub fn image_bytes_received(&self) -> u64 {
+        self.fetcher.get().map_or(0, |f| f.received_bytes())
     }
 
     /// The plan last applied (`None` before the first).
@@ -371,7 +384,10 @@ impl Agent {
                 .get(key)
                 .is_some_and(|p| *p != RestartPolicy::Never)
         };
-        self.apply_with(plan, &may_restart, events).await
+        let started = std::time::Instant::now();
+        let result = self.apply_with(plan, &may_restart, events).await;
+        self.metrics.plan_applied(started.elapsed().as_secs_f64());
+        result
     }
 
     /// [`Agent::apply`], restarting the failed guests `may_restart` allows

@@ -4,6 +4,7 @@ mod cmd;
 mod embedded;
 mod guests;
 mod log;
+mod metrics;
 mod origin;
 mod remote;
 mod verify;

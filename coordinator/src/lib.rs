@@ -5,6 +5,7 @@
 
 pub mod hosts;
 pub mod images;
+pub mod metrics;
 pub mod placement;
 pub mod plan;
 pub mod raft;

@@ -121,6 +121,16 @@ impl LocalCluster {
         format!("{}-host{i}", self.name)
     }
 
+    /// Where daemon `what` (`coordinator`, `agent`) of host `i` serves its
+    /// metrics: the default address, reachable from the root namespace.
+    pub fn metrics_url(&self, i: usize, what: &str) -> String {
+        let port = match what {
+            "coordinator" => labspan_coordinator::metrics::DEFAULT_PORT,
+            _ => labspan_agent::metrics::DEFAULT_PORT,
+        };
+        format!("http://198.18.{}.{i}:{port}/metrics", self.net)
+    }
+
     /// Runs `ip ARGS` inside host `i`.
     pub fn ip(&self, i: usize, args: &[&str]) -> Output {
         run(Command::new("ip").args(["-n", &self.netns(i)]).args(args))

@@ -13,6 +13,7 @@ use labspan_proto::msg::{ErrorKind, ErrorReply, Role};
 use labspan_transport::{
     connect_image, finish, peer_identity_of, read_message_within, write_message, TransportError,
 };
+use prometheus_client::metrics::counter::Counter;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
@@ -251,13 +252,24 @@ pub async fn send_files(
 pub struct Fetcher {
     endpoint: Endpoint,
     store: ImageStore,
+    /// Image bytes received, failed attempts included (for `/metrics`).
+    received: Counter,
 }
 
 impl Fetcher {
     /// A fetcher into `store` that dials from `endpoint` (see
     /// [`labspan_transport::image_client_endpoint`]).
     pub fn new(endpoint: Endpoint, store: ImageStore) -> Fetcher {
-        Fetcher { endpoint, store }
+        Fetcher {
+            endpoint,
+            store,
+            received: Counter::default(),
+        }
+    }
+
+    /// Image bytes this fetcher has received so far.
+    pub fn received_bytes(&self) -> u64 {
+        self.received.get()
     }
 
     /// Makes `image.name` point at `image.hash` in the store, fetching the
@@ -372,9 +384,14 @@ impl Fetcher {
             digest: &image.digest,
         };
         let mut meter = Meter::new(&image.name, &source.host, digest.size(), progress);
+        let mut counted = 0;
         let img = self
             .store
-            .receive(want, &digest, &mut recv, &mut |bytes| meter.at(bytes))
+            .receive(want, &digest, &mut recv, &mut |bytes| {
+                self.received.inc_by(bytes.saturating_sub(counted));
+                counted = counted.max(bytes);
+                meter.at(bytes);
+            })
             .await?;
         meter.done();
         Ok(img)

@@ -11,6 +11,8 @@ use labspan_agent::reconcile::Agent;
 use labspan_agent::vm::AccelChoice;
 use labspan_transport::client::ClusterFile;
 
+use crate::metrics::Listen;
+
 /// `labspan agent ...`
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -41,6 +43,10 @@ pub struct RunArgs {
     /// [default: the VTEP address, port 7102].
     #[arg(long, value_name = "ADDR")]
     pub image_listen: Option<std::net::SocketAddr>,
+    /// Where to serve Prometheus metrics (ip:port, `/metrics`)
+    /// [default: the VTEP address, port 7181].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Offer only this much memory to labs (e.g. 8GiB; default: all of it).
     #[arg(long, value_parser = memory_mib)]
     pub memory: Option<u64>,
@@ -114,7 +120,28 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let agent = Arc::new(Agent::new(labspan_agent::paths::state_dir(), args.accel));
     // Held until this process ends: its end is the guard's signal.
     let _lifeline = start_guard()?;
-    tokio::runtime::Runtime::new()?.block_on(daemon::run(cluster, host, agent));
+    let listen = match args.metrics_listen {
+        Some(addr) => Listen::Given(addr),
+        None => Listen::Default(std::net::SocketAddr::new(
+            args.vtep,
+            labspan_agent::metrics::DEFAULT_PORT,
+        )),
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let scraped = agent.clone();
+        let served = crate::metrics::serve(
+            "agent",
+            listen,
+            labspan_agent::metrics::CONTENT_TYPE,
+            Arc::new(move || labspan_agent::metrics::render(&scraped)),
+        )
+        .await?;
+        if let Some(addr) = served {
+            eprintln!("agent: metrics on http://{addr}/metrics");
+        }
+        daemon::run(cluster, host, agent).await;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

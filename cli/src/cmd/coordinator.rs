@@ -1,12 +1,17 @@
 //! `labspan coordinator run --data DIR`: run a coordinator until stopped.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use std::time::Duration;
 
+use labspan_coordinator::metrics;
 use labspan_coordinator::service::{self, Timing};
 use tokio::signal::unix::{signal, SignalKind};
+
+use crate::metrics::Listen;
 
 /// `labspan coordinator ...`
 #[derive(clap::Subcommand)]
@@ -21,6 +26,10 @@ pub struct RunArgs {
     /// The coordinator's data folder.
     #[arg(long)]
     pub data: PathBuf,
+    /// Where to serve Prometheus metrics (ip:port, `/metrics`)
+    /// [default: the API's address, port 7180].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub timing: TimingArgs,
 }
@@ -73,10 +82,25 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let timing = args.timing.timing()?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let running = service::start_with(&args.data, timing).await?;
+        let listen = match args.metrics_listen {
+            Some(addr) => Listen::Given(addr),
+            None => Listen::Default(SocketAddr::new(running.addr.ip(), metrics::DEFAULT_PORT)),
+        };
+        let source = running.metrics.clone();
+        let served = crate::metrics::serve(
+            "coordinator",
+            listen,
+            metrics::CONTENT_TYPE,
+            Arc::new(move || source.render()),
+        )
+        .await?;
         eprintln!(
             "coordinator listening on {} (joins on port + 1); stop with Ctrl-C or SIGTERM",
             running.addr
         );
+        if let Some(addr) = served {
+            eprintln!("metrics on http://{addr}/metrics");
+        }
         let mut term = signal(SignalKind::terminate())?;
         let code = tokio::select! {
             _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log_store::read_meta;
 use super::{snapshot, Applied, ClusterState, CommandResult, Member, NodeId, TypeConfig};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// The saved snapshot: [`KEY_META`] → its codec-encoded metadata,
 /// [`KEY_DATA`] → its bytes (not one codec message: they may exceed the
@@ -79,6 +80,8 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     /// Makes snapshot ids unique when two snapshots cover the same log id.
     snapshot_seq: u64,
+    /// How long each batch of committed entries takes to apply.
+    apply_seconds: Histogram,
 }
 
 fn snapshot_err(
@@ -97,6 +100,7 @@ impl StateMachineStore {
             data: SharedState::default(),
             db,
             snapshot_seq: 0,
+            apply_seconds: crate::metrics::apply_histogram(),
         };
         if let Some(snap) = load(&store.db)? {
             store.restore(&snap)?;
@@ -122,6 +126,11 @@ impl StateMachineStore {
     /// A read handle on the current state.
     pub fn shared(&self) -> SharedState {
         self.data.clone()
+    }
+
+    /// The apply-latency histogram this state machine feeds (shared).
+    pub fn apply_seconds(&self) -> Histogram {
+        self.apply_seconds.clone()
     }
 
     fn restore(&self, snap: &StoredSnapshot) -> StorageResult<()> {
@@ -183,6 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let results = self.data.update(|d| {
             entries
                 .into_iter()
@@ -199,6 +209,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 })
                 .collect()
         });
+        self.apply_seconds.observe(started.elapsed().as_secs_f64());
         Ok(results)
     }
 

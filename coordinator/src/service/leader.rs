@@ -162,10 +162,13 @@ impl Inner {
 
     /// Proposes `cmd` (on the leader) and waits until it is committed and applied.
     pub(super) async fn write(&self, cmd: Command) -> Result<Applied, ErrorReply> {
+        let started = std::time::Instant::now();
         match self.raft.client_write(cmd).await {
-            Ok(resp) => resp
-                .data
-                .map_err(|rejection| ErrorReply::new(ErrorKind::Invalid, rejection.to_string())),
+            Ok(resp) => {
+                self.metrics.committed(started.elapsed().as_secs_f64());
+                resp.data
+                    .map_err(|rejection| ErrorReply::new(ErrorKind::Invalid, rejection.to_string()))
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ErrorReply::new(
                 ErrorKind::NotLeader,
                 "leadership moved during the write; retry",

@@ -119,6 +119,8 @@ struct Inner {
     /// Set once this coordinator saw itself a voter (a removal is then
     /// told apart from a join still catching up as a learner).
     was_member: std::sync::atomic::AtomicBool,
+    /// Counters and histograms served on `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -345,6 +347,8 @@ pub struct Running {
     pub state: SharedState,
     /// The address its API listens on.
     pub addr: SocketAddr,
+    /// What `/metrics` serves.
+    pub metrics: crate::metrics::Source,
     endpoint: Endpoint,
     join_endpoint: Endpoint,
     tasks: Vec<JoinHandle<()>>,
@@ -374,6 +378,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
     let join_endpoint = transport::join_server_endpoint(join_at, ca.cert(), &me)?;
     let (log, sm) = raft::open(&data.raft_store())?;
     let state = sm.shared();
+    let metrics = Arc::new(crate::metrics::Metrics::new(sm.apply_seconds()));
     // etcd's defaults rather than openraft's (50 ms, 150-300 ms): guests
     // booting under TCG saturate the cores of a lab host, and a follower
     // that misses a few 50 ms heartbeats starts an election that moves the
@@ -417,6 +422,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         files: labspan_proto::files::FileStore::at(data.file_store()),
         lab_lock: tokio::sync::Mutex::new(()),
         was_member: std::sync::atomic::AtomicBool::new(false),
+        metrics: metrics.clone(),
     });
     let mut tasks = vec![
         transport::serve(
@@ -435,6 +441,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         tokio::spawn(resume::on_leadership(inner.clone())),
         tokio::spawn(leader::watch_membership(inner.clone())),
         tokio::spawn(files::keep_copies(inner.clone())),
+        tokio::spawn(crate::metrics::watch_leader(raft.clone(), metrics.clone())),
         tokio::spawn(raft::campaign::gate(
             raft.clone(),
             config.id,
@@ -465,6 +472,11 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
     }
     tracing::info!(id = config.id, name = %config.name, %addr, join = %join_at, "coordinator started");
     Ok(Running {
+        metrics: crate::metrics::Source {
+            raft: raft.clone(),
+            state: state.clone(),
+            metrics,
+        },
         raft,
         state,
         addr,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use labspan_proto::msg::Capabilities;
 
 use super::{agents, decide, lock, push, Inner};
+use crate::metrics::RecoveryKind;
 use crate::placement::place_lab;
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
 
@@ -239,6 +240,7 @@ async fn carry_out(
                 inner.write(cmd).await?;
             }
             let vms = push::settle(inner, lab, &hosts).await?;
+            inner.metrics.recovered(RecoveryKind::Move);
             tracing::info!(lab, vms = vms.len(), "lab re-placed after a host loss");
         }
         Recovery::Strand { lab, reason } => {
@@ -246,6 +248,7 @@ async fn carry_out(
             if let Some(cmd) = step.command() {
                 inner.write(cmd).await?;
             }
+            inner.metrics.recovered(RecoveryKind::Strand);
         }
         Recovery::Restore { lab } => {
             let hosts: BTreeSet<String> = inner
@@ -260,6 +263,7 @@ async fn carry_out(
                 return Ok(());
             }
             let vms = push::settle(inner, lab, &hosts).await?;
+            inner.metrics.recovered(RecoveryKind::Restore);
             tracing::info!(lab, vms = vms.len(), "degraded lab whole again");
         }
     }

@@ -1,0 +1,256 @@
+//! What an operator sees of a cluster made by `deploy/cluster.sh`: the
+//! coordinators' and agents' Prometheus metrics (docs/metrics.md), checked
+//! by `promtool check metrics` and against what the test did: a lab deployed
+//! over two hosts shows as Running, its VMs appear on the agent that runs
+//! them with their lab and node labels, the ping of its checks crossed their
+//! taps, and the host that had no image fetched one.
+
+#![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use labspan_tests::local_cluster::LocalCluster;
+use labspan_tests::{run, text};
+
+const SEEN: &str = r#"
+name: seen
+defaults: {image: tiny, memory: 256MiB, cpus: 1}
+nodes:
+  a: {nics: {eth0: {ip: [198.19.70.1/24]}}}
+  b: {nics: {eth0: {ip: [198.19.70.2/24]}}}
+links:
+  - [a:eth0, b:eth0]
+placement:
+  spread: [[a, b]]
+verify:
+  - ping: {from: a, to: b}
+"#;
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", text(out));
+    text(out)
+}
+
+/// One sample of a scrape: its metric name, labels and value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the Prometheus text format (comments skipped; label values may
+/// hold escaped quotes).
+fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a value after the series");
+            let value: f64 = value.parse().expect("a number");
+            let Some((name, rest)) = series.split_once('{') else {
+                return Sample {
+                    name: series.to_string(),
+                    labels: BTreeMap::new(),
+                    value,
+                };
+            };
+            let mut labels = BTreeMap::new();
+            let mut chars = rest.trim_end_matches('}').chars().peekable();
+            while chars.peek().is_some() {
+                let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+                assert_eq!(chars.next(), Some('"'), "{line}");
+                let mut val = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => val.extend(chars.next()),
+                        '"' => break,
+                        c => val.push(c),
+                    }
+                }
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                }
+                labels.insert(key.trim().to_string(), val);
+            }
+            Sample {
+                name: name.to_string(),
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The samples of `url`, after `promtool check metrics` accepted them.
+fn scrape(url: &str) -> Vec<Sample> {
+    let out = run(Command::new("curl").args(["-sSf", "--max-time", "20", url]));
+    let body = ok(&out, &format!("curl {url}"));
+    let body = String::from_utf8(out.stdout).unwrap_or(body);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; deploy/install-deps.sh)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("writing to promtool");
+    let checked = promtool.wait_with_output().expect("promtool ran");
+    ok(
+        &checked,
+        &format!("promtool check metrics of {url}:\n{body}"),
+    );
+    parse(&body)
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .collect();
+    assert!(found.len() <= 1, "several {name} {labels:?}: {found:?}");
+    found.first().copied()
+}
+
+#[test]
+fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
+    let cluster = LocalCluster::up("obs", 2);
+    let up = cluster.status().expect("cluster status");
+    let leader = cluster.leader_host().expect("a leader");
+
+    let before = scrape(&cluster.metrics_url(leader, "coordinator"));
+    assert_eq!(
+        value(&before, "labspan_labs", &[("status", "Running")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&before, "labspan_hosts", &[("state", "up")]),
+        Some(2.0),
+        "{up}"
+    );
+
+    let lab = cluster.write_file("seen.yaml", SEEN);
+    let shown = ok(
+        &cluster.labspan(&["up", lab.to_str().expect("utf-8 path")]),
+        "labspan up",
+    );
+    assert!(shown.contains("PASS ping a -> b"), "{shown}");
+
+    // Coordinators: the leader's view, and the follower's replica of it.
+    let leader = cluster.leader_host().expect("a leader");
+    let c = scrape(&cluster.metrics_url(leader, "coordinator"));
+    assert_eq!(
+        value(&c, "labspan_labs", &[("status", "Running")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&c, "labspan_labs", &[("status", "Failed")]),
+        Some(0.0)
+    );
+    assert_eq!(value(&c, "labspan_hosts", &[("state", "up")]), Some(2.0));
+    assert_eq!(value(&c, "labspan_hosts", &[("state", "down")]), Some(0.0));
+    assert_eq!(value(&c, "labspan_raft_is_leader", &[]), Some(1.0));
+    let term = value(&c, "labspan_raft_term", &[]).expect("term");
+    assert!(term >= 1.0, "term {term}");
+    let committed = value(&c, "labspan_raft_commit_index", &[]).expect("commit index");
+    // The deploy is one write at least, and it went through the leader.
+    let writes = value(&c, "labspan_raft_commit_seconds_count", &[]).expect("commit histogram");
+    assert!(writes >= 1.0, "no commit observed: {writes}");
+    let applied = value(&c, "labspan_raft_apply_seconds_count", &[]).expect("apply histogram");
+    assert!(applied >= 1.0, "no apply observed: {applied}");
+    assert!(value(&c, "labspan_raft_leader_changes_total", &[]).expect("leader changes") >= 1.0);
+    for kind in ["move", "strand", "restore"] {
+        assert_eq!(
+            value(&c, "labspan_recoveries_total", &[("kind", kind)]),
+            Some(0.0),
+            "{kind}"
+        );
+    }
+    let follower = if leader == 1 { 2 } else { 1 };
+    let f = scrape(&cluster.metrics_url(follower, "coordinator"));
+    assert_eq!(value(&f, "labspan_raft_is_leader", &[]), Some(0.0));
+    assert_eq!(value(&f, "labspan_raft_term", &[]), Some(term));
+    let replica = cluster.wait_for(
+        "the follower applied the deploy",
+        Duration::from_secs(30),
+        || {
+            let f = scrape(&cluster.metrics_url(follower, "coordinator"));
+            (value(&f, "labspan_raft_commit_index", &[])? >= committed).then_some(f)
+        },
+    );
+    assert_eq!(
+        value(&replica, "labspan_labs", &[("status", "Running")]),
+        Some(1.0)
+    );
+
+    // Agents: each lists the VM it runs, not the other's.
+    for (node, peer) in [("a", "b"), ("b", "a")] {
+        let hosts = cluster.running("seen", node);
+        assert_eq!(hosts.len(), 1, "{node} runs once: {hosts:?}");
+        let (host, _pid) = hosts[0];
+        let m = scrape(&cluster.metrics_url(host, "agent"));
+        let vm = [("lab", "seen"), ("node", node)];
+        assert_eq!(value(&m, "labspan_vms", &[]), Some(1.0), "host{host}");
+        let cpu = value(&m, "labspan_vm_cpu_seconds_total", &vm).expect("cpu time");
+        assert!(cpu > 0.0, "{node} booted a kernel: cpu {cpu}");
+        let rss = value(&m, "labspan_vm_resident_memory_bytes", &vm).expect("rss");
+        assert!(rss > 16.0 * 1024.0 * 1024.0, "{node}: rss {rss}");
+        // The check's ping went out of a's eth0 and into b's.
+        let tap = [("lab", "seen"), ("node", node), ("nic", "eth0")];
+        for direction in ["from_guest", "to_guest"] {
+            let with = [tap.as_slice(), &[("direction", direction)]].concat();
+            let packets = value(&m, "labspan_vm_tap_packets_total", &with).expect("tap packets");
+            assert!(packets >= 1.0, "{node} eth0 {direction}: {packets} packets");
+            assert!(value(&m, "labspan_vm_tap_bytes_total", &with).expect("tap bytes") > 0.0);
+            assert!(value(&m, "labspan_vm_tap_dropped_total", &with).is_some());
+        }
+        let peer_vm = [("lab", "seen"), ("node", peer)];
+        assert_eq!(
+            value(&m, "labspan_vm_cpu_seconds_total", &peer_vm),
+            None,
+            "host{host}"
+        );
+        let applies = value(&m, "labspan_plan_apply_seconds_count", &[]).expect("apply histogram");
+        assert!(applies >= 1.0, "host{host} applied no plan");
+        // Only host1 starts with the images: host2 fetched tiny.
+        let received = value(&m, "labspan_image_received_bytes_total", &[]).expect("image bytes");
+        if host == 1 {
+            assert_eq!(received, 0.0, "host1 had the image");
+        } else {
+            assert!(
+                received > 1024.0 * 1024.0,
+                "host{host} fetched tiny: {received} bytes"
+            );
+        }
+    }
+
+    ok(&cluster.labspan(&["down", "seen"]), "labspan down");
+    let after =
+        scrape(&cluster.metrics_url(cluster.leader_host().expect("a leader"), "coordinator"));
+    assert_eq!(
+        value(&after, "labspan_labs", &[("status", "Running")]),
+        Some(0.0)
+    );
+    for host in 1..=2 {
+        let m = scrape(&cluster.metrics_url(host, "agent"));
+        assert_eq!(
+            value(&m, "labspan_vms", &[]),
+            Some(0.0),
+            "host{host} after down"
+        );
+    }
+}
