@@ -30,7 +30,29 @@ pub fn labspan_bin() -> PathBuf {
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let out = run(Command::new(cargo)
+            // Without the variables cargo set for this test (its package's
+            // name, folder, ...): build scripts that watch them (ring's
+            // does) would see them change, and this build, then the next
+            // `cargo build` outside, would each rebuild ring and all that
+            // depends on it.
+            let mut cmd = Command::new(cargo);
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy().into_owned();
+                let set_for_this_test = [
+                    "CARGO_PKG_",
+                    "CARGO_MANIFEST_",
+                    "CARGO_CRATE_",
+                    "CARGO_BIN_",
+                ]
+                .iter()
+                .any(|p| key.starts_with(p))
+                    || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
+                        .contains(&key.as_str());
+                if set_for_this_test {
+                    cmd.env_remove(&key);
+                }
+            }
+            let out = run(cmd
                 .current_dir(&root)
                 .args(["build", "-q", "-p", "labspan", "--bin", "labspan"]));
             assert!(out.status.success(), "building labspan: {}", text(&out));
