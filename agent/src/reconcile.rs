@@ -692,6 +692,17 @@ impl Agent {
                         vm: plan.name.clone(),
                         pid: vm.pid(),
                     });
+                    let key = (lab.lab.clone(), plan.name.clone());
+                    if vm::migrate::interrupted_out(&dir) && !self.moving_out().contains(&key) {
+                        tracing::warn!(
+                            lab = lab.lab,
+                            vm = plan.name,
+                            "an outgoing move was cut short by the agent's end: cancelling it, the guest runs on here"
+                        );
+                        if let Err(e) = vm::migrate::abandon_out(&vm).await {
+                            tracing::warn!(lab = lab.lab, vm = plan.name, error = %e, "cannot cancel the move cut short");
+                        }
+                    }
                     vm
                 }
                 None if plan.incoming.is_some() => {

@@ -64,6 +64,8 @@ pub enum RecoveryKind {
     Strand,
     /// A degraded lab was made whole again.
     Restore,
+    /// A running node was moved live to make room for a lost host's nodes.
+    MakeRoom,
 }
 
 impl RecoveryKind {
@@ -72,6 +74,7 @@ impl RecoveryKind {
             RecoveryKind::Move => "move",
             RecoveryKind::Strand => "strand",
             RecoveryKind::Restore => "restore",
+            RecoveryKind::MakeRoom => "make_room",
         }
     }
 }
@@ -84,6 +87,7 @@ impl Metrics {
             RecoveryKind::Move,
             RecoveryKind::Strand,
             RecoveryKind::Restore,
+            RecoveryKind::MakeRoom,
         ] {
             recoveries.get_or_create_owned(&KindLabel {
                 kind: kind.label().into(),

@@ -1,17 +1,27 @@
-//! Live moves on a cluster made by `deploy/cluster.sh` (issue 13): a guest
-//! moved to another host while a peer pings it every 10 ms keeps its boot
-//! (same boot id, uptime not reset, a marker kept only in RAM), runs on
-//! the new host only, and a drain moves it again and leaves the host
-//! cordoned; a move whose leader is killed (kill -9) is ended by the next
-//! leader and leaves exactly one copy, the same boot. The figures of each move are printed (`--json`); the ping
-//! gap is printed too, as a figure, not asserted.
+//! Live moves on a cluster made by `deploy/cluster.sh` (issue 13).
+//!
+//! - A guest with a qcow2 disk, moved to another host while a peer pings it
+//!   every 10 ms and streams to it over TCP, keeps its boot (same boot id,
+//!   uptime not reset, a marker kept only in RAM), the data it wrote to its
+//!   disk during the move, and the TCP connection; it runs on the new host
+//!   only. A drain moves it again and leaves the host cordoned.
+//! - `kill -9` of the leader, of the destination's agent or of the source's
+//!   agent, before the copy or during it: the move ends (done or rolled
+//!   back) and the guest runs exactly once, the same boot.
+//! - A host lost while the free memory is in pieces too small for its
+//!   node: recovery moves a running node live to join two pieces, then
+//!   starts the lost node there; the moved node keeps its boot.
+//!
+//! The figures of each move are printed (`--json`); the ping gap is printed
+//! too, as a figure, not asserted.
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use labspan_agent::image::ImageStore;
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, text};
+use labspan_tests::{build_image, labspan_bin, run, text, TEST_IMAGES};
 
 const MOVED: &str = "198.19.70.2";
 
@@ -20,7 +30,7 @@ name: move
 defaults: {image: tiny, memory: 256MiB, cpus: 1}
 nodes:
   p: {nics: {eth0: {ip: [198.19.70.1/24]}}}
-  v: {nics: {eth0: {ip: [198.19.70.2/24]}}}
+  v: {image: tinydisk, nics: {eth0: {ip: [198.19.70.2/24]}}}
 links:
   - [p:eth0, v:eth0]
 placement:
@@ -37,9 +47,14 @@ fn refused(out: &Output, what: &str, says: &str) {
     assert!(text(out).contains(says), "{what}: {}", text(out));
 }
 
-/// Runs `line` in `node` (`labspan exec` hands it to `sh -c`).
+/// Runs `line` in `node` of lab "move" (`labspan exec` hands it to `sh -c`).
 fn sh(cluster: &LocalCluster, node: &str, line: &str) -> String {
-    ok(&cluster.labspan(&["exec", "move", node, "--", line]), line)
+    exec_in(cluster, "move", node, line)
+}
+
+/// Runs `line` in `node` of `lab`.
+fn exec_in(cluster: &LocalCluster, lab: &str, node: &str, line: &str) -> String {
+    ok(&cluster.labspan(&["exec", lab, node, "--", line]), line)
 }
 
 /// What a guest's boot looks like from inside: boot id, uptime, marker.
@@ -108,21 +123,144 @@ fn pinged_move(cluster: &LocalCluster, args: &[&str]) -> (String, u64) {
     (figures, gap)
 }
 
-#[test]
-fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
+/// `tiny`'s kernel and initramfs over an empty 64 MiB qcow2 disk, imported
+/// into a store in the cluster's state folder and pushed as "tinydisk", so
+/// that v's moves copy a real disk.
+fn push_disk_image(cluster: &LocalCluster) {
+    let tiny = ImageStore::at(TEST_IMAGES)
+        .get("tiny")
+        .expect("the tiny image");
+    let disk = cluster.write_file("tinydisk.qcow2", "");
+    let made = run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M"));
+    ok(&made, "qemu-img create");
+    let store = disk.with_file_name("tinydisk-store");
+    let store = store.to_str().expect("utf-8");
+    let imported = run(Command::new(labspan_bin())
+        .args(["image", "import", "--name", "tinydisk", "--kernel"])
+        .arg(tiny.kernel_path().expect("tiny's kernel"))
+        .arg("--initrd")
+        .arg(tiny.initrd_path().expect("tiny's initramfs"))
+        .args(["--cmdline", &tiny.manifest.cmdline, "--store", store])
+        .arg(&disk));
+    ok(&imported, "labspan image import");
+    ok(
+        &cluster.labspan(&["image", "push", "tinydisk", "--store", store]),
+        "labspan image push",
+    );
+}
+
+/// A 3-host cluster running lab "move": p on host1, v (over a qcow2 disk)
+/// on host2, with a RAM-only marker written in v.
+fn lab_on_cluster(tag: &str) -> LocalCluster {
     build_image("tiny");
-    let cluster = LocalCluster::up("move", 3);
+    let cluster = LocalCluster::up(tag, 3);
+    push_disk_image(&cluster);
     let file = cluster.write_file("move.yaml", LAB);
     ok(
         &cluster.labspan(&["up", file.to_str().expect("utf-8")]),
         "labspan up",
     );
-    let old = only_on(&cluster, 2);
+    only_on(&cluster, 2);
     sh(
         &cluster,
         "v",
         "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /dev/shm/marker",
     );
+    cluster
+}
+
+/// Opens a TCP connection from p to v (busybox `nc`) that carries a line
+/// every 200 ms; returns the pid in p of the sender's shell, which ends
+/// soon after its `nc` does. (Every stream of a background command is
+/// redirected, or `labspan exec` would wait for it.)
+fn start_stream(cluster: &LocalCluster) -> String {
+    sh(
+        cluster,
+        "v",
+        "{ sleep 100000 | nc -l -p 5000 > /tmp/stream; } < /dev/null > /dev/null 2>&1 & echo $!",
+    );
+    // 5000 is 0x1388: wait until v listens there (IPv4 or IPv6 socket)
+    // before p connects.
+    cluster.wait_for("v listening on port 5000", Duration::from_secs(30), || {
+        let listening = sh(
+            cluster,
+            "v",
+            "cat /proc/net/tcp /proc/net/tcp6 | grep -cE ':1388 0+:0000 0A' || true",
+        );
+        (listening != "0").then_some(())
+    });
+    let sender = sh(
+        cluster,
+        "p",
+        &format!(
+            "{{ (while true; do date; sleep 0.2; done) | nc {MOVED} 5000; }} < /dev/null > /dev/null 2>&1 & echo $!"
+        ),
+    );
+    cluster.wait_for(
+        "the first bytes of the stream",
+        Duration::from_secs(30),
+        || (received(cluster) > 0).then_some(()),
+    );
+    sender
+}
+
+/// Bytes v has received on the stream so far.
+fn received(cluster: &LocalCluster) -> u64 {
+    sh(cluster, "v", "wc -c < /tmp/stream").parse().unwrap_or(0)
+}
+
+/// The stream from p to v still flows, and its sender still runs.
+fn stream_flows(cluster: &LocalCluster, sender: &str) {
+    let before = received(cluster);
+    cluster.wait_for(
+        "more bytes on the TCP stream from p to v after the move",
+        Duration::from_secs(30),
+        || (received(cluster) > before).then_some(()),
+    );
+    assert_eq!(
+        sh(cluster, "p", &format!("kill -0 {sender} && echo alive")),
+        "alive",
+        "the stream's sender in p ended"
+    );
+}
+
+/// Stages 4 MiB of random data in v's RAM and starts writing it to v's
+/// disk a MiB at a time, every half second, in the background (so the
+/// writes go on while v moves); returns the data's md5.
+fn start_disk_writes(cluster: &LocalCluster) -> String {
+    let sum = sh(
+        cluster,
+        "v",
+        "head -c 4194304 /dev/urandom > /dev/shm/d && md5sum < /dev/shm/d",
+    );
+    sh(
+        cluster,
+        "v",
+        "(for i in 0 1 2 3; do dd if=/dev/shm/d of=/dev/vda bs=1048576 count=1 skip=$i seek=$i conv=fsync; sleep 0.5; done; touch /dev/shm/written) > /dev/null 2>&1 &",
+    );
+    sum
+}
+
+/// Once the writes are done, what v's disk holds is what was written.
+fn disk_holds(cluster: &LocalCluster, sum: &str) {
+    cluster.wait_for("v's disk writes to end", Duration::from_secs(60), || {
+        (sh(cluster, "v", "test -e /dev/shm/written && echo yes || true") == "yes").then_some(())
+    });
+    let on_disk = sh(
+        cluster,
+        "v",
+        "echo 3 > /proc/sys/vm/drop_caches; head -c 4194304 /dev/vda | md5sum",
+    );
+    assert_eq!(on_disk, sum, "v's disk lost writes made during the move");
+}
+
+#[test]
+fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
+    let cluster = lab_on_cluster("move");
+    let old = only_on(&cluster, 2);
     let (boot_id, up_before, marker) = boot(&cluster);
 
     // Bad moves change nothing.
@@ -143,11 +281,14 @@ fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
     );
     assert_eq!(only_on(&cluster, 2), old);
 
+    let sender = start_stream(&cluster);
+    let sum = start_disk_writes(&cluster);
     let (figures, _) = pinged_move(&cluster, &["move", "move", "v", "--to", "host3", "--json"]);
     let figures: serde_json::Value = serde_json::from_str(&figures).expect("--json");
     assert_eq!(figures["from"], "host2");
     assert_eq!(figures["to"], "host3");
     assert!(figures["ram_bytes"].as_u64().unwrap_or(0) > 0, "{figures}");
+    assert!(figures["disk_bytes"].as_u64().unwrap_or(0) > 0, "{figures}");
     let new = only_on(&cluster, 3);
     let (id, up_after, kept) = boot(&cluster);
     assert_eq!(id, boot_id, "v booted again");
@@ -156,16 +297,21 @@ fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
         up_after >= up_before,
         "uptime went back: {up_before} -> {up_after}"
     );
+    disk_holds(&cluster, &sum);
+    stream_flows(&cluster, &sender);
     assert_eq!(cluster.lab_status("move").as_deref(), Some("Running"));
 
     // Drain host3: v goes back next to its peer's host or to host2, the
     // host stays cordoned, and nothing may be moved onto it.
+    let sum = start_disk_writes(&cluster);
     pinged_move(&cluster, &["host", "drain", "host3", "--json"]);
     let drained_to = cluster.running("move", "v");
     assert_eq!(drained_to.len(), 1, "v's QEMUs: {drained_to:?}");
     assert_ne!(drained_to[0].0, 3);
     assert_ne!(drained_to[0].1, new);
     assert_eq!(boot(&cluster).0, boot_id, "v booted again in the drain");
+    disk_holds(&cluster, &sum);
+    stream_flows(&cluster, &sender);
     let status = cluster.status().expect("status");
     let host3 = status["hosts"]
         .as_array()
@@ -183,40 +329,132 @@ fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
     assert!(status["hosts"]
         .as_array()
         .is_some_and(|h| h.iter().all(|h| h["cordoned"] == false)));
+    ok(&cluster.labspan(&["down", "move"]), "labspan down");
+}
 
-    // kill -9 of the leader while v moves: the next leader ends the move
-    // (done or rolled back), and v runs exactly once, the same boot.
-    let from = only_on_one(&cluster);
+/// Whom a fault kills during a move.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Leader,
+    SourceAgent,
+    DestinationAgent,
+}
+
+/// When it is killed.
+#[derive(Clone, Copy, Debug)]
+enum When {
+    /// The destination's QEMU waits for the guest; nothing is copied yet.
+    DestinationReady,
+    /// The source's QEMU streams the disk or the RAM to the destination.
+    Copying,
+}
+
+/// Whether v's QEMU on `host` has a TCP connection open: the only ones it
+/// makes are the move's streams (the NBD mirror and the RAM), so this is
+/// the copy phase.
+fn streaming(cluster: &LocalCluster, host: usize) -> bool {
+    let Some(pid) = cluster.qemu_pid(host, "move", "v") else {
+        return false;
+    };
+    let ns = cluster.netns(host);
+    let out =
+        run(Command::new("ip").args(["netns", "exec", &ns, "ss", "-Htnp", "state", "established"]));
+    String::from_utf8_lossy(&out.stdout).contains(&format!("pid={pid},"))
+}
+
+/// Moves v to another host and kills `victim` at `when`; the killed agent
+/// is started again. Afterwards the move has ended (done or rolled back)
+/// and v runs exactly once, the same boot with the same RAM.
+fn move_with_a_fault(
+    cluster: &LocalCluster,
+    victim: Victim,
+    when: When,
+    boot_id: &str,
+    marker: &str,
+) {
+    let from = only_on_one(cluster);
     let to = (1..=3).find(|h| *h != from).expect("another host");
-    let leader = cluster.wait_for("a leader", Duration::from_secs(60), || {
-        cluster.leader_host()
-    });
+    let killed = match victim {
+        Victim::Leader => cluster.wait_for("a leader", Duration::from_secs(60), || {
+            cluster.leader_host()
+        }),
+        Victim::SourceAgent => from,
+        Victim::DestinationAgent => to,
+    };
     let to_name = format!("host{to}");
     std::thread::scope(|s| {
         let mover = s.spawn(|| cluster.labspan(&["move", "move", "v", "--to", &to_name]));
-        cluster.wait_for("the destination's QEMU", Duration::from_secs(120), || {
-            cluster.qemu_pid(to, "move", "v").map(|_| ())
-        });
+        match when {
+            When::DestinationReady => {
+                cluster.wait_for("the destination's QEMU", Duration::from_secs(120), || {
+                    cluster.qemu_pid(to, "move", "v").map(|_| ())
+                });
+            }
+            // The copy lasts a second or more: watched closely, not with
+            // wait_for's growing pauses.
+            When::Copying => loop {
+                if streaming(cluster, from) {
+                    break;
+                }
+                if mover.is_finished() {
+                    let out = mover.join().expect("the move thread");
+                    panic!("the move ended before its copy was seen: {}", text(&out));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            },
+        }
+        let what = match victim {
+            Victim::Leader => "coordinator",
+            _ => "agent",
+        };
         assert!(
-            cluster.kill_coordinator(leader),
-            "no leader on host{leader}"
+            cluster.kill_daemon(killed, what),
+            "no {what} on host{killed}"
         );
         let out = mover.join().expect("the move thread");
-        eprintln!("move while its leader was killed: {}", text(&out));
+        eprintln!(
+            "move {from} -> {to}, {victim:?} (host{killed}) killed at {when:?}: {}",
+            text(&out)
+        );
     });
+    let what = match victim {
+        Victim::Leader => "coordinator",
+        _ => "agent",
+    };
+    ok(
+        &cluster.start_daemon(killed, what),
+        "the killed daemon started again",
+    );
     cluster.wait_for(
-        "the move ended by the next leader",
+        "the move ended by the leader",
         Duration::from_secs(240),
         || {
-            let state = node_state(&cluster, "v")?;
+            let state = node_state(cluster, "v")?;
             let running = cluster.lab_status("move").is_some_and(|s| s == "Running");
             (state != "moving" && running).then_some(())
         },
     );
     let copies = cluster.running("move", "v");
-    eprintln!("after the leader's loss v runs on {copies:?}");
+    eprintln!("after {victim:?} was killed at {when:?}, v runs on {copies:?}");
     assert_eq!(copies.len(), 1, "v's QEMUs: {copies:?}");
-    assert_eq!(boot(&cluster).0, boot_id, "v booted again");
+    let (id, _, kept) = boot(cluster);
+    assert_eq!(id, boot_id, "v booted again");
+    assert_eq!(kept, marker, "v's RAM was lost");
+}
+
+#[test]
+fn a_move_survives_the_loss_of_its_leader_or_either_agent() {
+    let cluster = lab_on_cluster("mvkill");
+    let (boot_id, _, marker) = boot(&cluster);
+    for (victim, when) in [
+        (Victim::Leader, When::DestinationReady),
+        (Victim::DestinationAgent, When::DestinationReady),
+        (Victim::SourceAgent, When::Copying),
+        (Victim::DestinationAgent, When::Copying),
+        (Victim::Leader, When::Copying),
+    ] {
+        move_with_a_fault(&cluster, victim, when, &boot_id, &marker);
+    }
     ok(&cluster.labspan(&["down", "move"]), "labspan down");
 }
 
@@ -242,4 +480,88 @@ fn node_state(cluster: &LocalCluster, node: &str) -> Option<String> {
         }
     }
     find(&json, node)
+}
+
+/// Each host offers room for two 128 MiB guests, or one of 256 MiB (1 GiB
+/// of the 1.5 is kept for the host).
+const ROOM_HOST_MEMORY: &str = "1500MiB";
+
+const SMALL: &str = r#"
+name: small
+defaults: {image: tiny, memory: 128MiB, cpus: 1}
+nodes:
+  s1: {}
+  s2: {}
+placement:
+  pin: {s1: host1, s2: host2}
+"#;
+
+/// Fits only on host3: host1 and host2 each keep room for a 128 MiB guest.
+const BIG: &str = r#"
+name: big
+nodes:
+  x: {image: tiny, memory: 256MiB, cpus: 1}
+"#;
+
+#[test]
+fn recovery_moves_a_running_node_live_to_make_room() {
+    build_image("tiny");
+    let mut cluster = LocalCluster::new("room");
+    cluster.host_memory = Some(ROOM_HOST_MEMORY.into());
+    let out = cluster.start(3);
+    ok(&out, "deploy/cluster.sh up 3");
+    for (file, text) in [("small.yaml", SMALL), ("big.yaml", BIG)] {
+        let path = cluster.write_file(file, text);
+        ok(
+            &cluster.labspan(&["up", path.to_str().expect("utf-8")]),
+            "labspan up",
+        );
+    }
+    let on = |lab: &str, node: &str| {
+        let running = cluster.running(lab, node);
+        assert_eq!(running.len(), 1, "{lab}/{node}'s QEMUs: {running:?}");
+        running[0].0
+    };
+    assert_eq!(on("big", "x"), 3, "x must start where it alone fits");
+    let boots: Vec<String> = ["s1", "s2"]
+        .iter()
+        .map(|n| exec_in(&cluster, "small", n, "cat /proc/sys/kernel/random/boot_id"))
+        .collect();
+
+    // host3 is cut off: x fits on neither host as they are, but does once
+    // s1 or s2 has moved next to the other.
+    ok(&cluster.fault("cut", 3), "cut host3");
+    let placed = cluster.wait_for(
+        "x started again on host1 or host2",
+        Duration::from_secs(300),
+        || {
+            let hosts: Vec<usize> = cluster
+                .running("big", "x")
+                .iter()
+                .map(|(h, _)| *h)
+                .collect();
+            let running = cluster.lab_status("big").is_some_and(|s| s == "Running");
+            match hosts.iter().find(|h| **h != 3) {
+                Some(h) if running => Some(*h),
+                _ => None,
+            }
+        },
+    );
+    let other = 3 - placed;
+    assert_eq!(on("small", "s1"), other, "s1 must share a host with s2");
+    assert_eq!(on("small", "s2"), other, "s2 must share a host with s1");
+    for (n, boot) in ["s1", "s2"].iter().zip(&boots) {
+        let now = exec_in(&cluster, "small", n, "cat /proc/sys/kernel/random/boot_id");
+        assert_eq!(&now, boot, "{n} was restarted, not moved live");
+    }
+    assert_eq!(cluster.lab_status("small").as_deref(), Some("Running"));
+
+    // host3 returns: its stale copy of x stops, x runs once.
+    ok(&cluster.fault("heal", 3), "heal host3");
+    cluster.wait_for("x running once", Duration::from_secs(180), || {
+        (cluster.running("big", "x").len() == 1).then_some(())
+    });
+    assert_eq!(on("big", "x"), placed);
+    ok(&cluster.labspan(&["down", "big"]), "labspan down big");
+    ok(&cluster.labspan(&["down", "small"]), "labspan down small");
 }

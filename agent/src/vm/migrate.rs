@@ -380,6 +380,8 @@ async fn migrate_steps(
     start: Instant,
 ) -> Result<Figures, MoveError> {
     let mut figures = Figures::default();
+    // A move cut short by its agent's end may have left its NBD client.
+    cancel_outgoing(s).await;
     add_tls(s, dir, "client").await?;
     let has_disk = vm.record.spec.disk.is_some();
     if has_disk {
@@ -569,6 +571,17 @@ async fn roll_back(s: &mut Session) {
     if left(s).await {
         return;
     }
+    cancel_outgoing(s).await;
+    if let Ok(r) = s.run("query-status", Value::Null).await {
+        if r["status"] != "running" {
+            let _ = s.run("cont", Value::Null).await;
+        }
+    }
+}
+
+/// Cancels whatever an outgoing move left in this QEMU: the migration,
+/// the mirror job and its NBD client (each is skipped if absent).
+async fn cancel_outgoing(s: &mut Session) {
     let _ = s.run("migrate_cancel", Value::Null).await;
     let _ = s
         .run(
@@ -599,11 +612,26 @@ async fn roll_back(s: &mut Session) {
             _ => break,
         }
     }
-    if let Ok(r) = s.run("query-status", Value::Null).await {
-        if r["status"] != "running" {
-            let _ = s.run("cont", Value::Null).await;
-        }
-    }
+}
+
+/// Whether an outgoing move of the VM in `vm_dir` was cut short: its key
+/// folder outlives only a move whose agent ended before it did (an
+/// incoming move keeps one too, until it is finished).
+pub fn interrupted_out(vm_dir: &Path) -> bool {
+    vm_dir.join(TLS_DIR).is_dir() && !is_incoming(vm_dir)
+}
+
+/// Ends an outgoing move that its agent did not finish (the agent was
+/// killed while it ran): the migration, the mirror and the NBD client are
+/// cancelled and the guest runs on here, as after any failed move; a later
+/// move then starts clean. A guest that left (its migration completed) is
+/// left alone.
+pub async fn abandon_out(vm: &Vm) -> Result<(), MoveError> {
+    let mut s = Session::open(vm).await?;
+    roll_back(&mut s).await;
+    let _ = s.run("object-del", json!({ "id": TLS_ID })).await;
+    let _ = fs::remove_dir_all(vm.dir().join(TLS_DIR));
+    Ok(())
 }
 
 /// Whether the guest left this QEMU: its migration completed, which

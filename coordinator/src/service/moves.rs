@@ -259,11 +259,22 @@ pub(super) async fn move_node(
     node: &str,
     to: Option<&str>,
 ) -> Reply {
-    let started = Instant::now();
     let _one_at_a_time = inner.lab_lock.lock().await;
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
+    move_node_locked(inner, lab, node, to).await
+}
+
+/// [`move_node`] for a caller that holds the lab lock and has confirmed
+/// its leadership (recovery making room for a lost host's nodes).
+pub(super) async fn move_node_locked(
+    inner: &Arc<Inner>,
+    lab: &str,
+    node: &str,
+    to: Option<&str>,
+) -> Reply {
+    let started = Instant::now();
     let decided = {
         let state = &inner.state.read().state;
         let capabilities = lock(&inner.capabilities).clone();

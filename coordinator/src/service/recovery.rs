@@ -14,11 +14,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use labspan_proto::msg::Capabilities;
+use labspan_proto::lab::LabBundle;
+use labspan_proto::msg::{Capabilities, Reply};
 
-use super::{agents, decide, lock, push, Inner};
+use super::{agents, decide, lock, moves, push, Inner};
 use crate::metrics::RecoveryKind;
-use crate::placement::place_lab;
+use crate::placement::{place_lab, vm_memory_mib};
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
 
 /// What the leader does about one lab whose nodes lost their host.
@@ -36,6 +37,17 @@ pub(super) enum Recovery {
     /// A `Degraded` lab whose hosts are all up again (the lost host came
     /// back): plan its hosts again and record how it runs.
     Restore { lab: String },
+    /// The lost nodes of `lab` fit nowhere, yet the room is there in pieces
+    /// too small: moving `node` of lab `owner` live from `from` to `to`
+    /// joins two of them. The move writes its own entries; the next tick
+    /// decides `lab` again.
+    MakeRoom {
+        lab: String,
+        owner: String,
+        node: String,
+        from: String,
+        to: String,
+    },
 }
 
 impl Recovery {
@@ -58,14 +70,15 @@ impl Recovery {
                     reason: reason.clone(),
                 },
             }),
-            Recovery::Restore { .. } => None,
+            Recovery::Restore { .. } | Recovery::MakeRoom { .. } => None,
         }
     }
 }
 
 /// Every lab that needs a recovery step, in lab-name order. Each move is
 /// applied to a copy of the state before the next lab is decided, so two
-/// labs never count on the same free room.
+/// labs never count on the same free room; a live move that makes room
+/// ends the list (the room it makes is decided on at the next tick).
 pub(super) fn decide(
     state: &ClusterState,
     capabilities: &HashMap<String, Capabilities>,
@@ -87,7 +100,11 @@ pub(super) fn decide(
         if let (Recovery::Move { placement, .. }, Some(rec)) = (&step, state.labs.get_mut(&name)) {
             rec.placement = placement.clone();
         }
+        let making_room = matches!(step, Recovery::MakeRoom { .. });
         out.push(step);
+        if making_room {
+            break;
+        }
     }
     out
 }
@@ -128,10 +145,12 @@ fn decide_lab(
         &rec.placement,
     ) {
         Ok(p) => moved_or_stranded(name, &rec.placement, &lost, p.nodes),
-        Err(e) => Recovery::Strand {
-            lab: name.into(),
-            reason: no_host(&lost, &e.on_cluster().to_string()),
-        },
+        Err(e) => room_by_moving(state, name, &bundle, &lost, capabilities).unwrap_or_else(|| {
+            Recovery::Strand {
+                lab: name.into(),
+                reason: no_host(&lost, &e.on_cluster().to_string()),
+            }
+        }),
     };
     match &step {
         Recovery::Strand { reason, .. }
@@ -176,6 +195,118 @@ fn moved_or_stranded(
         placement: new,
         moved,
     }
+}
+
+/// How many candidate moves [`room_by_moving`] tries at most (each costs a
+/// placement of the lab).
+const MAX_ROOM_TRIES: usize = 64;
+
+/// A live move of one running node (of any running lab) that lets the lost
+/// nodes of `lab` be placed again, when placing them failed: memory free
+/// in pieces on several hosts, none big enough, may be joined by moving a
+/// node off one of them. Only nodes whose host would then have room for a
+/// lost node are tried, smallest first (the cheapest move), then by name.
+fn room_by_moving(
+    state: &ClusterState,
+    lab: &str,
+    bundle: &LabBundle,
+    lost: &BTreeMap<String, String>,
+    capabilities: &HashMap<String, Capabilities>,
+) -> Option<Recovery> {
+    let need =
+        |spec: &labspan_proto::lab::Node| vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
+    let smallest_lost = lost
+        .keys()
+        .filter_map(|n| bundle.lab.nodes.get(n))
+        .map(need)
+        .min()?;
+    let rec = state.labs.get(lab)?;
+    // Free memory of each host for this lab: its offer, less the lab's own
+    // nodes that stay there.
+    let mut free: BTreeMap<String, u64> = decide::offers(state, lab, capabilities)
+        .into_iter()
+        .map(|h| {
+            let o = h.offer();
+            (h.name, o.memory_mib.saturating_sub(o.used_memory_mib))
+        })
+        .collect();
+    for (node, host) in rec.placement.iter().filter(|(n, _)| !lost.contains_key(*n)) {
+        if let (Some(f), Some(spec)) = (free.get_mut(host), bundle.lab.nodes.get(node)) {
+            *f = f.saturating_sub(need(spec));
+        }
+    }
+    let mut candidates = Vec::new();
+    for (owner, other) in state
+        .labs
+        .iter()
+        .filter(|(_, r)| r.status == LabStatus::Running)
+    {
+        let Some(Ok(owner_bundle)) = state.bundle(owner) else {
+            continue;
+        };
+        for (node, from) in &other.placement {
+            if owner == lab && lost.contains_key(node) {
+                continue;
+            }
+            let Some(size) = owner_bundle.lab.nodes.get(node).map(need) else {
+                continue;
+            };
+            if free.get(from).is_some_and(|f| f + size >= smallest_lost) {
+                candidates.push((size, owner.clone(), node.clone(), from.clone()));
+            }
+        }
+    }
+    candidates.sort();
+    let mut sim = state.clone();
+    let mut tries = 0;
+    for (_, owner, node, from) in candidates {
+        for to in state.hosts.keys().filter(|h| **h != from) {
+            if tries == MAX_ROOM_TRIES {
+                return None;
+            }
+            if moves::choose(state, capabilities, &owner, &node, Some(to)).is_err() {
+                continue;
+            }
+            tries += 1;
+            let placed = |sim: &mut ClusterState, host: &str| {
+                if let Some(p) = sim
+                    .labs
+                    .get_mut(&owner)
+                    .and_then(|r| r.placement.get_mut(&node))
+                {
+                    *p = host.to_string();
+                }
+            };
+            placed(&mut sim, to);
+            let existing = sim
+                .labs
+                .get(lab)
+                .map(|r| r.placement.clone())
+                .unwrap_or_default();
+            let fits = place_lab(
+                &bundle.lab,
+                &decide::offers(&sim, lab, capabilities),
+                &existing,
+            )
+            .is_ok_and(|p| {
+                matches!(
+                    moved_or_stranded(lab, &existing, lost, p.nodes),
+                    Recovery::Move { .. }
+                )
+            });
+            placed(&mut sim, &from);
+            if fits {
+                return Some(Recovery::MakeRoom {
+                    lab: lab.into(),
+                    owner,
+                    node,
+                    from,
+                    to: to.clone(),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// The `Degraded` reason: which nodes have no host, where they were, and why.
@@ -265,6 +396,26 @@ async fn carry_out(
             let vms = push::settle(inner, lab, &hosts).await?;
             inner.metrics.recovered(RecoveryKind::Restore);
             tracing::info!(lab, vms = vms.len(), "degraded lab whole again");
+        }
+        Recovery::MakeRoom {
+            lab,
+            owner,
+            node,
+            from,
+            to,
+        } => {
+            tracing::warn!(
+                lab,
+                owner,
+                node,
+                from,
+                to,
+                "host lost: its nodes fit nowhere as memory is; moving a running node live to make room"
+            );
+            if let Reply::Error(e) = moves::move_node_locked(inner, owner, node, Some(to)).await {
+                return Err(e);
+            }
+            inner.metrics.recovered(RecoveryKind::MakeRoom);
         }
     }
     Ok(())

@@ -134,7 +134,8 @@ fn entries(state: &ClusterState, intent: &Intent) -> Vec<Command> {
                 let lab = match step {
                     recovery::Recovery::Move { lab, .. }
                     | recovery::Recovery::Strand { lab, .. }
-                    | recovery::Recovery::Restore { lab } => lab.clone(),
+                    | recovery::Recovery::Restore { lab }
+                    | recovery::Recovery::MakeRoom { lab, .. } => lab.clone(),
                 };
                 step.command().into_iter().chain([settled(&lab)])
             })

@@ -214,3 +214,94 @@ fn a_lab_being_deleted_is_left_alone() {
     s.labs.get_mut("chain").expect("lab").status = LabStatus::Deleting;
     assert_eq!(decide(&s, &HashMap::new()), vec![]);
 }
+
+#[test]
+fn room_in_pieces_is_joined_by_a_live_move_then_the_lost_node_placed() {
+    // h1 and h2 each run one 256 MiB node of "small" and have room for one
+    // more; "big"'s 512 MiB node ran on h3, which is down. It fits on
+    // neither host as they are, but on either once the other's node moves.
+    let yaml = "name: big\nnodes:\n  x: {image: tiny, memory: 512MiB, cpus: 1}\n";
+    let big = codec::encode(&LabBundle {
+        lab: parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}")),
+        files: BTreeMap::new(),
+    })
+    .expect("encodes");
+    let mut s = state(
+        &[
+            ("h1", host(1, 2, true)),
+            ("h2", host(2, 2, true)),
+            ("h3", host(3, 2, false)),
+        ],
+        vec![
+            ("big", record(big, &[("x", "h3")], LabStatus::Running)),
+            (
+                "small",
+                record(
+                    lab("small", &["s1", "s2"], ""),
+                    &[("s1", "h1"), ("s2", "h2")],
+                    LabStatus::Running,
+                ),
+            ),
+        ],
+    );
+    s.decode_bundles();
+    let steps = decide(&s, &HashMap::new());
+    let [Recovery::MakeRoom {
+        lab,
+        owner,
+        node,
+        from,
+        to,
+    }] = steps.as_slice()
+    else {
+        panic!("one live move to make room expected: {steps:?}");
+    };
+    assert_eq!((lab.as_str(), owner.as_str()), ("big", "small"));
+    assert_eq!(s.labs["small"].placement[node], *from);
+    assert_ne!(to, "h3", "a move onto the down host");
+
+    // Once the move is done, the lost node goes where the room was made,
+    // and nothing else moves.
+    s.labs
+        .get_mut("small")
+        .and_then(|r| r.placement.get_mut(node))
+        .map(|h| *h = to.clone())
+        .expect("the moved node");
+    let steps = decide(&s, &HashMap::new());
+    let [Recovery::Move {
+        lab,
+        placement,
+        moved,
+    }] = steps.as_slice()
+    else {
+        panic!("the lost node placed expected: {steps:?}");
+    };
+    assert_eq!(lab, "big");
+    assert_eq!(placement["x"], *from);
+    assert_eq!(moved.len(), 1, "{moved:?}");
+}
+
+#[test]
+fn no_live_move_when_none_makes_room() {
+    // Every host is full: moving a node only trades places.
+    let s = state(
+        &[
+            ("h1", host(1, 1, true)),
+            ("h2", host(2, 1, true)),
+            ("h3", host(3, 1, false)),
+        ],
+        vec![(
+            "chain",
+            record(
+                lab("chain", &["a", "b", "c"], ""),
+                &[("a", "h1"), ("b", "h2"), ("c", "h3")],
+                LabStatus::Running,
+            ),
+        )],
+    );
+    let steps = decide(&s, &HashMap::new());
+    assert!(
+        matches!(steps.as_slice(), [Recovery::Strand { lab, .. }] if lab == "chain"),
+        "{steps:?}"
+    );
+}
