@@ -1424,3 +1424,65 @@ async fn five_hundred_labs_survive_a_restart_and_are_served() -> TestResult {
     shutdown(again).await;
     Ok(())
 }
+
+/// Agents registering all at once (as every agent does after a failover)
+/// each get their lease, every replica lists every host, and they share
+/// entries: fewer log entries than agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_registering_at_once_share_entries_and_all_get_a_lease() -> TestResult {
+    const AGENTS: usize = 64;
+    let dirs = [TempDir::new()?, TempDir::new()?, TempDir::new()?];
+    let (nodes, admin_file) = three_coordinators(&dirs).await?;
+    let admin = leader_client("a leader", &admin_file).await?;
+    let st = status(&admin).await.ok_or("no status")?;
+    let leader_id = st.leader.ok_or("no leader")?;
+    let leader = nodes
+        .iter()
+        .find(|n| n.raft.metrics().borrow().id == leader_id)
+        .ok_or("the leader is not one of the nodes")?;
+    let read = |file: &str| std::fs::read_to_string(dirs[0].path().join(file));
+    let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?)?;
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let cred = ca.issue(&format!("sim{i}"), Role::Agent)?;
+        let file = ClusterFile {
+            cert_pem: cred.cert_pem(),
+            key_pem: cred.key_pem(),
+            ..admin_file.clone()
+        };
+        let client = Client::connect_to(&file, &[leader.addr.to_string()]).await?;
+        serve_plans(client.connection().clone(), format!("sim{i}"));
+        agents.push(client);
+    }
+    let before = leader.raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let register = Request::RegisterHost {
+        memory_mib: 4096,
+        cpus: 2,
+        vcpus: 4,
+        vtep: "198.18.0.1".parse()?,
+        underlay_mtu: 1500,
+    };
+    let replies = futures::future::join_all(agents.iter().map(|a| a.request(&register))).await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply?;
+        assert!(matches!(reply, Reply::Lease { .. }), "sim{i}: {reply:?}");
+    }
+    let entries = leader.raft.metrics().borrow().last_log_index.unwrap_or(0) - before;
+    assert!(
+        entries < AGENTS as u64,
+        "{entries} entries for {AGENTS} agents"
+    );
+    let state = converged(&nodes).await?;
+    for i in 0..AGENTS {
+        assert!(
+            state.hosts.contains_key(&format!("sim{i}")),
+            "sim{i} missing"
+        );
+    }
+    for a in agents {
+        a.close().await;
+    }
+    admin.close().await;
+    shutdown(nodes).await;
+    Ok(())
+}

@@ -28,7 +28,7 @@ pub use network::{PeerLink, QuicNetwork, RaftReply, RaftRequest, RaftService};
 pub use snapshot::SnapshotError;
 pub use state::{
     Applied, Capacity, ClusterState, Command, CommandResult, Host, JoinToken, LabRecord, LabStatus,
-    Migration, MovePhase, Rejection, FIRST_VNI, LAST_VNI,
+    Migration, MovePhase, Registration, Rejection, FIRST_VNI, LAST_VNI,
 };
 pub use state_machine::{SharedState, StateMachineData, StateMachineStore};
 

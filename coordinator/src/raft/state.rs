@@ -255,6 +255,20 @@ pub enum Command {
     EndMove { lab: String, done: bool },
     /// Cordons a host (no new placements) or ends its cordon.
     Cordon { name: String, cordoned: bool },
+    /// [`Command::RegisterHost`] for every host in order: the agents that
+    /// register while the previous entry is being committed share one
+    /// entry (a thousand agents registering at once are a few entries, not
+    /// a thousand).
+    RegisterHosts { hosts: Vec<Registration> },
+}
+
+/// One host's registration, as [`Command::RegisterHosts`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    pub capacity: Capacity,
+    pub labels: BTreeSet<String>,
+    pub vtep: IpAddr,
 }
 
 /// What an accepted command did.
@@ -354,16 +368,13 @@ impl ClusterState {
                 labels,
                 vtep,
             } => {
-                let up = self.hosts.get(name).is_none_or(|h| h.up);
-                let cordoned = self.hosts.get(name).is_some_and(|h| h.cordoned);
-                let host = Host {
-                    capacity: *capacity,
-                    labels: labels.clone(),
-                    vtep: *vtep,
-                    up,
-                    cordoned,
-                };
-                self.hosts.insert(name.clone(), host);
+                self.register_host(name, *capacity, labels, *vtep);
+                Ok(Applied::Done)
+            }
+            Command::RegisterHosts { hosts } => {
+                for r in hosts {
+                    self.register_host(&r.name, r.capacity, &r.labels, r.vtep);
+                }
                 Ok(Applied::Done)
             }
             Command::SetHostUp { name, up } => {
@@ -462,6 +473,27 @@ impl ClusterState {
                 Ok(Applied::Done)
             }
         }
+    }
+
+    /// Adds host `name` or updates what it offers; it keeps its up/down
+    /// mark and its cordon (a new host is up).
+    fn register_host(
+        &mut self,
+        name: &str,
+        capacity: Capacity,
+        labels: &BTreeSet<String>,
+        vtep: IpAddr,
+    ) {
+        let up = self.hosts.get(name).is_none_or(|h| h.up);
+        let cordoned = self.hosts.get(name).is_some_and(|h| h.cordoned);
+        let host = Host {
+            capacity,
+            labels: labels.clone(),
+            vtep,
+            up,
+            cordoned,
+        };
+        self.hosts.insert(name.to_string(), host);
     }
 
     fn begin_move(

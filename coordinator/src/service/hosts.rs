@@ -3,15 +3,16 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use labspan_proto::msg::{ErrorKind, Reply};
+use labspan_proto::msg::{ErrorKind, ErrorReply, Reply};
 use labspan_proto::plan::check_underlay_mtu;
+use tokio::sync::oneshot;
 
 use super::push::{self, DEFAULT_UNDERLAY_MTU};
 use super::{agents, error, lock, recovery, HostLive, Inner};
-use crate::raft::{Capacity, Command, LabStatus};
+use crate::raft::{Capacity, Command, LabStatus, Registration};
 
 /// Leader: records the host of agent `name` (its certificate's name), marks
 /// it up, and sends it its plan (a restarted agent converges again).
@@ -33,13 +34,13 @@ pub(super) async fn register(
         .map(|h| h.labels.clone())
         .unwrap_or_else(BTreeSet::new);
     let capacity = Capacity { memory_mib, vcpus };
-    let cmd = Command::RegisterHost {
+    let registration = Registration {
         name: name.to_string(),
         capacity,
         labels,
         vtep,
     };
-    if let Err(e) = inner.write(cmd).await {
+    if let Err(e) = write_batched(inner, registration).await {
         return Reply::Error(e);
     }
     lock(&inner.live).insert(
@@ -62,7 +63,51 @@ pub(super) async fn register(
     }
     tracing::info!(host = name, %vtep, memory_mib, cpus, vcpus, "host registered");
     send_own_plan(inner, name);
-    lease(inner).await
+    // The registration was committed by a quorum in this leader's term,
+    // after the agent sent it: that confirms the leadership the lease
+    // needs, as `fresh` would.
+    lease_reply(&inner.timing)
+}
+
+/// Registrations waiting for the next [`Command::RegisterHosts`] entry.
+#[derive(Default)]
+pub(super) struct Registrations {
+    pending: Mutex<Vec<(Registration, oneshot::Sender<Result<(), ErrorReply>>)>>,
+    /// Held while one entry is written: what arrives meanwhile waits and
+    /// goes into the next one.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Commits `registration` in a [`Command::RegisterHosts`] entry shared with
+/// every registration pending when its turn comes.
+async fn write_batched(inner: &Arc<Inner>, registration: Registration) -> Result<(), ErrorReply> {
+    let (done, committed) = oneshot::channel();
+    lock(&inner.registrations.pending).push((registration, done));
+    // In a task of its own: a caller that goes away must not drop the
+    // entry it took for the others.
+    let writer = inner.clone();
+    tokio::spawn(async move {
+        let _turn = writer.registrations.turn.lock().await;
+        let batch = std::mem::take(&mut *lock(&writer.registrations.pending));
+        if batch.is_empty() {
+            return; // An earlier turn took it.
+        }
+        let (hosts, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        tracing::debug!(hosts = hosts.len(), "registering hosts in one entry");
+        let result = writer
+            .write(Command::RegisterHosts { hosts })
+            .await
+            .map(|_| ());
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+    });
+    committed.await.unwrap_or_else(|_| {
+        Err(ErrorReply::new(
+            ErrorKind::Unavailable,
+            "the registration was interrupted (the coordinator is stopping); retry",
+        ))
+    })
 }
 
 /// What an agent announces about its host, checked before it is used.
@@ -85,10 +130,7 @@ fn check_host(memory_mib: u64, cpus: u32, underlay_mtu: u32) -> Result<(), Strin
 async fn lease(inner: &Inner) -> Reply {
     let t = inner.timing;
     match tokio::time::timeout(t.lease, inner.fresh()).await {
-        Ok(Ok(())) => Reply::Lease {
-            heartbeat_ms: millis(t.heartbeat),
-            lease_ms: millis(t.lease),
-        },
+        Ok(Ok(())) => lease_reply(&t),
         Ok(Err(e)) => error(ErrorKind::Unavailable, format!("no lease: {}", e.message)),
         Err(_) => error(
             ErrorKind::Unavailable,
@@ -97,6 +139,14 @@ async fn lease(inner: &Inner) -> Reply {
                 t.lease
             ),
         ),
+    }
+}
+
+/// The lease, once leadership is confirmed.
+fn lease_reply(t: &super::Timing) -> Reply {
+    Reply::Lease {
+        heartbeat_ms: millis(t.heartbeat),
+        lease_ms: millis(t.lease),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,17 +182,29 @@ impl Inner {
 
     /// Waits until this leader's state machine reflects everything committed
     /// before now (openraft's read index), so a read is linearizable.
+    ///
+    /// Callers waiting at once share one confirmation: each one asks a
+    /// quorum (a heartbeat round), and a thousand agents registering
+    /// together after a failover, each asking its own, overran the
+    /// followers ("not enough for a quorum") and were refused their
+    /// leases. A confirmation that started after a caller arrived answers
+    /// for it as well as its own would have.
     pub(super) async fn fresh(&self) -> Result<(), ErrorReply> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                ErrorReply::new(
-                    ErrorKind::NotLeader,
-                    format!("cannot confirm leadership for a fresh read: {e}"),
-                )
-            })
+        let reads = &self.reads;
+        let arrived = reads.started.load(Ordering::SeqCst);
+        let _turn = reads.turn.lock().await;
+        if reads.confirmed.load(Ordering::SeqCst) > arrived {
+            return Ok(());
+        }
+        let number = reads.started.fetch_add(1, Ordering::SeqCst) + 1;
+        self.raft.ensure_linearizable().await.map_err(|e| {
+            ErrorReply::new(
+                ErrorKind::NotLeader,
+                format!("cannot confirm leadership for a fresh read: {e}"),
+            )
+        })?;
+        reads.confirmed.store(number, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -493,4 +505,15 @@ pub(super) async fn watch_membership(inner: Arc<Inner>) {
             return;
         }
     }
+}
+
+/// The leadership confirmations of [`Inner::fresh`], one at a time.
+#[derive(Default)]
+pub(super) struct SharedReads {
+    /// Confirmations started so far.
+    started: AtomicU64,
+    /// The number of the latest one that succeeded.
+    confirmed: AtomicU64,
+    /// Held by the confirmation in flight.
+    turn: tokio::sync::Mutex<()>,
 }

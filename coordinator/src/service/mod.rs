@@ -116,6 +116,10 @@ struct Inner {
     capabilities: Mutex<HashMap<String, Capabilities>>,
     /// One lab change at a time: placement sees the previous one's result.
     lab_lock: tokio::sync::Mutex<()>,
+    /// Leadership confirmations shared by the reads waiting at once.
+    reads: leader::SharedReads,
+    /// Agent registrations waiting to share a Raft entry (leader only).
+    registrations: hosts::Registrations,
     /// Set once this coordinator saw itself a voter (a removal is then
     /// told apart from a join still catching up as a learner).
     was_member: std::sync::atomic::AtomicBool,
@@ -421,6 +425,8 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         capabilities: Mutex::default(),
         files: labspan_proto::files::FileStore::at(data.file_store()),
         lab_lock: tokio::sync::Mutex::new(()),
+        reads: leader::SharedReads::default(),
+        registrations: hosts::Registrations::default(),
         was_member: std::sync::atomic::AtomicBool::new(false),
         metrics: metrics.clone(),
     });

@@ -454,3 +454,54 @@ fn a_state_built_by_hand_decodes_on_demand() {
     assert_eq!(b.lab.nodes.len(), 2);
     assert!(s.bundle("zz").is_none());
 }
+
+#[test]
+fn a_batch_of_registrations_applies_each_in_order() {
+    let regs: Vec<Registration> = ["h1", "h2", "h1"]
+        .iter()
+        .zip([1024u64, 2048, 4096])
+        .map(|(name, memory_mib)| Registration {
+            name: name.to_string(),
+            capacity: Capacity {
+                memory_mib,
+                vcpus: 2,
+            },
+            labels: segs(&["ssd"]),
+            vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+        })
+        .collect();
+    let down_and_cordoned = |s: &mut ClusterState| {
+        let _ = s.apply(&register("h1"));
+        let _ = s.apply(&Command::SetHostUp {
+            name: "h1".into(),
+            up: false,
+        });
+        let _ = s.apply(&Command::Cordon {
+            name: "h1".into(),
+            cordoned: true,
+        });
+    };
+    let mut one_by_one = ClusterState::default();
+    down_and_cordoned(&mut one_by_one);
+    for r in &regs {
+        let cmd = Command::RegisterHost {
+            name: r.name.clone(),
+            capacity: r.capacity,
+            labels: r.labels.clone(),
+            vtep: r.vtep,
+        };
+        assert_eq!(one_by_one.apply(&cmd), Ok(Applied::Done));
+    }
+    let mut batched = ClusterState::default();
+    down_and_cordoned(&mut batched);
+    let cmd = Command::RegisterHosts { hosts: regs };
+    assert_eq!(batched.apply(&cmd), Ok(Applied::Done));
+    assert_eq!(batched, one_by_one);
+    // The last registration of h1 wins; it keeps its down mark and cordon.
+    let h1 = &batched.hosts["h1"];
+    assert_eq!(
+        (h1.capacity.memory_mib, h1.up, h1.cordoned),
+        (4096, false, true)
+    );
+    assert!(batched.hosts["h2"].up);
+}
