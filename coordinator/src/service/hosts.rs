@@ -69,10 +69,13 @@ pub(super) async fn register(
     lease_reply(&inner.timing)
 }
 
+/// A registration and who waits for its entry to commit.
+type Pending = (Registration, oneshot::Sender<Result<(), ErrorReply>>);
+
 /// Registrations waiting for the next [`Command::RegisterHosts`] entry.
 #[derive(Default)]
 pub(super) struct Registrations {
-    pending: Mutex<Vec<(Registration, oneshot::Sender<Result<(), ErrorReply>>)>>,
+    pending: Mutex<Vec<Pending>>,
     /// Held while one entry is written: what arrives meanwhile waits and
     /// goes into the next one.
     turn: tokio::sync::Mutex<()>,
