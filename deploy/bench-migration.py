@@ -7,10 +7,13 @@ QEMU, starts a second with `-incoming`, migrates over loopback TCP with
 QEMU's defaults but the bandwidth cap lifted (as labspan does), and prints
 QEMU's downtime and total time per run. No TLS, no disk, no labspan.
 
-    sudo deploy/bench-migration.py [IMAGE_DIR] [RUNS]
+    sudo deploy/bench-migration.py [IMAGE_DIR] [RUNS] [busy]
 
 IMAGE_DIR holds tiny's vmlinuz and initrd.img (default: the test store's
-tiny, /var/tmp/labspan-test-images/objects/<hash>).
+tiny, /var/tmp/labspan-test-images/objects/<hash>). With `busy`, the guest
+rewrites 32 MiB of its RAM (/dev/shm) from /dev/urandom in a loop during
+the migration (BUSY_LOOP, the same line `docs/benchmarks.md` runs in a
+labspan guest).
 """
 import json
 import os
@@ -89,12 +92,32 @@ def wait_guest_agent(path, limit=180):
     raise RuntimeError("the guest agent never answered")
 
 
-def one_run(img, port):
+BUSY_LOOP = "while true; do dd if=/dev/urandom of=/dev/shm/hot bs=1M count=32 2>/dev/null; done"
+
+
+def start_busy(path):
+    """Starts BUSY_LOOP in the guest through its agent (guest-exec)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    cmd = {"execute": "guest-exec", "arguments": {
+        "path": "/bin/sh", "arg": ["-c", BUSY_LOOP], "capture-output": False}}
+    s.sendall(json.dumps(cmd).encode() + b"\n")
+    reply = s.recv(4096)
+    if b"return" not in reply:
+        raise RuntimeError(f"guest-exec: {reply!r}")
+    s.close()
+    time.sleep(2)  # the loop is writing by now
+
+
+def one_run(img, port, busy):
     with tempfile.TemporaryDirectory() as d:
         pids = []
         try:
             pids.append(qemu(d, "src", img, []))
             wait_guest_agent(f"{d}/src.qga")
+            if busy:
+                start_busy(f"{d}/src.qga")
             pids.append(qemu(d, "dst", img, ["-incoming", f"tcp:127.0.0.1:{port}"]))
             src = Qmp(f"{d}/src.qmp")
             src.run("migrate-set-parameters", **{"max-bandwidth": 10 << 30, "downtime-limit": 300})
@@ -114,9 +137,10 @@ def one_run(img, port):
 
 def main():
     img = image_dir()
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else 3
+    busy = len(sys.argv) > 3 and sys.argv[3] == "busy"
     for i in range(runs):
-        m = one_run(img, 47000 + i)
+        m = one_run(img, 47000 + i, busy)
         ram = m.get("ram", {})
         print(
             f"run {i + 1}: {m['status']}: downtime {m.get('downtime')} ms, "
