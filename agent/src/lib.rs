@@ -9,6 +9,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod net;
 pub mod paths;
+pub mod procfs;
 pub mod reconcile;
 pub mod stream;
 pub mod supervise;

@@ -203,6 +203,7 @@ impl Health {
             next_restart_at: self.next_restart_at,
             events: self.events.clone(),
             console: self.console.clone(),
+            qemu: None,
         }
     }
 }

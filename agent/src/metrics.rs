@@ -60,7 +60,7 @@ impl Metrics {
 }
 
 /// One VM's figures, as the kernel counts them.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct VmFigures {
     cpu_seconds: f64,
     resident_bytes: u64,
@@ -180,7 +180,7 @@ pub fn render(agent: &Agent) -> Result<String, std::fmt::Error> {
         let Some(vm) = vm else { continue };
         running.inc();
         let labels = VmLabels { lab, node };
-        if let Some(figures) = vm_figures(Path::new("/proc"), vm.pid()) {
+        if let Some(figures) = vm_figures(vm.pid()) {
             families.add_vm(&labels, &figures);
         }
         for nic in &vm.record().spec.nics {
@@ -197,29 +197,11 @@ pub fn render(agent: &Agent) -> Result<String, std::fmt::Error> {
     Ok(text)
 }
 
-/// CPU time and resident memory of process `pid`, from `proc/PID/stat` and
-/// `proc/PID/statm`; `None` once it is gone.
-fn vm_figures(proc: &Path, pid: u32) -> Option<VmFigures> {
-    let stat = std::fs::read_to_string(proc.join(pid.to_string()).join("stat")).ok()?;
-    let statm = std::fs::read_to_string(proc.join(pid.to_string()).join("statm")).ok()?;
-    let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
-    let page = rustix::param::page_size() as u64;
-    parse_figures(&stat, &statm, ticks, page)
-}
-
-/// Parses `stat` (utime and stime are fields 14 and 15, counted after the
-/// command, which may hold spaces and parentheses) and `statm` (resident
-/// pages is its second field).
-fn parse_figures(stat: &str, statm: &str, ticks: f64, page: u64) -> Option<VmFigures> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // `after_comm` starts at field 3 (state).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+/// CPU time and resident memory of process `pid`; `None` once it is gone.
+fn vm_figures(pid: u32) -> Option<VmFigures> {
     Some(VmFigures {
-        cpu_seconds: (utime + stime) as f64 / ticks,
-        resident_bytes: pages * page,
+        cpu_seconds: crate::procfs::cpu_seconds(pid)?,
+        resident_bytes: crate::procfs::resident_bytes(pid)?,
     })
 }
 
@@ -246,23 +228,6 @@ fn tap_figures(net: &Path, tap: &str) -> Option<TapFigures> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_time_and_rss_come_from_stat_and_statm() {
-        // A command with a space and a parenthesis, as QEMU's `-name` may give.
-        let stat =
-            "4242 (qemu (r1) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1000 1 1";
-        let statm = "100000 2048 500 1 0 5000 0";
-        let f = parse_figures(stat, statm, 100.0, 4096).expect("parsed");
-        assert_eq!(
-            f,
-            VmFigures {
-                cpu_seconds: 3.0,
-                resident_bytes: 2048 * 4096
-            }
-        );
-        assert_eq!(parse_figures("4242 (qemu) S 1", statm, 100.0, 4096), None);
-    }
 
     #[test]
     fn tap_counters_are_read_and_a_missing_tap_is_skipped() {

@@ -241,6 +241,16 @@ pub struct Agent {
     metrics: crate::metrics::Metrics,
 }
 
+/// The QEMU running from `dir`, if one does.
+fn qemu_facts(dir: &Path) -> Option<labspan_proto::health::QemuFacts> {
+    let vm = vm::adopt(dir).ok()??;
+    Some(labspan_proto::health::QemuFacts {
+        pid: vm.pid(),
+        started_at: crate::procfs::started_at(vm.pid()).unwrap_or(0),
+        image_hash: vm.record().image_hash.clone(),
+    })
+}
+
 /// Marks a guest's agent busy while it lives.
 struct Busy<'a> {
     agent: &'a Agent,
@@ -446,8 +456,11 @@ impl Agent {
             .into_keys()
             .filter_map(|(lab, node)| {
                 let dir = paths::vm_dir(&self.state, &lab, &node);
-                dir.exists()
-                    .then(|| supervise::load(&dir).report(&lab, &node))
+                dir.exists().then(|| {
+                    let mut report = supervise::load(&dir).report(&lab, &node);
+                    report.qemu = qemu_facts(&dir);
+                    report
+                })
             })
             .collect()
     }

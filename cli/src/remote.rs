@@ -421,6 +421,12 @@ struct NodeRow {
     state: String,
     addresses: Vec<String>,
     console: String,
+    /// The node's QEMU process, while one runs (as its agent last said).
+    pid: Option<u32>,
+    /// Seconds since that QEMU started.
+    uptime_secs: Option<u64>,
+    /// The sha256 of the image it runs.
+    image_hash: Option<String>,
     /// Liveness, restarts, recent events and the console's last lines at
     /// the last failure.
     guest: Option<GuestHealth>,
@@ -513,8 +519,7 @@ pub async fn inspect(path: &Path, only: Option<&str>, json: bool) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// The node table, then each lab's status (when not plainly running) and
-/// origin, once per lab.
+/// Each lab's status (with its reason) and origin, once, above its rows.
 fn print_views(views: &[LabView]) {
     let rows: Vec<&NodeRow> = views.iter().flat_map(|v| &v.nodes).collect();
     // Columns as wide as their longest value (lab names run long).
@@ -532,46 +537,53 @@ fn print_views(views: &[LabView]) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    println!(
-        "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  LAST",
-        "LAB", "NODE", "HOST", "STATE", "RESTARTS", "ADDRESSES"
-    );
-    for r in &rows {
-        println!(
-            "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  {}",
-            r.lab,
-            r.node,
-            r.host,
-            r.state,
-            r.restarts(),
-            r.addresses.join(" "),
-            r.last(now),
-        );
-    }
-    println!();
-    for v in views {
-        if v.status != "Running" {
-            println!("lab \"{}\" is {}", v.lab, v.status);
+    for (i, v) in views.iter().enumerate() {
+        if i > 0 {
+            println!();
         }
+        println!("lab \"{}\" is {}", v.lab, one_line(&v.status));
         match &v.origin {
             Some(o) => println!("lab \"{}\" deployed by {o}", v.lab),
             None => println!("lab \"{}\": origin not recorded", v.lab),
+        }
+        println!(
+            "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  LAST",
+            "LAB", "NODE", "HOST", "STATE", "RESTARTS", "ADDRESSES"
+        );
+        for r in &v.nodes {
+            println!(
+                "{:<wl$} {:<wn$} {:<wh$} {:<ws$} {:>8}  {:<32}  {}",
+                r.lab,
+                r.node,
+                r.host,
+                r.state,
+                r.restarts(),
+                r.addresses.join(" "),
+                r.last(now),
+            );
         }
     }
 }
 
 fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
     let hosts: &BTreeMap<String, String> = &report.placement;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     bundle
         .lab
         .nodes
         .iter()
         .map(|(node, spec)| {
             let guest = report.guests.iter().find(|g| &g.node == node).cloned();
+            let qemu = guest.as_ref().and_then(|g| g.qemu.as_ref());
             NodeRow {
                 lab: report.lab.clone(),
                 node: node.clone(),
                 host: hosts.get(node).cloned().unwrap_or_default(),
+                pid: qemu.map(|q| q.pid),
+                uptime_secs: qemu.map(|q| now.saturating_sub(q.started_at)),
+                image_hash: qemu.map(|q| q.image_hash.clone()),
                 state: match (report.nodes.get(node), &guest) {
                     (Some(NodeState::Running) | None, Some(g)) => g.state.as_str().to_string(),
                     (Some(own), _) => own.to_string(),

@@ -81,4 +81,17 @@ pub struct GuestHealth {
     pub events: Vec<String>,
     /// The last lines its serial console printed when it last failed.
     pub console: Vec<String>,
+    /// Its QEMU process, while one runs.
+    #[serde(default)]
+    pub qemu: Option<QemuFacts>,
+}
+
+/// A running guest's QEMU process, as its agent sees it (`inspect --json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuFacts {
+    pub pid: u32,
+    /// When the process started (seconds since the Unix epoch).
+    pub started_at: u64,
+    /// The sha256 of the image it was started from.
+    pub image_hash: String,
 }

@@ -3,7 +3,8 @@
 //! by `promtool check metrics` and against what the test did: a lab deployed
 //! over two hosts shows as Running, its VMs appear on the agent that runs
 //! them with their lab and node labels, the ping of its checks crossed their
-//! taps, and the host that had no image fetched one.
+//! taps, and the host that had no image fetched one; and `inspect`, which
+//! shows the lab's status once and, in JSON, each node's QEMU.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
@@ -126,6 +127,49 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
     found.first().copied()
 }
 
+/// `inspect`: the lab's status once, above its rows; `--json` gives each
+/// node's QEMU pid, uptime, host and image hash, as its agent reports them.
+fn inspect_shows_status_once_and_each_qemu(cluster: &LocalCluster) {
+    let shown = ok(&cluster.labspan(&["inspect", "seen"]), "labspan inspect");
+    let lines: Vec<&str> = shown.lines().collect();
+    let status = lines.iter().position(|l| *l == "lab \"seen\" is Running");
+    let first_row = lines.iter().position(|l| l.starts_with("seen "));
+    assert!(
+        matches!((status, first_row), (Some(s), Some(r)) if s < r),
+        "the status comes once, above the rows:\n{shown}"
+    );
+    assert_eq!(shown.matches("Running").count(), 1, "{shown}");
+
+    let nodes = cluster.wait_for(
+        "inspect --json shows each QEMU",
+        Duration::from_secs(60),
+        || {
+            let out = cluster.labspan(&["inspect", "seen", "--json"]);
+            let views: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let nodes = views[0]["nodes"].as_array()?.clone();
+            nodes.iter().all(|n| n["pid"].is_u64()).then_some(nodes)
+        },
+    );
+    for n in &nodes {
+        let node = n["node"].as_str().expect("node name");
+        let (host, pid) = cluster.running("seen", node)[0];
+        assert_eq!(n["pid"].as_u64(), Some(u64::from(pid)), "{n}");
+        assert_eq!(
+            n["host"].as_str(),
+            Some(format!("host{host}").as_str()),
+            "{n}"
+        );
+        let hash = n["image_hash"].as_str().expect("image hash");
+        assert!(
+            hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{n}"
+        );
+        // Booted and checked before this: up for a while, and not since 1970.
+        let uptime = n["uptime_secs"].as_u64().expect("uptime");
+        assert!(uptime < 3600, "{n}");
+    }
+}
+
 #[test]
 fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
     let cluster = LocalCluster::up("obs", 2);
@@ -237,6 +281,8 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
             );
         }
     }
+
+    inspect_shows_status_once_and_each_qemu(&cluster);
 
     ok(&cluster.labspan(&["down", "seen"]), "labspan down");
     let after =
