@@ -8,6 +8,7 @@ mod metrics;
 mod origin;
 mod remote;
 mod verify;
+mod web;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,8 @@ enum Command {
     Console(cmd::console::Args),
     /// Capture a node NIC's packets as pcap (for wireshark, tcpdump -r).
     Capture(cmd::capture::Args),
+    /// Show the cluster in a browser: hosts, nodes, segments, live.
+    Web(cmd::web::Args),
     /// Create a cluster, make join tokens, join, see its status.
     #[command(subcommand)]
     Cluster(cmd::cluster::Command),
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Host(c) => cmd::moving::run_host(c),
         Command::Console(a) => cmd::console::run(a),
         Command::Capture(a) => cmd::capture::run(a),
+        Command::Web(a) => cmd::web::run(a),
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Coordinator(c) => cmd::coordinator::run(c),
         Command::Agent(c) => cmd::agent::run(c),

@@ -565,6 +565,17 @@ fn print_views(views: &[LabView]) {
     }
 }
 
+/// A node's own state (`running`, `lost`, `moving`, ...), or, for a running
+/// node whose agent said more, the guest's (`booting`, `ready`, `panicked`).
+pub fn node_state(report: &LabReport, node: &str) -> String {
+    let guest = report.guests.iter().find(|g| g.node == node);
+    match (report.nodes.get(node), guest) {
+        (Some(NodeState::Running) | None, Some(g)) => g.state.as_str().to_string(),
+        (Some(own), _) => own.to_string(),
+        (None, None) => NodeState::Starting.to_string(),
+    }
+}
+
 fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
     let hosts: &BTreeMap<String, String> = &report.placement;
     let now = std::time::SystemTime::now()
@@ -584,11 +595,7 @@ fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
                 pid: qemu.map(|q| q.pid),
                 uptime_secs: qemu.map(|q| now.saturating_sub(q.started_at)),
                 image_hash: qemu.map(|q| q.image_hash.clone()),
-                state: match (report.nodes.get(node), &guest) {
-                    (Some(NodeState::Running) | None, Some(g)) => g.state.as_str().to_string(),
-                    (Some(own), _) => own.to_string(),
-                    (None, None) => NodeState::Starting.to_string(),
-                },
+                state: node_state(report, node),
                 guest,
                 addresses: spec
                     .nics

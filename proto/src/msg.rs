@@ -184,6 +184,10 @@ pub enum Request {
     },
     /// Cordons a host (no new placements) or ends its cordon.
     Cordon { host: String, cordoned: bool },
+    /// A stream of the cluster as the leader sees it: after
+    /// [`Reply::Streaming`], one [`ClusterView`] message now and one each
+    /// time it changes (`labspan web`). It ends when leadership moves.
+    Watch,
 }
 
 impl Request {
@@ -191,7 +195,7 @@ impl Request {
     /// reply (console, capture), also when forwarded.
     pub fn is_stream(&self) -> bool {
         match self {
-            Request::Console { .. } | Request::Capture { .. } => true,
+            Request::Console { .. } | Request::Capture { .. } | Request::Watch => true,
             Request::Forwarded { request, .. } => request.is_stream(),
             _ => false,
         }
@@ -306,6 +310,22 @@ pub struct HostImages {
     /// `ip:port` of its image endpoint (`None`: its agent has not said).
     pub addr: Option<String>,
     pub images: Vec<ImageInfo>,
+}
+
+/// The whole cluster at one moment, as [`Request::Watch`] streams it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub status: ClusterStatus,
+    pub labs: Vec<LabSnapshot>,
+}
+
+/// One lab in a [`ClusterView`]: its report and its codec-encoded
+/// [`crate::lab::LabBundle`] (nodes, NICs, segments).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabSnapshot {
+    pub report: LabReport,
+    #[serde(with = "serde_bytes")]
+    pub bundle: Vec<u8>,
 }
 
 /// What `labspan cluster status` shows.

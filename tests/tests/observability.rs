@@ -3,15 +3,20 @@
 //! by `promtool check metrics` and against what the test did: a lab deployed
 //! over two hosts shows as Running, its VMs appear on the agent that runs
 //! them with their lab and node labels, the ping of its checks crossed their
-//! taps, and the host that had no image fetched one; and `inspect`, which
-//! shows the lab's status once and, in JSON, each node's QEMU.
+//! taps, and the host that had no image fetched one; `inspect`, which
+//! shows the lab's status once and, in JSON, each node's QEMU; and
+//! `labspan web`, whose page is sent every node under its host and, on the
+//! same event stream, a host cut off the underlay going down.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
+
+use serde_json::Value;
 
 use labspan_tests::local_cluster::LocalCluster;
 use labspan_tests::{run, text};
@@ -172,7 +177,7 @@ fn inspect_shows_status_once_and_each_qemu(cluster: &LocalCluster) {
 
 #[test]
 fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
-    let cluster = LocalCluster::up("obs", 2);
+    let cluster = LocalCluster::up("obs", 3);
     let up = cluster.status().expect("cluster status");
     let leader = cluster.leader_host().expect("a leader");
 
@@ -183,7 +188,7 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
     );
     assert_eq!(
         value(&before, "labspan_hosts", &[("state", "up")]),
-        Some(2.0),
+        Some(3.0),
         "{up}"
     );
 
@@ -205,7 +210,7 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
         value(&c, "labspan_labs", &[("status", "Failed")]),
         Some(0.0)
     );
-    assert_eq!(value(&c, "labspan_hosts", &[("state", "up")]), Some(2.0));
+    assert_eq!(value(&c, "labspan_hosts", &[("state", "up")]), Some(3.0));
     assert_eq!(value(&c, "labspan_hosts", &[("state", "down")]), Some(0.0));
     assert_eq!(value(&c, "labspan_raft_is_leader", &[]), Some(1.0));
     let term = value(&c, "labspan_raft_term", &[]).expect("term");
@@ -283,6 +288,8 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
     }
 
     inspect_shows_status_once_and_each_qemu(&cluster);
+    let web = Web::start(&cluster);
+    web_lists_each_node_under_its_host(&cluster, &web);
 
     ok(&cluster.labspan(&["down", "seen"]), "labspan down");
     let after =
@@ -291,7 +298,7 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
         value(&after, "labspan_labs", &[("status", "Running")]),
         Some(0.0)
     );
-    for host in 1..=2 {
+    for host in 1..=3 {
         let m = scrape(&cluster.metrics_url(host, "agent"));
         assert_eq!(
             value(&m, "labspan_vms", &[]),
@@ -299,4 +306,167 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
             "host{host} after down"
         );
     }
+    web_follows_a_host_cut(&cluster, &web);
+}
+
+/// `labspan web` on a free port of this namespace, and one page's event
+/// stream (`curl -N /events`), read line by line.
+struct Web {
+    server: Child,
+    events: Child,
+    url: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Web {
+    fn start(cluster: &LocalCluster) -> Web {
+        let mut server = Command::new(labspan_tests::labspan_bin())
+            .args(["web", "--listen", "127.0.0.1:0", "--cluster"])
+            .arg(cluster.admin())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("labspan web");
+        let mut said = String::new();
+        BufReader::new(server.stderr.take().expect("stderr"))
+            .read_line(&mut said)
+            .expect("labspan web says where it listens");
+        let url = said
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {said:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        let mut events = Command::new("curl")
+            .args(["-sSN", &format!("{url}/events")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("curl");
+        let out = events.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(data) = line.strip_prefix("data:") {
+                    if tx.send(data.trim().to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Web {
+            server,
+            events,
+            url,
+            lines,
+        }
+    }
+
+    /// Waits for a state sent to the page that satisfies `check` (a
+    /// generous bound, not a timing assertion).
+    fn until<T>(&self, what: &str, within: Duration, check: impl Fn(&Value) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + within;
+        let mut last = String::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Ok(data) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            let parsed: Option<Value> = serde_json::from_str(&data).ok();
+            if let Some(found) = parsed.as_ref().and_then(&check) {
+                return found;
+            }
+            last = data;
+        }
+        panic!("the page was not sent {what} within {within:?}; last state: {last}");
+    }
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        for child in [&mut self.events, &mut self.server] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the page shows under each host: host -> [(lab/node, state)].
+fn nodes_by_host(page: &Value) -> Option<BTreeMap<String, Vec<(String, String)>>> {
+    page["hosts"]
+        .as_array()?
+        .iter()
+        .map(|h| {
+            let nodes = h["nodes"]
+                .as_array()?
+                .iter()
+                .map(|n| {
+                    let name = format!("{}/{}", n["lab"].as_str()?, n["node"].as_str()?);
+                    Some((name, n["state"].as_str()?.to_string()))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((h["name"].as_str()?.to_string(), nodes))
+        })
+        .collect()
+}
+
+/// The page, served from the binary, and its state: every node under the
+/// host that runs it, the crossing segment with its VNI, the leader.
+fn web_lists_each_node_under_its_host(cluster: &LocalCluster, web: &Web) {
+    let get = |path: &str| {
+        let url = format!("{}{path}", web.url);
+        ok(&run(Command::new("curl").args(["-sSf", &url])), &url)
+    };
+    let page = get("/");
+    assert!(page.contains("new EventSource(\"events\")"), "{page}");
+    let mut expected: BTreeMap<String, Vec<String>> =
+        (1..=3).map(|i| (format!("host{i}"), vec![])).collect();
+    for node in ["a", "b"] {
+        let (host, _) = cluster.running("seen", node)[0];
+        expected
+            .entry(format!("host{host}"))
+            .or_default()
+            .push(format!("seen/{node}"));
+    }
+    let state = web.until(
+        "every node under its host, ready",
+        Duration::from_secs(60),
+        |s| {
+            let shown = nodes_by_host(s)?;
+            let names: BTreeMap<String, Vec<String>> = shown
+                .iter()
+                .map(|(h, nodes)| (h.clone(), nodes.iter().map(|(n, _)| n.clone()).collect()))
+                .collect();
+            let ready = shown.values().flatten().all(|(_, state)| state == "ready");
+            (names == expected && ready).then(|| s.clone())
+        },
+    );
+    let leader = cluster.leader_host().expect("a leader");
+    assert_eq!(
+        state["leader"].as_str(),
+        Some(format!("c{leader}").as_str()),
+        "{state}"
+    );
+    let seg = &state["labs"][0]["segments"][0];
+    assert_eq!(seg["key"].as_str(), Some("link:a:eth0--b:eth0"), "{state}");
+    assert_eq!(seg["crosses"].as_bool(), Some(true), "{state}");
+    assert!(seg["vni"].as_u64().is_some(), "{state}");
+    let now: Value = serde_json::from_str(&get("/state")).expect("JSON state");
+    assert_eq!(nodes_by_host(&now).map(|h| h.len()), Some(3), "{now}");
+}
+
+/// A host cut off the underlay: the page's open event stream says it is
+/// down, with no reload.
+fn web_follows_a_host_cut(cluster: &LocalCluster, web: &Web) {
+    web.until("the lab gone", Duration::from_secs(60), |s| {
+        s["labs"].as_array()?.is_empty().then_some(())
+    });
+    let leader = cluster.leader_host().expect("a leader");
+    let cut = if leader == 3 { 2 } else { 3 };
+    ok(&cluster.fault("cut", cut), "cluster.sh cut");
+    let name = format!("host{cut}");
+    web.until("the cut host down", Duration::from_secs(90), |s| {
+        let host = s["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["name"] == name.as_str())?;
+        (host["up"] == false).then_some(())
+    });
 }

@@ -16,3 +16,4 @@ pub mod place;
 pub mod restart;
 pub mod up;
 pub mod validate;
+pub mod web;

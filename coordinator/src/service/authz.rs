@@ -14,7 +14,7 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::Raft(_) | R::AddCoordinator { .. } | R::UseToken { .. } | R::Forwarded { .. } => {
             role == Role::Coordinator
         }
-        R::Status | R::GetLab { .. } => matches!(role, Role::Admin | Role::Viewer),
+        R::Status | R::GetLab { .. } | R::Watch => matches!(role, Role::Admin | Role::Viewer),
         R::CreateToken { .. }
         | R::DeployLab { .. }
         | R::PutFile { .. }

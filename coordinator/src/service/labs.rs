@@ -44,7 +44,11 @@ pub(super) fn no_lab(state: &ClusterState, name: &str) -> ErrorReply {
 
 /// What the agents last said of lab `name`'s guests: only what each node's
 /// current host says (a node moved away leaves its old host's word behind).
-fn guests_of(inner: &Inner, name: &str, rec: &crate::raft::LabRecord) -> Vec<GuestHealth> {
+pub(super) fn guests_of(
+    inner: &Inner,
+    name: &str,
+    rec: &crate::raft::LabRecord,
+) -> Vec<GuestHealth> {
     lock(&inner.guests)
         .iter()
         .flat_map(|(host, guests)| {

@@ -26,6 +26,7 @@ mod resume;
 mod status;
 mod stream;
 pub mod timing;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -215,6 +216,7 @@ fn kind(req: &Request) -> &'static str {
         Request::GetFile { .. } => "GetFile",
         Request::MoveNode { .. } => "MoveNode",
         Request::Cordon { .. } => "Cordon",
+        Request::Watch => "Watch",
     }
 }
 

@@ -11,6 +11,11 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
+    Reply::Status(now(inner))
+}
+
+/// The cluster as this coordinator's replica and Raft node have it now.
+pub(super) fn now(inner: &Inner) -> ClusterStatus {
     let m = inner.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
@@ -45,12 +50,12 @@ pub(super) async fn status(inner: &Arc<Inner>) -> Reply {
         .iter()
         .map(|(name, rec)| (name.clone(), rec.status.clone()))
         .collect();
-    Reply::Status(ClusterStatus {
+    ClusterStatus {
         members,
         leader: m.current_leader,
         term: m.current_term,
         commit_index: m.last_applied.map(|l| l.index),
         hosts,
         labs,
-    })
+    }
 }

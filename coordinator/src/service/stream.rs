@@ -1,4 +1,5 @@
-//! Byte-stream requests (console, capture). The leader joins the caller's
+//! Byte-stream requests (console, capture, watch). The leader serves a
+//! watch itself ([`super::watch`]); for the others it joins the caller's
 //! stream to one it opens on the agent's connection (agents only dial
 //! out); any other coordinator joins it to one it opens to the leader.
 //! Every hop writes one reply frame first, then copies raw bytes both ways.
@@ -25,6 +26,12 @@ pub(super) async fn serve(
 ) {
     let far = match origin_of(caller, req) {
         Err(refused) => Err(refused),
+        Ok((_, Request::Watch, _)) if inner.is_leader() => {
+            if write_message(&mut send, &Reply::Streaming).await.is_ok() {
+                super::watch::serve(inner, send).await;
+            }
+            return;
+        }
         Ok((origin, req, may_forward)) => {
             if inner.is_leader() {
                 to_agent(inner, &req).await

@@ -1,0 +1,106 @@
+//! `labspan web`: a local HTTP server (axum) that shows the cluster in a
+//! browser, the way `kubectl proxy` does: it talks to the cluster with the
+//! user's own cluster file (so the user's role applies), and the browser
+//! needs no certificate. It follows the coordinators' state stream
+//! (`Request::Watch`) and passes each change to the page as a server-sent
+//! event. See docs/web.md.
+
+mod model;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+use futures::Stream;
+use labspan_proto::msg::{ClusterView, Request};
+use tokio::sync::watch;
+
+/// The page: plain HTML and JavaScript, in the binary (works offline).
+const INDEX: &str = include_str!("index.html");
+
+/// Pause before following the cluster again after the stream ended (a
+/// leader change ends it) or no coordinator answered.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The page state as JSON, for every page open.
+type Shared = Arc<watch::Sender<String>>;
+
+/// Serves the web view of the cluster `cluster` names on `listen` until the
+/// process stops; only lab `only` when given.
+pub async fn serve(
+    cluster: PathBuf,
+    listen: SocketAddr,
+    only: Option<String>,
+) -> anyhow::Result<()> {
+    // Fail now, with the flag's name, rather than in the background.
+    crate::remote::load_cluster_file(&cluster)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (give another --listen)"))?;
+    let state: Shared = Arc::new(watch::Sender::new(
+        serde_json::json!({"connecting": true}).to_string(),
+    ));
+    tokio::spawn(follow_cluster(cluster, only, state.clone()));
+    let app = Router::new()
+        .route("/", get(|| async { Html(INDEX) }))
+        .route("/state", get(current))
+        .route("/events", get(events))
+        .with_state(state);
+    eprintln!(
+        "labspan web: http://{}/ (stop with Ctrl-C)",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// The page state now (for scripts and tests).
+async fn current(State(state): State<Shared>) -> impl IntoResponse {
+    let json = state.borrow().clone();
+    ([(header::CONTENT_TYPE, "application/json")], json)
+}
+
+/// Server-sent events: the state now, then each change (the browser's
+/// `EventSource` reconnects by itself).
+async fn events(State(state): State<Shared>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut rx = state.subscribe();
+    rx.mark_changed();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let json = rx.borrow_and_update().clone();
+        Some((Ok(Event::default().event("state").data(json)), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Follows the cluster's state stream for good, publishing each view as
+/// the page's JSON; an error is shown on the page while it lasts.
+async fn follow_cluster(cluster: PathBuf, only: Option<String>, state: Shared) {
+    loop {
+        if let Err(e) = follow_once(&cluster, only.as_deref(), &state).await {
+            tracing::info!(error = %e, "web: the state stream ended; following again");
+            state.send_replace(serde_json::json!({"error": format!("{e:#}")}).to_string());
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn follow_once(cluster: &Path, only: Option<&str>, state: &Shared) -> anyhow::Result<()> {
+    let (_client, _send, mut recv) = crate::remote::open_stream(cluster, &Request::Watch).await?;
+    loop {
+        let view: ClusterView = labspan_transport::read_message(&mut recv)
+            .await
+            .context("the cluster's state stream")?;
+        let page = model::page(&view, only);
+        state.send_replace(serde_json::to_string(&page)?);
+    }
+}
