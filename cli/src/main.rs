@@ -2,6 +2,7 @@
 
 mod cmd;
 mod embedded;
+mod graph;
 mod guests;
 mod log;
 mod metrics;

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use labspan_proto::lab::{self, graph, LoadError};
+use labspan_proto::lab::{self, LoadError};
+
+use crate::graph;
 
 use crate::InvalidInput;
 

@@ -7,7 +7,6 @@
 mod check;
 mod diagnostic;
 mod emit;
-pub mod graph;
 mod model;
 mod read;
 pub mod units;

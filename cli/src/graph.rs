@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::model::{Endpoint, Impairment, Lab};
+use labspan_proto::lab::{Endpoint, Impairment, Lab};
 
 /// Output format of `render`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_running_lab_marks_only_the_segments_that_cross_hosts() {
-        let lab = crate::lab::parse(
+        let lab = labspan_proto::lab::parse(
             "t.yaml",
             "name: t\ndefaults: {image: tiny}\nnodes:\n  a: {}\n  b: {}\n  c: {}\nlinks:\n  - [a:eth0, b:eth0]\n  - [b:eth1, c:eth0]\n",
         )
@@ -342,5 +342,103 @@ mod tests {
         assert_eq!(json.matches("\"vni\"").count(), 1, "{json}");
         let mermaid = render_running(&lab, Format::Mermaid, Some(&hosts), &vnis);
         assert!(mermaid.contains("[vxlan 101]"), "{mermaid}");
+    }
+}
+
+/// Every node, NIC and segment is drawn, grouped by host when a placement
+/// is given (moved here with the drawings, from `proto/tests/lab_graph.rs`).
+#[cfg(test)]
+mod drawings {
+    use std::collections::BTreeMap;
+
+    use labspan_proto::lab::{parse, Lab};
+
+    use super::{render, Format, Hosts};
+
+    fn lab() -> Lab {
+        let text = concat!(
+            "name: g\n",
+            "defaults: {image: tiny}\n",
+            "nodes:\n",
+            "  a: {nics: {eth0: {ip: [198.19.1.1/24]}}}\n",
+            "  b: {}\n",
+            "  c: {}\n",
+            "links: [{endpoints: [a:eth0, b:eth0], delay: 10ms}]\n",
+            "lans: {core: [a:eth1, b:eth1, c:eth1]}\n",
+        );
+        parse("g.yaml", text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn hosts() -> Hosts {
+        BTreeMap::from([
+            ("a".into(), "host-1".into()),
+            ("b".into(), "host-1".into()),
+            ("c".into(), "host-2".into()),
+        ])
+    }
+
+    #[test]
+    fn dot_shows_nodes_nics_and_segments() {
+        let dot = render(&lab(), Format::Dot, None);
+        assert!(dot.starts_with("graph \"g\" {"), "{dot}");
+        for n in ["\"a\";", "\"b\";", "\"c\";"] {
+            assert!(dot.contains(n), "{n} missing:\n{dot}");
+        }
+        assert!(dot.contains("\"a\" -- \"b\" [taillabel=\"eth0 198.19.1.1/24\", headlabel=\"eth0\", label=\"10ms\"];"), "{dot}");
+        assert!(
+            dot.contains("\"lan:core\" [shape=ellipse, label=\"core\"];"),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("\"c\" -- \"lan:core\" [taillabel=\"eth1\"];"),
+            "{dot}"
+        );
+        assert!(!dot.contains("cluster"), "{dot}");
+    }
+
+    #[test]
+    fn dot_groups_nodes_by_host() {
+        let dot = render(&lab(), Format::Dot, Some(&hosts()));
+        assert!(
+            dot.contains(
+                "subgraph cluster_0 {\n    label=\"host-1\";\n    \"a\";\n    \"b\";\n  }"
+            ),
+            "{dot}"
+        );
+        assert!(dot.contains("label=\"host-2\";\n    \"c\";"), "{dot}");
+    }
+
+    #[test]
+    fn mermaid_shows_segments_and_hosts() {
+        let m = render(&lab(), Format::Mermaid, Some(&hosts()));
+        assert!(m.starts_with("graph LR\n"), "{m}");
+        assert!(
+            m.contains("subgraph h0[\"host-1\"]\n  n0[\"a\"]\n  n1[\"b\"]\n  end"),
+            "{m}"
+        );
+        assert!(
+            m.contains("n0 ---|\"eth0 198.19.1.1/24 — eth0 (10ms)\"| n1"),
+            "{m}"
+        );
+        assert!(m.contains("lan0((\"core\"))"), "{m}");
+        assert!(m.contains("n2 ---|\"eth1\"| lan0"), "{m}");
+    }
+
+    #[test]
+    fn json_lists_nodes_nics_segments_and_hosts() {
+        let j: serde_json::Value =
+            serde_json::from_str(&render(&lab(), Format::Json, Some(&hosts())))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j["lab"], "g");
+        assert_eq!(j["nodes"][0]["name"], "a");
+        assert_eq!(j["nodes"][0]["host"], "host-1");
+        assert_eq!(j["nodes"][0]["nics"][0]["ip"][0], "198.19.1.1/24");
+        assert_eq!(j["segments"][0]["key"], "link:a:eth0--b:eth0");
+        assert_eq!(j["segments"][0]["impairment"]["delay_us"], 10_000);
+        assert_eq!(j["segments"][1]["kind"], "lan");
+        assert_eq!(
+            j["segments"][1]["members"].as_array().map(Vec::len),
+            Some(3)
+        );
     }
 }
