@@ -447,6 +447,46 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                 Ok(AgentRequest::MoveStatus { lab, node }) => {
                     AgentReply::MoveStatus(agent.move_status(&lab, &node).await)
                 }
+                Ok(AgentRequest::CheckpointSave {
+                    lab,
+                    name,
+                    pause_at_unix_ms,
+                }) => {
+                    // No plan applies (and no supervisor restarts) meanwhile.
+                    let _one_at_a_time = hooks.apply_lock.lock().await;
+                    match agent.checkpoint_save(&lab, &name, pause_at_unix_ms).await {
+                        Ok(share) => AgentReply::CheckpointSaved {
+                            nodes: share.nodes,
+                            paused_at_unix_ms: share.paused_at_unix_ms,
+                            resumed_at_unix_ms: share.resumed_at_unix_ms,
+                        },
+                        Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
+                    }
+                }
+                Ok(AgentRequest::CheckpointDrop { lab, name }) => {
+                    match agent.checkpoint_drop(&lab, &name) {
+                        Ok(()) => AgentReply::Resumed {
+                            clock_not_set: Vec::new(),
+                        },
+                        Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
+                    }
+                }
+                Ok(AgentRequest::CheckpointLoad { lab, name, nodes }) => {
+                    let _one_at_a_time = hooks.apply_lock.lock().await;
+                    match agent.checkpoint_load(&lab, &name, &nodes).await {
+                        Ok(()) => AgentReply::Resumed {
+                            clock_not_set: Vec::new(),
+                        },
+                        Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
+                    }
+                }
+                Ok(AgentRequest::CheckpointResume {
+                    lab,
+                    resume_at_unix_ms,
+                }) => match agent.checkpoint_resume(&lab, resume_at_unix_ms).await {
+                    Ok(clock_not_set) => AgentReply::Resumed { clock_not_set },
+                    Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable request from the coordinator");
                     return;

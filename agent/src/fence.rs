@@ -320,8 +320,17 @@ async fn qmp_all(state: &Path, command: &'static str, keep: impl Fn(&(String, St
                     // move (`postmigrate`), is switching over
                     // (`finish-migrate`) or has not arrived (`inmigrate`)
                     // must not run here.
+                    // A checkpoint's save cut short leaves its guest
+                    // `postmigrate` (saved to a file, never left); a guest
+                    // restored from one waits for the lab's common resume.
                     let status = q.execute("query-status", None).await.map_err(qmp_err)?;
-                    if status["status"] != "paused" {
+                    let marker = vm::checkpoint::marker(&dir);
+                    let resumable = match status["status"].as_str() {
+                        Some("paused") => marker.as_deref() != Some("load"),
+                        Some("postmigrate") => marker.as_deref() == Some("save"),
+                        _ => false,
+                    };
+                    if !resumable {
                         return Ok(());
                     }
                 }

@@ -31,3 +31,19 @@ pub fn lab_vms_dir(state: &Path, lab: &str) -> PathBuf {
 pub fn vm_dir(state: &Path, lab: &str, node: &str) -> PathBuf {
     lab_vms_dir(state, lab).join(node)
 }
+
+/// Folder of every checkpoint of `lab` on this host.
+pub fn lab_checkpoints_dir(state: &Path, lab: &str) -> PathBuf {
+    state.join("checkpoints").join(lab)
+}
+
+/// Folder of one node's share of checkpoint `name` of `lab`.
+pub fn checkpoint_dir(state: &Path, lab: &str, name: &str, node: &str) -> PathBuf {
+    lab_checkpoints_dir(state, lab).join(name).join(node)
+}
+
+/// Folder of a node's frozen disk layers: every checkpoint's disk, and the
+/// running overlay, has its backing chain in here (it goes with the lab).
+pub fn layers_dir(state: &Path, lab: &str, node: &str) -> PathBuf {
+    lab_checkpoints_dir(state, lab).join(".layers").join(node)
+}

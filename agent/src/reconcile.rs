@@ -17,6 +17,7 @@ use labspan_proto::msg::ErrorKind;
 use labspan_proto::plan::{GuestFile, HostPlan, LabPlan, VmPlan};
 use sha2::{Digest, Sha256};
 
+pub mod checkpoint;
 pub mod vms;
 
 use crate::guest::{network_script, shell_quote};
@@ -87,6 +88,9 @@ pub enum AgentError {
         lab: String,
         cause: Box<vm::migrate::MoveError>,
     },
+    /// A checkpoint or reset could not be done on this host.
+    #[error("lab \"{lab}\": {why}")]
+    Checkpoint { lab: String, why: String },
     /// A guest file's contents are not available on this host.
     #[error("lab \"{lab}\": node \"{vm}\": guest file {path}: {why}")]
     GuestFile {
@@ -239,6 +243,8 @@ pub struct Agent {
     moving_out: std::sync::Mutex<BTreeSet<Key>>,
     /// What `/metrics` serves besides the kernel's figures.
     metrics: crate::metrics::Metrics,
+    /// One checkpoint save or load at a time on this host.
+    checkpointing: tokio::sync::Mutex<()>,
 }
 
 /// The QEMU running from `dir`, if one does.
@@ -284,6 +290,7 @@ impl Agent {
             busy: std::sync::Mutex::new(BTreeMap::new()),
             moving_out: std::sync::Mutex::new(BTreeSet::new()),
             metrics: crate::metrics::Metrics::default(),
+            checkpointing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -601,6 +608,7 @@ impl Agent {
             .into_iter()
             .chain(halts)
             .collect::<Result<Vec<_>, _>>()?;
+        self.prune_checkpoints(plan)?;
         let net_report = net::reconcile_with(&mut kernel, plan).await?;
         let accel = self.accel(&images).await?;
         let runs = actions.into_iter().filter_map(|action| {
@@ -1060,6 +1068,16 @@ impl Agent {
             }
         }
         net::remove_lab(lab).await?;
+        let checkpoints = paths::lab_checkpoints_dir(&self.state, lab);
+        if let Err(cause) = fs::remove_dir_all(&checkpoints) {
+            if cause.kind() != std::io::ErrorKind::NotFound {
+                return Err(AgentError::State {
+                    what: "removing",
+                    path: checkpoints,
+                    cause,
+                });
+            }
+        }
         Ok(vms.len())
     }
 

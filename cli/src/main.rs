@@ -61,6 +61,11 @@ enum Command {
     Restart(cmd::restart::Args),
     /// Move a running node to another host without a restart.
     Move(cmd::moving::Args),
+    /// Take, list and delete consistent checkpoints of a running lab.
+    #[command(subcommand)]
+    Checkpoint(cmd::checkpoint::Command),
+    /// Bring every VM of a lab back to one of its checkpoints.
+    Reset(cmd::checkpoint::NameArgs),
     /// Drain a host (move its VMs away) or end its cordon.
     #[command(subcommand)]
     Host(cmd::moving::HostCommand),
@@ -104,6 +109,8 @@ fn main() -> ExitCode {
         Command::Restart(a) => cmd::restart::run(a),
         Command::Move(a) => cmd::moving::run(a),
         Command::Host(c) => cmd::moving::run_host(c),
+        Command::Checkpoint(c) => cmd::checkpoint::run(c),
+        Command::Reset(a) => cmd::checkpoint::run_reset(a),
         Command::Console(a) => cmd::console::run(a),
         Command::Capture(a) => cmd::capture::run(a),
         Command::Web(a) => cmd::web::run(a),

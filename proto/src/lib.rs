@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod atomic;
+pub mod checkpoint;
 pub mod codec;
 pub mod files;
 pub mod health;

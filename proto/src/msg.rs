@@ -188,6 +188,15 @@ pub enum Request {
     /// [`Reply::Streaming`], one [`ClusterView`] message now and one each
     /// time it changes (`labspan web`). It ends when leadership moves.
     Watch,
+    /// Takes a consistent checkpoint of every VM of a running lab
+    /// (answered once it is recorded, or failed and removed everywhere).
+    CheckpointCreate { lab: String, name: String },
+    /// A lab's checkpoints.
+    CheckpointList { lab: String },
+    /// Removes a checkpoint of a lab from the record and from its hosts.
+    CheckpointDelete { lab: String, name: String },
+    /// Brings every VM of a lab back to one of its checkpoints.
+    Reset { lab: String, name: String },
 }
 
 impl Request {
@@ -254,6 +263,12 @@ pub enum Reply {
     },
     /// Answer to [`Request::MoveNode`]: the move is done.
     Moved(MoveReport),
+    /// Answer to [`Request::CheckpointCreate`]: the checkpoint as recorded.
+    Checkpointed(crate::checkpoint::Checkpoint),
+    /// Answer to [`Request::CheckpointList`], oldest first.
+    Checkpoints(Vec<crate::checkpoint::Checkpoint>),
+    /// Answer to [`Request::Reset`].
+    WasReset(crate::checkpoint::ResetReport),
 }
 
 /// A finished move.
@@ -605,6 +620,26 @@ pub enum AgentRequest {
     },
     /// How a node's move looks on this host.
     MoveStatus { lab: String, node: String },
+    /// Pauses every VM of `lab` on this host at `pause_at_unix_ms` (this
+    /// host's clock), saves each one's RAM, device state and disk as
+    /// checkpoint `name`, and resumes it.
+    CheckpointSave {
+        lab: String,
+        name: String,
+        pause_at_unix_ms: u64,
+    },
+    /// Removes checkpoint `name` of `lab` from this host (idempotent).
+    CheckpointDrop { lab: String, name: String },
+    /// Restarts `nodes` of `lab` on this host paused, in the state of
+    /// checkpoint `name` (the host's last plan says how each is launched).
+    CheckpointLoad {
+        lab: String,
+        name: String,
+        nodes: Vec<String>,
+    },
+    /// Resumes every VM of `lab` on this host at `resume_at_unix_ms` and
+    /// sets the clock of each guest that has a guest agent.
+    CheckpointResume { lab: String, resume_at_unix_ms: u64 },
 }
 
 /// An agent's answer to an [`AgentRequest`].
@@ -623,6 +658,16 @@ pub enum AgentReply {
     Migrated(MoveFigures),
     /// Answer to [`AgentRequest::MoveStatus`].
     MoveStatus(MoveSide),
+    /// Answer to [`AgentRequest::CheckpointSave`]: node → its share.
+    CheckpointSaved {
+        nodes: BTreeMap<String, crate::checkpoint::NodeCheckpoint>,
+        /// When the first VM paused and the last resumed (Unix ms, this host's clock).
+        paused_at_unix_ms: u64,
+        resumed_at_unix_ms: u64,
+    },
+    /// Answer to [`AgentRequest::CheckpointResume`]: guests whose clock
+    /// could not be set.
+    Resumed { clock_not_set: Vec<String> },
 }
 
 /// A request to a coordinator's join endpoint, from a member that has no

@@ -175,6 +175,7 @@ mod tests {
                     qga: d.join("g"),
                 },
                 incoming: false,
+                start_paused: false,
             },
         }
     }

@@ -122,15 +122,20 @@ pub enum MoveError {
     Vm(#[from] VmError),
 }
 
-/// A QMP session for a move, naming the VM in its errors.
-struct Session {
+/// A QMP session for a move or a checkpoint, naming the VM in its errors.
+pub struct Session {
     vm: String,
-    qmp: Qmp,
+    pub(super) qmp: Qmp,
 }
 
 impl Session {
-    async fn open(vm: &Vm) -> Result<Session, MoveError> {
-        let qmp = Qmp::connect(&vm.record.spec.paths.qmp, MOVE_QMP_TIMEOUT)
+    pub(super) async fn open(vm: &Vm) -> Result<Session, MoveError> {
+        Session::open_with(vm, MOVE_QMP_TIMEOUT).await
+    }
+
+    /// A session whose exchanges may each take `timeout`.
+    pub(super) async fn open_with(vm: &Vm, timeout: Duration) -> Result<Session, MoveError> {
+        let qmp = Qmp::connect(&vm.record.spec.paths.qmp, timeout)
             .await
             .map_err(|cause| MoveError::Qmp {
                 vm: vm.name().to_string(),
@@ -142,7 +147,7 @@ impl Session {
         })
     }
 
-    async fn run(&mut self, command: &str, args: Value) -> Result<Value, MoveError> {
+    pub(super) async fn run(&mut self, command: &str, args: Value) -> Result<Value, MoveError> {
         let args = (!args.is_null()).then_some(args);
         self.qmp
             .execute(command, args)
@@ -159,7 +164,7 @@ impl Session {
     }
 
     /// The node name of the guest's disk (its format layer).
-    async fn disk_node(&mut self) -> Result<String, MoveError> {
+    pub(super) async fn disk_node(&mut self) -> Result<String, MoveError> {
         let block = self.run("query-block", Value::Null).await?;
         block
             .as_array()
@@ -175,7 +180,38 @@ impl Session {
             })
     }
 
-    fn failed(&self, what: &'static str, why: impl Into<String>) -> MoveError {
+    /// The guest disk's size in bytes.
+    pub(super) async fn disk_size(&mut self) -> Result<u64, MoveError> {
+        let block = self.run("query-block", Value::Null).await?;
+        block
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["device"] == DISK_DEVICE)
+            .and_then(|b| b["inserted"]["image"]["virtual-size"].as_u64())
+            .ok_or_else(|| self.failed("disk lookup", format!("QEMU has no disk {DISK_DEVICE}")))
+    }
+
+    /// How many backing layers the guest's disk has (1: overlay on its image).
+    pub(super) async fn backing_depth(&mut self) -> Result<usize, MoveError> {
+        let block = self.run("query-block", Value::Null).await?;
+        let disk = block
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["device"] == DISK_DEVICE)
+            .map(|b| b["inserted"]["image"].clone())
+            .unwrap_or_default();
+        let mut depth = 0;
+        let mut image = &disk["backing-image"];
+        while image.is_object() {
+            depth += 1;
+            image = &image["backing-image"];
+        }
+        Ok(depth)
+    }
+
+    pub(super) fn failed(&self, what: &'static str, why: impl Into<String>) -> MoveError {
         MoveError::Failed {
             vm: self.vm.clone(),
             what,
@@ -397,9 +433,17 @@ async fn migrate_steps(
             }),
         )
         .await?;
+        // The destination's fresh overlay sits on the base image: a disk
+        // with checkpoint layers between them (docs/checkpoints.md) is
+        // copied whole, or their contents would stay behind.
+        let sync = if s.backing_depth().await? > 1 {
+            "full"
+        } else {
+            "top"
+        };
         s.run(
             "blockdev-mirror",
-            json!({"job-id": MIRROR_JOB, "device": node, "target": NBD_TARGET, "sync": "top"}),
+            json!({"job-id": MIRROR_JOB, "device": node, "target": NBD_TARGET, "sync": sync}),
         )
         .await?;
         figures.disk_bytes = wait_mirror_ready(s, progress).await?;
@@ -512,7 +556,7 @@ async fn wait_mirror_ready(
 
 /// Waits until the migration reaches `status`; a failed or cancelled
 /// migration is an error with QEMU's reason.
-async fn wait_migration(
+pub(super) async fn wait_migration(
     s: &mut Session,
     status: &str,
     progress: &(dyn Fn(Progress) + Sync),

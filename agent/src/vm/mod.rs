@@ -7,6 +7,7 @@
 //! `vm.json` (what was launched).
 
 pub mod accel;
+pub mod checkpoint;
 mod jsonline;
 pub mod migrate;
 pub mod qemu;
@@ -338,7 +339,39 @@ pub fn vm_paths(dir: &Path) -> VmPaths {
 /// Starts `cfg` with its state in `dir` (created if needed). Fails if a VM
 /// already runs there. On failure, what this call created is removed.
 pub async fn launch(dir: &Path, cfg: &VmConfig) -> Result<Vm, VmError> {
-    launch_as(dir, cfg, false).await
+    launch_as(dir, cfg, Start::Boot).await
+}
+
+/// How a QEMU starts its guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Boots it.
+    Boot,
+    /// Receives it from a move (`-incoming defer`; runs once it arrived).
+    Incoming,
+    /// Receives it from a checkpoint (`-S -incoming defer`: stays paused).
+    Restore,
+}
+
+/// Starts `cfg` from checkpoint state: its disk on a fresh overlay over
+/// `layer` (if it has a disk), its RAM and devices from `ram`, paused
+/// until [`checkpoint::start_loaded`]. On failure, QEMU is ended; the
+/// folder is kept.
+pub async fn launch_restored(
+    dir: &Path,
+    cfg: &VmConfig,
+    layer: Option<&Path>,
+    ram: &Path,
+) -> Result<Vm, migrate::MoveError> {
+    if let Some(layer) = layer {
+        checkpoint::prepare_disk(&cfg.name, dir, layer).await?;
+    }
+    let vm = launch_as(dir, cfg, Start::Restore).await?;
+    if let Err(e) = checkpoint::load(&vm, ram).await {
+        let _ = vm.halt().await;
+        return Err(e);
+    }
+    Ok(vm)
 }
 
 /// Starts `cfg` as the destination of a move: QEMU with the same devices,
@@ -352,6 +385,7 @@ pub async fn launch_incoming(
     // The mirror copies only what the source's overlay holds: anything left
     // in an overlay here (an earlier move cut short) would shadow the base.
     if adopt(dir)?.is_none() {
+        checkpoint::clear_top(dir);
         let overlay = dir.join("overlay.qcow2");
         if let Err(source) = fs::remove_file(&overlay) {
             if source.kind() != io::ErrorKind::NotFound {
@@ -365,7 +399,7 @@ pub async fn launch_incoming(
             }
         }
     }
-    let vm = launch_as(dir, cfg, true).await?;
+    let vm = launch_as(dir, cfg, Start::Incoming).await?;
     if let Err(e) = migrate::prepare_incoming(&vm, at).await {
         let _ = vm.kill().await;
         let _ = remove_state(dir, &cfg.name);
@@ -374,7 +408,7 @@ pub async fn launch_incoming(
     Ok(vm)
 }
 
-async fn launch_as(dir: &Path, cfg: &VmConfig, incoming: bool) -> Result<Vm, VmError> {
+async fn launch_as(dir: &Path, cfg: &VmConfig, start: Start) -> Result<Vm, VmError> {
     if let Some(vm) = adopt(dir)? {
         return Err(VmError::AlreadyRunning {
             vm: cfg.name.clone(),
@@ -397,11 +431,15 @@ async fn launch_as(dir: &Path, cfg: &VmConfig, incoming: bool) -> Result<Vm, VmE
         let _ = fs::remove_file(stale);
     }
     let disk = match cfg.image.disk_path() {
-        Some(base) => Some(ensure_overlay(&cfg.name, &base, &dir.join("overlay.qcow2")).await?),
+        Some(base) => {
+            let overlay = checkpoint::active_overlay(dir);
+            Some(ensure_overlay(&cfg.name, &base, &overlay).await?)
+        }
         None => None,
     };
     let mut spec = launch_spec(cfg, paths, disk);
-    spec.incoming = incoming;
+    spec.incoming = start != Start::Boot;
+    spec.start_paused = start == Start::Restore;
     let record = VmRecord {
         name: cfg.name.clone(),
         image: cfg.image.manifest.name.clone(),
@@ -451,6 +489,7 @@ fn launch_spec(cfg: &VmConfig, paths: VmPaths, disk: Option<PathBuf>) -> LaunchS
         nics: cfg.nics.clone(),
         paths,
         incoming: false,
+        start_paused: false,
     }
 }
 

@@ -53,6 +53,10 @@ pub struct LaunchSpec {
     /// defer`) rather than to boot one.
     #[serde(default)]
     pub incoming: bool,
+    /// The guest stays paused once it arrived (`-S`): a checkpoint's
+    /// guests all resume together.
+    #[serde(default)]
+    pub start_paused: bool,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -120,6 +124,9 @@ pub fn command_line(spec: &LaunchSpec) -> Vec<OsString> {
         .push("reboot=shutdown,shutdown=pause,panic=pause");
     if spec.incoming {
         a.push("-incoming").push("defer");
+    }
+    if spec.start_paused {
+        a.push("-S");
     }
     a.push("-pidfile").path(&p.pidfile);
     a.push("-daemonize");
@@ -198,6 +205,7 @@ mod tests {
                 qga: d.join("qga.sock"),
             },
             incoming: false,
+            start_paused: false,
         }
     }
 
@@ -280,6 +288,9 @@ mod tests {
         assert!(values(&a, "-incoming").is_empty());
         s.incoming = true;
         assert_eq!(values(&strings(&s), "-incoming"), vec!["defer"]);
+        assert!(!strings(&s).contains(&"-S".to_string()));
+        s.start_paused = true;
+        assert!(strings(&s).contains(&"-S".to_string()));
 
         s.accel = Accel::Kvm;
         s.kernel = None;

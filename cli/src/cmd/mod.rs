@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod checkpoint;
 pub mod cluster;
 pub mod console;
 pub mod coordinator;

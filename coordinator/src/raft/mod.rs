@@ -27,8 +27,9 @@ pub use log_store::LogStore;
 pub use network::{PeerLink, QuicNetwork, RaftReply, RaftRequest, RaftService};
 pub use snapshot::SnapshotError;
 pub use state::{
-    Applied, Capacity, ClusterState, Command, CommandResult, Host, JoinToken, LabRecord, LabStatus,
-    Migration, MovePhase, Registration, Rejection, FIRST_VNI, LAST_VNI,
+    Applied, Capacity, CheckpointOp, CheckpointOpKind, ClusterState, Command, CommandResult, Host,
+    JoinToken, LabRecord, LabStatus, Migration, MovePhase, Registration, Rejection, FIRST_VNI,
+    LAST_VNI,
 };
 pub use state_machine::{SharedState, StateMachineData, StateMachineStore};
 

@@ -212,6 +212,8 @@ mod tests {
                 moving: BTreeSet::new(),
                 origin: None,
                 migration: None,
+                checkpoints: Default::default(),
+                checkpoint_op: None,
             };
             s.labs.insert(name, record);
         }

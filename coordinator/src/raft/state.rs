@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use labspan_proto::checkpoint::Checkpoint;
 use labspan_proto::codec::{self, CodecError};
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{LabOrigin, Role};
@@ -66,6 +67,31 @@ pub struct LabRecord {
     /// a new leader finishes or rolls back what it finds here.
     #[serde(default)]
     pub migration: Option<Box<Migration>>,
+    /// Its checkpoints, by name.
+    #[serde(default)]
+    pub checkpoints: BTreeMap<String, Checkpoint>,
+    /// A checkpoint or a reset in progress, recorded before any host is
+    /// asked: a new leader ends what it finds here (see the coordinator's
+    /// `service::checkpoints`).
+    #[serde(default)]
+    pub checkpoint_op: Option<Box<CheckpointOp>>,
+}
+
+/// A checkpoint or reset in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointOp {
+    /// The checkpoint being taken, or reset to.
+    pub name: String,
+    pub kind: CheckpointOpKind,
+}
+
+/// What a [`CheckpointOp`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointOpKind {
+    /// Taking a new checkpoint.
+    Create,
+    /// Bringing every VM back to an existing one.
+    Reset,
 }
 
 /// A live move in progress: node, from, to, phase, and how its streams
@@ -260,6 +286,23 @@ pub enum Command {
     /// entry (a thousand agents registering at once are a few entries, not
     /// a thousand).
     RegisterHosts { hosts: Vec<Registration> },
+    /// Records the intent to take checkpoint `name` of `lab`, or to reset
+    /// the lab to it; refused while the lab moves a node or has another
+    /// such operation in progress, for a name already taken (create) or
+    /// unknown (reset).
+    BeginCheckpoint {
+        lab: String,
+        name: String,
+        kind: CheckpointOpKind,
+    },
+    /// Ends the lab's checkpoint operation: `checkpoint` is the one taken
+    /// (a create that succeeded), else nothing is added.
+    EndCheckpoint {
+        lab: String,
+        checkpoint: Option<Box<Checkpoint>>,
+    },
+    /// Forgets checkpoint `name` of `lab`.
+    DeleteCheckpoint { lab: String, name: String },
 }
 
 /// One host's registration, as [`Command::RegisterHosts`] carries it.
@@ -316,6 +359,24 @@ pub enum Rejection {
     NoMove(String),
     #[error("lab {lab:?} is already moving node {node:?}: wait until that move ends")]
     MoveInProgress { lab: String, node: String },
+    #[error("lab {lab:?} is {doing} checkpoint {name:?}: wait until that ends")]
+    CheckpointInProgress {
+        lab: String,
+        name: String,
+        doing: String,
+    },
+    #[error(
+        "lab {lab:?} already has a checkpoint {name:?}; choose another name or delete it first"
+    )]
+    CheckpointExists { lab: String, name: String },
+    #[error("lab {lab:?} has no checkpoint {name:?}{hint}")]
+    UnknownCheckpoint {
+        lab: String,
+        name: String,
+        hint: String,
+    },
+    #[error("lab {0:?} has no checkpoint in progress")]
+    NoCheckpointOp(String),
     #[error("join token already used by {0:?}: tokens are one-time, ask for a new one")]
     TokenUsed(String),
     #[error("join token expired: ask for a new one (`labspan cluster token --ttl ...`)")]
@@ -456,6 +517,29 @@ impl ClusterState {
                 }
                 Ok(Applied::Done)
             }
+            Command::BeginCheckpoint { lab, name, kind } => self.begin_checkpoint(lab, name, *kind),
+            Command::EndCheckpoint { lab, checkpoint } => {
+                let rec = self.lab_mut(lab)?;
+                rec.checkpoint_op
+                    .take()
+                    .ok_or_else(|| Rejection::NoCheckpointOp(lab.clone()))?;
+                if let Some(c) = checkpoint {
+                    rec.checkpoints.insert(c.name.clone(), c.as_ref().clone());
+                }
+                Ok(Applied::Done)
+            }
+            Command::DeleteCheckpoint { lab, name } => {
+                let rec = self.lab_mut(lab)?;
+                if let Some(op) = &rec.checkpoint_op {
+                    if op.name == *name {
+                        return Err(in_progress(lab, op));
+                    }
+                }
+                rec.checkpoints
+                    .remove(name)
+                    .map(|_| Applied::Done)
+                    .ok_or_else(|| unknown_checkpoint(lab, name, rec))
+            }
             Command::Cordon { name, cordoned } => {
                 let host = self
                     .hosts
@@ -514,6 +598,9 @@ impl ClusterState {
                 node: m.node.clone(),
             });
         }
+        if let Some(op) = &rec.checkpoint_op {
+            return Err(in_progress(lab, op));
+        }
         let from = rec
             .placement
             .get(node)
@@ -535,6 +622,35 @@ impl ClusterState {
             phase: MovePhase::Preparing,
             port,
             psk: psk.to_string(),
+        }));
+        Ok(Applied::Done)
+    }
+
+    fn begin_checkpoint(&mut self, lab: &str, name: &str, kind: CheckpointOpKind) -> CommandResult {
+        let rec = self.lab_mut(lab)?;
+        if let Some(m) = &rec.migration {
+            return Err(Rejection::MoveInProgress {
+                lab: lab.to_string(),
+                node: m.node.clone(),
+            });
+        }
+        if let Some(op) = &rec.checkpoint_op {
+            return Err(in_progress(lab, op));
+        }
+        let exists = rec.checkpoints.contains_key(name);
+        match kind {
+            CheckpointOpKind::Create if exists => {
+                return Err(Rejection::CheckpointExists {
+                    lab: lab.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            CheckpointOpKind::Reset if !exists => return Err(unknown_checkpoint(lab, name, rec)),
+            _ => {}
+        }
+        rec.checkpoint_op = Some(Box::new(CheckpointOp {
+            name: name.to_string(),
+            kind,
         }));
         Ok(Applied::Done)
     }
@@ -612,6 +728,12 @@ impl ClusterState {
         vnis.extend(kept);
         self.vni_owners
             .retain(|vni, (lab, _)| lab != name || vnis.values().any(|v| v == vni));
+        // An edit keeps the lab's checkpoints (a reset checks they still fit).
+        let (checkpoints, checkpoint_op) = self
+            .labs
+            .get(name)
+            .map(|r| (r.checkpoints.clone(), r.checkpoint_op.clone()))
+            .unwrap_or_default();
         let record = LabRecord {
             spec: spec.to_vec(),
             vnis: vnis.clone(),
@@ -620,6 +742,8 @@ impl ClusterState {
             moving: BTreeSet::new(),
             origin: origin.clone(),
             migration: None,
+            checkpoints,
+            checkpoint_op,
         };
         self.labs.insert(name.to_string(), record);
         self.bundles.insert(name, spec, bundle);
@@ -715,6 +839,30 @@ impl ClusterState {
             out.insert(seg.clone(), vni);
         }
         Ok(out)
+    }
+}
+
+fn in_progress(lab: &str, op: &CheckpointOp) -> Rejection {
+    Rejection::CheckpointInProgress {
+        lab: lab.to_string(),
+        name: op.name.clone(),
+        doing: match op.kind {
+            CheckpointOpKind::Create => "taking",
+            CheckpointOpKind::Reset => "being reset to",
+        }
+        .to_string(),
+    }
+}
+
+fn unknown_checkpoint(lab: &str, name: &str, rec: &LabRecord) -> Rejection {
+    Rejection::UnknownCheckpoint {
+        lab: lab.to_string(),
+        name: name.to_string(),
+        hint: labspan_proto::suggest::hint(
+            name,
+            rec.checkpoints.keys().map(String::as_str),
+            "its checkpoints",
+        ),
     }
 }
 

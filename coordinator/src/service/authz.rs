@@ -14,7 +14,9 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::Raft(_) | R::AddCoordinator { .. } | R::UseToken { .. } | R::Forwarded { .. } => {
             role == Role::Coordinator
         }
-        R::Status | R::GetLab { .. } | R::Watch => matches!(role, Role::Admin | Role::Viewer),
+        R::Status | R::GetLab { .. } | R::Watch | R::CheckpointList { .. } => {
+            matches!(role, Role::Admin | Role::Viewer)
+        }
         R::CreateToken { .. }
         | R::DeployLab { .. }
         | R::PutFile { .. }
@@ -22,7 +24,10 @@ pub fn may(role: Role, req: &Request) -> bool {
         | R::Exec { .. }
         | R::RestartNode { .. }
         | R::MoveNode { .. }
-        | R::Cordon { .. } => role == Role::Admin,
+        | R::Cordon { .. }
+        | R::CheckpointCreate { .. }
+        | R::CheckpointDelete { .. }
+        | R::Reset { .. } => role == Role::Admin,
         R::StoreFile { .. } => role == Role::Coordinator,
         // Guest files are lab input: the hosts that run them, and the
         // coordinators that hold copies.

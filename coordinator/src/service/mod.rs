@@ -11,6 +11,7 @@
 
 mod agents;
 pub mod authz;
+mod checkpoints;
 pub mod data_dir;
 pub mod decide;
 mod files;
@@ -217,6 +218,10 @@ fn kind(req: &Request) -> &'static str {
         Request::MoveNode { .. } => "MoveNode",
         Request::Cordon { .. } => "Cordon",
         Request::Watch => "Watch",
+        Request::CheckpointCreate { .. } => "CheckpointCreate",
+        Request::CheckpointList { .. } => "CheckpointList",
+        Request::CheckpointDelete { .. } => "CheckpointDelete",
+        Request::Reset { .. } => "Reset",
     }
 }
 
@@ -330,6 +335,10 @@ impl Inner {
                 moves::move_node(self, &lab, &node, to.as_deref()).await
             }
             Request::Cordon { host, cordoned } => hosts::cordon(self, &host, cordoned).await,
+            Request::CheckpointCreate { lab, name } => checkpoints::create(self, &lab, &name).await,
+            Request::CheckpointList { lab } => checkpoints::list(self, &lab).await,
+            Request::CheckpointDelete { lab, name } => checkpoints::delete(self, &lab, &name).await,
+            Request::Reset { lab, name } => checkpoints::reset(self, &lab, &name).await,
             other => error(
                 ErrorKind::Invalid,
                 format!("{} is not served here", kind(&other)),

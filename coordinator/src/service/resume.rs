@@ -48,6 +48,7 @@ async fn resume(inner: Arc<Inner>, term: u64) {
         return;
     }
     super::moves::resume(&inner).await;
+    super::checkpoints::resume(&inner).await;
     for lab in deploying(&inner) {
         let hosts = hosts_of(&inner, &lab);
         wait_for_agents(&inner, &hosts).await;

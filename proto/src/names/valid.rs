@@ -81,6 +81,14 @@ fn lab_object(kind: &str, name: &str, max: usize) -> Result<(), NameError> {
     Err(NameError { why, help })
 }
 
+/// Longest checkpoint name.
+pub const MAX_CHECKPOINT: usize = 32;
+
+/// A checkpoint of a lab: it names files on every host of the lab.
+pub fn checkpoint(name: &str) -> Result<(), NameError> {
+    lab_object("checkpoint", name, MAX_CHECKPOINT)
+}
+
 /// A node of a lab.
 pub fn node(name: &str) -> Result<(), NameError> {
     lab_object("node", name, MAX_NODE)

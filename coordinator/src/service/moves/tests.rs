@@ -54,6 +54,8 @@ fn state() -> ClusterState {
             moving: BTreeSet::new(),
             origin: None,
             migration: None,
+            checkpoints: Default::default(),
+            checkpoint_op: None,
         },
     );
     s

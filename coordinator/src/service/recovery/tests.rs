@@ -57,6 +57,8 @@ fn record(spec: Vec<u8>, placement: &[(&str, &str)], status: LabStatus) -> LabRe
         moving: BTreeSet::new(),
         origin: None,
         migration: None,
+        checkpoints: Default::default(),
+        checkpoint_op: None,
     }
 }
 

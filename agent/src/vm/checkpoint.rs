@@ -1,0 +1,398 @@
+//! One VM's share of a lab checkpoint, and its way back (issue 14).
+//!
+//! Save (the VM paused by the caller at the lab's common deadline):
+//! - disk: the running overlay is frozen where it is and hard-linked into
+//!   the node's layer store; a new overlay backed by that link takes the
+//!   writes (`blockdev-add` + `blockdev-snapshot`, instant). Files never
+//!   change names under a running QEMU: it reopens its images by name;
+//! - RAM and devices: `migrate` to `exec:cat > FILE`, bandwidth cap lifted,
+//!   which leaves the guest `postmigrate`; then `cont`.
+//!
+//! Load: QEMU started with the same devices, `-S -incoming defer`, on a
+//! fresh overlay over the checkpoint's layer; `migrate-incoming exec:cat
+//! FILE`; the guest waits paused for the lab's common `cont`.
+//!
+//! Only the caller's deadlines make the cut consistent across VMs; this
+//! module does one VM.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::migrate::{wait_migration, MoveError, Session};
+use super::{Vm, VmError};
+use crate::tool::{self, ToolError};
+
+/// The RAM and device state in a checkpoint's node folder.
+pub const RAM_FILE: &str = "ram.state";
+/// The frozen disk layer (a hard link of the one in the layer store).
+pub const DISK_FILE: &str = "disk.qcow2";
+/// In a VM folder: the file name of its running overlay, when it is not
+/// `overlay.qcow2` (after a checkpoint or a reset).
+const TOP_FILE: &str = "overlay.top";
+/// In a VM folder while a checkpoint operation holds its guest paused:
+/// `save` or `load` (the fence resumes a `save` left `postmigrate`, and
+/// never a `load`, which waits for the lab's common resume).
+pub const MARKER_FILE: &str = "checkpoint-op";
+/// QEMU caps migration at 128 MiB/s by default; a file takes what the disk gives.
+const MAX_BANDWIDTH: u64 = 10 << 30;
+/// QMP exchanges wait behind a busy QEMU (TCG) longer than the usual 5 s.
+const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one VM's save wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub ram: PathBuf,
+    pub disk: Option<PathBuf>,
+}
+
+/// The overlay a VM folder runs on.
+pub fn active_overlay(dir: &Path) -> PathBuf {
+    match fs::read_to_string(dir.join(TOP_FILE)) {
+        Ok(name) if is_overlay_name(name.trim()) => dir.join(name.trim()),
+        _ => dir.join("overlay.qcow2"),
+    }
+}
+
+fn is_overlay_name(name: &str) -> bool {
+    name.starts_with("overlay")
+        && name.ends_with(".qcow2")
+        && !name.contains('/')
+        && !name.contains("..")
+}
+
+/// Forgets which overlay a folder ran on (a move starts it afresh).
+pub fn clear_top(dir: &Path) {
+    let _ = fs::remove_file(dir.join(TOP_FILE));
+}
+
+/// A file name `overlay.N.qcow2` not used in `dir`.
+fn next_overlay(dir: &Path) -> PathBuf {
+    (1u32..)
+        .map(|n| dir.join(format!("overlay.{n}.qcow2")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| dir.join("overlay.x.qcow2"))
+}
+
+fn set_marker(vm: &Vm, what: Option<&str>) -> Result<(), MoveError> {
+    let path = vm.dir().join(MARKER_FILE);
+    let result = match what {
+        Some(w) => labspan_proto::atomic::write(&path, w.as_bytes()),
+        None => match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    };
+    result.map_err(|cause| MoveError::Io {
+        vm: vm.name().to_string(),
+        what: "writing",
+        path,
+        cause,
+    })
+}
+
+/// What the checkpoint marker of a VM folder says (`save`, `load`).
+pub fn marker(dir: &Path) -> Option<String> {
+    fs::read_to_string(dir.join(MARKER_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// A QMP session to `vm`, ready for `stop` at the deadline.
+pub async fn session(vm: &Vm) -> Result<Session, MoveError> {
+    Session::open_with(vm, QMP_TIMEOUT).await
+}
+
+/// Pauses the guest.
+pub async fn pause(s: &mut Session) -> Result<(), MoveError> {
+    s.run("stop", Value::Null).await.map(|_| ())
+}
+
+/// Runs the guest again (from `paused` or `postmigrate`).
+pub async fn resume(s: &mut Session) -> Result<(), MoveError> {
+    s.run("cont", Value::Null).await.map(|_| ())
+}
+
+/// Saves the paused guest `vm` into `to` (its disk layer also linked into
+/// `layers`), then resumes it, whether the save worked or not. A failed
+/// save leaves no RAM file; a disk already switched to its new overlay
+/// stays so (the guest sees the same disk).
+pub async fn save(s: &mut Session, vm: &Vm, to: &Path, layers: &Path) -> Result<Saved, MoveError> {
+    set_marker(vm, Some("save"))?;
+    let result = save_steps(s, vm, to, layers).await;
+    if result.is_err() {
+        let _ = s.run("migrate_cancel", Value::Null).await;
+        let _ = fs::remove_file(to.join(RAM_FILE));
+    }
+    let resumed = resume(s).await;
+    set_marker(vm, None)?;
+    let saved = result?;
+    resumed?;
+    Ok(saved)
+}
+
+async fn save_steps(
+    s: &mut Session,
+    vm: &Vm,
+    to: &Path,
+    layers: &Path,
+) -> Result<Saved, MoveError> {
+    let io = |what: &'static str, path: &Path| {
+        let (vm, path) = (vm.name().to_string(), path.to_path_buf());
+        move |cause| MoveError::Io {
+            vm,
+            what,
+            path,
+            cause,
+        }
+    };
+    fs::create_dir_all(to).map_err(io("creating", to))?;
+    let disk = match vm.record.spec.disk.is_some() {
+        true => Some(freeze_disk(s, vm, to, layers).await?),
+        false => None,
+    };
+    let ram = to.join(RAM_FILE);
+    s.run(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    )
+    .await?;
+    s.run(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": MAX_BANDWIDTH }),
+    )
+    .await?;
+    s.run(
+        "migrate",
+        json!({ "uri": format!("exec:cat > {}", shell_quote(&ram)) }),
+    )
+    .await?;
+    wait_migration(s, "completed", &|_| {}).await?;
+    Ok(Saved { ram, disk })
+}
+
+/// Freezes the running overlay and puts a new one on top; returns the
+/// frozen layer's link in `to`.
+async fn freeze_disk(
+    s: &mut Session,
+    vm: &Vm,
+    to: &Path,
+    layers: &Path,
+) -> Result<PathBuf, MoveError> {
+    let io = |what: &'static str, path: &Path| {
+        let (vm, path) = (vm.name().to_string(), path.to_path_buf());
+        move |cause| MoveError::Io {
+            vm,
+            what,
+            path,
+            cause,
+        }
+    };
+    let node = s.disk_node().await?;
+    let size = s.disk_size().await?;
+    let frozen = active_overlay(vm.dir());
+    fs::create_dir_all(layers).map_err(io("creating", layers))?;
+    let layer = (1u32..)
+        .map(|n| layers.join(format!("layer-{n}.qcow2")))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| layers.join("layer-x.qcow2"));
+    fs::hard_link(&frozen, &layer).map_err(io("linking", &layer))?;
+    let link = to.join(DISK_FILE);
+    fs::hard_link(&frozen, &link).map_err(io("linking", &link))?;
+    let next = next_overlay(vm.dir());
+    // `-u`: QEMU holds the frozen layer's write lock until the switch below.
+    create_overlay(vm, &layer, &next, Some(size)).await?;
+    let next_node = format!(
+        "labspan-top-{}",
+        next.file_name()
+            .map(|n| n.to_string_lossy().replace('.', "-"))
+            .unwrap_or_default()
+    );
+    s.run(
+        "blockdev-add",
+        json!({
+            "driver": "qcow2",
+            "node-name": next_node,
+            "file": {"driver": "file", "filename": next.to_string_lossy()},
+            "backing": null,
+        }),
+    )
+    .await?;
+    s.run(
+        "blockdev-snapshot",
+        json!({"node": node, "overlay": next_node}),
+    )
+    .await?;
+    set_top(vm, &next)?;
+    Ok(link)
+}
+
+/// Records `overlay` as the VM's running disk: in the folder (for a later
+/// launch) and in `vm.json` (what runs now).
+fn set_top(vm: &Vm, overlay: &Path) -> Result<(), MoveError> {
+    let dir = vm.dir();
+    let name = overlay
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let top = dir.join(TOP_FILE);
+    labspan_proto::atomic::write(&top, name.as_bytes()).map_err(|cause| MoveError::Io {
+        vm: vm.name().to_string(),
+        what: "writing",
+        path: top,
+        cause,
+    })?;
+    let mut record = vm.record.clone();
+    record.spec.disk = Some(overlay.to_path_buf());
+    let path = dir.join("vm.json");
+    let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    labspan_proto::atomic::write(&path, &json).map_err(|cause| MoveError::Io {
+        vm: vm.name().to_string(),
+        what: "writing",
+        path,
+        cause,
+    })
+}
+
+/// `qemu-img create` of a qcow2 overlay backed by `backing` (`size` given:
+/// the backing is not opened).
+async fn create_overlay(
+    vm: &Vm,
+    backing: &Path,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<(), MoveError> {
+    create_overlay_named(vm.name(), backing, overlay, size).await
+}
+
+async fn create_overlay_named(
+    vm: &str,
+    backing: &Path,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<(), MoveError> {
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(overlay);
+    if let Some(size) = size {
+        cmd.arg("-u").arg(size.to_string());
+    }
+    match tool::run_async(&mut cmd).await {
+        Ok(_) => Ok(()),
+        Err(ToolError::Failed { stderr, .. }) => Err(MoveError::Failed {
+            vm: vm.to_string(),
+            what: "disk layer",
+            why: format!(
+                "qemu-img could not create {} over {}: {stderr}",
+                overlay.display(),
+                backing.display()
+            ),
+        }),
+        Err(ToolError::Spawn { cause, .. }) => Err(MoveError::Failed {
+            vm: vm.to_string(),
+            what: "disk layer",
+            why: format!("cannot run qemu-img: {cause} (install the qemu-utils package)"),
+        }),
+    }
+}
+
+/// Readies VM folder `dir` to start from a checkpoint whose disk layer is
+/// `layer`: a fresh overlay over it becomes the running one; overlays no
+/// checkpoint holds (writes after it) are removed. QEMU must not run there.
+pub async fn prepare_disk(vm: &str, dir: &Path, layer: &Path) -> Result<(), MoveError> {
+    let io = |what: &'static str, path: &Path| {
+        let (vm, path) = (vm.to_string(), path.to_path_buf());
+        move |cause| MoveError::Io {
+            vm,
+            what,
+            path,
+            cause,
+        }
+    };
+    fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let old: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io("reading", dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| is_overlay_name(&n.to_string_lossy()))
+        })
+        .collect();
+    let next = next_overlay(dir);
+    create_overlay_named(vm, layer, &next, None).await?;
+    let name = next
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let top = dir.join(TOP_FILE);
+    labspan_proto::atomic::write(&top, name.as_bytes()).map_err(io("writing", &top))?;
+    for p in old {
+        // A layer of a checkpoint has another link in the layer store.
+        let single =
+            std::os::unix::fs::MetadataExt::nlink(&fs::metadata(&p).map_err(io("reading", &p))?)
+                == 1;
+        if single {
+            fs::remove_file(&p).map_err(io("removing", &p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the saved state `ram` into `vm`, a QEMU started with `-S
+/// -incoming defer`; the guest stays paused.
+pub async fn load(vm: &Vm, ram: &Path) -> Result<(), MoveError> {
+    set_marker(vm, Some("load"))?;
+    let mut s = session(vm).await?;
+    s.run(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    )
+    .await?;
+    s.run(
+        "migrate-incoming",
+        json!({ "uri": format!("exec:cat {}", shell_quote(ram)) }),
+    )
+    .await?;
+    wait_migration(&mut s, "completed", &|_| {}).await
+}
+
+/// Ends a load: the marker goes, the guest runs.
+pub async fn start_loaded(s: &mut Session, vm: &Vm) -> Result<(), MoveError> {
+    let status = s.run("query-status", Value::Null).await?;
+    if status["status"] != "running" {
+        resume(s).await?;
+    }
+    set_marker(vm, None)
+}
+
+/// Sets the guest's clock to this host's, through its guest agent.
+pub async fn set_guest_time(vm: &Vm) -> Result<(), VmError> {
+    let mut ga = vm.guest_agent(Duration::from_secs(5)).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let now = u64::try_from(now).unwrap_or(u64::MAX);
+    match ga
+        .call("guest-set-time", Some(json!({ "time": now })))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The system clock is set before the guest agent writes the RTC
+        // (`hwclock`), which a small guest may lack.
+        Err(super::QgaError::Command { desc, .. }) if desc.contains("hardware clock") => Ok(()),
+        Err(cause) => Err(VmError::Qga {
+            vm: vm.name().to_string(),
+            cause,
+        }),
+    }
+}
+
+/// `'path'` for `sh -c`.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"))
+}

@@ -1,0 +1,549 @@
+//! Checkpoints and resets of running labs (issue 14): one recorded intent
+//! each (`BeginCheckpoint`), ended by one `EndCheckpoint` whatever happens.
+//!
+//! - **create**: every host of the lab is asked to pause all its VMs of
+//!   the lab at one deadline (now + [`PAUSE_LEAD`], the leader's clock),
+//!   save them and resume each as soon as it is saved. Every host saved:
+//!   the checkpoint is recorded in the `EndCheckpoint` entry. Any host
+//!   failed: every host drops what it saved, nothing is recorded, the lab
+//!   runs on.
+//! - **reset**: every host restarts its VMs of the lab paused in the
+//!   checkpoint's state; once all are loaded, all resume at one deadline.
+//!   A host that cannot load leaves the lab `Failed` with every VM paused
+//!   or stopped (never part of it running on in another state).
+//!
+//! A new leader that finds an operation in the log ends it as the leader
+//! that started it would have failed: a create is dropped everywhere
+//! (its hosts may have saved), a reset is carried out again from the start.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use labspan_proto::checkpoint::{Checkpoint, ResetReport};
+use labspan_proto::msg::{AgentReply, AgentRequest, ErrorKind, ErrorReply, LabStatus, Reply};
+use labspan_proto::names::valid;
+
+use super::labs::no_lab;
+use super::{agents, error, Inner};
+use crate::raft::{CheckpointOpKind, ClusterState, Command};
+
+/// How far ahead of now the leader sets a common deadline: time for the
+/// request to reach every agent and for each to open its QMP sessions.
+pub const PAUSE_LEAD: Duration = Duration::from_millis(500);
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Checks that `lab` may be checkpointed or reset now; returns its hosts
+/// and the nodes each runs.
+pub fn check_lab(
+    state: &ClusterState,
+    lab: &str,
+    doing: &str,
+) -> Result<BTreeMap<String, Vec<String>>, ErrorReply> {
+    let invalid = |m: String| ErrorReply::new(ErrorKind::Invalid, m);
+    let rec = state.labs.get(lab).ok_or_else(|| no_lab(state, lab))?;
+    if let Some(m) = &rec.migration {
+        return Err(ErrorReply::new(
+            ErrorKind::Conflict,
+            format!(
+                "lab {lab:?} is moving node {:?} from {:?} to {:?}: {doing} once that move ends",
+                m.node, m.from, m.to
+            ),
+        ));
+    }
+    if let Some(op) = &rec.checkpoint_op {
+        let what = match op.kind {
+            CheckpointOpKind::Create => "taking checkpoint",
+            CheckpointOpKind::Reset => "being reset to checkpoint",
+        };
+        return Err(ErrorReply::new(
+            ErrorKind::Conflict,
+            format!("lab {lab:?} is {what} {:?}: wait until that ends", op.name),
+        ));
+    }
+    if rec.status != LabStatus::Running {
+        return Err(invalid(format!(
+            "lab {lab:?} is {}: only a running lab is {doing}",
+            rec.status.word().to_lowercase()
+        )));
+    }
+    if !rec.moving.is_empty() {
+        return Err(invalid(format!(
+            "lab {lab:?} has nodes starting on another host ({:?}): {doing} once they run",
+            rec.moving
+        )));
+    }
+    let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (node, host) in &rec.placement {
+        if !state.hosts.get(host).is_some_and(|h| h.up) {
+            return Err(ErrorReply::new(
+                ErrorKind::Unavailable,
+                format!("node {node:?} of lab {lab:?} runs on host {host:?}, which is down"),
+            ));
+        }
+        hosts.entry(host.clone()).or_default().push(node.clone());
+    }
+    Ok(hosts)
+}
+
+/// Checks a reset of `lab` to `name`: the checkpoint exists, holds every
+/// node of the lab as it is now, and each node's files are on the host it
+/// runs on.
+pub fn check_reset(
+    state: &ClusterState,
+    lab: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Vec<String>>, ErrorReply> {
+    let hosts = check_lab(state, lab, "reset")?;
+    let rec = state.labs.get(lab).ok_or_else(|| no_lab(state, lab))?;
+    let Some(ckpt) = rec.checkpoints.get(name) else {
+        let hint = labspan_proto::suggest::hint(
+            name,
+            rec.checkpoints.keys().map(String::as_str),
+            "its checkpoints",
+        );
+        return Err(ErrorReply::new(
+            ErrorKind::NotFound,
+            format!("lab {lab:?} has no checkpoint {name:?}{hint}"),
+        ));
+    };
+    let now: BTreeSet<&String> = rec.placement.keys().collect();
+    let then: BTreeSet<&String> = ckpt.nodes.keys().collect();
+    if now != then {
+        return Err(ErrorReply::new(
+            ErrorKind::Invalid,
+            format!(
+                "checkpoint {name:?} of lab {lab:?} holds nodes {then:?}, the lab now has {now:?}: it cannot be reset to it"
+            ),
+        ));
+    }
+    for (node, host) in &rec.placement {
+        let saved_on = ckpt.nodes.get(node).map(|n| n.host.as_str());
+        if saved_on != Some(host.as_str()) {
+            return Err(ErrorReply::new(
+                ErrorKind::Invalid,
+                format!(
+                    "node {node:?} of lab {lab:?} runs on host {host:?}, but checkpoint {name:?} holds it on host {:?}: a reset on another host than the checkpoint's is not supported yet",
+                    saved_on.unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(hosts)
+}
+
+fn missing_agents(inner: &Inner, hosts: &BTreeMap<String, Vec<String>>) -> Option<Reply> {
+    let set: BTreeSet<String> = hosts.keys().cloned().collect();
+    let missing = agents::missing(inner, &set);
+    (!missing.is_empty()).then(|| {
+        error(
+            ErrorKind::Unavailable,
+            format!("the agents of {missing:?} are not connected to the leader: try again shortly"),
+        )
+    })
+}
+
+/// Leader: `labspan checkpoint create LAB NAME`.
+pub(super) async fn create(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
+    let started = Instant::now();
+    if let Err(e) = valid::checkpoint(name) {
+        return error(ErrorKind::Invalid, e.to_string());
+    }
+    let _one_at_a_time = inner.lab_lock.lock().await;
+    if let Err(e) = inner.fresh().await {
+        return Reply::Error(e);
+    }
+    let hosts = match check_lab(&inner.state.read().state, lab, "checkpointed") {
+        Ok(h) => h,
+        Err(refused) => return Reply::Error(refused),
+    };
+    if let Some(refused) = missing_agents(inner, &hosts) {
+        return refused;
+    }
+    let begin = Command::BeginCheckpoint {
+        lab: lab.to_string(),
+        name: name.to_string(),
+        kind: CheckpointOpKind::Create,
+    };
+    if let Err(e) = inner.write(begin).await {
+        return Reply::Error(e);
+    }
+    tracing::info!(lab, name, hosts = ?hosts.keys(), "taking a checkpoint");
+    let taken = save_everywhere(inner, lab, name, &hosts).await;
+    let recorded = match &taken {
+        Ok(c) => {
+            let mut c = c.clone();
+            c.total_ms = millis(started.elapsed());
+            Some(Box::new(c))
+        }
+        Err(_) => {
+            drop_everywhere(inner, lab, name, hosts.keys()).await;
+            None
+        }
+    };
+    let end = Command::EndCheckpoint {
+        lab: lab.to_string(),
+        checkpoint: recorded.clone(),
+    };
+    if let Err(e) = inner.write(end).await {
+        return Reply::Error(e);
+    }
+    match (recorded, taken) {
+        (Some(c), _) => Reply::Checkpointed(*c),
+        (None, Err(why)) => error(
+            ErrorKind::Unavailable,
+            format!("checkpoint {name:?} of lab {lab:?} failed and was removed from every host (the lab runs on): {why}"),
+        ),
+        (None, Ok(_)) => error(ErrorKind::Internal, "a checkpoint taken was not recorded"),
+    }
+}
+
+/// Asks every host to save its share at one deadline; the checkpoint, or
+/// why a host could not.
+async fn save_everywhere(
+    inner: &Arc<Inner>,
+    lab: &str,
+    name: &str,
+    hosts: &BTreeMap<String, Vec<String>>,
+) -> Result<Checkpoint, String> {
+    let pause_at = unix_ms() + millis(PAUSE_LEAD);
+    let req = AgentRequest::CheckpointSave {
+        lab: lab.to_string(),
+        name: name.to_string(),
+        pause_at_unix_ms: pause_at,
+    };
+    let asks = hosts.keys().map(|h| {
+        let req = &req;
+        async move { (h.clone(), agents::request(inner, h, req).await) }
+    });
+    let mut checkpoint = Checkpoint {
+        name: name.to_string(),
+        created_unix: pause_at / 1000,
+        ..Checkpoint::default()
+    };
+    let (mut first_pause, mut last_resume) = (u64::MAX, 0);
+    let mut failures = Vec::new();
+    for (host, reply) in join_all(asks).await {
+        match reply {
+            Ok(AgentReply::CheckpointSaved {
+                nodes,
+                paused_at_unix_ms,
+                resumed_at_unix_ms,
+            }) => {
+                first_pause = first_pause.min(paused_at_unix_ms);
+                last_resume = last_resume.max(resumed_at_unix_ms);
+                for (node, mut share) in nodes {
+                    share.host = host.clone();
+                    checkpoint.nodes.insert(node, share);
+                }
+            }
+            Ok(AgentReply::Error(e)) => failures.push(format!("host {host:?}: {}", e.message)),
+            Ok(other) => failures.push(format!("host {host:?}: unexpected reply {other:?}")),
+            Err(e) => failures.push(e),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(failures.join("; "));
+    }
+    let missing: Vec<&String> = hosts
+        .values()
+        .flatten()
+        .filter(|n| !checkpoint.nodes.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("no host saved nodes {missing:?}"));
+    }
+    checkpoint.frozen_ms = last_resume.saturating_sub(first_pause);
+    Ok(checkpoint)
+}
+
+/// Asks each of `hosts` to remove checkpoint `name` of `lab`; a host that
+/// cannot is logged (its files go with the lab).
+async fn drop_everywhere<'h>(
+    inner: &Arc<Inner>,
+    lab: &str,
+    name: &str,
+    hosts: impl Iterator<Item = &'h String>,
+) -> Vec<String> {
+    let req = AgentRequest::CheckpointDrop {
+        lab: lab.to_string(),
+        name: name.to_string(),
+    };
+    let asks = hosts.map(|h| {
+        let req = &req;
+        async move { (h.clone(), agents::request(inner, h, req).await) }
+    });
+    let mut failed = Vec::new();
+    for (host, reply) in join_all(asks).await {
+        let why = match reply {
+            Ok(AgentReply::Error(e)) => e.message,
+            Err(e) => e,
+            Ok(_) => continue,
+        };
+        tracing::warn!(lab, name, host, why, "checkpoint files not removed");
+        failed.push(format!("host {host:?}: {why}"));
+    }
+    failed
+}
+
+/// Leader: `labspan checkpoint list LAB`, oldest first.
+pub(super) async fn list(inner: &Arc<Inner>, lab: &str) -> Reply {
+    if let Err(e) = inner.fresh().await {
+        return Reply::Error(e);
+    }
+    let state = &inner.state.read().state;
+    match state.labs.get(lab) {
+        Some(rec) => {
+            let mut all: Vec<Checkpoint> = rec.checkpoints.values().cloned().collect();
+            all.sort_by(|a, b| (a.created_unix, &a.name).cmp(&(b.created_unix, &b.name)));
+            Reply::Checkpoints(all)
+        }
+        None => Reply::Error(no_lab(state, lab)),
+    }
+}
+
+/// Leader: `labspan checkpoint delete LAB NAME`: forgotten in one entry,
+/// then its files removed from the hosts that hold them.
+pub(super) async fn delete(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
+    let _one_at_a_time = inner.lab_lock.lock().await;
+    if let Err(e) = inner.fresh().await {
+        return Reply::Error(e);
+    }
+    let holders: BTreeSet<String> = {
+        let state = &inner.state.read().state;
+        match state.labs.get(lab) {
+            Some(rec) => rec
+                .checkpoints
+                .get(name)
+                .map(|c| c.nodes.values().map(|n| n.host.clone()).collect())
+                .unwrap_or_default(),
+            None => return Reply::Error(no_lab(state, lab)),
+        }
+    };
+    let forget = Command::DeleteCheckpoint {
+        lab: lab.to_string(),
+        name: name.to_string(),
+    };
+    if let Err(mut e) = inner.write(forget).await {
+        if e.message.contains("has no checkpoint") {
+            e.kind = ErrorKind::NotFound;
+        }
+        return Reply::Error(e);
+    }
+    let up: Vec<String> = {
+        let state = &inner.state.read().state;
+        holders
+            .into_iter()
+            .filter(|h| state.hosts.get(h).is_some_and(|h| h.up))
+            .collect()
+    };
+    let failed = drop_everywhere(inner, lab, name, up.iter()).await;
+    if failed.is_empty() {
+        Reply::Done
+    } else {
+        error(
+            ErrorKind::Unavailable,
+            format!(
+                "checkpoint {name:?} of lab {lab:?} is forgotten but its files are not yet removed from: {}",
+                failed.join("; ")
+            ),
+        )
+    }
+}
+
+/// Leader: `labspan reset LAB NAME`.
+pub(super) async fn reset(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
+    let started = Instant::now();
+    let _one_at_a_time = inner.lab_lock.lock().await;
+    if let Err(e) = inner.fresh().await {
+        return Reply::Error(e);
+    }
+    let hosts = match check_reset(&inner.state.read().state, lab, name) {
+        Ok(h) => h,
+        Err(refused) => return Reply::Error(refused),
+    };
+    if let Some(refused) = missing_agents(inner, &hosts) {
+        return refused;
+    }
+    let begin = Command::BeginCheckpoint {
+        lab: lab.to_string(),
+        name: name.to_string(),
+        kind: CheckpointOpKind::Reset,
+    };
+    if let Err(e) = inner.write(begin).await {
+        return Reply::Error(e);
+    }
+    tracing::info!(lab, name, "resetting a lab to a checkpoint");
+    let result = carry_out_reset(inner, lab, name, &hosts).await;
+    match end_reset(inner, lab, name, &result).await {
+        Err(e) => Reply::Error(e),
+        Ok(()) => match result {
+            Ok(clock_not_set) => Reply::WasReset(ResetReport {
+                lab: lab.to_string(),
+                checkpoint: name.to_string(),
+                nodes: hosts.values().flatten().cloned().collect(),
+                total_ms: millis(started.elapsed()),
+                clock_not_set,
+            }),
+            Err(why) => error(
+                ErrorKind::Unavailable,
+                format!("resetting lab {lab:?} to checkpoint {name:?} failed: {why}; the lab is marked failed with its VMs paused or stopped: `labspan reset {lab} {name}` again"),
+            ),
+        },
+    }
+}
+
+/// Records the end of a reset: a failed one leaves the lab `Failed`.
+async fn end_reset(
+    inner: &Arc<Inner>,
+    lab: &str,
+    name: &str,
+    result: &Result<Vec<String>, String>,
+) -> Result<(), ErrorReply> {
+    if let Err(why) = result {
+        inner
+            .write(Command::SetLabStatus {
+                lab: lab.to_string(),
+                status: LabStatus::Failed {
+                    reason: format!("reset to checkpoint {name:?} failed: {why}"),
+                },
+            })
+            .await?;
+    }
+    inner
+        .write(Command::EndCheckpoint {
+            lab: lab.to_string(),
+            checkpoint: None,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Loads every host's VMs paused, then resumes them all at one deadline;
+/// the guests whose clock could not be set, or why it failed.
+async fn carry_out_reset(
+    inner: &Arc<Inner>,
+    lab: &str,
+    name: &str,
+    hosts: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<String>, String> {
+    let loads = hosts.iter().map(|(h, nodes)| async move {
+        let req = AgentRequest::CheckpointLoad {
+            lab: lab.to_string(),
+            name: name.to_string(),
+            nodes: nodes.clone(),
+        };
+        (h.clone(), agents::request(inner, h, &req).await)
+    });
+    let failures: Vec<String> = join_all(loads)
+        .await
+        .into_iter()
+        .filter_map(|(host, reply)| match reply {
+            Ok(AgentReply::Resumed { .. }) => None,
+            Ok(AgentReply::Error(e)) => Some(format!("host {host:?}: {}", e.message)),
+            Ok(other) => Some(format!("host {host:?}: unexpected reply {other:?}")),
+            Err(e) => Some(e),
+        })
+        .collect();
+    if !failures.is_empty() {
+        return Err(failures.join("; "));
+    }
+    let req = AgentRequest::CheckpointResume {
+        lab: lab.to_string(),
+        resume_at_unix_ms: unix_ms() + millis(PAUSE_LEAD),
+    };
+    let resumes = hosts.keys().map(|h| {
+        let req = &req;
+        async move { (h.clone(), agents::request(inner, h, req).await) }
+    });
+    let mut clock_not_set = Vec::new();
+    let mut failures = Vec::new();
+    for (host, reply) in join_all(resumes).await {
+        match reply {
+            Ok(AgentReply::Resumed { clock_not_set: c }) => clock_not_set.extend(c),
+            Ok(AgentReply::Error(e)) => failures.push(format!("host {host:?}: {}", e.message)),
+            Ok(other) => failures.push(format!("host {host:?}: unexpected reply {other:?}")),
+            Err(e) => failures.push(e),
+        }
+    }
+    if failures.is_empty() {
+        Ok(clock_not_set)
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// A new leader: ends every checkpoint operation its predecessor left (a
+/// create is dropped everywhere, a reset carried out again).
+pub(super) async fn resume(inner: &Arc<Inner>) {
+    let ops: Vec<(String, String, CheckpointOpKind)> = inner
+        .state
+        .read()
+        .state
+        .labs
+        .iter()
+        .filter_map(|(lab, r)| {
+            r.checkpoint_op
+                .as_ref()
+                .map(|op| (lab.clone(), op.name.clone(), op.kind))
+        })
+        .collect();
+    for (lab, name, kind) in ops {
+        let _one_at_a_time = inner.lab_lock.lock().await;
+        let hosts: BTreeMap<String, Vec<String>> = {
+            let state = &inner.state.read().state;
+            let Some(rec) = state.labs.get(&lab).filter(|r| r.checkpoint_op.is_some()) else {
+                continue;
+            };
+            let mut hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (node, host) in &rec.placement {
+                hosts.entry(host.clone()).or_default().push(node.clone());
+            }
+            hosts
+        };
+        let set: BTreeSet<String> = hosts.keys().cloned().collect();
+        super::resume::wait_for_agents(inner, &set).await;
+        match kind {
+            CheckpointOpKind::Create => {
+                tracing::info!(
+                    lab,
+                    name,
+                    "dropping a checkpoint left unfinished by the previous leader"
+                );
+                drop_everywhere(inner, &lab, &name, hosts.keys()).await;
+                let end = Command::EndCheckpoint {
+                    lab: lab.clone(),
+                    checkpoint: None,
+                };
+                if let Err(e) = inner.write(end).await {
+                    tracing::warn!(lab, error = %e.message, "cannot end a resumed checkpoint");
+                }
+            }
+            CheckpointOpKind::Reset => {
+                tracing::info!(
+                    lab,
+                    name,
+                    "finishing a reset left unfinished by the previous leader"
+                );
+                let result = carry_out_reset(inner, &lab, &name, &hosts).await;
+                if let Err(e) = end_reset(inner, &lab, &name, &result).await {
+                    tracing::warn!(lab, error = %e.message, "cannot end a resumed reset");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

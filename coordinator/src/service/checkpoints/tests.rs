@@ -1,0 +1,253 @@
+//! Checkpoint and reset decisions, and their entries, over hand-built states.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use labspan_proto::checkpoint::{Checkpoint, NodeCheckpoint};
+use labspan_proto::codec;
+use labspan_proto::lab::{parse, LabBundle};
+use labspan_proto::msg::ErrorKind;
+
+use super::{check_lab, check_reset};
+use crate::raft::{
+    Capacity, CheckpointOpKind, ClusterState, Command, Host, LabRecord, LabStatus, Rejection,
+};
+
+fn host(i: u8) -> Host {
+    Host {
+        capacity: Capacity {
+            memory_mib: 4096,
+            vcpus: 8,
+        },
+        labels: BTreeSet::new(),
+        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
+        up: true,
+        cordoned: false,
+    }
+}
+
+/// Lab "lab": a on h1, b on h2, running.
+fn state() -> ClusterState {
+    let yaml = "name: lab\ndefaults: {image: tiny, memory: 256MiB, cpus: 1}\nnodes:\n  a: {nics: {eth0: {}}}\n  b: {nics: {eth0: {}}}\nlinks:\n  - [a:eth0, b:eth0]\n";
+    let lab = parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}"));
+    let spec = codec::encode(&LabBundle {
+        lab,
+        files: BTreeMap::new(),
+    })
+    .expect("encodes");
+    let mut s = ClusterState::default();
+    s.hosts.insert("h1".into(), host(1));
+    s.hosts.insert("h2".into(), host(2));
+    s.labs.insert(
+        "lab".into(),
+        LabRecord {
+            spec,
+            vnis: BTreeMap::new(),
+            placement: [("a", "h1"), ("b", "h2")]
+                .into_iter()
+                .map(|(n, h)| (n.to_string(), h.to_string()))
+                .collect(),
+            status: LabStatus::Running,
+            moving: BTreeSet::new(),
+            origin: None,
+            migration: None,
+            checkpoints: Default::default(),
+            checkpoint_op: None,
+        },
+    );
+    s
+}
+
+fn taken(name: &str, on: &[(&str, &str)]) -> Checkpoint {
+    Checkpoint {
+        name: name.into(),
+        nodes: on
+            .iter()
+            .map(|(n, h)| {
+                let share = NodeCheckpoint {
+                    host: h.to_string(),
+                    ..Default::default()
+                };
+                (n.to_string(), share)
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn apply(s: &mut ClusterState, cmd: Command) -> Result<(), Rejection> {
+    s.apply(&cmd).map(|_| ())
+}
+
+fn begin(name: &str, kind: CheckpointOpKind) -> Command {
+    Command::BeginCheckpoint {
+        lab: "lab".into(),
+        name: name.into(),
+        kind,
+    }
+}
+
+#[test]
+fn a_running_lab_is_split_by_host() {
+    let hosts = check_lab(&state(), "lab", "checkpointed").expect("allowed");
+    assert_eq!(hosts["h1"], vec!["a".to_string()]);
+    assert_eq!(hosts["h2"], vec!["b".to_string()]);
+}
+
+#[test]
+fn refusals_name_the_reason() {
+    let e = check_lab(&state(), "lba", "checkpointed").expect_err("unknown lab");
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("did you mean \"lab\""), "{}", e.message);
+
+    let mut s = state();
+    s.labs.get_mut("lab").expect("lab").status = LabStatus::Deploying;
+    let e = check_lab(&s, "lab", "checkpointed").expect_err("deploying");
+    assert!(e.message.contains("is deploying"), "{}", e.message);
+
+    let mut s = state();
+    s.hosts.get_mut("h2").expect("h2").up = false;
+    let e = check_lab(&s, "lab", "checkpointed").expect_err("host down");
+    assert!(e.message.contains("\"h2\", which is down"), "{}", e.message);
+
+    let mut s = state();
+    apply(
+        &mut s,
+        Command::BeginMove {
+            lab: "lab".into(),
+            node: "a".into(),
+            to: "h2".into(),
+            port: 7200,
+            psk: "00".into(),
+        },
+    )
+    .expect("move begins");
+    let e = check_lab(&s, "lab", "checkpointed").expect_err("moving");
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert!(e.message.contains("is moving node \"a\""), "{}", e.message);
+    let refused = apply(&mut s, begin("c1", CheckpointOpKind::Create)).expect_err("entry refused");
+    assert!(matches!(refused, Rejection::MoveInProgress { .. }));
+}
+
+#[test]
+fn one_operation_at_a_time_and_names_are_unique() {
+    let mut s = state();
+    apply(&mut s, begin("c1", CheckpointOpKind::Create)).expect("begins");
+    let e = check_lab(&s, "lab", "checkpointed").expect_err("busy");
+    assert!(
+        e.message.contains("is taking checkpoint \"c1\""),
+        "{}",
+        e.message
+    );
+    assert!(matches!(
+        apply(&mut s, begin("c2", CheckpointOpKind::Create)),
+        Err(Rejection::CheckpointInProgress { .. })
+    ));
+    // No move while a checkpoint is taken.
+    let moved = apply(
+        &mut s,
+        Command::BeginMove {
+            lab: "lab".into(),
+            node: "a".into(),
+            to: "h2".into(),
+            port: 7200,
+            psk: "00".into(),
+        },
+    );
+    assert!(matches!(moved, Err(Rejection::CheckpointInProgress { .. })));
+    let end = Command::EndCheckpoint {
+        lab: "lab".into(),
+        checkpoint: Some(Box::new(taken("c1", &[("a", "h1"), ("b", "h2")]))),
+    };
+    apply(&mut s, end).expect("ends");
+    assert!(s.labs["lab"].checkpoint_op.is_none());
+    assert!(s.labs["lab"].checkpoints.contains_key("c1"));
+    let again = apply(&mut s, begin("c1", CheckpointOpKind::Create)).expect_err("taken");
+    assert!(
+        again
+            .to_string()
+            .contains("already has a checkpoint \"c1\""),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_failed_checkpoint_records_nothing() {
+    let mut s = state();
+    apply(&mut s, begin("c1", CheckpointOpKind::Create)).expect("begins");
+    let end = Command::EndCheckpoint {
+        lab: "lab".into(),
+        checkpoint: None,
+    };
+    apply(&mut s, end.clone()).expect("ends");
+    assert!(s.labs["lab"].checkpoints.is_empty());
+    assert!(matches!(
+        apply(&mut s, end),
+        Err(Rejection::NoCheckpointOp(_))
+    ));
+}
+
+#[test]
+fn reset_needs_the_checkpoint_its_nodes_and_their_hosts() {
+    let mut s = state();
+    let e = check_reset(&s, "lab", "c1").expect_err("none");
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("no checkpoint \"c1\""), "{}", e.message);
+    assert!(matches!(
+        apply(&mut s, begin("c1", CheckpointOpKind::Reset)),
+        Err(Rejection::UnknownCheckpoint { .. })
+    ));
+
+    let rec = s.labs.get_mut("lab").expect("lab");
+    rec.checkpoints
+        .insert("c1".into(), taken("c1", &[("a", "h1"), ("b", "h2")]));
+    rec.checkpoints
+        .insert("old".into(), taken("old", &[("a", "h1")]));
+    rec.checkpoints
+        .insert("there".into(), taken("there", &[("a", "h2"), ("b", "h2")]));
+    let e = check_reset(&s, "lab", "c2").expect_err("typo");
+    assert!(e.message.contains("did you mean \"c1\""), "{}", e.message);
+    assert_eq!(check_reset(&s, "lab", "c1").expect("fits").len(), 2);
+    let e = check_reset(&s, "lab", "old").expect_err("other nodes");
+    assert!(e.message.contains("the lab now has"), "{}", e.message);
+    let e = check_reset(&s, "lab", "there").expect_err("other host");
+    assert!(
+        e.message.contains("holds it on host \"h2\""),
+        "{}",
+        e.message
+    );
+
+    apply(&mut s, begin("c1", CheckpointOpKind::Reset)).expect("begins");
+    let e = check_reset(&s, "lab", "c1").expect_err("busy");
+    assert!(
+        e.message.contains("being reset to checkpoint \"c1\""),
+        "{}",
+        e.message
+    );
+    let gone = apply(
+        &mut s,
+        Command::DeleteCheckpoint {
+            lab: "lab".into(),
+            name: "c1".into(),
+        },
+    );
+    assert!(matches!(gone, Err(Rejection::CheckpointInProgress { .. })));
+}
+
+#[test]
+fn delete_forgets_one_and_refuses_an_unknown_one() {
+    let mut s = state();
+    s.labs
+        .get_mut("lab")
+        .expect("lab")
+        .checkpoints
+        .insert("c1".into(), taken("c1", &[("a", "h1"), ("b", "h2")]));
+    let del = |name: &str| Command::DeleteCheckpoint {
+        lab: "lab".into(),
+        name: name.into(),
+    };
+    let e = apply(&mut s, del("c2")).expect_err("unknown");
+    assert!(e.to_string().contains("did you mean \"c1\""), "{e}");
+    apply(&mut s, del("c1")).expect("deleted");
+    assert!(s.labs["lab"].checkpoints.is_empty());
+}
