@@ -51,17 +51,18 @@ fn a_coordinator_whose_disk_fills_exits_and_the_others_write_on() {
     ok(&cluster.fault("fill", full), "fill");
 
     // Each write must reach the full follower's log: it fails there, and
-    // the process ends.
+    // the process ends. A write the CLI sent through that coordinator may
+    // be cut by its end ("coordinator stopping"): only the exit is awaited.
     let mut n = 0;
     cluster.wait_for(
         "the coordinator whose disk is full to exit",
         Duration::from_secs(120),
         || {
             n += 1;
-            ok(
-                &write(&cluster, n),
-                "a write while a follower's disk is full",
-            );
+            let out = write(&cluster, n);
+            if !out.status.success() {
+                eprintln!("a write while host{full}'s disk is full: {}", text(&out));
+            }
             cluster
                 .daemon_pid(full, "coordinator")
                 .is_none()
