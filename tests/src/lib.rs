@@ -64,6 +64,13 @@ pub fn labspan_bin() -> PathBuf {
         .clone()
 }
 
+/// The trimmed standard output of a command that had to succeed; fails the
+/// test with `what` and everything the command printed otherwise.
+pub fn stdout_ok(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", text(out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Runs a command and returns its output; panics (failing the test) when it
 /// cannot be started at all.
 pub fn run(cmd: &mut Command) -> Output {

@@ -12,7 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, text};
+use labspan_tests::{build_image, stdout_ok, text};
 
 const LAB: &str = r#"
 name: ckpt
@@ -26,18 +26,13 @@ placement:
   pin: {p: host1, v: host2}
 "#;
 
-fn ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn refused(out: &Output, what: &str, says: &str) {
     assert_eq!(out.status.code(), Some(2), "{what}: {}", text(out));
     assert!(text(out).contains(says), "{what}: {}", text(out));
 }
 
 fn sh(cluster: &LocalCluster, node: &str, line: &str) -> String {
-    ok(&cluster.labspan(&["exec", "ckpt", node, "--", line]), line)
+    stdout_ok(&cluster.labspan(&["exec", "ckpt", node, "--", line]), line)
 }
 
 /// Writes a fresh random marker into `node`'s RAM; returns it.
@@ -80,7 +75,7 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     build_image("tiny");
     let cluster = LocalCluster::up("ckpt", 3);
     let file = cluster.write_file("ckpt.yaml", LAB);
-    ok(
+    stdout_ok(
         &cluster.labspan(&["up", file.to_str().expect("utf-8")]),
         "labspan up",
     );
@@ -124,7 +119,7 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     );
 
     let before = uptime(&cluster, "v");
-    let taken = ok(
+    let taken = stdout_ok(
         &cluster.labspan(&["checkpoint", "create", "ckpt", "c1", "--json"]),
         "checkpoint create",
     );
@@ -148,7 +143,7 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     let lines_before_reset = received(&cluster);
     assert!(later > before, "v's clock stood still: {before} -> {later}");
 
-    let reset = ok(
+    let reset = stdout_ok(
         &cluster.labspan(&["reset", "ckpt", "c1", "--json"]),
         "labspan reset",
     );
@@ -179,14 +174,14 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     assert_eq!(cluster.lab_status("ckpt").as_deref(), Some("Running"));
 
     // list, delete.
-    let list = ok(
+    let list = stdout_ok(
         &cluster.labspan(&["checkpoint", "list", "ckpt", "--json"]),
         "list",
     );
     let list: serde_json::Value = serde_json::from_str(&list).expect("--json");
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["name"], "c1");
-    ok(
+    stdout_ok(
         &cluster.labspan(&["checkpoint", "delete", "ckpt", "c1"]),
         "delete",
     );
@@ -259,6 +254,6 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
         Duration::from_secs(60),
         || (received(&cluster) > moving).then_some(()),
     );
-    ok(&cluster.labspan(&["down", "ckpt"]), "labspan down");
+    stdout_ok(&cluster.labspan(&["down", "ckpt"]), "labspan down");
     assert!(files_of(&cluster, "c2").is_empty(), "files left after down");
 }

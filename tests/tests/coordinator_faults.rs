@@ -13,12 +13,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{run, text};
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use labspan_tests::{run, stdout_ok, text};
 
 /// One Raft write that needs no guest: host3 cordoned, or uncordoned.
 fn write(cluster: &LocalCluster, n: u64) -> Output {
@@ -40,7 +35,7 @@ fn commit_index(cluster: &LocalCluster) -> Option<u64> {
 fn a_coordinator_whose_disk_fills_exits_and_the_others_write_on() {
     let mut cluster = LocalCluster::new("disk");
     cluster.coordinator_disk = Some("64M".into());
-    ok(&cluster.start(3), "deploy/cluster.sh up 3");
+    stdout_ok(&cluster.start(3), "deploy/cluster.sh up 3");
     let leader = cluster.wait_for("a leader", Duration::from_secs(60), || {
         cluster.leader_host()
     });
@@ -49,7 +44,7 @@ fn a_coordinator_whose_disk_fills_exits_and_the_others_write_on() {
         cluster.daemon_pid(full, "coordinator").is_some(),
         "host{full}'s coordinator does not run"
     );
-    ok(&cluster.fault("fill", full), "fill");
+    stdout_ok(&cluster.fault("fill", full), "fill");
 
     // Each write must reach the full follower's log: it fails there, and
     // the process ends. A write the CLI sent through that coordinator may
@@ -80,20 +75,20 @@ fn a_coordinator_whose_disk_fills_exits_and_the_others_write_on() {
     let before = commit_index(&cluster).expect("status");
     for _ in 0..4 {
         n += 1;
-        ok(&write(&cluster, n), "a write with one coordinator gone");
+        stdout_ok(&write(&cluster, n), "a write with one coordinator gone");
     }
     let after = commit_index(&cluster).expect("status");
     assert!(after >= before + 4, "commit index {before} -> {after}");
 
     // Its disk freed and started again, it catches up with what it missed.
-    ok(&cluster.fault("heal", full), "heal");
-    ok(&cluster.start_daemon(full, "coordinator"), "start it again");
+    stdout_ok(&cluster.fault("heal", full), "heal");
+    stdout_ok(&cluster.start_daemon(full, "coordinator"), "start it again");
     cluster.wait_for(
         "the restarted coordinator to apply every entry it missed",
         Duration::from_secs(120),
         || (applied(&cluster, full)? >= after).then_some(()),
     );
-    ok(&write(&cluster, n + 1), "a write with all three back");
+    stdout_ok(&write(&cluster, n + 1), "a write with all three back");
 }
 
 /// The commit index coordinator `i` has applied, from its metrics.

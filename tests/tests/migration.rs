@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use labspan_agent::image::ImageStore;
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, labspan_bin, run, text, TEST_IMAGES};
+use labspan_tests::{build_image, labspan_bin, run, stdout_ok, text, TEST_IMAGES};
 
 const MOVED: &str = "198.19.70.2";
 
@@ -38,11 +38,6 @@ placement:
   pin: {p: host1, v: host2}
 "#;
 
-fn ok(out: &Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", text(out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn refused(out: &Output, what: &str, says: &str) {
     assert_eq!(out.status.code(), Some(2), "{what}: {}", text(out));
     assert!(text(out).contains(says), "{what}: {}", text(out));
@@ -55,7 +50,7 @@ fn sh(cluster: &LocalCluster, node: &str, line: &str) -> String {
 
 /// Runs `line` in `node` of `lab`.
 fn exec_in(cluster: &LocalCluster, lab: &str, node: &str, line: &str) -> String {
-    ok(&cluster.labspan(&["exec", lab, node, "--", line]), line)
+    stdout_ok(&cluster.labspan(&["exec", lab, node, "--", line]), line)
 }
 
 /// What a guest's boot looks like from inside: boot id, uptime, marker.
@@ -106,7 +101,7 @@ fn pinged_move(cluster: &LocalCluster, args: &[&str]) -> (String, u64) {
         &format!("ping -i 0.01 -w 120 {MOVED} > /tmp/ping.log 2>&1 & echo $!"),
     );
     let before = sh(cluster, "p", "grep -c seq= /tmp/ping.log || true");
-    let figures = ok(&cluster.labspan(args), &args.join(" "));
+    let figures = stdout_ok(&cluster.labspan(args), &args.join(" "));
     // A few more seconds of pings on the new host before the count.
     std::thread::sleep(Duration::from_secs(3));
     sh(cluster, "p", &format!("kill {pid}"));
@@ -136,7 +131,7 @@ fn push_disk_image(cluster: &LocalCluster) {
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
         .arg("64M"));
-    ok(&made, "qemu-img create");
+    stdout_ok(&made, "qemu-img create");
     let store = disk.with_file_name("tinydisk-store");
     let store = store.to_str().expect("utf-8");
     let imported = run(Command::new(labspan_bin())
@@ -146,8 +141,8 @@ fn push_disk_image(cluster: &LocalCluster) {
         .arg(tiny.initrd_path().expect("tiny's initramfs"))
         .args(["--cmdline", &tiny.manifest.cmdline, "--store", store])
         .arg(&disk));
-    ok(&imported, "labspan image import");
-    ok(
+    stdout_ok(&imported, "labspan image import");
+    stdout_ok(
         &cluster.labspan(&["image", "push", "tinydisk", "--store", store]),
         "labspan image push",
     );
@@ -160,7 +155,7 @@ fn lab_on_cluster(tag: &str) -> LocalCluster {
     let cluster = LocalCluster::up(tag, 3);
     push_disk_image(&cluster);
     let file = cluster.write_file("move.yaml", LAB);
-    ok(
+    stdout_ok(
         &cluster.labspan(&["up", file.to_str().expect("utf-8")]),
         "labspan up",
     );
@@ -325,12 +320,12 @@ fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
         "a cordoned host",
         "cordoned",
     );
-    ok(&cluster.labspan(&["host", "uncordon", "host3"]), "uncordon");
+    stdout_ok(&cluster.labspan(&["host", "uncordon", "host3"]), "uncordon");
     let status = cluster.status().expect("status");
     assert!(status["hosts"]
         .as_array()
         .is_some_and(|h| h.iter().all(|h| h["cordoned"] == false)));
-    ok(&cluster.labspan(&["down", "move"]), "labspan down");
+    stdout_ok(&cluster.labspan(&["down", "move"]), "labspan down");
 }
 
 /// Whom a fault kills during a move.
@@ -422,7 +417,7 @@ fn move_with_a_fault(
         Victim::Leader => "coordinator",
         _ => "agent",
     };
-    ok(
+    stdout_ok(
         &cluster.start_daemon(killed, what),
         "the killed daemon started again",
     );
@@ -467,7 +462,7 @@ fn a_move_survives_the_loss_of_its_leader_or_either_agent() {
     ] {
         move_with_a_fault(&cluster, victim, when, &boot_id, &marker);
     }
-    ok(&cluster.labspan(&["down", "move"]), "labspan down");
+    stdout_ok(&cluster.labspan(&["down", "move"]), "labspan down");
 }
 
 /// The one host v runs on.
@@ -521,10 +516,10 @@ fn recovery_moves_a_running_node_live_to_make_room() {
     let mut cluster = LocalCluster::new("room");
     cluster.host_memory = Some(ROOM_HOST_MEMORY.into());
     let out = cluster.start(3);
-    ok(&out, "deploy/cluster.sh up 3");
+    stdout_ok(&out, "deploy/cluster.sh up 3");
     for (file, text) in [("small.yaml", SMALL), ("big.yaml", BIG)] {
         let path = cluster.write_file(file, text);
-        ok(
+        stdout_ok(
             &cluster.labspan(&["up", path.to_str().expect("utf-8")]),
             "labspan up",
         );
@@ -542,7 +537,7 @@ fn recovery_moves_a_running_node_live_to_make_room() {
 
     // host3 is cut off: x fits on neither host as they are, but does once
     // s1 or s2 has moved next to the other.
-    ok(&cluster.fault("cut", 3), "cut host3");
+    stdout_ok(&cluster.fault("cut", 3), "cut host3");
     let placed = cluster.wait_for(
         "x started again on host1 or host2",
         Duration::from_secs(300),
@@ -569,11 +564,11 @@ fn recovery_moves_a_running_node_live_to_make_room() {
     assert_eq!(cluster.lab_status("small").as_deref(), Some("Running"));
 
     // host3 returns: its stale copy of x stops, x runs once.
-    ok(&cluster.fault("heal", 3), "heal host3");
+    stdout_ok(&cluster.fault("heal", 3), "heal host3");
     cluster.wait_for("x running once", Duration::from_secs(180), || {
         (cluster.running("big", "x").len() == 1).then_some(())
     });
     assert_eq!(on("big", "x"), placed);
-    ok(&cluster.labspan(&["down", "big"]), "labspan down big");
-    ok(&cluster.labspan(&["down", "small"]), "labspan down small");
+    stdout_ok(&cluster.labspan(&["down", "big"]), "labspan down big");
+    stdout_ok(&cluster.labspan(&["down", "small"]), "labspan down small");
 }

@@ -37,7 +37,12 @@ fn lab(name: &str, nodes: &[&str], extra: &str) -> Vec<u8> {
         yaml.push_str(&format!("  - [{}:eth1, {}:eth0]\n", pair[0], pair[1]));
     }
     yaml.push_str(extra);
-    let lab = parse("test lab", &yaml).unwrap_or_else(|d| panic!("{d}\n{yaml}"));
+    spec(&yaml)
+}
+
+/// The stored spec of the lab file `yaml`.
+fn spec(yaml: &str) -> Vec<u8> {
+    let lab = parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}\n{yaml}"));
     codec::encode(&LabBundle {
         lab,
         files: BTreeMap::new(),
@@ -222,12 +227,7 @@ fn room_in_pieces_is_joined_by_a_live_move_then_the_lost_node_placed() {
     // h1 and h2 each run one 256 MiB node of "small" and have room for one
     // more; "big"'s 512 MiB node ran on h3, which is down. It fits on
     // neither host as they are, but on either once the other's node moves.
-    let yaml = "name: big\nnodes:\n  x: {image: tiny, memory: 512MiB, cpus: 1}\n";
-    let big = codec::encode(&LabBundle {
-        lab: parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}")),
-        files: BTreeMap::new(),
-    })
-    .expect("encodes");
+    let big = spec("name: big\nnodes:\n  x: {image: tiny, memory: 512MiB, cpus: 1}\n");
     let mut s = state(
         &[
             ("h1", host(1, 2, true)),
