@@ -398,7 +398,7 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                         Err(refusal) => {
                             tracing::warn!(generation = plan.generation, %refusal, "host plan refused");
                             AgentReply::Error(ErrorReply::new(
-                                ErrorKind::Invalid,
+                                refusal.kind(),
                                 format!("host {}: {refusal}", plan.host),
                             ))
                         }

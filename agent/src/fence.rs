@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use labspan_proto::msg::ErrorKind;
 use labspan_proto::plan::HostPlan;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -64,6 +65,18 @@ pub enum Refusal {
         path: PathBuf,
         why: String,
     },
+}
+
+impl Refusal {
+    /// How the leader reads it: a stale plan was superseded by a newer one
+    /// (a conflict the leader resolves by planning the host again).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Refusal::Stale { .. } => ErrorKind::Conflict,
+            Refusal::NoLease => ErrorKind::Unavailable,
+            Refusal::Persist { .. } => ErrorKind::Internal,
+        }
+    }
 }
 
 /// The generation rule: a plan may be applied unless an applied one is newer.

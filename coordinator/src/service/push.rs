@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use labspan_proto::msg::{AgentReply, AgentRequest, ErrorReply, VmReport};
+use labspan_proto::msg::{AgentReply, AgentRequest, ErrorKind, ErrorReply, VmReport};
 use labspan_proto::plan::HostPlan;
 
 use super::{agents, decide, lock, Inner};
@@ -35,12 +35,49 @@ pub(super) async fn settle(
     Ok(vms)
 }
 
+/// How many times a host's plan is made again after the agent refused it
+/// for a newer one it had already applied (pushed meanwhile by a
+/// registration or another change): each new plan is read from a newer state.
+const SUPERSEDED_RETRIES: usize = 3;
+
 /// Plans `hosts` from the current state and pushes each its plan; returns
 /// each host's VM reports (or why it could not be brought to its plan).
+///
+/// Plans of one host may cross: a plan read from an older state can reach
+/// the agent after a newer one, which it then refuses (its generation is
+/// older). That host is planned again from the state as it is now.
 pub(super) async fn push_plans(
     inner: &Arc<Inner>,
     hosts: &BTreeSet<String>,
 ) -> BTreeMap<String, Result<Vec<VmReport>, String>> {
+    let mut outcomes = BTreeMap::new();
+    let mut pending = hosts.clone();
+    for attempt in 0..=SUPERSEDED_RETRIES {
+        let mut superseded = BTreeSet::new();
+        for (host, result) in push_once(inner, &pending).await {
+            match result {
+                Err(e) if e.kind == ErrorKind::Conflict && attempt < SUPERSEDED_RETRIES => {
+                    tracing::info!(host, error = %e.message, "plan superseded; planning the host again");
+                    superseded.insert(host);
+                }
+                result => {
+                    outcomes.insert(host, result.map_err(|e| e.message));
+                }
+            }
+        }
+        if superseded.is_empty() {
+            break;
+        }
+        pending = superseded;
+    }
+    outcomes
+}
+
+/// One round of [`push_plans`]: plans read from one state, pushed at once.
+async fn push_once(
+    inner: &Arc<Inner>,
+    hosts: &BTreeSet<String>,
+) -> BTreeMap<String, Result<Vec<VmReport>, ErrorReply>> {
     let (mut plans, unplanned) = {
         let state = inner.state.read();
         let fabrics = fabrics(inner, &state.state);
@@ -70,7 +107,7 @@ pub(super) async fn push_plans(
     let pushes = plans.into_iter().map(|(host, plan)| async move {
         let result = push(inner, &host, plan).await;
         if let Err(e) = &result {
-            tracing::warn!(host, error = %e, "host plan not applied");
+            tracing::warn!(host, error = %e.message, "host plan not applied");
         }
         (host, result)
     });
@@ -101,10 +138,16 @@ fn fabrics(inner: &Inner, state: &ClusterState) -> BTreeMap<String, HostFabric> 
 }
 
 /// Sends `plan` to the agent of `host`.
-async fn push(inner: &Inner, host: &str, plan: HostPlan) -> Result<Vec<VmReport>, String> {
-    match agents::request(inner, host, &AgentRequest::ApplyPlan(plan)).await? {
+async fn push(inner: &Inner, host: &str, plan: HostPlan) -> Result<Vec<VmReport>, ErrorReply> {
+    let reply = agents::request(inner, host, &AgentRequest::ApplyPlan(plan))
+        .await
+        .map_err(|e| ErrorReply::new(ErrorKind::Unavailable, e))?;
+    match reply {
         AgentReply::Applied(vms) => Ok(vms),
-        AgentReply::Error(e) => Err(e.message),
-        other => Err(format!("unexpected agent reply {other:?}")),
+        AgentReply::Error(e) => Err(e),
+        other => Err(ErrorReply::new(
+            ErrorKind::Internal,
+            format!("unexpected agent reply {other:?}"),
+        )),
     }
 }
