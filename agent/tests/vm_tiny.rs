@@ -563,6 +563,21 @@ async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
         src.run_state().await.expect("source state"),
         vm::RunState::from_qmp("postmigrate")
     );
+    // A plan read before the move was recorded adopts the source's copy:
+    // waiting for its guest agent must end, saying the guest left.
+    assert!(
+        src.departed().await,
+        "the source's copy must read as departed"
+    );
+    let waited = src.wait_guest_agent(AGENT_WAIT).await;
+    assert!(
+        matches!(waited, Err(vm::VmError::Departed { .. })),
+        "{waited:?}"
+    );
+    assert!(
+        !dst.departed().await,
+        "the destination's copy holds the guest"
+    );
     migrate::finish_incoming(&dst).await.expect("finish");
     assert!(!migrate::is_incoming(&dst_dir));
     src.kill().await.expect("source QEMU ends");

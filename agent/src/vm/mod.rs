@@ -69,6 +69,8 @@ pub enum VmError {
     AgentTimeout { vm: String, timeout: Duration },
     #[error("VM {vm}: the guest {state} while booting (its last console lines: `labspan inspect LAB --json`)")]
     GuestStopped { vm: String, state: RunState },
+    #[error("VM {vm}: its guest left this host by a live move (QEMU holds it `postmigrate`); the leader's record of the move says which copy stays")]
+    Departed { vm: String },
     #[error("VM {vm}: {cause}")]
     Qmp { vm: String, cause: QmpError },
     #[error("VM {vm}: {cause}")]
@@ -191,6 +193,15 @@ impl Vm {
                         });
                     }
                 }
+                // A guest that moved out never answers here: a plan read
+                // before its move was recorded must not wait on it (it
+                // would hold the agent's apply lock, and the plan that
+                // stops this copy would wait behind it).
+                if self.departed().await {
+                    return Err(VmError::Departed {
+                        vm: self.name().to_string(),
+                    });
+                }
             }
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
@@ -248,6 +259,17 @@ impl Vm {
         tracing::info!(vm = self.name(), pid = self.pid, ?how, "VM stopped");
         remove_state(&self.dir, self.name())?;
         Ok(how)
+    }
+
+    /// Whether the guest left this QEMU by a completed live move:
+    /// `postmigrate`, unless a checkpoint's save left it so (it never left).
+    pub async fn departed(&self) -> bool {
+        let Ok(mut q) = self.qmp().await else {
+            return false;
+        };
+        let postmigrate = matches!(q.execute("query-status", None).await,
+            Ok(s) if s["status"] == "postmigrate");
+        postmigrate && checkpoint::marker(&self.dir).as_deref() != Some("save")
     }
 
     /// Whether the guest is not in this QEMU (it left by a move, or has not
