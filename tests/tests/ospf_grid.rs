@@ -138,6 +138,9 @@ fn thirty_ospf_routers_on_four_hosts_come_up_and_converge() {
     let up = cluster.labspan(&["up", lab.to_str().expect("utf-8 path")]);
     let out = text(&up);
     eprintln!("{out}");
+    if !up.status.success() {
+        explain_failed_checks(&cluster, &out);
+    }
     assert!(up.status.success(), "labspan up failed:\n{out}");
     assert_eq!(out.matches("PASS").count(), ROUTERS + 2, "{out}");
     assert!(!out.contains("FAIL"), "{out}");
@@ -161,4 +164,31 @@ fn thirty_ospf_routers_on_four_hosts_come_up_and_converge() {
     );
     let down = cluster.labspan(&["down", "grid"]);
     assert!(down.status.success(), "labspan down: {}", text(&down));
+}
+
+/// For each router whose route count failed, what its OSPF saw: its
+/// neighbours and the loopbacks it learned (a failure then says which
+/// adjacency or which route was missing, not only a count).
+fn explain_failed_checks(cluster: &LocalCluster, out: &str) {
+    let failed = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FAIL"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .map(|w| w.trim_end_matches(':'))
+                .find(|w| {
+                    w.strip_prefix('r')
+                        .is_some_and(|n| n.parse::<usize>().is_ok())
+                })
+                .map(str::to_string)
+        })
+        .collect::<std::collections::BTreeSet<String>>();
+    for r in failed {
+        let line = "birdc show ospf neighbors; birdc show route protocol grid | grep '^198.19.255'";
+        let seen = cluster.labspan(&["exec", "grid", &r, "--", line]);
+        eprintln!(
+            "{r}: what its OSPF saw when its check failed:\n{}",
+            text(&seen)
+        );
+    }
 }
