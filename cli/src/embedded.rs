@@ -460,10 +460,13 @@ pub fn classify(e: AgentError) -> anyhow::Error {
     }
 }
 
-/// Loads a lab file and everything it copies into guests; invalid → exit 2.
+/// Loads a lab file and everything it copies into guests; a file that
+/// cannot be read or is not a valid lab → exit 2, as `validate` does.
 pub fn load(path: &Path) -> anyhow::Result<LoadedLab> {
     labspan_proto::lab::load_bundle(path).map_err(|e| match e {
         labspan_proto::lab::LoadError::Invalid(d) => InvalidInput(d.to_string()).into(),
-        other => anyhow::Error::new(other),
+        read @ labspan_proto::lab::LoadError::Read { .. } => {
+            InvalidInput(format!("error: {read}")).into()
+        }
     })
 }

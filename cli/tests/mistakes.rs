@@ -125,3 +125,18 @@ fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
         "colour codes in a log file: {log:?}"
     );
 }
+
+#[test]
+fn a_lab_file_that_cannot_be_read_exits_2_as_validate_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("missing.yaml");
+    for verb in ["validate", "up"] {
+        let out = labspan()
+            .args([verb, file.to_str().expect("utf-8 path")])
+            .output()
+            .expect("run labspan");
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {t}");
+        assert_eq!(t.matches("cannot read lab file").count(), 1, "{verb}: {t}");
+    }
+}
