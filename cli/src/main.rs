@@ -49,6 +49,9 @@ enum Command {
     /// Build, list and import guest images.
     #[command(subcommand)]
     Image(cmd::image::Command),
+    /// Turn another tool's topology (containerlab) into a lab file.
+    #[command(subcommand)]
+    Import(cmd::import::Command),
     /// Deploy a lab (or apply an edited lab file) and run its checks.
     Up(cmd::up::Args),
     /// Stop a lab and remove everything it made.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Graph(a) => cmd::graph::run(a),
         Command::Place(a) => cmd::place::run(a),
         Command::Image(c) => cmd::image::run(c),
+        Command::Import(c) => cmd::import::run(c),
         Command::Up(a) => cmd::up::run(a),
         Command::Down(a) => cmd::down::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),

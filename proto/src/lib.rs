@@ -5,6 +5,7 @@
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod clab;
 pub mod codec;
 pub mod files;
 pub mod health;

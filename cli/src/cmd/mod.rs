@@ -11,6 +11,7 @@ pub mod exec;
 pub mod graph;
 pub mod image;
 mod image_push;
+pub mod import;
 pub mod inspect;
 pub mod moving;
 pub mod place;

@@ -1,0 +1,1421 @@
+//! Turns a containerlab topology (`*.clab.yml`) into a labspan lab.
+//!
+//! Pure: text and options in, a validated `Lab` (and its lab-file text) or
+//! every problem found out. Node fields are inherited the way containerlab
+//! does it: a node's own value, else its group's, else its kind's (under
+//! `topology.kinds`), else `topology.defaults`; `env` maps are merged and
+//! `exec` lists joined in the opposite order (defaults first).
+//!
+//! containerlab runs containers, and VMs inside vrnetlab containers; labspan
+//! runs only VMs. So `linux` and `generic_vm` nodes become guests of a
+//! labspan image, vrnetlab kinds become guests of the qcow2 image the user
+//! names for them, and everything that only makes sense for a container
+//! (binds, ports, a pinned management address, ...) is refused with the node
+//! and the field named, rather than silently dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoaderOptions, Node as Yaml};
+
+use crate::lab::{self, Diagnostic, Diagnostics, Endpoint, Impairment, Lab, Link, Nic, Node};
+use crate::lab::{Lan, PlacementHints, RestartPolicy};
+use crate::names::valid;
+use crate::suggest::closest;
+
+/// vrnetlab kinds (with their legacy `vr-` names): a QEMU VM in a launcher
+/// container, whose `eth0` is management and `eth1..N` the data NICs.
+pub const VRNETLAB_KINDS: &[&str] = &[
+    "nokia_sros",
+    "vr-sros",
+    "vr-nokia_sros",
+    "juniper_vmx",
+    "vr-vmx",
+    "vr-juniper_vmx",
+    "juniper_vqfx",
+    "vr-vqfx",
+    "vr-juniper_vqfx",
+    "juniper_vsrx",
+    "vr-vsrx",
+    "vr-juniper_vsrx",
+    "juniper_vjunosrouter",
+    "juniper_vjunosswitch",
+    "juniper_vjunosevolved",
+    "cisco_csr1000v",
+    "vr-csr",
+    "vr-cisco_csr1000v",
+    "cisco_c8000v",
+    "cisco_cat9kv",
+    "cisco_xrv",
+    "vr-xrv",
+    "vr-cisco_xrv",
+    "cisco_xrv9k",
+    "vr-xrv9k",
+    "vr-cisco_xrv9k",
+    "cisco_n9kv",
+    "vr-n9kv",
+    "vr-cisco_n9kv",
+    "cisco_vios",
+    "cisco_asav",
+    "cisco_ftdv",
+    "arista_veos",
+    "vr-veos",
+    "vr-arista_veos",
+    "aruba_aoscx",
+    "vr-aoscx",
+    "vr-aruba_aoscx",
+    "mikrotik_ros",
+    "vr-ros",
+    "vr-mikrotik_ros",
+    "paloalto_panos",
+    "vr-pan",
+    "vr-paloalto_panos",
+    "dell_ftosv",
+    "vr-ftosv",
+    "vr-dell_ftosv",
+    "dell_sonic",
+    "ciena_saos",
+    "vr-ciena_saos",
+    "huawei_vrp",
+    "fortinet_fortigate",
+    "checkpoint_cloudguard",
+    "ipinfusion_ocnos",
+    "f5_bigip-ve",
+    "sonic-vm",
+    "openwrt",
+    "freebsd",
+    "openbsd",
+];
+
+/// Kinds that exist only as containers (or host objects) in containerlab:
+/// there is no disk image for labspan to boot.
+const CONTAINER_KINDS: &[&str] = &[
+    "nokia_srlinux",
+    "srl",
+    "nokia_srsim",
+    "ceos",
+    "arista_ceos",
+    "crpd",
+    "juniper_crpd",
+    "juniper_csrx",
+    "juniper_cjunosevolved",
+    "cjunosevolved",
+    "xrd",
+    "cisco_xrd",
+    "cisco_xrd_vrouter",
+    "cisco_iol",
+    "cisco_c8000",
+    "c8000",
+    "cisco_sdwan",
+    "sonic-vs",
+    "plvision_sonic",
+    "cvx",
+    "cumulus_cvx",
+    "nvidia_cumulusvx",
+    "arrcus_arcos",
+    "fdio_vpp",
+    "6wind_vsr",
+    "vyosnetworks_vyos",
+    "veesix_osvbng",
+    "keysight_ixia-c-one",
+    "spirent_stc",
+    "rare",
+    "ext-container",
+    "host",
+    "k8s-kind",
+];
+
+/// containerlab's bridges: a segment on the host, which is a LAN here.
+const BRIDGE_KINDS: &[&str] = &["bridge", "ovs-bridge"];
+
+/// Memory and CPUs of a vrnetlab guest when the topology does not say:
+/// network operating systems rarely boot in less.
+const VM_MEMORY_MIB: u64 = 2048;
+const VM_CPUS: u32 = 2;
+/// Memory and CPUs of a `linux` or `generic_vm` guest when nothing says.
+const LINUX_MEMORY_MIB: u64 = 256;
+const LINUX_CPUS: u32 = 1;
+/// The labspan image a `linux` node gets when no `--image` names one.
+pub const DEFAULT_LINUX_IMAGE: &str = "tiny";
+
+const TOP_KEYS: &[&str] = &["name", "prefix", "mgmt", "topology", "settings"];
+const TOPOLOGY_KEYS: &[&str] = &["nodes", "links", "kinds", "groups", "defaults"];
+
+/// Node fields labspan imports (or knowingly leaves out, with a note).
+const MAPPED_FIELDS: &[&str] = &[
+    "kind",
+    "group",
+    "image",
+    "type",
+    "cpu",
+    "memory",
+    "env",
+    "exec",
+    "restart-policy",
+    "labels",
+    "image-pull-policy",
+];
+
+/// containerlab node fields that have no meaning for a VM, and why.
+const REFUSED_FIELDS: &[(&str, &str)] = &[
+    (
+        "mgmt-ipv4",
+        "labspan has no management network whose addresses can be pinned",
+    ),
+    (
+        "mgmt-ipv6",
+        "labspan has no management network whose addresses can be pinned",
+    ),
+    (
+        "startup-config",
+        "labspan does not push configurations into network operating systems",
+    ),
+    (
+        "enforce-startup-config",
+        "labspan does not push configurations into network operating systems",
+    ),
+    (
+        "suppress-startup-config",
+        "labspan does not push configurations into network operating systems",
+    ),
+    ("license", "labspan does not install licenses"),
+    (
+        "binds",
+        "a VM has no bind mounts (a labspan node copies files with `files:`)",
+    ),
+    ("ports", "labspan does not publish guest ports on the host"),
+    (
+        "publish",
+        "labspan does not publish guest ports on the host",
+    ),
+    ("network-mode", "a VM has no container network mode"),
+    ("sysctls", "container sysctls do not apply to a VM"),
+    ("cap-add", "container capabilities do not apply to a VM"),
+    ("devices", "labspan does not pass host devices into guests"),
+    ("entrypoint", "a VM has no container entrypoint"),
+    ("cmd", "a VM has no container command"),
+    ("user", "a VM has no container user"),
+    ("dns", "container DNS settings do not apply to a VM"),
+    (
+        "extras",
+        "containerlab's per-kind extras have no labspan equivalent",
+    ),
+    ("certificate", "labspan does not issue node certificates"),
+    (
+        "healthcheck",
+        "a labspan guest is ready when its guest agent answers",
+    ),
+    ("stages", "labspan starts every node at once"),
+    ("wait-for", "labspan starts every node at once"),
+    (
+        "config",
+        "labspan does not push configurations into network operating systems",
+    ),
+    ("runtime", "labspan runs QEMU, not a container runtime"),
+    ("shm-size", "a VM has no container shared memory"),
+    ("cpu-set", "labspan does not pin guests to host CPUs"),
+    ("env-files", "labspan does not read environment files"),
+    ("aliases", "a VM has no container network aliases"),
+    (
+        "components",
+        "chassis components have no labspan equivalent",
+    ),
+    (
+        "auto-remove",
+        "labspan guests are removed by `labspan down`",
+    ),
+];
+
+/// Link keys of the short and the extended form.
+const LINK_KEYS: &[&str] = &[
+    "type",
+    "endpoints",
+    "endpoint",
+    "mtu",
+    "vars",
+    "labels",
+    "remote",
+    "vni",
+    "dst-port",
+    "src-port",
+    "host-interface",
+    "mode",
+];
+const ENDPOINT_KEYS: &[&str] = &["node", "interface", "mac", "ipv4", "ipv6", "vars"];
+
+/// What `import` needs besides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The file's name in messages.
+    pub file: String,
+    /// The lab's name, instead of the topology's `name`.
+    pub name: Option<String>,
+    /// `KEY → labspan image`, where KEY is a node name, a containerlab
+    /// image (`alpine:3.20`) or a kind; the first key that matches a node,
+    /// in that order, gives its image.
+    pub images: BTreeMap<String, String>,
+}
+
+/// A topology turned into a lab.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    pub lab: Lab,
+    /// The lab file: validates with `lab::parse`.
+    pub text: String,
+    /// What was left out on purpose, for the user to read.
+    pub notes: Vec<String>,
+}
+
+/// Converts containerlab topology text into a labspan lab; every problem
+/// is reported, each with line, column, the object path and what to do.
+pub fn import(text: &str, opts: &Options) -> Result<Imported, Diagnostics> {
+    let mut cx = Cx {
+        file: &opts.file,
+        errors: Vec::new(),
+        notes: Vec::new(),
+    };
+    let Some(root) = load(&mut cx, text) else {
+        return Err(Diagnostics(cx.errors));
+    };
+    let lab = cx.topology(&root, opts);
+    if !cx.errors.is_empty() {
+        return Err(Diagnostics(cx.errors));
+    }
+    let Some(lab) = lab else {
+        return Err(Diagnostics(cx.errors));
+    };
+    let body = lab::to_yaml(&lab);
+    // The output must be a lab labspan accepts: anything the checks above
+    // missed is reported here rather than at `labspan up`.
+    if let Err(d) = lab::parse("the imported lab", &body) {
+        let mut errors = cx.errors;
+        errors.extend(d.0);
+        return Err(Diagnostics(errors));
+    }
+    let text = format!(
+        "# Imported from {} by `labspan import clab`.\n{body}",
+        opts.file
+    );
+    Ok(Imported {
+        lab,
+        text,
+        notes: cx.notes,
+    })
+}
+
+struct Cx<'a> {
+    file: &'a str,
+    errors: Vec<Diagnostic>,
+    notes: Vec<String>,
+}
+
+/// One layer of a node's settings (the node, its group, its kind, the
+/// defaults): field name → value, and the path it was written at.
+#[derive(Default, Clone)]
+struct Layer<'y> {
+    path: String,
+    fields: BTreeMap<String, &'y Yaml>,
+}
+
+/// A field's value and where it came from.
+struct Found<'y> {
+    value: &'y Yaml,
+    path: String,
+}
+
+/// What kind of guest a node becomes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Flavour {
+    /// `linux`: a labspan image with its guest agent.
+    Linux,
+    /// `generic_vm` and vrnetlab kinds: a VM image named on the command line.
+    Vm,
+    /// A containerlab bridge: a LAN.
+    Bridge,
+}
+
+impl Cx<'_> {
+    fn error(&mut self, at: &Yaml, path: &str, message: String, help: Option<String>) {
+        let (line, column) = at.span().start().map_or((0, 0), |m| (m.line(), m.column()));
+        self.errors.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message,
+            help,
+        });
+    }
+
+    fn error_key(
+        &mut self,
+        at: &MarkedScalarNode,
+        path: &str,
+        message: String,
+        help: Option<String>,
+    ) {
+        let (line, column) = at.span().start().map_or((0, 0), |m| (m.line(), m.column()));
+        self.errors.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            path: path.to_string(),
+            message,
+            help,
+        });
+    }
+
+    /// A mapping, or an error naming `path`; `null` (an empty value) is an
+    /// empty mapping, as containerlab reads `r1:`.
+    fn mapping<'y>(&mut self, y: &'y Yaml, path: &str) -> Option<Option<&'y MarkedMappingNode>> {
+        match y {
+            Yaml::Mapping(m) => Some(Some(m)),
+            Yaml::Scalar(s)
+                if s.as_str().is_empty() || s.as_str() == "~" || s.as_str() == "null" =>
+            {
+                Some(None)
+            }
+            _ => {
+                self.error(y, path, "expected a mapping".into(), None);
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, y: &Yaml, path: &str) -> Option<String> {
+        match y {
+            Yaml::Scalar(s) => Some(s.as_str().to_string()),
+            _ => {
+                self.error(y, path, "expected a plain value".into(), None);
+                None
+            }
+        }
+    }
+
+    /// Keys of `m` that are not in `known` are reported.
+    fn unknown_keys(&mut self, m: &MarkedMappingNode, path: &str, known: &[&str]) {
+        for (k, _) in m.iter() {
+            if !known.contains(&k.as_str()) {
+                let help = closest(k.as_str(), known.iter().copied())
+                    .map(|g| format!("did you mean \"{g}\"?"));
+                let msg = format!("unknown key \"{}\"", k.as_str());
+                self.error_key(k, &join(path, k.as_str()), msg, help);
+            }
+        }
+    }
+
+    fn topology(&mut self, root: &Yaml, opts: &Options) -> Option<Lab> {
+        let top = self.mapping(root, "")??;
+        self.unknown_keys(top, "", TOP_KEYS);
+        for key in ["prefix", "mgmt", "settings"] {
+            if top.get_node(key).is_some() {
+                self.notes.push(format!(
+                    "{key}: left out (containerlab's container names and management network)"
+                ));
+            }
+        }
+        let name = self.lab_name(root, top, opts);
+        let Some(topo) = top.get_node("topology") else {
+            self.error(
+                root,
+                "",
+                "no `topology`".into(),
+                Some("a containerlab file has `topology: {nodes: ...}`".into()),
+            );
+            return None;
+        };
+        let topo = self.mapping(topo, "topology")?.unwrap_or(&EMPTY);
+        self.unknown_keys(topo, "topology", TOPOLOGY_KEYS);
+
+        let defaults = self.layer(topo.get_node("defaults"), "topology.defaults");
+        let kinds = self.layers(topo.get_node("kinds"), "topology.kinds");
+        let groups = self.layers(topo.get_node("groups"), "topology.groups");
+
+        let mut nodes = BTreeMap::new();
+        let mut flavours = BTreeMap::new();
+        let Some(node_map) = topo.get_node("nodes") else {
+            self.error(root, "topology", "no `nodes`".into(), None);
+            return None;
+        };
+        let node_map = self.mapping(node_map, "topology.nodes")?.unwrap_or(&EMPTY);
+        if node_map.is_empty() {
+            self.error(root, "topology.nodes", "no nodes".into(), None);
+        }
+        for (key, def) in node_map.iter() {
+            let name = key.as_str();
+            let path = format!("topology.nodes.{name}");
+            let own = self.layer(Some(def), &path);
+            let stack = Stack {
+                own,
+                defaults: &defaults,
+                kinds: &kinds,
+                groups: &groups,
+            };
+            if let Some((flavour, node)) = self.node(key, &stack, opts) {
+                flavours.insert(name.to_string(), flavour);
+                if let Some(node) = node {
+                    nodes.insert(name.to_string(), node);
+                }
+            }
+        }
+
+        let mut wiring = Wiring {
+            links: Vec::new(),
+            lans: BTreeMap::new(),
+            used: BTreeMap::new(),
+        };
+        if let Some(links) = topo.get_node("links") {
+            match links {
+                Yaml::Sequence(seq) => {
+                    for (i, link) in seq.iter().enumerate() {
+                        self.link(
+                            link,
+                            &format!("topology.links[{i}]"),
+                            &flavours,
+                            &mut nodes,
+                            &mut wiring,
+                        );
+                    }
+                }
+                _ => self.error(
+                    links,
+                    "topology.links",
+                    "expected a list of links".into(),
+                    None,
+                ),
+            }
+        }
+        for (bridge, (at, members)) in &wiring.lans {
+            if members.len() < 2 {
+                self.error(
+                    at,
+                    &format!("topology.nodes.{bridge}"),
+                    format!("bridge \"{bridge}\" has {} link(s); a labspan LAN needs two or more members", members.len()),
+                    Some("link more nodes to it, or remove it and its link".into()),
+                );
+            }
+        }
+        let name = name?;
+        Some(Lab {
+            name,
+            nodes,
+            links: wiring.links,
+            lans: wiring
+                .lans
+                .into_iter()
+                .map(|(k, (_, members))| (k, Lan { members }))
+                .collect(),
+            placement: PlacementHints::default(),
+            verify: Vec::new(),
+        })
+    }
+
+    fn lab_name(&mut self, root: &Yaml, top: &MarkedMappingNode, opts: &Options) -> Option<String> {
+        if let Some(name) = &opts.name {
+            return match valid::lab(name) {
+                Ok(()) => Some(name.clone()),
+                Err(e) => {
+                    self.error(root, "", format!("--name: {}", e.why), Some(e.help));
+                    None
+                }
+            };
+        }
+        let Some(y) = top.get_node("name") else {
+            self.error(
+                root,
+                "",
+                "no `name`".into(),
+                Some("containerlab needs a name; add `name: my-lab`".into()),
+            );
+            return None;
+        };
+        let name = self.string(y, "name")?;
+        match valid::lab(&name) {
+            Ok(()) => Some(name),
+            Err(e) => {
+                let help = format!("{}, or give the lab another name with --name", e.help);
+                self.error(y, "name", e.why, Some(help));
+                None
+            }
+        }
+    }
+
+    /// A node definition's fields, with unknown and refused ones not yet judged.
+    fn layer<'y>(&mut self, y: Option<&'y Yaml>, path: &str) -> Layer<'y> {
+        let mut layer = Layer {
+            path: path.to_string(),
+            fields: BTreeMap::new(),
+        };
+        let Some(y) = y else { return layer };
+        let Some(Some(m)) = self.mapping(y, path) else {
+            return layer;
+        };
+        let known: Vec<&str> = MAPPED_FIELDS
+            .iter()
+            .copied()
+            .chain(REFUSED_FIELDS.iter().map(|(f, _)| *f))
+            .collect();
+        for (k, v) in m.iter() {
+            if known.contains(&k.as_str()) {
+                layer.fields.insert(k.as_str().to_string(), v);
+            } else {
+                let help = closest(k.as_str(), known.iter().copied())
+                    .map(|g| format!("did you mean \"{g}\"?"));
+                let msg = format!("unknown node field \"{}\"", k.as_str());
+                self.error_key(k, &join(path, k.as_str()), msg, help);
+            }
+        }
+        layer
+    }
+
+    /// `topology.kinds` or `topology.groups`: name → layer.
+    fn layers<'y>(&mut self, y: Option<&'y Yaml>, path: &str) -> BTreeMap<String, Layer<'y>> {
+        let mut out = BTreeMap::new();
+        let Some(y) = y else { return out };
+        let Some(Some(m)) = self.mapping(y, path) else {
+            return out;
+        };
+        for (k, v) in m.iter() {
+            let layer = self.layer(Some(v), &join(path, k.as_str()));
+            out.insert(k.as_str().to_string(), layer);
+        }
+        out
+    }
+
+    /// One node: its flavour, and the labspan node (none for a bridge).
+    fn node(
+        &mut self,
+        key: &MarkedScalarNode,
+        stack: &Stack<'_, '_>,
+        opts: &Options,
+    ) -> Option<(Flavour, Option<Node>)> {
+        let name = key.as_str();
+        let path = &stack.own.path;
+        let at = Yaml::Scalar(key.clone());
+        let kind = match stack.kind() {
+            Some(f) => self.string(f.value, &f.path)?,
+            None => {
+                self.error(
+                    &at,
+                    path,
+                    format!("node \"{name}\" has no kind"),
+                    Some("set `kind:` on the node, its group, or topology.defaults".into()),
+                );
+                return None;
+            }
+        };
+        let flavour = if kind == "linux" {
+            Flavour::Linux
+        } else if kind == "generic_vm" || VRNETLAB_KINDS.contains(&kind.as_str()) {
+            Flavour::Vm
+        } else if BRIDGE_KINDS.contains(&kind.as_str()) {
+            Flavour::Bridge
+        } else if CONTAINER_KINDS.contains(&kind.as_str()) {
+            self.error(&at, &join(path, "kind"), format!("node \"{name}\": kind \"{kind}\" runs only as a container; labspan runs VMs"), Some("use the vrnetlab (VM) kind of this system with its qcow2 image, or a `linux` node".into()));
+            return None;
+        } else {
+            let all = VRNETLAB_KINDS
+                .iter()
+                .chain(CONTAINER_KINDS)
+                .chain(BRIDGE_KINDS)
+                .chain(&["linux", "generic_vm"])
+                .copied();
+            let help = closest(&kind, all).map(|g| format!("did you mean \"{g}\"?"));
+            self.error(
+                &at,
+                &join(path, "kind"),
+                format!("node \"{name}\": unknown kind \"{kind}\""),
+                help,
+            );
+            return None;
+        };
+        if let Some(g) = stack.own.fields.get("group").and_then(|g| scalar(g)) {
+            if !stack.groups.contains_key(g) {
+                let help = closest(g, stack.groups.keys().map(String::as_str))
+                    .map(|c| format!("did you mean \"{c}\"?"));
+                self.error(
+                    &at,
+                    &join(path, "group"),
+                    format!("node \"{name}\": group \"{g}\" is not under topology.groups"),
+                    help,
+                );
+            }
+        }
+        let name_ok = match valid::node(name) {
+            Ok(()) => true,
+            Err(e) => {
+                self.error(&at, path, e.why, Some(e.help));
+                false
+            }
+        };
+        if flavour == Flavour::Bridge {
+            if let Err(e) = valid::lan(name) {
+                self.error(&at, path, format!("bridge: {}", e.why), Some(e.help));
+            }
+            return Some((flavour, None));
+        }
+
+        let mut ok = name_ok;
+        for (field, why) in REFUSED_FIELDS {
+            if let Some(f) = stack.get(field) {
+                self.error(
+                    f.value,
+                    &f.path,
+                    format!("node \"{name}\": `{field}` cannot be imported: {why}"),
+                    Some(format!("remove `{field}`")),
+                );
+                ok = false;
+            }
+        }
+        if let Some(f) = stack.get("type") {
+            self.notes.push(format!(
+                "{}: left out (the image you name decides the variant of node \"{name}\")",
+                f.path
+            ));
+        }
+        let env = self.env(stack, name, flavour);
+        let clab_image = match stack.get("image") {
+            Some(f) => self.string(f.value, &f.path),
+            None => None,
+        };
+        let image = [Some(name), clab_image.as_deref(), Some(kind.as_str())]
+            .into_iter()
+            .flatten()
+            .find_map(|k| opts.images.get(k).cloned())
+            .or_else(|| (flavour == Flavour::Linux).then(|| DEFAULT_LINUX_IMAGE.to_string()));
+        let image = match image {
+            Some(i) => i,
+            None => {
+                let what =
+                    clab_image.map_or(String::new(), |i| format!(" (containerlab image {i})"));
+                self.error(&at, path, format!("node \"{name}\" of kind {kind}{what} has no labspan image"), Some(format!("name its qcow2 image: --image {kind}=NAME (an image from `labspan image list`, or a .qcow2 file)")));
+                return None;
+            }
+        };
+        let (memory, cpus) = self.size(stack, name, flavour, &env)?;
+        let exec = self.exec(stack, name, flavour);
+        let restart = match stack.get("restart-policy") {
+            None => RestartPolicy::default(),
+            Some(f) => match self.string(f.value, &f.path)?.as_str() {
+                "no" => RestartPolicy::Never,
+                "on-failure" => RestartPolicy::OnFailure,
+                "always" | "unless-stopped" => RestartPolicy::Always,
+                other => {
+                    self.error(f.value, &f.path, format!("node \"{name}\": restart-policy \"{other}\" is not one of no, on-failure, always, unless-stopped"), None);
+                    return None;
+                }
+            },
+        };
+        let mut nics = BTreeMap::new();
+        // vrnetlab (and containerlab for every node) keeps eth0 for
+        // management: the guest's first NIC, joined to nothing here.
+        nics.insert("eth0".to_string(), Nic::default());
+        let node = Node {
+            image,
+            memory_mib: memory,
+            cpus,
+            nics,
+            exec: exec?,
+            files: BTreeMap::new(),
+            restart,
+        };
+        ok.then_some((flavour, Some(node)))
+    }
+
+    /// The node's merged `env` (defaults < kind < group < node), with the
+    /// variables labspan cannot honour refused.
+    fn env<'y>(
+        &mut self,
+        stack: &Stack<'_, 'y>,
+        name: &str,
+        flavour: Flavour,
+    ) -> BTreeMap<String, (String, String)> {
+        let mut env = BTreeMap::new();
+        for layer in stack.lowest_first() {
+            let Some(y) = layer.fields.get("env") else {
+                continue;
+            };
+            let path = join(&layer.path, "env");
+            let Some(Some(m)) = self.mapping(y, &path) else {
+                continue;
+            };
+            for (k, v) in m.iter() {
+                let p = join(&path, k.as_str());
+                if let Some(text) = self.string(v, &p) {
+                    env.insert(k.as_str().to_string(), (text, p, v));
+                }
+            }
+        }
+        let vm_vars = ["QEMU_SMP", "QEMU_MEMORY"];
+        let ignored = [
+            "CONNECTION_MODE",
+            "CLAB_MGMT_PASSTHROUGH",
+            "USERNAME",
+            "PASSWORD",
+        ];
+        let mut keep = BTreeMap::new();
+        for (k, (v, p, at)) in env {
+            if flavour == Flavour::Vm && vm_vars.contains(&k.as_str()) {
+                keep.insert(k, (v, p));
+            } else if flavour == Flavour::Vm && ignored.contains(&k.as_str()) {
+                self.notes.push(format!("{p}: left out (vrnetlab's launcher setting; labspan wires the NICs and does not log in)"));
+            } else {
+                let why = if flavour == Flavour::Vm {
+                    "of the vrnetlab variables only QEMU_SMP and QEMU_MEMORY have a labspan equivalent"
+                } else {
+                    "a VM has no container environment"
+                };
+                self.error(
+                    at,
+                    &p,
+                    format!("node \"{name}\": env variable {k} cannot be imported: {why}"),
+                    Some(format!("remove {k}")),
+                );
+            }
+        }
+        keep
+    }
+
+    /// Memory (MiB) and CPUs: vrnetlab's QEMU_MEMORY / QEMU_SMP first, then
+    /// containerlab's `memory` / `cpu`, then a default for the flavour.
+    fn size(
+        &mut self,
+        stack: &Stack<'_, '_>,
+        name: &str,
+        flavour: Flavour,
+        env: &BTreeMap<String, (String, String)>,
+    ) -> Option<(u64, u32)> {
+        let (mut memory, mut cpus) = match flavour {
+            Flavour::Linux => (LINUX_MEMORY_MIB, LINUX_CPUS),
+            _ => (VM_MEMORY_MIB, VM_CPUS),
+        };
+        let mut ok = true;
+        if let Some((v, p)) = env.get("QEMU_MEMORY") {
+            match v.trim().parse::<u64>() {
+                Ok(m) => memory = m,
+                Err(_) => {
+                    self.push(
+                        p,
+                        format!("node \"{name}\": QEMU_MEMORY \"{v}\" is not a number of MB"),
+                    );
+                    ok = false;
+                }
+            }
+        } else if let Some(f) = stack.get("memory") {
+            let text = self.string(f.value, &f.path)?;
+            match docker_mib(&text) {
+                Some(m) => memory = m,
+                None => {
+                    self.error(
+                        f.value,
+                        &f.path,
+                        format!("node \"{name}\": memory \"{text}\" is not a size"),
+                        Some("write it as containerlab does: 512Mb, 2Gb".into()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if let Some((v, p)) = env.get("QEMU_SMP") {
+            // QEMU_SMP may carry a topology too: "4,sockets=1,cores=4".
+            match v
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .parse::<u32>()
+            {
+                Ok(c) => cpus = c,
+                Err(_) => {
+                    self.push(
+                        p,
+                        format!(
+                            "node \"{name}\": QEMU_SMP \"{v}\" does not start with a CPU count"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        } else if let Some(f) = stack.get("cpu") {
+            let text = self.string(f.value, &f.path)?;
+            match text.trim().parse::<f64>() {
+                // A fractional CPU limit still needs a whole virtual CPU.
+                Ok(c) if c > 0.0 && c <= 1024.0 => cpus = c.ceil() as u32,
+                _ => {
+                    self.error(
+                        f.value,
+                        &f.path,
+                        format!("node \"{name}\": cpu \"{text}\" is not a positive number"),
+                        None,
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !(32..=1024 * 1024).contains(&memory) {
+            self.push(
+                &stack.own.path,
+                format!("node \"{name}\": memory {memory} MiB is outside 32 MiB ..= 1 TiB"),
+            );
+            ok = false;
+        }
+        if !(1..=64).contains(&cpus) {
+            self.push(
+                &stack.own.path,
+                format!("node \"{name}\": {cpus} CPUs is outside 1 ..= 64"),
+            );
+            ok = false;
+        }
+        ok.then_some((memory, cpus))
+    }
+
+    /// `exec` lines, joined defaults first; only a `linux` node runs them in
+    /// its guest (containerlab runs a VM kind's in the launcher container).
+    fn exec(&mut self, stack: &Stack<'_, '_>, name: &str, flavour: Flavour) -> Option<Vec<String>> {
+        let mut lines: Vec<String> = Vec::new();
+        let mut ok = true;
+        for layer in stack.lowest_first() {
+            let Some(y) = layer.fields.get("exec") else {
+                continue;
+            };
+            let path = join(&layer.path, "exec");
+            if flavour != Flavour::Linux {
+                self.error(y, &path, format!("node \"{name}\": `exec` cannot be imported: containerlab runs it in the vrnetlab launcher container, not in the VM"), Some("remove `exec`".into()));
+                ok = false;
+                continue;
+            }
+            match y {
+                Yaml::Sequence(s) => {
+                    for (i, line) in s.iter().enumerate() {
+                        if let Some(l) = self.string(line, &format!("{path}[{i}]")) {
+                            if !lines.contains(&l) {
+                                lines.push(l);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    self.error(y, &path, "expected a list of commands".into(), None);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(lines)
+    }
+
+    fn push(&mut self, path: &str, message: String) {
+        self.errors.push(Diagnostic {
+            file: self.file.to_string(),
+            line: 0,
+            column: 0,
+            path: path.to_string(),
+            message,
+            help: None,
+        });
+    }
+
+    fn link(
+        &mut self,
+        y: &Yaml,
+        path: &str,
+        flavours: &BTreeMap<String, Flavour>,
+        nodes: &mut BTreeMap<String, Node>,
+        wiring: &mut Wiring,
+    ) {
+        let Some(Some(m)) = self.mapping(y, path) else {
+            return;
+        };
+        self.unknown_keys(m, path, LINK_KEYS);
+        let kind = match m.get_node("type") {
+            None => None,
+            Some(t) => match self.string(t, &join(path, "type")) {
+                Some(t) => Some(t),
+                None => return,
+            },
+        };
+        let mtu = match m.get_node("mtu") {
+            None => None,
+            Some(v) => {
+                let p = join(path, "mtu");
+                let text = self.string(v, &p).unwrap_or_default();
+                match text.parse::<u32>() {
+                    Ok(n) if (68..=9000).contains(&n) => Some(n),
+                    _ => {
+                        self.error(v, &p, format!("mtu \"{text}\" is not 68 ..= 9000"), None);
+                        return;
+                    }
+                }
+            }
+        };
+        let ends: Vec<End> = match kind.as_deref() {
+            None => {
+                let Some(list) = m.get_node("endpoints") else {
+                    self.error(
+                        y,
+                        path,
+                        "a link needs `endpoints`".into(),
+                        Some("endpoints: [\"a:eth1\", \"b:eth1\"]".into()),
+                    );
+                    return;
+                };
+                let p = join(path, "endpoints");
+                let Yaml::Sequence(s) = list else {
+                    self.error(
+                        list,
+                        &p,
+                        "expected a list of two `node:interface`".into(),
+                        None,
+                    );
+                    return;
+                };
+                let mut ends = Vec::new();
+                for (i, e) in s.iter().enumerate() {
+                    let ep = format!("{p}[{i}]");
+                    match e {
+                        Yaml::Scalar(text) => match text.as_str().split_once(':') {
+                            Some((node, nic)) => ends.push(End {
+                                at: e,
+                                path: ep,
+                                node: node.to_string(),
+                                nic: nic.to_string(),
+                                ip: Vec::new(),
+                            }),
+                            None => {
+                                self.error(
+                                    e,
+                                    &ep,
+                                    format!("\"{}\" is not `node:interface`", text.as_str()),
+                                    None,
+                                );
+                                return;
+                            }
+                        },
+                        _ => {
+                            self.error(
+                                e,
+                                &ep,
+                                "expected `node:interface`".into(),
+                                Some(
+                                    "the extended form with endpoint mappings needs `type: veth`"
+                                        .into(),
+                                ),
+                            );
+                            return;
+                        }
+                    }
+                }
+                ends
+            }
+            Some("veth") => {
+                let Some(Yaml::Sequence(s)) = m.get_node("endpoints") else {
+                    self.error(
+                        y,
+                        path,
+                        "a veth link needs `endpoints: [{node, interface}, {node, interface}]`"
+                            .into(),
+                        None,
+                    );
+                    return;
+                };
+                let p = join(path, "endpoints");
+                let mut ends = Vec::new();
+                for (i, e) in s.iter().enumerate() {
+                    match self.extended_end(e, &format!("{p}[{i}]")) {
+                        Some(end) => ends.push(end),
+                        None => return,
+                    }
+                }
+                ends
+            }
+            Some("dummy") => {
+                let Some(e) = m.get_node("endpoint") else {
+                    self.error(
+                        y,
+                        path,
+                        "a dummy link needs `endpoint: {node, interface}`".into(),
+                        None,
+                    );
+                    return;
+                };
+                let Some(end) = self.extended_end(e, &join(path, "endpoint")) else {
+                    return;
+                };
+                // An interface with no peer: a NIC joined to nothing.
+                if let Some(nic) = self.nic_of(&end, flavours, nodes, wiring) {
+                    if let Some(n) = mtu {
+                        nic.mtu = Some(n);
+                    }
+                }
+                return;
+            }
+            Some(other) => {
+                let why = match other {
+                    "host" | "macvlan" | "mgmt-net" => "it connects a node to the host machine or its networks; labspan links join guests only",
+                    "vxlan" | "vxlan-stitch" | "veth-stitch" => "labspan makes its own VXLAN tunnels between hosts",
+                    _ => "it is not a containerlab link type labspan knows",
+                };
+                let t = m.get_node("type").unwrap_or(y);
+                self.error(
+                    t,
+                    &join(path, "type"),
+                    format!("link type \"{other}\" cannot be imported: {why}"),
+                    Some("remove the link, or write it as a veth link between two nodes".into()),
+                );
+                return;
+            }
+        };
+        if ends.len() != 2 {
+            self.error(
+                y,
+                path,
+                format!(
+                    "a link has exactly two endpoints, this one has {}",
+                    ends.len()
+                ),
+                None,
+            );
+            return;
+        }
+        let mut eps = Vec::new();
+        let mut bridges = Vec::new();
+        for end in &ends {
+            match flavours.get(&end.node) {
+                Some(Flavour::Bridge) => bridges.push(end),
+                _ => {
+                    let Some(nic) = self.nic_of(end, flavours, nodes, wiring) else {
+                        return;
+                    };
+                    if mtu.is_some() {
+                        nic.mtu = mtu;
+                    }
+                    eps.push(Endpoint {
+                        node: end.node.clone(),
+                        nic: end.nic.clone(),
+                    });
+                }
+            }
+        }
+        match (bridges.as_slice(), eps.as_slice()) {
+            ([], [a, b]) => wiring.links.push(Link {
+                endpoints: [a.clone(), b.clone()],
+                impairment: Impairment::default(),
+            }),
+            ([bridge], [member]) => {
+                wiring
+                    .lans
+                    .entry(bridge.node.clone())
+                    .or_insert_with(|| (bridge.at.clone(), Vec::new()))
+                    .1
+                    .push(member.clone());
+            }
+            ([_, _], _) => self.error(
+                y,
+                path,
+                "a link between two bridges cannot be imported: a labspan LAN joins guests only"
+                    .into(),
+                None,
+            ),
+            _ => {}
+        }
+    }
+
+    /// `{node, interface, ipv4?, ipv6?}` of the extended form.
+    fn extended_end<'y>(&mut self, e: &'y Yaml, path: &str) -> Option<End<'y>> {
+        let m = self.mapping(e, path)??;
+        self.unknown_keys(m, path, ENDPOINT_KEYS);
+        if let Some(mac) = m.get_node("mac") {
+            self.error(mac, &join(path, "mac"), "`mac` cannot be imported: labspan derives each NIC's MAC address from the lab, node and NIC names".into(), Some("remove `mac`".into()));
+            return None;
+        }
+        let node = m
+            .get_node("node")
+            .and_then(|n| self.string(n, &join(path, "node")));
+        let nic = m
+            .get_node("interface")
+            .and_then(|n| self.string(n, &join(path, "interface")));
+        let (Some(node), Some(nic)) = (node, nic) else {
+            self.error(
+                e,
+                path,
+                "an endpoint needs `node` and `interface`".into(),
+                None,
+            );
+            return None;
+        };
+        let mut ip = Vec::new();
+        for key in ["ipv4", "ipv6"] {
+            let Some(v) = m.get_node(key) else { continue };
+            let p = join(path, key);
+            let text = self.string(v, &p)?;
+            match text.parse::<IpNet>() {
+                Ok(net) if (key == "ipv4") == net.addr().is_ipv4() => ip.push(net),
+                _ => {
+                    self.error(
+                        v,
+                        &p,
+                        format!("\"{text}\" is not an {key} address with a prefix length"),
+                        Some("e.g. 198.19.1.1/24 or 2001:db8::1/64".into()),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(End {
+            at: e,
+            path: path.to_string(),
+            node,
+            nic,
+            ip,
+        })
+    }
+
+    /// The labspan NIC an endpoint names, checked and created on its node.
+    fn nic_of<'n>(
+        &mut self,
+        end: &End<'_>,
+        flavours: &BTreeMap<String, Flavour>,
+        nodes: &'n mut BTreeMap<String, Node>,
+        wiring: &mut Wiring,
+    ) -> Option<&'n mut Nic> {
+        let Some(flavour) = flavours.get(&end.node) else {
+            let known: BTreeSet<&str> = flavours.keys().map(String::as_str).collect();
+            let help = match end.node.as_str() {
+                "host" | "macvlan" | "mgmt-net" => Some(
+                    "links to the host machine cannot be imported: labspan links join guests only"
+                        .to_string(),
+                ),
+                _ => closest(&end.node, known.iter().copied())
+                    .map(|g| format!("did you mean \"{g}\"?")),
+            };
+            self.error(
+                end.at,
+                &end.path,
+                format!("node \"{}\" does not exist", end.node),
+                help,
+            );
+            return None;
+        };
+        let nic = &end.nic;
+        if nic == "eth0" {
+            self.error(end.at, &end.path, format!("{}:eth0 is the management interface (containerlab and vrnetlab keep eth0 for it)", end.node), Some("data links start at eth1".into()));
+            return None;
+        }
+        if *flavour == Flavour::Vm && !is_eth_n(nic) {
+            self.error(end.at, &end.path, format!("interface \"{nic}\" of node \"{}\": a VM's data interfaces are named eth1, eth2, ... (vrnetlab maps ethN to the Nth data NIC)", end.node), Some("write the interface as ethN instead of the system's own name".into()));
+            return None;
+        }
+        if let Err(e) = valid::nic(nic) {
+            self.error(end.at, &end.path, e.why, Some(e.help));
+            return None;
+        }
+        let ep = format!("{}:{nic}", end.node);
+        if let Some(first) = wiring.used.get(&ep) {
+            self.error(
+                end.at,
+                &end.path,
+                format!("{ep} is already used by {first}"),
+                Some("an interface joins one link; use another interface".into()),
+            );
+            return None;
+        }
+        wiring.used.insert(ep, end.path.clone());
+        // A node that failed its own checks is already reported.
+        let node = nodes.get_mut(&end.node)?;
+        let slot = node.nics.entry(nic.clone()).or_default();
+        slot.ip.extend(end.ip.iter().copied());
+        Some(slot)
+    }
+}
+
+/// A node's layers, looked up as containerlab does.
+struct Stack<'l, 'y> {
+    own: Layer<'y>,
+    defaults: &'l Layer<'y>,
+    kinds: &'l BTreeMap<String, Layer<'y>>,
+    groups: &'l BTreeMap<String, Layer<'y>>,
+}
+
+impl<'y> Stack<'_, 'y> {
+    fn group(&self) -> Option<&Layer<'y>> {
+        let g = self
+            .own
+            .fields
+            .get("group")
+            .or_else(|| self.defaults.fields.get("group"))?;
+        self.groups.get(scalar(g)?)
+    }
+
+    /// The kind: the node's, else its group's, else the defaults'.
+    fn kind(&self) -> Option<Found<'y>> {
+        let layers = [Some(&self.own), self.group(), Some(self.defaults)];
+        layers.into_iter().flatten().find_map(|l| found(l, "kind"))
+    }
+
+    fn kind_layer(&self) -> Option<&Layer<'y>> {
+        self.kinds.get(scalar(self.kind()?.value)?)
+    }
+
+    /// A field: the node's, else its group's, else its kind's, else the defaults'.
+    fn get(&self, field: &str) -> Option<Found<'y>> {
+        self.highest_first()
+            .into_iter()
+            .find_map(|l| found(l, field))
+    }
+
+    fn highest_first(&self) -> Vec<&Layer<'y>> {
+        [
+            Some(&self.own),
+            self.group(),
+            self.kind_layer(),
+            Some(self.defaults),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    fn lowest_first(&self) -> Vec<&Layer<'y>> {
+        let mut v = self.highest_first();
+        v.reverse();
+        v
+    }
+}
+
+fn found<'y>(l: &Layer<'y>, field: &str) -> Option<Found<'y>> {
+    l.fields.get(field).map(|v| Found {
+        value: v,
+        path: join(&l.path, field),
+    })
+}
+
+fn scalar(y: &Yaml) -> Option<&str> {
+    y.as_scalar().map(|s| s.as_str())
+}
+
+/// One end of a link as written.
+struct End<'y> {
+    at: &'y Yaml,
+    path: String,
+    node: String,
+    nic: String,
+    ip: Vec<IpNet>,
+}
+
+struct Wiring {
+    links: Vec<Link>,
+    /// Bridge name → (where it was defined, its members).
+    lans: BTreeMap<String, (Yaml, Vec<Endpoint>)>,
+    /// `node:nic` → the path of the link that uses it.
+    used: BTreeMap<String, String>,
+}
+
+static EMPTY: std::sync::LazyLock<MarkedMappingNode> =
+    std::sync::LazyLock::new(|| MarkedMappingNode::new_empty(marked_yaml::Span::new_blank()));
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// `eth1`, `eth2`, ...
+fn is_eth_n(nic: &str) -> bool {
+    nic.strip_prefix("eth")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n != "0")
+}
+
+/// A size as Docker (and so containerlab) writes it, in binary units:
+/// `512Mb`, `1Gb`, `1.5g`, `2GiB`; plain numbers are bytes.
+fn docker_mib(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.trim();
+    let unit = unit.strip_suffix('b').unwrap_or(unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let bytes = match unit {
+        "" => num,
+        "k" => num * 1024.0,
+        "m" => num * 1024.0 * 1024.0,
+        "g" => num * 1024.0 * 1024.0 * 1024.0,
+        "t" => num * 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let mib = bytes / (1024.0 * 1024.0);
+    (0.0..1e12).contains(&mib).then(|| mib.ceil() as u64)
+}
+
+fn load(cx: &mut Cx<'_>, text: &str) -> Option<Yaml> {
+    let blank = text.trim_start_matches('\u{feff}').lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    });
+    let file = cx.file.to_string();
+    let at = |line, column| Diagnostic {
+        file: file.clone(),
+        line,
+        column,
+        path: String::new(),
+        message: String::new(),
+        help: None,
+    };
+    if blank {
+        cx.errors.push(Diagnostic {
+            message: "the file is empty".into(),
+            ..at(0, 0)
+        });
+        return None;
+    }
+    let options = LoaderOptions::default()
+        .prevent_coercion(true)
+        .error_on_duplicate_keys(true);
+    match marked_yaml::parse_yaml_with_options(0, text, options) {
+        Ok(root) => Some(root),
+        Err(e) => {
+            use marked_yaml::LoadError as E;
+            let (m, message, help) = match &e {
+                E::DuplicateKey(d) => {
+                    let m = d.key.span().start().copied();
+                    (
+                        m,
+                        format!("duplicate key \"{}\"", d.key.as_str()),
+                        Some("remove or rename one of them".to_string()),
+                    )
+                }
+                E::ScanError(m, s) => (Some(*m), format!("YAML syntax error: {}", s.info()), None),
+                E::TopLevelMustBeMapping(m) | E::TopLevelMustBeSequence(m) => (
+                    Some(*m),
+                    "a containerlab topology is a YAML mapping".into(),
+                    None,
+                ),
+                E::UnexpectedAnchor(m) => (
+                    Some(*m),
+                    "YAML anchors and aliases are not supported".into(),
+                    Some("write the shared values under topology.defaults, kinds or groups".into()),
+                ),
+                E::MappingKeyMustBeScalar(m) => {
+                    (Some(*m), "mapping keys must be plain values".into(), None)
+                }
+                E::UnexpectedTag(m) => {
+                    (Some(*m), "YAML tags (!tag) are not supported".into(), None)
+                }
+            };
+            let (line, column) = m.map_or((0, 0), |m| (m.line(), m.column()));
+            cx.errors.push(Diagnostic {
+                message,
+                help,
+                ..at(line, column)
+            });
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
