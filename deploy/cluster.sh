@@ -295,12 +295,12 @@ token() {
 
 join() {
     local i=$1 role=$2 data=$3 name=$4; shift 4
-    local out tok fp
+    local out line
     out=$(token "$role")
-    tok=$(sed -n 's/^token: *//p' <<<"$out")
-    fp=$(sed -n 's/^ca fingerprint: *//p' <<<"$out")
-    in_host "$i" "$BIN" cluster join "$NET.1:$PORT" --token "$tok" --ca-fingerprint "$fp" \
-        --data "$data" --name "$name" "$@" >/dev/null
+    # The one pasteable line: token, coordinator addresses, CA fingerprint.
+    line=$(sed -n 's/^join line: *//p' <<<"$out")
+    [ -n "$line" ] || die "no join line in: $out"
+    in_host "$i" "$BIN" cluster join "$line" --data "$data" --name "$name" "$@" >/dev/null
 }
 
 wait_ready() {

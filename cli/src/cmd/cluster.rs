@@ -68,14 +68,17 @@ pub struct TokenArgs {
 /// Arguments of `labspan cluster join`.
 #[derive(clap::Args)]
 pub struct JoinArgs {
-    /// API address of any coordinator (the join endpoint is its port + 1).
-    pub coordinator: SocketAddr,
-    /// The token from `labspan cluster token`.
+    /// The join line `labspan cluster token` printed
+    /// (TOKEN@ADDR[,ADDR...]/sha256:FINGERPRINT), or the API address of any
+    /// coordinator with --token and --ca-fingerprint.
+    #[arg(value_name = "JOIN_LINE|ADDR")]
+    pub coordinator: String,
+    /// The token, with an address instead of a join line.
     #[arg(long)]
-    pub token: String,
-    /// The CA fingerprint `labspan cluster token` printed (sha256:...).
+    pub token: Option<String>,
+    /// The CA fingerprint (sha256:...), with an address instead of a join line.
     #[arg(long)]
-    pub ca_fingerprint: String,
+    pub ca_fingerprint: Option<String>,
     /// Data folder of the new member.
     #[arg(long)]
     pub data: PathBuf,
@@ -151,14 +154,16 @@ async fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
     else {
         bail!("unexpected reply to CreateToken");
     };
-    let coordinator = ClusterFile::load(&a.cluster)?
-        .coordinators
-        .first()
-        .cloned()
-        .unwrap_or_default();
+    let coordinators = ClusterFile::load(&a.cluster)?.coordinators;
     client.close().await;
+    let line = JoinLine {
+        token: token.clone(),
+        coordinators: coordinators.clone(),
+        ca_fingerprint: ca_fingerprint.clone(),
+    };
     println!("token:          {token}");
     println!("ca fingerprint: {ca_fingerprint}");
+    println!("join line:      {line}");
     println!(
         "valid for {} s, once. On the new {}:",
         a.ttl.as_secs(),
@@ -169,24 +174,96 @@ async fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
     } else {
         ""
     };
-    println!("  labspan cluster join {coordinator} --token {token} --ca-fingerprint {ca_fingerprint} --data DIR{listen}");
+    println!("  labspan cluster join {line} --data DIR{listen}");
     Ok(ExitCode::SUCCESS)
 }
 
+/// Everything a new member needs to join, in one word a user can paste:
+/// `TOKEN@ADDR[,ADDR...]/sha256:HEX`. The addresses are the coordinators'
+/// API addresses, tried in order; the fingerprint is the cluster CA's, checked
+/// before the token is sent.
+#[derive(Debug, Clone, PartialEq)]
+struct JoinLine {
+    token: String,
+    coordinators: Vec<String>,
+    ca_fingerprint: String,
+}
+
+impl std::fmt::Display for JoinLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addrs = self.coordinators.join(",");
+        write!(f, "{}@{addrs}/{}", self.token, self.ca_fingerprint)
+    }
+}
+
+impl JoinLine {
+    fn parse(text: &str) -> Result<JoinLine, String> {
+        let text = text.trim();
+        let shape = "a join line is TOKEN@ADDR[,ADDR...]/sha256:FINGERPRINT, as `labspan cluster token` prints it";
+        let (token, rest) = text
+            .split_once('@')
+            .ok_or_else(|| format!("\"{text}\" has no '@': {shape}"))?;
+        let (addrs, fingerprint) = rest
+            .rsplit_once('/')
+            .ok_or_else(|| format!("\"{text}\" has no '/' before the fingerprint: {shape}"))?;
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err(format!(
+                "the join line's token \"{token}\" is empty or has spaces: {shape}"
+            ));
+        }
+        let hex = fingerprint.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "the join line's fingerprint \"{fingerprint}\" is not sha256: and 64 hex digits: {shape}"
+            ));
+        }
+        let coordinators = addrs
+            .split(',')
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map(|_| a.to_string())
+                    .map_err(|_| format!("the join line's address \"{a}\" is not IP:PORT: {shape}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(JoinLine {
+            token: token.to_string(),
+            coordinators,
+            ca_fingerprint: fingerprint.to_string(),
+        })
+    }
+
+    /// The join line, or the old form: an address with --token and --ca-fingerprint.
+    fn from_args(a: &JoinArgs) -> Result<JoinLine, String> {
+        match (&a.token, &a.ca_fingerprint) {
+            (None, None) => JoinLine::parse(&a.coordinator),
+            (Some(token), Some(fp)) => {
+                a.coordinator.parse::<SocketAddr>().map_err(|_| {
+                    format!("\"{}\" is not a coordinator's IP:PORT (with --token, give an address, not a join line)", a.coordinator)
+                })?;
+                Ok(JoinLine {
+                    token: token.clone(),
+                    coordinators: vec![a.coordinator.clone()],
+                    ca_fingerprint: fp.clone(),
+                })
+            }
+            _ => Err("give both --token and --ca-fingerprint with an address, or neither with a join line".into()),
+        }
+    }
+}
+
 async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
+    let line = JoinLine::from_args(&a).map_err(|e| InvalidInput(format!("error: {e}")))?;
     let name = a.name.clone().unwrap_or_else(host_name);
     // This member's key is made here and never sent: the cluster signs a
     // request for it.
     let request = CertificateRequest::generate(&name)
         .map_err(|e| InvalidInput(format!("error: member name: {e}")))?;
     let req = JoinRequest::Join {
-        token: a.token.clone(),
+        token: line.token.clone(),
         name: name.clone(),
         csr_pem: request.csr_pem.clone(),
     };
-    let reply = client::join(a.coordinator, &a.ca_fingerprint, &req)
-        .await
-        .with_context(|| format!("joining through {}", a.coordinator))?;
+    let reply = join_any(&line, &req).await?;
     let grant = match reply {
         JoinReply::Joined(g) => g,
         JoinReply::Error(e) => {
@@ -228,6 +305,22 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks each coordinator of the line in turn until one answers: a
+/// coordinator that is down or unreachable must not stop a join.
+async fn join_any(line: &JoinLine, req: &JoinRequest) -> anyhow::Result<JoinReply> {
+    let mut failures = Vec::new();
+    for addr in &line.coordinators {
+        let api: SocketAddr = addr
+            .parse()
+            .map_err(|_| InvalidInput(format!("error: \"{addr}\" is not IP:PORT")))?;
+        match client::join(api, &line.ca_fingerprint, req).await {
+            Ok(reply) => return Ok(reply),
+            Err(e) => failures.push(format!("{addr}: {e}")),
+        }
+    }
+    bail!("no coordinator answered the join: {}", failures.join("; "))
 }
 
 async fn remove(a: RemoveArgs) -> anyhow::Result<ExitCode> {
@@ -370,8 +463,35 @@ fn host_name() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use super::{parse_ttl, JoinLine};
     use std::time::Duration;
+
+    #[test]
+    fn a_join_line_carries_token_addresses_and_fingerprint() {
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let line = JoinLine {
+            token: "lsj_0123abcd".into(),
+            coordinators: vec!["198.18.0.1:7100".into(), "[2001:db8::2]:7100".into()],
+            ca_fingerprint: fp.clone(),
+        };
+        let text = line.to_string();
+        assert_eq!(
+            text,
+            format!("lsj_0123abcd@198.18.0.1:7100,[2001:db8::2]:7100/{fp}")
+        );
+        assert_eq!(JoinLine::parse(&format!(" {text}\n")), Ok(line));
+        for bad in [
+            format!("lsj_x198.18.0.1:7100/{fp}"),
+            "lsj_x@198.18.0.1:7100".to_string(),
+            format!("@198.18.0.1:7100/{fp}"),
+            format!("lsj_x@198.18.0.1/{fp}"),
+            format!("lsj_x@198.18.0.1:7100,/{fp}"),
+            "lsj_x@198.18.0.1:7100/sha256:abc".to_string(),
+            format!("lsj_x@198.18.0.1:7100/{}", "ab".repeat(32)),
+        ] {
+            assert!(JoinLine::parse(&bad).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn ttls_parse() {
