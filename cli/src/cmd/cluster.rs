@@ -463,7 +463,7 @@ fn host_name() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_ttl, JoinLine};
+    use super::{parse_ttl, JoinArgs, JoinLine};
     use std::time::Duration;
 
     #[test]
@@ -491,6 +491,34 @@ mod tests {
         ] {
             assert!(JoinLine::parse(&bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn the_old_form_still_joins_through_one_address() {
+        let args = |coordinator: &str, token: Option<&str>, fp: Option<&str>| JoinArgs {
+            coordinator: coordinator.into(),
+            token: token.map(Into::into),
+            ca_fingerprint: fp.map(Into::into),
+            data: "/tmp/x".into(),
+            name: None,
+            listen: None,
+        };
+        let old = JoinLine::from_args(&args("198.18.0.1:7100", Some("lsj_1"), Some("sha256:ab")));
+        assert_eq!(
+            old,
+            Ok(JoinLine {
+                token: "lsj_1".into(),
+                coordinators: vec!["198.18.0.1:7100".into()],
+                ca_fingerprint: "sha256:ab".into(),
+            })
+        );
+        assert!(JoinLine::from_args(&args("198.18.0.1:7100", Some("lsj_1"), None)).is_err());
+        assert!(JoinLine::from_args(&args(
+            "lsj_1@198.18.0.1:7100/sha256:ab",
+            Some("t"),
+            Some("f")
+        ))
+        .is_err());
     }
 
     #[test]
