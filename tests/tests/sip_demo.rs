@@ -1,7 +1,7 @@
 //! The SIP demo (demos/sip) end to end over a local 3-host cluster made by
 //! `deploy/cluster.sh` (the README's main command does the same): eight
 //! Debian guests under TCG (routers with bird2, bind9, slapd, Kamailio with
-//! LDAP, two sipp phones), 12.5 GiB of guest memory where each host offers
+//! LDAP, two baresip softphones), 12.5 GiB of guest memory where each host offers
 //! a third of this machine, so placement spreads the lab and the SIP traffic
 //! crosses hosts over VXLAN. The lab file is the demo's, unchanged; its
 //! `verify` checks prove it works. Then the same lab with a wrong password
@@ -86,7 +86,7 @@ fn sip_demo_over_three_hosts_passes_its_checks_and_a_wrong_ldap_password_fails_r
     );
     assert_eq!(
         out.matches("PASS").count(),
-        15,
+        16,
         "every check passes:\n{out}"
     );
     for (node, cmd) in [
@@ -96,6 +96,7 @@ fn sip_demo_over_three_hosts_passes_its_checks_and_a_wrong_ldap_password_fails_r
         ("phone2", "sh /usr/local/sbin/sip-register"),
         ("phone1", "sh /usr/local/sbin/sip-register --wrong-password"),
         ("phone1", "sh /usr/local/sbin/sip-call bob"),
+        ("phone2", "sh /usr/local/sbin/sip-answered alice"),
     ] {
         assert!(passed(check_line(&out, node, cmd)), "{node}: {cmd}:\n{out}");
     }
