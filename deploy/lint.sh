@@ -3,7 +3,7 @@
 # push. No root needed. deploy/install-deps.sh installs every tool it uses.
 #
 #   deploy/lint.sh          every gate
-#   deploy/lint.sh fmt      one gate: fmt, clippy, deny, machete or shellcheck
+#   deploy/lint.sh fmt      one gate: fmt, clippy, deny, machete, shellcheck or web-assets
 #
 # Every selected gate runs even when an earlier one fails, so one run lists
 # all there is to fix; the exit status is non-zero if any gate failed.
@@ -29,14 +29,18 @@ shellcheck_all() {
     shellcheck "${scripts[@]}" && shellcheck --shell=sh --exclude=SC2013 "${guest[@]}"
 }
 
+# The page's npm files are committed; they must be what the lock gives.
+web_assets() { deploy/web-assets.sh --check; }
+
 gates=("$@")
-[ ${#gates[@]} -gt 0 ] || gates=(fmt clippy deny machete shellcheck)
+[ ${#gates[@]} -gt 0 ] || gates=(fmt clippy deny machete shellcheck web-assets)
 failed=()
 for gate in "${gates[@]}"; do
     case "$gate" in
         fmt | clippy | deny | machete) cmd=$gate ;;
         shellcheck) cmd=shellcheck_all ;;
-        *) echo "deploy/lint.sh: unknown gate '$gate' (fmt, clippy, deny, machete, shellcheck)" >&2; exit 2 ;;
+        web-assets) cmd=web_assets ;;
+        *) echo "deploy/lint.sh: unknown gate '$gate' (fmt, clippy, deny, machete, shellcheck, web-assets)" >&2; exit 2 ;;
     esac
     echo "== lint: $gate"
     "$cmd" || failed+=("$gate")
