@@ -19,6 +19,13 @@ done
 if ! installed qemu-system-x86 || ! command -v qemu-img >/dev/null; then
     missing+=(qemu-system-x86 qemu-utils/bookworm)
 fi
+# Node.js and npm: the page's assets come from npm (deploy/web-assets.sh) and
+# the web view's test drives Chromium with playwright-core (node >= 18).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# chromium: the web view's test loads the page in it, headless.
+for p in chromium chromium-driver; do
+    installed "$p" || missing+=("$p")
+done
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --allow-downgrades --no-install-recommends "${missing[@]}"

@@ -6,12 +6,16 @@
 //! taps, and the host that had no image fetched one; `inspect`, which
 //! shows the lab's status once and, in JSON, each node's QEMU; and
 //! `labspan web`, whose page is sent every node under its host and, on the
-//! same event stream, a host cut off the underlay going down.
+//! same event stream, a host cut off the underlay going down; and the same
+//! page in headless Chromium (web/browser-driver.mjs): nodes drawn under
+//! their hosts, a line typed into a node's console answered by its guest,
+//! and the cut host shown down without a reload.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -290,6 +294,8 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
     inspect_shows_status_once_and_each_qemu(&cluster);
     let web = Web::start(&cluster);
     web_lists_each_node_under_its_host(&cluster, &web);
+    let mut browser = Browser::start();
+    browser_shows_the_lab_and_its_consoles(&cluster, &web, &mut browser);
 
     ok(&cluster.labspan(&["down", "seen"]), "labspan down");
     let after =
@@ -306,7 +312,8 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
             "host{host} after down"
         );
     }
-    web_follows_a_host_cut(&cluster, &web);
+    let cut = web_follows_a_host_cut(&cluster, &web);
+    browser_shows_the_cut_host_down(&mut browser, cut);
 }
 
 /// `labspan web` on a free port of this namespace, and one page's event
@@ -453,8 +460,8 @@ fn web_lists_each_node_under_its_host(cluster: &LocalCluster, web: &Web) {
 }
 
 /// A host cut off the underlay: the page's open event stream says it is
-/// down, with no reload.
-fn web_follows_a_host_cut(cluster: &LocalCluster, web: &Web) {
+/// down, with no reload. Returns the cut host.
+fn web_follows_a_host_cut(cluster: &LocalCluster, web: &Web) -> usize {
     web.until("the lab gone", Duration::from_secs(60), |s| {
         s["labs"].as_array()?.is_empty().then_some(())
     });
@@ -469,4 +476,181 @@ fn web_follows_a_host_cut(cluster: &LocalCluster, web: &Web) {
             .find(|h| h["name"] == name.as_str())?;
         (host["up"] == false).then_some(())
     });
+    cut
+}
+
+/// Headless Chromium driven by web/browser-driver.mjs (playwright-core from
+/// web/package-lock.json, Debian's /usr/bin/chromium): one JSON command a
+/// line, one JSON answer a line.
+struct Browser {
+    driver: Child,
+    commands: Option<std::process::ChildStdin>,
+    answers: mpsc::Receiver<String>,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
+        if !web.join("node_modules/playwright-core").exists() {
+            ok(
+                &run(Command::new("npm")
+                    .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+                    .current_dir(&web)),
+                "npm ci in web/",
+            );
+        }
+        let mut driver = Command::new("node")
+            .arg(web.join("browser-driver.mjs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node web/browser-driver.mjs");
+        let out = driver.stdout.take().expect("stdout");
+        let (tx, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Browser {
+            commands: driver.stdin.take(),
+            driver,
+            answers,
+        }
+    }
+
+    /// Runs one command; its answer (the driver bounds its own waits).
+    fn ask(&mut self, command: Value) -> Value {
+        let stdin = self.commands.as_mut().expect("the driver's stdin");
+        writeln!(stdin, "{command}").expect("writing to the browser driver");
+        let line = self
+            .answers
+            .recv_timeout(Duration::from_secs(150))
+            .unwrap_or_else(|e| panic!("the browser driver did not answer {command}: {e}"));
+        let answer: Value = serde_json::from_str(&line).expect("a JSON answer");
+        match answer.get("ok") {
+            Some(found) => found.clone(),
+            None => panic!("browser: {command} failed: {}", answer["error"]),
+        }
+    }
+
+    /// Asks `look` until `check` holds (a generous bound, not a timing
+    /// assertion).
+    fn until<T>(&mut self, what: &str, within: Duration, check: impl Fn(&Value) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let seen = self.ask(serde_json::json!({"cmd": "look"}));
+            if let Some(found) = check(&seen) {
+                return found;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("the browser never showed {what} within {within:?}; it shows {seen}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The driver closes Chromium and removes its profile when its
+        // input ends; kill it if it does not.
+        drop(self.commands.take());
+        for _ in 0..50 {
+            if matches!(self.driver.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Host -> sorted lab/node names.
+type ByHost = BTreeMap<String, Vec<String>>;
+
+/// What the browser shows under each host, in the host list and in the
+/// topology drawing: host -> sorted lab/node names.
+fn shown_by_host(seen: &Value) -> Option<(ByHost, ByHost)> {
+    let mut listed = BTreeMap::new();
+    for h in seen["hosts"].as_array()? {
+        let mut names: Vec<String> = h["nodes"]
+            .as_array()?
+            .iter()
+            .map(|n| n["name"].as_str().map(String::from))
+            .collect::<Option<_>>()?;
+        names.sort();
+        listed.insert(h["name"].as_str()?.to_string(), names);
+    }
+    let mut drawn: BTreeMap<String, Vec<String>> =
+        listed.keys().map(|h| (h.clone(), vec![])).collect();
+    for n in seen["graph"].as_array()? {
+        drawn
+            .entry(n["host"].as_str()?.to_string())
+            .or_default()
+            .push(n["name"].as_str()?.to_string());
+    }
+    drawn.values_mut().for_each(|v| v.sort());
+    Some((listed, drawn))
+}
+
+/// The page in Chromium: every node listed and drawn under the host that
+/// runs it; a click on a node opens its serial console, where a line typed
+/// is run by the guest's shell (it prints 42 only if it ran it: the echoed
+/// input says 6*7). The screenshot is left in the test's target folder
+/// (docs/web-view.png is one).
+fn browser_shows_the_lab_and_its_consoles(
+    cluster: &LocalCluster,
+    web: &Web,
+    browser: &mut Browser,
+) {
+    let mut expected: BTreeMap<String, Vec<String>> =
+        (1..=3).map(|i| (format!("host{i}"), vec![])).collect();
+    for node in ["a", "b"] {
+        let (host, _) = cluster.running("seen", node)[0];
+        expected
+            .entry(format!("host{host}"))
+            .or_default()
+            .push(format!("seen/{node}"));
+    }
+    browser.ask(serde_json::json!({"cmd": "open", "url": format!("{}/", web.url)}));
+    browser.until(
+        "every node under its host",
+        Duration::from_secs(30),
+        |seen| {
+            let (listed, drawn) = shown_by_host(seen)?;
+            (listed == expected && drawn == expected).then_some(())
+        },
+    );
+    let screen = browser.ask(serde_json::json!({
+        "cmd": "console", "lab": "seen", "node": "b",
+        "type": "echo web-$((6*7))", "expect": "web-42", "timeout_ms": 60000,
+    }));
+    assert!(
+        screen.as_str().is_some_and(|s| s.contains("web-42")),
+        "{screen}"
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-view.png");
+    browser.ask(serde_json::json!({"cmd": "screenshot", "path": shot}));
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG: {}", shot.display());
+    eprintln!("screenshot of the web view: {}", shot.display());
+}
+
+/// The page still open in Chromium since before `down` and the cut: the
+/// lab is gone from it and the cut host is shown down, with no reload.
+fn browser_shows_the_cut_host_down(browser: &mut Browser, cut: usize) {
+    let name = format!("host{cut}");
+    let seen = browser.until("the cut host down", Duration::from_secs(60), |seen| {
+        let host = seen["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["name"] == name.as_str())?;
+        (host["up"] == false).then(|| seen.clone())
+    });
+    assert_eq!(seen["loadedOnce"], true, "the page reloaded: {seen}");
+    assert_eq!(seen["graph"].as_array().map(Vec::len), Some(0), "{seen}");
 }

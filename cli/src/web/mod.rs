@@ -3,8 +3,11 @@
 //! user's own cluster file (so the user's role applies), and the browser
 //! needs no certificate. It follows the coordinators' state stream
 //! (`Request::Watch`) and passes each change to the page as a server-sent
-//! event. See docs/web.md.
+//! event. A node's serial console reaches the page over a websocket,
+//! spliced to the cluster's console stream (`Request::Console`), so the
+//! coordinators decide whose certificate may type into it. See docs/web.md.
 
+mod console;
 mod model;
 
 use std::convert::Infallible;
@@ -14,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::Stream;
@@ -27,12 +30,41 @@ use tokio::sync::watch;
 /// The page: plain HTML and JavaScript, in the binary (works offline).
 const INDEX: &str = include_str!("index.html");
 
+/// Files from npm packages the page uses (deploy/web-assets.sh copies
+/// them from the versions web/package-lock.json pins): name, type, bytes.
+const ASSETS: [(&str, &str, &str); 4] = [
+    (
+        "xterm.js",
+        "text/javascript",
+        include_str!("assets/xterm.js"),
+    ),
+    ("xterm.css", "text/css", include_str!("assets/xterm.css")),
+    (
+        "addon-fit.js",
+        "text/javascript",
+        include_str!("assets/addon-fit.js"),
+    ),
+    (
+        "cytoscape.min.js",
+        "text/javascript",
+        include_str!("assets/cytoscape.min.js"),
+    ),
+];
+
 /// Pause before following the cluster again after the stream ended (a
 /// leader change ends it) or no coordinator answered.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// The page state as JSON, for every page open.
 type Shared = Arc<watch::Sender<String>>;
+
+/// What the handlers share: the page state and the cluster file consoles
+/// are opened with.
+#[derive(Clone)]
+struct App {
+    state: Shared,
+    cluster: Arc<PathBuf>,
+}
 
 /// Serves the web view of the cluster `cluster` names on `listen` until the
 /// process stops; only lab `only` when given.
@@ -49,12 +81,17 @@ pub async fn serve(
     let state: Shared = Arc::new(watch::Sender::new(
         serde_json::json!({"connecting": true}).to_string(),
     ));
-    tokio::spawn(follow_cluster(cluster, only, state.clone()));
+    tokio::spawn(follow_cluster(cluster.clone(), only, state.clone()));
     let app = Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route("/state", get(current))
         .route("/events", get(events))
-        .with_state(state);
+        .route("/assets/{name}", get(asset))
+        .route("/console/{lab}/{node}", get(console::open))
+        .with_state(App {
+            state,
+            cluster: Arc::new(cluster),
+        });
     eprintln!(
         "labspan web: http://{}/ (stop with Ctrl-C)",
         listener.local_addr()?
@@ -63,16 +100,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// One of the page's npm files, from the binary.
+async fn asset(UrlPath(name): UrlPath<String>) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, kind, body)) => ([(header::CONTENT_TYPE, *kind)], *body).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no asset {name}")).into_response(),
+    }
+}
+
 /// The page state now (for scripts and tests).
-async fn current(State(state): State<Shared>) -> impl IntoResponse {
-    let json = state.borrow().clone();
+async fn current(State(app): State<App>) -> impl IntoResponse {
+    let json = app.state.borrow().clone();
     ([(header::CONTENT_TYPE, "application/json")], json)
 }
 
 /// Server-sent events: the state now, then each change (the browser's
 /// `EventSource` reconnects by itself).
-async fn events(State(state): State<Shared>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut rx = state.subscribe();
+async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut rx = app.state.subscribe();
     rx.mark_changed();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
