@@ -87,6 +87,10 @@ enum Command {
     /// Run a host agent.
     #[command(subcommand)]
     Agent(cmd::agent::Command),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::docs::CompletionsArgs),
+    /// Write the man pages into a folder.
+    Man(cmd::docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +125,8 @@ fn main() -> ExitCode {
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Coordinator(c) => cmd::coordinator::run(c),
         Command::Agent(c) => cmd::agent::run(c),
+        Command::Completions(a) => cmd::docs::completions(a),
+        Command::Man(a) => cmd::docs::man(a),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod console;
 pub mod coordinator;
+pub mod docs;
 pub mod down;
 pub mod exec;
 pub mod graph;
