@@ -46,6 +46,7 @@ async function look() {
   return page.evaluate(() => ({
     loadedOnce: window.loadedOnce === true,
     error: document.getElementById("error").textContent,
+    role: document.getElementById("role").textContent,
     hosts: [...document.querySelectorAll("section[data-host]")].map(h => ({
       name: h.dataset.host,
       up: h.dataset.up === "true",

@@ -445,6 +445,8 @@ fn web_lists_each_node_under_its_host(cluster: &LocalCluster, web: &Web) {
             (names == expected && ready).then(|| s.clone())
         },
     );
+    // The admin's file: the page offers consoles.
+    assert_eq!(state["role"], "admin", "{state}");
     let leader = cluster.leader_host().expect("a leader");
     assert_eq!(
         state["leader"].as_str(),
@@ -617,14 +619,16 @@ fn browser_shows_the_lab_and_its_consoles(
             .push(format!("seen/{node}"));
     }
     browser.ask(serde_json::json!({"cmd": "open", "url": format!("{}/", web.url)}));
-    browser.until(
+    let seen = browser.until(
         "every node under its host",
         Duration::from_secs(30),
         |seen| {
             let (listed, drawn) = shown_by_host(seen)?;
-            (listed == expected && drawn == expected).then_some(())
+            (listed == expected && drawn == expected).then(|| seen.clone())
         },
     );
+    // The admin's file: consoles offered.
+    assert_eq!(seen["role"], "you: admin", "{seen}");
     let screen = browser.ask(serde_json::json!({
         "cmd": "console", "lab": "seen", "node": "b",
         "type": "echo web-$((6*7))", "expect": "web-42", "timeout_ms": 60000,

@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::Stream;
-use labspan_proto::msg::{ClusterView, Request};
+use labspan_proto::msg::{ClusterView, Reply, Request};
 use tokio::sync::watch;
 
 /// The page: plain HTML and JavaScript, in the binary (works offline).
@@ -140,12 +140,17 @@ async fn follow_cluster(cluster: PathBuf, only: Option<String>, state: Shared) {
 }
 
 async fn follow_once(cluster: &Path, only: Option<&str>, state: &Shared) -> anyhow::Result<()> {
-    let (_client, _send, mut recv) = crate::remote::open_stream(cluster, &Request::Watch).await?;
+    let (client, _send, mut recv) = crate::remote::open_stream(cluster, &Request::Watch).await?;
+    // The certificate's role, so that the page offers what it may do.
+    let role = match crate::remote::call(&client, &Request::WhoAmI).await? {
+        Reply::Identity { role, .. } => role,
+        other => anyhow::bail!("unexpected reply to WhoAmI: {other:?}"),
+    };
     loop {
         let view: ClusterView = labspan_transport::read_message(&mut recv)
             .await
             .context("the cluster's state stream")?;
-        let page = model::page(&view, only);
+        let page = model::page(&view, only, role);
         state.send_replace(serde_json::to_string(&page)?);
     }
 }

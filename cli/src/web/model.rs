@@ -7,12 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use labspan_proto::codec;
 use labspan_proto::lab::LabBundle;
-use labspan_proto::msg::ClusterView;
+use labspan_proto::msg::{ClusterView, Role};
 use serde::Serialize;
 
 /// The page's state.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Page {
+    /// The role of the user's certificate (`admin`, `viewer`): the page
+    /// offers consoles to admins only, as the coordinators allow them.
+    pub role: String,
     pub term: u64,
     pub leader: Option<String>,
     pub members: Vec<Member>,
@@ -73,7 +76,7 @@ pub struct Segment {
 
 /// The page for `view`, only lab `only` when given. A lab whose bundle does
 /// not decode is shown by its status alone.
-pub fn page(view: &ClusterView, only: Option<&str>) -> Page {
+pub fn page(view: &ClusterView, only: Option<&str>, role: Role) -> Page {
     let s = &view.status;
     let leader = s
         .members
@@ -153,6 +156,7 @@ pub fn page(view: &ClusterView, only: Option<&str>) -> Page {
         });
     }
     Page {
+        role: role.to_string(),
         term: s.term,
         leader,
         members: s
@@ -232,8 +236,9 @@ mod tests {
 
     #[test]
     fn nodes_are_grouped_by_host_and_crossing_segments_are_marked() {
-        let p = page(&view(), None);
+        let p = page(&view(), None, Role::Admin);
         assert_eq!(p.leader.as_deref(), Some("c1"));
+        assert_eq!(p.role, "admin");
         let on =
             |h: usize| -> Vec<&str> { p.hosts[h].nodes.iter().map(|n| n.node.as_str()).collect() };
         assert_eq!((on(0), on(1)), (vec!["a", "b"], vec!["c"]));
@@ -250,7 +255,7 @@ mod tests {
 
     #[test]
     fn another_lab_takes_its_share_but_is_not_shown() {
-        let p = page(&view(), Some("other"));
+        let p = page(&view(), Some("other"), Role::Viewer);
         assert!(p.labs.is_empty());
         assert!(p.hosts[0].nodes.is_empty());
         assert_eq!(p.hosts[0].used_memory_mib, 512);
