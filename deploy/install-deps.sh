@@ -47,5 +47,7 @@ cargo_tool() { # binary crate@version
 }
 cargo_tool cargo-deny cargo-deny@0.20.2
 cargo_tool cargo-machete cargo-machete@0.9.2
+# Builds the Debian package (deploy/package.sh).
+cargo_tool cargo-deb cargo-deb@3.8.0
 # The test runner of deploy/test.sh; most Rust machines already have it.
 cargo_tool cargo-nextest cargo-nextest@0.9.143
