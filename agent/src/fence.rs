@@ -363,15 +363,49 @@ async fn qmp_all(state: &Path, command: &'static str, keep: impl Fn(&(String, St
 /// (a QEMU that was being started when the agent died comes up meanwhile).
 const GUARD_REPAUSE_AFTER: Duration = Duration::from_secs(1);
 
-/// The guard of a standalone agent whose state folder is `state`: waits
-/// until `agent_gone` resolves (the pipe from the agent reached its end),
-/// then pauses every VM of the host, twice.
-pub async fn guard(state: &Path, agent_gone: impl std::future::Future<Output = ()>) {
+/// File (in the state folder) naming the agent that runs now: each agent
+/// writes its own run id there as it starts, before its guard.
+const AGENT_RUN_FILE: &str = "agent-run";
+
+/// Records that a new agent runs on `state` (its run id: pid and start
+/// time); returns the id, for its guard.
+pub fn record_agent_run(state: &Path) -> std::io::Result<String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = format!("{} {nanos}", std::process::id());
+    fs::create_dir_all(state)?;
+    labspan_proto::atomic::write(&state.join(AGENT_RUN_FILE), id.as_bytes())?;
+    Ok(id)
+}
+
+/// Whether an agent other than run `id` has started on `state` since.
+fn replaced(state: &Path, id: &str) -> bool {
+    fs::read_to_string(state.join(AGENT_RUN_FILE)).is_ok_and(|now| now != id)
+}
+
+/// The guard of a standalone agent whose state folder is `state` and whose
+/// run id is `agent`: waits until `agent_gone` resolves (the pipe from the
+/// agent reached its end), then pauses every VM of the host, twice; not
+/// once a new agent has started there (a service restart starts it at
+/// once). That agent starts fenced and pauses the VMs itself until a plan
+/// under a lease resumes them: a pause from here after that resume would
+/// leave the guests paused for good.
+pub async fn guard(state: &Path, agent: &str, agent_gone: impl std::future::Future<Output = ()>) {
     agent_gone.await;
-    tracing::warn!("the agent is gone: pausing every VM of this host (a restarted agent resumes them under a lease)");
-    pause_all(state).await;
-    tokio::time::sleep(GUARD_REPAUSE_AFTER).await;
-    pause_all(state).await;
+    for round in 0..2 {
+        if round > 0 {
+            tokio::time::sleep(GUARD_REPAUSE_AFTER).await;
+        }
+        if replaced(state, agent) {
+            tracing::info!("a new agent runs on this host: it fences its VMs itself");
+            return;
+        }
+        if round == 0 {
+            tracing::warn!("the agent is gone: pausing every VM of this host (a restarted agent resumes them under a lease)");
+        }
+        pause_all(state).await;
+    }
 }
 
 async fn pause_all(state: &Path) {
@@ -417,6 +451,17 @@ mod tests {
             generation,
             ..HostPlan::default()
         }
+    }
+
+    #[test]
+    fn a_guard_knows_when_a_new_agent_has_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = record_agent_run(dir.path()).expect("first agent");
+        assert!(!replaced(dir.path(), &first), "its own agent's run");
+        let second = record_agent_run(dir.path()).expect("second agent");
+        assert_ne!(first, second);
+        assert!(replaced(dir.path(), &first), "a restarted agent took over");
+        assert!(!replaced(dir.path(), &second));
     }
 
     #[test]

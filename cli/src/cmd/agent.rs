@@ -119,7 +119,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let host = host_info(&args)?;
     let agent = Arc::new(Agent::new(labspan_agent::paths::state_dir(), args.accel));
     // Held until this process ends: its end is the guard's signal.
-    let _lifeline = start_guard()?;
+    let run = labspan_agent::fence::record_agent_run(&labspan_agent::paths::state_dir())
+        .context("recording this agent's run in its state folder")?;
+    let _lifeline = start_guard(&run)?;
     let listen = match args.metrics_listen {
         Some(addr) => Listen::Given(addr),
         None => Listen::Default(std::net::SocketAddr::new(
@@ -145,15 +147,19 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How an agent tells its guard its run id.
+const GUARD_RUN_ENV: &str = "LABSPAN_AGENT_RUN";
+
 /// Starts `labspan agent guard` (see `labspan_agent::fence::guard`) with a
 /// pipe as its standard input; returns the pipe's write end, which only
 /// this process holds (std opens pipes close-on-exec, so no QEMU inherits
 /// it). A guard that exits early is logged: a `kill -9` of the agent would
 /// then leave its VMs running.
-fn start_guard() -> anyhow::Result<std::process::ChildStdin> {
+fn start_guard(run: &str) -> anyhow::Result<std::process::ChildStdin> {
     let exe = std::env::current_exe().context("finding this program to start its guard")?;
     let mut child = std::process::Command::new(exe)
         .args(["agent", "guard"])
+        .env(GUARD_RUN_ENV, run)
         .stdin(std::process::Stdio::piped())
         .spawn()
         .context("starting the agent's guard (labspan agent guard)")?;
@@ -175,6 +181,8 @@ fn start_guard() -> anyhow::Result<std::process::ChildStdin> {
 /// pauses every VM in the state folder.
 fn guard() -> anyhow::Result<ExitCode> {
     let state = labspan_agent::paths::state_dir();
+    // Without it (a guard started by hand), it defers to any agent that ran here.
+    let run = std::env::var(GUARD_RUN_ENV).unwrap_or_default();
     let agent_gone = async {
         // Nothing is ever written: a read returns only at the pipe's end
         // (or on an error, which means the same here).
@@ -185,6 +193,6 @@ fn guard() -> anyhow::Result<ExitCode> {
             .is_ok_and(|n| n > 0)
         {}
     };
-    tokio::runtime::Runtime::new()?.block_on(labspan_agent::fence::guard(&state, agent_gone));
+    tokio::runtime::Runtime::new()?.block_on(labspan_agent::fence::guard(&state, &run, agent_gone));
     Ok(ExitCode::SUCCESS)
 }
