@@ -59,7 +59,7 @@ async function look() {
 
 async function typeInConsole({ lab, node, type, expect, timeout_ms }) {
   await page.click(`.node[data-lab="${lab}"][data-node="${node}"]`);
-  await page.waitForSelector("#console.open");
+  await page.waitForSelector('#console.open[data-connected="true"]', { timeout: 30000 });
   await page.click("#term");
   await page.keyboard.type(type);
   await page.keyboard.press("Enter");
