@@ -17,7 +17,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -40,6 +40,8 @@ pub const MARKER_FILE: &str = "checkpoint-op";
 const MAX_BANDWIDTH: u64 = 10 << 30;
 /// QMP exchanges wait behind a busy QEMU (TCG) longer than the usual 5 s.
 const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the run state is looked at while QEMU ends a save.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 /// What one VM's save wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +114,29 @@ pub async fn pause(s: &mut Session) -> Result<(), MoveError> {
 
 /// Runs the guest again (from `paused` or `postmigrate`).
 pub async fn resume(s: &mut Session) -> Result<(), MoveError> {
+    settled(s).await?;
     s.run("cont", Value::Null).await.map(|_| ())
+}
+
+/// Waits until QEMU has left `finish-migrate`. The MIGRATION `completed`
+/// event comes from QEMU's migration thread before its main loop moves
+/// the guest on to `postmigrate`; a `cont` in between is refused
+/// ("Migration is not finalized yet") and would leave the guest paused.
+async fn settled(s: &mut Session) -> Result<(), MoveError> {
+    let deadline = Instant::now() + QMP_TIMEOUT;
+    loop {
+        let status = s.run("query-status", Value::Null).await?;
+        if status["status"] != "finish-migrate" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(s.failed(
+                "resume",
+                format!("QEMU still finishing the save after {QMP_TIMEOUT:?}"),
+            ));
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
 }
 
 /// Saves the paused guest `vm` into `to` (its disk layer also linked into
@@ -126,11 +150,13 @@ pub async fn save(s: &mut Session, vm: &Vm, to: &Path, layers: &Path) -> Result<
         let _ = s.run("migrate_cancel", Value::Null).await;
         let _ = fs::remove_file(to.join(RAM_FILE));
     }
-    let resumed = resume(s).await;
+    // A guest not resumed keeps its marker: the fence resumes it when it
+    // is lifted, where without one it would stay `postmigrate` for good.
+    if let Err(e) = resume(s).await {
+        return result.and(Err(e));
+    }
     set_marker(vm, None)?;
-    let saved = result?;
-    resumed?;
-    Ok(saved)
+    result
 }
 
 async fn save_steps(
