@@ -71,6 +71,13 @@ pub fn stdout_ok(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A command that had to be refused as bad input: exit status 2, and its
+/// output says `says`.
+pub fn refused(out: &Output, what: &str, says: &str) {
+    assert_eq!(out.status.code(), Some(2), "{what}: {}", text(out));
+    assert!(text(out).contains(says), "{what}: {}", text(out));
+}
+
 /// Runs a command and returns its output; panics (failing the test) when it
 /// cannot be started at all.
 pub fn run(cmd: &mut Command) -> Output {

@@ -8,11 +8,10 @@
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, stdout_ok, text};
+use labspan_tests::{build_image, refused, stdout_ok, text};
 
 const LAB: &str = r#"
 name: ckpt
@@ -25,11 +24,6 @@ links:
 placement:
   pin: {p: host1, v: host2}
 "#;
-
-fn refused(out: &Output, what: &str, says: &str) {
-    assert_eq!(out.status.code(), Some(2), "{what}: {}", text(out));
-    assert!(text(out).contains(says), "{what}: {}", text(out));
-}
 
 fn sh(cluster: &LocalCluster, node: &str, line: &str) -> String {
     stdout_ok(&cluster.labspan(&["exec", "ckpt", node, "--", line]), line)

@@ -17,12 +17,12 @@
 //! too, as a figure, not asserted.
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use labspan_agent::image::ImageStore;
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, labspan_bin, run, stdout_ok, text, TEST_IMAGES};
+use labspan_tests::{build_image, labspan_bin, refused, run, stdout_ok, text, TEST_IMAGES};
 
 const MOVED: &str = "198.19.70.2";
 
@@ -37,11 +37,6 @@ links:
 placement:
   pin: {p: host1, v: host2}
 "#;
-
-fn refused(out: &Output, what: &str, says: &str) {
-    assert_eq!(out.status.code(), Some(2), "{what}: {}", text(out));
-    assert!(text(out).contains(says), "{what}: {}", text(out));
-}
 
 /// Runs `line` in `node` of lab "move" (`labspan exec` hands it to `sh -c`).
 fn sh(cluster: &LocalCluster, node: &str, line: &str) -> String {

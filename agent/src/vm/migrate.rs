@@ -685,10 +685,11 @@ async fn left(s: &mut Session) -> bool {
     matches!(s.run("query-status", Value::Null).await, Ok(r) if r["status"] == "postmigrate")
 }
 
-/// Whether the guest of this (source) QEMU left it for another host.
+/// Whether the guest of this (source) QEMU left it for another host
+/// ([`Vm::departed`]: a checkpoint's save, also `postmigrate`, is not a
+/// departure).
 pub async fn departed(vm: &Vm) -> Result<bool, MoveError> {
-    let mut s = Session::open(vm).await?;
-    Ok(left(&mut s).await)
+    Ok(vm.departed().await)
 }
 
 fn millis(d: Duration) -> u64 {
