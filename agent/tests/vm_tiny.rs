@@ -601,3 +601,86 @@ async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
     shell(&dst, "echo after > /dev/shm/x && dd if=/dev/shm/x of=/dev/vda bs=512 seek=9000 conv=fsync 2>/dev/null").await;
     dst.stop(Duration::from_secs(30)).await.expect("stop");
 }
+
+/// Waits (up to 60 s) until `query-migrate` reports `want`.
+async fn migration_reaches(q: &mut vm::Qmp, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = q
+            .execute("query-migrate", None)
+            .await
+            .expect("query-migrate");
+        if m["status"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "migration never {want}: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run_state(q: &mut vm::Qmp) -> String {
+    let s = q.execute("query-status", None).await.expect("query-status");
+    s["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// A guest whose migration was cancelled is still here, and one whose
+/// migration completed has left: the rule that a move's roll-back and the
+/// agent's adoption of a moved guest go by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_completed_migration_counts_as_the_guest_leaving() {
+    need_root();
+    let state = state_root();
+    let dir = state.path().join("m1");
+    let _guard = VmGuard { dir: dir.clone() };
+    let vm = boot(&dir, "m1", tiny(), Vec::new()).await;
+    let mut q = vm.qmp().await.expect("QMP");
+    q.execute("stop", None).await.expect("stop");
+
+    // A peer that accepts and never reads: the migration stalls until cancelled.
+    let sink = state.path().join("sink.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sink).expect("bind sink");
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let uri = format!("unix:{}", sink.display());
+    q.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+        .await
+        .expect("migrate starts");
+    let _peer = held.join().expect("accept thread").expect("accept");
+    q.execute("migrate_cancel", None).await.expect("cancel");
+    migration_reaches(&mut q, "cancelled").await;
+    assert_eq!(run_state(&mut q).await, "paused");
+    assert!(
+        !vm::migrated_out(&mut q).await,
+        "a cancelled migration left"
+    );
+
+    // Into a sink that reads everything: the migration completes.
+    q.execute(
+        "migrate",
+        Some(serde_json::json!({ "uri": "exec:cat > /dev/null" })),
+    )
+    .await
+    .expect("migrate starts");
+    migration_reaches(&mut q, "completed").await;
+    assert!(
+        vm::migrated_out(&mut q).await,
+        "a completed migration did not leave"
+    );
+    // QMP takes one client at a time: `departed` opens its own.
+    drop(q);
+    assert!(
+        vm.departed().await,
+        "a completed migration is not a departure"
+    );
+    let mut q = vm.qmp().await.expect("QMP");
+
+    // QEMU lets the guest run again from here; it answers as before.
+    q.execute("cont", None).await.expect("cont");
+    assert_eq!(run_state(&mut q).await, "running");
+    assert!(
+        !vm::migrated_out(&mut q).await,
+        "a running guest counts as left"
+    );
+    let mut ga = vm.guest_agent(EXEC_WAIT).await.expect("agent session");
+    let out = ga.exec_shell("echo here", EXEC_WAIT).await.expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "here");
+}

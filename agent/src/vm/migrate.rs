@@ -616,6 +616,11 @@ async fn roll_back(s: &mut Session) {
         return;
     }
     cancel_outgoing(s).await;
+    // The migration may have completed before the cancel reached it; it is
+    // settled now (cancelled or completed), so this second look is final.
+    if left(s).await {
+        return;
+    }
     if let Ok(r) = s.run("query-status", Value::Null).await {
         if r["status"] != "running" {
             let _ = s.run("cont", Value::Null).await;
@@ -678,11 +683,9 @@ pub async fn abandon_out(vm: &Vm) -> Result<(), MoveError> {
     Ok(())
 }
 
-/// Whether the guest left this QEMU: its migration completed, which
-/// leaves it `postmigrate` (not `query-migrate`, which on a QEMU that
-/// itself arrived by a move reports that incoming migration).
+/// Whether the guest left this QEMU ([`super::migrated_out`]).
 async fn left(s: &mut Session) -> bool {
-    matches!(s.run("query-status", Value::Null).await, Ok(r) if r["status"] == "postmigrate")
+    super::migrated_out(&mut s.qmp).await
 }
 
 /// Whether the guest of this (source) QEMU left it for another host

@@ -261,15 +261,13 @@ impl Vm {
         Ok(how)
     }
 
-    /// Whether the guest left this QEMU by a completed live move:
-    /// `postmigrate`, unless a checkpoint's save left it so (it never left).
+    /// Whether the guest left this QEMU by a completed live move
+    /// ([`migrated_out`]), unless a checkpoint's save did that (it never left).
     pub async fn departed(&self) -> bool {
         let Ok(mut q) = self.qmp().await else {
             return false;
         };
-        let postmigrate = matches!(q.execute("query-status", None).await,
-            Ok(s) if s["status"] == "postmigrate");
-        postmigrate && checkpoint::marker(&self.dir).as_deref() != Some("save")
+        migrated_out(&mut q).await && checkpoint::marker(&self.dir).as_deref() != Some("save")
     }
 
     /// Whether the guest is not in this QEMU (it left by a move, or has not
@@ -345,6 +343,19 @@ impl Vm {
             cause,
         }
     }
+}
+/// Whether the guest of the QEMU behind `q` left it by a migration that
+/// completed. QEMU reports the migration `completed` while the guest is
+/// still `finish-migrate`, for a moment before `postmigrate`: a roll-back
+/// that resumed the guest in that moment would run it on both hosts.
+/// `query-migrate` speaks of the last outgoing migration once one has
+/// started (before that, on a QEMU that arrived by a move, of the incoming
+/// one, and the run state then is neither of these two).
+pub async fn migrated_out(q: &mut Qmp) -> bool {
+    let stopped_by_migration = matches!(q.execute("query-status", None).await,
+        Ok(s) if s["status"] == "postmigrate" || s["status"] == "finish-migrate");
+    stopped_by_migration
+        && matches!(q.execute("query-migrate", None).await, Ok(m) if m["status"] == "completed")
 }
 
 /// The standard paths inside a VM's state folder.
