@@ -10,7 +10,9 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 
 missing=()
 # prometheus: its promtool checks the daemons' /metrics (tests/tests/observability.rs).
-for p in iproute2 iputils-ping iperf3 tcpdump nftables cpio gzip e2fsprogs debootstrap ca-certificates curl gcc shellcheck jq prometheus; do
+# debootstrap and systemd-container (systemd-nspawn): the package tier boots
+# a Debian 12 tree with the .deb installed (deploy/package-test.sh).
+for p in iproute2 iputils-ping iperf3 tcpdump nftables cpio gzip e2fsprogs debootstrap systemd-container ca-certificates curl gcc shellcheck jq prometheus; do
     installed "$p" || missing+=("$p")
 done
 # qemu-system-x86 and qemu-utils go together, both from bookworm: on a machine
