@@ -350,7 +350,12 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
         tokio::spawn(async move {
             // A byte stream (console, capture) stays open after its request.
             let request = match read_message::<AgentRequest>(&mut recv).await {
-                Ok(r @ (AgentRequest::Console { .. } | AgentRequest::Capture { .. })) => Ok(r),
+                Ok(
+                    r @ (AgentRequest::Console { .. }
+                    | AgentRequest::Capture { .. }
+                    | AgentRequest::CheckpointRead { .. }
+                    | AgentRequest::CheckpointWrite { .. }),
+                ) => Ok(r),
                 Ok(r) => expect_end(&mut recv).await.map(|()| r),
                 Err(e) => Err(e),
             };
@@ -364,6 +369,24 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                     nic,
                     count,
                 }) => return stream::capture(&lab, &node, &nic, count, send, recv).await,
+                Ok(AgentRequest::CheckpointRead {
+                    lab,
+                    name,
+                    node,
+                    kind,
+                }) => {
+                    let what = (lab.as_str(), name.as_str(), node.as_str(), kind.as_str());
+                    return stream::checkpoint_read(agent.state(), what, send).await;
+                }
+                Ok(AgentRequest::CheckpointWrite {
+                    lab,
+                    name,
+                    node,
+                    file,
+                }) => {
+                    let what = (lab.as_str(), name.as_str(), node.as_str());
+                    return stream::checkpoint_write(agent.state(), what, &file, send, recv).await;
+                }
                 Ok(AgentRequest::Restart { lab, node }) => {
                     let _one_plan_at_a_time = hooks.apply_lock.lock().await;
                     let log = |e: Event| {

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Stdio;
 
+use labspan_proto::checkpoint::CheckpointFile;
 use labspan_proto::msg::{AgentReply, ErrorKind, ErrorReply};
 use labspan_proto::names;
 use labspan_transport::{splice, write_frame, write_message};
@@ -88,4 +89,160 @@ pub async fn capture(
 async fn refuse(mut send: SendStream, kind: ErrorKind, why: String) {
     tracing::info!(reason = why, "refused a stream");
     let _ = write_frame(&mut send, &AgentReply::Error(ErrorReply::new(kind, why))).await;
+}
+
+/// The file of `kind` (`ram`, `disk`) in a node's share of a checkpoint.
+fn checkpoint_file(
+    state: &Path,
+    lab: &str,
+    name: &str,
+    node: &str,
+    kind: &str,
+) -> Result<std::path::PathBuf, String> {
+    names::valid::lab(lab).map_err(|e| e.to_string())?;
+    names::valid::checkpoint(name).map_err(|e| e.to_string())?;
+    names::valid::node(node).map_err(|e| e.to_string())?;
+    let file = match kind {
+        "ram" => crate::vm::checkpoint::RAM_FILE,
+        "disk" => crate::vm::checkpoint::DISK_FILE,
+        other => {
+            return Err(format!(
+                "a checkpoint has no file of kind {other:?} (ram, disk)"
+            ))
+        }
+    };
+    Ok(paths::checkpoint_dir(state, lab, name, node).join(file))
+}
+
+/// Sends one file of a checkpoint this host holds, then ends the stream.
+pub async fn checkpoint_read(
+    state: &Path,
+    (lab, name, node, kind): (&str, &str, &str, &str),
+    mut send: SendStream,
+) {
+    let path = match checkpoint_file(state, lab, name, node, kind) {
+        Ok(p) => p,
+        Err(why) => return refuse(send, ErrorKind::Invalid, why).await,
+    };
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let why = format!(
+                "checkpoint {name:?} of lab {lab:?} has no {kind} file of node {node:?} on this host ({}: {e})",
+                path.display()
+            );
+            return refuse(send, ErrorKind::NotFound, why).await;
+        }
+    };
+    if write_message(&mut send, &AgentReply::Streaming)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Err(e) = tokio::io::copy(&mut file, &mut send).await {
+        tracing::warn!(lab, name, node, kind, error = %e, "checkpoint file not sent whole");
+        let _ = send.reset(quinn::VarInt::from_u32(1));
+        return;
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// Receives one file of a checkpoint (the caller ends its side after the
+/// last byte), checks it against `want`, keeps it, and answers with one
+/// frame. A file that does not match is not kept.
+pub async fn checkpoint_write(
+    state: &Path,
+    (lab, name, node): (&str, &str, &str),
+    want: &CheckpointFile,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let path = match checkpoint_file(state, lab, name, node, &want.kind) {
+        Ok(p) => p,
+        Err(why) => return refuse(send, ErrorKind::Invalid, why).await,
+    };
+    if write_message(&mut send, &AgentReply::Streaming)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let reply = match receive_file(&path, want, &mut recv).await {
+        Ok(()) => AgentReply::Resumed {
+            clock_not_set: Vec::new(),
+        },
+        Err(why) => {
+            tracing::warn!(lab, name, node, why, "checkpoint file refused");
+            AgentReply::Error(ErrorReply::new(
+                ErrorKind::Invalid,
+                format!("node {node:?} of lab {lab:?}: checkpoint {name:?}: {why}"),
+            ))
+        }
+    };
+    let _ = write_frame(&mut send, &reply).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+async fn receive_file(
+    path: &Path,
+    want: &CheckpointFile,
+    recv: &mut RecvStream,
+) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = path.parent().unwrap_or(path);
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let partial = path.with_extension("partial");
+    let result = async {
+        let mut out = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| format!("creating {}: {e}", partial.display()))?;
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // Tokio's read (quinn's own says `None` at the end).
+            let n = AsyncReadExt::read(recv, &mut buf)
+                .await
+                .map_err(|e| format!("receiving its {} file: {e}", want.kind))?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            if bytes > want.bytes {
+                return Err(format!(
+                    "its {} file is longer than the {} bytes announced",
+                    want.kind, want.bytes
+                ));
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .await
+                .map_err(|e| format!("writing {}: {e}", partial.display()))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| format!("writing {}: {e}", partial.display()))?;
+        let sha256 = hex::encode(hasher.finalize());
+        if bytes != want.bytes || sha256 != want.sha256 {
+            return Err(format!(
+                "its {} file arrived as {bytes} bytes of sha256 {sha256}, not {} bytes of sha256 {}",
+                want.kind, want.bytes, want.sha256
+            ));
+        }
+        tokio::fs::rename(&partial, path)
+            .await
+            .map_err(|e| format!("keeping {}: {e}", path.display()))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    result
 }

@@ -1,5 +1,6 @@
 //! `labspan`: run network labs of QEMU guests across several hosts as one lab.
 
+mod archive;
 mod cmd;
 mod embedded;
 mod graph;
@@ -69,6 +70,10 @@ enum Command {
     Checkpoint(cmd::checkpoint::Command),
     /// Bring every VM of a lab back to one of its checkpoints.
     Reset(cmd::checkpoint::NameArgs),
+    /// Write a lab and one of its checkpoints to an archive.
+    Save(cmd::save::SaveArgs),
+    /// Bring a lab saved with `labspan save` back, running, in its checkpoint.
+    Load(cmd::save::LoadArgs),
     /// Drain a host (move its VMs away) or end its cordon.
     #[command(subcommand)]
     Host(cmd::moving::HostCommand),
@@ -119,6 +124,8 @@ fn main() -> ExitCode {
         Command::Host(c) => cmd::moving::run_host(c),
         Command::Checkpoint(c) => cmd::checkpoint::run(c),
         Command::Reset(a) => cmd::checkpoint::run_reset(a),
+        Command::Save(a) => cmd::save::run_save(a),
+        Command::Load(a) => cmd::save::run_load(a),
         Command::Console(a) => cmd::console::run(a),
         Command::Capture(a) => cmd::capture::run(a),
         Command::Web(a) => cmd::web::run(a),

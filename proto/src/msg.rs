@@ -197,6 +197,32 @@ pub enum Request {
     CheckpointDelete { lab: String, name: String },
     /// Brings every VM of a lab back to one of its checkpoints.
     Reset { lab: String, name: String },
+    /// A byte stream: after [`Reply::Streaming`], the bytes of one file
+    /// (`kind`: `ram` or `disk`) of a node's share of a checkpoint, from
+    /// the host holding it (`labspan save`).
+    CheckpointRead {
+        lab: String,
+        name: String,
+        node: String,
+        kind: String,
+    },
+    /// A byte stream: after [`Reply::Streaming`], the caller sends the
+    /// bytes of `file` for a node's share of checkpoint `name` and ends its
+    /// side; the node's host checks them against `file` and answers with
+    /// one [`AgentReply`] frame (`labspan load`).
+    CheckpointWrite {
+        lab: String,
+        name: String,
+        node: String,
+        file: crate::checkpoint::CheckpointFile,
+    },
+    /// Records `checkpoint` of a running lab, whose files the hosts of its
+    /// nodes already hold ([`Request::CheckpointWrite`]); answered with
+    /// [`Reply::Checkpointed`].
+    CheckpointImport {
+        lab: String,
+        checkpoint: crate::checkpoint::Checkpoint,
+    },
 }
 
 impl Request {
@@ -204,7 +230,11 @@ impl Request {
     /// reply (console, capture), also when forwarded.
     pub fn is_stream(&self) -> bool {
         match self {
-            Request::Console { .. } | Request::Capture { .. } | Request::Watch => true,
+            Request::Console { .. }
+            | Request::Capture { .. }
+            | Request::Watch
+            | Request::CheckpointRead { .. }
+            | Request::CheckpointWrite { .. } => true,
             Request::Forwarded { request, .. } => request.is_stream(),
             _ => false,
         }
@@ -640,6 +670,20 @@ pub enum AgentRequest {
     /// Resumes every VM of `lab` on this host at `resume_at_unix_ms` and
     /// sets the clock of each guest that has a guest agent.
     CheckpointResume { lab: String, resume_at_unix_ms: u64 },
+    /// See [`Request::CheckpointRead`].
+    CheckpointRead {
+        lab: String,
+        name: String,
+        node: String,
+        kind: String,
+    },
+    /// See [`Request::CheckpointWrite`].
+    CheckpointWrite {
+        lab: String,
+        name: String,
+        node: String,
+        file: crate::checkpoint::CheckpointFile,
+    },
 }
 
 /// An agent's answer to an [`AgentRequest`].

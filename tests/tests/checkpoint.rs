@@ -7,11 +7,13 @@
 //! everywhere by the next leader, and the lab runs on.
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, refused, stdout_ok, text};
+use labspan_tests::{build_image, labspan_bin, refused, run, stdout_ok, text};
 
 const LAB: &str = r#"
 name: ckpt
@@ -247,6 +249,152 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
         Duration::from_secs(60),
         || (received(&cluster) > moving).then_some(()),
     );
+    save_down_and_load(&cluster, &boot_id);
+}
+
+/// `labspan load FILE` against this cluster, with its own scratch folder
+/// (`TMPDIR`) so that what a load leaves behind can be seen.
+fn load(cluster: &LocalCluster, scratch: &Path, args: &[&str]) -> Output {
+    run(Command::new(labspan_bin())
+        .arg("load")
+        .args(args)
+        .env("LABSPAN_CLUSTER", cluster.admin())
+        .env("TMPDIR", scratch))
+}
+
+fn left_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("scratch folder")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `archive` with its manifest's `content` changed by `edit`, written as `to`.
+fn edited(archive: &Path, to: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let input = zstd::Decoder::new(std::fs::File::open(archive).expect("archive")).expect("zstd");
+    let mut tar_in = tar::Archive::new(input);
+    let out = zstd::Encoder::new(std::fs::File::create(to).expect("create"), 3).expect("zstd");
+    let mut tar_out = tar::Builder::new(out);
+    for (i, entry) in tar_in.entries().expect("entries").enumerate() {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).expect("member");
+        if i == 0 {
+            let mut manifest: serde_json::Value = serde_json::from_slice(&data).expect("manifest");
+            edit(&mut manifest["content"]);
+            data = serde_json::to_vec(&manifest).expect("json");
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar_out
+            .append_data(&mut h, name, data.as_slice())
+            .expect("tar");
+    }
+    tar_out.into_inner().expect("tar").finish().expect("zstd");
+}
+
+/// `labspan save`, `down`, `load`: the lab comes back running in the
+/// checkpoint's state (a file and a RAM marker written before it are
+/// there, those written after are not, the guests did not boot again, the
+/// TCP stream between the hosts carries on). A load that cannot work
+/// leaves nothing behind.
+fn save_down_and_load(cluster: &LocalCluster, boot_id: &str) {
+    sh(cluster, "p", "echo kept > /root/before-save");
+    let marker = new_marker(cluster, "p");
+    stdout_ok(
+        &cluster.labspan(&["checkpoint", "create", "ckpt", "s1"]),
+        "checkpoint create s1",
+    );
+    sh(cluster, "p", "echo gone > /root/after-save");
+    assert_ne!(new_marker(cluster, "p"), marker);
+    let archive = cluster.write_file("ckpt.labspan", "");
+    let archive_arg = archive.to_str().expect("utf-8");
+    let saved = stdout_ok(
+        &cluster.labspan(&["save", "ckpt", "-o", archive_arg]),
+        "labspan save",
+    );
+    eprintln!("save: {saved}");
+    assert!(saved.contains("\"s1\""), "the latest checkpoint: {saved}");
+    let scratch = tempfile::tempdir().expect("scratch");
+    let checkpoints = || {
+        stdout_ok(
+            &cluster.labspan(&["checkpoint", "list", "ckpt", "--json"]),
+            "checkpoint list",
+        )
+    };
+    let listed = checkpoints();
+
+    // A running lab of that name is refused, and left as it was.
+    refused(
+        &load(cluster, scratch.path(), &[archive_arg]),
+        "a load over a running lab",
+        "lab \"ckpt\" is already deployed",
+    );
+    assert_eq!(checkpoints(), listed);
+    assert_eq!(sh(cluster, "p", "cat /dev/shm/marker").len(), marker.len());
+    // An image the hosts have in another build.
+    let other = cluster.write_file("other-image.labspan", "");
+    edited(&archive, &other, |c| {
+        c["images"]["tiny"] = serde_json::Value::String("0".repeat(64))
+    });
+    refused(
+        &load(
+            cluster,
+            scratch.path(),
+            &["--replace", other.to_str().expect("utf-8")],
+        ),
+        "an image the cluster does not have",
+        "needs image \"tiny\" of digest 0000",
+    );
+    assert_eq!(cluster.lab_status("ckpt").as_deref(), Some("Running"));
+    assert_eq!(checkpoints(), listed);
+    assert!(
+        left_in(scratch.path()).is_empty(),
+        "{:?}",
+        left_in(scratch.path())
+    );
+
     stdout_ok(&cluster.labspan(&["down", "ckpt"]), "labspan down");
-    assert!(files_of(&cluster, "c2").is_empty(), "files left after down");
+    assert!(files_of(cluster, "s1").is_empty(), "files left after down");
+    let loaded = stdout_ok(
+        &load(cluster, scratch.path(), &[archive_arg]),
+        "labspan load",
+    );
+    eprintln!("load: {loaded}");
+    assert!(
+        left_in(scratch.path()).is_empty(),
+        "{:?}",
+        left_in(scratch.path())
+    );
+    assert_eq!(cluster.lab_status("ckpt").as_deref(), Some("Running"));
+    assert_eq!(sh(cluster, "p", "cat /root/before-save"), "kept");
+    assert_eq!(
+        sh(
+            cluster,
+            "p",
+            "test -e /root/after-save && echo there || echo absent"
+        ),
+        "absent"
+    );
+    assert_eq!(sh(cluster, "p", "cat /dev/shm/marker"), marker);
+    assert_eq!(
+        sh(cluster, "v", "cat /proc/sys/kernel/random/boot_id"),
+        boot_id,
+        "v booted again instead of loading its checkpoint"
+    );
+    let lines = received(cluster);
+    cluster.wait_for(
+        "lines over the same TCP connection after the load",
+        Duration::from_secs(60),
+        || (received(cluster) > lines + 2).then_some(()),
+    );
+    let list: serde_json::Value = serde_json::from_str(&checkpoints()).expect("--json");
+    assert_eq!(list[0]["name"], "s1", "{list}");
+    assert_eq!(files_of(cluster, "s1").len(), 2);
+    stdout_ok(&cluster.labspan(&["down", "ckpt"]), "labspan down");
+    assert!(files_of(cluster, "s1").is_empty(), "files left after down");
 }

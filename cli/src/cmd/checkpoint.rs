@@ -53,7 +53,7 @@ pub struct LabArgs {
 }
 
 /// Runs `f` against the cluster named, or the embedded default.
-fn on_cluster(
+pub(crate) fn on_cluster(
     cluster: Option<&Path>,
     f: impl AsyncFnOnce(&Path) -> anyhow::Result<ExitCode>,
 ) -> anyhow::Result<ExitCode> {

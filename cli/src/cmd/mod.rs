@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod moving;
 pub mod place;
 pub mod restart;
+pub mod save;
 pub mod up;
 pub mod validate;
 pub mod web;

@@ -27,11 +27,12 @@ pub fn may(role: Role, req: &Request) -> bool {
         | R::Cordon { .. }
         | R::CheckpointCreate { .. }
         | R::CheckpointDelete { .. }
-        | R::Reset { .. } => role == Role::Admin,
+        | R::Reset { .. }
+        | R::CheckpointImport { .. } => role == Role::Admin,
         R::StoreFile { .. } => role == Role::Coordinator,
-        // Guest files are lab input: the hosts that run them, and the
-        // coordinators that hold copies.
-        R::GetFile { .. } => matches!(role, Role::Agent | Role::Coordinator),
+        // Guest files are lab input: the hosts that run them, the
+        // coordinators that hold copies, and an admin saving the lab.
+        R::GetFile { .. } => matches!(role, Role::Agent | Role::Coordinator | Role::Admin),
         R::RemoveCoordinator { .. } => role == Role::Admin,
         R::RegisterHost { .. }
         | R::Heartbeat
@@ -41,6 +42,8 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::ImageHosts => role == Role::Admin,
         // A console is a root shell; a capture shows every packet.
         R::Console { .. } | R::Capture { .. } => role == Role::Admin,
+        // A checkpoint holds the guests' RAM: their secrets too.
+        R::CheckpointRead { .. } | R::CheckpointWrite { .. } => role == Role::Admin,
     }
 }
 

@@ -362,6 +362,96 @@ pub(super) async fn delete(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
     }
 }
 
+/// The host holding node `node`'s share of checkpoint `name` of `lab`.
+pub(super) fn holder(
+    inner: &Inner,
+    lab: &str,
+    name: &str,
+    node: &str,
+) -> Result<String, ErrorReply> {
+    let state = &inner.state.read().state;
+    let rec = state.labs.get(lab).ok_or_else(|| no_lab(state, lab))?;
+    let ckpt = rec.checkpoints.get(name).ok_or_else(|| {
+        ErrorReply::new(
+            ErrorKind::NotFound,
+            format!("lab {lab:?} has no checkpoint {name:?}"),
+        )
+    })?;
+    ckpt.nodes.get(node).map(|n| n.host.clone()).ok_or_else(|| {
+        ErrorReply::new(
+            ErrorKind::NotFound,
+            format!("checkpoint {name:?} of lab {lab:?} holds no node {node:?}"),
+        )
+    })
+}
+
+/// Checks that `ckpt`, brought from elsewhere, fits `lab` as it runs in
+/// `state`: a new name, and exactly the lab's nodes; returns it with each
+/// node on the host that runs it (whose agent was given its files).
+pub fn check_import(
+    state: &ClusterState,
+    lab: &str,
+    mut ckpt: Checkpoint,
+) -> Result<Checkpoint, ErrorReply> {
+    check_lab(state, lab, "given a checkpoint")?;
+    let rec = state.labs.get(lab).ok_or_else(|| no_lab(state, lab))?;
+    if rec.checkpoints.contains_key(&ckpt.name) {
+        return Err(ErrorReply::new(
+            ErrorKind::Conflict,
+            format!(
+                "lab {lab:?} already has a checkpoint {:?}; choose another name or delete it first",
+                ckpt.name
+            ),
+        ));
+    }
+    let now: BTreeSet<&String> = rec.placement.keys().collect();
+    let then: BTreeSet<&String> = ckpt.nodes.keys().collect();
+    if now != then {
+        return Err(ErrorReply::new(
+            ErrorKind::Invalid,
+            format!(
+                "checkpoint {:?} holds nodes {then:?}, lab {lab:?} has {now:?}",
+                ckpt.name
+            ),
+        ));
+    }
+    for (node, share) in &mut ckpt.nodes {
+        share.host = rec.placement.get(node).cloned().unwrap_or_default();
+    }
+    Ok(ckpt)
+}
+
+/// Leader: records a checkpoint whose files `labspan load` gave the hosts.
+pub(super) async fn import(inner: &Arc<Inner>, lab: &str, checkpoint: Checkpoint) -> Reply {
+    if let Err(e) = valid::checkpoint(&checkpoint.name) {
+        return error(ErrorKind::Invalid, e.to_string());
+    }
+    let _one_at_a_time = inner.lab_lock.lock().await;
+    if let Err(e) = inner.fresh().await {
+        return Reply::Error(e);
+    }
+    let checkpoint = match check_import(&inner.state.read().state, lab, checkpoint) {
+        Ok(c) => c,
+        Err(refused) => return Reply::Error(refused),
+    };
+    let begin = Command::BeginCheckpoint {
+        lab: lab.to_string(),
+        name: checkpoint.name.clone(),
+        kind: CheckpointOpKind::Create,
+    };
+    if let Err(e) = inner.write(begin).await {
+        return Reply::Error(e);
+    }
+    let end = Command::EndCheckpoint {
+        lab: lab.to_string(),
+        checkpoint: Some(Box::new(checkpoint.clone())),
+    };
+    match inner.write(end).await {
+        Ok(_) => Reply::Checkpointed(checkpoint),
+        Err(e) => Reply::Error(e),
+    }
+}
+
 /// Leader: `labspan reset LAB NAME`.
 pub(super) async fn reset(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
     let started = Instant::now();

@@ -222,6 +222,9 @@ fn kind(req: &Request) -> &'static str {
         Request::CheckpointList { .. } => "CheckpointList",
         Request::CheckpointDelete { .. } => "CheckpointDelete",
         Request::Reset { .. } => "Reset",
+        Request::CheckpointRead { .. } => "CheckpointRead",
+        Request::CheckpointWrite { .. } => "CheckpointWrite",
+        Request::CheckpointImport { .. } => "CheckpointImport",
     }
 }
 
@@ -339,6 +342,9 @@ impl Inner {
             Request::CheckpointList { lab } => checkpoints::list(self, &lab).await,
             Request::CheckpointDelete { lab, name } => checkpoints::delete(self, &lab, &name).await,
             Request::Reset { lab, name } => checkpoints::reset(self, &lab, &name).await,
+            Request::CheckpointImport { lab, checkpoint } => {
+                checkpoints::import(self, &lab, checkpoint).await
+            }
             other => error(
                 ErrorKind::Invalid,
                 format!("{} is not served here", kind(&other)),

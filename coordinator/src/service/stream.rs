@@ -108,6 +108,36 @@ async fn to_agent(inner: &Arc<Inner>, req: &Request) -> Result<Far, ErrorReply> 
                 count: *count,
             },
         ),
+        Request::CheckpointRead {
+            lab,
+            name,
+            node,
+            kind,
+        } => (
+            lab,
+            node,
+            AgentRequest::CheckpointRead {
+                lab: lab.clone(),
+                name: name.clone(),
+                node: node.clone(),
+                kind: kind.clone(),
+            },
+        ),
+        Request::CheckpointWrite {
+            lab,
+            name,
+            node,
+            file,
+        } => (
+            lab,
+            node,
+            AgentRequest::CheckpointWrite {
+                lab: lab.clone(),
+                name: name.clone(),
+                node: node.clone(),
+                file: file.clone(),
+            },
+        ),
         _ => {
             return Err(ErrorReply::new(
                 ErrorKind::Invalid,
@@ -115,7 +145,10 @@ async fn to_agent(inner: &Arc<Inner>, req: &Request) -> Result<Far, ErrorReply> 
             ))
         }
     };
-    let host = labs::host_of(inner, lab, node)?;
+    let host = match req {
+        Request::CheckpointRead { name, .. } => super::checkpoints::holder(inner, lab, name, node)?,
+        _ => labs::host_of(inner, lab, node)?,
+    };
     if let Request::Capture { nic, .. } = req {
         labs::check_nic(inner, lab, node, nic)?;
     }
