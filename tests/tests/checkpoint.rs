@@ -360,6 +360,42 @@ fn save_down_and_load(cluster: &LocalCluster, boot_id: &str) {
 
     stdout_ok(&cluster.labspan(&["down", "ckpt"]), "labspan down");
     assert!(files_of(cluster, "s1").is_empty(), "files left after down");
+    // A RAM file that is not the one the checkpoint recorded: found once
+    // the lab is deployed, which is taken down again.
+    let wrong = cluster.write_file("wrong-ram.labspan", "");
+    edited(&archive, &wrong, |c| {
+        c["checkpoint"]["nodes"]["p"]["files"][0]["sha256"] =
+            serde_json::Value::String("0".repeat(64))
+    });
+    let out = load(cluster, scratch.path(), &[wrong.to_str().expect("utf-8")]);
+    assert!(
+        !out.status.success(),
+        "a wrong RAM file loaded: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("could not be brought to its checkpoint; it was taken down again"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        cluster.lab_status("ckpt"),
+        None,
+        "the lab was left deployed"
+    );
+    assert!(
+        files_of(cluster, "s1").is_empty(),
+        "files left after a failed load"
+    );
+    assert!(
+        cluster.qemus().is_empty(),
+        "guests left after a failed load"
+    );
+    assert!(
+        left_in(scratch.path()).is_empty(),
+        "{:?}",
+        left_in(scratch.path())
+    );
     let loaded = stdout_ok(
         &load(cluster, scratch.path(), &[archive_arg]),
         "labspan load",
