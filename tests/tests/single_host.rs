@@ -284,3 +284,50 @@ fn the_agent_guard_pauses_every_guest_when_its_agent_dies() {
     let down = host.labspan(&["down", "solo"]);
     assert!(down.status.success(), "labspan down: {}", text(&down));
 }
+
+const SAVED: &str = r#"
+name: saved
+defaults: {image: tiny, memory: 256MiB, cpus: 1}
+nodes:
+  p: {nics: {eth0: {ip: [198.19.12.1/24]}}}
+"#;
+
+#[test]
+fn a_lab_saved_and_loaded_on_the_embedded_default_comes_back_in_its_checkpoint() {
+    let host = TestHost::new("save");
+    host.ensure_tiny();
+    let lab = write_lab(&host, "saved.yaml", SAVED);
+    let ok = |args: &[&str]| {
+        let out = host.labspan(args);
+        assert!(out.status.success(), "labspan {args:?}:\n{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let sh = |line: &str| ok(&["exec", "saved", "p", "--", line]);
+    ok(&["up", "--no-verify", lab.to_str().expect("utf-8 path")]);
+    sh("echo kept > /root/before");
+    let boot_id = sh("cat /proc/sys/kernel/random/boot_id");
+    ok(&["checkpoint", "create", "saved", "e1"]);
+    sh("echo gone > /root/after");
+    let archive = host.state.join("saved.labspan");
+    let archive = archive.to_str().expect("utf-8 path");
+    eprintln!("{}", ok(&["save", "saved", "-o", archive]));
+    ok(&["down", "saved"]);
+    assert_eq!(host.qemu_pid("saved", "p"), None, "down left the guest");
+    eprintln!("{}", ok(&["load", archive]));
+    assert_eq!(sh("cat /root/before"), "kept");
+    assert_eq!(
+        sh("test -e /root/after && echo there || echo absent"),
+        "absent"
+    );
+    assert_eq!(
+        sh("cat /proc/sys/kernel/random/boot_id"),
+        boot_id,
+        "the guest booted again instead of loading its checkpoint"
+    );
+    ok(&["down", "saved"]);
+    assert!(
+        host.labspan_links().is_empty(),
+        "{:?}",
+        host.labspan_links()
+    );
+}
