@@ -168,7 +168,9 @@ down() {
         fi
         die "$STATE exists but holds no cluster record ($MARKER): not removed; remove it yourself if it is a leftover"
     fi
-    find_bin 2>/dev/null || BIN=
+    # Without a binary the labs are not taken down through the cluster, but
+    # everything below still goes (die, in a subshell, does not end `down`).
+    BIN=$(find_bin 2>/dev/null && echo "$BIN") || BIN=
     # 1. Labs, through the cluster, while it is still up.
     if [ -n "$BIN" ] && [ -f "$ADMIN" ] && any_coordinator_alive; then
         local labs lab
@@ -179,28 +181,30 @@ down() {
             timeout 180 "$BIN" down "$lab" --ignore-missing --cluster "$ADMIN" || echo "  (failed; its QEMUs are stopped by pid below)"
         done
     fi
-    # 2. Any QEMU the agents left, by the pidfiles under each host's state.
+    # 2. Agents, before their QEMUs: an agent restarts a guest whose QEMU
+    # dies (its supervisor), so QEMUs stopped first could come back.
     local pidfile dir
+    for dir in $(host_dirs); do stop_pidfile "$dir/agent.pid" "agent run"; done
+    # 3. Any QEMU the agents left, by the pidfiles under each host's state.
     for pidfile in "$STATE"/host*/state/vms/*/*/qemu.pid; do
         [ -f "$pidfile" ] && stop_pidfile "$pidfile" qemu-system
     done
-    # 3. Daemons: agents, then coordinators.
-    for dir in $(host_dirs); do stop_pidfile "$dir/agent.pid" "agent run"; done
+    # 4. Coordinators.
     for dir in $(host_dirs); do stop_pidfile "$dir/coordinator.pid" "coordinator run"; done
-    # 4. Coordinator disks (LABSPAN_CLUSTER_COORDINATOR_DISK).
+    # 5. Coordinator disks (LABSPAN_CLUSTER_COORDINATOR_DISK).
     local mnt
     for dir in $(host_dirs); do
         mnt=$dir/coordinator
         if mountpoint -q "$mnt"; then umount "$mnt"; fi
     done
-    # 5. Namespaces (with every bridge, tap and VXLAN device inside); the
+    # 6. Namespaces (with every bridge, tap and VXLAN device inside); the
     # root veth goes with its peer in the underlay namespace.
     local ns
     for ns in $(our_namespaces); do
         ip netns del "$ns"
     done
     ip link del "$ROOT_LINK" 2>/dev/null || true
-    # 6. State, with each host's image store ($IMAGES is kept).
+    # 7. State, with each host's image store ($IMAGES is kept).
     rm -rf "$STATE"
     echo "cluster $NAME removed (namespaces $HOST_PREFIX*, $UNDERLAY, veth $ROOT_LINK, $STATE)"
 }

@@ -4,7 +4,9 @@
 //!   every 10 ms and streams to it over TCP, keeps its boot (same boot id,
 //!   uptime not reset, a marker kept only in RAM), the data it wrote to its
 //!   disk during the move, and the TCP connection; it runs on the new host
-//!   only. A drain moves it again and leaves the host cordoned.
+//!   only. A drain moves it again and leaves the host cordoned. While a
+//!   move's copy is held up, another lab deploys (the move does not hold
+//!   the leader's lab lock while it copies).
 //! - `kill -9` of the leader or the destination's agent before the copy, of
 //!   either agent during it: the move ends (done or rolled back) and the
 //!   guest runs exactly once, the same boot. (The leader's loss during the
@@ -320,7 +322,82 @@ fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
     assert!(status["hosts"]
         .as_array()
         .is_some_and(|h| h.iter().all(|h| h["cordoned"] == false)));
+
+    another_lab_deploys_while_a_move_copies(&cluster, &boot_id);
     stdout_ok(&cluster.labspan(&["down", "move"]), "labspan down");
+}
+
+/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so a
+/// failing test leaves no QEMU stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        stdout_ok(
+            &run(Command::new("kill").args(["-STOP", &pid.to_string()])),
+            "kill -STOP",
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// A move holds the leader's lab lock only to begin and to end: while v's
+/// copy is held up (its destination QEMU stopped), another lab, on the
+/// third host, deploys; the move then ends as usual.
+fn another_lab_deploys_while_a_move_copies(cluster: &LocalCluster, boot_id: &str) {
+    let from = only_on_one(cluster);
+    let to = (1..=3).find(|h| *h != from).expect("another host");
+    let third = (1..=3)
+        .find(|h| *h != from && *h != to)
+        .expect("a third host");
+    let other = cluster.write_file(
+        "other.yaml",
+        &format!(
+            "name: other\nnodes:\n  o: {{image: tiny, memory: 256MiB, cpus: 1}}\nplacement:\n  pin: {{o: host{third}}}\n"
+        ),
+    );
+    let other = other.to_str().expect("utf-8");
+    let to_name = format!("host{to}");
+    std::thread::scope(|s| {
+        let mover = s.spawn(|| cluster.labspan(&["move", "move", "v", "--to", &to_name]));
+        // Held up once the RAM is copied too (the NBD handshake, earlier,
+        // gives up on a peer that does not answer). That lasts a second
+        // or more: watched closely.
+        while streams(cluster, from) < 2 {
+            assert!(
+                !mover.is_finished(),
+                "the move ended before its RAM copy was seen"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let dest = cluster
+            .qemu_pid(to, "move", "v")
+            .expect("v's destination QEMU");
+        let stopped = Stopped::new(dest);
+        stdout_ok(
+            &cluster.labspan(&["up", other]),
+            "labspan up of another lab during a move",
+        );
+        assert!(
+            !mover.is_finished(),
+            "the move ended while its destination QEMU was stopped"
+        );
+        assert_eq!(cluster.lab_status("other").as_deref(), Some("Running"));
+        drop(stopped);
+        let out = mover.join().expect("the move thread");
+        stdout_ok(&out, "the move held up during the other deploy");
+    });
+    only_on(cluster, to);
+    assert_eq!(boot(cluster).0, boot_id, "v booted again");
+    stdout_ok(&cluster.labspan(&["down", "other"]), "labspan down other");
 }
 
 /// Whom a fault kills during a move.
@@ -344,13 +421,21 @@ enum When {
 /// makes are the move's streams (the NBD mirror and the RAM), so this is
 /// the copy phase.
 fn streaming(cluster: &LocalCluster, host: usize) -> bool {
+    streams(cluster, host) > 0
+}
+
+/// How many TCP connections v's QEMU on `host` has open: one while the
+/// disk is copied (NBD), two once the RAM is too (the mirror runs on).
+fn streams(cluster: &LocalCluster, host: usize) -> usize {
     let Some(pid) = cluster.qemu_pid(host, "move", "v") else {
-        return false;
+        return 0;
     };
     let ns = cluster.netns(host);
     let out =
         run(Command::new("ip").args(["netns", "exec", &ns, "ss", "-Htnp", "state", "established"]));
-    String::from_utf8_lossy(&out.stdout).contains(&format!("pid={pid},"))
+    String::from_utf8_lossy(&out.stdout)
+        .matches(&format!("pid={pid},"))
+        .count()
 }
 
 /// Moves v to another host and kills `victim` at `when`; the killed agent

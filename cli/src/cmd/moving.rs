@@ -1,7 +1,8 @@
 //! `labspan move LAB NODE [--to HOST]` and `labspan host drain|uncordon
 //! HOST`: running guests moved to another host without a restart (live
-//! migration, disk included), one at a time, each recorded in the
-//! cluster's log so that a new leader finishes or rolls it back.
+//! migration, disk included), each recorded in the cluster's log so that
+//! a new leader finishes or rolls it back. A drain moves the nodes of a
+//! few labs at once.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -190,25 +191,52 @@ async fn nodes_on(file: &Path, host: &str) -> anyhow::Result<Vec<(String, String
     Ok(out)
 }
 
-/// Cordons `host`, then moves its nodes away one at a time.
+/// How many labs a drain moves nodes of at once. One lab moves one node
+/// at a time (its move is one record in the lab); moves of different labs
+/// copy side by side, a few at a time so the hosts' links and CPUs are not
+/// swamped by many copies at once.
+const DRAIN_LABS_AT_ONCE: usize = 3;
+
+/// Cordons `host`, then moves its nodes away: the nodes of one lab one
+/// after the other, those of [`DRAIN_LABS_AT_ONCE`] labs at once.
 async fn drain(file: &Path, host: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use futures::stream::{self, StreamExt};
     cordon(file, host, true).await?;
     eprintln!("host {host}: cordoned (no new placements)");
     let nodes = nodes_on(file, host).await?;
+    let mut by_lab: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (lab, node) in &nodes {
+        by_lab.entry(lab.clone()).or_default().push(node.clone());
+    }
+    let lab_moves = |(lab, lab_nodes): (String, Vec<String>)| async move {
+        let mut out = Vec::new();
+        for node in lab_nodes {
+            let moved = move_one(file, &lab, &node, None).await;
+            match &moved {
+                Ok(r) if !json => print_move(r, false)?,
+                Ok(_) => {}
+                Err(e) => eprintln!("{lab}/{node}: not moved: {e:#}"),
+            }
+            out.push(moved);
+        }
+        anyhow::Ok(out)
+    };
+    let outcomes: Vec<_> = stream::iter(by_lab)
+        .map(lab_moves)
+        .buffer_unordered(DRAIN_LABS_AT_ONCE)
+        .collect()
+        .await;
     let mut failed = 0;
     let mut reports = Vec::new();
-    for (lab, node) in &nodes {
-        match move_one(file, lab, node, None).await {
-            Ok(r) => {
-                if !json {
-                    print_move(&r, false)?;
-                }
-                reports.push(move_json(&r));
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("{lab}/{node}: not moved: {e:#}");
-            }
+    for moved in outcomes
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+    {
+        match moved {
+            Ok(r) => reports.push(move_json(&r)),
+            Err(_) => failed += 1,
         }
     }
     if json {

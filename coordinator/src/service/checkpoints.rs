@@ -160,7 +160,10 @@ pub(super) async fn create(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
     if let Err(e) = valid::checkpoint(name) {
         return error(ErrorKind::Invalid, e.to_string());
     }
-    let _one_at_a_time = inner.lab_lock.lock().await;
+    let _one_at_a_time = match super::moves::lock_unmoving(inner, lab).await {
+        Ok(guard) => guard,
+        Err(e) => return Reply::Error(e),
+    };
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
@@ -316,7 +319,10 @@ pub(super) async fn list(inner: &Arc<Inner>, lab: &str) -> Reply {
 /// Leader: `labspan checkpoint delete LAB NAME`: forgotten in one entry,
 /// then its files removed from the hosts that hold them.
 pub(super) async fn delete(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
-    let _one_at_a_time = inner.lab_lock.lock().await;
+    let _one_at_a_time = match super::moves::lock_unmoving(inner, lab).await {
+        Ok(guard) => guard,
+        Err(e) => return Reply::Error(e),
+    };
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
@@ -455,7 +461,10 @@ pub(super) async fn import(inner: &Arc<Inner>, lab: &str, checkpoint: Checkpoint
 /// Leader: `labspan reset LAB NAME`.
 pub(super) async fn reset(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
     let started = Instant::now();
-    let _one_at_a_time = inner.lab_lock.lock().await;
+    let _one_at_a_time = match super::moves::lock_unmoving(inner, lab).await {
+        Ok(guard) => guard,
+        Err(e) => return Reply::Error(e),
+    };
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }

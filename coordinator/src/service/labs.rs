@@ -94,7 +94,10 @@ pub(super) async fn deploy(
     ) {
         return error(ErrorKind::Invalid, missing.to_string());
     }
-    let _one_at_a_time = inner.lab_lock.lock().await;
+    let _one_at_a_time = match super::moves::lock_unmoving(inner, &bundle.lab.name).await {
+        Ok(guard) => guard,
+        Err(e) => return Reply::Error(e),
+    };
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
@@ -156,7 +159,10 @@ pub(super) async fn deploy(
 
 /// Leader: stops lab `name` on its hosts and forgets it.
 pub(super) async fn delete(inner: &Arc<Inner>, name: &str) -> Reply {
-    let _one_at_a_time = inner.lab_lock.lock().await;
+    let _one_at_a_time = match super::moves::lock_unmoving(inner, name).await {
+        Ok(guard) => guard,
+        Err(e) => return Reply::Error(e),
+    };
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }

@@ -251,63 +251,124 @@ fn random_hex() -> Result<String, ErrorReply> {
     Ok(hex::encode(bytes))
 }
 
+/// How often a change of a lab that has a move in flight looks again.
+const MOVE_ENDED_POLL: Duration = Duration::from_millis(200);
+
+/// The lab lock, once `lab` has no move in flight. A move holds the lock
+/// only to begin and to end, and copies without it, so other labs deploy,
+/// move and recover meanwhile; a change of the moving lab itself waits
+/// here for the move to end (without the lock, which the end needs).
+pub(super) async fn lock_unmoving<'a>(
+    inner: &'a Inner,
+    lab: &str,
+) -> Result<tokio::sync::MutexGuard<'a, ()>, ErrorReply> {
+    let deadline = Instant::now() + MIGRATING_WAIT;
+    loop {
+        let guard = inner.lab_lock.lock().await;
+        let Some(m) = migration(inner, lab) else {
+            return Ok(guard);
+        };
+        drop(guard);
+        if Instant::now() >= deadline {
+            return Err(ErrorReply::new(
+                ErrorKind::Conflict,
+                format!(
+                    "node {:?} of lab {lab:?} is still moving from {:?} to {:?} after {MIGRATING_WAIT:?}: try again when the move has ended",
+                    m.node, m.from, m.to
+                ),
+            ));
+        }
+        tokio::time::sleep(MOVE_ENDED_POLL).await;
+    }
+}
+
 /// Leader: moves `node` of `lab` live to `to` (or where placement says);
-/// answers once the move is recorded done or rolled back.
+/// answers once the move is recorded done or rolled back. The lab lock is
+/// held to decide and record the move, and again to end it, not while the
+/// guest's disk and RAM are copied: moves of other labs (a drain runs a
+/// few at once) and other labs' changes go on meanwhile.
 pub(super) async fn move_node(
     inner: &Arc<Inner>,
     lab: &str,
     node: &str,
     to: Option<&str>,
 ) -> Reply {
+    let begun = {
+        let _one_at_a_time = match lock_unmoving(inner, lab).await {
+            Ok(guard) => guard,
+            Err(e) => return Reply::Error(e),
+        };
+        if let Err(e) = inner.fresh().await {
+            return Reply::Error(e);
+        }
+        match begin(inner, lab, node, to).await {
+            Ok(begun) => begun,
+            Err(refused) => return refused,
+        }
+    };
+    let outcome = copy(inner, lab, node, &begun).await;
     let _one_at_a_time = inner.lab_lock.lock().await;
-    if let Err(e) = inner.fresh().await {
-        return Reply::Error(e);
-    }
-    move_node_locked(inner, lab, node, to).await
+    finish(inner, lab, node, begun, outcome).await
 }
 
 /// [`move_node`] for a caller that holds the lab lock and has confirmed
-/// its leadership (recovery making room for a lost host's nodes).
+/// its leadership (recovery making room for a lost host's nodes); the lock
+/// stays held for the whole move.
 pub(super) async fn move_node_locked(
     inner: &Arc<Inner>,
     lab: &str,
     node: &str,
     to: Option<&str>,
 ) -> Reply {
+    let begun = match begin(inner, lab, node, to).await {
+        Ok(begun) => begun,
+        Err(refused) => return refused,
+    };
+    let outcome = copy(inner, lab, node, &begun).await;
+    finish(inner, lab, node, begun, outcome).await
+}
+
+/// A move whose intent is recorded (`BeginMove`).
+struct Begun {
+    choice: MoveChoice,
+    port: u16,
+    psk: String,
+    started: Instant,
+}
+
+/// Checks the move, picks its destination, port and key, and records its
+/// intent. The caller holds the lab lock.
+async fn begin(
+    inner: &Arc<Inner>,
+    lab: &str,
+    node: &str,
+    to: Option<&str>,
+) -> Result<Begun, Reply> {
     let started = Instant::now();
     let decided = {
         let state = &inner.state.read().state;
         let capabilities = lock(&inner.capabilities).clone();
         choose(state, &capabilities, lab, node, to)
     };
-    let choice = match decided {
-        Ok(d) => d,
-        Err(refused) => return Reply::Error(refused),
-    };
+    let choice = decided.map_err(Reply::Error)?;
     let both: BTreeSet<String> = [choice.from.clone(), choice.to.clone()].into();
     let missing = agents::missing(inner, &both);
     if !missing.is_empty() {
-        return error(
+        return Err(error(
             ErrorKind::Unavailable,
             format!("the agents of {missing:?} are not connected to the leader: cannot move now"),
-        );
+        ));
     }
-    let port = match free_port(&inner.state.read().state, &choice.to) {
-        Some(p) => p,
-        None => {
-            return error(
-                ErrorKind::Unavailable,
-                format!(
-                    "host {:?} already receives {MAX_MOVES_PER_HOST} moves",
-                    choice.to
-                ),
-            )
-        }
+    let Some(port) = free_port(&inner.state.read().state, &choice.to) else {
+        return Err(error(
+            ErrorKind::Unavailable,
+            format!(
+                "host {:?} already receives {MAX_MOVES_PER_HOST} moves",
+                choice.to
+            ),
+        ));
     };
-    let psk = match random_hex() {
-        Ok(k) => k,
-        Err(e) => return Reply::Error(e),
-    };
+    let psk = random_hex().map_err(Reply::Error)?;
     let begin = Command::BeginMove {
         lab: lab.to_string(),
         node: node.to_string(),
@@ -315,9 +376,7 @@ pub(super) async fn move_node_locked(
         port,
         psk: psk.clone(),
     };
-    if let Err(e) = inner.write(begin).await {
-        return Reply::Error(e);
-    }
+    inner.write(begin).await.map_err(Reply::Error)?;
     tracing::info!(
         lab,
         node,
@@ -325,7 +384,24 @@ pub(super) async fn move_node_locked(
         to = choice.to,
         "moving a node live"
     );
-    let moved = carry_out(inner, lab, node, &choice, port, &psk).await;
+    Ok(Begun {
+        choice,
+        port,
+        psk,
+        started,
+    })
+}
+
+/// Carries out a recorded move; whether the guest ended on the destination
+/// (from both hosts' own view when the steps did not finish), with the
+/// figures or why it stopped.
+async fn copy(
+    inner: &Arc<Inner>,
+    lab: &str,
+    node: &str,
+    begun: &Begun,
+) -> (bool, Result<MoveFigures, String>) {
+    let moved = carry_out(inner, lab, node, &begun.choice, begun.port, &begun.psk).await;
     let done = match &moved {
         Ok(_) => true,
         Err(why) => {
@@ -338,9 +414,24 @@ pub(super) async fn move_node_locked(
             decide_end(inner, lab).await
         }
     };
+    (done, moved)
+}
+
+/// Records the move's end and answers the caller. The caller holds the
+/// lab lock.
+async fn finish(
+    inner: &Arc<Inner>,
+    lab: &str,
+    node: &str,
+    begun: Begun,
+    (done, moved): (bool, Result<MoveFigures, String>),
+) -> Reply {
     if let Err(e) = end(inner, lab, done).await {
         return Reply::Error(e);
     }
+    let Begun {
+        choice, started, ..
+    } = begun;
     match (done, moved) {
         (true, figures) => Reply::Moved(MoveReport {
             lab: lab.to_string(),

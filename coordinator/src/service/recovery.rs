@@ -94,6 +94,11 @@ pub(super) fn decide(
     let names: Vec<String> = state.labs.keys().cloned().collect();
     let mut out = Vec::new();
     for name in names {
+        // A lab with a live move in flight is decided once the move has
+        // ended (it holds the node on two hosts until then).
+        if state.labs.get(&name).is_some_and(|r| r.migration.is_some()) {
+            continue;
+        }
         let Some(step) = decide_lab(&state, &name, capabilities) else {
             continue;
         };

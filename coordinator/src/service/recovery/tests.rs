@@ -9,7 +9,7 @@ use labspan_proto::lab::{parse, LabBundle};
 use super::{decide, Recovery};
 use crate::hosts::DEFAULT_RESERVE_MIB;
 use crate::placement::vm_memory_mib;
-use crate::raft::{Capacity, ClusterState, Host, LabRecord, LabStatus};
+use crate::raft::{Capacity, ClusterState, Host, LabRecord, LabStatus, Migration, MovePhase};
 
 /// A host with room for `vms` guests of 256 MiB and 1 vCPU.
 fn host(i: u8, vms: u64, up: bool) -> Host {
@@ -220,6 +220,24 @@ fn a_lab_being_deleted_is_left_alone() {
     let mut s = three_nodes_on_three_hosts(false);
     s.labs.get_mut("chain").expect("lab").status = LabStatus::Deleting;
     assert_eq!(decide(&s, &HashMap::new()), vec![]);
+}
+
+#[test]
+fn a_lab_with_a_live_move_in_flight_waits_for_its_end() {
+    // A move copies without the lab lock: recovery must not re-place the
+    // lab while its node is held on two hosts, whichever host was lost.
+    let mut s = three_nodes_on_three_hosts(false);
+    s.labs.get_mut("chain").expect("lab").migration = Some(Box::new(Migration {
+        node: "a".into(),
+        from: "h1".into(),
+        to: "h3".into(),
+        phase: MovePhase::Copying,
+        port: 7200,
+        psk: "00".repeat(32),
+    }));
+    assert_eq!(decide(&s, &HashMap::new()), vec![]);
+    s.labs.get_mut("chain").expect("lab").migration = None;
+    assert_eq!(decide(&s, &HashMap::new()).len(), 1);
 }
 
 #[test]
