@@ -23,6 +23,7 @@ use crate::fence::Fence;
 use crate::net::capabilities;
 
 use crate::image_service::ImageService;
+use crate::progress::{self, Outbox};
 use crate::reconcile::{Agent, Event, Report};
 use crate::{stream, supervise};
 use labspan_proto::health::GuestHealth;
@@ -131,13 +132,18 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
         )
     });
     let images = ImageService::start(&cluster, &agent, host.image_listen, announce);
+    let outbox = Arc::new(Outbox::default());
     let events = hooks.events.clone();
-    let supervisor_events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e: Event| {
-        tracing::info!(event = ?e, "supervise");
-        if let Some(events) = &events {
-            events(e);
-        }
-    });
+    let supervisor_events: Arc<dyn Fn(Event) + Send + Sync> = {
+        let outbox = outbox.clone();
+        Arc::new(move |e: Event| {
+            tracing::info!(event = ?e, "supervise");
+            outbox.push(progress::events_of(&e, None));
+            if let Some(events) = &events {
+                events(e);
+            }
+        })
+    };
     // Aborted with this task: the supervisor lives as long as the daemon.
     let supervisor = AbortOnDrop(tokio::spawn(supervise::run(
         agent.clone(),
@@ -177,8 +183,14 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
             agent.clone(),
             hooks.clone(),
             fence.clone(),
+            outbox.clone(),
         ));
+        let forwarder = {
+            let (outbox, conn) = (outbox.clone(), client.connection().clone());
+            AbortOnDrop(tokio::spawn(async move { outbox.forward(conn).await }))
+        };
         let end = session(&client, &host, capabilities, &images, &agent, &fence).await;
+        drop(forwarder);
         server.abort();
         client.close().await;
         match end {
@@ -343,10 +355,21 @@ async fn report_images(client: &Client, images: &ImageService, always: bool) -> 
 }
 
 /// Serves the coordinator's requests on the agent's connection.
-async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fence>) {
+async fn serve(
+    conn: Connection,
+    agent: Arc<Agent>,
+    hooks: Hooks,
+    fence: Arc<Fence>,
+    outbox: Arc<Outbox>,
+) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let (agent, hooks, fence, conn) =
-            (agent.clone(), hooks.clone(), fence.clone(), conn.clone());
+        let (agent, hooks, fence, conn, outbox) = (
+            agent.clone(),
+            hooks.clone(),
+            fence.clone(),
+            conn.clone(),
+            outbox.clone(),
+        );
         tokio::spawn(async move {
             // A byte stream (console, capture) stays open after its request.
             let request = match read_message::<AgentRequest>(&mut recv).await {
@@ -389,16 +412,21 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                 }
                 Ok(AgentRequest::Restart { lab, node }) => {
                     let _one_plan_at_a_time = hooks.apply_lock.lock().await;
+                    let plan = agent.last_plan();
                     let log = |e: Event| {
                         tracing::info!(event = ?e, "restart");
+                        outbox.push(progress::events_of(&e, plan.as_ref()));
                         if let Some(events) = hooks.events.as_deref() {
                             events(e);
                         }
                     };
-                    match agent.restart(&lab, &node, &log).await {
+                    let reply = match agent.restart(&lab, &node, &log).await {
                         Ok(report) => AgentReply::Applied(vm_reports("", report)),
                         Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
-                    }
+                    };
+                    report_not_up(&outbox, &reply);
+                    outbox.flush().await;
+                    reply
                 }
                 Ok(AgentRequest::ApplyPlan(plan)) => {
                     // The fence before the apply lock: lifting it resumes
@@ -416,7 +444,13 @@ async fn serve(conn: Connection, agent: Arc<Agent>, hooks: Hooks, fence: Arc<Fen
                     let reply = match admitted {
                         Ok(_one_plan_at_a_time) => {
                             fetch_files(&conn, agent.files(), &plan).await;
-                            apply(&agent, &plan, hooks.events.as_deref()).await
+                            let reply =
+                                apply(&agent, &plan, hooks.events.as_deref(), &outbox).await;
+                            report_not_up(&outbox, &reply);
+                            // Followers see every step before the leader
+                            // hears the apply is done.
+                            outbox.flush().await;
+                            reply
                         }
                         Err(refusal) => {
                             tracing::warn!(generation = plan.generation, %refusal, "host plan refused");
@@ -563,10 +597,21 @@ async fn fetch_files(conn: &Connection, store: &FileStore, plan: &HostPlan) {
     }
 }
 
+/// Queues a failed step for each VM that the reply says is not up.
+fn report_not_up(outbox: &Outbox, reply: &AgentReply) {
+    if let AgentReply::Applied(vms) = reply {
+        let failed = vms
+            .iter()
+            .filter_map(|v| (v.error.as_deref()).map(|why| progress::not_up(&v.lab, &v.vm, why)));
+        outbox.push(failed.collect());
+    }
+}
+
 async fn apply(
     agent: &Agent,
     plan: &HostPlan,
     events: Option<&(dyn Fn(Event) + Send + Sync)>,
+    outbox: &Outbox,
 ) -> AgentReply {
     tracing::info!(
         host = plan.host,
@@ -576,6 +621,7 @@ async fn apply(
     match agent
         .apply(plan, &|e| {
             tracing::info!(event = ?e, "reconcile");
+            outbox.push(progress::events_of(&e, Some(plan)));
             if let Some(events) = events {
                 events(e);
             }

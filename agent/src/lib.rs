@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod net;
 pub mod paths;
 pub mod procfs;
+pub mod progress;
 pub mod reconcile;
 pub mod stream;
 pub mod supervise;

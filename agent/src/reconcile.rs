@@ -158,6 +158,9 @@ pub enum Event {
     },
     /// Addresses, files and exec lines are in place.
     Configured { lab: String, vm: String },
+    /// The VM is up: its guest booted and is configured (or has no guest
+    /// agent to wait for).
+    Ready { lab: String, vm: String },
     /// A VM not in the plan was stopped and removed.
     Stopped { lab: String, vm: String },
     /// A guest failed (panicked, shut down, hung, lost its QEMU).
@@ -761,7 +764,7 @@ impl Agent {
             outcome.pid = vm.pid();
             if plan.incoming.is_some() {
                 // The guest is still on its way: nothing to wait for here.
-                return Ok(());
+                return Ok(false);
             }
             if vm::migrate::is_incoming(&dir) {
                 self.arrived(&lab.lab, plan, &vm).await?;
@@ -771,7 +774,7 @@ impl Agent {
                 });
             }
             if !image.manifest.guest.guest_agent {
-                return Ok(());
+                return Ok(true);
             }
             let after = match vm.wait_guest_agent(BOOT_TIMEOUT).await {
                 Ok(after) => after,
@@ -794,10 +797,17 @@ impl Agent {
             let mut health = supervise::load(&dir);
             health.ready(supervise::now());
             supervise::save(&dir, &health);
-            Ok::<(), AgentError>(())
+            Ok::<bool, AgentError>(true)
         }
         .await;
-        outcome.error = result.err().map(|e| e.to_string());
+        match result {
+            Ok(true) => events(Event::Ready {
+                lab: lab.lab.clone(),
+                vm: plan.name.clone(),
+            }),
+            Ok(false) => {}
+            Err(e) => outcome.error = Some(e.to_string()),
+        }
         outcome
     }
 

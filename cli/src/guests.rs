@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::progress::{Mode, Renderer};
 use crate::verify::{run_checks, CheckResult, GuestExec};
 use ipnet::IpNet;
 use labspan_proto::lab::Lab;
@@ -27,10 +28,21 @@ pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpNet>> {
 }
 
 /// Runs `lab`'s checks through `guests` (embedded default and cluster
-/// alike), prints them, and says whether every one passed.
-pub async fn verify<G: GuestExec>(guests: &G, lab: &Lab) -> bool {
-    let results = run_checks(guests, &lab.verify, &lab_addresses(lab), CHECK_DEADLINE).await;
-    print_checks(&results);
+/// alike), shows each on `show` as it ends, prints them as a table unless
+/// `show` prints JSON, and says whether every one passed.
+pub async fn verify<G: GuestExec>(guests: &G, lab: &Lab, show: &Renderer) -> bool {
+    let seen = |r: &CheckResult| show.check(&lab.name, r);
+    let results = run_checks(
+        guests,
+        &lab.verify,
+        &lab_addresses(lab),
+        CHECK_DEADLINE,
+        &seen,
+    )
+    .await;
+    if show.mode() != Mode::Json {
+        print_checks(&results);
+    }
     results.iter().all(|r| r.passed)
 }
 

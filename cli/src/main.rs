@@ -3,11 +3,13 @@
 mod archive;
 mod cmd;
 mod embedded;
+mod follow;
 mod graph;
 mod guests;
 mod log;
 mod metrics;
 mod origin;
+mod progress;
 mod remote;
 mod verify;
 mod web;
@@ -59,6 +61,9 @@ enum Command {
     Down(cmd::down::Args),
     /// Show running labs and their nodes.
     Inspect(cmd::inspect::Args),
+    /// Follow labs' progress on a cluster as it happens (deploys, host
+    /// losses and re-placements, downs).
+    Events(cmd::events::Args),
     /// Run a command in a node's guest.
     Exec(cmd::exec::Args),
     /// Restart one node's guest, keeping its disk.
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
         Command::Up(a) => cmd::up::run(a),
         Command::Down(a) => cmd::down::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Events(a) => cmd::events::run(a),
         Command::Exec(a) => cmd::exec::run(a),
         Command::Restart(a) => cmd::restart::run(a),
         Command::Move(a) => cmd::moving::run(a),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::verify::GuestExec;
@@ -20,6 +21,8 @@ use labspan_proto::msg::{
 };
 use labspan_transport::client::{Client, ClientError, ClusterFile};
 
+use crate::follow::Following;
+use crate::progress::{Mode, Renderer};
 use crate::InvalidInput;
 
 /// How long one check command may run in the guest.
@@ -123,23 +126,15 @@ impl Deploy {
     }
 }
 
-/// `labspan up` on a cluster: deploy, print the placement and VMs, run `verify`.
+/// `labspan up` (embedded default and cluster alike): deploy while
+/// following the lab's progress on `show`, print the placement and VMs,
+/// run `verify`.
 pub async fn up(
     path: &Path,
     loaded: &LoadedLab,
     how: &Deploy,
     verify: bool,
-) -> anyhow::Result<ExitCode> {
-    up_with(path, loaded, how, verify, &|| {}).await
-}
-
-/// [`up`], calling `deployed` when the deploy has returned, before printing.
-pub async fn up_with(
-    path: &Path,
-    loaded: &LoadedLab,
-    how: &Deploy,
-    verify: bool,
-    deployed: &dyn Fn(),
+    show: &Arc<Renderer>,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let bundle = &loaded.bundle;
@@ -147,20 +142,28 @@ pub async fn up_with(
     let name = bundle.lab.name.clone();
     upload_files(&client, loaded).await?;
     let bytes = codec::encode(bundle).context("encoding the lab bundle")?;
+    show.expect(&name, bundle.lab.nodes.keys());
+    let following = crate::follow::start_or_note(path, &name, show).await;
+    let before = following.as_ref().map_or(0, Following::ends_seen);
     let deploy = deploy(path, client, &name, bytes, how).await;
-    deployed();
+    if let (Some(following), Ok(_)) = (following, &deploy) {
+        following.stop_after_end(before).await;
+    }
+    show.finish();
     let (client, report) = deploy?;
-    print_report(&report);
+    if show.mode() != Mode::Json {
+        print_report(&report);
+    }
     let mut ok = report.status == LabStatus::Running;
     if verify && ok && !bundle.lab.verify.is_empty() {
         let guests = ClusterGuests {
             client: &client,
             lab: &name,
         };
-        ok = crate::guests::verify(&guests, &bundle.lab).await;
+        ok = crate::guests::verify(&guests, &bundle.lab, show).await;
     }
     client.close().await;
-    Ok(crate::cmd::up::summary(&name, ok, started))
+    Ok(crate::cmd::up::summary(&report, ok, started, show.mode()))
 }
 
 /// Uploads the lab's guest files to the cluster's file store; the deploy
@@ -343,15 +346,42 @@ fn output(r: ExecResult) -> ExecOutput {
     }
 }
 
-/// `labspan down` on a cluster. An unknown lab is an error (exit 2, with
-/// the closest deployed name) unless `ignore_missing`, for scripts.
-pub async fn down(path: &Path, lab: &str, ignore_missing: bool) -> anyhow::Result<ExitCode> {
+/// `labspan down` (embedded default and cluster alike), following the
+/// lab's progress on `show`. An unknown lab is an error (exit 2, with the
+/// closest deployed name) unless `ignore_missing`, for scripts.
+pub async fn down(
+    path: &Path,
+    lab: &str,
+    ignore_missing: bool,
+    show: &Arc<Renderer>,
+) -> anyhow::Result<ExitCode> {
     let client = connect(path).await?;
-    match client.request(&Request::DeleteLab { name: lab.into() }).await? {
-        Reply::Done => println!("lab \"{lab}\" is down: its VMs stopped on every host, its interfaces and VM folders removed"),
-        Reply::Error(e) if e.kind == ErrorKind::NotFound && ignore_missing => println!("lab \"{lab}\" is not deployed; nothing to do"),
+    let following = crate::follow::start_or_note(path, lab, show).await;
+    let before = following.as_ref().map_or(0, Following::ends_seen);
+    let reply = client
+        .request(&Request::DeleteLab { name: lab.into() })
+        .await;
+    let (said, status) = match reply? {
+        Reply::Done => {
+            if let Some(following) = following {
+                following.stop_after_end(before).await;
+            }
+            (format!("lab \"{lab}\" is down: its VMs stopped on every host, its interfaces and VM folders removed"), "down")
+        }
+        Reply::Error(e) if e.kind == ErrorKind::NotFound && ignore_missing => (
+            format!("lab \"{lab}\" is not deployed; nothing to do"),
+            "not deployed",
+        ),
         Reply::Error(e) => return Err(refusal(e)),
         other => bail!("unexpected reply to DeleteLab: {other:?}"),
+    };
+    show.finish();
+    match show.mode() {
+        Mode::Json => println!(
+            "{}",
+            serde_json::json!({"lab": lab, "phase": "done", "status": status})
+        ),
+        _ => println!("{said}"),
     }
     client.close().await;
     Ok(ExitCode::SUCCESS)

@@ -28,6 +28,8 @@ pub trait GuestExec {
 pub struct CheckResult {
     /// What was checked, for people: `ping a -> 198.19.1.2`.
     pub name: String,
+    /// The node it ran in.
+    pub node: String,
     pub passed: bool,
     /// Why it failed (empty when it passed).
     pub detail: String,
@@ -36,17 +38,21 @@ pub struct CheckResult {
 }
 
 /// Runs every check in order, each retried until its own `timeout` (from
-/// the lab file) or else `default_deadline` has passed.
+/// the lab file) or else `default_deadline` has passed; `seen` hears each
+/// result as it comes.
 pub async fn run_checks<G: GuestExec>(
     guest: &G,
     checks: &[Check],
     addresses: &BTreeMap<String, Vec<IpNet>>,
     default_deadline: Duration,
+    seen: &dyn Fn(&CheckResult),
 ) -> Vec<CheckResult> {
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
         let deadline = check.timeout().unwrap_or(default_deadline);
-        results.push(run_check(guest, check, addresses, deadline).await);
+        let result = run_check(guest, check, addresses, deadline).await;
+        seen(&result);
+        results.push(result);
     }
     results
 }
@@ -63,6 +69,7 @@ async fn run_check<G: GuestExec>(
         Err(detail) => {
             return CheckResult {
                 name: check_name(check),
+                node: check_node(check).to_string(),
                 passed: false,
                 detail,
                 elapsed: start.elapsed(),
@@ -83,6 +90,7 @@ async fn run_check<G: GuestExec>(
             let detail = detail.unwrap_or_default();
             return CheckResult {
                 name,
+                node,
                 passed,
                 detail,
                 elapsed: start.elapsed(),
@@ -115,6 +123,13 @@ fn judge(out: &ExecOutput, expect: Option<&Regex>) -> Option<String> {
 
 fn last_line(s: &str) -> Option<&str> {
     s.lines().rev().find(|l| !l.trim().is_empty())
+}
+
+fn check_node(check: &Check) -> &str {
+    match check {
+        Check::Ping { from, .. } => from,
+        Check::Exec { node, .. } => node,
+    }
 }
 
 fn check_name(check: &Check) -> String {
@@ -230,7 +245,7 @@ mod tests {
             to: "b".into(),
             timeout: None,
         }];
-        let r = run_checks(&guest, &checks, &addrs, Duration::from_secs(30)).await;
+        let r = run_checks(&guest, &checks, &addrs, Duration::from_secs(30), &|_| {}).await;
         assert!(r[0].passed, "{r:?}");
         assert_eq!(r[0].attempts, 2);
     }
@@ -247,7 +262,14 @@ mod tests {
             expect: Some(r"198\.19\.1\.1".into()),
             timeout: None,
         }];
-        let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(3)).await;
+        let r = run_checks(
+            &guest,
+            &checks,
+            &BTreeMap::new(),
+            Duration::from_secs(3),
+            &|_| {},
+        )
+        .await;
         assert!(!r[0].passed);
         assert!(
             r[0].detail.contains(r"does not match /198\.19\.1\.1/"),
@@ -269,7 +291,14 @@ mod tests {
             timeout,
         };
         let checks = [check(Some(Duration::from_secs(2))), check(None)];
-        let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(10)).await;
+        let r = run_checks(
+            &guest,
+            &checks,
+            &BTreeMap::new(),
+            Duration::from_secs(10),
+            &|_| {},
+        )
+        .await;
         assert!(!r[0].passed && !r[1].passed);
         // Retried once a second: 2 s allow 3 attempts, the default 10 s allow 11.
         assert_eq!((r[0].attempts, r[1].attempts), (3, 11));
@@ -283,7 +312,14 @@ mod tests {
             to: "b".into(),
             timeout: None,
         }];
-        let r = run_checks(&guest, &checks, &BTreeMap::new(), Duration::from_secs(30)).await;
+        let r = run_checks(
+            &guest,
+            &checks,
+            &BTreeMap::new(),
+            Duration::from_secs(30),
+            &|_| {},
+        )
+        .await;
         assert!(!r[0].passed);
         assert_eq!(r[0].attempts, 0);
         assert_eq!(r[0].detail, "node \"b\" has no address to ping");

@@ -14,4 +14,5 @@ pub mod lab;
 pub mod msg;
 pub mod names;
 pub mod plan;
+pub mod progress;
 pub mod suggest;

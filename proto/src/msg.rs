@@ -223,6 +223,16 @@ pub enum Request {
         lab: String,
         checkpoint: crate::checkpoint::Checkpoint,
     },
+    /// An agent tells the leader what its VMs are doing (soft state, not
+    /// logged; at most [`crate::progress::MAX_BATCH`] events).
+    Progress {
+        events: Vec<crate::progress::ProgressEvent>,
+    },
+    /// A stream of progress (`labspan up`, `down`, `events`): after
+    /// [`Reply::Streaming`], one [`crate::progress::ProgressEvent`] message
+    /// per step of lab `lab` (every lab: `None`) from now on. It ends when
+    /// leadership moves.
+    Follow { lab: Option<String> },
 }
 
 impl Request {
@@ -234,7 +244,8 @@ impl Request {
             | Request::Capture { .. }
             | Request::Watch
             | Request::CheckpointRead { .. }
-            | Request::CheckpointWrite { .. } => true,
+            | Request::CheckpointWrite { .. }
+            | Request::Follow { .. } => true,
             Request::Forwarded { request, .. } => request.is_stream(),
             _ => false,
         }

@@ -1,8 +1,10 @@
-//! `labspan down LAB`: stop a lab and remove everything it made.
+//! `labspan down LAB`: stop a lab and remove everything it made, showing
+//! each node's progress.
 
 use std::process::ExitCode;
 
 use crate::embedded;
+use crate::progress::{Mode, Renderer};
 
 /// Arguments of `labspan down`.
 #[derive(clap::Args)]
@@ -15,6 +17,9 @@ pub struct Args {
     /// Act on the cluster this file names instead of this machine.
     #[arg(long, env = "LABSPAN_CLUSTER")]
     pub cluster: Option<std::path::PathBuf>,
+    /// Progress and the result as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `labspan down`. A lab that is not deployed is an error (exit 2,
@@ -24,11 +29,15 @@ pub struct Args {
 /// local agent brings the host to its recorded plan before anything else.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new()?;
+    let show = Renderer::new(Mode::pick(args.json));
+    let down = async |file: &std::path::Path| {
+        crate::remote::down(file, &args.lab, args.ignore_missing, &show).await
+    };
     if let Some(cluster) = &args.cluster {
-        return rt.block_on(crate::remote::down(cluster, &args.lab, args.ignore_missing));
+        return rt.block_on(down(cluster));
     }
     rt.block_on(embedded::with_cluster(
         embedded::accel_from_env(),
-        async |file| crate::remote::down(&file, &args.lab, args.ignore_missing).await,
+        async |file| down(&file).await,
     ))
 }

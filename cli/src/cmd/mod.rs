@@ -8,6 +8,7 @@ pub mod console;
 pub mod coordinator;
 pub mod docs;
 pub mod down;
+pub mod events;
 pub mod exec;
 pub mod graph;
 pub mod image;

@@ -1,18 +1,21 @@
-//! `labspan up LAB`: deploy a lab (or apply an edited lab file), wait for
-//! every guest, run the lab's checks, print a table.
+//! `labspan up LAB`: deploy a lab (or apply an edited lab file) while
+//! showing each node's progress, wait for every guest, run the lab's
+//! checks, print a table.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use labspan_agent::image::ImageError;
-use labspan_agent::reconcile::{Agent, Event};
+use labspan_agent::reconcile::Agent;
 use labspan_agent::vm::AccelChoice;
 use labspan_proto::lab::LoadedLab;
+use labspan_proto::msg::LabReport;
 
 use crate::embedded::{self, load};
+use crate::progress::{Mode, Renderer};
 use crate::InvalidInput;
 
 /// Arguments of `labspan up`.
@@ -34,6 +37,10 @@ pub struct Args {
     /// file, deployed (the lab then runs what this file says).
     #[arg(long)]
     pub replace: bool,
+    /// Progress, checks and the result as JSON lines on stdout (one
+    /// object per step: lab, node, host, phase, ...).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `labspan up`.
@@ -52,12 +59,12 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         .into());
     }
     let loaded = load(&args.lab)?;
-    if let Some(cluster) = &args.cluster {
-        let deploy = crate::remote::Deploy::new(&args.lab, args.replace)?;
-        return crate::remote::up(cluster, &loaded, &deploy, !args.no_verify).await;
-    }
+    let show = Renderer::new(Mode::pick(args.json));
     let deploy = crate::remote::Deploy::new(&args.lab, args.replace)?;
-    embedded_up(&loaded, &deploy, args.accel, !args.no_verify).await
+    if let Some(cluster) = &args.cluster {
+        return crate::remote::up(cluster, &loaded, &deploy, !args.no_verify, &show).await;
+    }
+    embedded_up(&loaded, &deploy, args.accel, !args.no_verify, &show).await
 }
 
 /// `up` on the embedded default: this machine's own single-node cluster,
@@ -67,6 +74,7 @@ async fn embedded_up(
     deploy: &crate::remote::Deploy,
     accel: AccelChoice,
     verify: bool,
+    show: &Arc<Renderer>,
 ) -> anyhow::Result<ExitCode> {
     let bundle = &loaded.bundle;
     let prepared = embedded::prepare().await?;
@@ -74,27 +82,30 @@ async fn embedded_up(
     let agent = Agent::new(labspan_agent::paths::state_dir(), accel);
     ensure_builtin_images(&agent, &bundle.lab)?;
     prepared.check(bundle, &placement, &agent).await?;
-    let progress = Arc::new(Progress::new(&bundle.lab));
-    let hook = {
-        let (progress, lab) = (progress.clone(), bundle.lab.name.clone());
-        Arc::new(move |e: Event| progress.on(&lab, e))
-    };
-    let cluster = prepared.start(accel, Some(hook)).await?;
-    let finish = || progress.finish();
-    let result =
-        crate::remote::up_with(cluster.cluster_file(), loaded, deploy, verify, &finish).await;
-    progress.finish();
+    // Progress comes the way it does from a cluster: the local agent
+    // tells the embedded coordinator, which streams it to this command.
+    let cluster = prepared.start(accel, None).await?;
+    let result = crate::remote::up(cluster.cluster_file(), loaded, deploy, verify, show).await;
+    show.finish();
     cluster.stop().await;
     result
 }
 
-/// The last line of `up` (embedded default and cluster alike), and its exit status.
-pub(crate) fn summary(lab: &str, ok: bool, started: Instant) -> ExitCode {
-    let verdict = if ok { "is up" } else { "has problems" };
-    println!(
-        "\nlab \"{lab}\" {verdict} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+/// The last line of `up` (embedded default and cluster alike), and its
+/// exit status; with `--json`, an object with phase `done`.
+pub(crate) fn summary(report: &LabReport, ok: bool, started: Instant, mode: Mode) -> ExitCode {
+    let lab = &report.lab;
+    let secs = started.elapsed().as_secs_f64();
+    if mode == Mode::Json {
+        let status = report.status.to_string();
+        println!(
+            "{}",
+            serde_json::json!({"lab": lab, "phase": "done", "status": status, "ok": ok, "secs": (secs * 10.0).round() / 10.0})
+        );
+    } else {
+        let verdict = if ok { "is up" } else { "has problems" };
+        println!("\nlab \"{lab}\" {verdict} in {secs:.1} s");
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -125,103 +136,4 @@ fn ensure_builtin_images(agent: &Agent, lab: &labspan_proto::lab::Lab) -> anyhow
         bar.finish_and_clear();
     }
     Ok(())
-}
-
-/// One spinner per VM, updated from the agent's events.
-struct Progress {
-    bars: Mutex<std::collections::BTreeMap<String, ProgressBar>>,
-}
-
-impl Progress {
-    fn new(lab: &labspan_proto::lab::Lab) -> Progress {
-        let multi = MultiProgress::new();
-        let style = ProgressStyle::with_template("{spinner} {prefix:<12} {wide_msg} {elapsed:>4}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let bars = lab
-            .nodes
-            .keys()
-            .map(|node| {
-                let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
-                bar.set_prefix(node.clone());
-                bar.set_message("planned");
-                bar.enable_steady_tick(Duration::from_millis(120));
-                (node.clone(), bar)
-            })
-            .collect();
-        Progress {
-            bars: Mutex::new(bars),
-        }
-    }
-
-    /// Shows `event` if it is about `lab` (the agent reports every lab of the host).
-    fn on(&self, lab: &str, event: Event) {
-        let (of, vm, msg) = match &event {
-            Event::Launching { lab, vm } => (lab, vm, "starting QEMU".to_string()),
-            Event::Receiving { lab, vm } => (lab, vm, "receiving it from another host".to_string()),
-            Event::Arrived { lab, vm } => (lab, vm, "arrived from another host".to_string()),
-            Event::Adopted { lab, vm, pid } => (lab, vm, format!("running (pid {pid}), kept")),
-            Event::Restarting { lab, vm, why } => (lab, vm, format!("restarting: {why}")),
-            Event::Booted { lab, vm, after } => (
-                lab,
-                vm,
-                format!(
-                    "guest agent up after {:.1} s, configuring",
-                    after.as_secs_f64()
-                ),
-            ),
-            Event::Configured { lab, vm } => (lab, vm, "configured".to_string()),
-            Event::Stopped { lab, vm } => (lab, vm, "stopped and removed".to_string()),
-            Event::Failed {
-                lab,
-                vm,
-                state,
-                why,
-            } => (lab, vm, format!("{state}: {why}")),
-            Event::BackingOff { lab, vm, delay } => {
-                (lab, vm, format!("restarting in {} s", delay.as_secs()))
-            }
-            Event::Left { lab, vm, why } => (lab, vm, format!("left as it is ({why})")),
-            Event::Fetching {
-                lab,
-                image,
-                from,
-                bytes,
-                total,
-                mib_per_s,
-            } => (
-                lab,
-                image,
-                format!(
-                    "image from {from}: {:.1} of {:.1} MiB ({mib_per_s:.1} MiB/s)",
-                    *bytes as f64 / 1048576.0,
-                    *total as f64 / 1048576.0
-                ),
-            ),
-            Event::FetchRetry {
-                lab,
-                image,
-                from,
-                why,
-            } => (
-                lab,
-                image,
-                format!("fetch from {from} failed, retrying: {why}"),
-            ),
-        };
-        if of != lab {
-            return;
-        }
-        if let Ok(bars) = self.bars.lock() {
-            match bars.get(vm) {
-                Some(bar) => bar.set_message(msg),
-                None => eprintln!("{vm}: {msg}"),
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(bars) = self.bars.lock() {
-            bars.values().for_each(ProgressBar::finish_and_clear);
-        }
-    }
 }

@@ -14,7 +14,7 @@ pub fn may(role: Role, req: &Request) -> bool {
         R::Raft(_) | R::AddCoordinator { .. } | R::UseToken { .. } | R::Forwarded { .. } => {
             role == Role::Coordinator
         }
-        R::Status | R::GetLab { .. } | R::Watch | R::CheckpointList { .. } => {
+        R::Status | R::GetLab { .. } | R::Watch | R::Follow { .. } | R::CheckpointList { .. } => {
             matches!(role, Role::Admin | Role::Viewer)
         }
         R::CreateToken { .. }
@@ -38,6 +38,7 @@ pub fn may(role: Role, req: &Request) -> bool {
         | R::Heartbeat
         | R::ImageInventory { .. }
         | R::GuestHealth { .. }
+        | R::Progress { .. }
         | R::HostCapabilities(_) => role == Role::Agent,
         R::ImageHosts => role == Role::Admin,
         // A console is a root shell; a capture shows every packet.

@@ -191,6 +191,7 @@ pub(super) async fn delete(inner: &Arc<Inner>, name: &str) -> Reply {
         .into_iter()
         .filter_map(|(h, r)| r.err().map(|e| format!("host {h}: {e}")))
         .collect();
+    inner.lab_step(name, labspan_proto::progress::Phase::Removed);
     if failed.is_empty() {
         Reply::Done
     } else {

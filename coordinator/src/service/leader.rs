@@ -161,13 +161,20 @@ impl Inner {
     }
 
     /// Proposes `cmd` (on the leader) and waits until it is committed and applied.
+    /// Followers of the labs it changes see the steps it makes
+    /// ([`super::progress`]).
     pub(super) async fn write(&self, cmd: Command) -> Result<Applied, ErrorReply> {
         let started = std::time::Instant::now();
+        let settles = super::progress::settles(&cmd);
+        self.progress_before_write();
         match self.raft.client_write(cmd).await {
             Ok(resp) => {
                 self.metrics.committed(started.elapsed().as_secs_f64());
-                resp.data
-                    .map_err(|rejection| ErrorReply::new(ErrorKind::Invalid, rejection.to_string()))
+                let applied = resp.data.map_err(|rejection| {
+                    ErrorReply::new(ErrorKind::Invalid, rejection.to_string())
+                });
+                self.progress_after_write(settles.filter(|_| applied.is_ok()));
+                applied
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ErrorReply::new(
                 ErrorKind::NotLeader,

@@ -21,6 +21,7 @@ mod join;
 mod labs;
 mod leader;
 mod moves;
+mod progress;
 mod push;
 mod recovery;
 mod resume;
@@ -127,6 +128,8 @@ struct Inner {
     was_member: std::sync::atomic::AtomicBool,
     /// Counters and histograms served on `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Per-node steps for whoever follows a lab (leader only).
+    progress: progress::Hub,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +228,8 @@ fn kind(req: &Request) -> &'static str {
         Request::CheckpointRead { .. } => "CheckpointRead",
         Request::CheckpointWrite { .. } => "CheckpointWrite",
         Request::CheckpointImport { .. } => "CheckpointImport",
+        Request::Progress { .. } => "Progress",
+        Request::Follow { .. } => "Follow",
     }
 }
 
@@ -287,6 +292,10 @@ impl Inner {
             Request::ImageInventory { addr, images } => match self.not_leader() {
                 Some(reply) => reply,
                 None => images::inventory(self, &caller.name, addr, images),
+            },
+            Request::Progress { events } => match self.not_leader() {
+                Some(reply) => reply,
+                None => progress::from_agent(self, &caller.name, events),
             },
             Request::GuestHealth { guests } => match self.not_leader() {
                 Some(reply) => reply,
@@ -446,6 +455,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         registrations: hosts::Registrations::default(),
         was_member: std::sync::atomic::AtomicBool::new(false),
         metrics: metrics.clone(),
+        progress: progress::Hub::default(),
     });
     let mut tasks = vec![
         transport::serve(

@@ -1,7 +1,8 @@
-//! Byte-stream requests (console, capture, watch). The leader serves a
-//! watch itself ([`super::watch`]); for the others it joins the caller's
-//! stream to one it opens on the agent's connection (agents only dial
-//! out); any other coordinator joins it to one it opens to the leader.
+//! Byte-stream requests (console, capture, watch, follow). The leader
+//! serves a watch ([`super::watch`]) and a follow ([`super::progress`])
+//! itself; for the others it joins the caller's stream to one it opens on
+//! the agent's connection (agents only dial out); any other coordinator
+//! joins it to one it opens to the leader.
 //! Every hop writes one reply frame first, then copies raw bytes both ways.
 
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub(super) async fn serve(
                 super::watch::serve(inner, send).await;
             }
             return;
+        }
+        Ok((_, Request::Follow { lab }, _)) if inner.is_leader() => {
+            return super::progress::follow(inner, lab, send).await;
         }
         Ok((origin, req, may_forward)) => {
             if inner.is_leader() {
