@@ -14,6 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 pub mod daemons;
 pub mod local_cluster;
+pub mod progress;
 
 pub use labspan_testutil::{described, netns, wait_until, wait_until_async};
 

@@ -2,7 +2,8 @@
 //! hosts as namespaces on an underlay, 3 coordinators and an agent per host,
 //! tiny guests under TCG. A node moved by editing its pin restarts alone;
 //! a lost host's VMs run again on other hosts and, when it comes back, its
-//! stale copies stop; with no host to take it a node waits, the lab says
+//! stale copies stop, and `labspan events` shows the node lost, placed
+//! again, booting and running; with no host to take it a node waits, the lab says
 //! `Degraded`; a new leader finishes a re-placement; `labspan down` leaves
 //! nothing of ours on any host; `cluster.sh` refuses what others use.
 
@@ -11,6 +12,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use labspan_tests::local_cluster::LocalCluster;
+use labspan_tests::progress::{in_order, steps_of, Events};
 use labspan_tests::{build_image, text};
 
 /// Generous bounds for a cluster of TCG guests on a busy 2-core machine.
@@ -217,6 +219,32 @@ fn a_certificate_from_another_ca_is_refused_at_once(cluster: &LocalCluster) {
     assert!(!said.contains("waiting for the cluster"), "{said}");
 }
 
+/// `labspan events --json` showed the recovery of `node`: lost on host
+/// `from`, then placed on host `to` (moved from `from`), booting and
+/// running there, and the lab settled `Running`.
+fn recovery_shown(events: &Events, node: &str, from: usize, to: usize) {
+    let (from, to) = (format!("host{from}"), format!("host{to}"));
+    let steps = events.until("the node's recovery", BACK_WITHIN, |all| {
+        let steps = steps_of(all, "loss", node);
+        let settled = all
+            .iter()
+            .any(|s| s["phase"] == "settled" && s["status"] == "Running");
+        let done = in_order(&steps, &["lost", "placed", "booting", "running"]).is_some();
+        (settled && done).then_some(steps)
+    });
+    let at = in_order(&steps, &["lost", "placed", "booting", "running"]).expect("in order");
+    assert_eq!(steps[at[0]].1, from, "{steps:?}");
+    for i in &at[1..] {
+        assert_eq!(steps[*i].1, to, "{steps:?}");
+    }
+    let placed = events
+        .steps()
+        .into_iter()
+        .find(|s| s["node"] == node && s["phase"] == "placed")
+        .expect("placed");
+    assert_eq!(placed["from"], from.as_str(), "{placed}");
+}
+
 #[test]
 fn a_lost_hosts_vms_run_elsewhere_and_its_stale_copies_stop_when_it_returns() {
     build_image("tiny");
@@ -238,6 +266,8 @@ fn a_lost_hosts_vms_run_elsewhere_and_its_stale_copies_stop_when_it_returns() {
         .map(|(n, &at)| (n.clone(), at))
         .expect("a node off the leader's host");
     let ns = cluster.netns(victim);
+    // What a user following the lab sees of the recovery (`labspan events`).
+    let events = Events::follow(&cluster.admin(), "loss");
     ok(
         &cluster.ip(victim, &["link", "set", "eth0", "down"]),
         "eth0 down",
@@ -266,6 +296,8 @@ fn a_lost_hosts_vms_run_elsewhere_and_its_stale_copies_stop_when_it_returns() {
     }
     ping(&cluster, "loss", "b", "198.19.50.1");
     ping(&cluster, "loss", "b", "198.19.51.3");
+    recovery_shown(&events, &node, victim, elsewhere.0);
+    drop(events);
 
     ok(
         &cluster.ip(victim, &["link", "set", "eth0", "up"]),

@@ -1,4 +1,7 @@
 //! What an operator sees of a cluster made by `deploy/cluster.sh`: the
+//! progress `up` and `down` stream (`--json`: each node placed on its
+//! host, fetching, booting, configuring, running, checks; without a
+//! terminal, one line per phase change); the
 //! coordinators' and agents' Prometheus metrics (docs/metrics.md), checked
 //! by `promtool check metrics` and against what the test did: a lab deployed
 //! over two hosts shows as Running, its VMs appear on the agent that runs
@@ -23,6 +26,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use labspan_tests::local_cluster::LocalCluster;
+use labspan_tests::progress::{in_order, json_lines, steps_of};
 use labspan_tests::{run, text};
 
 const SEEN: &str = r#"
@@ -136,6 +140,98 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
     found.first().copied()
 }
 
+/// `up --json`: every node is placed on the host that runs it, then
+/// (on a host without the image) fetches it to 100%, boots, is configured
+/// and runs, in that order and on that host; the lab settles `Running`,
+/// then its check passes and the last line says it is done.
+fn up_json_streams_each_nodes_phases(cluster: &LocalCluster, lab: &str) {
+    let out = cluster.labspan(&["up", lab, "--json"]);
+    ok(&out, "labspan up --json");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let steps = json_lines(&stdout);
+    assert_eq!(
+        steps.len(),
+        stdout.lines().count(),
+        "only JSON on stdout:\n{stdout}"
+    );
+    for node in ["a", "b"] {
+        let (host, _pid) = cluster.running("seen", node)[0];
+        let on = format!("host{host}");
+        let mine = steps_of(&steps, "seen", node);
+        let order = ["placed", "booting", "configuring", "running", "checks"];
+        let at = in_order(&mine, &order[..4]);
+        assert!(at.is_some(), "{node}: {order:?} in order:\n{mine:?}");
+        assert!(
+            mine.iter().all(|(_, h)| *h == on),
+            "{node} on {on}: {mine:?}"
+        );
+        let fetched: Vec<u64> = (steps.iter())
+            .filter(|s| s["node"] == node && s["phase"] == "fetching")
+            .filter_map(|s| s["percent"].as_u64())
+            .collect();
+        // Only host1 starts with the images.
+        if host == 1 {
+            assert!(fetched.is_empty(), "{node}: {fetched:?}");
+        } else {
+            assert_eq!(
+                fetched.last(),
+                Some(&100),
+                "{node} fetched tiny: {fetched:?}"
+            );
+            let first = in_order(&mine, &["placed", "fetching", "booting"]);
+            assert!(first.is_some(), "{node} fetched before booting: {mine:?}");
+        }
+    }
+    let phase = |s: &Value| s["phase"].as_str().unwrap_or_default().to_string();
+    let settled = steps.iter().position(|s| phase(s) == "settled");
+    let check = (steps.iter()).position(|s| phase(s) == "checks" && s["check"] == "ping a -> b");
+    let done = steps.last().expect("a last line");
+    assert!(
+        matches!((settled, check), (Some(s), Some(c)) if s < c),
+        "settled, then the check:\n{stdout}"
+    );
+    assert_eq!(steps[settled.unwrap_or(0)]["status"], "Running");
+    assert_eq!(steps[check.unwrap_or(0)]["passed"], true, "{stdout}");
+    assert_eq!(
+        (&done["phase"], &done["ok"], &done["status"]),
+        (&"done".into(), &true.into(), &"Running".into()),
+        "{done}"
+    );
+}
+
+/// `up` again with its output not a terminal: one line per phase change
+/// (each node kept with its QEMU's pid, configured again, running), the
+/// lab settled once, and the table and checks as before.
+fn up_again_prints_one_line_per_phase_change(cluster: &LocalCluster, lab: &str) {
+    let out = cluster.labspan(&["up", lab]);
+    let shown = ok(&out, "labspan up (again)");
+    let lines = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(shown.contains("PASS ping a -> b"), "{shown}");
+    for node in ["a", "b"] {
+        let (host, pid) = cluster.running("seen", node)[0];
+        let prefix = format!("seen/{node} on host{host}: ");
+        let mine: Vec<&str> = (lines.lines())
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect();
+        let kept = format!("kept (running, pid {pid})");
+        assert_eq!(mine.first(), Some(&kept.as_str()), "{node}:\n{lines}");
+        assert_eq!(
+            mine.iter().filter(|l| **l == "running").count(),
+            1,
+            "{node}:\n{lines}"
+        );
+        assert!(
+            mine.windows(2).all(|w| w[0] != w[1]),
+            "{node}: a phase printed twice in a row:\n{lines}"
+        );
+    }
+    assert_eq!(
+        lines.matches("seen: settled: Running\n").count(),
+        1,
+        "{lines}"
+    );
+}
+
 /// `inspect`: the lab's status once, above its rows; `--json` gives each
 /// node's QEMU pid, uptime, host and image hash, as its agent reports them.
 fn inspect_shows_status_once_and_each_qemu(cluster: &LocalCluster) {
@@ -197,11 +293,8 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
     );
 
     let lab = cluster.write_file("seen.yaml", SEEN);
-    let shown = ok(
-        &cluster.labspan(&["up", lab.to_str().expect("utf-8 path")]),
-        "labspan up",
-    );
-    assert!(shown.contains("PASS ping a -> b"), "{shown}");
+    let lab = lab.to_str().expect("utf-8 path");
+    up_json_streams_each_nodes_phases(&cluster, lab);
 
     // Coordinators: the leader's view, and the follower's replica of it.
     let leader = cluster.leader_host().expect("a leader");
@@ -291,13 +384,26 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
         }
     }
 
+    up_again_prints_one_line_per_phase_change(&cluster, lab);
     inspect_shows_status_once_and_each_qemu(&cluster);
     let web = Web::start(&cluster);
     web_lists_each_node_under_its_host(&cluster, &web);
     let mut browser = Browser::start();
     browser_shows_the_lab_and_its_consoles(&cluster, &web, &mut browser);
 
-    ok(&cluster.labspan(&["down", "seen"]), "labspan down");
+    let hosts = ["a", "b"].map(|node| (node, cluster.running("seen", node)[0].0));
+    let down = ok(&cluster.labspan(&["down", "seen"]), "labspan down");
+    for (node, host) in hosts {
+        for phase in ["stopping", "stopped"] {
+            let line = format!("seen/{node} on host{host}: {phase}");
+            assert_eq!(
+                down.matches(&format!("{line}\n")).count(),
+                1,
+                "{line}:\n{down}"
+            );
+        }
+    }
+    assert!(down.contains("seen: removed\n"), "{down}");
     let after =
         scrape(&cluster.metrics_url(cluster.leader_host().expect("a leader"), "coordinator"));
     assert_eq!(
