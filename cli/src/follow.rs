@@ -105,16 +105,11 @@ async fn follow(
     loop {
         if let Some((_client, _send, mut recv)) = stream.take() {
             said_lost = false;
-            loop {
-                match labspan_transport::read_message::<ProgressEvent>(&mut recv).await {
-                    Ok(e) => {
-                        show.event(&e);
-                        if e.node.is_none() && e.phase.ends_lab_step() {
-                            ends.send_modify(|n| *n += 1);
-                        }
-                    }
-                    // The leader moved, or the connection broke.
-                    Err(_) => break,
+            // Until the leader moves, or the connection breaks.
+            while let Ok(e) = labspan_transport::read_message::<ProgressEvent>(&mut recv).await {
+                show.event(&e);
+                if e.node.is_none() && e.phase.ends_lab_step() {
+                    ends.send_modify(|n| *n += 1);
                 }
             }
         }

@@ -255,7 +255,10 @@ pub(super) async fn follow(inner: &Arc<Inner>, lab: Option<String>, mut send: Se
 mod tests {
     use super::*;
 
-    fn view(labs: &[(&str, &[(&str, &str, NodeState)])]) -> Nodes {
+    /// A node of a test view: name, host, state.
+    type Node<'a> = (&'a str, &'a str, NodeState);
+
+    fn view(labs: &[(&str, &[Node])]) -> Nodes {
         labs.iter()
             .map(|(lab, nodes)| {
                 let nodes = nodes
