@@ -140,9 +140,9 @@ impl Renderer {
             Mode::Lines => Some(check_line(lab, host.as_deref(), r)),
             Mode::Bars => {
                 if let Some(bars) = bars {
-                    let mark = if r.passed { "PASS" } else { "FAIL" };
+                    let verdict = if r.passed { "passed" } else { "failed" };
                     bars.bar(lab, &r.node)
-                        .set_message(format!("checks: {mark} {}", r.name));
+                        .set_message(format!("checks: {} {verdict}", r.name));
                 }
                 None
             }
@@ -334,12 +334,13 @@ fn json_check(lab: &str, host: Option<&str>, r: &CheckResult) -> Value {
     })
 }
 
-/// A check that ended, as a line.
+/// A check that ended, as a line (in words: the PASS/FAIL table that
+/// follows is what scripts count).
 fn check_line(lab: &str, host: Option<&str>, r: &CheckResult) -> String {
-    let mark = if r.passed { "PASS" } else { "FAIL" };
+    let verdict = if r.passed { "passed" } else { "failed" };
     let on = host.map_or(String::new(), |h| format!(" on {h}"));
     let mut line = format!(
-        "{lab}/{}{on}: checks: {mark} {} ({:.1} s)",
+        "{lab}/{}{on}: checks: {} {verdict} ({:.1} s)",
         r.node,
         r.name,
         r.elapsed.as_secs_f64()
@@ -454,8 +455,8 @@ mod tests {
                 "seen/b on host2: configuring (guest agent up after 1.2 s)",
                 "seen/b on host2: running",
                 "seen: settled: Running",
-                "seen/b on host2: checks: PASS ping b -> a (1.5 s)",
-                "seen/b on host2: checks: FAIL ping b -> a (1.5 s): exit status 1: lost",
+                "seen/b on host2: checks: ping b -> a passed (1.5 s)",
+                "seen/b on host2: checks: ping b -> a failed (1.5 s): exit status 1: lost",
             ]
         );
     }
