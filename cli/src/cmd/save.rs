@@ -309,7 +309,9 @@ async fn load(
     }
     let loaded = LoadedLab { bundle, contents };
     let how = Deploy::new(archive_file, false)?;
-    let up = crate::remote::up(cluster, &loaded, &how, false).await;
+    // Its progress as `up` shows it (bars on a terminal, lines elsewhere).
+    let show = crate::progress::Renderer::new(crate::progress::Mode::pick(false));
+    let up = crate::remote::up(cluster, &loaded, &how, false, &show).await;
     if !matches!(up, Ok(code) if code == ExitCode::SUCCESS) {
         take_down(cluster, lab).await;
         return match up {
