@@ -386,6 +386,7 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
 
     up_again_prints_one_line_per_phase_change(&cluster, lab);
     inspect_shows_status_once_and_each_qemu(&cluster);
+    a_viewer_sees_the_page_but_changes_nothing(&cluster);
     let web = Web::start(&cluster);
     web_lists_each_node_under_its_host(&cluster, &web);
     let mut browser = Browser::start();
@@ -422,6 +423,88 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
     browser_shows_the_cut_host_down(&mut browser, cut);
 }
 
+/// A viewer's cluster file (`cluster token --role viewer`, then `cluster
+/// join`): its page lists every node under its host and says `viewer`;
+/// a console asked for anyway (the websocket of `/console/LAB/NODE`) gets
+/// the coordinators' refusal and no console; `down` with that file is
+/// refused and the lab runs on.
+fn a_viewer_sees_the_page_but_changes_nothing(cluster: &LocalCluster) {
+    let token = ok(
+        &cluster.labspan(&["cluster", "token", "--role", "viewer"]),
+        "cluster token --role viewer",
+    );
+    let line = (token.lines())
+        .find_map(|l| l.strip_prefix("join line:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no join line in:\n{token}"));
+    let data = cluster.admin().with_file_name("viewer-data");
+    std::fs::create_dir_all(&data).expect("a folder for the viewer's credential");
+    ok(
+        &cluster.labspan(&[
+            "cluster",
+            "join",
+            line,
+            "--data",
+            &data.to_string_lossy(),
+            "--name",
+            "web-viewer",
+        ]),
+        "cluster join (viewer)",
+    );
+    let viewer = data.join("viewer.cluster");
+
+    let web = Web::with(&viewer);
+    let hosts = ["a", "b"].map(|node| (node, cluster.running("seen", node)[0].0));
+    web.until("every node to a viewer", Duration::from_secs(60), |page| {
+        let by_host = nodes_by_host(page)?;
+        let listed = hosts.iter().all(|(node, host)| {
+            by_host
+                .get(&format!("host{host}"))
+                .is_some_and(|nodes| nodes.iter().any(|(n, _)| *n == format!("seen/{node}")))
+        });
+        (page["role"] == "viewer" && listed).then_some(())
+    });
+
+    // A websocket handshake by hand: the server upgrades, then sends the
+    // refusal as a text message and closes.
+    let out = run(Command::new("curl").args([
+        "-sS",
+        "-i",
+        "-N",
+        "--max-time",
+        "20",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: bGFic3Bhbi12aWV3ZXI=",
+        &format!("{}/console/seen/a", web.url),
+    ]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("HTTP/1.1 101"), "{said}");
+    assert!(
+        said.contains("error: refused: member \"web-viewer\" is viewer and may not send Console"),
+        "{said}"
+    );
+    drop(web);
+
+    let down = cluster.labspan(&["down", "seen", "--cluster", &viewer.to_string_lossy()]);
+    assert!(
+        !down.status.success(),
+        "a viewer took the lab down: {}",
+        text(&down)
+    );
+    assert!(
+        text(&down).contains("is viewer and may not send DeleteLab"),
+        "{}",
+        text(&down)
+    );
+    assert_eq!(cluster.lab_status("seen").as_deref(), Some("Running"));
+}
+
 /// `labspan web` on a free port of this namespace, and one page's event
 /// stream (`curl -N /events`), read line by line.
 struct Web {
@@ -433,9 +516,14 @@ struct Web {
 
 impl Web {
     fn start(cluster: &LocalCluster) -> Web {
+        Web::with(&cluster.admin())
+    }
+
+    /// `labspan web` with the cluster file `file`.
+    fn with(file: &Path) -> Web {
         let mut server = Command::new(labspan_tests::labspan_bin())
             .args(["web", "--listen", "127.0.0.1:0", "--cluster"])
-            .arg(cluster.admin())
+            .arg(file)
             .stderr(Stdio::piped())
             .spawn()
             .expect("labspan web");
