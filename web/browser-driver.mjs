@@ -2,7 +2,7 @@
 // `labspan web` (tests/tests/observability.rs). One JSON command a line on
 // stdin, one JSON answer a line on stdout ({"ok": ...} or {"error": "..."}):
 //   {"cmd": "open", "url": U}                 loads the page
-//   {"cmd": "look"}                           what the page shows now (hosts, nodes, graph)
+//   {"cmd": "look"}                           what the page shows now (hosts, nodes, graph, steps)
 //   {"cmd": "console", "lab", "node", "type", "expect", "timeout_ms"}
 //                                             clicks the node, types a line into its
 //                                             console, waits for `expect` in the terminal
@@ -52,6 +52,8 @@ async function look() {
       up: h.dataset.up === "true",
       nodes: [...h.querySelectorAll(".node")].map(n => ({ name: n.dataset.lab + "/" + n.dataset.node, state: n.dataset.state })),
     })),
+    // The progress list: one line per step.
+    steps: [...document.querySelectorAll("#steps li")].map(l => l.textContent),
     // The topology drawing: each node and the host box it is drawn in.
     graph: cy.nodes(".vm").map(n => ({ name: n.data("lab") + "/" + n.data("node"), host: n.parent().id().replace(/^host:/, "") })),
   }));

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -405,6 +405,7 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
         }
     }
     assert!(down.contains("seen: removed\n"), "{down}");
+    web_and_browser_show_the_down(&web, &mut browser, &hosts);
     let after =
         scrape(&cluster.metrics_url(cluster.leader_host().expect("a leader"), "coordinator"));
     assert_eq!(
@@ -421,6 +422,46 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
     }
     let cut = web_follows_a_host_cut(&cluster, &web);
     browser_shows_the_cut_host_down(&mut browser, cut);
+}
+
+/// The page open through `down` was sent its steps (`step` events, as
+/// `labspan events --json` prints them): each node stopping and stopped on
+/// its host, the lab removed; the browser lists them under Progress.
+fn web_and_browser_show_the_down(web: &Web, browser: &mut Browser, hosts: &[(&str, usize)]) {
+    let wanted: Vec<(String, String, &str)> = (hosts.iter())
+        .flat_map(|(node, host)| {
+            ["stopping", "stopped"].map(|p| (node.to_string(), format!("host{host}"), p))
+        })
+        .collect();
+    web.steps_until(
+        "each node stopped, the lab removed",
+        Duration::from_secs(60),
+        |steps| {
+            let has = |node: &str, host: &str, phase: &str| {
+                steps.iter().any(|s| {
+                    s["lab"] == "seen"
+                        && s["node"] == node
+                        && s["host"] == host
+                        && s["phase"] == phase
+                })
+            };
+            let removed = steps
+                .iter()
+                .any(|s| s["lab"] == "seen" && s["phase"] == "removed");
+            removed && wanted.iter().all(|(n, h, p)| has(n, h, p))
+        },
+    );
+    browser.until("the down under Progress", Duration::from_secs(60), |seen| {
+        let lines: Vec<&str> = seen["steps"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let stopped = hosts.iter().all(|(node, host)| {
+            lines.contains(&format!("seen/{node} on host{host}: stopped").as_str())
+        });
+        (stopped && lines.contains(&"seen: removed")).then_some(())
+    });
 }
 
 /// A viewer's cluster file (`cluster token --role viewer`, then `cluster
@@ -511,7 +552,10 @@ struct Web {
     server: Child,
     events: Child,
     url: String,
+    /// The `state` events' data.
     lines: mpsc::Receiver<String>,
+    /// The `step` events' data, kept.
+    steps: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Web {
@@ -544,10 +588,18 @@ impl Web {
             .expect("curl");
         let out = events.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let keep = steps.clone();
         std::thread::spawn(move || {
+            let mut kind = String::new();
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(data) = line.strip_prefix("data:") {
-                    if tx.send(data.trim().to_string()).is_err() {
+                if let Some(k) = line.strip_prefix("event:") {
+                    kind = k.trim().to_string();
+                } else if let Some(data) = line.strip_prefix("data:") {
+                    if kind == "step" {
+                        let step = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                        keep.lock().expect("steps").push(step);
+                    } else if tx.send(data.trim().to_string()).is_err() {
                         return;
                     }
                 }
@@ -558,6 +610,23 @@ impl Web {
             events,
             url,
             lines,
+            steps,
+        }
+    }
+
+    /// Waits until the steps sent to the page satisfy `check` (a generous
+    /// bound, not a timing assertion).
+    fn steps_until(&self, what: &str, within: Duration, check: impl Fn(&[Value]) -> bool) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let steps = self.steps.lock().expect("steps").clone();
+            if check(&steps) {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("the page was not sent {what} within {within:?}; steps: {steps:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
