@@ -520,6 +520,29 @@ async fn serve(
                         Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
                     }
                 }
+                Ok(AgentRequest::CheckpointCopy {
+                    lab,
+                    name,
+                    node,
+                    files,
+                    from,
+                }) => {
+                    let copied = match agent.fetcher() {
+                        Some(f) => {
+                            let what = (lab.as_str(), name.as_str(), node.as_str());
+                            let state = agent.state();
+                            stream::checkpoint_copy(state, f.endpoint(), what, &files, &from).await
+                        }
+                        None => Err("this host cannot reach other hosts' image endpoints".into()),
+                    };
+                    match copied {
+                        Ok(bytes) => AgentReply::CheckpointCopied { bytes },
+                        Err(why) => AgentReply::Error(ErrorReply::new(
+                            ErrorKind::Unavailable,
+                            format!("copying node {node:?}'s share of checkpoint {name:?} of lab {lab:?}: {why}"),
+                        )),
+                    }
+                }
                 Ok(AgentRequest::CheckpointDrop { lab, name }) => {
                     match agent.checkpoint_drop(&lab, &name) {
                         Ok(()) => AgentReply::Resumed {

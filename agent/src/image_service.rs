@@ -64,7 +64,13 @@ impl ImageService {
                         let bound = ep.local_addr().map(|a| a.port()).unwrap_or(listen.port());
                         let shown = announce.unwrap_or(listen);
                         addr = Some(SocketAddr::new(shown.ip(), bound).to_string());
-                        transfer::serve(ep.clone(), store.clone(), changed.clone());
+                        let state = Some(agent.state().to_path_buf());
+                        transfer::serve_with_checkpoints(
+                            ep.clone(),
+                            store.clone(),
+                            changed.clone(),
+                            state,
+                        );
                         tracing::info!(addr = addr.as_deref(), "serving images");
                         server = Some(ep);
                     }

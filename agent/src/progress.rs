@@ -374,6 +374,7 @@ mod tests {
                 ),
                 lab("other", vec![vm("z", "tiny")]),
             ],
+            kept_checkpoints: vec![],
         };
         let fetch = Event::Fetching {
             lab: "seen".into(),

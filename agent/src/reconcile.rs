@@ -338,6 +338,11 @@ impl Agent {
         let _ = self.fetcher.set(fetcher);
     }
 
+    /// The image fetcher, once the image service has set it.
+    pub fn fetcher(&self) -> Option<Arc<Fetcher>> {
+        self.fetcher.get().cloned()
+    }
+
     /// Brings every image the plan resolved to this host's store, under its
     /// name, fetching what is missing; without a fetcher, does nothing.
     async fn ensure_images(

@@ -92,7 +92,7 @@ async fn refuse(mut send: SendStream, kind: ErrorKind, why: String) {
 }
 
 /// The file of `kind` (`ram`, `disk`) in a node's share of a checkpoint.
-fn checkpoint_file(
+pub(crate) fn checkpoint_file(
     state: &Path,
     lab: &str,
     name: &str,
@@ -245,4 +245,56 @@ async fn receive_file(
         let _ = tokio::fs::remove_file(&partial).await;
     }
     result
+}
+
+/// Copies `files` of node `node`'s share of checkpoint `name` of `lab`
+/// from the image endpoint of `from` into this host's checkpoints, each
+/// checked against its size and hash (a file that does not match is not
+/// kept); the bytes copied.
+pub async fn checkpoint_copy(
+    state: &Path,
+    endpoint: &quinn::Endpoint,
+    (lab, name, node): (&str, &str, &str),
+    files: &[CheckpointFile],
+    from: &labspan_proto::image::ImageSource,
+) -> Result<u64, String> {
+    use labspan_proto::image::{ImageReply, ImageRequest};
+
+    let addr: std::net::SocketAddr = from.addr.parse().map_err(|e| {
+        format!(
+            "image endpoint {:?} of host {:?}: {e}",
+            from.addr, from.host
+        )
+    })?;
+    let conn = labspan_transport::connect_image(endpoint, addr)
+        .await
+        .map_err(|e| format!("host {:?}: {e}", from.host))?;
+    let mut copied = 0;
+    for want in files {
+        let path = checkpoint_file(state, lab, name, node, &want.kind)?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("host {:?}: {e}", from.host))?;
+        let req = ImageRequest::CheckpointFile {
+            lab: lab.into(),
+            name: name.into(),
+            node: node.into(),
+            kind: want.kind.clone(),
+        };
+        write_message(&mut send, &req)
+            .await
+            .map_err(|e| format!("host {:?}: {e}", from.host))?;
+        let _ = send.finish();
+        match labspan_transport::read_message_within::<ImageReply>(&mut recv, 1 << 20).await {
+            Ok(ImageReply::CheckpointFile { .. }) => {}
+            Ok(ImageReply::Error(e)) => return Err(format!("host {:?}: {}", from.host, e.message)),
+            Ok(other) => return Err(format!("host {:?} answered {other:?}", from.host)),
+            Err(e) => return Err(format!("host {:?}: {e}", from.host)),
+        }
+        receive_file(&path, want, &mut recv).await?;
+        copied += want.bytes;
+    }
+    conn.close(0u32.into(), b"copied");
+    Ok(copied)
 }

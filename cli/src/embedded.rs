@@ -262,6 +262,7 @@ impl Prepared {
         let plan = HostPlan {
             host: self.host.clone(),
             labs: plans.into_values().collect(),
+            kept_checkpoints: Vec::new(),
             ..HostPlan::default()
         };
         agent.check(&plan).await.map_err(classify)

@@ -225,6 +225,7 @@ mod tests {
                 let plan = HostPlan {
                     host: h.to_string(),
                     labs: vec![lab.clone()],
+                    kept_checkpoints: Vec::new(),
                     generation: 0,
                 };
                 (h.to_string(), plan)

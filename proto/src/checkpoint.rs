@@ -48,6 +48,10 @@ pub struct NodeCheckpoint {
     pub files: Vec<CheckpointFile>,
     /// How long this VM was paused (ms).
     pub paused_ms: u64,
+    /// Other hosts holding a copy of its files, checked against their
+    /// hashes (durable checkpoints: copied over the image transfer path).
+    #[serde(default)]
+    pub copies: Vec<String>,
 }
 
 /// A file of a checkpoint, named by what it holds and by content hash.

@@ -126,6 +126,14 @@ pub enum ImageRequest {
         hash: String,
         digest: ImageDigest,
     },
+    /// Send the file of `kind` of node `node`'s share of checkpoint `name`
+    /// of `lab` (agents only: a second host copying it).
+    CheckpointFile {
+        lab: String,
+        name: String,
+        node: String,
+        kind: String,
+    },
 }
 
 /// The answer of an agent's image endpoint.
@@ -135,6 +143,8 @@ pub enum ImageReply {
     Offer { hash: String, digest: ImageDigest },
     /// A pushed image is in the store under `name`.
     Stored { name: String, hash: String },
+    /// The checkpoint file asked for follows: `bytes` bytes.
+    CheckpointFile { bytes: u64 },
     /// Refused or failed.
     Error(ErrorReply),
 }

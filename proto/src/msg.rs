@@ -695,6 +695,17 @@ pub enum AgentRequest {
         node: String,
         file: crate::checkpoint::CheckpointFile,
     },
+    /// Copies `files` of node `node`'s share of checkpoint `name` of `lab`
+    /// from the image endpoint of `from` (the host holding them), each
+    /// checked against its hash; answered with
+    /// [`AgentReply::CheckpointCopied`].
+    CheckpointCopy {
+        lab: String,
+        name: String,
+        node: String,
+        files: Vec<crate::checkpoint::CheckpointFile>,
+        from: crate::image::ImageSource,
+    },
 }
 
 /// An agent's answer to an [`AgentRequest`].
@@ -723,6 +734,8 @@ pub enum AgentReply {
     /// Answer to [`AgentRequest::CheckpointResume`]: guests whose clock
     /// could not be set.
     Resumed { clock_not_set: Vec<String> },
+    /// Answer to [`AgentRequest::CheckpointCopy`]: bytes copied.
+    CheckpointCopied { bytes: u64 },
 }
 
 /// A request to a coordinator's join endpoint, from a member that has no

@@ -34,6 +34,10 @@ pub fn check_underlay_mtu(mtu: u32) -> Result<u32, String> {
 pub struct HostPlan {
     pub host: String,
     pub labs: Vec<LabPlan>,
+    /// Labs this host runs no node of but keeps checkpoint copies of (it
+    /// removes the checkpoints of every other lab it does not run).
+    #[serde(default)]
+    pub kept_checkpoints: Vec<String>,
     /// The fencing token: the index of the last Raft entry the plan was
     /// made from. An agent refuses a plan older than one it has applied
     /// (a slow push from a deposed leader must not undo a host loss's moves).

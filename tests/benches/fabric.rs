@@ -233,6 +233,7 @@ fn labspan_built(fabric: &Fabric, vni: u32, mtu: u32, subnet: u8) -> Result<()> 
         let plan = HostPlan {
             host: format!("h{}", i + 1),
             labs: vec![lab],
+            kept_checkpoints: Vec::new(),
             ..HostPlan::default()
         };
         host.block_on(|| async { labspan_agent::net::reconcile(&plan).await })

@@ -53,6 +53,12 @@ fn received(cluster: &LocalCluster) -> u64 {
         .expect("count")
 }
 
+/// The state folder of host `i`.
+fn state_of(cluster: &LocalCluster, i: usize) -> PathBuf {
+    let vm = cluster.vm_dir(i, "ckpt", "p");
+    vm.ancestors().nth(3).expect("state folder").to_path_buf()
+}
+
 /// Checkpoint folders of lab "ckpt" named `name` on every host.
 fn files_of(cluster: &LocalCluster, name: &str) -> Vec<PathBuf> {
     (1..=2)
@@ -124,6 +130,25 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     assert_eq!(taken["nodes"]["v"]["host"], "host2", "{taken}");
     assert!(taken["bytes"].as_u64().unwrap_or(0) > 0, "{taken}");
     assert_eq!(files_of(&cluster, "c1").len(), 2);
+    // Durable: each node's files copied to the other host, same bytes.
+    for (node, copy_on) in [("p", 2), ("v", 1)] {
+        let copies = &taken["nodes"][node]["copies"];
+        assert_eq!(
+            copies,
+            &serde_json::json!([format!("host{copy_on}")]),
+            "{taken}"
+        );
+        let copy =
+            state_of(&cluster, copy_on).join(format!("checkpoints/ckpt/c1/{node}/ram.state"));
+        let sum = stdout_ok(&run(Command::new("sha256sum").arg(&copy)), "sha256sum");
+        let recorded = taken["nodes"][node]["files"][0]["sha256"]
+            .as_str()
+            .expect("sha256");
+        assert!(
+            sum.starts_with(recorded),
+            "copy of {node}: {sum}, recorded {recorded}"
+        );
+    }
     refused(
         &cluster.labspan(&["checkpoint", "create", "ckpt", "c1"]),
         "a name already used",

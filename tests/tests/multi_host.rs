@@ -67,6 +67,7 @@ fn plans(lab: &Lab, fabric: &Fabric, placement: &[(&str, usize)]) -> Vec<HostPla
         .map(|i| HostPlan {
             host: name(i),
             labs: by_host.remove(&name(i)).into_iter().collect(),
+            kept_checkpoints: Vec::new(),
             ..HostPlan::default()
         })
         .collect()
@@ -182,6 +183,7 @@ fn a_lab_spans_three_hosts_moves_a_node_and_leaves_nothing() {
         .map(|i| HostPlan {
             host: format!("h{i}"),
             labs: vec![],
+            kept_checkpoints: Vec::new(),
             ..HostPlan::default()
         })
         .collect();

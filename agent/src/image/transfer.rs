@@ -5,6 +5,7 @@
 //! checked by [`ImageStore::receive`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,12 +100,24 @@ pub fn serve(
     store: ImageStore,
     changed: Arc<tokio::sync::Notify>,
 ) -> JoinHandle<()> {
+    serve_with_checkpoints(endpoint, store, changed, None)
+}
+
+/// [`serve`], and the checkpoint files under the state folder `state`
+/// to other agents (a second host copying them).
+pub fn serve_with_checkpoints(
+    endpoint: Endpoint,
+    store: ImageStore,
+    changed: Arc<tokio::sync::Notify>,
+    state: Option<PathBuf>,
+) -> JoinHandle<()> {
+    let state = Arc::new(state);
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
-            let (store, changed) = (store.clone(), changed.clone());
+            let (store, changed, state) = (store.clone(), changed.clone(), state.clone());
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(conn) => serve_connection(conn, store, changed).await,
+                    Ok(conn) => serve_connection(conn, store, changed, state).await,
                     Err(e) => tracing::info!(error = %e, "refused an image connection"),
                 }
             });
@@ -112,7 +125,12 @@ pub fn serve(
     })
 }
 
-async fn serve_connection(conn: Connection, store: ImageStore, changed: Arc<tokio::sync::Notify>) {
+async fn serve_connection(
+    conn: Connection,
+    store: ImageStore,
+    changed: Arc<tokio::sync::Notify>,
+    state: Arc<Option<PathBuf>>,
+) {
     let peer = match peer_identity_of(&conn) {
         Ok(p) => p,
         Err(e) => {
@@ -123,9 +141,11 @@ async fn serve_connection(conn: Connection, store: ImageStore, changed: Arc<toki
     };
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (store, peer, changed) = (store.clone(), peer.clone(), changed.clone());
+        let state = state.clone();
         tokio::spawn(async move {
             let who = format!("{} {}", peer.role, peer.name);
-            if let Err(e) = serve_stream(send, recv, &store, peer.role, &changed).await {
+            let served = serve_stream(send, recv, &store, peer.role, &changed, &state).await;
+            if let Err(e) = served {
                 tracing::warn!(peer = who, error = %e, "image request failed");
             }
         });
@@ -138,9 +158,53 @@ async fn serve_stream(
     store: &ImageStore,
     role: Role,
     changed: &tokio::sync::Notify,
+    state: &Option<PathBuf>,
 ) -> Result<(), AttemptError> {
     let refuse = |kind, msg: String| ImageReply::Error(ErrorReply::new(kind, msg));
     match read_message_within::<ImageRequest>(&mut recv, MAX_ENVELOPE).await? {
+        ImageRequest::CheckpointFile {
+            lab,
+            name,
+            node,
+            kind,
+        } if role == Role::Agent => {
+            let file = match state {
+                Some(state) => crate::stream::checkpoint_file(state, &lab, &name, &node, &kind),
+                None => Err("this endpoint serves no checkpoints".to_string()),
+            };
+            let opened = match file {
+                Ok(path) => tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display())),
+                Err(why) => Err(why),
+            };
+            let bytes = match &opened {
+                Ok(f) => f
+                    .metadata()
+                    .await
+                    .map(|m| m.len())
+                    .map_err(|e| e.to_string()),
+                Err(why) => Err(why.clone()),
+            };
+            match (opened, bytes) {
+                (Ok(mut file), Ok(bytes)) => {
+                    write_message(&mut send, &ImageReply::CheckpointFile { bytes }).await?;
+                    tokio::io::copy(&mut file, &mut send)
+                        .await
+                        .map_err(|cause| AttemptError::Stream {
+                            doing: "sending a checkpoint file",
+                            cause,
+                        })?;
+                }
+                (Err(why), _) | (_, Err(why)) => {
+                    let msg = format!(
+                        "checkpoint {name:?} of lab {lab:?}: no {kind} file of node {node:?} here: {why}"
+                    );
+                    write_message(&mut send, &refuse(ErrorKind::NotFound, msg)).await?;
+                }
+            }
+            Ok(finish(&mut send)?)
+        }
         ImageRequest::Get { hash } if role == Role::Agent => {
             send_image(&mut send, store, &hash).await
         }
@@ -168,6 +232,7 @@ async fn serve_stream(
             let what = match other {
                 ImageRequest::Get { .. } => "fetch images (only agents do)",
                 ImageRequest::Push { .. } => "push images (only admins do)",
+                ImageRequest::CheckpointFile { .. } => "copy checkpoints (only agents do)",
             };
             write_message(
                 &mut send,
@@ -268,6 +333,11 @@ impl Fetcher {
     }
 
     /// Image bytes this fetcher has received so far.
+    /// The endpoint it dials from (checkpoint copies use it too).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     pub fn received_bytes(&self) -> u64 {
         self.received.get()
     }

@@ -160,6 +160,7 @@ impl Agent {
                     host: String::new(),
                     files,
                     paused_ms,
+                    copies: Vec::new(),
                 },
             );
         }
@@ -167,7 +168,8 @@ impl Agent {
     }
 
     /// Removes the checkpoints of every lab this host no longer runs a
-    /// node of (a lab that went down, or moved away).
+    /// node of (a lab that went down, or moved away), but those it keeps
+    /// copies of for other hosts.
     pub(super) fn prune_checkpoints(
         &self,
         plan: &labspan_proto::plan::HostPlan,
@@ -178,7 +180,7 @@ impl Agent {
         };
         for entry in labs.flatten() {
             let lab = entry.file_name().to_string_lossy().into_owned();
-            if plan.labs.iter().any(|l| l.lab == lab) {
+            if plan.labs.iter().any(|l| l.lab == lab) || plan.kept_checkpoints.contains(&lab) {
                 continue;
             }
             let dir = entry.path();

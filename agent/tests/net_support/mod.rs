@@ -29,6 +29,7 @@ pub fn host(labs: Vec<LabPlan>) -> HostPlan {
     HostPlan {
         host: "h1".to_string(),
         labs,
+        kept_checkpoints: Vec::new(),
         ..HostPlan::default()
     }
 }

@@ -147,7 +147,9 @@ fn checkpoint_json(c: &Checkpoint) -> serde_json::Value {
                 .iter()
                 .map(|f| serde_json::json!({"kind": f.kind, "sha256": f.sha256, "bytes": f.bytes}))
                 .collect();
-            let v = serde_json::json!({"host": n.host, "paused_ms": n.paused_ms, "files": files});
+            let v = serde_json::json!({
+                "host": n.host, "paused_ms": n.paused_ms, "files": files, "copies": n.copies,
+            });
             (node.clone(), v)
         })
         .collect();
@@ -167,14 +169,16 @@ fn print_created(lab: &str, c: &Checkpoint, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let slowest = c.nodes.values().map(|n| n.paused_ms).max().unwrap_or(0);
+    let copied = c.nodes.values().filter(|n| !n.copies.is_empty()).count();
     println!(
-        "{lab}: checkpoint {:?} of {} nodes taken in {:.1} s: frozen {} ms (slowest VM paused {} ms), {} MiB",
+        "{lab}: checkpoint {:?} of {} nodes taken in {:.1} s: frozen {} ms (slowest VM paused {} ms), {} MiB; {copied} of {} nodes copied to a second host",
         c.name,
         c.nodes.len(),
         c.total_ms as f64 / 1000.0,
         c.frozen_ms,
         slowest,
-        c.bytes() >> 20
+        c.bytes() >> 20,
+        c.nodes.len(),
     );
     Ok(())
 }

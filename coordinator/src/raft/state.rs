@@ -303,6 +303,14 @@ pub enum Command {
     },
     /// Forgets checkpoint `name` of `lab`.
     DeleteCheckpoint { lab: String, name: String },
+    /// Host `host` holds a checked copy of node `node`'s files of
+    /// checkpoint `name` of `lab`.
+    CheckpointCopied {
+        lab: String,
+        name: String,
+        node: String,
+        host: String,
+    },
 }
 
 /// One host's registration, as [`Command::RegisterHosts`] carries it.
@@ -539,6 +547,25 @@ impl ClusterState {
                     .remove(name)
                     .map(|_| Applied::Done)
                     .ok_or_else(|| unknown_checkpoint(lab, name, rec))
+            }
+            Command::CheckpointCopied {
+                lab,
+                name,
+                node,
+                host,
+            } => {
+                let rec = self.lab_mut(lab)?;
+                let share = rec
+                    .checkpoints
+                    .get_mut(name)
+                    .and_then(|c| c.nodes.get_mut(node));
+                // Deleted meanwhile: the copy went with it.
+                if let Some(share) = share {
+                    if !share.copies.contains(host) {
+                        share.copies.push(host.clone());
+                    }
+                }
+                Ok(Applied::Done)
             }
             Command::Cordon { name, cordoned } => {
                 let host = self

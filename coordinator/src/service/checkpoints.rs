@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use labspan_proto::checkpoint::{Checkpoint, ResetReport};
+use labspan_proto::image::ImageSource;
 use labspan_proto::msg::{AgentReply, AgentRequest, ErrorKind, ErrorReply, LabStatus, Reply};
 use labspan_proto::names::valid;
 
@@ -203,13 +204,114 @@ pub(super) async fn create(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
         return Reply::Error(e);
     }
     match (recorded, taken) {
-        (Some(c), _) => Reply::Checkpointed(*c),
+        (Some(c), _) => {
+            copy_to_second_hosts(inner, lab, &c).await;
+            let with_copies = inner
+                .state
+                .read()
+                .state
+                .labs
+                .get(lab)
+                .and_then(|r| r.checkpoints.get(name).cloned());
+            Reply::Checkpointed(with_copies.unwrap_or(*c))
+        }
         (None, Err(why)) => error(
             ErrorKind::Unavailable,
             format!("checkpoint {name:?} of lab {lab:?} failed and was removed from every host (the lab runs on): {why}"),
         ),
         (None, Ok(_)) => error(ErrorKind::Internal, "a checkpoint taken was not recorded"),
     }
+}
+
+/// Leader: copies each node's files of a checkpoint just recorded to a
+/// second host (over the image transfer path: the second host fetches
+/// them from the holder's image endpoint and checks their hashes), and
+/// records each copy. A copy that fails is logged: the checkpoint stands,
+/// with fewer copies (`checkpoint list --json` says which it has).
+async fn copy_to_second_hosts(inner: &Arc<Inner>, lab: &str, ckpt: &Checkpoint) {
+    let inventories = super::images::inventories(inner);
+    let addr = |h: &str| inventories.get(h).and_then(|i| i.addr.clone());
+    let (lab_hosts, up): (BTreeSet<String>, Vec<String>) = {
+        let state = &inner.state.read().state;
+        let lab_hosts = (state.labs.get(lab))
+            .map(|r| r.placement.values().cloned().collect())
+            .unwrap_or_default();
+        let up = (state.hosts.iter())
+            .filter(|(_, h)| h.up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        (lab_hosts, up)
+    };
+    let mut asks = Vec::new();
+    for (node, share) in &ckpt.nodes {
+        let Some(from) = addr(&share.host).map(|addr| ImageSource {
+            host: share.host.clone(),
+            addr,
+        }) else {
+            tracing::warn!(
+                lab,
+                node,
+                host = share.host,
+                "no image endpoint known: checkpoint not copied"
+            );
+            continue;
+        };
+        let Some(to) = second_host(&share.host, &lab_hosts, &up, |h| addr(h).is_some()) else {
+            tracing::warn!(lab, node, "no second host to copy the checkpoint to");
+            continue;
+        };
+        let req = AgentRequest::CheckpointCopy {
+            lab: lab.to_string(),
+            name: ckpt.name.clone(),
+            node: node.clone(),
+            files: share.files.clone(),
+            from,
+        };
+        asks.push(async move {
+            let answer = agents::request(inner, &to, &req).await;
+            (node, to, answer)
+        });
+    }
+    for (node, to, answer) in join_all(asks).await {
+        match answer {
+            Ok(AgentReply::CheckpointCopied { bytes }) => {
+                tracing::info!(
+                    lab,
+                    name = ckpt.name,
+                    node,
+                    host = to,
+                    bytes,
+                    "checkpoint copied"
+                );
+                let copied = Command::CheckpointCopied {
+                    lab: lab.to_string(),
+                    name: ckpt.name.clone(),
+                    node: node.clone(),
+                    host: to.clone(),
+                };
+                if let Err(e) = inner.write(copied).await {
+                    tracing::warn!(lab, node, host = to, error = ?e, "checkpoint copy not recorded");
+                }
+            }
+            other => {
+                tracing::warn!(lab, name = ckpt.name, node, host = to, answer = ?other, "checkpoint copy failed")
+            }
+        }
+    }
+}
+
+/// The host a node's checkpoint files are copied to: another host that is
+/// up and serves images, one of the lab's first (it keeps the lab's
+/// checkpoints anyway), else any.
+pub fn second_host(
+    holder: &str,
+    lab_hosts: &BTreeSet<String>,
+    up: &[String],
+    serves: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let mut candidates = up.iter().filter(|h| *h != holder && serves(h));
+    let any = candidates.clone().next();
+    candidates.find(|h| lab_hosts.contains(*h)).or(any).cloned()
 }
 
 /// Asks every host to save its share at one deadline; the checkpoint, or
@@ -423,6 +525,8 @@ pub fn check_import(
     }
     for (node, share) in &mut ckpt.nodes {
         share.host = rec.placement.get(node).cloned().unwrap_or_default();
+        // Copies made where it was saved are not here.
+        share.copies.clear();
     }
     Ok(ckpt)
 }
@@ -452,10 +556,13 @@ pub(super) async fn import(inner: &Arc<Inner>, lab: &str, checkpoint: Checkpoint
         lab: lab.to_string(),
         checkpoint: Some(Box::new(checkpoint.clone())),
     };
-    match inner.write(end).await {
-        Ok(_) => Reply::Checkpointed(checkpoint),
-        Err(e) => Reply::Error(e),
+    if let Err(e) = inner.write(end).await {
+        return Reply::Error(e);
     }
+    copy_to_second_hosts(inner, lab, &checkpoint).await;
+    let with_copies = (inner.state.read().state.labs.get(lab))
+        .and_then(|r| r.checkpoints.get(&checkpoint.name).cloned());
+    Reply::Checkpointed(with_copies.unwrap_or(checkpoint))
 }
 
 /// Leader: `labspan reset LAB NAME`.

@@ -165,6 +165,7 @@ pub fn host_plans(
                 HostPlan {
                     host: h.clone(),
                     labs: vec![],
+                    kept_checkpoints: Vec::new(),
                     generation: 0,
                 },
             )
@@ -197,6 +198,18 @@ pub fn host_plans(
             }
             Err(e) => {
                 unplanned.insert(name.clone(), e);
+            }
+        }
+    }
+    for (name, rec) in &state.labs {
+        let copied_to = (rec.checkpoints.values())
+            .flat_map(|c| c.nodes.values())
+            .flat_map(|n| &n.copies);
+        for host in copied_to {
+            if let Some(plan) = plans.get_mut(host) {
+                if !plan.kept_checkpoints.contains(name) {
+                    plan.kept_checkpoints.push(name.clone());
+                }
             }
         }
     }

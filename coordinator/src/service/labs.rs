@@ -170,8 +170,20 @@ pub(super) async fn delete(inner: &Arc<Inner>, name: &str) -> Reply {
     let hosts: Result<BTreeSet<String>, ErrorReply> = {
         let state = &inner.state.read().state;
         let up = |h: &&String| state.hosts.get(*h).is_some_and(|h| h.up);
+        // Hosts holding copies of its checkpoints remove them too.
+        let copies = |rec: &'_ crate::raft::LabRecord| -> Vec<String> {
+            (rec.checkpoints.values())
+                .flat_map(|c| c.nodes.values())
+                .flat_map(|n| n.copies.clone())
+                .collect()
+        };
         (state.labs.get(name))
-            .map(|rec| rec.placement.values().filter(up).cloned().collect())
+            .map(|rec| {
+                let mut hosts: BTreeSet<String> =
+                    rec.placement.values().filter(up).cloned().collect();
+                hosts.extend(copies(rec).iter().filter(up).cloned());
+                hosts
+            })
             .ok_or_else(|| no_lab(state, name))
     };
     let hosts = match hosts {

@@ -8,7 +8,7 @@ use labspan_proto::codec;
 use labspan_proto::lab::{parse, LabBundle};
 use labspan_proto::msg::ErrorKind;
 
-use super::{check_lab, check_reset};
+use super::{check_lab, check_reset, second_host};
 use crate::raft::{
     Capacity, CheckpointOpKind, ClusterState, Command, Host, LabRecord, LabStatus, Rejection,
 };
@@ -250,4 +250,52 @@ fn delete_forgets_one_and_refuses_an_unknown_one() {
     assert!(e.to_string().contains("did you mean \"c1\""), "{e}");
     apply(&mut s, del("c1")).expect("deleted");
     assert!(s.labs["lab"].checkpoints.is_empty());
+}
+
+#[test]
+fn a_copy_goes_to_another_host_of_the_lab_first_then_to_any() {
+    let lab_hosts: BTreeSet<String> = ["h1", "h2"].map(String::from).into();
+    let up: Vec<String> = ["h1", "h2", "h3"].map(String::from).into();
+    let all = |_: &str| true;
+    assert_eq!(
+        second_host("h1", &lab_hosts, &up, all).as_deref(),
+        Some("h2")
+    );
+    assert_eq!(
+        second_host("h2", &lab_hosts, &up, all).as_deref(),
+        Some("h1")
+    );
+    // The lab's other host serves no images: another host, then none.
+    let no_h2 = |h: &str| h != "h2";
+    assert_eq!(
+        second_host("h1", &lab_hosts, &up, no_h2).as_deref(),
+        Some("h3")
+    );
+    let only = vec!["h1".to_string()];
+    assert_eq!(second_host("h1", &lab_hosts, &only, all), None);
+}
+
+#[test]
+fn a_copy_is_recorded_on_its_node_and_planned_to_be_kept() {
+    let mut s = state();
+    s.labs
+        .get_mut("lab")
+        .expect("lab")
+        .checkpoints
+        .insert("c1".into(), taken("c1", &[("a", "h1"), ("b", "h2")]));
+    let copied = |name: &str| Command::CheckpointCopied {
+        lab: "lab".into(),
+        name: name.into(),
+        node: "a".into(),
+        host: "h3".into(),
+    };
+    apply(&mut s, copied("c1")).expect("recorded");
+    apply(&mut s, copied("c1")).expect("once");
+    assert_eq!(s.labs["lab"].checkpoints["c1"].nodes["a"].copies, ["h3"]);
+    // A checkpoint deleted meanwhile: nothing to record, nothing fails.
+    apply(&mut s, copied("c9")).expect("deleted meanwhile");
+    let wanted: BTreeSet<String> = ["h1", "h3"].map(String::from).into();
+    let (plans, _) = crate::service::decide::host_plans(&s, &BTreeMap::new(), &wanted);
+    assert_eq!(plans["h3"].kept_checkpoints, ["lab"]);
+    assert!(plans["h1"].kept_checkpoints.is_empty());
 }
