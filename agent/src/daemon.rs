@@ -495,8 +495,14 @@ async fn serve(
                         port,
                         psk,
                     };
-                    let progress = |p| tracing::info!(lab, node, progress = ?p, "moving");
-                    match agent.migrate_out(&lab, &node, &to, &progress).await {
+                    let progress = |p| {
+                        tracing::info!(lab, node, progress = ?p, "moving");
+                        outbox.push(vec![progress::of_move(&lab, &node, &p)]);
+                    };
+                    let moved = agent.migrate_out(&lab, &node, &to, &progress).await;
+                    // The move's steps reach the leader before its answer.
+                    outbox.flush().await;
+                    match moved {
                         Ok(figures) => AgentReply::Migrated(figures),
                         Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
                     }

@@ -124,6 +124,35 @@ fn nodes_booting(plan: Option<&HostPlan>, lab: &str, image: &str) -> Vec<String>
         .collect()
 }
 
+/// A step of an outgoing live move of `vm`, as its node's step.
+pub fn of_move(lab: &str, vm: &str, p: &crate::vm::migrate::Progress) -> ProgressEvent {
+    use crate::vm::migrate::Progress;
+    let phase = match *p {
+        Progress::Disk { done, total } => Phase::CopyingDisk { done, total },
+        Progress::DiskReady { bytes } => Phase::CopyingDisk {
+            done: bytes,
+            total: bytes,
+        },
+        Progress::Ram {
+            pass,
+            sent,
+            remaining,
+        } => Phase::CopyingRam {
+            pass,
+            sent,
+            remaining,
+        },
+        Progress::Switchover => Phase::SwitchingOver,
+    };
+    ProgressEvent {
+        lab: lab.to_string(),
+        node: Some(vm.to_string()),
+        host: None,
+        phase,
+        at_unix_ms: now_unix_ms(),
+    }
+}
+
 /// A VM that the apply reported not up, as its node's last step.
 pub fn not_up(lab: &str, vm: &str, why: &str) -> ProgressEvent {
     ProgressEvent {

@@ -45,6 +45,8 @@ struct Shown {
     word: &'static str,
     host: Option<String>,
     percent: Option<u8>,
+    /// The RAM pass of a move.
+    pass: Option<u64>,
 }
 
 /// Shows progress in one [`Mode`].
@@ -122,6 +124,10 @@ impl Renderer {
                 word: e.phase.word(),
                 host,
                 percent: e.phase.percent(),
+                pass: match e.phase {
+                    Phase::CopyingRam { pass, .. } => Some(pass),
+                    _ => None,
+                },
             };
             shown.insert(key, now);
         }
@@ -233,6 +239,12 @@ impl Bars {
                 bar.set_position(*bytes);
                 bar.set_message(format!("{on}fetching {image} from {from}"));
             }
+            Phase::CopyingDisk { done, total } => {
+                bar.set_style(fetch);
+                bar.set_length(*total);
+                bar.set_position(*done);
+                bar.set_message(format!("{on}moving: disk"));
+            }
             phase => {
                 bar.set_style(spinner);
                 bar.set_message(format!("{on}{phase}"));
@@ -265,7 +277,10 @@ fn line_for(prev: Option<&Shown>, e: &ProgressEvent) -> Option<String> {
             | Phase::BackingOff { .. }
             | Phase::Placed { .. },
         ) => true,
-        (Some(p), Phase::Fetching { .. }) => {
+        (Some(p), Phase::CopyingRam { pass, .. }) => {
+            p.word != e.phase.word() || p.pass != Some(*pass)
+        }
+        (Some(p), Phase::Fetching { .. } | Phase::CopyingDisk { .. }) => {
             p.word != e.phase.word() || (e.phase.percent() == Some(100) && p.percent != Some(100))
         }
         (Some(p), phase) => p.word != phase.word(),
@@ -312,7 +327,16 @@ pub fn json_event(e: &ProgressEvent) -> Value {
         | Phase::Moving
         | Phase::Stopping
         | Phase::Stopped
-        | Phase::Removed => json!({}),
+        | Phase::Removed
+        | Phase::SwitchingOver => json!({}),
+        Phase::CopyingDisk { done, total } => json!({
+            "bytes": done, "total": total, "percent": e.phase.percent(),
+        }),
+        Phase::CopyingRam {
+            pass,
+            sent,
+            remaining,
+        } => json!({ "pass": pass, "sent": sent, "remaining": remaining }),
     };
     if let (Value::Object(v), Value::Object(more)) = (&mut v, more) {
         v.extend(more);
@@ -502,12 +526,74 @@ mod tests {
     }
 
     #[test]
+    fn a_live_move_shows_its_disk_once_started_and_done_and_each_ram_pass() {
+        let out = Captured::default();
+        let show = Renderer::to(Mode::Lines, Box::new(out.clone()));
+        let v = |phase| step(Some("v"), None, phase);
+        for e in [
+            v(Phase::Moving),
+            v(Phase::CopyingDisk {
+                done: 0,
+                total: 64 << 20,
+            }),
+            v(Phase::CopyingDisk {
+                done: 32 << 20,
+                total: 64 << 20,
+            }),
+            v(Phase::CopyingDisk {
+                done: 64 << 20,
+                total: 64 << 20,
+            }),
+            v(Phase::CopyingRam {
+                pass: 1,
+                sent: 100 << 20,
+                remaining: 8 << 20,
+            }),
+            v(Phase::CopyingRam {
+                pass: 1,
+                sent: 101 << 20,
+                remaining: 8 << 20,
+            }),
+            v(Phase::CopyingRam {
+                pass: 2,
+                sent: 108 << 20,
+                remaining: 1 << 20,
+            }),
+            v(Phase::SwitchingOver),
+        ] {
+            show.event(&e);
+        }
+        assert_eq!(
+            out.lines(),
+            [
+                "seen/v: moving",
+                "seen/v: moving: disk 0% of 64.0 MiB",
+                "seen/v: moving: disk 100% of 64.0 MiB",
+                "seen/v: moving: RAM pass 1, 100.0 MiB sent, 8.0 MiB left",
+                "seen/v: moving: RAM pass 2, 108.0 MiB sent, 1.0 MiB left",
+                "seen/v: moving: switching over",
+            ]
+        );
+        let json = json_event(&v(Phase::CopyingRam {
+            pass: 2,
+            sent: 7,
+            remaining: 1,
+        }));
+        assert_eq!(json["phase"], "copying-ram");
+        assert_eq!(
+            (json["pass"].as_u64(), json["remaining"].as_u64()),
+            (Some(2), Some(1))
+        );
+    }
+
+    #[test]
     fn a_move_and_repeated_failures_are_news_in_lines() {
         let b = |host, phase| step(Some("b"), Some(host), phase);
         let shown = Shown {
             word: "running",
             host: Some("host2".into()),
             percent: None,
+            pass: None,
         };
         let lost = b("host2", Phase::Lost);
         assert_eq!(

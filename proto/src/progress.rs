@@ -82,6 +82,18 @@ pub enum Phase {
     Settled { status: String },
     /// Leader, lab as a whole: the lab is gone from every host it ran on.
     Removed,
+    /// Agent, source of a live move: the node's disk copied so far.
+    CopyingDisk { done: u64, total: u64 },
+    /// Agent, source of a live move: a pass over the guest's RAM (`sent`
+    /// so far, `remaining` still dirty).
+    CopyingRam {
+        pass: u64,
+        sent: u64,
+        remaining: u64,
+    },
+    /// Agent, source of a live move: the guest is paused on both hosts
+    /// while its last state crosses.
+    SwitchingOver,
 }
 
 impl Phase {
@@ -106,6 +118,9 @@ impl Phase {
             Phase::Stopped => "stopped",
             Phase::Settled { .. } => "settled",
             Phase::Removed => "removed",
+            Phase::CopyingDisk { .. } => "copying-disk",
+            Phase::CopyingRam { .. } => "copying-ram",
+            Phase::SwitchingOver => "switching-over",
         }
     }
 
@@ -117,7 +132,10 @@ impl Phase {
     /// Percent of an image fetched (`None` outside [`Phase::Fetching`]).
     pub fn percent(&self) -> Option<u8> {
         match self {
-            Phase::Fetching { bytes, total, .. } => {
+            Phase::Fetching { bytes, total, .. }
+            | Phase::CopyingDisk {
+                done: bytes, total, ..
+            } => {
                 let pct = (bytes.saturating_mul(100))
                     .checked_div(*total)
                     .unwrap_or(100);
@@ -158,6 +176,23 @@ impl fmt::Display for Phase {
             Phase::BackingOff { delay_secs } => write!(f, "restarting in {delay_secs} s"),
             Phase::Left { why } => write!(f, "left as it is: {why}"),
             Phase::Settled { status } => write!(f, "settled: {status}"),
+            Phase::CopyingDisk { total, .. } => write!(
+                f,
+                "moving: disk {}% of {:.1} MiB",
+                self.percent().unwrap_or(0),
+                *total as f64 / 1_048_576.0
+            ),
+            Phase::CopyingRam {
+                pass,
+                sent,
+                remaining,
+            } => write!(
+                f,
+                "moving: RAM pass {pass}, {:.1} MiB sent, {:.1} MiB left",
+                *sent as f64 / 1_048_576.0,
+                *remaining as f64 / 1_048_576.0
+            ),
+            Phase::SwitchingOver => f.write_str("moving: switching over"),
             other => f.write_str(other.word()),
         }
     }

@@ -394,6 +394,20 @@ fn another_lab_deploys_while_a_move_copies(cluster: &LocalCluster, boot_id: &str
         drop(stopped);
         let out = mover.join().expect("the move thread");
         stdout_ok(&out, "the move held up during the other deploy");
+        // Its steps, one line each (stderr is not a terminal).
+        let steps = String::from_utf8_lossy(&out.stderr);
+        eprintln!("the held-up move's output:\n{steps}");
+        for step in [
+            &format!("move/v on host{from}: moving: disk 100% of"),
+            &format!("move/v on host{from}: moving: RAM pass "),
+            &format!("move/v on host{from}: moving: switching over"),
+            &format!("move/v on host{to}: placed (moved from host{from})"),
+        ] {
+            assert!(
+                steps.contains(step),
+                "no {step:?} in the move's output:\n{steps}"
+            );
+        }
     });
     only_on(cluster, to);
     assert_eq!(boot(cluster).0, boot_id, "v booted again");

@@ -6,10 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::bail;
 use labspan_proto::msg::{MoveReport, Reply, Request};
 
+use crate::follow::Following;
+use crate::progress::{Mode, Renderer};
 use crate::remote::{call, connect};
 use crate::InvalidInput;
 
@@ -67,8 +70,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = cluster(args.cluster.as_deref(), "labspan move")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let report = move_one(&file, &args.lab, &args.node, args.to.as_deref()).await?;
-        print_move(&report, args.json)?;
+        // `--json` prints the figures alone, as one object, on stdout.
+        let show = (!args.json).then(|| Renderer::new(Mode::pick(false)));
+        let report = move_one(
+            &file,
+            &args.lab,
+            &args.node,
+            args.to.as_deref(),
+            show.as_ref(),
+        )
+        .await;
+        if let Some(show) = &show {
+            show.finish();
+        }
+        print_move(&report?, args.json)?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -92,17 +107,26 @@ pub fn run_host(cmd: HostCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Moves `node` of `lab`; with `show`, the lab's steps (the disk copied,
+/// each RAM pass, the switch-over, the node placed anew) are shown as they
+/// happen, and the figures once it is done.
 async fn move_one(
     file: &Path,
     lab: &str,
     node: &str,
     to: Option<&str>,
+    show: Option<&Arc<Renderer>>,
 ) -> anyhow::Result<MoveReport> {
     let client = connect(file).await?;
     let whither = to.map_or("the host placement chooses".to_string(), |t| {
         format!("{t:?}")
     });
     eprintln!("{lab}/{node}: moving live to {whither} (disk, then RAM, then switch-over)...");
+    let following = match show {
+        Some(show) => crate::follow::start_or_note(file, lab, show).await,
+        None => None,
+    };
+    let before = following.as_ref().map_or(0, Following::ends_seen);
     let req = Request::MoveNode {
         lab: lab.into(),
         node: node.into(),
@@ -110,6 +134,10 @@ async fn move_one(
     };
     let reply = call(&client, &req).await;
     client.close().await;
+    if let (Some(following), Ok(_)) = (following, &reply) {
+        // The move's end settles its lab: shown before the figures.
+        following.stop_after_end(before).await;
+    }
     match reply? {
         Reply::Moved(report) => Ok(report),
         other => bail!("unexpected reply to MoveNode: {other:?}"),
@@ -208,10 +236,12 @@ async fn drain(file: &Path, host: &str, json: bool) -> anyhow::Result<ExitCode> 
     for (lab, node) in &nodes {
         by_lab.entry(lab.clone()).or_default().push(node.clone());
     }
+    let show = (!json).then(|| Renderer::new(Mode::pick(false)));
+    let show = show.as_ref();
     let lab_moves = |(lab, lab_nodes): (String, Vec<String>)| async move {
         let mut out = Vec::new();
         for node in lab_nodes {
-            let moved = move_one(file, &lab, &node, None).await;
+            let moved = move_one(file, &lab, &node, None, show).await;
             match &moved {
                 Ok(r) if !json => print_move(r, false)?,
                 Ok(_) => {}
@@ -226,6 +256,9 @@ async fn drain(file: &Path, host: &str, json: bool) -> anyhow::Result<ExitCode> 
         .buffer_unordered(DRAIN_LABS_AT_ONCE)
         .collect()
         .await;
+    if let Some(show) = show {
+        show.finish();
+    }
     let mut failed = 0;
     let mut reports = Vec::new();
     for moved in outcomes
