@@ -28,10 +28,19 @@ pub fn lab_addresses(lab: &Lab) -> BTreeMap<String, Vec<IpNet>> {
 }
 
 /// Runs `lab`'s checks through `guests` (embedded default and cluster
-/// alike), shows each on `show` as it ends, prints them as a table unless
-/// `show` prints JSON, and says whether every one passed.
-pub async fn verify<G: GuestExec>(guests: &G, lab: &Lab, show: &Renderer) -> bool {
-    let seen = |r: &CheckResult| show.check(&lab.name, r);
+/// alike), shows each on `show` and hands it to `report` as it ends,
+/// prints them as a table unless `show` prints JSON, and says whether
+/// every one passed.
+pub async fn verify<G: GuestExec>(
+    guests: &G,
+    lab: &Lab,
+    show: &Renderer,
+    report: &dyn Fn(&CheckResult),
+) -> bool {
+    let seen = |r: &CheckResult| {
+        show.check(&lab.name, r);
+        report(r);
+    };
     let results = run_checks(
         guests,
         &lab.verify,

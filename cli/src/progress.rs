@@ -337,6 +337,11 @@ pub fn json_event(e: &ProgressEvent) -> Value {
             sent,
             remaining,
         } => json!({ "pass": pass, "sent": sent, "remaining": remaining }),
+        Phase::Checked {
+            check,
+            passed,
+            detail,
+        } => json!({ "check": check, "passed": passed, "detail": detail }),
     };
     if let (Value::Object(v), Value::Object(more)) = (&mut v, more) {
         v.extend(more);

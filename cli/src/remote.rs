@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::verify::GuestExec;
+use crate::verify::{CheckResult, GuestExec};
 use anyhow::{bail, Context};
 use labspan_agent::vm::ExecOutput;
 use labspan_proto::codec;
@@ -19,6 +19,7 @@ use labspan_proto::lab::{LabBundle, LoadedLab};
 use labspan_proto::msg::{
     ErrorKind, ErrorReply, ExecResult, LabReport, LabSource, LabStatus, NodeState, Reply, Request,
 };
+use labspan_proto::progress::{Phase, ProgressEvent};
 use labspan_transport::client::{Client, ClientError, ClusterFile};
 
 use crate::follow::Following;
@@ -160,10 +161,55 @@ pub async fn up(
             client: &client,
             lab: &name,
         };
-        ok = crate::guests::verify(&guests, &bundle.lab, show).await;
+        ok = verify_and_report(&client, &guests, &bundle.lab, show).await;
     }
     client.close().await;
     Ok(crate::cmd::up::summary(&report, ok, started, show.mode()))
+}
+
+/// How long `up` waits for the cluster to take one check's result.
+const REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs the lab's checks on the cluster and reports each result to it as
+/// it ends (a `checked` step of its node), so that whoever follows the lab
+/// (`labspan events`, the web view) sees the checks run. A cluster that
+/// cannot take them (an older one) changes nothing: the checks count as
+/// they ran.
+async fn verify_and_report(
+    client: &Client,
+    guests: &ClusterGuests<'_>,
+    lab: &labspan_proto::lab::Lab,
+    show: &Renderer,
+) -> bool {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CheckResult>();
+    let sender = async {
+        while let Some(r) = rx.recv().await {
+            let step = ProgressEvent {
+                lab: lab.name.clone(),
+                node: Some(r.node.clone()),
+                host: None,
+                phase: Phase::Checked {
+                    check: r.name,
+                    passed: r.passed,
+                    detail: r.detail,
+                },
+                at_unix_ms: labspan_proto::progress::now_unix_ms(),
+            };
+            let req = Request::Progress { events: vec![step] };
+            match tokio::time::timeout(REPORT_WAIT, client.request(&req)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "a check's result was not taken"),
+                Err(_) => tracing::debug!("a check's result was not taken in time"),
+            }
+        }
+    };
+    let checks = async move {
+        let report = move |r: &CheckResult| {
+            let _ = tx.send(r.clone());
+        };
+        crate::guests::verify(guests, lab, show, &report).await
+    };
+    tokio::join!(checks, sender).0
 }
 
 /// Uploads the lab's guest files to the cluster's file store; the deploy

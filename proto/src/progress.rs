@@ -94,6 +94,13 @@ pub enum Phase {
     /// Agent, source of a live move: the guest is paused on both hosts
     /// while its last state crosses.
     SwitchingOver,
+    /// The one who deployed (`up`): one of the lab's `verify` checks, run
+    /// in this node, ended (`detail`: why it failed).
+    Checked {
+        check: String,
+        passed: bool,
+        detail: String,
+    },
 }
 
 impl Phase {
@@ -121,6 +128,7 @@ impl Phase {
             Phase::CopyingDisk { .. } => "copying-disk",
             Phase::CopyingRam { .. } => "copying-ram",
             Phase::SwitchingOver => "switching-over",
+            Phase::Checked { .. } => "checked",
         }
     }
 
@@ -193,6 +201,14 @@ impl fmt::Display for Phase {
                 *remaining as f64 / 1_048_576.0
             ),
             Phase::SwitchingOver => f.write_str("moving: switching over"),
+            Phase::Checked {
+                check,
+                passed: true,
+                ..
+            } => write!(f, "check {check}: passed"),
+            Phase::Checked { check, detail, .. } => {
+                write!(f, "check {check}: failed: {detail}")
+            }
             other => f.write_str(other.word()),
         }
     }

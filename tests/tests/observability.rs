@@ -384,10 +384,21 @@ fn coordinators_and_agents_serve_metrics_that_follow_the_cluster() {
         }
     }
 
+    // The page open while `up` runs again is sent its checks too.
+    let web = Web::start(&cluster);
     up_again_prints_one_line_per_phase_change(&cluster, lab);
+    let a_on = format!("host{}", cluster.running("seen", "a")[0].0);
+    web.steps_until("the check's result", Duration::from_secs(60), |steps| {
+        steps.iter().any(|s| {
+            s["phase"] == "checked"
+                && s["check"] == "ping a -> b"
+                && s["passed"] == true
+                && s["node"] == "a"
+                && s["host"] == a_on.as_str()
+        })
+    });
     inspect_shows_status_once_and_each_qemu(&cluster);
     a_viewer_sees_the_page_but_changes_nothing(&cluster);
-    let web = Web::start(&cluster);
     web_lists_each_node_under_its_host(&cluster, &web);
     let mut browser = Browser::start();
     browser_shows_the_lab_and_its_consoles(&cluster, &web, &mut browser);

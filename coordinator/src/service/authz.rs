@@ -38,8 +38,9 @@ pub fn may(role: Role, req: &Request) -> bool {
         | R::Heartbeat
         | R::ImageInventory { .. }
         | R::GuestHealth { .. }
-        | R::Progress { .. }
         | R::HostCapabilities(_) => role == Role::Agent,
+        // Agents report their VMs' steps; an admin's `up` its checks.
+        R::Progress { .. } => matches!(role, Role::Agent | Role::Admin),
         R::ImageHosts => role == Role::Admin,
         // A console is a root shell; a capture shows every packet.
         R::Console { .. } | R::Capture { .. } => role == Role::Admin,

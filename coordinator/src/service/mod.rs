@@ -293,7 +293,7 @@ impl Inner {
                 Some(reply) => reply,
                 None => images::inventory(self, &caller.name, addr, images),
             },
-            Request::Progress { events } => match self.not_leader() {
+            Request::Progress { events } if caller.role == Role::Agent => match self.not_leader() {
                 Some(reply) => reply,
                 None => progress::from_agent(self, &caller.name, events),
             },
@@ -316,6 +316,7 @@ impl Inner {
     /// Requests that run on the leader only.
     async fn on_leader(self: &Arc<Self>, caller: &PeerIdentity, req: Request) -> Reply {
         match req {
+            Request::Progress { events } => progress::from_member(self, events),
             Request::Status => status::status(self).await,
             Request::GetLab { name } => labs::get(self, &name).await,
             Request::CreateToken { role, ttl_secs } => {

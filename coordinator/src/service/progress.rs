@@ -183,6 +183,50 @@ pub(super) fn from_agent(inner: &Inner, host: &str, events: Vec<ProgressEvent>) 
     Reply::Done
 }
 
+/// Leader: check results an admin's `up` reports (a member, not a host:
+/// only `checked` steps, each of a node the lab has; the host is where the
+/// node runs now).
+pub(super) fn from_member(inner: &Inner, events: Vec<ProgressEvent>) -> Reply {
+    let placed = |e: &ProgressEvent| -> Result<String, String> {
+        let state = &inner.state.read().state;
+        let node = e.node.as_deref().unwrap_or_default();
+        (state.labs.get(&e.lab))
+            .and_then(|rec| rec.placement.get(node).cloned())
+            .ok_or_else(|| format!("lab {:?} has no node {node:?}", e.lab))
+    };
+    if events.len() > MAX_BATCH {
+        return error(
+            ErrorKind::Invalid,
+            format!(
+                "progress: {} events in one message, at most {MAX_BATCH}",
+                events.len()
+            ),
+        );
+    }
+    let mut hosts = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        if !matches!(e.phase, Phase::Checked { .. }) {
+            return error(
+                ErrorKind::Invalid,
+                format!(
+                    "progress: event {i} ({} of lab {:?}): a member reports only checks",
+                    e.phase.word(),
+                    e.lab
+                ),
+            );
+        }
+        match placed(e) {
+            Ok(host) => hosts.push(host),
+            Err(why) => return error(ErrorKind::Invalid, format!("progress: event {i}: {why}")),
+        }
+    }
+    for (mut e, host) in events.into_iter().zip(hosts) {
+        e.host = Some(host);
+        inner.progress.publish(e);
+    }
+    Reply::Done
+}
+
 /// Refuses a batch an agent may not send: too many events, a step with no
 /// node, or a step only the leader takes.
 pub fn check_batch(host: &str, events: &[ProgressEvent]) -> Result<(), String> {
