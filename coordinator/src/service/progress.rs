@@ -246,10 +246,14 @@ pub fn check_batch(host: &str, events: &[ProgressEvent]) -> Result<(), String> {
                 | Phase::Settled { .. }
                 | Phase::Removed
         );
-        let why = match (&e.node, leaders) {
-            (None, _) => "names no node",
-            (Some(_), true) => "is a step only the leader takes",
-            (Some(_), false) => continue,
+        // A check's result comes from whoever ran the checks (`up`), not
+        // from a host: an agent cannot report one.
+        let checked = matches!(e.phase, Phase::Checked { .. });
+        let why = match (&e.node, leaders, checked) {
+            (None, _, _) => "names no node",
+            (Some(_), true, _) => "is a step only the leader takes",
+            (Some(_), _, true) => "is a check's result, which only the one who deployed reports",
+            (Some(_), false, false) => continue,
         };
         return Err(format!(
             "progress from host {host:?}: event {i} ({} of lab {:?}) {why}",
@@ -394,6 +398,15 @@ mod tests {
             err,
             "progress from host \"host1\": event 1 (lost of lab \"seen\") is a step only the leader takes"
         );
+        let forged = Phase::Checked {
+            check: "ping a -> b".into(),
+            passed: true,
+            detail: String::new(),
+        };
+        let err = check_batch("host1", &[event(Some("a"), forged)])
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("only the one who deployed reports"), "{err}");
         let err = check_batch("host1", &[event(None, Phase::Booting)])
             .err()
             .unwrap_or_default();
