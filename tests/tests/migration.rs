@@ -351,7 +351,8 @@ impl Drop for Stopped {
 
 /// A move holds the leader's lab lock only to begin and to end: while v's
 /// copy is held up (its destination QEMU stopped), another lab, on the
-/// third host, deploys; the move then ends as usual.
+/// third host, deploys, and a move of p (same lab) waits; both moves then
+/// end as usual.
 fn another_lab_deploys_while_a_move_copies(cluster: &LocalCluster, boot_id: &str) {
     let from = only_on_one(cluster);
     let to = (1..=3).find(|h| *h != from).expect("another host");
@@ -382,6 +383,11 @@ fn another_lab_deploys_while_a_move_copies(cluster: &LocalCluster, boot_id: &str
             .qemu_pid(to, "move", "v")
             .expect("v's destination QEMU");
         let stopped = Stopped::new(dest);
+        // A move of the moving lab's other node waits for v's to end (a
+        // lab has one move at a time) instead of being refused; it is sent
+        // well before the other lab's deploy below returns.
+        let third_name = format!("host{third}");
+        let second = s.spawn(move || cluster.labspan(&["move", "move", "p", "--to", &third_name]));
         stdout_ok(
             &cluster.labspan(&["up", other]),
             "labspan up of another lab during a move",
@@ -394,6 +400,8 @@ fn another_lab_deploys_while_a_move_copies(cluster: &LocalCluster, boot_id: &str
         drop(stopped);
         let out = mover.join().expect("the move thread");
         stdout_ok(&out, "the move held up during the other deploy");
+        let moved_p = second.join().expect("the second move's thread");
+        stdout_ok(&moved_p, "a move of p sent while v's was held up");
         // Its steps, one line each (stderr is not a terminal).
         let steps = String::from_utf8_lossy(&out.stderr);
         eprintln!("the held-up move's output:\n{steps}");
@@ -411,6 +419,12 @@ fn another_lab_deploys_while_a_move_copies(cluster: &LocalCluster, boot_id: &str
     });
     only_on(cluster, to);
     assert_eq!(boot(cluster).0, boot_id, "v booted again");
+    let p_runs = cluster.running("move", "p");
+    assert_eq!(
+        p_runs.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
+        vec![third],
+        "p's QEMUs: {p_runs:?}"
+    );
     stdout_ok(&cluster.labspan(&["down", "other"]), "labspan down other");
 }
 

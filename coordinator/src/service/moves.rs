@@ -22,6 +22,7 @@ use labspan_proto::msg::{
     MoveSide, Reply,
 };
 use labspan_proto::suggest;
+use labspan_transport::poll::Poll;
 
 use super::push::{push_plans, settle};
 use super::{agents, decide, error, lock, Inner};
@@ -262,24 +263,26 @@ pub(super) async fn lock_unmoving<'a>(
     inner: &'a Inner,
     lab: &str,
 ) -> Result<tokio::sync::MutexGuard<'a, ()>, ErrorReply> {
-    let deadline = Instant::now() + MIGRATING_WAIT;
-    loop {
-        let guard = inner.lab_lock.lock().await;
-        let Some(m) = migration(inner, lab) else {
-            return Ok(guard);
-        };
-        drop(guard);
-        if Instant::now() >= deadline {
-            return Err(ErrorReply::new(
-                ErrorKind::Conflict,
+    let unmoving = Poll::new(MOVE_ENDED_POLL, MIGRATING_WAIT)
+        .until(|| async {
+            let guard = inner.lab_lock.lock().await;
+            migration(inner, lab).is_none().then_some(guard)
+        })
+        .await;
+    unmoving.ok_or_else(|| {
+        let moving = migration(inner, lab)
+            .map(|m| {
                 format!(
-                    "node {:?} of lab {lab:?} is still moving from {:?} to {:?} after {MIGRATING_WAIT:?}: try again when the move has ended",
+                    "node {:?} of lab {lab:?} is still moving from {:?} to {:?}",
                     m.node, m.from, m.to
-                ),
-            ));
-        }
-        tokio::time::sleep(MOVE_ENDED_POLL).await;
-    }
+                )
+            })
+            .unwrap_or_else(|| format!("lab {lab:?} is still moving a node"));
+        ErrorReply::new(
+            ErrorKind::Conflict,
+            format!("{moving} after {MIGRATING_WAIT:?}: try again when the move has ended"),
+        )
+    })
 }
 
 /// Leader: moves `node` of `lab` live to `to` (or where placement says);
