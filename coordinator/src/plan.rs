@@ -381,6 +381,7 @@ mod tests {
             )]),
             placement: PlacementHints::default(),
             verify: vec![],
+            resilience: Default::default(),
         }
     }
 

@@ -508,6 +508,7 @@ impl Cx<'_> {
                 .collect(),
             placement: PlacementHints::default(),
             verify: Vec::new(),
+            resilience: Default::default(),
         })
     }
 

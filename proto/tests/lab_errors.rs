@@ -507,3 +507,34 @@ fn an_image_name_the_store_would_refuse_is_refused_here() {
         "lab.yaml:3:14: nodes.a.image: image name \"..\" cannot be used\n  help: use letters, digits, '-', '_' and '.', not starting with '.', at most 64 characters (see `labspan image list`)"
     );
 }
+
+#[test]
+fn resilience_period_too_short_without_unit_or_unknown_key() {
+    assert_eq!(
+        error(&lab("nodes: {a: {}}\nresilience: {checkpoint_every: 5s}\n")),
+        "lab.yaml:4:32: resilience.checkpoint_every: checkpoint_every \"5s\" is too short: at least 10 s between automatic checkpoints"
+    );
+    assert_eq!(
+        error(&lab("nodes: {a: {}}\nresilience: {checkpoint_every: 15}\n")),
+        "lab.yaml:4:32: resilience.checkpoint_every: checkpoint_every \"15\" is not a period like 15m (units: s, m, h)"
+    );
+    let unknown = error(&lab("nodes: {a: {}}\nresilience: {checkpoint_evry: 15m}\n"));
+    assert!(
+        unknown.starts_with("lab.yaml:4:14: resilience: unknown key \"checkpoint_evry\""),
+        "{unknown}"
+    );
+    assert_eq!(
+        error(&lab("nodes: {a: {}}\nresilience: 15m\n")),
+        "lab.yaml:4:13: resilience: expected a mapping like {checkpoint_every: 15m}, found a scalar"
+    );
+}
+
+#[test]
+fn resilience_period_is_read() {
+    let text = lab("nodes: {a: {}}\nresilience:\n  checkpoint_every: 15m\n");
+    let loaded = parse("lab.yaml", &text).expect("a valid lab");
+    assert_eq!(
+        loaded.resilience.checkpoint_every,
+        Some(std::time::Duration::from_secs(900))
+    );
+}

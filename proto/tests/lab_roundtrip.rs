@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use labspan_proto::lab::{
     parse, to_yaml, Check, Endpoint, HostSelector, Impairment, Lab, Lan, Link, Nic, Node,
-    PlacementHints, RestartPolicy,
+    PlacementHints, Resilience, RestartPolicy,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::option;
@@ -231,6 +231,9 @@ fn build(
         }
     }
     Lab {
+        resilience: Resilience {
+            checkpoint_every: together.then(|| std::time::Duration::from_secs(900)),
+        },
         placement: placement(specs, &names, together),
         verify: verify(&names, checks),
         name,

@@ -58,7 +58,7 @@ pub fn check_lab(
         return Err(ErrorReply::new(
             ErrorKind::Conflict,
             format!(
-                "lab {lab:?} is moving node {:?} from {:?} to {:?}: {doing} once that move ends",
+                "lab {lab:?} is moving node {:?} from {:?} to {:?}: it cannot be {doing} while a node moves; try again once the move has ended",
                 m.node, m.from, m.to
             ),
         ));
@@ -157,14 +157,26 @@ fn missing_agents(inner: &Inner, hosts: &BTreeMap<String, Vec<String>>) -> Optio
 
 /// Leader: `labspan checkpoint create LAB NAME`.
 pub(super) async fn create(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
-    let started = Instant::now();
     if let Err(e) = valid::checkpoint(name) {
         return error(ErrorKind::Invalid, e.to_string());
     }
-    let _one_at_a_time = match super::moves::lock_unmoving(inner, lab).await {
-        Ok(guard) => guard,
-        Err(e) => return Reply::Error(e),
-    };
+    if auto::is_auto(name) {
+        return error(
+            ErrorKind::Invalid,
+            format!(
+                "checkpoint name {name:?} cannot be used: names starting with {:?} are kept for automatic checkpoints (resilience.checkpoint_every)",
+                auto::AUTO_PREFIX
+            ),
+        );
+    }
+    take(inner, lab, name).await
+}
+
+/// Takes checkpoint `name` of `lab` (a user's, or an automatic one). A lab
+/// busy with a move, a checkpoint or a reset is refused at once.
+async fn take(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
+    let started = Instant::now();
+    let _one_at_a_time = inner.lab_lock.lock().await;
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
@@ -434,7 +446,12 @@ pub(super) async fn delete(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
             Some(rec) => rec
                 .checkpoints
                 .get(name)
-                .map(|c| c.nodes.values().map(|n| n.host.clone()).collect())
+                .map(|c| {
+                    (c.nodes.values())
+                        .flat_map(|n| std::iter::once(&n.host).chain(&n.copies))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default(),
             None => return Reply::Error(no_lab(state, lab)),
         }
@@ -568,10 +585,7 @@ pub(super) async fn import(inner: &Arc<Inner>, lab: &str, checkpoint: Checkpoint
 /// Leader: `labspan reset LAB NAME`.
 pub(super) async fn reset(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
     let started = Instant::now();
-    let _one_at_a_time = match super::moves::lock_unmoving(inner, lab).await {
-        Ok(guard) => guard,
-        Err(e) => return Reply::Error(e),
-    };
+    let _one_at_a_time = inner.lab_lock.lock().await;
     if let Err(e) = inner.fresh().await {
         return Reply::Error(e);
     }
@@ -750,6 +764,8 @@ pub(super) async fn resume(inner: &Arc<Inner>) {
         }
     }
 }
+
+pub(super) mod auto;
 
 #[cfg(test)]
 mod tests;

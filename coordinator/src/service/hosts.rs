@@ -11,7 +11,7 @@ use labspan_proto::plan::check_underlay_mtu;
 use tokio::sync::oneshot;
 
 use super::push::{self, DEFAULT_UNDERLAY_MTU};
-use super::{agents, error, lock, recovery, HostLive, Inner};
+use super::{agents, checkpoints, error, lock, recovery, HostLive, Inner};
 use crate::raft::{Capacity, Command, LabStatus, Registration};
 
 /// Leader: records the host of agent `name` (its certificate's name), marks
@@ -248,6 +248,8 @@ pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
 pub(super) async fn monitor(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.timing.monitor_every);
     let mut recovering: Option<tokio::task::JoinHandle<()>> = None;
+    let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
+    let skipped = checkpoints::auto::Skipped::default();
     loop {
         tick.tick().await;
         if !inner.is_leader() {
@@ -275,6 +277,13 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
         if recovering.as_ref().is_none_or(|t| t.is_finished()) {
             let inner = inner.clone();
             recovering = Some(tokio::spawn(async move { recovery::run(&inner).await }));
+        }
+        // Automatic checkpoints (`resilience.checkpoint_every`), one run at a time.
+        if checkpointing.as_ref().is_none_or(|t| t.is_finished()) {
+            let (inner, skipped) = (inner.clone(), skipped.clone());
+            checkpointing = Some(tokio::spawn(async move {
+                checkpoints::auto::run(&inner, &skipped).await
+            }));
         }
     }
 }

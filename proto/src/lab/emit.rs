@@ -19,6 +19,13 @@ struct FileLab<'a> {
     placement: FilePlacement<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     verify: Vec<FileCheck<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resilience: Option<FileResilience>,
+}
+
+#[derive(Serialize)]
+struct FileResilience {
+    checkpoint_every: String,
 }
 
 #[derive(Serialize)]
@@ -183,6 +190,9 @@ pub fn to_yaml(lab: &Lab) -> String {
             spread: &lab.placement.spread,
         },
         verify: lab.verify.iter().map(file_check).collect(),
+        resilience: lab.resilience.checkpoint_every.map(|every| FileResilience {
+            checkpoint_every: format!("{}s", every.as_secs()),
+        }),
     };
     // Serializing plain maps, strings and numbers cannot fail.
     serde_json::to_string_pretty(&file).unwrap_or_default() + "\n"

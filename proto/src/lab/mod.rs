@@ -277,6 +277,7 @@ fn build(raw: RawLab) -> (Lab, FilePositions) {
             lans,
             placement,
             verify,
+            resilience: raw.resilience,
         },
         file_pos,
     )

@@ -24,6 +24,16 @@ pub struct Lab {
     pub placement: PlacementHints,
     /// Checks run after the lab is up, in file order.
     pub verify: Vec<Check>,
+    /// What the cluster does to bring the lab back after a host loss.
+    pub resilience: Resilience,
+}
+
+/// `resilience:` in the lab file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resilience {
+    /// Take an automatic checkpoint this often; the nodes a host loss
+    /// takes down restart from the latest one instead of booting.
+    pub checkpoint_every: Option<Duration>,
 }
 
 /// One virtual machine.

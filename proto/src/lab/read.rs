@@ -11,7 +11,9 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode
 use marked_yaml::Node as Yaml;
 
 use super::diagnostic::{Pos, Sink};
-use super::model::{Check, Endpoint, HostSelector, Impairment, Nic, Node, RestartPolicy};
+use super::model::{
+    Check, Endpoint, HostSelector, Impairment, Nic, Node, Resilience, RestartPolicy,
+};
 use super::units;
 use crate::names::valid;
 use crate::suggest::closest;
@@ -101,6 +103,7 @@ pub(crate) struct RawLab {
     pub together: Vec<RawGroup>,
     pub spread: Vec<RawGroup>,
     pub verify: Vec<RawCheck>,
+    pub resilience: Resilience,
 }
 
 /// What `defaults:` sets.
@@ -120,6 +123,7 @@ const TOP_KEYS: &[&str] = &[
     "lans",
     "placement",
     "verify",
+    "resilience",
 ];
 const NODE_KEYS: &[&str] = &[
     "image", "memory", "cpus", "nics", "exec", "files", "restart",
@@ -131,6 +135,7 @@ const PLACEMENT_KEYS: &[&str] = &["pin", "together", "spread"];
 const VERIFY_KEYS: &[&str] = &["ping", "exec"];
 const PING_KEYS: &[&str] = &["from", "to", "timeout"];
 const EXEC_KEYS: &[&str] = &["node", "cmd", "expect", "timeout"];
+const RESILIENCE_KEYS: &[&str] = &["checkpoint_every"];
 
 /// Every key a lab file may use, by where it goes: `docs/lab-file.md` must
 /// name each one (a test in `tests/tests/docs_examples.rs` checks).
@@ -144,6 +149,7 @@ pub const LAB_FILE_KEYS: &[(&str, &[&str])] = &[
     ("a check", VERIFY_KEYS),
     ("a ping check", PING_KEYS),
     ("an exec check", EXEC_KEYS),
+    ("resilience", RESILIENCE_KEYS),
 ];
 
 /// Joins an object path and a key.
@@ -316,7 +322,31 @@ pub(crate) fn read_lab(sink: &mut Sink, root: &Yaml) -> RawLab {
     if let Some(n) = top.get_node("verify") {
         lab.verify = read_verify(sink, n);
     }
+    if let Some(n) = top.get_node("resilience") {
+        lab.resilience = read_resilience(sink, n);
+    }
     lab
+}
+
+fn read_resilience(sink: &mut Sink, n: &Yaml) -> Resilience {
+    let Some(map) = want_map(
+        sink,
+        n,
+        "resilience",
+        "a mapping like {checkpoint_every: 15m}",
+    ) else {
+        return Resilience::default();
+    };
+    check_keys(sink, map, "resilience", RESILIENCE_KEYS);
+    Resilience {
+        checkpoint_every: read_unit(
+            sink,
+            map,
+            "resilience",
+            "checkpoint_every",
+            units::parse_checkpoint_every,
+        ),
+    }
 }
 
 fn read_lab_name(sink: &mut Sink, top: &MarkedMappingNode) -> String {

@@ -112,6 +112,37 @@ pub fn parse_check_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// The shortest `resilience.checkpoint_every`: a checkpoint pauses the
+/// lab for a moment and writes its RAM, so taking one more often than
+/// this would keep the lab busy saving.
+pub const MIN_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+/// `resilience.checkpoint_every`: whole seconds, minutes or hours (`30s`,
+/// `15m`, `1h`), at least [`MIN_CHECKPOINT_EVERY`].
+pub fn parse_checkpoint_every(text: &str) -> Result<Duration, String> {
+    let (n, unit) = split_number(text);
+    let scale = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "checkpoint_every \"{text}\" is not a period like 15m (units: s, m, h)"
+            ))
+        }
+    };
+    let secs = scaled(n, scale)
+        .ok_or_else(|| format!("checkpoint_every \"{text}\" is not a whole number of seconds"))?;
+    let every = Duration::from_secs(secs);
+    if every < MIN_CHECKPOINT_EVERY {
+        return Err(format!(
+            "checkpoint_every \"{text}\" is too short: at least {} s between automatic checkpoints",
+            MIN_CHECKPOINT_EVERY.as_secs()
+        ));
+    }
+    Ok(every)
+}
+
 /// Loss in percent, with or without `%`, 0..=100.
 pub fn parse_loss_percent(text: &str) -> Result<f64, String> {
     let t = text.trim();
@@ -127,6 +158,20 @@ pub fn parse_loss_percent(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_periods() {
+        assert_eq!(parse_checkpoint_every("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_checkpoint_every("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_checkpoint_every("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_checkpoint_every("10s"), Ok(MIN_CHECKPOINT_EVERY));
+        let short = parse_checkpoint_every("5s").unwrap_err();
+        assert!(short.contains("too short"), "{short}");
+        let unit = parse_checkpoint_every("15").unwrap_err();
+        assert!(unit.contains("units: s, m, h"), "{unit}");
+        assert!(parse_checkpoint_every("500ms").is_err());
+        assert!(parse_checkpoint_every("1.5s").is_err());
+    }
 
     #[test]
     fn memory_units() {
