@@ -158,6 +158,11 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
     let capabilities =
         capabilities::mask(found, std::env::var(capabilities::MASK_ENV).ok().as_deref());
     tracing::info!(%capabilities, "this host's capabilities");
+    agent.set_move_credentials(crate::vm::migrate::Credentials {
+        ca_pem: cluster.ca_pem.clone(),
+        cert_pem: cluster.cert_pem.clone(),
+        key_pem: cluster.key_pem.clone(),
+    });
     let fence = Arc::new(Fence::new(agent.state(), &cluster.ca_pem, hooks.fence));
     let watch = {
         let fence = fence.clone();
@@ -488,12 +493,12 @@ async fn serve(
                     node,
                     to,
                     port,
-                    psk,
+                    host,
                 }) => {
                     let to = crate::vm::migrate::Endpoint {
                         addr: to,
                         port,
-                        psk,
+                        peer: host,
                     };
                     let progress = |p| {
                         tracing::info!(lab, node, progress = ?p, "moving");

@@ -237,6 +237,9 @@ pub struct Agent {
     /// Fetches the plan's images this host lacks (set by the daemon; without
     /// it the store is used as it is).
     fetcher: std::sync::OnceLock<Arc<Fetcher>>,
+    /// This agent's cluster certificate, which its QEMUs present on moves
+    /// (set by the daemon; a host outside a cluster moves nothing).
+    move_credentials: std::sync::OnceLock<vm::migrate::Credentials>,
     /// The last plan applied: the supervisor restarts guests against it.
     last_plan: std::sync::Mutex<Option<HostPlan>>,
     /// Guest-agent sessions open per guest (an `exec` in flight): the
@@ -289,6 +292,7 @@ impl Agent {
             files,
             accel,
             fetcher: std::sync::OnceLock::new(),
+            move_credentials: std::sync::OnceLock::new(),
             last_plan: std::sync::Mutex::new(None),
             busy: std::sync::Mutex::new(BTreeMap::new()),
             moving_out: std::sync::Mutex::new(BTreeSet::new()),
@@ -336,6 +340,28 @@ impl Agent {
     /// keep the first).
     pub fn set_fetcher(&self, fetcher: Arc<Fetcher>) {
         let _ = self.fetcher.set(fetcher);
+    }
+
+    /// Lets moves run, with this agent's cluster certificate (once).
+    pub fn set_move_credentials(&self, tls: vm::migrate::Credentials) {
+        let _ = self.move_credentials.set(tls);
+    }
+
+    fn move_credentials(
+        &self,
+        lab: &str,
+        vm: &str,
+    ) -> Result<&vm::migrate::Credentials, AgentError> {
+        self.move_credentials.get().ok_or_else(|| {
+            AgentError::moving(
+                lab,
+                vm::migrate::MoveError::Failed {
+                    vm: vm.to_string(),
+                    what: "TLS setup",
+                    why: "this agent has no cluster certificate for the move's streams".into(),
+                },
+            )
+        })
     }
 
     /// The image fetcher, once the image service has set it.
@@ -745,7 +771,8 @@ impl Agent {
                         lab: lab.lab.clone(),
                         vm: plan.name.clone(),
                     });
-                    vm::launch_incoming(&dir, &cfg, at)
+                    let tls = self.move_credentials(&lab.lab, &plan.name)?;
+                    vm::launch_incoming(&dir, &cfg, at, tls)
                         .await
                         .map_err(|source| AgentError::moving(lab.lab.clone(), source))?
                 }
@@ -860,9 +887,10 @@ impl Agent {
                 lab: lab.to_string(),
                 vm: node.to_string(),
             })?;
+        let tls = self.move_credentials(lab, node)?;
         let _busy = self.mark_busy(&key);
         self.moving_out().insert(key.clone());
-        let result = vm::migrate::migrate_out(&vm, to, progress).await;
+        let result = vm::migrate::migrate_out(&vm, to, tls, progress).await;
         self.moving_out().remove(&key);
         result.map_err(|source| AgentError::moving(lab, source))
     }
@@ -1228,7 +1256,7 @@ fn endpoint(incoming: &labspan_proto::plan::IncomingPlan) -> vm::migrate::Endpoi
     vm::migrate::Endpoint {
         addr: incoming.addr,
         port: incoming.port,
-        psk: incoming.psk.clone(),
+        peer: incoming.from.clone(),
     }
 }
 

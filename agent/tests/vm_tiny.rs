@@ -440,8 +440,21 @@ async fn shell(vm: &Vm, line: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
-    use labspan_agent::vm::migrate::{self, Arrival, Endpoint};
+    use labspan_agent::vm::migrate::{self, Arrival, Credentials, Endpoint};
     need_root();
+    // The streams are mutual TLS with each agent's cluster certificate.
+    let ca = labspan_transport::tls::ClusterCa::generate("moves").expect("CA");
+    let creds = |name: &str| {
+        let c = ca
+            .issue(name, labspan_proto::msg::Role::Agent)
+            .expect("agent certificate");
+        Credentials {
+            ca_pem: ca.cert_pem(),
+            cert_pem: c.cert_pem(),
+            key_pem: c.key_pem(),
+        }
+    };
+    let (host_a, host_b, host_c) = (creds("host-a"), creds("host-b"), creds("host-c"));
     let tiny = tiny();
     let state = state_root();
     // tiny's kernel and initramfs over a qcow2 disk, so the disk copy runs.
@@ -496,9 +509,9 @@ async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
     let nowhere = Endpoint {
         addr: "127.0.0.1".parse().expect("ip"),
         port: free_port_pair(),
-        psk: "11".repeat(32),
+        peer: "host-b".into(),
     };
-    let e = migrate::migrate_out(&src, &nowhere, &|_| {})
+    let e = migrate::migrate_out(&src, &nowhere, &host_a, &|_| {})
         .await
         .expect_err("a move to nobody fails");
     eprintln!("move to nobody: {e}");
@@ -515,9 +528,9 @@ async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
     let at = Endpoint {
         addr: "127.0.0.1".parse().expect("ip"),
         port: free_port_pair(),
-        psk: "5a".repeat(32),
+        peer: "host-a".into(),
     };
-    let dst = vm::launch_incoming(&dst_dir, &cfg, &at)
+    let dst = vm::launch_incoming(&dst_dir, &cfg, &at, &host_b)
         .await
         .expect("destination QEMU waits for the guest");
     assert!(migrate::is_incoming(&dst_dir));
@@ -526,19 +539,31 @@ async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
         Arrival::Waiting
     );
 
-    // The streams are TLS with the move's key: another key gets nowhere.
-    let wrong = Endpoint {
-        psk: "a5".repeat(32),
+    // The destination lets in the source host's certificate only: another
+    // agent of the same cluster gets nowhere.
+    let to_b = Endpoint {
+        peer: "host-b".into(),
         ..at.clone()
     };
-    let e = migrate::migrate_out(&src, &wrong, &|_| {})
+    let e = migrate::migrate_out(&src, &to_b, &host_c, &|_| {})
         .await
-        .expect_err("a move with the wrong key fails");
-    eprintln!("move with the wrong key: {e}");
+        .expect_err("a move from another agent's certificate fails");
+    eprintln!("move from host-c's certificate: {e}");
+    assert_eq!(shell(&src, "cat /dev/shm/marker").await, marker);
+    // And the source sends only to the host it was told: a certificate
+    // that names another host is refused.
+    let to_c = Endpoint {
+        peer: "host-c".into(),
+        ..at.clone()
+    };
+    let e = migrate::migrate_out(&src, &to_c, &host_a, &|_| {})
+        .await
+        .expect_err("a move to a destination with another name fails");
+    eprintln!("move to host-c's name at host-b: {e}");
     assert_eq!(shell(&src, "cat /dev/shm/marker").await, marker);
 
     let seen = std::sync::Mutex::new(Vec::new());
-    let figures = migrate::migrate_out(&src, &at, &|p| {
+    let figures = migrate::migrate_out(&src, &to_b, &host_a, &|p| {
         eprintln!("move: {p:?}");
         seen.lock().expect("lock").push(p);
     })

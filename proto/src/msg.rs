@@ -657,7 +657,8 @@ pub enum AgentRequest {
         node: String,
         to: IpAddr,
         port: u16,
-        psk: String,
+        /// The destination host, whose certificate the streams must show.
+        host: String,
     },
     /// How a node's move looks on this host.
     MoveStatus { lab: String, node: String },

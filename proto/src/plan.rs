@@ -106,7 +106,8 @@ pub struct VmPlan {
     pub incoming: Option<IncomingPlan>,
 }
 
-/// Where a moved guest comes from and how its streams are secured.
+/// Where a moved guest comes from (only that host's certificate may feed
+/// it) and where it is received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncomingPlan {
     /// The host it runs on until the move is done.
@@ -116,8 +117,6 @@ pub struct IncomingPlan {
     /// The port (on `addr`) of the RAM stream; the disk's NBD server
     /// listens on the next one.
     pub port: u16,
-    /// The move's pre-shared TLS key (hex), made by the leader for this move.
-    pub psk: String,
 }
 
 /// One guest NIC and the tap that backs it.

@@ -12,10 +12,12 @@
 //! - destination, once told the move is done: export and NBD server
 //!   dropped, the guest running, `announce-self`.
 //!
-//! Both streams (NBD and RAM) are TLS with a pre-shared key that the
-//! leader makes for this one move and gives both agents over the cluster's
-//! mutual-TLS control plane: nothing crosses the underlay in the clear, and
-//! only the two agents of the move hold the key.
+//! Both streams (NBD and RAM) are mutual TLS with the two agents' own
+//! cluster certificates (QEMU's `tls-creds-x509`): the source checks that
+//! the destination's certificate names the destination host, and the
+//! destination lets in only the source host's certificate (`authz-simple`),
+//! so nothing crosses the underlay in the clear and no other member of
+//! the cluster can feed or read a moving guest.
 
 use std::fs;
 use std::io::Write;
@@ -26,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use labspan_proto::msg::Role;
+use labspan_transport::tls::agent_host_name;
 
 use super::{Qmp, QmpError, Vm, VmError};
 
@@ -57,18 +62,36 @@ const EXPORT_ID: &str = "labspan-move-disk";
 const DISK_DEVICE: &str = "virtio0";
 /// File in the VM folder of a destination QEMU still waiting for its guest.
 const INCOMING_FILE: &str = "incoming.json";
-/// Folder (in the VM folder) of the move's pre-shared key, for QEMU.
+/// QOM id of the destination's rule that lets in the source agent only.
+const AUTHZ_ID: &str = "labspan-move-authz";
+/// Folder (in the VM folder) of this agent's credentials, for QEMU.
 const TLS_DIR: &str = "move-tls";
 
-/// Where a destination listens for one move, and the move's key.
+/// Where a destination listens for one move, and who is at the other end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// The destination host's underlay address.
     pub addr: IpAddr,
     /// The RAM stream's port; the disk's NBD server listens on `port + 1`.
     pub port: u16,
-    /// The move's pre-shared TLS key, hex.
-    pub psk: String,
+    /// The agent at the other end of the streams: the destination host for
+    /// the source, the source host for the destination.
+    pub peer: String,
+}
+
+/// This agent's TLS identity, which its QEMUs present on a move's streams:
+/// the cluster CA and the agent's own certificate and key (PEM).
+#[derive(Clone)]
+pub struct Credentials {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
 }
 
 impl Endpoint {
@@ -220,9 +243,10 @@ impl Session {
     }
 }
 
-/// Writes the move's key where QEMU's `tls-creds-psk` reads it
-/// (`keys.psk`, `username:hexkey`, 0600 in a 0700 folder).
-fn write_psk(vm: &Vm, psk: &str) -> Result<PathBuf, MoveError> {
+/// Writes this agent's credentials where QEMU's `tls-creds-x509` reads
+/// them: the same certificate serves (destination) and connects (source).
+/// The key is 0600 in a 0700 folder.
+fn write_credentials(vm: &Vm, tls: &Credentials) -> Result<PathBuf, MoveError> {
     let dir = vm.dir().join(TLS_DIR);
     let io = |what, path: &Path| {
         let (vm, path) = (vm.name().to_string(), path.to_path_buf());
@@ -233,41 +257,44 @@ fn write_psk(vm: &Vm, psk: &str) -> Result<PathBuf, MoveError> {
             cause,
         }
     };
-    if !psk.chars().all(|c| c.is_ascii_hexdigit()) || psk.len() < 32 {
-        return Err(MoveError::Failed {
-            vm: vm.name().to_string(),
-            what: "TLS setup",
-            why: "the move's key is not at least 16 bytes of hex".into(),
-        });
-    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .map_err(io("creating", &dir))?;
-    let path = dir.join("keys.psk");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io("writing", &path))?;
-    // QEMU's client side presents the user name "qemu" unless told otherwise.
-    writeln!(f, "qemu:{psk}").map_err(io("writing", &path))?;
+    let files = [
+        ("ca-cert.pem", &tls.ca_pem),
+        ("server-cert.pem", &tls.cert_pem),
+        ("server-key.pem", &tls.key_pem),
+        ("client-cert.pem", &tls.cert_pem),
+        ("client-key.pem", &tls.key_pem),
+    ];
+    for (file, pem) in files {
+        let path = dir.join(file);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("writing", &path))?;
+        f.write_all(pem.as_bytes()).map_err(io("writing", &path))?;
+    }
     Ok(dir)
 }
 
 async fn add_tls(s: &mut Session, dir: &Path, endpoint: &str) -> Result<(), MoveError> {
-    // A move cut short may have left one behind.
+    // A move cut short may have left them behind.
     let _ = s.run("object-del", json!({ "id": TLS_ID })).await;
+    let _ = s.run("object-del", json!({ "id": AUTHZ_ID })).await;
     s.run(
         "object-add",
         json!({
-            "qom-type": "tls-creds-psk",
+            "qom-type": "tls-creds-x509",
             "id": TLS_ID,
             "endpoint": endpoint,
             "dir": dir.to_string_lossy(),
+            "verify-peer": true,
         }),
     )
     .await
@@ -277,17 +304,31 @@ async fn add_tls(s: &mut Session, dir: &Path, endpoint: &str) -> Result<(), Move
 /// Readies a destination QEMU launched with `-incoming defer`: its disk
 /// exported (writable, TLS) for the source's mirror, then the RAM stream
 /// awaited on `at`. Marks the VM folder as incoming.
-pub async fn prepare_incoming(vm: &Vm, at: &Endpoint) -> Result<(), MoveError> {
-    let dir = write_psk(vm, &at.psk)?;
+pub async fn prepare_incoming(vm: &Vm, at: &Endpoint, tls: &Credentials) -> Result<(), MoveError> {
+    let dir = write_credentials(vm, tls)?;
     let mut s = Session::open(vm).await?;
     add_tls(&mut s, &dir, "server").await?;
+    // Any member's certificate chains to the cluster CA: only the source
+    // agent's may feed this guest.
+    s.run(
+        "object-add",
+        json!({
+            "qom-type": "authz-simple",
+            "id": AUTHZ_ID,
+            "identity": labspan_transport::tls::member_subject(Role::Agent, &at.peer),
+        }),
+    )
+    .await?;
     s.run(
         "migrate-set-capabilities",
         json!({"capabilities": [{"capability": "events", "state": true}]}),
     )
     .await?;
-    s.run("migrate-set-parameters", json!({ "tls-creds": TLS_ID }))
-        .await?;
+    s.run(
+        "migrate-set-parameters",
+        json!({ "tls-creds": TLS_ID, "tls-authz": AUTHZ_ID }),
+    )
+    .await?;
     if vm.record.spec.disk.is_some() {
         let node = s.disk_node().await?;
         s.run(
@@ -295,6 +336,7 @@ pub async fn prepare_incoming(vm: &Vm, at: &Endpoint) -> Result<(), MoveError> {
             json!({
                 "addr": {"type": "inet", "data": {"host": at.addr.to_string(), "port": at.nbd_port()}},
                 "tls-creds": TLS_ID,
+                "tls-authz": AUTHZ_ID,
             }),
         )
         .await?;
@@ -362,6 +404,7 @@ pub async fn finish_incoming(vm: &Vm) -> Result<(), MoveError> {
     let _ = s.run("block-export-del", json!({ "id": EXPORT_ID })).await;
     let _ = s.run("nbd-server-stop", Value::Null).await;
     let _ = s.run("object-del", json!({ "id": TLS_ID })).await;
+    let _ = s.run("object-del", json!({ "id": AUTHZ_ID })).await;
     let run = s.run("query-status", Value::Null).await?;
     if run["status"] != "running" {
         s.run("cont", Value::Null).await?;
@@ -393,10 +436,11 @@ pub async fn finish_incoming(vm: &Vm) -> Result<(), MoveError> {
 pub async fn migrate_out(
     vm: &Vm,
     to: &Endpoint,
+    tls: &Credentials,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Figures, MoveError> {
     let start = Instant::now();
-    let dir = write_psk(vm, &to.psk)?;
+    let dir = write_credentials(vm, tls)?;
     let mut s = Session::open(vm).await?;
     let result = migrate_steps(&mut s, vm, &dir, to, progress, start).await;
     if result.is_err() {
@@ -430,6 +474,7 @@ async fn migrate_steps(
                 "server": {"type": "inet", "host": to.addr.to_string(), "port": to.nbd_port()},
                 "export": EXPORT_ID,
                 "tls-creds": TLS_ID,
+                "tls-hostname": agent_host_name(&to.peer),
             }),
         )
         .await?;
@@ -466,6 +511,7 @@ async fn migrate_steps(
             "max-bandwidth": MAX_BANDWIDTH,
             "downtime-limit": DOWNTIME_LIMIT_MS,
             "tls-creds": TLS_ID,
+            "tls-hostname": agent_host_name(&to.peer),
         }),
     )
     .await?;
@@ -663,7 +709,7 @@ async fn cancel_outgoing(s: &mut Session) {
     }
 }
 
-/// Whether an outgoing move of the VM in `vm_dir` was cut short: its key
+/// Whether an outgoing move of the VM in `vm_dir` was cut short: its TLS
 /// folder outlives only a move whose agent ended before it did (an
 /// incoming move keeps one too, until it is finished).
 pub fn interrupted_out(vm_dir: &Path) -> bool {

@@ -414,6 +414,7 @@ pub async fn launch_incoming(
     dir: &Path,
     cfg: &VmConfig,
     at: &migrate::Endpoint,
+    tls: &migrate::Credentials,
 ) -> Result<Vm, migrate::MoveError> {
     // The mirror copies only what the source's overlay holds: anything left
     // in an overlay here (an earlier move cut short) would shadow the base.
@@ -433,7 +434,7 @@ pub async fn launch_incoming(
         }
     }
     let vm = launch_as(dir, cfg, Start::Incoming).await?;
-    if let Err(e) = migrate::prepare_incoming(&vm, at).await {
+    if let Err(e) = migrate::prepare_incoming(&vm, at, tls).await {
         let _ = vm.kill().await;
         let _ = remove_state(dir, &cfg.name);
         return Err(e);

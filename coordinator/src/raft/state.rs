@@ -94,8 +94,8 @@ pub enum CheckpointOpKind {
     Reset,
 }
 
-/// A live move in progress: node, from, to, phase, and how its streams
-/// meet (port and key, made by the leader that started it).
+/// A live move in progress: node, from, to, phase, and where its streams
+/// meet (a port chosen by the leader that started it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migration {
     pub node: String,
@@ -104,8 +104,6 @@ pub struct Migration {
     pub phase: MovePhase,
     /// RAM stream port on `to`'s VTEP address (NBD: the next one).
     pub port: u16,
-    /// Pre-shared TLS key of the move's streams (hex).
-    pub psk: String,
 }
 
 /// How far a move got.
@@ -272,7 +270,6 @@ pub enum Command {
         node: String,
         to: String,
         port: u16,
-        psk: String,
     },
     /// Advances the lab's move to `phase`.
     SetMovePhase { lab: String, phase: MovePhase },
@@ -502,8 +499,7 @@ impl ClusterState {
                 node,
                 to,
                 port,
-                psk,
-            } => self.begin_move(lab, node, to, *port, psk),
+            } => self.begin_move(lab, node, to, *port),
             Command::SetMovePhase { lab, phase } => {
                 let rec = self.lab_mut(lab)?;
                 let m = rec
@@ -607,14 +603,7 @@ impl ClusterState {
         self.hosts.insert(name.to_string(), host);
     }
 
-    fn begin_move(
-        &mut self,
-        lab: &str,
-        node: &str,
-        to: &str,
-        port: u16,
-        psk: &str,
-    ) -> CommandResult {
+    fn begin_move(&mut self, lab: &str, node: &str, to: &str, port: u16) -> CommandResult {
         if !self.hosts.contains_key(to) {
             return Err(Rejection::UnknownHost(to.to_string()));
         }
@@ -648,7 +637,6 @@ impl ClusterState {
             to: to.to_string(),
             phase: MovePhase::Preparing,
             port,
-            psk: psk.to_string(),
         }));
         Ok(Applied::Done)
     }

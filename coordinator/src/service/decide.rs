@@ -227,7 +227,6 @@ fn plan_record(
             from: m.from.clone(),
             addr: fabrics.get(&m.to)?.vtep,
             port: m.port,
-            psk: m.psk.clone(),
         })
     });
     let arriving = rec

@@ -12,7 +12,6 @@
 //! both agents how it looks ([`verdict`]) and ends it the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,19 +238,6 @@ pub fn verdict(phase: MovePhase, source: Option<MoveSide>, dest: Option<MoveSide
     Verdict::RollBack
 }
 
-fn random_hex() -> Result<String, ErrorReply> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| {
-            ErrorReply::new(
-                ErrorKind::Internal,
-                format!("cannot read /dev/urandom for a move's key: {e}"),
-            )
-        })?;
-    Ok(hex::encode(bytes))
-}
-
 /// How often a change of a lab that has a move in flight looks again.
 const MOVE_ENDED_POLL: Duration = Duration::from_millis(200);
 
@@ -335,11 +321,10 @@ pub(super) async fn move_node_locked(
 struct Begun {
     choice: MoveChoice,
     port: u16,
-    psk: String,
     started: Instant,
 }
 
-/// Checks the move, picks its destination, port and key, and records its
+/// Checks the move, picks its destination and port, and records its
 /// intent. The caller holds the lab lock.
 async fn begin(
     inner: &Arc<Inner>,
@@ -371,13 +356,11 @@ async fn begin(
             ),
         ));
     };
-    let psk = random_hex().map_err(Reply::Error)?;
     let begin = Command::BeginMove {
         lab: lab.to_string(),
         node: node.to_string(),
         to: choice.to.clone(),
         port,
-        psk: psk.clone(),
     };
     inner.write(begin).await.map_err(Reply::Error)?;
     tracing::info!(
@@ -390,7 +373,6 @@ async fn begin(
     Ok(Begun {
         choice,
         port,
-        psk,
         started,
     })
 }
@@ -404,7 +386,7 @@ async fn copy(
     node: &str,
     begun: &Begun,
 ) -> (bool, Result<MoveFigures, String>) {
-    let moved = carry_out(inner, lab, node, &begun.choice, begun.port, &begun.psk).await;
+    let moved = carry_out(inner, lab, node, &begun.choice, begun.port).await;
     let done = match &moved {
         Ok(_) => true,
         Err(why) => {
@@ -463,7 +445,6 @@ async fn carry_out(
     node: &str,
     choice: &MoveChoice,
     port: u16,
-    psk: &str,
 ) -> Result<MoveFigures, String> {
     let hosts = lab_hosts(inner, lab);
     let outcomes = push_plans(inner, &hosts).await;
@@ -502,7 +483,7 @@ async fn carry_out(
         node: node.to_string(),
         to: vtep,
         port,
-        psk: psk.to_string(),
+        host: choice.to.clone(),
     };
     match agents::request(inner, &choice.from, &req).await? {
         AgentReply::Migrated(figures) => Ok(figures),

@@ -152,6 +152,19 @@ pub fn check_request(
     )))
 }
 
+/// The DNS name agent `name`'s certificate carries, which a QEMU of
+/// another agent checks when it opens a move's stream to it.
+pub fn agent_host_name(name: &str) -> String {
+    format!("{name}.agent.labspan")
+}
+
+/// The subject of `role` `name`'s certificate as GnuTLS writes it (QEMU
+/// authorizes a TLS client by this string, `authz-simple`): the order of
+/// [`member_params`]'s distinguished name.
+pub fn member_subject(role: Role, name: &str) -> String {
+    format!("O=labspan,OU={},CN={name}", role.as_str())
+}
+
 /// What every member certificate says: its identity, usages and validity.
 fn member_params(name: &str, role: Role) -> Result<CertificateParams, TlsError> {
     validate_name(name)?;
@@ -166,16 +179,29 @@ fn member_params(name: &str, role: Role) -> Result<CertificateParams, TlsError> 
         .map_err(gen_err(format!("encode the identity of {name}")))?;
     params.subject_alt_names = vec![SanType::URI(uri)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if role == Role::Coordinator {
-        let dns = COORDINATOR_SERVER_NAME
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let server_name = match role {
+        Role::Coordinator => Some(COORDINATOR_SERVER_NAME.to_string()),
+        // An agent's QEMUs serve a moved guest's disk and RAM streams with
+        // this certificate (QEMU's `tls-creds-x509`), and the other agent's
+        // QEMU checks this name. GnuTLS, under QEMU, wants the
+        // keyEncipherment usage of any TLS certificate whose key usages are
+        // critical, as rcgen makes them.
+        Role::Agent => {
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+            Some(agent_host_name(name))
+        }
+        Role::Admin | Role::Viewer => None,
+    };
+    if let Some(server_name) = server_name {
+        let dns = server_name
             .try_into()
-            .map_err(gen_err("encode the coordinator server name"))?;
+            .map_err(gen_err(format!("encode the server name of {name}")))?;
         params.subject_alt_names.push(SanType::DnsName(dns));
         params
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ServerAuth);
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - CLOCK_SKEW;

@@ -1,10 +1,10 @@
 //! TLS of the image endpoint every agent serves (`labspan-image/1`): agents
 //! fetch images from each other, admins push images to an agent.
 //!
-//! Agent certificates are client certificates (no server name, no
-//! serverAuth usage), so the client here does not check a name: it checks
-//! that the server's chain ends in the cluster CA with the usage member
-//! certificates carry, and that the certificate names an agent. The server
+//! The client here does not check a server name (it reaches agents by
+//! address, and any agent may serve an image): it checks that the
+//! server's chain ends in the cluster CA with the clientAuth usage every
+//! member certificate carries, and that the certificate names an agent. The server
 //! requires a client certificate from the cluster CA as every endpoint does;
 //! which role may do what is decided by the image service.
 

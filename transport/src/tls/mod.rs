@@ -14,7 +14,8 @@ mod image;
 mod join;
 
 pub use ca::{
-    cert_from_pem, cert_to_pem, check_request, CertificateRequest, ClusterCa, NodeCredential,
+    agent_host_name, cert_from_pem, cert_to_pem, check_request, member_subject, CertificateRequest,
+    ClusterCa, NodeCredential,
 };
 pub use config::{client_config, crypto_provider, server_config, ALPN};
 pub use identity::{ca_fingerprint, check_ca_fingerprint, peer_identity, PeerIdentity};

@@ -155,3 +155,57 @@ fn requests_that_are_not_requests_are_refused() -> TestResult {
     }
     Ok(())
 }
+
+/// An agent's QEMUs serve a move's streams with its certificate: it names
+/// the agent's host name and may serve; admin and viewer ones may not.
+#[test]
+fn agent_certificates_may_serve_a_move_under_their_host_name() -> TestResult {
+    use x509_parser::extensions::GeneralName;
+    let ca = ClusterCa::generate("lab")?;
+    for role in Role::ALL {
+        let cred = ca.issue("h1", role)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&cred.cert).map_err(|e| {
+            TlsError::BadCertificate {
+                reason: e.to_string(),
+            }
+        })?;
+        let dns: Vec<String> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(d.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let serves = cert
+            .extended_key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.value.server_auth);
+        let subject = cert.subject().to_string();
+        match role {
+            Role::Agent => {
+                assert_eq!(dns, vec![agent_host_name("h1")]);
+                assert!(serves);
+                // x509-parser writes the subject as GnuTLS does, with spaces.
+                assert_eq!(subject.replace(", ", ","), member_subject(role, "h1"));
+            }
+            Role::Coordinator => {
+                assert_eq!(dns, vec![COORDINATOR_SERVER_NAME.to_string()]);
+                assert!(serves);
+            }
+            Role::Admin | Role::Viewer => {
+                assert!(dns.is_empty(), "{role}: {dns:?}");
+                assert!(!serves, "{role}");
+            }
+        }
+    }
+    Ok(())
+}

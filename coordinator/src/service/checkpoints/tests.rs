@@ -118,7 +118,6 @@ fn refusals_name_the_reason() {
             node: "a".into(),
             to: "h2".into(),
             port: 7200,
-            psk: "00".into(),
         },
     )
     .expect("move begins");
@@ -151,7 +150,6 @@ fn one_operation_at_a_time_and_names_are_unique() {
             node: "a".into(),
             to: "h2".into(),
             port: 7200,
-            psk: "00".into(),
         },
     );
     assert!(matches!(moved, Err(Rejection::CheckpointInProgress { .. })));

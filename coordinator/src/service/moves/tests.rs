@@ -157,7 +157,6 @@ fn one_move_per_lab_at_a_time_and_its_room_is_held() {
         node: "a".into(),
         to: "h4".into(),
         port: FIRST_MOVE_PORT,
-        psk: "00".repeat(32),
     };
     s.apply(&begin).expect("begins");
     let (kind, m) = refused(&s, "lab", "c", Some("h2"));
@@ -208,7 +207,6 @@ fn a_move_to_its_own_host_or_an_unknown_one_is_not_recorded() {
             node: "a".into(),
             to: to.into(),
             port: FIRST_MOVE_PORT,
-            psk: String::new(),
         });
         assert!(r.is_err(), "{to}");
     }

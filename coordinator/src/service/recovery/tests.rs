@@ -233,7 +233,6 @@ fn a_lab_with_a_live_move_in_flight_waits_for_its_end() {
         to: "h3".into(),
         phase: MovePhase::Copying,
         port: 7200,
-        psk: "00".repeat(32),
     }));
     assert_eq!(decide(&s, &HashMap::new()), vec![]);
     s.labs.get_mut("chain").expect("lab").migration = None;
