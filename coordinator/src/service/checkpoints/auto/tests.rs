@@ -118,7 +118,6 @@ fn a_busy_or_skipped_lab_is_not_due() {
             to: "h2".into(),
             phase: MovePhase::Copying,
             port: 1,
-            psk: String::new(),
         }))
     })
     .is_empty());
