@@ -115,16 +115,49 @@ pub(crate) fn checkpoint_file(
 }
 
 /// Sends one file of a checkpoint this host holds, then ends the stream.
+/// A disk layer is sent exported ([`crate::vm::checkpoint::export_disk`]):
+/// folded over its image, which it names by a relative link, so that it
+/// opens on another host that has the image.
 pub async fn checkpoint_read(
     state: &Path,
     (lab, name, node, kind): (&str, &str, &str, &str),
-    mut send: SendStream,
+    send: SendStream,
 ) {
     let path = match checkpoint_file(state, lab, name, node, kind) {
         Ok(p) => p,
         Err(why) => return refuse(send, ErrorKind::Invalid, why).await,
     };
-    let mut file = match tokio::fs::File::open(&path).await {
+    if kind != "disk" {
+        return send_checkpoint_file(&path, (lab, name, node, kind), send).await;
+    }
+    if !path.exists() {
+        let why = format!(
+            "checkpoint {name:?} of lab {lab:?} has no disk file of node {node:?} on this host ({})",
+            path.display()
+        );
+        return refuse(send, ErrorKind::NotFound, why).await;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let export = path.with_file_name(format!(".export-{}-{nanos}.qcow2", std::process::id()));
+    if let Err(why) = crate::vm::checkpoint::export_disk(&path, &export).await {
+        let why = format!(
+            "node {node:?} of lab {lab:?}: exporting the disk of checkpoint {name:?}: {why}"
+        );
+        return refuse(send, ErrorKind::Internal, why).await;
+    }
+    send_checkpoint_file(&export, (lab, name, node, kind), send).await;
+    let _ = tokio::fs::remove_file(&export).await;
+}
+
+async fn send_checkpoint_file(
+    path: &Path,
+    (lab, name, node, kind): (&str, &str, &str, &str),
+    mut send: SendStream,
+) {
+    let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) => {
             let why = format!(

@@ -109,6 +109,35 @@ impl LocalCluster {
         path
     }
 
+    /// Pushes image `name` to the cluster: `tiny`'s kernel and initramfs
+    /// over an empty 64 MiB qcow2 disk (imported into a store in the
+    /// cluster's state folder), so that a guest has a real disk to write.
+    pub fn push_disk_image(&self, name: &str) {
+        let tiny = labspan_agent::image::ImageStore::at(crate::TEST_IMAGES)
+            .get("tiny")
+            .expect("the tiny image");
+        let disk = self.write_file(&format!("{name}.qcow2"), "");
+        let made = run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("64M"));
+        crate::stdout_ok(&made, "qemu-img create");
+        let store = disk.with_file_name(format!("{name}-store"));
+        let store = store.to_str().expect("utf-8");
+        let imported = run(Command::new(labspan_bin())
+            .args(["image", "import", "--name", name, "--kernel"])
+            .arg(tiny.kernel_path().expect("tiny's kernel"))
+            .arg("--initrd")
+            .arg(tiny.initrd_path().expect("tiny's initramfs"))
+            .args(["--cmdline", &tiny.manifest.cmdline, "--store", store])
+            .arg(&disk));
+        crate::stdout_ok(&imported, "labspan image import");
+        crate::stdout_ok(
+            &self.labspan(&["image", "push", name, "--store", store]),
+            "labspan image push",
+        );
+    }
+
     /// Runs `labspan ARGS` in the root namespace against this cluster.
     pub fn labspan(&self, args: &[&str]) -> Output {
         run(Command::new(labspan_bin())

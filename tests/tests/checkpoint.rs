@@ -2,7 +2,9 @@
 //! 14): a lab over two hosts is checkpointed while a TCP connection runs
 //! between its guests; RAM markers changed afterwards come back with
 //! `reset`, the guests' uptime rewinds, they did not boot again, and the
-//! connection carries on at both ends. Bad requests change nothing; a
+//! connection carries on at both ends; a guest's disk (a qcow2 layer over
+//! its image) comes back as it was, without the writes made since. Bad
+//! requests change nothing; a
 //! checkpoint whose leader is killed while the hosts save it is removed
 //! everywhere by the next leader, and the lab runs on.
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
@@ -21,10 +23,11 @@ defaults: {image: tiny, memory: 256MiB, cpus: 1}
 nodes:
   p: {nics: {eth0: {ip: [198.19.71.1/24]}}}
   v: {nics: {eth0: {ip: [198.19.71.2/24]}}}
+  d: {image: tinydisk}
 links:
   - [p:eth0, v:eth0]
 placement:
-  pin: {p: host1, v: host2}
+  pin: {p: host1, v: host2, d: host1}
 "#;
 
 fn sh(cluster: &LocalCluster, node: &str, line: &str) -> String {
@@ -37,6 +40,32 @@ fn new_marker(cluster: &LocalCluster, node: &str) -> String {
         cluster,
         node,
         "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /dev/shm/marker; cat /dev/shm/marker",
+    )
+}
+
+/// Writes a fresh random marker straight to d's disk at MiB `at`
+/// (written through, no file system); returns it.
+fn disk_marker(cluster: &LocalCluster, at: u32) -> String {
+    sh(
+        cluster,
+        "d",
+        &format!(
+            "m=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n'); \
+             printf $m | dd of=/dev/vda bs=1M seek={at} conv=fsync 2>/dev/null; echo $m"
+        ),
+    )
+}
+
+/// What d's disk holds at MiB `at` (read from the disk, not the guest's
+/// cache): a marker, or nothing.
+fn disk_at(cluster: &LocalCluster, at: u32) -> String {
+    sh(
+        cluster,
+        "d",
+        &format!(
+            "echo 3 > /proc/sys/vm/drop_caches; \
+             dd if=/dev/vda bs=1M skip={at} count=1 2>/dev/null | head -c 16 | tr -d '\\000'"
+        ),
     )
 }
 
@@ -75,6 +104,7 @@ fn files_of(cluster: &LocalCluster, name: &str) -> Vec<PathBuf> {
 fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     build_image("tiny");
     let cluster = LocalCluster::up("ckpt", 3);
+    cluster.push_disk_image("tinydisk");
     let file = cluster.write_file("ckpt.yaml", LAB);
     stdout_ok(
         &cluster.labspan(&["up", file.to_str().expect("utf-8")]),
@@ -101,6 +131,8 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     let boot_id = sh(&cluster, "v", "cat /proc/sys/kernel/random/boot_id");
     let p_marker = new_marker(&cluster, "p");
     let v_marker = new_marker(&cluster, "v");
+    let d_before = disk_marker(&cluster, 0);
+    assert_eq!(disk_at(&cluster, 0), d_before, "d's disk write");
 
     // Bad requests change nothing.
     refused(
@@ -158,6 +190,7 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     // Everything changes after the checkpoint; the guests run on.
     assert_ne!(new_marker(&cluster, "p"), p_marker);
     assert_ne!(new_marker(&cluster, "v"), v_marker);
+    let d_after = disk_marker(&cluster, 1);
     std::thread::sleep(Duration::from_secs(6));
     let later = uptime(&cluster, "v");
     let lines_before_reset = received(&cluster);
@@ -170,6 +203,12 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     eprintln!("reset: {reset}");
     assert_eq!(sh(&cluster, "p", "cat /dev/shm/marker"), p_marker);
     assert_eq!(sh(&cluster, "v", "cat /dev/shm/marker"), v_marker);
+    assert_eq!(disk_at(&cluster, 0), d_before, "d's disk before c1");
+    assert_eq!(
+        disk_at(&cluster, 1),
+        "",
+        "d's disk kept {d_after}, written after c1"
+    );
     let rewound = uptime(&cluster, "v");
     assert!(
         rewound < later,
@@ -274,7 +313,7 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
         Duration::from_secs(60),
         || (received(&cluster) > moving).then_some(()),
     );
-    save_down_and_load(&cluster, &boot_id);
+    save_down_and_load(&cluster, &boot_id, &d_before);
 }
 
 /// `labspan load FILE` against this cluster, with its own scratch folder
@@ -327,15 +366,17 @@ fn edited(archive: &Path, to: &Path, edit: impl Fn(&mut serde_json::Value)) {
 /// there, those written after are not, the guests did not boot again, the
 /// TCP stream between the hosts carries on). A load that cannot work
 /// leaves nothing behind.
-fn save_down_and_load(cluster: &LocalCluster, boot_id: &str) {
+fn save_down_and_load(cluster: &LocalCluster, boot_id: &str, d_c1: &str) {
     sh(cluster, "p", "echo kept > /root/before-save");
     let marker = new_marker(cluster, "p");
+    let d_kept = disk_marker(cluster, 2);
     stdout_ok(
         &cluster.labspan(&["checkpoint", "create", "ckpt", "s1"]),
         "checkpoint create s1",
     );
     sh(cluster, "p", "echo gone > /root/after-save");
     assert_ne!(new_marker(cluster, "p"), marker);
+    let d_gone = disk_marker(cluster, 3);
     let archive = cluster.write_file("ckpt.labspan", "");
     let archive_arg = archive.to_str().expect("utf-8");
     let saved = stdout_ok(
@@ -446,6 +487,15 @@ fn save_down_and_load(cluster: &LocalCluster, boot_id: &str) {
         sh(cluster, "v", "cat /proc/sys/kernel/random/boot_id"),
         boot_id,
         "v booted again instead of loading its checkpoint"
+    );
+    // d's disk, from layers of two checkpoints (c1's, s1's) folded over
+    // its image in the archive.
+    assert_eq!(disk_at(cluster, 0), d_c1, "d's disk as of c1");
+    assert_eq!(disk_at(cluster, 2), d_kept, "d's disk as of s1");
+    assert_eq!(
+        disk_at(cluster, 3),
+        "",
+        "d's disk kept {d_gone}, written after s1"
     );
     let lines = received(cluster);
     cluster.wait_for(

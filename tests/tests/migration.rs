@@ -22,9 +22,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use labspan_agent::image::ImageStore;
 use labspan_tests::local_cluster::LocalCluster;
-use labspan_tests::{build_image, labspan_bin, refused, run, stdout_ok, text, TEST_IMAGES};
+use labspan_tests::{build_image, refused, run, stdout_ok, text};
 
 const MOVED: &str = "198.19.70.2";
 
@@ -116,41 +115,12 @@ fn pinged_move(cluster: &LocalCluster, args: &[&str]) -> (String, u64) {
     (figures, gap)
 }
 
-/// `tiny`'s kernel and initramfs over an empty 64 MiB qcow2 disk, imported
-/// into a store in the cluster's state folder and pushed as "tinydisk", so
-/// that v's moves copy a real disk.
-fn push_disk_image(cluster: &LocalCluster) {
-    let tiny = ImageStore::at(TEST_IMAGES)
-        .get("tiny")
-        .expect("the tiny image");
-    let disk = cluster.write_file("tinydisk.qcow2", "");
-    let made = run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("64M"));
-    stdout_ok(&made, "qemu-img create");
-    let store = disk.with_file_name("tinydisk-store");
-    let store = store.to_str().expect("utf-8");
-    let imported = run(Command::new(labspan_bin())
-        .args(["image", "import", "--name", "tinydisk", "--kernel"])
-        .arg(tiny.kernel_path().expect("tiny's kernel"))
-        .arg("--initrd")
-        .arg(tiny.initrd_path().expect("tiny's initramfs"))
-        .args(["--cmdline", &tiny.manifest.cmdline, "--store", store])
-        .arg(&disk));
-    stdout_ok(&imported, "labspan image import");
-    stdout_ok(
-        &cluster.labspan(&["image", "push", "tinydisk", "--store", store]),
-        "labspan image push",
-    );
-}
-
 /// A 3-host cluster running lab "move": p on host1, v (over a qcow2 disk)
 /// on host2, with a RAM-only marker written in v.
 fn lab_on_cluster(tag: &str) -> LocalCluster {
     build_image("tiny");
     let cluster = LocalCluster::up(tag, 3);
-    push_disk_image(&cluster);
+    cluster.push_disk_image("tinydisk");
     let file = cluster.write_file("move.yaml", LAB);
     stdout_ok(
         &cluster.labspan(&["up", file.to_str().expect("utf-8")]),

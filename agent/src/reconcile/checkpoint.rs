@@ -251,8 +251,19 @@ impl Agent {
                     ),
                 ));
             }
-            let disk = from.join(ck::DISK_FILE);
-            let layer = image.disk_path().is_some().then_some(disk.as_path());
+            // The running overlay goes over the layer store's link: it
+            // outlives this checkpoint, which may be deleted.
+            let layer = match image.disk_path() {
+                Some(base) => {
+                    let layers = paths::layers_dir(&self.state, lab, node);
+                    let disk = from.join(ck::DISK_FILE);
+                    Some(
+                        ck::layer_of(node, &disk, &layers, &base)
+                            .map_err(|e| AgentError::moving(lab, e))?,
+                    )
+                }
+                None => None,
+            };
             let dir = paths::vm_dir(&self.state, lab, node);
             // The same accelerator as it ran with: the saved state fits it.
             let accel = match vm::adopt(&dir).map_err(|c| AgentError::vm(lab, c))? {
@@ -264,7 +275,7 @@ impl Agent {
                 None => default_accel,
             };
             let cfg = vm_config(vm_plan, image, accel);
-            let v = vm::launch_restored(&dir, &cfg, layer, &ram)
+            let v = vm::launch_restored(&dir, &cfg, layer.as_deref(), &ram)
                 .await
                 .map_err(|e| AgentError::moving(lab, e))?;
             self.restored(lab, vm_plan, &v)

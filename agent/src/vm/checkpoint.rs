@@ -36,6 +36,11 @@ const TOP_FILE: &str = "overlay.top";
 /// `save` or `load` (the fence resumes a `save` left `postmigrate`, and
 /// never a `load`, which waits for the lab's common resume).
 pub const MARKER_FILE: &str = "checkpoint-op";
+/// Beside a checkpoint's disk layer and in a node's layer store: a link
+/// to this host's image disk. An exported layer ([`export_disk`]) names
+/// its base by this relative name, which opens on any host that links it
+/// (a layer's relative backing name is looked up in its own folder).
+pub const BASE_LINK: &str = "base.qcow2";
 /// QEMU caps migration at 128 MiB/s by default; a file takes what the disk gives.
 const MAX_BANDWIDTH: u64 = 10 << 30;
 /// QMP exchanges wait behind a busy QEMU (TCG) longer than the usual 5 s.
@@ -322,6 +327,129 @@ async fn create_overlay_named(
             what: "disk layer",
             why: format!("cannot run qemu-img: {cause} (install the qemu-utils package)"),
         }),
+    }
+}
+
+/// The layer-store file of checkpoint disk `disk` (a node's layers are in
+/// `layers`): the hard link a save made, or a new one for a disk brought
+/// from elsewhere (`labspan load`). A running overlay is backed by this
+/// file, never by the checkpoint's own link, which goes with the
+/// checkpoint. `base` (this host's image disk) is linked as
+/// [`BASE_LINK`] beside both, for layers that name their base so.
+pub fn layer_of(vm: &str, disk: &Path, layers: &Path, base: &Path) -> Result<PathBuf, MoveError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |what: &'static str, path: &Path| {
+        let (vm, path) = (vm.to_string(), path.to_path_buf());
+        move |cause| MoveError::Io {
+            vm,
+            what,
+            path,
+            cause,
+        }
+    };
+    let meta = fs::metadata(disk).map_err(io("reading", disk))?;
+    fs::create_dir_all(layers).map_err(io("creating", layers))?;
+    let mut free = None;
+    for n in 1u32.. {
+        let layer = layers.join(format!("layer-{n}.qcow2"));
+        match fs::metadata(&layer) {
+            Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino() => {
+                free = Some((layer, true));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                free = Some((layer, false));
+                break;
+            }
+        }
+    }
+    let Some((layer, linked)) = free else {
+        return Err(MoveError::Failed {
+            vm: vm.to_string(),
+            what: "disk layer",
+            why: format!("no free layer name in {}", layers.display()),
+        });
+    };
+    if !linked {
+        fs::hard_link(disk, &layer).map_err(io("linking", &layer))?;
+    }
+    for dir in [Some(layers), disk.parent()].into_iter().flatten() {
+        link_base(dir, base).map_err(io("linking", &dir.join(BASE_LINK)))?;
+    }
+    Ok(layer)
+}
+
+/// `dir/BASE_LINK` → `base`, replaced whole if it pointed elsewhere.
+fn link_base(dir: &Path, base: &Path) -> std::io::Result<()> {
+    let link = dir.join(BASE_LINK);
+    if fs::read_link(&link).is_ok_and(|to| to == base) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{BASE_LINK}.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(base, &tmp)?;
+    fs::rename(&tmp, &link)
+}
+
+/// Writes checkpoint disk layer `disk` to `to` as one qcow2 layer over
+/// the image at the bottom of its chain: the layers between are folded in
+/// (a copy of `disk`, rebased onto the image: `qemu-img` writes in every
+/// cluster where the chain differs from the image), and the image is
+/// named [`BASE_LINK`], so that the file opens over any host's copy of
+/// that image. `to` is removed on failure.
+pub async fn export_disk(disk: &Path, to: &Path) -> Result<(), String> {
+    let result = export_steps(disk, to).await;
+    if result.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    result
+}
+
+async fn export_steps(disk: &Path, to: &Path) -> Result<(), String> {
+    let info = qemu_img(|c| {
+        c.args(["info", "-U", "--backing-chain", "--output=json"])
+            .arg(disk)
+    })
+    .await?;
+    let chain: Vec<Value> = serde_json::from_str(&info)
+        .map_err(|e| format!("qemu-img info of {}: {e}", disk.display()))?;
+    let base = match chain.as_slice() {
+        [_, .., last] => last["filename"].as_str().unwrap_or_default().to_string(),
+        _ => {
+            return Err(format!(
+                "{} has no backing image to export it against",
+                disk.display()
+            ))
+        }
+    };
+    fs::copy(disk, to)
+        .map_err(|e| format!("copying {} to {}: {e}", disk.display(), to.display()))?;
+    qemu_img(|c| {
+        c.args(["rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &base])
+            .arg(to)
+    })
+    .await?;
+    qemu_img(|c| {
+        c.args([
+            "rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", BASE_LINK,
+        ])
+        .arg(to)
+    })
+    .await
+    .map(|_| ())
+}
+
+/// `qemu-img` with the arguments `args` gives: its stdout, or what went wrong.
+async fn qemu_img(
+    args: impl FnOnce(&mut tokio::process::Command) -> &mut tokio::process::Command,
+) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    args(&mut cmd);
+    match tool::run_async(&mut cmd).await {
+        Ok(out) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Err(e @ ToolError::Spawn { .. }) => Err(format!("{e} (install the qemu-utils package)")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -120,15 +120,6 @@ async fn save(cluster: &Path, client: &Client, a: &SaveArgs) -> anyhow::Result<(
             ))
         })?,
     };
-    if let Some((node, _)) = checkpoint
-        .nodes
-        .iter()
-        .find(|(_, n)| n.files.iter().any(|f| f.kind == "disk"))
-    {
-        bail!(invalid(format!(
-            "node {node:?} of lab {lab:?} has a disk: saving a lab whose guests have disks is not supported yet"
-        )));
-    }
     let images = image_digests(client, &bundle).await?;
     let scratch = tempfile::Builder::new()
         .prefix(".labspan-save-")
@@ -156,11 +147,13 @@ async fn save(cluster: &Path, client: &Client, a: &SaveArgs) -> anyhow::Result<(
         files.insert(f.sha256.clone(), member);
     }
     let mut checkpoint_files: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for (node, share) in &checkpoint.nodes {
-        for f in &share.files {
+    let mut checkpoint = checkpoint;
+    let name = checkpoint.name.clone();
+    for (node, share) in &mut checkpoint.nodes {
+        for f in &mut share.files {
             let member = format!("checkpoint/{node}/{}", f.kind);
             let path = scratch.path().join(format!("{node}.{}", f.kind));
-            fetch_checkpoint_file(cluster, lab, &checkpoint.name, node, f, &path).await?;
+            fetch_checkpoint_file(cluster, lab, &name, node, f, &path).await?;
             members.insert(member.clone(), path);
             checkpoint_files
                 .entry(node.clone())
@@ -211,13 +204,15 @@ async fn image_digests(
     Ok(out)
 }
 
-/// Brings one checkpoint file from its host into `to`, checked against `f`.
+/// Brings one checkpoint file from its host into `to`, checked against
+/// `f`. A disk layer comes exported (folded over its image, which it names
+/// by a relative link): a file of its own, whose size and hash go into `f`.
 async fn fetch_checkpoint_file(
     cluster: &Path,
     lab: &str,
     name: &str,
     node: &str,
-    f: &CheckpointFile,
+    f: &mut CheckpointFile,
     to: &Path,
 ) -> anyhow::Result<()> {
     let req = Request::CheckpointRead {
@@ -251,6 +246,11 @@ async fn fetch_checkpoint_file(
     let _ = send.finish();
     client.close().await;
     let sha256 = hex::encode(hasher.finalize());
+    if f.kind == "disk" {
+        f.bytes = bytes;
+        f.sha256 = sha256;
+        return Ok(());
+    }
     if bytes != f.bytes || sha256 != f.sha256 {
         bail!(
             "the {} file of node {node:?} in checkpoint {name:?} came as {bytes} bytes of sha256 {sha256}; the checkpoint records {} bytes of sha256 {}",
