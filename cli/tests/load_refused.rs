@@ -1,8 +1,9 @@
 //! `labspan load` of an archive it must not trust (issue 14): a newer
 //! format version, a truncated archive, a member that differs from its
-//! manifest, a file that is no archive. Each is refused before any cluster
-//! is asked (exit 2, the file and the fault named), and nothing is left in
-//! the scratch folder it unpacks into.
+//! manifest, a file that is no archive, an image that is not the build
+//! the archive names or that it lists but does not hold. Each is refused
+//! before any cluster is asked (exit 2, the file and the fault named), and
+//! nothing is left in the scratch folder it unpacks into.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
@@ -34,10 +35,20 @@ fn text(out: &Output) -> String {
 fn archive(version: u32, lie: bool) -> Vec<u8> {
     // Not all alike: compressed, it still spans several zstd blocks.
     let ram: Vec<u8> = (0..800_000u64).map(|i| (i * 7919 % 251) as u8).collect();
-    let members = [
-        ("lab.bundle", b"bundle".to_vec()),
-        ("checkpoint/p/ram", ram),
+    let members = vec![
+        ("lab.bundle".to_string(), b"bundle".to_vec()),
+        ("checkpoint/p/ram".to_string(), ram),
     ];
+    archive_of(version, serde_json::json!({"lab": "t"}), members, lie)
+}
+
+/// An archive whose manifest says `content` and lists `members`.
+fn archive_of(
+    version: u32,
+    content: serde_json::Value,
+    members: Vec<(String, Vec<u8>)>,
+    lie: bool,
+) -> Vec<u8> {
     let listed: serde_json::Map<String, serde_json::Value> = members
         .iter()
         .map(|(name, data)| {
@@ -51,13 +62,13 @@ fn archive(version: u32, lie: bool) -> Vec<u8> {
     let manifest = serde_json::json!({
         "format": "labspan-lab-archive",
         "version": version,
-        "content": {"lab": "t"},
+        "content": content,
         "members": listed,
     });
     let mut tar = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3).expect("zstd"));
     let json = serde_json::to_vec(&manifest).expect("json");
-    let mut all = vec![("labspan-archive.json", json)];
-    all.extend(members.map(|(n, d)| (n, d)));
+    let mut all = vec![("labspan-archive.json".to_string(), json)];
+    all.extend(members);
     for (name, mut data) in all {
         if lie && name == "checkpoint/p/ram" {
             data[1000] ^= 1;
@@ -128,4 +139,49 @@ fn a_file_that_is_no_archive_is_refused() {
 fn a_whole_archive_that_holds_no_lab_is_refused() {
     // Every member matches its manifest: what it holds is checked next.
     refused(&archive(1, false), "its manifest: missing field");
+}
+
+/// An archive of lab "t" holding image "x" (store hash `hash`) as
+/// `files`, and naming its digest `digest`.
+fn with_image(hash: &str, digest: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let content = serde_json::json!({
+        "lab": "t",
+        "bundle": "lab.bundle",
+        "files": {},
+        "images": {"x": digest},
+        "image_objects": {"x": hash},
+        "checkpoint": {"name": "s1", "created_unix": 0, "nodes": {}, "frozen_ms": 0, "total_ms": 0},
+        "checkpoint_files": {},
+    });
+    let mut members = vec![("lab.bundle".to_string(), b"bundle".to_vec())];
+    for (name, data) in files {
+        members.push((format!("images/objects/{hash}/{name}"), data.to_vec()));
+    }
+    archive_of(1, content, members, false)
+}
+
+#[test]
+fn an_image_that_is_not_the_build_the_archive_names_is_refused() {
+    let hash = "a".repeat(64);
+    let manifest = br#"{"name":"x","hash":"aaaa","disk":"disk.qcow2","cmdline":"","guest":{"kind":"imported","guest_agent":false},"recipe":[]}"#;
+    refused(
+        &with_image(
+            &hash,
+            &"0".repeat(64),
+            &[
+                ("manifest.json", manifest),
+                ("disk.qcow2", b"not the image"),
+            ],
+        ),
+        "image \"x\" in it has digest",
+    );
+}
+
+#[test]
+fn an_image_the_archive_lists_but_does_not_hold_is_refused() {
+    let hash = "a".repeat(64);
+    refused(
+        &with_image(&hash, &"0".repeat(64), &[("disk.qcow2", b"half an image")]),
+        &format!("it lists image \"x\" as {hash} but holds no whole copy of it"),
+    );
 }

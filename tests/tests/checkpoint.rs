@@ -313,7 +313,11 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
         Duration::from_secs(60),
         || (received(&cluster) > moving).then_some(()),
     );
-    save_down_and_load(&cluster, &boot_id, &d_before);
+    // Archives outlive the cluster (its state folder goes with it).
+    let kept = tempfile::tempdir().expect("a folder for the archives");
+    let saved = save_down_and_load(&cluster, kept.path(), &boot_id, &d_before);
+    drop(cluster);
+    load_on_a_second_cluster(&saved);
 }
 
 /// `labspan load FILE` against this cluster, with its own scratch folder
@@ -361,12 +365,84 @@ fn edited(archive: &Path, to: &Path, edit: impl Fn(&mut serde_json::Value)) {
     tar_out.into_inner().expect("tar").finish().expect("zstd");
 }
 
-/// `labspan save`, `down`, `load`: the lab comes back running in the
-/// checkpoint's state (a file and a RAM marker written before it are
-/// there, those written after are not, the guests did not boot again, the
-/// TCP stream between the hosts carries on). A load that cannot work
-/// leaves nothing behind.
-fn save_down_and_load(cluster: &LocalCluster, boot_id: &str, d_c1: &str) {
+/// What was saved, to find again once loaded.
+struct Saved {
+    /// The archive, with its images, and one saved `--without-images`.
+    archive: PathBuf,
+    bare: PathBuf,
+    boot_id: String,
+    /// p's RAM marker.
+    marker: String,
+    /// d's disk markers: as of c1, as of s1, after s1.
+    d_c1: String,
+    d_kept: String,
+    d_gone: String,
+}
+
+/// The lab runs in checkpoint s1 of `saved`: a file and a RAM marker
+/// written before it are there, those written after are not, d's disk
+/// holds what was written before c1 and s1 (layers of two checkpoints
+/// folded into the archive's one) and not what came after, the guests did
+/// not boot again, and the TCP stream between the hosts carries on.
+fn back_in_s1(cluster: &LocalCluster, saved: &Saved) {
+    assert_eq!(cluster.lab_status("ckpt").as_deref(), Some("Running"));
+    assert_eq!(sh(cluster, "p", "cat /root/before-save"), "kept");
+    assert_eq!(
+        sh(
+            cluster,
+            "p",
+            "test -e /root/after-save && echo there || echo absent"
+        ),
+        "absent"
+    );
+    assert_eq!(sh(cluster, "p", "cat /dev/shm/marker"), saved.marker);
+    assert_eq!(
+        sh(cluster, "v", "cat /proc/sys/kernel/random/boot_id"),
+        saved.boot_id,
+        "v booted again instead of loading its checkpoint"
+    );
+    assert_eq!(disk_at(cluster, 0), saved.d_c1, "d's disk as of c1");
+    assert_eq!(disk_at(cluster, 2), saved.d_kept, "d's disk as of s1");
+    assert_eq!(
+        disk_at(cluster, 3),
+        "",
+        "d's disk kept {}, written after s1",
+        saved.d_gone
+    );
+    let lines = received(cluster);
+    cluster.wait_for(
+        "lines over the same TCP connection after the load",
+        Duration::from_secs(60),
+        || (received(cluster) > lines + 2).then_some(()),
+    );
+}
+
+/// The image members of an archive (`images/objects/HASH/FILE`).
+fn image_members(archive: &Path) -> Vec<String> {
+    let input = zstd::Decoder::new(std::fs::File::open(archive).expect("archive")).expect("zstd");
+    let mut tar = tar::Archive::new(input);
+    let mut first = tar
+        .entries()
+        .expect("entries")
+        .next()
+        .expect("manifest")
+        .expect("entry");
+    let mut json = Vec::new();
+    first.read_to_end(&mut json).expect("manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(&json).expect("manifest");
+    manifest["members"]
+        .as_object()
+        .expect("members")
+        .keys()
+        .filter(|m| m.starts_with("images/"))
+        .cloned()
+        .collect()
+}
+
+/// `labspan save` (with its images, and without), `down`, `load`: the lab
+/// comes back running in the checkpoint's state ([`back_in_s1`]). A load
+/// that cannot work leaves nothing behind.
+fn save_down_and_load(cluster: &LocalCluster, out: &Path, boot_id: &str, d_c1: &str) -> Saved {
     sh(cluster, "p", "echo kept > /root/before-save");
     let marker = new_marker(cluster, "p");
     let d_kept = disk_marker(cluster, 2);
@@ -377,7 +453,7 @@ fn save_down_and_load(cluster: &LocalCluster, boot_id: &str, d_c1: &str) {
     sh(cluster, "p", "echo gone > /root/after-save");
     assert_ne!(new_marker(cluster, "p"), marker);
     let d_gone = disk_marker(cluster, 3);
-    let archive = cluster.write_file("ckpt.labspan", "");
+    let archive = out.join("ckpt.labspan");
     let archive_arg = archive.to_str().expect("utf-8");
     let saved = stdout_ok(
         &cluster.labspan(&["save", "ckpt", "-o", archive_arg]),
@@ -385,6 +461,31 @@ fn save_down_and_load(cluster: &LocalCluster, boot_id: &str, d_c1: &str) {
     );
     eprintln!("save: {saved}");
     assert!(saved.contains("\"s1\""), "the latest checkpoint: {saved}");
+    let bare = out.join("ckpt-bare.labspan");
+    let bare_arg = bare.to_str().expect("utf-8");
+    let saved_bare = stdout_ok(
+        &cluster.labspan(&["save", "ckpt", "-o", bare_arg, "--without-images"]),
+        "labspan save --without-images",
+    );
+    eprintln!("save --without-images: {saved_bare}");
+    // Both images the lab uses are in the archive (tiny from this
+    // machine's store, tinydisk fetched from a host), none in the bare one.
+    let held = image_members(&archive);
+    for image in ["tiny", "tinydisk"] {
+        let hash =
+            std::fs::read_to_string(state_of(cluster, 1).join(format!("images/names/{image}")))
+                .expect("image name");
+        assert!(
+            held.iter()
+                .any(|m| m == &format!("images/objects/{}/manifest.json", hash.trim())),
+            "{image} not in the archive: {held:?}"
+        );
+    }
+    assert!(
+        image_members(&bare).is_empty(),
+        "{:?}",
+        image_members(&bare)
+    );
     let scratch = tempfile::tempdir().expect("scratch");
     let checkpoints = || {
         stdout_ok(
@@ -402,9 +503,9 @@ fn save_down_and_load(cluster: &LocalCluster, boot_id: &str, d_c1: &str) {
     );
     assert_eq!(checkpoints(), listed);
     assert_eq!(sh(cluster, "p", "cat /dev/shm/marker").len(), marker.len());
-    // An image the hosts have in another build.
+    // An image the hosts have in another build, and the archive not.
     let other = cluster.write_file("other-image.labspan", "");
-    edited(&archive, &other, |c| {
+    edited(&bare, &other, |c| {
         c["images"]["tiny"] = serde_json::Value::String("0".repeat(64))
     });
     refused(
@@ -472,40 +573,106 @@ fn save_down_and_load(cluster: &LocalCluster, boot_id: &str, d_c1: &str) {
         "{:?}",
         left_in(scratch.path())
     );
-    assert_eq!(cluster.lab_status("ckpt").as_deref(), Some("Running"));
-    assert_eq!(sh(cluster, "p", "cat /root/before-save"), "kept");
-    assert_eq!(
-        sh(
-            cluster,
-            "p",
-            "test -e /root/after-save && echo there || echo absent"
-        ),
-        "absent"
-    );
-    assert_eq!(sh(cluster, "p", "cat /dev/shm/marker"), marker);
-    assert_eq!(
-        sh(cluster, "v", "cat /proc/sys/kernel/random/boot_id"),
-        boot_id,
-        "v booted again instead of loading its checkpoint"
-    );
-    // d's disk, from layers of two checkpoints (c1's, s1's) folded over
-    // its image in the archive.
-    assert_eq!(disk_at(cluster, 0), d_c1, "d's disk as of c1");
-    assert_eq!(disk_at(cluster, 2), d_kept, "d's disk as of s1");
-    assert_eq!(
-        disk_at(cluster, 3),
-        "",
-        "d's disk kept {d_gone}, written after s1"
-    );
-    let lines = received(cluster);
-    cluster.wait_for(
-        "lines over the same TCP connection after the load",
-        Duration::from_secs(60),
-        || (received(cluster) > lines + 2).then_some(()),
-    );
+    let saved = Saved {
+        archive: archive.clone(),
+        bare: bare.clone(),
+        boot_id: boot_id.to_string(),
+        marker,
+        d_c1: d_c1.to_string(),
+        d_kept,
+        d_gone,
+    };
+    back_in_s1(cluster, &saved);
     let list: serde_json::Value = serde_json::from_str(&checkpoints()).expect("--json");
     assert_eq!(list[0]["name"], "s1", "{list}");
     assert_eq!(files_of(cluster, "s1").len(), 2);
     stdout_ok(&cluster.labspan(&["down", "ckpt"]), "labspan down");
     assert!(files_of(cluster, "s1").is_empty(), "files left after down");
+    saved
+}
+
+/// On a second cluster (another `LABSPAN_CLUSTER_NAME`, brought up once
+/// the first is down), whose hosts have `tiny` but not `tinydisk`: the
+/// archive saved without images is refused, naming the image, and leaves
+/// nothing; the whole one brings tinydisk to the cluster and the lab back
+/// in the same state, also when the leader is killed in the middle of the
+/// load (it fails or finishes as one: a failed one is taken down whole).
+fn load_on_a_second_cluster(saved: &Saved) {
+    let cluster = LocalCluster::up("ckptb", 3);
+    let scratch = tempfile::tempdir().expect("scratch");
+    let admin = cluster.admin();
+    let images = || {
+        let list = ["image", "list", "--json", "--cluster"];
+        let list = [&list[..], &[admin.to_str().expect("utf-8")]].concat();
+        stdout_ok(&cluster.labspan(&list), "image list")
+    };
+    assert!(!images().contains("tinydisk"), "{}", images());
+    refused(
+        &load(
+            &cluster,
+            scratch.path(),
+            &[saved.bare.to_str().expect("utf-8")],
+        ),
+        "an archive without an image the cluster lacks",
+        "needs image \"tinydisk\"",
+    );
+    assert_eq!(cluster.lab_status("ckpt"), None, "the lab was deployed");
+    assert!(
+        cluster.qemus().is_empty(),
+        "guests left after a refused load"
+    );
+    assert!(!images().contains("tinydisk"), "{}", images());
+    assert!(
+        left_in(scratch.path()).is_empty(),
+        "{:?}",
+        left_in(scratch.path())
+    );
+    let archive = saved.archive.to_str().expect("utf-8");
+    let leader = cluster.wait_for("a leader", Duration::from_secs(60), || {
+        cluster.leader_host()
+    });
+    let out = std::thread::scope(|s| {
+        let loader = s.spawn(|| load(&cluster, scratch.path(), &[archive]));
+        cluster.wait_for(
+            "the load giving the hosts their checkpoint files",
+            Duration::from_secs(240),
+            || (!files_of(&cluster, "s1").is_empty()).then_some(()),
+        );
+        assert!(
+            cluster.kill_coordinator(leader),
+            "no leader on host{leader}"
+        );
+        loader.join().expect("the load thread")
+    });
+    eprintln!("load while its leader was killed: {}", text(&out));
+    assert!(images().contains("tinydisk"), "{}", images());
+    let outcome = cluster.wait_for("the load ended as one", Duration::from_secs(240), || {
+        cluster.leader_host()?;
+        match cluster.lab_status("ckpt") {
+            Some(s) if s == "Running" && out.status.success() => Some("loaded"),
+            None if cluster.qemus().is_empty() && files_of(&cluster, "s1").is_empty() => {
+                Some("taken down")
+            }
+            _ => None,
+        }
+    });
+    eprintln!("the load whose leader was killed: {outcome}");
+    assert!(
+        left_in(scratch.path()).is_empty(),
+        "{:?}",
+        left_in(scratch.path())
+    );
+    stdout_ok(
+        &cluster.start_daemon(leader, "coordinator"),
+        "restarting the killed coordinator",
+    );
+    if outcome == "taken down" {
+        let loaded = stdout_ok(
+            &load(&cluster, scratch.path(), &[archive]),
+            "labspan load on a second cluster",
+        );
+        eprintln!("load on a second cluster: {loaded}");
+    }
+    back_in_s1(&cluster, saved);
+    stdout_ok(&cluster.labspan(&["down", "ckpt"]), "labspan down");
 }

@@ -94,7 +94,7 @@ pub struct Progress {
 }
 
 /// Serves the images of `store` on `endpoint` until it is closed: agents
-/// may fetch, admins may push. `changed` is told of every pushed image.
+/// and admins may fetch, admins may push. `changed` is told of every pushed image.
 pub fn serve(
     endpoint: Endpoint,
     store: ImageStore,
@@ -205,7 +205,8 @@ async fn serve_stream(
             }
             Ok(finish(&mut send)?)
         }
-        ImageRequest::Get { hash } if role == Role::Agent => {
+        // Admins fetch too: `labspan save` puts images into its archive.
+        ImageRequest::Get { hash } if matches!(role, Role::Agent | Role::Admin) => {
             send_image(&mut send, store, &hash).await
         }
         ImageRequest::Push { name, hash, digest } if role == Role::Admin => {
@@ -230,7 +231,7 @@ async fn serve_stream(
         }
         other => {
             let what = match other {
-                ImageRequest::Get { .. } => "fetch images (only agents do)",
+                ImageRequest::Get { .. } => "fetch images (only agents and admins do)",
                 ImageRequest::Push { .. } => "push images (only admins do)",
                 ImageRequest::CheckpointFile { .. } => "copy checkpoints (only agents do)",
             };
@@ -790,16 +791,29 @@ mod tests {
         assert_eq!(host, "host1");
         assert_eq!(dst.digest(&hash).expect("digest"), digest);
         assert_eq!(dst.get("x").expect("named").manifest.hash, hash);
-        // An admin may not fetch; an agent may not push.
+        // An admin fetches (`labspan save`), a viewer may not; an agent
+        // may not push.
         let sources = vec![ImageSource {
             host: "host1".into(),
             addr: addr.to_string(),
         }];
         let other = ImageStore::at(dir.path().join("other"));
-        let err = Fetcher::new(admin_ep.clone(), other.clone())
+        Fetcher::new(admin_ep.clone(), other.clone())
+            .ensure(
+                &plan(&hash, &digest.digest, sources.clone()),
+                &|_| {},
+                &|_, _| {},
+            )
+            .await
+            .expect("an admin fetches");
+        assert_eq!(other.digest(&hash).expect("digest"), digest);
+        let viewer = ca.issue("bob", Role::Viewer).expect("cert");
+        let viewer_ep =
+            image_client_endpoint(SocketAddr::from(LOOPBACK), ca.cert(), &viewer).expect("client");
+        let err = Fetcher::new(viewer_ep.clone(), ImageStore::at(dir.path().join("v")))
             .ensure(&plan(&hash, &digest.digest, sources), &|_| {}, &|_, _| {})
             .await
-            .expect_err("admins do not fetch");
+            .expect_err("viewers do not fetch");
         assert!(err.to_string().contains("may not fetch"), "{err}");
         let agent = ca.issue("host2", Role::Agent).expect("cert");
         let agent_ep =

@@ -148,7 +148,7 @@ async fn wait_known(cluster: &Path, host: &str, name: &str, hash: &str) -> bool 
 }
 
 /// The first up host that serves images.
-fn pick(hosts: &[HostImages]) -> anyhow::Result<(String, SocketAddr)> {
+pub(crate) fn pick(hosts: &[HostImages]) -> anyhow::Result<(String, SocketAddr)> {
     for h in hosts {
         if let Some(addr) = h.addr.as_deref().and_then(|a| a.parse().ok()) {
             return Ok((h.host.clone(), addr));

@@ -2,11 +2,12 @@
 //! its checkpoints in one archive ([`crate::archive`]), and that archive
 //! brought back running on any cluster, or on the embedded default.
 //!
-//! The archive holds the lab bundle, its guest files, the hash of each
-//! image the lab uses (images are not copied: the cluster loading it must
-//! have the same ones), and every file of the checkpoint. `load` deploys
-//! the lab, gives each node's host its files, records the checkpoint and
-//! resets the lab to it; anything that fails takes the lab down again.
+//! The archive holds the lab bundle, its guest files, the images the lab
+//! uses (by hash, with their digests; `--without-images` leaves them out
+//! and names them only), and every file of the checkpoint. `load` brings
+//! the images the cluster lacks to it, deploys the lab, gives each node's
+//! host its files, records the checkpoint and resets the lab to it;
+//! anything that fails takes the lab down again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,9 @@ use anyhow::{bail, Context};
 use labspan_proto::checkpoint::{Checkpoint, CheckpointFile};
 use labspan_proto::codec;
 use labspan_proto::lab::{LabBundle, LoadedLab};
-use labspan_proto::msg::{AgentReply, Reply, Request};
+use labspan_proto::msg::{AgentReply, HostImages, Reply, Request};
 use labspan_transport::client::Client;
+use labspan_transport::poll::Poll;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +29,8 @@ use crate::archive;
 use crate::cmd::checkpoint::on_cluster;
 use crate::remote::{call, connect, open_stream, Deploy};
 use crate::InvalidInput;
+
+mod images;
 
 /// `labspan save`.
 #[derive(clap::Args)]
@@ -39,6 +43,10 @@ pub struct SaveArgs {
     /// The checkpoint to save (default: the lab's latest).
     #[arg(long)]
     pub checkpoint: Option<String>,
+    /// Leave the images out (for images every cluster that loads it has):
+    /// the archive names them by digest only.
+    #[arg(long)]
+    pub without_images: bool,
     /// Act on the cluster this file names instead of this machine.
     #[arg(long, env = "LABSPAN_CLUSTER")]
     pub cluster: Option<PathBuf>,
@@ -66,14 +74,27 @@ struct Content {
     bundle: String,
     /// Guest file sha256 → member.
     files: BTreeMap<String, String>,
-    /// Image name → its content digest: the loading cluster must have it.
+    /// Image name → its content digest: the loading cluster must have it,
+    /// or the archive must hold it.
     images: BTreeMap<String, String>,
+    /// Image name → its store hash, for each image the archive holds
+    /// (its files under `images/objects/HASH/`).
+    #[serde(default)]
+    image_objects: BTreeMap<String, String>,
     checkpoint: Checkpoint,
     /// Node → file kind → member.
     checkpoint_files: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 const BUNDLE_MEMBER: &str = "lab.bundle";
+/// How often, and how long, `load` asks whether the leader lists an image
+/// it brought (an agent reports a pushed image at once, a stored one
+/// within a heartbeat).
+const IMAGE_POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const IMAGE_KNOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often, and how long, a failed load tries to take its lab down.
+const TAKE_DOWN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const TAKE_DOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(90);
 
 fn invalid(msg: String) -> anyhow::Error {
     InvalidInput(format!("error: {msg}")).into()
@@ -120,12 +141,31 @@ async fn save(cluster: &Path, client: &Client, a: &SaveArgs) -> anyhow::Result<(
             ))
         })?,
     };
-    let images = image_digests(client, &bundle).await?;
+    let hosts = match call(client, &Request::ImageHosts).await? {
+        Reply::ImageHosts(h) => h,
+        other => bail!("unexpected reply to ImageHosts: {other:?}"),
+    };
+    let lab_images = images::of_lab(&hosts, bundle.lab.nodes.values().map(|n| &n.image))?;
     let scratch = tempfile::Builder::new()
         .prefix(".labspan-save-")
         .tempdir_in(parent_of(&a.output))
         .with_context(|| format!("a scratch folder beside {}", a.output.display()))?;
     let mut members: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut image_objects = BTreeMap::new();
+    if !a.without_images {
+        let fetched = labspan_agent::image::ImageStore::at(scratch.path().join("images"));
+        for (name, img) in &lab_images {
+            let (dir, digest) = images::fetch(cluster, img, &fetched).await?;
+            for f in &digest.files {
+                members.insert(images::member(&img.info.hash, &f.name), dir.join(&f.name));
+            }
+            image_objects.insert(name.clone(), img.info.hash.clone());
+        }
+    }
+    let images = lab_images
+        .iter()
+        .map(|(name, img)| (name.clone(), img.info.digest.clone()))
+        .collect();
     let put = |members: &mut BTreeMap<String, PathBuf>, name: String, bytes: &[u8]| {
         let path = scratch.path().join(name.replace('/', "_"));
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
@@ -166,6 +206,7 @@ async fn save(cluster: &Path, client: &Client, a: &SaveArgs) -> anyhow::Result<(
         bundle: BUNDLE_MEMBER.into(),
         files,
         images,
+        image_objects,
         checkpoint: checkpoint.clone(),
         checkpoint_files,
     };
@@ -181,27 +222,6 @@ fn parent_of(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
-}
-
-/// The content digest of every image the lab uses, as the cluster has it.
-async fn image_digests(
-    client: &Client,
-    bundle: &LabBundle,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let hosts = match call(client, &Request::ImageHosts).await? {
-        Reply::ImageHosts(h) => h,
-        other => bail!("unexpected reply to ImageHosts: {other:?}"),
-    };
-    let mut out = BTreeMap::new();
-    for node in bundle.lab.nodes.values() {
-        let found = hosts
-            .iter()
-            .flat_map(|h| &h.images)
-            .find(|i| i.name == node.image)
-            .with_context(|| format!("no host of the cluster has image {:?}", node.image))?;
-        out.insert(node.image.clone(), found.digest.clone());
-    }
-    Ok(out)
 }
 
 /// Brings one checkpoint file from its host into `to`, checked against
@@ -269,9 +289,19 @@ pub fn run_load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     let unpacked = archive::read(&file, &scratch).map_err(|e| invalid(e.to_string()))?;
     let content: Content = serde_json::from_value(unpacked.manifest.content.clone())
         .map_err(|e| invalid(format!("{}: its manifest: {e}", a.file.display())))?;
+    let archived =
+        images::check_archived(&a.file, &unpacked, &content.images, &content.image_objects)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+    let embedded = a.cluster.is_none();
     on_cluster(a.cluster.as_deref(), async |cluster| {
         let started = Instant::now();
-        load(cluster, &a.file, &unpacked, &content, a.replace).await?;
+        let from = Archive {
+            file: &a.file,
+            unpacked: &unpacked,
+            content: &content,
+            images: &archived,
+        };
+        load(cluster, embedded, &from, a.replace).await?;
         println!(
             "{}: loaded from {} and running in checkpoint {:?} in {:.1} s",
             content.lab,
@@ -283,13 +313,24 @@ pub fn run_load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// An archive read and checked, to load.
+struct Archive<'a> {
+    file: &'a Path,
+    unpacked: &'a archive::Unpacked,
+    content: &'a Content,
+    /// The images it holds, as a store in the unpacked archive.
+    images: &'a labspan_agent::image::ImageStore,
+}
+
+/// Loads `from` on `cluster` (this machine's embedded default when
+/// `embedded`: an image it lacks goes into this machine's store).
 async fn load(
     cluster: &Path,
-    archive_file: &Path,
-    unpacked: &archive::Unpacked,
-    content: &Content,
+    embedded: bool,
+    from: &Archive<'_>,
     replace: bool,
 ) -> anyhow::Result<()> {
+    let (archive_file, unpacked, content) = (from.file, from.unpacked, from.content);
     let lab = &content.lab;
     let bundle_bytes = std::fs::read(unpacked.path(&content.bundle))?;
     let bundle: LabBundle = codec::decode(&bundle_bytes).context("decoding the lab bundle")?;
@@ -300,7 +341,17 @@ async fn load(
         )));
     }
     let client = connect(cluster).await?;
-    let ready = ready_to_load(&client, lab, &content.images, replace).await;
+    let ready = ready_to_load(&client, lab, content, replace).await;
+    let ready = match ready {
+        Ok((bring, hosts)) => {
+            bring_images(cluster, embedded, from.images, &bring, &hosts, &client).await
+        }
+        Err(e) => Err(e),
+    };
+    let ready = match ready {
+        Ok(()) if replace => replace_lab(&client, lab).await,
+        other => other,
+    };
     client.close().await;
     ready?;
     let mut contents = BTreeMap::new();
@@ -331,54 +382,118 @@ async fn load(
     Ok(())
 }
 
-/// Refuses a load that cannot work here: an image is missing or differs,
-/// or the lab is deployed already (taken down first with `replace`).
+/// Refuses a load that cannot work here: an image is missing or differs
+/// and the archive holds no copy, or the lab is deployed already (unless
+/// `replace`). Returns the images to bring from the archive, and the hosts.
 async fn ready_to_load(
     client: &Client,
     lab: &str,
-    images: &BTreeMap<String, String>,
+    content: &Content,
     replace: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Vec<String>, Vec<HostImages>)> {
     let hosts = match call(client, &Request::ImageHosts).await? {
         Reply::ImageHosts(h) => h,
         other => bail!("unexpected reply to ImageHosts: {other:?}"),
     };
-    for (name, digest) in images {
+    let mut bring = Vec::new();
+    for (name, digest) in &content.images {
         let have: Vec<&str> = hosts
             .iter()
             .flat_map(|h| &h.images)
             .filter(|i| &i.name == name)
             .map(|i| i.digest.as_str())
             .collect();
-        if !have.contains(&digest.as_str()) {
-            let seen = match have.first() {
-                Some(d) => format!("its hosts have {name:?} as {d}"),
-                None => format!("no host has an image {name:?}"),
-            };
-            bail!(invalid(format!(
-                "lab {lab:?} needs image {name:?} of digest {digest}, and {seen}: \
-                 images are not in the archive; bring that build of {name:?} to a host first \
-                 (`labspan image push`, or `labspan image build {name}` from the same recipe)"
-            )));
+        if have.contains(&digest.as_str()) {
+            continue;
         }
+        if content.image_objects.contains_key(name) {
+            bring.push(name.clone());
+            continue;
+        }
+        let seen = match have.first() {
+            Some(d) => format!("its hosts have {name:?} as {d}"),
+            None => format!("no host has an image {name:?}"),
+        };
+        bail!(invalid(format!(
+            "lab {lab:?} needs image {name:?} of digest {digest}, and {seen}: \
+             the archive holds no copy of it (saved with --without-images); bring that build \
+             of {name:?} to a host first (`labspan image push`, or `labspan image build {name}` \
+             from the same recipe)"
+        )));
     }
     let deployed = matches!(
         call(client, &Request::GetLab { name: lab.into() }).await,
         Ok(Reply::Lab { .. })
     );
-    match (deployed, replace) {
-        (false, _) => Ok(()),
-        (true, false) => bail!(invalid(format!(
+    if deployed && !replace {
+        bail!(invalid(format!(
             "lab {lab:?} is already deployed here: `labspan down {lab}` first, \
              or `labspan load --replace` to replace it"
-        ))),
-        (true, true) => {
-            eprintln!("{lab}: taking the running lab down to replace it");
-            match call(client, &Request::DeleteLab { name: lab.into() }).await? {
-                Reply::Done => Ok(()),
-                other => bail!("unexpected reply to DeleteLab: {other:?}"),
-            }
+        )));
+    }
+    Ok((bring, hosts))
+}
+
+/// Brings each image of `names` from the archive's store to the cluster
+/// (pushed to a host that serves images; on the embedded default, into
+/// this machine's store), and waits until the leader lists it.
+async fn bring_images(
+    cluster: &Path,
+    embedded: bool,
+    from: &labspan_agent::image::ImageStore,
+    names: &[String],
+    hosts: &[HostImages],
+    client: &Client,
+) -> anyhow::Result<()> {
+    for name in names {
+        let img = from.get(name)?;
+        let digest = from.digest(&img.manifest.hash)?;
+        let mib = digest.size() >> 20;
+        if embedded {
+            eprintln!(
+                "image {name:?} ({mib} MiB) is not on this machine: importing it from the archive"
+            );
+            images::import_here(from, name).await?;
+        } else {
+            let (host, addr) = super::image_push::pick(hosts)?;
+            eprintln!("image {name:?} ({mib} MiB) is not in the cluster: bringing it from the archive to host {host}");
+            images::push(cluster, from, name, (&host, addr)).await?;
         }
+        let listed = Poll::new(IMAGE_POLL_EVERY, IMAGE_KNOWN_WITHIN)
+            .until(|| async {
+                match call(client, &Request::ImageHosts).await {
+                    Ok(Reply::ImageHosts(h)) => h
+                        .iter()
+                        .flat_map(|h| &h.images)
+                        .any(|i| &i.name == name && i.digest == digest.digest)
+                        .then_some(()),
+                    _ => None,
+                }
+            })
+            .await;
+        if listed.is_none() {
+            bail!(
+                "image {name:?} was brought to the cluster, but the leader does not list it after {} s",
+                IMAGE_KNOWN_WITHIN.as_secs()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `load --replace`: the running lab goes down first.
+async fn replace_lab(client: &Client, lab: &str) -> anyhow::Result<()> {
+    let deployed = matches!(
+        call(client, &Request::GetLab { name: lab.into() }).await,
+        Ok(Reply::Lab { .. })
+    );
+    if !deployed {
+        return Ok(());
+    }
+    eprintln!("{lab}: taking the running lab down to replace it");
+    match call(client, &Request::DeleteLab { name: lab.into() }).await? {
+        Reply::Done => Ok(()),
+        other => bail!("unexpected reply to DeleteLab: {other:?}"),
     }
 }
 
@@ -464,17 +579,37 @@ async fn send_over(
     }
 }
 
-/// Takes a lab that could not be loaded down again (best effort: said, not fatal).
+/// Takes a lab that could not be loaded down again, trying for up to
+/// [`TAKE_DOWN_WITHIN`]: a load fails when its leader is lost, and the
+/// next one takes a few seconds to be elected. Said, not fatal, if it
+/// cannot.
 async fn take_down(cluster: &Path, lab: &str) {
-    let down = async {
-        let client = connect(cluster).await?;
-        let r = call(&client, &Request::DeleteLab { name: lab.into() }).await;
-        client.close().await;
-        r
-    };
-    if let Err(e) = down.await {
+    let last = std::sync::Mutex::new(String::new());
+    let down = Poll::new(TAKE_DOWN_EVERY, TAKE_DOWN_WITHIN)
+        .until(|| async {
+            let tried = async {
+                let client = connect(cluster).await?;
+                let r = call(&client, &Request::DeleteLab { name: lab.into() }).await;
+                client.close().await;
+                r
+            };
+            match tried.await {
+                Ok(_) => Some(()),
+                // Refused (not deployed, or not ours to remove): nothing to retry.
+                Err(e) if e.downcast_ref::<InvalidInput>().is_some() => Some(()),
+                Err(e) => {
+                    if let Ok(mut last) = last.lock() {
+                        *last = format!("{e:#}");
+                    }
+                    None
+                }
+            }
+        })
+        .await;
+    if down.is_none() {
+        let why = last.lock().map(|l| l.clone()).unwrap_or_default();
         eprintln!(
-            "{lab}: could not be taken down after a failed load ({e:#}): `labspan down {lab}`"
+            "{lab}: could not be taken down after a failed load ({why}): `labspan down {lab}`"
         );
     }
 }
