@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Bare QEMU save and restore of the guests of the checkpoint test, for
+comparison with `labspan checkpoint create` and `labspan reset`
+(docs/benchmarks.md, "Checkpoints").
+
+Boots 3 `tiny` guests (256 MiB, 1 vCPU, TCG, the devices labspan gives
+them), the third over a 64 MiB qcow2 disk overlay, as lab "ckpt" of
+tests/tests/checkpoint.rs has them (there on two hosts, here on one).
+Each run then, with no labspan:
+- save: `stop` every guest at once; per guest, for the disk one a new
+  overlay on top (`blockdev-snapshot-sync`), `migrate` to `exec:cat >
+  FILE` with the bandwidth cap lifted, `cont` once its own save is done;
+  prints each guest's pause and the frozen window (first stop to last
+  cont), and the RAM files' sizes;
+- restore: every QEMU ended and started again paused with `-incoming
+  defer` (the disk one on a fresh overlay over the saved layer),
+  `migrate-incoming exec:cat FILE`, then all `cont`; prints the time from
+  the first QEMU ended to the last `cont`.
+The 1-minute load average is printed with each run.
+
+    sudo deploy/bench-checkpoint.py [IMAGE_DIR] [RUNS]
+
+IMAGE_DIR holds tiny's vmlinuz and initrd.img (default: the tiny image of
+/var/lib/labspan/images).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def image_dir():
+    if len(sys.argv) > 1 and sys.argv[1]:
+        return sys.argv[1]
+    store = "/var/lib/labspan/images"
+    with open(os.path.join(store, "names", "tiny")) as f:
+        return os.path.join(store, "objects", f.read().strip())
+
+
+class Qmp:
+    def __init__(self, path):
+        for _ in range(100):
+            try:
+                self.s = socket.socket(socket.AF_UNIX)
+                self.s.connect(path)
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.f = self.s.makefile("rw")
+        self.f.readline()
+        self.run("qmp_capabilities")
+
+    def run(self, cmd, **args):
+        self.f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+        self.f.flush()
+        while True:
+            msg = json.loads(self.f.readline())
+            if "return" in msg:
+                return msg["return"]
+            if "error" in msg:
+                raise RuntimeError(f"{cmd}: {msg['error']}")
+
+    def close(self):
+        self.s.close()
+
+
+def qemu(d, name, img, disk, extra):
+    args = [
+        "qemu-system-x86_64", "-name", name, "-machine", "q35", "-accel", "tcg",
+        "-m", "256M", "-smp", "1", "-nodefaults", "-display", "none",
+        "-kernel", f"{img}/vmlinuz", "-initrd", f"{img}/initrd.img",
+        "-append", "console=ttyS0 quiet no_timer_check panic=1",
+        "-chardev", f"socket,id=serial0,path={d}/{name}.console,server=on,wait=off",
+        "-serial", "chardev:serial0",
+        "-chardev", f"socket,id=qmp0,path={d}/{name}.qmp,server=on,wait=off",
+        "-mon", "chardev=qmp0,mode=control",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"socket,id=qga0,path={d}/{name}.qga,server=on,wait=off",
+        "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-device", "pvpanic", "-pidfile", f"{d}/{name}.pid", "-daemonize",
+    ]
+    if disk:
+        args += ["-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={disk}",
+                 "-device", "virtio-blk-pci,drive=disk0"]
+    subprocess.run(args + extra, check=True)
+    with open(f"{d}/{name}.pid") as f:
+        return int(f.read())
+
+
+def wait_guest_agent(path, limit=180):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(2)
+            s.connect(path)
+            s.sendall(b'{"execute":"guest-ping"}\n')
+            if b"return" in s.recv(4096):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("the guest agent never answered")
+
+
+def wait_migration(q):
+    while True:
+        status = q.run("query-migrate").get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise RuntimeError(f"migration {status}")
+        time.sleep(0.005)
+
+
+def wait_settled(q):
+    # `cont` is refused while QEMU is still in finish-migrate.
+    while q.run("query-status")["status"] == "finish-migrate":
+        time.sleep(0.005)
+
+
+def end(pid):
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        return
+    while os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.01)
+
+
+def save_all(d, guests, n):
+    """Saves every guest at one pause; each resumes once its own save is done."""
+    paused, resumed = {}, {}
+
+    def save(name, g):
+        q = g["qmp"]
+        if g["disk"]:
+            top = f"{d}/{name}.top{n}.qcow2"
+            q.run("blockdev-snapshot-sync", **{"node-name": g["node"], "snapshot-file": top,
+                                               "snapshot-node-name": f"top{n}", "format": "qcow2"})
+            g["layer"], g["node"], g["disk"] = g["disk"], f"top{n}", top
+        q.run("migrate-set-parameters", **{"max-bandwidth": 10 << 30})
+        q.run("migrate", uri=f"exec:cat > {d}/{name}.ram")
+        wait_migration(q)
+        wait_settled(q)
+        q.run("cont")
+        resumed[name] = time.monotonic()
+
+    for name, g in guests.items():
+        g["qmp"].run("stop")
+        paused[name] = time.monotonic()
+    threads = [threading.Thread(target=save, args=(name, g)) for name, g in guests.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    frozen = max(resumed.values()) - min(paused.values())
+    return {name: resumed[name] - paused[name] for name in guests}, frozen
+
+
+def restore_all(d, img, guests, n):
+    """Every QEMU ended and started again from its saved state, then all resume."""
+    started = time.monotonic()
+    for name, g in guests.items():
+        g["qmp"].close()
+        end(g["pid"])
+
+    def restore(name, g):
+        disk = None
+        if g["layer"]:
+            disk = f"{d}/{name}.back{n}.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                            "-b", g["layer"], disk], check=True)
+        g["pid"] = qemu(d, name, img, disk, ["-S", "-incoming", "defer"])
+        g["qmp"] = q = Qmp(f"{d}/{name}.qmp")
+        q.run("migrate-incoming", uri=f"exec:cat {d}/{name}.ram")
+        wait_migration(q)
+        if disk:
+            g["disk"], g["node"], g["layer"] = disk, "disk0", None
+
+    threads = [threading.Thread(target=restore, args=(name, g)) for name, g in guests.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g in guests.values():
+        g["qmp"].run("cont")
+    return time.monotonic() - started
+
+
+def main():
+    img = image_dir()
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as d:
+        base = f"{d}/disk.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "64M"], check=True)
+        overlay = f"{d}/d.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base,
+                        overlay], check=True)
+        guests = {}
+        try:
+            for name, disk in (("p", None), ("v", None), ("d", overlay)):
+                pid = qemu(d, name, img, disk, [])
+                guests[name] = {"pid": pid, "disk": disk, "node": "disk0", "layer": None}
+            for name, g in guests.items():
+                wait_guest_agent(f"{d}/{name}.qga")
+                g["qmp"] = Qmp(f"{d}/{name}.qmp")
+            for n in range(1, runs + 1):
+                load = os.getloadavg()[0]
+                pauses, frozen = save_all(d, guests, n)
+                sizes = {name: os.path.getsize(f"{d}/{name}.ram") >> 20 for name in guests}
+                back = restore_all(d, img, guests, n)
+                print(json.dumps({
+                    "run": n, "load_1m": round(load, 1),
+                    "paused_ms": {k: round(v * 1000) for k, v in pauses.items()},
+                    "frozen_ms": round(frozen * 1000), "ram_mib": sizes,
+                    "restore_ms": round(back * 1000)}), flush=True)
+                time.sleep(2)
+        finally:
+            for g in guests.values():
+                end(g["pid"])
+
+
+if __name__ == "__main__":
+    main()
