@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use labspan_tests::local_cluster::LocalCluster;
 use labspan_tests::progress::{in_order, json_lines, steps_of};
-use labspan_tests::{run, text};
+use labspan_tests::{described, run, text, wait_until};
 
 const SEEN: &str = r#"
 name: seen
@@ -628,17 +628,12 @@ impl Web {
     /// Waits until the steps sent to the page satisfy `check` (a generous
     /// bound, not a timing assertion).
     fn steps_until(&self, what: &str, within: Duration, check: impl Fn(&[Value]) -> bool) {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let steps = self.steps.lock().expect("steps").clone();
-            if check(&steps) {
-                return;
-            }
-            if std::time::Instant::now() >= deadline {
-                panic!("the page was not sent {what} within {within:?}; steps: {steps:?}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let steps = || self.steps.lock().expect("steps").clone();
+        wait_until(
+            described(|| format!("the page to be sent {what}; steps: {:?}", steps())),
+            within,
+            || check(&steps()).then_some(()),
+        );
     }
 
     /// Waits for a state sent to the page that satisfies `check` (a
@@ -815,17 +810,17 @@ impl Browser {
     /// Asks `look` until `check` holds (a generous bound, not a timing
     /// assertion).
     fn until<T>(&mut self, what: &str, within: Duration, check: impl Fn(&Value) -> Option<T>) -> T {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let seen = self.ask(serde_json::json!({"cmd": "look"}));
-            if let Some(found) = check(&seen) {
-                return found;
-            }
-            if std::time::Instant::now() > deadline {
-                panic!("the browser never showed {what} within {within:?}; it shows {seen}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let seen = std::cell::RefCell::new(Value::Null);
+        wait_until(
+            described(|| format!("the browser to show {what}; it shows {}", seen.borrow())),
+            within,
+            || {
+                let now = self.ask(serde_json::json!({"cmd": "look"}));
+                let found = check(&now);
+                *seen.borrow_mut() = now;
+                found
+            },
+        )
     }
 }
 
