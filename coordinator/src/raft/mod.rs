@@ -14,7 +14,7 @@
 pub mod campaign;
 mod log_store;
 mod network;
-mod snapshot;
+pub mod snapshot;
 mod state;
 mod state_machine;
 

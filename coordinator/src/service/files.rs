@@ -10,6 +10,7 @@
 //! during it. The files then outlive the members that took them: a cluster
 //! whose coordinators are replaced one by one still serves every lab.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,9 +219,10 @@ const COPY_RETRY: Duration = Duration::from_secs(5);
 pub(super) async fn keep_copies(inner: Arc<Inner>) {
     let mut metrics = inner.raft.metrics();
     let mut complete_at = None;
+    let mut stored = BTreeSet::new();
     loop {
         let applied = metrics.borrow_and_update().last_applied;
-        if applied != complete_at && fetch_missing(&inner).await == 0 {
+        if applied != complete_at && fetch_missing(&inner, &mut stored).await == 0 {
             complete_at = applied;
         }
         let retry = applied != complete_at;
@@ -237,13 +239,29 @@ pub(super) async fn keep_copies(inner: Arc<Inner>) {
 
 /// Fetches the files the state names and the store lacks; returns how
 /// many it could not get.
-async fn fetch_missing(inner: &Arc<Inner>) -> usize {
+///
+/// `stored` holds the hashes an earlier call found or fetched, so only the
+/// files a change adds are looked for on disk: with 500 labs of 20 files,
+/// checking every file after every applied entry cost each replica 10,000
+/// `stat` calls per write, on a runtime thread (docs/benchmarks.md, "State
+/// at scale"). A file removed since (damaged) is fetched again by the read
+/// that found it damaged.
+async fn fetch_missing(inner: &Arc<Inner>, stored: &mut BTreeSet<String>) -> usize {
     let wanted = inner.state.read().state.file_hashes();
+    stored.retain(|h| wanted.contains(h));
     let mut lacking = 0;
-    for sha256 in wanted.iter().filter(|h| !inner.files.has(h)) {
-        match get(inner, sha256, true).await {
+    for sha256 in wanted {
+        if stored.contains(&sha256) {
+            continue;
+        }
+        if inner.files.has(&sha256) {
+            stored.insert(sha256);
+            continue;
+        }
+        match get(inner, &sha256, true).await {
             Reply::File { .. } => {
-                tracing::info!(sha256, "copied a guest file from another coordinator")
+                tracing::info!(sha256, "copied a guest file from another coordinator");
+                stored.insert(sha256);
             }
             Reply::Error(e) => {
                 tracing::warn!(sha256, error = %e.message, "cannot copy a guest file yet; trying again");

@@ -102,9 +102,6 @@ pub(super) async fn deploy(
         return Reply::Error(e);
     }
     let name = bundle.lab.name.clone();
-    let state = inner.state.read().state.clone();
-    let capabilities = lock(&inner.capabilities).clone();
-    let existing = state.labs.get(&name);
     let origin = LabOrigin {
         member: caller.name.clone(),
         source,
@@ -112,31 +109,39 @@ pub(super) async fn deploy(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    if let Err(why) = decide::may_replace(
-        &name,
-        existing.and_then(|r| r.origin.as_ref()),
-        &origin,
-        replace,
-    ) {
-        return error(ErrorKind::Conflict, why);
-    }
-    let old_hosts: Vec<String> = existing
-        .map(|r| r.placement.values().cloned().collect())
-        .unwrap_or_default();
-    let cmd = match decide::deploy_command(&state, &capabilities, &bundle, bytes, Some(origin)) {
-        Ok(cmd) => cmd,
-        Err(why) => return error(ErrorKind::Invalid, why),
+    let capabilities = lock(&inner.capabilities).clone();
+    // Decided under the read lock, without a copy of the state: copying
+    // 500 labs cost every deploy milliseconds (docs/benchmarks.md, "State
+    // at scale"). Nothing here awaits.
+    let (cmd, hosts) = {
+        let guard = inner.state.read();
+        let state = &guard.state;
+        let existing = state.labs.get(&name);
+        if let Err(why) = decide::may_replace(
+            &name,
+            existing.and_then(|r| r.origin.as_ref()),
+            &origin,
+            replace,
+        ) {
+            return error(ErrorKind::Conflict, why);
+        }
+        let old_hosts = existing.into_iter().flat_map(|r| r.placement.values());
+        let cmd = match decide::deploy_command(state, &capabilities, &bundle, bytes, Some(origin)) {
+            Ok(cmd) => cmd,
+            Err(why) => return error(ErrorKind::Invalid, why),
+        };
+        let Command::DeployLab { placement, .. } = &cmd else {
+            return error(ErrorKind::Internal, "a deploy decided something else");
+        };
+        // A host that is down gets its plan when it registers again.
+        let hosts: BTreeSet<String> = placement
+            .values()
+            .chain(old_hosts)
+            .filter(|h| state.hosts.get(*h).is_some_and(|h| h.up))
+            .cloned()
+            .collect();
+        (cmd, hosts)
     };
-    let Command::DeployLab { placement, .. } = &cmd else {
-        return error(ErrorKind::Internal, "a deploy decided something else");
-    };
-    // A host that is down gets its plan when it registers again.
-    let hosts: BTreeSet<String> = placement
-        .values()
-        .chain(old_hosts.iter())
-        .filter(|h| state.hosts.get(*h).is_some_and(|h| h.up))
-        .cloned()
-        .collect();
     if let Err(e) = inner.write(cmd).await {
         return Reply::Error(e);
     }

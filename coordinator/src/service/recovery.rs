@@ -235,6 +235,20 @@ fn room_by_moving(
             (h.name, o.memory_mib.saturating_sub(o.used_memory_mib))
         })
         .collect();
+    // Room on each host for a moved node, as `moves::choose` counts it,
+    // read once: `choose` reads every lab's nodes on each call, and a
+    // candidate it refuses is not counted in `tries`. With 500 full labs
+    // that was thousands of candidates × every host × every lab on each
+    // monitor tick (docs/benchmarks.md, "State at scale"); a target
+    // without that room is now skipped before `choose` is asked.
+    let room: BTreeMap<String, (u64, u64)> = decide::offers(state, "", capabilities)
+        .into_iter()
+        .map(|h| {
+            let o = h.offer();
+            let mem = o.memory_mib.saturating_sub(o.used_memory_mib);
+            (h.name, (mem, o.vcpus.saturating_sub(o.used_vcpus)))
+        })
+        .collect();
     for (node, host) in rec.placement.iter().filter(|(n, _)| !lost.contains_key(*n)) {
         if let (Some(f), Some(spec)) = (free.get_mut(host), bundle.lab.nodes.get(node)) {
             *f = f.saturating_sub(need(spec));
@@ -253,21 +267,27 @@ fn room_by_moving(
             if owner == lab && lost.contains_key(node) {
                 continue;
             }
-            let Some(size) = owner_bundle.lab.nodes.get(node).map(need) else {
+            let Some(spec) = owner_bundle.lab.nodes.get(node) else {
                 continue;
             };
+            let size = need(spec);
             if free.get(from).is_some_and(|f| f + size >= smallest_lost) {
-                candidates.push((size, owner.clone(), node.clone(), from.clone()));
+                let cpus = u64::from(spec.cpus);
+                candidates.push((size, owner.clone(), node.clone(), from.clone(), cpus));
             }
         }
     }
     candidates.sort();
     let mut sim = state.clone();
     let mut tries = 0;
-    for (_, owner, node, from) in candidates {
+    for (size, owner, node, from, cpus) in candidates {
         for to in state.hosts.keys().filter(|h| **h != from) {
             if tries == MAX_ROOM_TRIES {
                 return None;
+            }
+            let has_room = room.get(to).is_some_and(|(m, c)| *m >= size && *c >= cpus);
+            if !has_room {
+                continue;
             }
             if moves::choose(state, capabilities, &owner, &node, Some(to)).is_err() {
                 continue;
