@@ -57,8 +57,26 @@ pub fn majority(granted: usize, voters: usize) -> bool {
     granted * 2 > voters
 }
 
+/// What the gate found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Alone or leading: nothing to guard.
+    Free,
+    /// A leader is heard here, or no majority would vote.
+    Hold,
+    /// A majority has not heard a leader for the lease, in `term`.
+    Won { term: u64 },
+}
+
 /// Keeps openraft's election switch on only while a campaign could win
-/// (runs for the life of the coordinator).
+/// (runs for the life of the coordinator), and campaigns at once when a
+/// pre-vote majority says the leader is gone.
+///
+/// openraft's own timer waits for its leader lease plus a randomized
+/// election timeout (2 s + 1-2 s with labspan's timing) after the last
+/// heartbeat; the voters grant a vote once the lease alone has passed. The
+/// pre-vote already proves that, so waiting for the timer added 1-2 s to
+/// every failover for nothing.
 pub async fn gate(
     raft: openraft::Raft<TypeConfig>,
     me: NodeId,
@@ -68,31 +86,73 @@ pub async fn gate(
 ) {
     let mut allowed = None;
     loop {
-        let may = may_campaign(&raft, me, &network, &contact, lease).await;
+        let decision = decide(&raft, me, &network, &contact, lease).await;
+        let may = decision != Decision::Hold;
         if allowed != Some(may) {
             tracing::debug!(may_campaign = may, "election switch");
             raft.runtime_config().elect(may);
             allowed = Some(may);
         }
+        if let Decision::Won { term } = decision {
+            campaign_now(&raft, me, &contact, lease, term).await;
+        }
         tokio::time::sleep(TICK).await;
     }
 }
 
-async fn may_campaign(
+/// How long coordinator `me` lets the others go first: survivors that won
+/// the same pre-vote would otherwise campaign together and split the vote.
+/// Never zero: the voters' own lease (openraft's) is renewed a little
+/// after they note the heartbeat the pre-vote looks at.
+fn stagger(me: NodeId) -> Duration {
+    STAGGER * (1 + u32::try_from(me % 4).unwrap_or(0))
+}
+
+/// Between two survivors' campaigns (more than a vote round on loopback or
+/// a LAN, less than a gate tick).
+const STAGGER: Duration = Duration::from_millis(25);
+
+/// Starts an election after [`stagger`], unless meanwhile the term moved (a
+/// survivor campaigned first and got this coordinator's vote) or a leader
+/// was heard.
+async fn campaign_now(
+    raft: &openraft::Raft<TypeConfig>,
+    me: NodeId,
+    contact: &LeaderContact,
+    lease: Duration,
+    term: u64,
+) {
+    tokio::time::sleep(stagger(me)).await;
+    let m = raft.metrics().borrow().clone();
+    let still = m.current_term == term
+        && m.state == ServerState::Follower
+        && would_vote(false, contact.since(), lease);
+    if still {
+        tracing::info!(
+            term,
+            "no leader heard by a majority for the lease: campaigning now"
+        );
+        if let Err(e) = raft.trigger().elect().await {
+            tracing::warn!(error = %e, "cannot start an election");
+        }
+    }
+}
+
+async fn decide(
     raft: &openraft::Raft<TypeConfig>,
     me: NodeId,
     network: &QuicNetwork,
     contact: &LeaderContact,
     lease: Duration,
-) -> bool {
+) -> Decision {
     let metrics = raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership().clone();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     if voters.len() <= 1 || metrics.state == ServerState::Leader {
-        return true;
+        return Decision::Free;
     }
     if !would_vote(false, contact.since(), lease) {
-        return false;
+        return Decision::Hold;
     }
     let asks = voters
         .iter()
@@ -111,7 +171,16 @@ async fn may_campaign(
             }
         });
     let granted = 1 + join_all(asks).await.into_iter().filter(|g| *g).count();
-    majority(granted, voters.len())
+    if !majority(granted, voters.len()) {
+        return Decision::Hold;
+    }
+    if metrics.state == ServerState::Follower && voters.contains(&me) {
+        Decision::Won {
+            term: metrics.current_term,
+        }
+    } else {
+        Decision::Free // A candidate already (openraft's timer) or a learner.
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +194,13 @@ mod tests {
         assert!(!would_vote(false, Some(Duration::from_millis(50)), lease));
         assert!(would_vote(false, Some(Duration::from_millis(300)), lease));
         assert!(would_vote(false, None, lease));
+    }
+
+    #[test]
+    fn survivors_campaign_one_after_another_never_at_once() {
+        let waits: Vec<Duration> = (1..=3).map(stagger).collect();
+        assert!(waits.iter().all(|w| !w.is_zero()), "{waits:?}");
+        assert!(waits[0] < waits[1] && waits[1] < waits[2], "{waits:?}");
     }
 
     #[test]
