@@ -7,13 +7,22 @@
 //!   leader answers a linearizable read (`Status`, which runs openraft's
 //!   read index on the leader), probed every 5 ms through both survivors;
 //!   the killed coordinator is restarted from its folder between rounds.
+//! - stability: no failure for S seconds (while `--burn N` busy loops, and
+//!   whatever else runs, load the machine); one write a second, and every
+//!   coordinator's Raft term and leader changes (its `/metrics`) read each
+//!   second: any election shows as a term that moved.
+//! - writes: commit latency of N sequential `CreateToken` writes sent to
+//!   the leader on one connection (the same client pattern as
+//!   `benches/etcd`'s).
 //! - agents: N simulated agents (certificates issued by the cluster CA, one
 //!   QUIC connection each, as `agent::daemon` does) register and heartbeat
 //!   every `HEARTBEAT_INTERVAL`; CPU (from /proc/PID/stat) and RSS of every
 //!   coordinator are sampled over a window.
 //!
-//! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --skip-failover --skip-agents]`
-//! as root. It builds and runs the release `labspan` binary (or `$LABSPAN_BIN`).
+//! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --skip-failover --skip-agents --stability S --burn N --writes N]`
+//! as root. It builds and runs the release `labspan` binary (or `$LABSPAN_BIN`);
+//! the coordinators inherit the environment, so `LABSPAN_RAFT_HEARTBEAT_MS`
+//! and the other timing variables (docs/control-plane.md) try other timings.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
@@ -324,6 +333,178 @@ async fn failover(
     Ok(())
 }
 
+/// `name value` lines of coordinator `i`'s `/metrics` (plain HTTP/1.0).
+async fn scrape(i: usize) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = format!("198.18.0.{}:7180", i + 1);
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        anyhow::Ok(body)
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .with_context(|| format!("{addr}: no metrics within 5 s"))?
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// (term, leader changes) of each coordinator, as its `/metrics` says.
+async fn terms() -> Result<Vec<(u64, u64)>> {
+    let mut all = Vec::new();
+    for i in 0..3 {
+        let text = scrape(i).await?;
+        let term = metric(&text, "labspan_raft_term").context("no labspan_raft_term")?;
+        let changes = metric(&text, "labspan_raft_leader_changes_total")
+            .or_else(|| metric(&text, "labspan_raft_leader_changes"))
+            .context("no labspan_raft_leader_changes")?;
+        all.push((term, changes));
+    }
+    Ok(all)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Busy loops that load the machine; killed (by pid) on drop.
+struct Burners(Vec<Child>);
+
+impl Burners {
+    fn start(n: usize) -> Result<Burners> {
+        let mut all = Burners(Vec::new());
+        for _ in 0..n {
+            let child = Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .context("starting a busy loop")?;
+            all.0.push(child);
+        }
+        Ok(all)
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on a pid this bench started and has not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One `CreateToken` write; its time once committed and applied.
+async fn write_once(client: &Client) -> Result<Duration> {
+    let t0 = Instant::now();
+    let req = Request::CreateToken {
+        role: Role::Viewer,
+        ttl_secs: 60,
+    };
+    match client.request(&req).await? {
+        Reply::Token { .. } => Ok(t0.elapsed()),
+        other => bail!("CreateToken: {other:?}"),
+    }
+}
+
+fn percentiles(label: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let at = |q: f64| ms(times[((times.len() as f64 * q) as usize).min(times.len() - 1)]);
+    println!(
+        "| {label} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+        times.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        ms(times[times.len() - 1]),
+        loadavg()
+    );
+}
+
+/// Runs for `secs` with a write a second; fails if any term moved.
+async fn stability(file: &ClusterFile, secs: u64, burn: usize) -> Result<()> {
+    let st = settled(file).await?;
+    let leader = index_of(&st, st.leader.context("no leader")?)?;
+    let client = Client::connect_to(file, &[api(leader)]).await?;
+    let before = terms().await?;
+    println!(
+        "stability: {secs} s, {burn} busy loops, leader c{}, (term, leader changes) {before:?}, load {}",
+        leader + 1,
+        loadavg()
+    );
+    let burners = Burners::start(burn)?;
+    let t0 = Instant::now();
+    let mut last = before.clone();
+    let mut writes = Vec::new();
+    let mut loads = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match write_once(&client).await {
+            Ok(t) => writes.push(t),
+            Err(e) => println!("{:>4} s: write failed: {e:#}", t0.elapsed().as_secs()),
+        }
+        let now = terms().await?;
+        if now != last {
+            println!(
+                "{:>4} s: (term, leader changes) {last:?} -> {now:?}, load {}",
+                t0.elapsed().as_secs(),
+                loadavg()
+            );
+            last = now;
+        }
+        if t0.elapsed().as_secs() % 60 == 0 || loads.is_empty() {
+            loads.push(loadavg());
+        }
+    }
+    drop(burners);
+    client.close().await;
+    let after = terms().await?;
+    let elections = after.iter().map(|t| t.0).max().unwrap_or(0)
+        - before.iter().map(|t| t.0).max().unwrap_or(0);
+    println!("load average (1, 5, 15 min) about once a minute: {loads:?}");
+    println!("| system | writes | p50 ms | p90 ms | p99 ms | max ms | load average |");
+    println!("|---|---|---|---|---|---|---|");
+    percentiles("one write a second", writes);
+    println!(
+        "stability over {secs} s: terms {:?} -> {:?}, leader changes {:?} -> {:?}: {elections} election(s)",
+        before.iter().map(|t| t.0).collect::<Vec<_>>(),
+        after.iter().map(|t| t.0).collect::<Vec<_>>(),
+        before.iter().map(|t| t.1).collect::<Vec<_>>(),
+        after.iter().map(|t| t.1).collect::<Vec<_>>(),
+    );
+    Ok(())
+}
+
+/// `n` sequential writes to the leader on one connection, after 20 of warm-up.
+async fn writes(file: &ClusterFile, n: usize) -> Result<()> {
+    let st = settled(file).await?;
+    let leader = index_of(&st, st.leader.context("no leader")?)?;
+    let client = Client::connect_to(file, &[api(leader)]).await?;
+    for _ in 0..20 {
+        write_once(&client).await?;
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        times.push(write_once(&client).await?);
+    }
+    client.close().await;
+    println!("| system | writes | p50 ms | p90 ms | p99 ms | max ms | load average |");
+    println!("|---|---|---|---|---|---|---|");
+    percentiles("labspan, 3 processes, the leader", times);
+    Ok(())
+}
+
 /// utime + stime of `pid` in clock ticks, and its RSS in KiB.
 fn cpu_and_rss(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -502,14 +683,23 @@ fn main() -> Result<()> {
     let rounds = arg("--rounds", 10usize);
     let n = arg("--agents", 1000usize);
     let secs = arg("--seconds", 60u64);
+    let stable_secs = arg("--stability", 0u64);
+    let burn = arg("--burn", 0usize);
+    let n_writes = arg("--writes", 0usize);
     let flags: Vec<String> = std::env::args().collect();
     let bin = labspan_bin()?;
     let fabric = Fabric::new("cp", 4);
     let (mut c, file) = cluster(&fabric, bin)?;
     let client_host = &fabric.hosts[3];
     let result = client_host.block_on(|| async {
+        if n_writes > 0 {
+            writes(&file, n_writes).await?;
+        }
         if !flags.iter().any(|f| f == "--skip-failover") {
             failover(&fabric, &mut c, &file, rounds).await?;
+        }
+        if stable_secs > 0 {
+            stability(&file, stable_secs, burn).await?;
         }
         if !flags.iter().any(|f| f == "--skip-agents") {
             agents(&fabric, &c, &file, n, secs).await?;

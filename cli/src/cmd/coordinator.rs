@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use labspan_coordinator::metrics;
-use labspan_coordinator::service::{self, Timing};
+use labspan_coordinator::service::{self, RaftTiming, Timing};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::metrics::Listen;
@@ -55,6 +55,19 @@ pub struct TimingArgs {
     /// How long a new leader waits for agents it never heard of, in ms.
     #[arg(long, env = "LABSPAN_NEW_LEADER_GRACE_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub new_leader_grace_ms: Option<u64>,
+    /// How often the Raft leader heartbeats the other coordinators, in ms.
+    #[arg(long, env = "LABSPAN_RAFT_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Shortest Raft election timeout, in ms.
+    #[arg(long, env = "LABSPAN_ELECTION_TIMEOUT_MIN_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Longest Raft election timeout, in ms; also the leader lease, so
+    /// about what a failover takes.
+    #[arg(long, env = "LABSPAN_ELECTION_TIMEOUT_MAX_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub election_timeout_max_ms: Option<u64>,
+    /// How often a follower checks whether it may campaign, in ms.
+    #[arg(long, env = "LABSPAN_GATE_TICK_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub gate_tick_ms: Option<u64>,
 }
 
 impl TimingArgs {
@@ -68,6 +81,12 @@ impl TimingArgs {
             fence_margin: ms(self.fence_margin_ms, d.fence_margin),
             monitor_every: ms(self.monitor_ms, d.monitor_every),
             new_leader_grace: ms(self.new_leader_grace_ms, d.new_leader_grace),
+            raft: RaftTiming {
+                heartbeat: ms(self.raft_heartbeat_ms, d.raft.heartbeat),
+                election_timeout_min: ms(self.election_timeout_min_ms, d.raft.election_timeout_min),
+                election_timeout_max: ms(self.election_timeout_max_ms, d.raft.election_timeout_max),
+                gate_tick: ms(self.gate_tick_ms, d.raft.gate_tick),
+            },
         };
         t.validate().map_err(|e| {
             anyhow::Error::new(crate::InvalidInput(format!("coordinator timing: {e}")))

@@ -15,15 +15,14 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::network::RPCOption;
 use openraft::ServerState;
 
 use super::network::{QuicNetwork, RaftReply, RaftRequest};
 use super::{NodeId, TypeConfig};
+use crate::service::RaftTiming;
 
-/// How often a coordinator decides whether it may campaign.
-const TICK: Duration = Duration::from_millis(100);
 /// How long one pre-vote question may take (a peer that is cut off never answers).
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -64,8 +63,9 @@ enum Decision {
     Free,
     /// A leader is heard here, or no majority would vote.
     Hold,
-    /// A majority has not heard a leader for the lease, in `term`.
-    Won { term: u64 },
+    /// A majority has not heard a leader for the lease, in `term`; this
+    /// coordinator comes `rank`-th among the survivors.
+    Won { term: u64, rank: u32 },
 }
 
 /// Keeps openraft's election switch on only while a campaign could win
@@ -73,17 +73,17 @@ enum Decision {
 /// pre-vote majority says the leader is gone.
 ///
 /// openraft's own timer waits for its leader lease plus a randomized
-/// election timeout (2 s + 1-2 s with labspan's timing) after the last
-/// heartbeat; the voters grant a vote once the lease alone has passed. The
-/// pre-vote already proves that, so waiting for the timer added 1-2 s to
-/// every failover for nothing.
+/// election timeout after the last heartbeat; the voters grant a vote once
+/// the lease alone has passed. The pre-vote already proves that, so waiting
+/// for the timer would double every failover for nothing.
 pub async fn gate(
     raft: openraft::Raft<TypeConfig>,
     me: NodeId,
     network: QuicNetwork,
     contact: LeaderContact,
-    lease: Duration,
+    timing: RaftTiming,
 ) {
+    let lease = timing.lease();
     let mut allowed = None;
     loop {
         let decision = decide(&raft, me, &network, &contact, lease).await;
@@ -93,36 +93,63 @@ pub async fn gate(
             raft.runtime_config().elect(may);
             allowed = Some(may);
         }
-        if let Decision::Won { term } = decision {
-            campaign_now(&raft, me, &contact, lease, term).await;
+        if let Decision::Won { term, rank } = decision {
+            campaign_now(&raft, &contact, lease, term, stagger(rank, timing)).await;
         }
-        tokio::time::sleep(TICK).await;
+        tokio::time::sleep(next_look(contact.since(), lease, timing.gate_tick)).await;
     }
 }
 
-/// How long coordinator `me` lets the others go first: survivors that won
-/// the same pre-vote would otherwise campaign together and split the vote.
-/// Never zero: the voters' own lease (openraft's) is renewed a little
-/// after they note the heartbeat the pre-vote looks at.
-fn stagger(me: NodeId) -> Duration {
-    STAGGER * (1 + u32::try_from(me % 4).unwrap_or(0))
+/// The peers heard the leader's last heartbeat a moment after this
+/// coordinator did, or before: a pre-vote asked this long after our lease
+/// ran out finds theirs out too.
+const SLACK: Duration = Duration::from_millis(10);
+
+/// How long the gate sleeps: a tick, but it wakes when the lease runs out
+/// (a failover waits for no tick), and looks again soon for one tick after
+/// that, in case a peer heard the last heartbeat later than this one did.
+fn next_look(since_leader: Option<Duration>, lease: Duration, tick: Duration) -> Duration {
+    match since_leader {
+        Some(d) if d < lease => (lease - d + SLACK).min(tick),
+        Some(d) if d < lease + tick => SLACK.min(tick),
+        _ => tick,
+    }
 }
 
-/// Between two survivors' campaigns (more than a vote round on loopback or
-/// a LAN, less than a gate tick).
-const STAGGER: Duration = Duration::from_millis(25);
+/// How long the survivor of `rank` lets those before it go first:
+/// survivors that won the same pre-vote would otherwise campaign together
+/// and split the vote. The first goes at once (the voters' openraft lease
+/// ran out before their pre-vote said so: they note a heartbeat after
+/// openraft does); each next one waits more than a gate tick (the first
+/// wins its pre-vote within a tick of the others) and a vote round.
+fn stagger(rank: u32, timing: RaftTiming) -> Duration {
+    (timing.gate_tick + VOTE_ROUND) * rank
+}
 
-/// Starts an election after [`stagger`], unless meanwhile the term moved (a
+/// More than a vote round (a Raft RPC and a redb commit) on a loaded host.
+const VOTE_ROUND: Duration = Duration::from_millis(25);
+
+/// Where `me` comes among the voters other than the last leader it knew
+/// (the one presumed gone), in id order.
+fn rank(me: NodeId, voters: &[NodeId], last_leader: Option<NodeId>) -> u32 {
+    let before = voters
+        .iter()
+        .filter(|id| Some(**id) != last_leader && **id < me)
+        .count();
+    u32::try_from(before).unwrap_or(u32::MAX)
+}
+
+/// Starts an election after `wait`, unless meanwhile the term moved (a
 /// survivor campaigned first and got this coordinator's vote) or a leader
 /// was heard.
 async fn campaign_now(
     raft: &openraft::Raft<TypeConfig>,
-    me: NodeId,
     contact: &LeaderContact,
     lease: Duration,
     term: u64,
+    wait: Duration,
 ) {
-    tokio::time::sleep(stagger(me)).await;
+    tokio::time::sleep(wait).await;
     let m = raft.metrics().borrow().clone();
     let still = m.current_term == term
         && m.state == ServerState::Follower
@@ -154,7 +181,7 @@ async fn decide(
     if !would_vote(false, contact.since(), lease) {
         return Decision::Hold;
     }
-    let asks = voters
+    let mut asks: FuturesUnordered<_> = voters
         .iter()
         .filter(|id| **id != me)
         .filter_map(|id| membership.get_node(id).map(|m| (*id, m.clone())))
@@ -169,14 +196,22 @@ async fn decide(
                     Ok(RaftReply::PreVote { grant: true })
                 )
             }
-        });
-    let granted = 1 + join_all(asks).await.into_iter().filter(|g| *g).count();
-    if !majority(granted, voters.len()) {
-        return Decision::Hold;
+        })
+        .collect();
+    // Count answers as they come: the dead leader never answers, and
+    // waiting for its timeout would add it to every failover.
+    let mut granted = 1;
+    while !majority(granted, voters.len()) {
+        match asks.next().await {
+            Some(true) => granted += 1,
+            Some(false) => {}
+            None => return Decision::Hold,
+        }
     }
     if metrics.state == ServerState::Follower && voters.contains(&me) {
         Decision::Won {
             term: metrics.current_term,
+            rank: rank(me, &voters, metrics.current_leader),
         }
     } else {
         Decision::Free // A candidate already (openraft's timer) or a learner.
@@ -198,9 +233,38 @@ mod tests {
 
     #[test]
     fn survivors_campaign_one_after_another_never_at_once() {
-        let waits: Vec<Duration> = (1..=3).map(stagger).collect();
-        assert!(waits.iter().all(|w| !w.is_zero()), "{waits:?}");
-        assert!(waits[0] < waits[1] && waits[1] < waits[2], "{waits:?}");
+        let timing = RaftTiming::default();
+        // Leader 1 gone: 2 goes first, 3 after it.
+        let voters = [1, 2, 3];
+        assert_eq!(rank(2, &voters, Some(1)), 0);
+        assert_eq!(rank(3, &voters, Some(1)), 1);
+        // Leader 2 gone: 1 and 3.
+        assert_eq!(rank(1, &voters, Some(2)), 0);
+        assert_eq!(rank(3, &voters, Some(2)), 1);
+        // No leader known: every voter has its own rank.
+        assert_eq!(rank(3, &voters, None), 2);
+        let waits: Vec<Duration> = (0..3).map(|r| stagger(r, timing)).collect();
+        assert!(waits[0].is_zero(), "{waits:?}");
+        // Each next survivor waits more than a tick, in which the one
+        // before it finds its pre-vote won, plus a vote round.
+        for pair in waits.windows(2) {
+            assert!(pair[1] >= pair[0] + timing.gate_tick + VOTE_ROUND, "{waits:?}");
+        }
+    }
+
+    #[test]
+    fn the_gate_wakes_when_the_lease_runs_out_and_looks_again_soon_after() {
+        let (lease, tick) = (Duration::from_millis(250), Duration::from_millis(50));
+        let ms = Duration::from_millis;
+        // A leader heard just now: a tick.
+        assert_eq!(next_look(Some(ms(10)), lease, tick), tick);
+        // The lease runs out in 20 ms: wake then (and a little after).
+        assert_eq!(next_look(Some(ms(230)), lease, tick), ms(20) + SLACK);
+        // Just run out: look again soon, the peers' runs out too.
+        assert_eq!(next_look(Some(ms(260)), lease, tick), SLACK);
+        // Long gone, or never heard: a tick.
+        assert_eq!(next_look(Some(ms(400)), lease, tick), tick);
+        assert_eq!(next_look(None, lease, tick), tick);
     }
 
     #[test]

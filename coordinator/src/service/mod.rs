@@ -47,7 +47,7 @@ use crate::raft::{
     self, Member, NodeId, OpenError, QuicNetwork, RaftService, SharedState, TypeConfig,
 };
 pub use data_dir::{DataDir, DataDirError, NodeConfig};
-pub use timing::{Timing, TimingError};
+pub use timing::{RaftTiming, Timing, TimingError};
 
 /// Why a coordinator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -410,21 +410,16 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
     let (log, sm) = raft::open(&data.raft_store())?;
     let state = sm.shared();
     let metrics = Arc::new(crate::metrics::Metrics::new(sm.apply_seconds()));
-    // etcd's defaults rather than openraft's (50 ms, 150-300 ms): guests
-    // booting under TCG saturate the cores of a lab host, and a follower
-    // that misses a few 50 ms heartbeats starts an election that moves the
-    // leader in the middle of a deploy.
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let raft_config = openraft::Config {
         cluster_name: "labspan".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: ms(timing.raft.heartbeat),
+        election_timeout_min: ms(timing.raft.election_timeout_min),
+        election_timeout_max: ms(timing.raft.election_timeout_max),
         // The campaign gate turns elections on when a pre-vote would win.
         enable_elect: false,
         ..Default::default()
     };
-    // openraft's own leader lease (a follower refuses votes for as long).
-    let lease = Duration::from_millis(raft_config.election_timeout_max);
     let raft_config = Arc::new(
         raft_config
             .validate()
@@ -441,7 +436,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
         state: state.clone(),
         ca,
         endpoint: endpoint.clone(),
-        raft_rpc: RaftService::new(raft.clone(), lease),
+        raft_rpc: RaftService::new(raft.clone(), timing.raft.lease()),
         peers: Mutex::default(),
         agents: Mutex::default(),
         hosts_lost: tokio::sync::watch::Sender::new(0),
@@ -481,7 +476,7 @@ pub async fn start_with(dir: &Path, timing: Timing) -> Result<Running, StartErro
             config.id,
             network.clone(),
             inner.raft_rpc.contact(),
-            lease,
+            timing.raft,
         )),
     ];
     let initialized = raft

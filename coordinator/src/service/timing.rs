@@ -1,6 +1,7 @@
 //! Every liveness duration of the control plane in one place: how often
 //! agents heartbeat, how long an agent's lease lasts before it fences itself
-//! (pauses its VMs), and when the leader may call a silent host lost.
+//! (pauses its VMs), when the leader may call a silent host lost, and the
+//! Raft timing between coordinators ([`RaftTiming`]).
 //!
 //! The safety rule between them is built in: a host is marked down (and its
 //! nodes moved) only after `lease + fence_margin` of silence, so an agent cut
@@ -30,6 +31,70 @@ pub struct Timing {
     /// How long a new leader waits for an agent it never heard of before
     /// it may mark its host down.
     pub new_leader_grace: Duration,
+    /// Heartbeats and elections between coordinators.
+    pub raft: RaftTiming,
+}
+
+/// Raft's timing between coordinators: what a failover takes, and what
+/// stall of a loaded host it forgives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// How often the leader sends each follower a heartbeat.
+    pub heartbeat: Duration,
+    /// openraft draws each election timeout from `election_timeout_min
+    /// .. election_timeout_max`.
+    pub election_timeout_min: Duration,
+    /// Also the leader lease (openraft 0.9 ties them): a follower that heard
+    /// a leader this recently refuses to vote, and the campaign gate
+    /// (`raft::campaign`) campaigns only when a majority has not heard one
+    /// for as long. A failover takes about this long.
+    pub election_timeout_max: Duration,
+    /// How often the campaign gate looks again while it may not campaign
+    /// (it also wakes when the lease runs out).
+    pub gate_tick: Duration,
+}
+
+impl Default for RaftTiming {
+    /// Production values, measured in docs/benchmarks.md ("Leader failover
+    /// after `kill -9`"): a failover well under 300 ms, and no election in
+    /// 10 minutes of a loaded 2-core host.
+    fn default() -> RaftTiming {
+        RaftTiming {
+            heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(250),
+            gate_tick: Duration::from_millis(50),
+        }
+    }
+}
+
+impl RaftTiming {
+    /// How long a follower must not have heard a leader before it votes.
+    pub fn lease(&self) -> Duration {
+        self.election_timeout_max
+    }
+
+    fn validate(&self) -> Result<(), TimingError> {
+        for (what, d) in [
+            ("raft heartbeat", self.heartbeat),
+            ("election timeout", self.election_timeout_min),
+            ("gate tick", self.gate_tick),
+        ] {
+            if d.is_zero() {
+                return Err(TimingError::Zero { what });
+            }
+        }
+        if self.election_timeout_min < 2 * self.heartbeat
+            || self.election_timeout_max <= self.election_timeout_min
+        {
+            return Err(TimingError::Election {
+                heartbeat: self.heartbeat,
+                min: self.election_timeout_min,
+                max: self.election_timeout_max,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Why a [`Timing`] is refused.
@@ -47,6 +112,13 @@ pub enum TimingError {
     /// A new leader would mark hosts down before their agents can reach it.
     #[error("new-leader grace ({grace:?}) must be at least the detection time ({down:?})")]
     GraceTooShort { grace: Duration, down: Duration },
+    /// Raft's election timeout does not outlast its heartbeats, or its range is empty.
+    #[error("election timeout ({min:?}..{max:?}) must start at 2 Raft heartbeats ({heartbeat:?} each) or more and end after it starts")]
+    Election {
+        heartbeat: Duration,
+        min: Duration,
+        max: Duration,
+    },
 }
 
 impl Default for Timing {
@@ -65,12 +137,14 @@ impl Default for Timing {
             // idle timeout, may spend as long again on a dead coordinator of
             // its list, then registers; a failover never restarts a VM.
             new_leader_grace: 2 * IDLE_TIMEOUT + lease + fence_margin,
+            raft: RaftTiming::default(),
         }
     }
 }
 
 impl Timing {
-    /// Every duration divided by `factor` (tests of host loss, at a shorter scale).
+    /// Every duration of host loss divided by `factor` (tests of host loss,
+    /// at a shorter scale); Raft's timing stays production's.
     pub fn scaled_down(factor: u32) -> Timing {
         let d = Timing::default();
         let f = factor.max(1);
@@ -80,6 +154,7 @@ impl Timing {
             fence_margin: d.fence_margin / f,
             monitor_every: d.monitor_every / f,
             new_leader_grace: d.new_leader_grace / f,
+            raft: d.raft,
         }
     }
 
@@ -112,7 +187,7 @@ impl Timing {
                 down: self.host_down_after(),
             });
         }
-        Ok(())
+        self.raft.validate()
     }
 }
 
@@ -152,5 +227,37 @@ mod tests {
             ..Timing::default()
         };
         assert_eq!(t.validate(), Err(TimingError::Zero { what: "heartbeat" }));
+    }
+
+    #[test]
+    fn an_election_timeout_within_two_raft_heartbeats_or_an_empty_range_is_refused() {
+        let raft = RaftTiming::default();
+        for raft in [
+            RaftTiming {
+                election_timeout_min: raft.heartbeat,
+                ..raft
+            },
+            RaftTiming {
+                election_timeout_max: raft.election_timeout_min,
+                ..raft
+            },
+        ] {
+            let t = Timing {
+                raft,
+                ..Timing::default()
+            };
+            assert!(
+                matches!(t.validate(), Err(TimingError::Election { .. })),
+                "{raft:?}"
+            );
+        }
+        let t = Timing {
+            raft: RaftTiming {
+                gate_tick: Duration::ZERO,
+                ..raft
+            },
+            ..Timing::default()
+        };
+        assert_eq!(t.validate(), Err(TimingError::Zero { what: "gate tick" }));
     }
 }
