@@ -19,7 +19,7 @@
 //!   every `HEARTBEAT_INTERVAL`; CPU (from /proc/PID/stat) and RSS of every
 //!   coordinator are sampled over a window.
 //!
-//! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --skip-failover --skip-agents --stability S --burn N --writes N]`
+//! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --skip-failover --skip-agents --stability S --burn N --writes N --nice N]`
 //! as root. It builds and runs the release `labspan` binary (or `$LABSPAN_BIN`);
 //! the coordinators inherit the environment, so `LABSPAN_RAFT_HEARTBEAT_MS`
 //! and the other timing variables (docs/control-plane.md) try other timings.
@@ -95,6 +95,8 @@ fn run_ok(mut cmd: Command, what: &str) -> Result<String> {
 /// The coordinator processes; each is SIGKILLed (by pid) and reaped on drop.
 struct Coordinators {
     bin: PathBuf,
+    /// `nice` value the coordinators run at (`--nice`; 0: the bench's).
+    nice: i32,
     dirs: Vec<PathBuf>,
     children: Vec<Option<Child>>,
 }
@@ -107,7 +109,14 @@ impl Coordinators {
             .append(true)
             .open(host.state.join("coordinator.log"))?;
         let dir = self.dirs[i].to_str().context("utf-8 path")?;
-        let child = labspan(&self.bin, host, &["coordinator", "run", "--data", dir])
+        let nice = self.nice.to_string();
+        let mut cmd = Command::new("ip");
+        // `nice` execs in place too, so the pid is still the coordinator's.
+        cmd.args(["netns", "exec", &host.netns, "nice", "-n", &nice])
+            .arg(&self.bin)
+            .args(["coordinator", "run", "--data", dir])
+            .env("LABSPAN_STATE", &host.state);
+        let child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -148,13 +157,14 @@ fn field<'a>(out: &'a str, label: &str) -> Result<&'a str> {
 }
 
 /// `cluster init` on host 1, then two coordinators joined with tokens; all three running.
-fn cluster(fabric: &Fabric, bin: PathBuf) -> Result<(Coordinators, ClusterFile)> {
+fn cluster(fabric: &Fabric, bin: PathBuf, nice: i32) -> Result<(Coordinators, ClusterFile)> {
     let dirs: Vec<PathBuf> = fabric.hosts[..3]
         .iter()
         .map(|h| h.state.join("coordinator"))
         .collect();
     let mut c = Coordinators {
         bin,
+        nice,
         dirs,
         children: vec![None, None, None],
     };
@@ -463,7 +473,7 @@ async fn stability(file: &ClusterFile, secs: u64, burn: usize) -> Result<()> {
             );
             last = now;
         }
-        if t0.elapsed().as_secs() % 60 == 0 || loads.is_empty() {
+        if t0.elapsed().as_secs().is_multiple_of(60) || loads.is_empty() {
             loads.push(loadavg());
         }
     }
@@ -689,7 +699,7 @@ fn main() -> Result<()> {
     let flags: Vec<String> = std::env::args().collect();
     let bin = labspan_bin()?;
     let fabric = Fabric::new("cp", 4);
-    let (mut c, file) = cluster(&fabric, bin)?;
+    let (mut c, file) = cluster(&fabric, bin, arg("--nice", 0i32))?;
     let client_host = &fabric.hosts[3];
     let result = client_host.block_on(|| async {
         if n_writes > 0 {

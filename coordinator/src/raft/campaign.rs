@@ -248,7 +248,10 @@ mod tests {
         // Each next survivor waits more than a tick, in which the one
         // before it finds its pre-vote won, plus a vote round.
         for pair in waits.windows(2) {
-            assert!(pair[1] >= pair[0] + timing.gate_tick + VOTE_ROUND, "{waits:?}");
+            assert!(
+                pair[1] >= pair[0] + timing.gate_tick + VOTE_ROUND,
+                "{waits:?}"
+            );
         }
     }
 
