@@ -14,7 +14,7 @@ use labspan_tests::{build_image, text};
 /// Generous bound for the cluster to answer on a busy 2-core machine.
 const SETTLE_WITHIN: Duration = Duration::from_secs(120);
 /// How long the coordinator is cut off by default: several election
-/// timeouts (1-2 s), each of which would raise its term without the gate.
+/// timeouts (0.5-1 s), each of which would raise its term without the gate.
 const PARTITION: Duration = Duration::from_secs(5);
 /// How long the cluster is watched after the coordinator is back: many
 /// heartbeats (100 ms) from the leader reach it meanwhile.
