@@ -91,6 +91,7 @@ mod tests {
             config: GuestConfig::default(),
             restart: Default::default(),
             incoming: None,
+            restore: None,
         }
     }
 

@@ -42,6 +42,17 @@ pub fn events_of(event: &Event, plan: Option<&HostPlan>) -> Vec<ProgressEvent> {
         Event::Receiving { lab, vm } => one(lab, vm, Phase::Receiving),
         // The guest now runs here; its configuration came with it.
         Event::Arrived { lab, vm } => one(lab, vm, Phase::Running),
+        Event::Restored {
+            lab,
+            vm,
+            checkpoint,
+        } => one(
+            lab,
+            vm,
+            Phase::Restored {
+                checkpoint: checkpoint.clone(),
+            },
+        ),
         Event::Adopted { lab, vm, pid } => one(lab, vm, Phase::Kept { pid: *pid }),
         Event::Restarting { lab, vm, why } => one(lab, vm, Phase::Restarting { why: why.clone() }),
         Event::Booted { lab, vm, after } => one(
@@ -381,6 +392,7 @@ mod tests {
             config: Default::default(),
             restart: Default::default(),
             incoming: None,
+            restore: None,
         }
     }
 

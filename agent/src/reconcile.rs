@@ -142,6 +142,12 @@ pub enum Event {
     Receiving { lab: String, vm: String },
     /// A moved guest arrived and runs here.
     Arrived { lab: String, vm: String },
+    /// A guest whose host was lost runs here from a checkpoint of its lab.
+    Restored {
+        lab: String,
+        vm: String,
+        checkpoint: String,
+    },
     /// A running VM was found and kept (same QEMU process).
     Adopted { lab: String, vm: String, pid: u32 },
     /// A VM's QEMU had died, or its definition changed; it is started again.
@@ -777,6 +783,17 @@ impl Agent {
                         .map_err(|source| AgentError::moving(lab.lab.clone(), source))?
                 }
                 None => {
+                    let restored = match &plan.restore {
+                        Some(checkpoint) => {
+                            self.restore(lab, plan, image, accel, checkpoint, events)
+                                .await
+                        }
+                        None => None,
+                    };
+                    if let Some(vm) = restored {
+                        outcome.pid = vm.pid();
+                        return Ok(true);
+                    }
                     events(Event::Launching {
                         lab: lab.lab.clone(),
                         vm: plan.name.clone(),
@@ -841,6 +858,106 @@ impl Agent {
             Err(e) => outcome.error = Some(e.to_string()),
         }
         outcome
+    }
+
+    /// Starts `plan`'s guest here from `checkpoint` of its lab (its host
+    /// was lost; the leader put the checkpoint's files here), running and
+    /// configured as it was then; `None` (and the reason in the events and
+    /// the log) when it cannot be loaded: the guest then boots from its
+    /// image.
+    async fn restore(
+        &self,
+        lab: &LabPlan,
+        plan: &VmPlan,
+        image: &Image,
+        accel: Accel,
+        checkpoint: &str,
+        events: &(dyn Fn(Event) + Sync),
+    ) -> Option<Vm> {
+        let dir = paths::vm_dir(&self.state, &lab.lab, &plan.name);
+        let from = paths::checkpoint_dir(&self.state, &lab.lab, checkpoint, &plan.name);
+        let loaded = async {
+            let ram = from.join(vm::checkpoint::RAM_FILE);
+            if !ram.exists() {
+                return Err(format!("{} is missing", ram.display()));
+            }
+            let disk = from.join(vm::checkpoint::DISK_FILE);
+            let layer = image.disk_path().is_some().then_some(disk.as_path());
+            let cfg = vm_config(plan, image, accel);
+            let vm = vm::launch_restored(&dir, &cfg, layer, &ram)
+                .await
+                .map_err(|e| e.to_string())?;
+            let started = async {
+                let mut s = vm::checkpoint::session(&vm).await?;
+                vm::checkpoint::start_loaded(&mut s, &vm).await
+            };
+            if let Err(e) = started.await {
+                let _ = vm.halt().await;
+                return Err(e.to_string());
+            }
+            Ok(vm)
+        };
+        let vm = match loaded.await {
+            Ok(vm) => vm,
+            Err(why) => {
+                let why = format!(
+                    "checkpoint {checkpoint:?} cannot be loaded here ({why}): booting from its image"
+                );
+                tracing::warn!(
+                    lab = lab.lab,
+                    vm = plan.name,
+                    why,
+                    "restart from a checkpoint failed"
+                );
+                events(Event::Restarting {
+                    lab: lab.lab.clone(),
+                    vm: plan.name.clone(),
+                    why,
+                });
+                return None;
+            }
+        };
+        if image.manifest.guest.guest_agent {
+            if let Err(e) = vm::checkpoint::set_guest_time(&vm).await {
+                tracing::warn!(lab = lab.lab, vm = plan.name, error = %e, "guest clock not set");
+            }
+        }
+        // Configured as it was when the checkpoint was taken: its files and
+        // `exec` lines do not run again.
+        if let Err(e) = self.arrived_configured(plan, &vm) {
+            tracing::warn!(lab = lab.lab, vm = plan.name, error = %e, "restored guest not marked configured");
+        }
+        let mut health = supervise::load(vm.dir());
+        health.ready(supervise::now());
+        supervise::save(vm.dir(), &health);
+        tracing::info!(
+            lab = lab.lab,
+            vm = plan.name,
+            checkpoint,
+            "guest restarted from a checkpoint"
+        );
+        events(Event::Restored {
+            lab: lab.lab.clone(),
+            vm: plan.name.clone(),
+            checkpoint: checkpoint.to_string(),
+        });
+        Some(vm)
+    }
+
+    /// Records `vm` as configured for `plan` (it came with its state).
+    fn arrived_configured(&self, plan: &VmPlan, vm: &Vm) -> Result<(), AgentError> {
+        let done = Configured {
+            pid: vm.pid(),
+            net: digest(&plan.nics),
+            run: digest(&plan.config),
+        };
+        let path = vm.dir().join(CONFIGURED);
+        let json = serde_json::to_vec(&done).unwrap_or_default();
+        labspan_proto::atomic::write(&path, &json).map_err(|source| AgentError::State {
+            what: "writing",
+            path,
+            cause: source,
+        })
     }
 
     /// Ends the receiving side of a move recorded done: the guest runs here,

@@ -314,6 +314,7 @@ pub fn json_event(e: &ProgressEvent) -> Value {
             json!({ "image": image, "from": from, "why": why })
         }
         Phase::Kept { pid } => json!({ "pid": pid }),
+        Phase::Restored { checkpoint } => json!({ "checkpoint": checkpoint }),
         Phase::Configuring { boot_ms } => json!({ "boot_ms": boot_ms }),
         Phase::Restarting { why } | Phase::Failed { why } | Phase::Left { why } => {
             json!({ "why": why })

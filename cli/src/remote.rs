@@ -506,6 +506,9 @@ struct NodeRow {
     /// Liveness, restarts, recent events and the console's last lines at
     /// the last failure.
     guest: Option<GuestHealth>,
+    /// The checkpoint it restarted from after its host was lost
+    /// (`resilience.checkpoint_every`); none when it booted.
+    restored_from: Option<String>,
 }
 
 impl NodeRow {
@@ -638,6 +641,14 @@ fn print_views(views: &[LabView]) {
                 r.last(now),
             );
         }
+        for r in v.nodes.iter().filter(|r| r.restored_from.is_some()) {
+            println!(
+                "node \"{}\" restarted on {} from checkpoint \"{}\" after its host was lost",
+                r.node,
+                r.host,
+                r.restored_from.as_deref().unwrap_or_default()
+            );
+        }
     }
 }
 
@@ -672,6 +683,7 @@ fn node_rows(bundle: &LabBundle, report: &LabReport) -> Vec<NodeRow> {
                 uptime_secs: qemu.map(|q| now.saturating_sub(q.started_at)),
                 image_hash: qemu.map(|q| q.image_hash.clone()),
                 state: node_state(report, node),
+                restored_from: report.restored_from.get(node).cloned(),
                 guest,
                 addresses: spec
                     .nics

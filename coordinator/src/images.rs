@@ -211,6 +211,7 @@ mod tests {
             config: Default::default(),
             restart: Default::default(),
             incoming: None,
+            restore: None,
         };
         let lab = labspan_proto::plan::LabPlan {
             lab: "l".into(),

@@ -270,6 +270,7 @@ pub fn plan_lab(input: &PlanInput<'_>) -> Result<BTreeMap<String, LabPlan>, Plan
             },
             restart: node.restart,
             incoming: None,
+            restore: None,
         };
         if let Some(a) = input.arriving.filter(|a| a.node == name.as_str()) {
             let arriving = VmPlan {

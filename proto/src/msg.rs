@@ -493,6 +493,9 @@ pub struct LabReport {
     pub vms: Vec<VmReport>,
     /// How each guest is doing, as its agent last said.
     pub guests: Vec<GuestHealth>,
+    /// Node → the checkpoint it restarted from after its host was lost.
+    #[serde(default)]
+    pub restored_from: BTreeMap<String, String>,
 }
 
 /// Where a lab is in its life. It crosses the wire typed: clients match on

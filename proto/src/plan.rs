@@ -104,6 +104,12 @@ pub struct VmPlan {
     /// agent starts QEMU to receive it rather than to boot it.
     #[serde(default)]
     pub incoming: Option<IncomingPlan>,
+    /// Set while the guest restarts here after its host was lost, from
+    /// this checkpoint of its lab (its files are on this host): the agent
+    /// starts QEMU from the checkpoint's state rather than booting it, and
+    /// boots it only when the checkpoint cannot be loaded.
+    #[serde(default)]
+    pub restore: Option<String>,
 }
 
 /// Where a moved guest comes from (only that host's certificate may feed

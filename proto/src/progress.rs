@@ -54,6 +54,9 @@ pub enum Phase {
     Booting,
     /// Agent: QEMU waits for the guest moved from another host.
     Receiving,
+    /// Agent: after its host was lost, the guest was started on this one
+    /// from `checkpoint` (its RAM, devices and disk), without a boot.
+    Restored { checkpoint: String },
     /// Agent: a running QEMU was found and kept (same process).
     Kept { pid: u32 },
     /// Agent: QEMU died or the node's definition changed; started again.
@@ -112,6 +115,7 @@ impl Phase {
             Phase::FetchRetry { .. } => "fetch-retry",
             Phase::Booting => "booting",
             Phase::Receiving => "receiving",
+            Phase::Restored { .. } => "restored",
             Phase::Kept { .. } => "kept",
             Phase::Restarting { .. } => "restarting",
             Phase::Configuring { .. } => "configuring",
@@ -174,6 +178,9 @@ impl fmt::Display for Phase {
                 )
             }
             Phase::Kept { pid } => write!(f, "kept (running, pid {pid})"),
+            Phase::Restored { checkpoint } => {
+                write!(f, "restored from checkpoint {checkpoint} (no boot)")
+            }
             Phase::Restarting { why } => write!(f, "restarting: {why}"),
             Phase::Configuring { boot_ms } => write!(
                 f,
@@ -256,6 +263,9 @@ mod tests {
             },
             Phase::Booting,
             Phase::Receiving,
+            Phase::Restored {
+                checkpoint: "auto-20261130-064802".into(),
+            },
             Phase::Kept { pid: 7 },
             Phase::Restarting { why: "died".into() },
             Phase::Configuring { boot_ms: 1500 },

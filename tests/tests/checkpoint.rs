@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use labspan_tests::local_cluster::LocalCluster;
+use labspan_tests::progress::Events;
 use labspan_tests::{build_image, labspan_bin, refused, run, stdout_ok, text};
 
 const LAB: &str = r#"
@@ -318,6 +319,165 @@ fn a_lab_over_two_hosts_goes_back_to_its_checkpoint() {
     let saved = save_down_and_load(&cluster, kept.path(), &boot_id, &d_before);
     drop(cluster);
     load_on_a_second_cluster(&saved);
+}
+
+/// Lab "res": two tiny guests on two hosts, an automatic checkpoint every
+/// 30 s (long enough to cut a host between two of them once the last
+/// one is copied).
+const RESILIENT: &str = r#"
+name: res
+defaults: {image: tiny, memory: 256MiB, cpus: 1}
+nodes:
+  a: {nics: {eth0: {ip: [198.19.72.1/24]}}}
+  b: {nics: {eth0: {ip: [198.19.72.2/24]}}}
+links:
+  - [a:eth0, b:eth0]
+placement:
+  spread: [[a, b]]
+resilience: {checkpoint_every: 30s}
+"#;
+
+fn res_sh(cluster: &LocalCluster, node: &str, line: &str) -> String {
+    stdout_ok(&cluster.labspan(&["exec", "res", node, "--", line]), line)
+}
+
+/// The automatic checkpoints of lab "res" whose every node has a copy
+/// on a second host (durable): (name, taken), oldest first.
+fn durable_autos(cluster: &LocalCluster) -> Vec<(String, u64)> {
+    let out = cluster.labspan(&["checkpoint", "list", "res", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let copied = |c: &serde_json::Value| {
+        (c["nodes"].as_object().into_iter().flatten())
+            .all(|(_, n)| n["copies"].as_array().is_some_and(|a| !a.is_empty()))
+    };
+    (list.as_array().into_iter().flatten())
+        .filter(|c| copied(c))
+        .filter_map(|c| Some((c["name"].as_str()?.to_string(), c["created_unix"].as_u64()?)))
+        .filter(|(n, _)| n.starts_with("auto-"))
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `resilience: {checkpoint_every}`: the node of a lost host restarts on
+/// another host from the latest automatic checkpoint (a RAM marker written
+/// before it is back, the one written after it is not), `inspect` and
+/// `events` name the checkpoint, and the other node runs on, same boot.
+#[test]
+fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
+    build_image("tiny");
+    let cluster = &LocalCluster::up("ckres", 3);
+    let file = cluster.write_file("res.yaml", RESILIENT);
+    // Every step from the first boot on, for the figures at the end.
+    let events = Events::follow(&cluster.admin(), "res");
+    stdout_ok(
+        &cluster.labspan(&["up", file.to_str().expect("utf-8")]),
+        "labspan up res",
+    );
+    let host_of = |node: &str| cluster.running("res", node).first().map(|r| r.0);
+    let running_off = |node: &str, off: usize| {
+        (cluster.running("res", node).into_iter())
+            .map(|r| r.0)
+            .find(|h| *h != off)
+    };
+    let leader = cluster.leader_host();
+    // The victim's host is not the leader's: no election in the way.
+    let (lost, kept) = match host_of("a") == leader {
+        true => ("b", "a"),
+        false => ("a", "b"),
+    };
+    let victim = host_of(lost).expect("the lost node runs");
+    let kept_host = host_of(kept).expect("the other node runs");
+    let kept_pid = cluster.qemu_pid(kept_host, "res", kept);
+    let kept_boot = res_sh(cluster, kept, "cat /proc/sys/kernel/random/boot_id");
+
+    // A marker in RAM, then an automatic checkpoint taken after it.
+    let marker = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /dev/shm/marker; cat /dev/shm/marker";
+    let before = res_sh(cluster, lost, marker);
+    let written = unix_now();
+    let (auto, _) = cluster.wait_for(
+        "an automatic checkpoint after the marker, copied to a second host",
+        Duration::from_secs(90),
+        || {
+            durable_autos(cluster)
+                .into_iter()
+                .find(|(_, at)| *at > written)
+        },
+    );
+    let after = res_sh(cluster, lost, marker);
+    assert_ne!(before, after);
+    stdout_ok(&cluster.fault("cut", victim), "cluster.sh cut");
+    let moved_to = cluster.wait_for(
+        "the lost node running on another host",
+        Duration::from_secs(120),
+        || {
+            let to = running_off(lost, victim)?;
+            let running = cluster.lab_status("res").is_some_and(|s| s == "Running");
+            running.then_some(to)
+        },
+    );
+    eprintln!("{lost} lost on host{victim}, back on host{moved_to} from {auto}");
+    assert_eq!(
+        res_sh(cluster, lost, "cat /dev/shm/marker"),
+        before,
+        "the lost node did not come back with its checkpoint's RAM"
+    );
+    let inspect = stdout_ok(
+        &cluster.labspan(&["inspect", "res", "--json"]),
+        "inspect res",
+    );
+    let view: serde_json::Value = serde_json::from_str(&inspect).expect("--json");
+    let rows = view[0]["nodes"].as_array().expect("nodes");
+    let row = |node: &str| rows.iter().find(|r| r["node"] == node).cloned();
+    assert_eq!(
+        row(lost).map(|r| r["restored_from"].clone()),
+        Some(serde_json::Value::from(auto.clone())),
+        "{inspect}"
+    );
+    assert_eq!(
+        row(kept).map(|r| r["restored_from"].clone()),
+        Some(serde_json::Value::Null)
+    );
+    let table = stdout_ok(&cluster.labspan(&["inspect", "res"]), "inspect res");
+    assert!(
+        table.contains(&format!(
+            "node \"{lost}\" restarted on host{moved_to} from checkpoint \"{auto}\""
+        )),
+        "{table}"
+    );
+    assert_eq!(
+        res_sh(cluster, kept, "cat /proc/sys/kernel/random/boot_id"),
+        kept_boot,
+        "the node on a host that stayed up booted again"
+    );
+    assert_eq!(cluster.qemu_pid(kept_host, "res", kept), kept_pid);
+    let steps = events.until("the lost node restored", Duration::from_secs(30), |all| {
+        let restored = all.iter().position(|e| {
+            e["node"] == lost && e["phase"] == "restored" && e["checkpoint"] == auto.as_str()
+        })?;
+        let running = all[restored..]
+            .iter()
+            .any(|e| e["node"] == lost && e["phase"] == "running");
+        running.then(|| all.to_vec())
+    });
+    drop(events);
+    // Figures (docs/benchmarks.md), not assertions: from `placed` to
+    // `running` of the lost node, booted by `up`, then restored.
+    let steps: Vec<&serde_json::Value> = steps.iter().filter(|e| e["node"] == lost).collect();
+    let spans: Vec<u64> = (steps.iter().enumerate())
+        .filter(|(_, e)| e["phase"] == "placed")
+        .filter_map(|(i, placed)| {
+            let running = steps[i..].iter().find(|e| e["phase"] == "running")?;
+            Some(running["at_unix_ms"].as_u64()? - placed["at_unix_ms"].as_u64()?)
+        })
+        .collect();
+    eprintln!("figures: node {lost} placed -> running (ms): booted by up, then restored from {auto}: {spans:?}");
+    stdout_ok(&cluster.fault("heal", victim), "cluster.sh heal");
+    stdout_ok(&cluster.labspan(&["down", "res"]), "labspan down res");
 }
 
 /// `labspan load FILE` against this cluster, with its own scratch folder

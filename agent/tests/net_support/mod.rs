@@ -96,6 +96,7 @@ pub fn vm(lab: &mut LabPlan, name: &str, nics: &[(&str, Option<&str>)]) {
         config: GuestConfig::default(),
         restart: Default::default(),
         incoming: None,
+        restore: None,
     });
 }
 

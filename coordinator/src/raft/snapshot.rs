@@ -214,6 +214,7 @@ mod tests {
                 migration: None,
                 checkpoints: Default::default(),
                 checkpoint_op: None,
+                restored_from: Default::default(),
             };
             s.labs.insert(name, record);
         }

@@ -75,6 +75,11 @@ pub struct LabRecord {
     /// `service::checkpoints`).
     #[serde(default)]
     pub checkpoint_op: Option<Box<CheckpointOp>>,
+    /// Node → the checkpoint it restarted from after its host was lost
+    /// (`resilience.checkpoint_every`); a node that booted from its image
+    /// after its last host loss is not here.
+    #[serde(default)]
+    pub restored_from: BTreeMap<String, String>,
 }
 
 /// A checkpoint or reset in progress.
@@ -245,6 +250,9 @@ pub enum Command {
         lab: String,
         placement: BTreeMap<String, String>,
         moved: BTreeSet<String>,
+        /// Moved node → the checkpoint it restarts from (its files are on
+        /// its new host); a moved node not here boots from its image.
+        restore: BTreeMap<String, String>,
     },
     /// Records how a lab settled (`Running`, `Failed`, `Degraded`).
     SetLabStatus { lab: String, status: LabStatus },
@@ -463,7 +471,8 @@ impl ClusterState {
                 lab,
                 placement,
                 moved,
-            } => self.move_nodes(lab, placement, moved),
+                restore,
+            } => self.move_nodes(lab, placement, moved, restore),
             Command::SetLabStatus { lab, status } => {
                 let rec = self.lab_mut(lab)?;
                 if *status != LabStatus::Deploying {
@@ -744,11 +753,15 @@ impl ClusterState {
         self.vni_owners
             .retain(|vni, (lab, _)| lab != name || vnis.values().any(|v| v == vni));
         // An edit keeps the lab's checkpoints (a reset checks they still fit).
-        let (checkpoints, checkpoint_op) = self
+        let (checkpoints, checkpoint_op, mut restored_from) = self
             .labs
             .get(name)
-            .map(|r| (r.checkpoints.clone(), r.checkpoint_op.clone()))
+            .map(|r| {
+                let r = r.clone();
+                (r.checkpoints, r.checkpoint_op, r.restored_from)
+            })
             .unwrap_or_default();
+        restored_from.retain(|node, _| placement.contains_key(node));
         let record = LabRecord {
             spec: spec.to_vec(),
             vnis: vnis.clone(),
@@ -759,6 +772,7 @@ impl ClusterState {
             migration: None,
             checkpoints,
             checkpoint_op,
+            restored_from,
         };
         self.labs.insert(name.to_string(), record);
         self.bundles.insert(name, spec, bundle);
@@ -770,6 +784,7 @@ impl ClusterState {
         lab: &str,
         placement: &BTreeMap<String, String>,
         moved: &BTreeSet<String>,
+        restore: &BTreeMap<String, String>,
     ) -> CommandResult {
         let rec = self
             .labs
@@ -797,10 +812,22 @@ impl ClusterState {
                 host,
             });
         }
+        if let Some(node) = restore.keys().find(|n| !moved.contains(*n)) {
+            return Err(Rejection::BadPlacement {
+                lab: lab.to_string(),
+                reason: format!("node {node:?} restarts from a checkpoint but is not moved"),
+            });
+        }
         let rec = self.lab_mut(lab)?;
         rec.placement = placement.clone();
         rec.status = LabStatus::Deploying;
         rec.moving = moved.clone();
+        for node in moved {
+            match restore.get(node) {
+                Some(name) => rec.restored_from.insert(node.clone(), name.clone()),
+                None => rec.restored_from.remove(node),
+            };
+        }
         Ok(Applied::Done)
     }
 

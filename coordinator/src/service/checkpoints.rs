@@ -129,19 +129,50 @@ pub fn check_reset(
             ),
         ));
     }
+    let fetches = reset_fetches(state, lab, name);
     for (node, host) in &rec.placement {
-        let saved_on = ckpt.nodes.get(node).map(|n| n.host.as_str());
-        if saved_on != Some(host.as_str()) {
+        let holders: Vec<&String> = (ckpt.nodes.get(node))
+            .map(|n| std::iter::once(&n.host).chain(&n.copies).collect())
+            .unwrap_or_default();
+        if !holders.contains(&host) && !fetches.contains_key(node) {
             return Err(ErrorReply::new(
-                ErrorKind::Invalid,
+                ErrorKind::Unavailable,
                 format!(
-                    "node {node:?} of lab {lab:?} runs on host {host:?}, but checkpoint {name:?} holds it on host {:?}: a reset on another host than the checkpoint's is not supported yet",
-                    saved_on.unwrap_or_default()
+                    "node {node:?} of lab {lab:?} runs on host {host:?}, and no host that is up holds its files of checkpoint {name:?} (held by {holders:?}): it cannot be reset"
                 ),
             ));
         }
     }
     Ok(hosts)
+}
+
+/// The nodes of `lab` whose files of checkpoint `name` are not on the
+/// host each runs on now (it moved since, or its holder was lost): node →
+/// (its host, an up host holding them, the original first, to fetch them
+/// from).
+pub fn reset_fetches(
+    state: &ClusterState,
+    lab: &str,
+    name: &str,
+) -> BTreeMap<String, (String, String)> {
+    let Some(rec) = state.labs.get(lab) else {
+        return BTreeMap::new();
+    };
+    let Some(ckpt) = rec.checkpoints.get(name) else {
+        return BTreeMap::new();
+    };
+    let up = |h: &&String| state.hosts.get(*h).is_some_and(|h| h.up);
+    (rec.placement.iter())
+        .filter_map(|(node, host)| {
+            let share = ckpt.nodes.get(node)?;
+            let mut holders = std::iter::once(&share.host).chain(&share.copies);
+            if holders.clone().any(|h| h == host) {
+                return None;
+            }
+            let from = holders.find(up)?;
+            Some((node.clone(), (host.clone(), from.clone())))
+        })
+        .collect()
 }
 
 fn missing_agents(inner: &Inner, hosts: &BTreeMap<String, Vec<String>>) -> Option<Reply> {
@@ -596,6 +627,20 @@ pub(super) async fn reset(inner: &Arc<Inner>, lab: &str, name: &str) -> Reply {
     if let Some(refused) = missing_agents(inner, &hosts) {
         return refused;
     }
+    // Nodes moved since the checkpoint (or whose holder is gone) are reset
+    // from a copy, fetched to their host first; nothing else changes if
+    // one cannot be fetched.
+    let fetches = reset_fetches(&inner.state.read().state, lab, name);
+    let fetched = join_all(fetches.iter().map(|(node, (to, from))| async move {
+        restore::fetch(inner, lab, name, node, to, from).await
+    }))
+    .await;
+    if let Some(Err(why)) = fetched.into_iter().find(Result::is_err) {
+        return error(
+            ErrorKind::Unavailable,
+            format!("lab {lab:?} cannot be reset to checkpoint {name:?} (nothing changed): {why}"),
+        );
+    }
     let begin = Command::BeginCheckpoint {
         lab: lab.to_string(),
         name: name.to_string(),
@@ -766,6 +811,7 @@ pub(super) async fn resume(inner: &Arc<Inner>) {
 }
 
 pub(super) mod auto;
+pub(super) mod restore;
 
 #[cfg(test)]
 mod tests;

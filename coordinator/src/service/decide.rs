@@ -246,7 +246,14 @@ fn plan_record(
         vnis: &rec.vnis,
         arriving,
     };
-    plan_lab(&input).map_err(|e| e.to_string())
+    let mut plans = plan_lab(&input).map_err(|e| e.to_string())?;
+    // A node restarting after its host was lost, from a checkpoint.
+    for vm in plans.values_mut().flat_map(|p| &mut p.vms) {
+        if rec.moving.contains(&vm.name) && vm.incoming.is_none() {
+            vm.restore = rec.restored_from.get(&vm.name).cloned();
+        }
+    }
+    Ok(plans)
 }
 
 /// The lab's status from what the agents reported, and its VMs.
@@ -328,6 +335,7 @@ pub(super) fn report(
         origin: rec.origin.clone(),
         vms,
         guests,
+        restored_from: rec.restored_from.clone(),
     }
 }
 

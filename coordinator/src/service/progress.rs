@@ -151,6 +151,18 @@ impl Inner {
         }
     }
 
+    /// Publishes a step of node `node` of `lab`, on `host`, that no
+    /// change of the recorded state shows.
+    pub(super) fn node_step(&self, lab: &str, node: &str, host: &str, phase: Phase) {
+        self.progress.publish(ProgressEvent {
+            lab: lab.to_string(),
+            node: Some(node.to_string()),
+            host: Some(host.to_string()),
+            phase,
+            at_unix_ms: now_unix_ms(),
+        });
+    }
+
     /// Publishes a step of lab `lab` as a whole.
     pub(super) fn lab_step(&self, lab: &str, phase: Phase) {
         self.progress.publish(ProgressEvent {

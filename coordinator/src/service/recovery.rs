@@ -17,7 +17,7 @@ use std::sync::Arc;
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{Capabilities, Reply};
 
-use super::{agents, decide, lock, moves, push, Inner};
+use super::{agents, checkpoints, decide, lock, moves, push, Inner};
 use crate::metrics::RecoveryKind;
 use crate::placement::{place_lab, vm_memory_mib};
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
@@ -63,6 +63,7 @@ impl Recovery {
                 lab: lab.clone(),
                 placement: placement.clone(),
                 moved: moved.keys().cloned().collect(),
+                restore: BTreeMap::new(),
             }),
             Recovery::Strand { lab, reason } => Some(Command::SetLabStatus {
                 lab: lab.clone(),
@@ -390,11 +391,22 @@ async fn carry_out(
                 return Ok(());
             }
             tracing::warn!(lab, ?moved, "host lost: starting its nodes on other hosts");
+            // Their checkpoint's files go to their new hosts first, so
+            // that the plans say to restart them from it.
+            let to: BTreeMap<String, String> = (moved.iter())
+                .map(|(node, (_, to))| (node.clone(), to.clone()))
+                .collect();
+            let restore = checkpoints::restore::prepare(inner, lab, &to).await;
             // One entry: placement and `Deploying` together, so a new
             // leader settles a move it finds recorded.
-            if let Some(cmd) = step.command() {
-                inner.write(cmd).await?;
-            }
+            inner
+                .write(Command::MoveNodes {
+                    lab: lab.clone(),
+                    placement: placement.clone(),
+                    moved: moved.keys().cloned().collect(),
+                    restore,
+                })
+                .await?;
             let vms = push::settle(inner, lab, &hosts).await?;
             inner.metrics.recovered(RecoveryKind::Move);
             tracing::info!(lab, vms = vms.len(), "lab re-placed after a host loss");

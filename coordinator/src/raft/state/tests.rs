@@ -147,6 +147,7 @@ fn a_move_sets_placement_and_deploying_in_one_entry() {
         lab: "a".into(),
         placement: placement.clone(),
         moved: moved.clone(),
+        restore: BTreeMap::from([("r2".to_string(), "auto-1".to_string())]),
     };
     // Only a node whose host is down moves.
     let before = s.clone();
@@ -163,6 +164,7 @@ fn a_move_sets_placement_and_deploying_in_one_entry() {
     assert_eq!(s.labs["a"].placement, placement);
     assert_eq!(s.labs["a"].status, LabStatus::Deploying);
     assert_eq!(s.labs["a"].moving, moved);
+    assert_eq!(s.labs["a"].restored_from["r2"], "auto-1");
     let _ = s.apply(&Command::SetLabStatus {
         lab: "a".into(),
         status: LabStatus::Running,
@@ -178,6 +180,7 @@ fn a_move_sets_placement_and_deploying_in_one_entry() {
         lab: "a".into(),
         placement: BTreeMap::from([("r1".to_string(), "h2".to_string())]),
         moved: segs(&["r1"]),
+        restore: BTreeMap::new(),
     };
     assert!(matches!(
         s.apply(&short),
@@ -412,6 +415,7 @@ mod cache {
                     .map(|n| (n.to_string(), h.to_string()))
                     .collect(),
                 moved: nodes.iter().map(|n| n.to_string()).collect(),
+                restore: BTreeMap::new(),
             }),
             lab().prop_map(|lab| Command::SetLabStatus {
                 lab: lab.into(),

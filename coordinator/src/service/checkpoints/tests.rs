@@ -53,6 +53,7 @@ fn state() -> ClusterState {
             migration: None,
             checkpoints: Default::default(),
             checkpoint_op: None,
+            restored_from: Default::default(),
         },
     );
     s
@@ -208,9 +209,29 @@ fn reset_needs_the_checkpoint_its_nodes_and_their_hosts() {
     assert_eq!(check_reset(&s, "lab", "c1").expect("fits").len(), 2);
     let e = check_reset(&s, "lab", "old").expect_err("other nodes");
     assert!(e.message.contains("the lab now has"), "{}", e.message);
-    let e = check_reset(&s, "lab", "there").expect_err("other host");
+    // Node a moved since "there": reset from its files on h2, fetched to h1.
+    assert_eq!(check_reset(&s, "lab", "there").expect("fetched").len(), 2);
+    assert_eq!(
+        super::reset_fetches(&s, "lab", "there"),
+        BTreeMap::from([("a".to_string(), ("h1".to_string(), "h2".to_string()))])
+    );
+    assert!(super::reset_fetches(&s, "lab", "c1").is_empty());
+    // A copy on the node's host is used as it is.
+    let rec = s.labs.get_mut("lab").expect("lab");
+    let mut copied = taken("copied", &[("a", "h3"), ("b", "h2")]);
+    if let Some(a) = copied.nodes.get_mut("a") {
+        a.copies.push("h1".into());
+    }
+    rec.checkpoints.insert("copied".into(), copied);
+    assert!(super::reset_fetches(&s, "lab", "copied").is_empty());
+    check_reset(&s, "lab", "copied").expect("its copy is here");
+    // Only on a host that is gone: refused.
+    let rec = s.labs.get_mut("lab").expect("lab");
+    rec.checkpoints
+        .insert("gone".into(), taken("gone", &[("a", "h3"), ("b", "h2")]));
+    let e = check_reset(&s, "lab", "gone").expect_err("no holder up");
     assert!(
-        e.message.contains("holds it on host \"h2\""),
+        e.message.contains("no host that is up holds its files"),
         "{}",
         e.message
     );

@@ -56,6 +56,7 @@ fn state() -> ClusterState {
             migration: None,
             checkpoints: Default::default(),
             checkpoint_op: None,
+            restored_from: Default::default(),
         },
     );
     s

@@ -64,6 +64,7 @@ fn record(spec: Vec<u8>, placement: &[(&str, &str)], status: LabStatus) -> LabRe
         migration: None,
         checkpoints: Default::default(),
         checkpoint_op: None,
+        restored_from: Default::default(),
     }
 }
 

@@ -46,6 +46,7 @@ fn record(resilience: &str) -> LabRecord {
         migration: None,
         checkpoints: Default::default(),
         checkpoint_op: None,
+        restored_from: Default::default(),
     }
 }
 

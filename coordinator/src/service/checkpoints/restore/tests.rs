@@ -1,0 +1,149 @@
+//! Which checkpoint a lost host's nodes restart from, and where each
+//! one's files come from, over hand-built states.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use labspan_proto::checkpoint::{Checkpoint, NodeCheckpoint};
+use labspan_proto::codec;
+use labspan_proto::lab::{parse, LabBundle};
+
+use super::{choose, Choice, Source};
+use crate::raft::{Capacity, ClusterState, Host, LabRecord, LabStatus};
+
+fn host(i: u8, up: bool) -> Host {
+    Host {
+        capacity: Capacity {
+            memory_mib: 4096,
+            vcpus: 8,
+        },
+        labels: BTreeSet::new(),
+        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
+        up,
+        cordoned: false,
+    }
+}
+
+/// Lab "lab" (a on h1, b on h2) with or without `resilience`; h1 is down.
+fn state(resilience: &str) -> ClusterState {
+    let yaml =
+        format!("name: lab\ndefaults: {{image: tiny}}\nnodes: {{a: {{}}, b: {{}}}}\n{resilience}");
+    let lab = parse("test lab", &yaml).unwrap_or_else(|d| panic!("{d}"));
+    let spec = codec::encode(&LabBundle {
+        lab,
+        files: BTreeMap::new(),
+    })
+    .expect("encodes");
+    let mut s = ClusterState::default();
+    s.hosts.insert("h1".into(), host(1, false));
+    s.hosts.insert("h2".into(), host(2, true));
+    s.hosts.insert("h3".into(), host(3, true));
+    s.labs.insert(
+        "lab".into(),
+        LabRecord {
+            spec,
+            vnis: BTreeMap::new(),
+            placement: [("a", "h1"), ("b", "h2")]
+                .into_iter()
+                .map(|(n, h)| (n.to_string(), h.to_string()))
+                .collect(),
+            status: LabStatus::Running,
+            moving: BTreeSet::new(),
+            origin: None,
+            migration: None,
+            checkpoints: Default::default(),
+            checkpoint_op: None,
+            restored_from: Default::default(),
+        },
+    );
+    s.decode_bundles();
+    s
+}
+
+const EVERY: &str = "resilience: {checkpoint_every: 1m}\n";
+
+/// Checkpoint `name` taken at `at`, holding a on h1 with copies `a_copies`
+/// and b on h2.
+fn add(s: &mut ClusterState, name: &str, at: u64, a_copies: &[&str]) {
+    let share = |host: &str, copies: &[&str]| NodeCheckpoint {
+        host: host.into(),
+        copies: copies.iter().map(|c| c.to_string()).collect(),
+        ..NodeCheckpoint::default()
+    };
+    let c = Checkpoint {
+        name: name.into(),
+        created_unix: at,
+        nodes: BTreeMap::from([
+            ("a".to_string(), share("h1", a_copies)),
+            ("b".to_string(), share("h2", &["h1"])),
+        ]),
+        ..Checkpoint::default()
+    };
+    if let Some(rec) = s.labs.get_mut("lab") {
+        rec.checkpoints.insert(name.into(), c);
+    }
+}
+
+fn a_to(host: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("a".to_string(), host.to_string())])
+}
+
+#[test]
+fn a_lab_that_does_not_ask_boots_its_nodes() {
+    let mut s = state("");
+    add(&mut s, "c1", 100, &["h2"]);
+    assert_eq!(choose(&s, "lab", &a_to("h2")), Ok(None));
+}
+
+#[test]
+fn the_latest_checkpoint_with_a_copy_that_is_up_is_chosen() {
+    let mut s = state(EVERY);
+    add(&mut s, "auto-1", 100, &["h2"]);
+    add(&mut s, "mine", 200, &["h3"]);
+    // Its copy is on the new host: nothing to fetch.
+    let here = choose(&s, "lab", &a_to("h3")).expect("usable");
+    assert_eq!(
+        here,
+        Some(Choice {
+            checkpoint: "mine".into(),
+            sources: BTreeMap::from([("a".to_string(), Source::Here)]),
+        })
+    );
+    // Elsewhere: fetched from the copy, never from the lost host.
+    let fetched = choose(&s, "lab", &a_to("h2")).expect("usable");
+    assert_eq!(
+        fetched.map(|c| (c.checkpoint, c.sources)),
+        Some((
+            "mine".to_string(),
+            BTreeMap::from([("a".to_string(), Source::From("h3".into()))])
+        ))
+    );
+}
+
+#[test]
+fn a_newer_checkpoint_without_a_copy_that_is_up_is_passed_over() {
+    let mut s = state(EVERY);
+    add(&mut s, "auto-1", 100, &["h2"]);
+    add(&mut s, "auto-2", 200, &[]);
+    let c = choose(&s, "lab", &a_to("h3")).expect("usable");
+    assert_eq!(
+        c.map(|c| (c.checkpoint, c.sources)),
+        Some((
+            "auto-1".to_string(),
+            BTreeMap::from([("a".to_string(), Source::From("h2".into()))])
+        ))
+    );
+}
+
+#[test]
+fn no_usable_checkpoint_says_why() {
+    let s = state(EVERY);
+    assert_eq!(
+        choose(&s, "lab", &a_to("h2")),
+        Err("the lab has no checkpoint yet".to_string())
+    );
+    let mut s = state(EVERY);
+    add(&mut s, "auto-1", 100, &[]);
+    let why = choose(&s, "lab", &a_to("h2")).expect_err("only on the lost host");
+    assert!(why.contains("on a host that is up"), "{why}");
+}
