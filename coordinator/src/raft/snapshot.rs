@@ -17,7 +17,7 @@ use super::state::{ClusterState, Host, JoinToken, LabRecord};
 enum Part {
     Head(Head),
     Host(String, Host),
-    Lab(String, LabRecord),
+    Lab(String, Box<LabRecord>),
     Vni(u32, String, String),
     Token(String, JoinToken),
     Revoked(String),
@@ -136,7 +136,7 @@ pub fn read(mut bytes: &[u8]) -> Result<ClusterState, SnapshotError> {
                 state.hosts.insert(name, host);
             }
             (Part::Lab(name, lab), true) => {
-                state.labs.insert(name, lab);
+                state.labs.insert(name, *lab);
             }
             (Part::Vni(vni, lab, segment), true) => {
                 state.vni_owners.insert(vni, (lab, segment));
