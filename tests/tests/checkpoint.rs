@@ -378,6 +378,11 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
         &cluster.labspan(&["up", file.to_str().expect("utf-8")]),
         "labspan up res",
     );
+    refused(
+        &cluster.labspan(&["checkpoint", "create", "res", "auto-mine"]),
+        "a name kept for automatic checkpoints",
+        "names starting with \"auto-\" are kept for automatic checkpoints",
+    );
     let host_of = |node: &str| cluster.running("res", node).first().map(|r| r.0);
     let running_off = |node: &str, off: usize| {
         (cluster.running("res", node).into_iter())
