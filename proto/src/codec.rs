@@ -68,6 +68,16 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_MESSAGE_SIZE>()
 }
 
+/// The size of `msg`'s payload once encoded, without encoding it into
+/// memory: a sender that batches (Raft's AppendEntries) keeps under
+/// [`MAX_MESSAGE_SIZE`] with it.
+pub fn payload_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize, CodecError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut size, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(size.bytes_written)
+}
+
 /// Encodes `msg` into a complete envelope.
 pub fn encode<T: Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0u8; HEADER_LEN];

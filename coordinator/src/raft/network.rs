@@ -19,6 +19,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::LogId;
 use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
 
@@ -309,13 +310,54 @@ impl PeerLink {
 #[error("peer answered with an unexpected reply: {0}")]
 struct UnexpectedReply(String);
 
+/// The most entries one AppendEntries carries, encoded: the codec's cap
+/// less room for the request that wraps it (`Request::Raft`). openraft
+/// batches up to `max_payload_entries` entries whatever their size, so a
+/// follower behind by a few large lab entries would otherwise be sent one
+/// message over the cap, refused, again and again.
+const APPEND_BUDGET: usize = labspan_proto::codec::MAX_MESSAGE_SIZE - (64 << 10);
+
+/// Keeps the longest prefix of `rpc`'s entries (at least one) whose encoding
+/// fits `budget`; returns the last kept entry's log id when some were cut.
+fn fit(rpc: &mut AppendEntriesRequest<TypeConfig>, budget: usize) -> Option<LogId<NodeId>> {
+    let whole = codec::payload_len(&*rpc).unwrap_or(usize::MAX);
+    if whole <= budget || rpc.entries.len() <= 1 {
+        return None;
+    }
+    // The request less its entries, then each entry in turn.
+    let mut used = whole.saturating_sub(
+        rpc.entries
+            .iter()
+            .map(|e| codec::payload_len(e).unwrap_or(0))
+            .sum(),
+    );
+    let mut keep = 0;
+    for entry in &rpc.entries {
+        used = used.saturating_add(codec::payload_len(entry).unwrap_or(usize::MAX));
+        if used > budget && keep > 0 {
+            break;
+        }
+        keep += 1;
+    }
+    if keep == rpc.entries.len() {
+        return None;
+    }
+    rpc.entries.truncate(keep);
+    rpc.entries.last().map(|e| e.log_id)
+}
+
 impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let cut = fit(&mut rpc, APPEND_BUDGET);
         match self.ask(RaftRequest::AppendEntries(rpc), &option).await? {
+            // Only the first part was sent: openraft sends the rest next.
+            RaftReply::AppendEntries(Ok(AppendEntriesResponse::Success)) if cut.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(cut))
+            }
             RaftReply::AppendEntries(r) => r.map_err(|e| self.remote(e)),
             other => Err(self.unexpected(&other)),
         }
@@ -341,5 +383,50 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             RaftReply::Vote(r) => r.map_err(|e| self.remote(e)),
             other => Err(self.unexpected(&other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, Vote};
+
+    /// An AppendEntries of `count` entries, each naming a host of `bytes`
+    /// characters.
+    fn request(count: u64, bytes: usize) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=count)
+                .map(|i| Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                    payload: EntryPayload::Normal(super::super::Command::RemoveHost {
+                        name: "h".repeat(bytes),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn appends_over_the_budget_send_their_longest_prefix_that_fits() {
+        // Fits whole: sent whole.
+        let mut rpc = request(10, 1000);
+        assert_eq!(fit(&mut rpc, 20_000), None);
+        assert_eq!(rpc.entries.len(), 10);
+        // Ten entries of ~1 KB in a 4.5 KB budget: the first four go.
+        let mut rpc = request(10, 1000);
+        let cut = fit(&mut rpc, 4_500);
+        assert_eq!(rpc.entries.len(), 4);
+        assert_eq!(cut.map(|id| id.index), Some(4));
+        assert!(codec::payload_len(&rpc).expect("size") <= 4_500);
+        // One entry larger than the budget still goes alone (and is refused
+        // by the peer's codec, as it would be whole).
+        let mut rpc = request(3, 10_000);
+        assert_eq!(fit(&mut rpc, 4_500).map(|id| id.index), Some(1));
+        assert_eq!(rpc.entries.len(), 1);
+        let mut rpc = request(1, 10_000);
+        assert_eq!(fit(&mut rpc, 4_500), None);
     }
 }
