@@ -967,18 +967,7 @@ impl Agent {
         vm::migrate::finish_incoming(vm)
             .await
             .map_err(|source| AgentError::moving(lab, source))?;
-        let done = Configured {
-            pid: vm.pid(),
-            net: digest(&plan.nics),
-            run: digest(&plan.config),
-        };
-        let path = vm.dir().join(CONFIGURED);
-        let json = serde_json::to_vec(&done).unwrap_or_default();
-        labspan_proto::atomic::write(&path, &json).map_err(|source| AgentError::State {
-            what: "writing",
-            path,
-            cause: source,
-        })?;
+        self.arrived_configured(plan, vm)?;
         let mut health = supervise::load(vm.dir());
         health.ready(supervise::now());
         supervise::save(vm.dir(), &health);

@@ -320,8 +320,12 @@ const APPEND_BUDGET: usize = labspan_proto::codec::MAX_MESSAGE_SIZE - (64 << 10)
 /// Keeps the longest prefix of `rpc`'s entries (at least one) whose encoding
 /// fits `budget`; returns the last kept entry's log id when some were cut.
 fn fit(rpc: &mut AppendEntriesRequest<TypeConfig>, budget: usize) -> Option<LogId<NodeId>> {
+    // Heartbeats and single entries (most appends) are not sized at all.
+    if rpc.entries.len() <= 1 {
+        return None;
+    }
     let whole = codec::payload_len(&*rpc).unwrap_or(usize::MAX);
-    if whole <= budget || rpc.entries.len() <= 1 {
+    if whole <= budget {
         return None;
     }
     // The request less its entries, then each entry in turn.
