@@ -252,6 +252,8 @@ fn a_running_guest_moves_live_and_a_drain_moves_it_again() {
     assert_eq!(figures["to"], "host3");
     assert!(figures["ram_bytes"].as_u64().unwrap_or(0) > 0, "{figures}");
     assert!(figures["disk_bytes"].as_u64().unwrap_or(0) > 0, "{figures}");
+    // QEMU's own figures, read once QEMU has worked them out.
+    assert!(figures["migrate_ms"].as_u64().unwrap_or(0) > 0, "{figures}");
     let new = only_on(&cluster, 3);
     let (id, up_after, kept) = boot(&cluster);
     assert_eq!(id, boot_id, "v booted again");

@@ -44,6 +44,10 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(900);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How often progress is read while waiting for an event.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long a completed migration's times may take to appear, and how often
+/// to look ([`completed_migration`]).
+const TIMES_WITHIN: Duration = Duration::from_secs(2);
+const TIMES_EVERY: Duration = Duration::from_millis(10);
 /// QEMU's own default (300 ms), said out loud: the switch-over target.
 pub const DOWNTIME_LIMIT_MS: u64 = 300;
 /// QEMU caps migration at 128 MiB/s by default; between two lab hosts the
@@ -538,13 +542,27 @@ async fn migrate_steps(
     s.run("migrate-continue", json!({"state": "pre-switchover"}))
         .await?;
     wait_migration(s, "completed", progress).await?;
-    let m = s.migration().await?;
+    let m = completed_migration(s).await?;
     figures.downtime_ms = m["downtime"].as_u64().unwrap_or(0);
     figures.migrate_ms = m["total-time"].as_u64().unwrap_or(0);
     figures.ram_bytes = m["ram"]["transferred"].as_u64().unwrap_or(0);
     figures.ram_passes = m["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
     figures.total_ms = millis(start.elapsed());
     Ok(figures)
+}
+
+/// QEMU's `query-migrate` once its times are in. QEMU says `completed` (the
+/// event and the status) before its migration thread has worked out the
+/// total time and the downtime, which then read 0 for a moment.
+async fn completed_migration(s: &mut Session) -> Result<Value, MoveError> {
+    let deadline = Instant::now() + TIMES_WITHIN;
+    loop {
+        let m = s.migration().await?;
+        if m["total-time"].as_u64().is_some_and(|t| t > 0) || Instant::now() >= deadline {
+            return Ok(m);
+        }
+        tokio::time::sleep(TIMES_EVERY).await;
+    }
 }
 
 /// Waits for the mirror to be in step; returns the bytes it copied.
