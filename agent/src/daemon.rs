@@ -554,6 +554,12 @@ async fn serve(
                         )),
                     }
                 }
+                Ok(AgentRequest::CheckpointKeep { labs }) => match agent.checkpoint_keep(&labs) {
+                    Ok(()) => AgentReply::Resumed {
+                        clock_not_set: Vec::new(),
+                    },
+                    Err(e) => AgentReply::Error(ErrorReply::new(e.kind(), e.to_string())),
+                },
                 Ok(AgentRequest::CheckpointDrop { lab, name }) => {
                     match agent.checkpoint_drop(&lab, &name) {
                         Ok(()) => AgentReply::Resumed {

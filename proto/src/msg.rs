@@ -710,6 +710,16 @@ pub enum AgentRequest {
         files: Vec<crate::checkpoint::CheckpointFile>,
         from: crate::image::ImageSource,
     },
+    /// Removes the checkpoint files this host holds that the cluster does
+    /// not record (a checkpoint that failed or was deleted while the host
+    /// was away, a copy cut short): for each lab listed, every checkpoint
+    /// folder but the names listed, in those every node folder but the
+    /// nodes listed (lab → checkpoint → nodes this host holds), and every
+    /// unfinished copy (`*.partial`). Labs not listed are left as they are.
+    /// Answered with [`AgentReply::Resumed`] (nothing to report).
+    CheckpointKeep {
+        labs: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    },
 }
 
 /// An agent's answer to an [`AgentRequest`].

@@ -363,10 +363,106 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The state folder of host `i` of cluster `ckres`.
+fn res_state(cluster: &LocalCluster, i: usize) -> PathBuf {
+    let vm = cluster.vm_dir(i, "res", "a");
+    vm.ancestors().nth(3).expect("state folder").to_path_buf()
+}
+
+/// Folder of checkpoint `name` of lab "res" on host `i`.
+fn res_checkpoint(cluster: &LocalCluster, i: usize, name: &str) -> PathBuf {
+    res_state(cluster, i).join("checkpoints/res").join(name)
+}
+
+/// `labspan ARGS` on lab "res", again while it is refused because the lab
+/// is busy for a moment (an automatic checkpoint under way, a node
+/// starting on another host): its first answer that is not that.
+fn when_free(cluster: &LocalCluster, args: &[&str]) -> Output {
+    let busy = ["wait until that ends", "once they run", "try again shortly"];
+    cluster.wait_for(
+        &format!("labspan {args:?} not refused as busy"),
+        Duration::from_secs(120),
+        || {
+            let out = cluster.labspan(args);
+            let is_busy = !out.status.success() && busy.iter().any(|b| text(&out).contains(b));
+            if is_busy {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (!is_busy).then_some(out)
+        },
+    )
+}
+
+/// The names of lab "res"'s checkpoints.
+fn res_checkpoints(cluster: &LocalCluster) -> Vec<String> {
+    let out = stdout_ok(
+        &cluster.labspan(&["checkpoint", "list", "res", "--json"]),
+        "checkpoint list res",
+    );
+    let list: serde_json::Value = serde_json::from_str(&out).expect("--json");
+    (list.as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// `nsenter` into the mount namespace of host `i`'s agent (where its
+/// QEMUs write their checkpoints).
+fn in_agent_mounts(cluster: &LocalCluster, i: usize, args: &[&str]) -> Output {
+    let pid = cluster.daemon_pid(i, "agent").expect("the agent runs");
+    run(Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--"])
+        .args(args))
+}
+
+/// A checkpoint on a host whose checkpoint folder is a 16 MiB file system
+/// (a tiny guest's RAM file is ~100 MiB): it fails, says which host and
+/// that its disk was full, leaves no file on any host, and the lab runs on.
+fn a_full_disk_fails_the_checkpoint(cluster: &LocalCluster, full_host: usize, other: usize) {
+    let dir = res_checkpoint(cluster, full_host, "full");
+    std::fs::create_dir_all(&dir).expect("mount point");
+    let dir_arg = dir.to_str().expect("utf-8");
+    stdout_ok(
+        &in_agent_mounts(
+            cluster,
+            full_host,
+            &["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", dir_arg],
+        ),
+        "mount a small tmpfs",
+    );
+    let out = when_free(cluster, &["checkpoint", "create", "res", "full"]);
+    let files = in_agent_mounts(cluster, full_host, &["find", dir_arg, "-type", "f"]);
+    stdout_ok(
+        &in_agent_mounts(cluster, full_host, &["umount", dir_arg]),
+        "umount the small tmpfs",
+    );
+    std::fs::remove_dir_all(&dir).expect("remove the mount point");
+    eprintln!("checkpoint on a full disk: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "saved on a full disk: {}",
+        text(&out)
+    );
+    for says in [
+        "checkpoint \"full\" of lab \"res\" failed and was removed from every host".to_string(),
+        format!("host \"host{full_host}\""),
+        "is full".to_string(),
+    ] {
+        assert!(text(&out).contains(&says), "{says}: {}", text(&out));
+    }
+    assert_eq!(stdout_ok(&files, "find"), "", "files left on the full disk");
+    assert!(!res_checkpoint(cluster, other, "full").exists());
+    assert!(!res_checkpoints(cluster).contains(&"full".to_string()));
+    assert_eq!(cluster.lab_status("res").as_deref(), Some("Running"));
+}
+
 /// `resilience: {checkpoint_every}`: the node of a lost host restarts on
-/// another host from the latest automatic checkpoint (a RAM marker written
-/// before it is back, the one written after it is not), `inspect` and
-/// `events` name the checkpoint, and the other node runs on, same boot.
+/// another host from the latest checkpoint held on a host that is up (a
+/// RAM marker written before it is back, the one written after it is
+/// not), `inspect` and `events` name the checkpoint, and the other node
+/// runs on, same boot. The host is cut while the hosts save a checkpoint:
+/// it is recorded whole or removed everywhere, also from the cut host once
+/// it is back. A checkpoint on a full disk fails cleanly. A reset cut
+/// short by a host loss is all or nothing, and the lab is reset again.
 #[test]
 fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
     build_image("tiny");
@@ -415,7 +511,54 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
     );
     let after = res_sh(cluster, lost, marker);
     assert_ne!(before, after);
-    stdout_ok(&cluster.fault("cut", victim), "cluster.sh cut");
+    a_full_disk_fails_the_checkpoint(cluster, kept_host, victim);
+    assert_eq!(res_sh(cluster, lost, "cat /dev/shm/marker"), after);
+
+    // The victim's host is cut while it saves checkpoint "cut".
+    let saving = res_checkpoint(cluster, victim, "cut")
+        .join(lost)
+        .join("ram.state");
+    let taken = std::thread::scope(|s| {
+        let create = s.spawn(|| when_free(cluster, &["checkpoint", "create", "res", "cut"]));
+        cluster.wait_for(
+            "host of the lost node saving checkpoint \"cut\"",
+            Duration::from_secs(120),
+            || saving.exists().then_some(()),
+        );
+        stdout_ok(&cluster.fault("cut", victim), "cluster.sh cut");
+        create.join().expect("the create thread")
+    });
+    eprintln!(
+        "checkpoint \"cut\" while its host was cut: {}",
+        text(&taken)
+    );
+    let recorded = taken.status.success();
+    // Recorded whole (the host answered before it was cut), or nowhere.
+    assert_eq!(
+        res_checkpoints(cluster).contains(&"cut".to_string()),
+        recorded
+    );
+    if recorded {
+        assert!(res_checkpoint(cluster, kept_host, "cut")
+            .join(kept)
+            .exists());
+        assert!(saving.exists());
+    } else {
+        assert!(
+            text(&taken).contains("failed and was removed from every host"),
+            "{}",
+            text(&taken)
+        );
+        assert!(!res_checkpoint(cluster, kept_host, "cut").exists());
+    }
+    // An unfinished copy on the cut host (as an agent that ended in the
+    // middle of one leaves it): never taken as a copy, removed when back.
+    let partial = res_checkpoint(cluster, victim, &auto)
+        .join(kept)
+        .join("ram.partial");
+    if partial.parent().is_some_and(Path::exists) {
+        std::fs::write(&partial, b"cut short").expect("a partial copy");
+    }
     let moved_to = cluster.wait_for(
         "the lost node running on another host",
         Duration::from_secs(120),
@@ -425,12 +568,6 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
             running.then_some(to)
         },
     );
-    eprintln!("{lost} lost on host{victim}, back on host{moved_to} from {auto}");
-    assert_eq!(
-        res_sh(cluster, lost, "cat /dev/shm/marker"),
-        before,
-        "the lost node did not come back with its checkpoint's RAM"
-    );
     let inspect = stdout_ok(
         &cluster.labspan(&["inspect", "res", "--json"]),
         "inspect res",
@@ -438,10 +575,23 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
     let view: serde_json::Value = serde_json::from_str(&inspect).expect("--json");
     let rows = view[0]["nodes"].as_array().expect("nodes");
     let row = |node: &str| rows.iter().find(|r| r["node"] == node).cloned();
+    let from = (row(lost).and_then(|r| r["restored_from"].as_str().map(String::from)))
+        .unwrap_or_else(|| panic!("not restored from a checkpoint: {inspect}"));
+    eprintln!("{lost} lost on host{victim}, back on host{moved_to} from {from}");
+    // `auto` was the newest checkpoint before `after` was written; one
+    // taken since (automatic, or "cut" had it been copied) holds `after`.
+    assert!(
+        from == auto || from.starts_with("auto-") || (recorded && from == "cut"),
+        "{from}"
+    );
     assert_eq!(
-        row(lost).map(|r| r["restored_from"].clone()),
-        Some(serde_json::Value::from(auto.clone())),
-        "{inspect}"
+        res_sh(cluster, lost, "cat /dev/shm/marker"),
+        if from == auto {
+            before.as_str()
+        } else {
+            after.as_str()
+        },
+        "the lost node did not come back with its checkpoint's RAM"
     );
     assert_eq!(
         row(kept).map(|r| r["restored_from"].clone()),
@@ -450,7 +600,7 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
     let table = stdout_ok(&cluster.labspan(&["inspect", "res"]), "inspect res");
     assert!(
         table.contains(&format!(
-            "node \"{lost}\" restarted on host{moved_to} from checkpoint \"{auto}\""
+            "node \"{lost}\" restarted on host{moved_to} from checkpoint \"{from}\""
         )),
         "{table}"
     );
@@ -462,7 +612,7 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
     assert_eq!(cluster.qemu_pid(kept_host, "res", kept), kept_pid);
     let steps = events.until("the lost node restored", Duration::from_secs(30), |all| {
         let restored = all.iter().position(|e| {
-            e["node"] == lost && e["phase"] == "restored" && e["checkpoint"] == auto.as_str()
+            e["node"] == lost && e["phase"] == "restored" && e["checkpoint"] == from.as_str()
         })?;
         let running = all[restored..]
             .iter()
@@ -480,9 +630,122 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
             Some(running["at_unix_ms"].as_u64()? - placed["at_unix_ms"].as_u64()?)
         })
         .collect();
-    eprintln!("figures: node {lost} placed -> running (ms): booted by up, then restored from {auto}: {spans:?}");
+    eprintln!("figures: node {lost} placed -> running (ms): booted by up, then restored from {from}: {spans:?}");
+
+    // Back on the underlay, the cut host keeps only what the cluster
+    // records it holding: "cut" goes unless it was recorded (its share is
+    // the recorded original), and so does the unfinished copy.
     stdout_ok(&cluster.fault("heal", victim), "cluster.sh heal");
+    cluster.wait_for(
+        "the cut host back up, without unrecorded checkpoint files",
+        Duration::from_secs(120),
+        || {
+            let cut_gone = recorded || !res_checkpoint(cluster, victim, "cut").exists();
+            let clean = cluster.host_up(victim)? && cut_gone && !partial.exists();
+            clean.then_some(())
+        },
+    );
+
+    a_reset_cut_short_is_all_or_nothing(cluster, leader);
     stdout_ok(&cluster.labspan(&["down", "res"]), "labspan down res");
+}
+
+/// A host of the lab cut while the hosts load a reset: the reset either
+/// ends before the cut (every VM at the checkpoint) or fails and says so
+/// (no VM resumed anywhere); either way, once the cut host's node runs
+/// elsewhere, the lab is reset to the checkpoint again and both guests
+/// run there.
+fn a_reset_cut_short_is_all_or_nothing(cluster: &LocalCluster, leader: Option<usize>) {
+    let hosts: Vec<(&str, usize)> = ["a", "b"]
+        .into_iter()
+        .filter_map(|n| Some((n, cluster.running("res", n).first()?.0)))
+        .collect();
+    let (cut_node, cut_host) = *hosts
+        .iter()
+        .find(|(_, h)| Some(*h) != leader)
+        .expect("a node off the leader's host");
+    let (up_node, up_host) = *hosts
+        .iter()
+        .find(|(n, _)| *n != cut_node)
+        .expect("the other node");
+    let marker = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /dev/shm/marker; cat /dev/shm/marker";
+    let at_r1 = [res_sh(cluster, "a", marker), res_sh(cluster, "b", marker)];
+    stdout_ok(
+        &when_free(cluster, &["checkpoint", "create", "res", "r1"]),
+        "checkpoint create r1",
+    );
+    cluster.wait_for(
+        "r1 copied to a second host",
+        Duration::from_secs(60),
+        || {
+            let out = cluster.labspan(&["checkpoint", "list", "res", "--json"]);
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let r1 = list.as_array()?.iter().find(|c| c["name"] == "r1")?;
+            (r1["nodes"].as_object()?.values())
+                .all(|n| n["copies"].as_array().is_some_and(|a| !a.is_empty()))
+                .then_some(())
+        },
+    );
+    res_sh(cluster, "a", marker);
+    res_sh(cluster, "b", marker);
+    let old_pid = cluster.qemu_pid(cut_host, "res", cut_node);
+    let reset = std::thread::scope(|s| {
+        let reset = s.spawn(|| when_free(cluster, &["reset", "res", "r1"]));
+        // The load has ended the node's QEMU there (or the reset is over).
+        cluster.wait_for(
+            "the reset loading on the host to cut",
+            Duration::from_secs(120),
+            || {
+                (cluster.qemu_pid(cut_host, "res", cut_node) != old_pid || reset.is_finished())
+                    .then_some(())
+            },
+        );
+        stdout_ok(&cluster.fault("cut", cut_host), "cluster.sh cut");
+        reset.join().expect("the reset thread")
+    });
+    eprintln!("reset while host{cut_host} was cut: {}", text(&reset));
+    let index = |n: &str| usize::from(n == "b");
+    if reset.status.success() {
+        // Every VM was back at r1 before the cut.
+        assert_eq!(
+            res_sh(cluster, up_node, "cat /dev/shm/marker"),
+            at_r1[index(up_node)]
+        );
+    } else {
+        assert!(
+            text(&reset).contains("the lab is marked failed with its VMs paused or stopped"),
+            "{}",
+            text(&reset)
+        );
+    }
+    cluster.wait_for(
+        "the cut host's node running on another host",
+        Duration::from_secs(180),
+        || {
+            let moved = cluster
+                .running("res", cut_node)
+                .iter()
+                .any(|(h, _)| *h != cut_host);
+            let settled = cluster
+                .lab_status("res")
+                .is_some_and(|s| s == "Running" || s.starts_with("Failed"));
+            (moved && settled).then_some(())
+        },
+    );
+    stdout_ok(
+        &when_free(cluster, &["reset", "res", "r1"]),
+        "reset res r1 again",
+    );
+    assert_eq!(cluster.lab_status("res").as_deref(), Some("Running"));
+    for node in ["a", "b"] {
+        assert_eq!(
+            res_sh(cluster, node, "cat /dev/shm/marker"),
+            at_r1[index(node)],
+            "{node} is not at r1"
+        );
+    }
+    eprintln!("{up_node} on host{up_host}, {cut_node} moved off host{cut_host}: both at r1");
+    stdout_ok(&cluster.fault("heal", cut_host), "cluster.sh heal");
 }
 
 /// `labspan load FILE` against this cluster, with its own scratch folder

@@ -122,7 +122,12 @@ impl Agent {
             }
         }
         if let Some(e) = failure {
-            self.checkpoint_drop(lab, name)?;
+            // The save's own error says why; a drop that fails as well is
+            // logged (the leader asks again, and a host back from a cut
+            // is told which checkpoints to keep).
+            if let Err(dropping) = self.checkpoint_drop(lab, name) {
+                tracing::warn!(lab, name, error = %dropping, "failed checkpoint not removed");
+            }
             return Err(e);
         }
         let mut share = SavedShare {
@@ -189,6 +194,65 @@ impl Agent {
                 path: dir,
                 cause,
             })?;
+        }
+        Ok(())
+    }
+
+    /// Removes what this host holds of the checkpoints of `labs` that the
+    /// cluster does not record (lab → checkpoint → nodes this host holds):
+    /// a checkpoint that failed or was deleted while this host was cut off
+    /// (the leader's drop could not reach it), a node's share it does not
+    /// hold, an unfinished copy (`*.partial`, left by an agent that ended in
+    /// the middle of one). The layer store stays: running disks sit on it.
+    pub fn checkpoint_keep(
+        &self,
+        labs: &BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    ) -> Result<(), AgentError> {
+        let remove = |path: &std::path::Path| {
+            let done = match path.is_dir() {
+                true => fs::remove_dir_all(path),
+                false => fs::remove_file(path),
+            };
+            match done {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::State {
+                    what: "removing",
+                    path: path.to_path_buf(),
+                    cause: e,
+                }),
+                _ => {
+                    tracing::info!(path = %path.display(), "removed checkpoint files the cluster does not record");
+                    Ok(())
+                }
+            }
+        };
+        for (lab, keep) in labs {
+            let Ok(names) = fs::read_dir(paths::lab_checkpoints_dir(&self.state, lab)) else {
+                continue;
+            };
+            for name in names.flatten() {
+                let file_name = name.file_name().to_string_lossy().into_owned();
+                // `.layers` (no checkpoint name starts with a dot), and
+                // nothing that is not a checkpoint's folder.
+                if file_name.starts_with('.') || !name.path().is_dir() {
+                    continue;
+                }
+                let Some(nodes) = keep.get(&file_name) else {
+                    remove(&name.path())?;
+                    continue;
+                };
+                for node in fs::read_dir(name.path()).into_iter().flatten().flatten() {
+                    let node_name = node.file_name().to_string_lossy().into_owned();
+                    if !nodes.contains(&node_name) {
+                        remove(&node.path())?;
+                        continue;
+                    }
+                    for file in fs::read_dir(node.path()).into_iter().flatten().flatten() {
+                        if file.path().extension().is_some_and(|e| e == "partial") {
+                            remove(&file.path())?;
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }

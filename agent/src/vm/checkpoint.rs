@@ -150,8 +150,20 @@ async fn settled(s: &mut Session) -> Result<(), MoveError> {
 /// stays so (the guest sees the same disk).
 pub async fn save(s: &mut Session, vm: &Vm, to: &Path, layers: &Path) -> Result<Saved, MoveError> {
     set_marker(vm, Some("save"))?;
-    let result = save_steps(s, vm, to, layers).await;
-    if result.is_err() {
+    let mut result = save_steps(s, vm, to, layers).await;
+    if let Err(e) = &result {
+        // Read before the partial RAM file goes: it is what filled the disk.
+        if let Some(free) = full_disk(to) {
+            result = Err(MoveError::Failed {
+                vm: vm.name().to_string(),
+                what: "save",
+                why: format!(
+                    "the disk holding {} is full ({} MiB free): {e}",
+                    to.display(),
+                    free >> 20
+                ),
+            });
+        }
         let _ = s.run("migrate_cancel", Value::Null).await;
         let _ = fs::remove_file(to.join(RAM_FILE));
     }
@@ -162,6 +174,18 @@ pub async fn save(s: &mut Session, vm: &Vm, to: &Path, layers: &Path) -> Result<
     }
     set_marker(vm, None)?;
     result
+}
+
+/// Free space under which a save that failed is said to have filled its
+/// disk: a RAM file stops growing once no whole block is left for it.
+const DISK_FULL_BELOW: u64 = 4 << 20;
+
+/// The bytes free on the file system holding `dir`, when so few that a
+/// save there failed for want of space (QEMU only sees its `cat` end).
+fn full_disk(dir: &Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    (free < DISK_FULL_BELOW).then_some(free)
 }
 
 async fn save_steps(

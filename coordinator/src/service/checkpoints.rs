@@ -52,6 +52,17 @@ pub fn check_lab(
     lab: &str,
     doing: &str,
 ) -> Result<BTreeMap<String, Vec<String>>, ErrorReply> {
+    check_lab_as(state, lab, doing, false)
+}
+
+/// [`check_lab`]; `failed_too`: a `Failed` lab passes (a reset brings
+/// one back, the one a reset that failed left with its VMs paused first).
+fn check_lab_as(
+    state: &ClusterState,
+    lab: &str,
+    doing: &str,
+    failed_too: bool,
+) -> Result<BTreeMap<String, Vec<String>>, ErrorReply> {
     let invalid = |m: String| ErrorReply::new(ErrorKind::Invalid, m);
     let rec = state.labs.get(lab).ok_or_else(|| no_lab(state, lab))?;
     if let Some(m) = &rec.migration {
@@ -73,7 +84,8 @@ pub fn check_lab(
             format!("lab {lab:?} is {what} {:?}: wait until that ends", op.name),
         ));
     }
-    if rec.status != LabStatus::Running {
+    let failed = matches!(rec.status, LabStatus::Failed { .. });
+    if rec.status != LabStatus::Running && !(failed_too && failed) {
         return Err(invalid(format!(
             "lab {lab:?} is {}: only a running lab is {doing}",
             rec.status.word().to_lowercase()
@@ -106,7 +118,7 @@ pub fn check_reset(
     lab: &str,
     name: &str,
 ) -> Result<BTreeMap<String, Vec<String>>, ErrorReply> {
-    let hosts = check_lab(state, lab, "reset")?;
+    let hosts = check_lab_as(state, lab, "reset", true)?;
     let rec = state.labs.get(lab).ok_or_else(|| no_lab(state, lab))?;
     let Some(ckpt) = rec.checkpoints.get(name) else {
         let hint = labspan_proto::suggest::hint(
@@ -428,7 +440,19 @@ async fn drop_everywhere<'h>(
         lab: lab.to_string(),
         name: name.to_string(),
     };
-    let asks = hosts.map(|h| {
+    // A host that is down would only be waited for: it is told what to
+    // keep when it is back ([`keep_recorded`]).
+    let (up, down): (Vec<&String>, Vec<&String>) =
+        hosts.partition(|h| (inner.state.read().state.hosts.get(*h)).is_some_and(|h| h.up));
+    for host in down {
+        tracing::info!(
+            lab,
+            name,
+            host,
+            "host down: its checkpoint files go when it is back"
+        );
+    }
+    let asks = up.into_iter().map(|h| {
         let req = &req;
         async move { (h.clone(), agents::request(inner, h, req).await) }
     });
@@ -443,6 +467,52 @@ async fn drop_everywhere<'h>(
         failed.push(format!("host {host:?}: {why}"));
     }
     failed
+}
+
+/// What the cluster records host `host` holding: lab → checkpoint → the
+/// nodes whose files it holds (the original or a copy). Every lab is
+/// listed, one without checkpoints with none.
+pub fn recorded_on(
+    state: &ClusterState,
+    host: &str,
+) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    (state.labs.iter())
+        .map(|(lab, rec)| {
+            let names = (rec.checkpoints.iter())
+                .filter_map(|(name, c)| {
+                    let nodes: Vec<String> = (c.nodes.iter())
+                        .filter(|(_, n)| n.host == host || n.copies.iter().any(|h| h == host))
+                        .map(|(node, _)| node.clone())
+                        .collect();
+                    (!nodes.is_empty()).then(|| (name.clone(), nodes))
+                })
+                .collect();
+            (lab.clone(), names)
+        })
+        .collect()
+}
+
+/// Leader: tells host `host`, back from a cut or a restart, which
+/// checkpoint files to keep: those the cluster records it holding. What a
+/// checkpoint that failed (or was deleted) while it was away left there,
+/// and a copy cut short, go. Under the lab lock: no checkpoint is taken,
+/// copied or fetched meanwhile.
+pub(super) async fn keep_recorded(inner: &Arc<Inner>, host: &str) {
+    let _one_at_a_time = inner.lab_lock.lock().await;
+    let labs = recorded_on(&inner.state.read().state, host);
+    match agents::request(inner, host, &AgentRequest::CheckpointKeep { labs }).await {
+        Ok(AgentReply::Resumed { .. }) => {}
+        Ok(AgentReply::Error(e)) => {
+            tracing::warn!(
+                host,
+                error = e.message,
+                "unrecorded checkpoint files not removed"
+            )
+        }
+        other => {
+            tracing::warn!(host, answer = ?other, "unrecorded checkpoint files not removed")
+        }
+    }
 }
 
 /// Leader: `labspan checkpoint list LAB`, oldest first.
@@ -676,13 +746,21 @@ async fn end_reset(
     name: &str,
     result: &Result<Vec<String>, String>,
 ) -> Result<(), ErrorReply> {
-    if let Err(why) = result {
+    let status = match result {
+        Err(why) => Some(LabStatus::Failed {
+            reason: format!("reset to checkpoint {name:?} failed: {why}"),
+        }),
+        // A lab a reset brought back from `Failed` runs again.
+        Ok(_) => {
+            let now = (inner.state.read().state.labs.get(lab)).map(|r| r.status.clone());
+            (now.is_some_and(|s| s != LabStatus::Running)).then_some(LabStatus::Running)
+        }
+    };
+    if let Some(status) = status {
         inner
             .write(Command::SetLabStatus {
                 lab: lab.to_string(),
-                status: LabStatus::Failed {
-                    reason: format!("reset to checkpoint {name:?} failed: {why}"),
-                },
+                status,
             })
             .await?;
     }

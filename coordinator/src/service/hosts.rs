@@ -170,6 +170,7 @@ fn send_own_plan(inner: &Arc<Inner>, name: &str) {
         // a plan reaches it. The plan is safe out of order: it carries its
         // generation, and the agent refuses one older than it has applied.
         push::push_plans(&inner, &BTreeSet::from([host.clone()])).await;
+        checkpoints::keep_recorded(&inner, &host).await;
         if failed_labs_on(&inner, &host).is_empty() {
             return;
         }

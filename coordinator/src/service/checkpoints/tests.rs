@@ -8,7 +8,7 @@ use labspan_proto::codec;
 use labspan_proto::lab::{parse, LabBundle};
 use labspan_proto::msg::ErrorKind;
 
-use super::{check_lab, check_reset, second_host};
+use super::{check_lab, check_reset, recorded_on, second_host};
 use crate::raft::{
     Capacity, CheckpointOpKind, ClusterState, Command, Host, LabRecord, LabStatus, Rejection,
 };
@@ -317,4 +317,41 @@ fn a_copy_is_recorded_on_its_node_and_planned_to_be_kept() {
     let (plans, _) = crate::service::decide::host_plans(&s, &BTreeMap::new(), &wanted);
     assert_eq!(plans["h3"].kept_checkpoints, ["lab"]);
     assert!(plans["h1"].kept_checkpoints.is_empty());
+}
+
+#[test]
+fn a_lab_a_reset_left_failed_may_be_reset_again_not_checkpointed() {
+    let mut s = state();
+    let rec = s.labs.get_mut("lab").expect("lab");
+    rec.checkpoints
+        .insert("c1".into(), taken("c1", &[("a", "h1"), ("b", "h2")]));
+    rec.status = LabStatus::Failed {
+        reason: "reset to checkpoint \"c1\" failed: host \"h2\": no answer".into(),
+    };
+    let hosts = check_reset(&s, "lab", "c1").expect("a failed lab is reset again");
+    assert_eq!(hosts.len(), 2);
+    let e = check_lab(&s, "lab", "checkpointed").expect_err("not checkpointed");
+    assert!(e.message.contains("is failed"), "{}", e.message);
+    s.labs.get_mut("lab").expect("lab").status = LabStatus::Deploying;
+    let e = check_reset(&s, "lab", "c1").expect_err("deploying");
+    assert!(e.message.contains("is deploying"), "{}", e.message);
+}
+
+#[test]
+fn a_host_back_keeps_only_what_is_recorded_on_it() {
+    let mut s = state();
+    let rec = s.labs.get_mut("lab").expect("lab");
+    let mut c1 = taken("c1", &[("a", "h1"), ("b", "h2")]);
+    c1.nodes.get_mut("b").expect("b").copies = vec!["h1".into()];
+    rec.checkpoints.insert("c1".into(), c1);
+    rec.checkpoints
+        .insert("c2".into(), taken("c2", &[("a", "h2"), ("b", "h2")]));
+    let on_h1 = recorded_on(&s, "h1");
+    // Its own share of c1 and its copy of b's; nothing of c2.
+    assert_eq!(
+        on_h1["lab"],
+        BTreeMap::from([("c1".to_string(), vec!["a".to_string(), "b".to_string()])])
+    );
+    let on_h3 = recorded_on(&s, "h3");
+    assert!(on_h3["lab"].is_empty(), "{on_h3:?}");
 }
