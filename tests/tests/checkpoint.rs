@@ -393,6 +393,24 @@ fn when_free(cluster: &LocalCluster, args: &[&str]) -> Output {
     )
 }
 
+/// Waits until lab "res" is no longer busy with the operation whose
+/// refusal says `busy` (`is taking checkpoint "cut"`): a reset to a
+/// checkpoint that does not exist is refused (naming the lab) either way,
+/// changing nothing, and says what the lab is busy with. The command that
+/// started it may have lost its connection (the coordinator it talked to
+/// may be on the cut host): the leader ends it all the same.
+fn wait_ended(cluster: &LocalCluster, busy: &str) {
+    cluster.wait_for(
+        &format!("lab \"res\" no longer busy ({busy})"),
+        Duration::from_secs(180),
+        || {
+            let out = cluster.labspan(&["reset", "res", "none-such"]);
+            let said = text(&out);
+            (said.contains("lab \"res\"") && !said.contains(busy)).then_some(())
+        },
+    );
+}
+
 /// The names of lab "res"'s checkpoints.
 fn res_checkpoints(cluster: &LocalCluster) -> Vec<String> {
     let out = stdout_ok(
@@ -461,8 +479,7 @@ fn a_full_disk_fails_the_checkpoint(cluster: &LocalCluster, full_host: usize, ot
 /// not), `inspect` and `events` name the checkpoint, and the other node
 /// runs on, same boot. The host is cut while the hosts save a checkpoint:
 /// it is recorded whole or removed everywhere, also from the cut host once
-/// it is back. A checkpoint on a full disk fails cleanly. A reset cut
-/// short by a host loss is all or nothing, and the lab is reset again.
+/// it is back. A checkpoint on a full disk fails cleanly.
 #[test]
 fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
     build_image("tiny");
@@ -532,20 +549,20 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
         "checkpoint \"cut\" while its host was cut: {}",
         text(&taken)
     );
-    let recorded = taken.status.success();
+    wait_ended(cluster, "is taking checkpoint \"cut\"");
     // Recorded whole (the host answered before it was cut), or nowhere.
-    assert_eq!(
-        res_checkpoints(cluster).contains(&"cut".to_string()),
-        recorded
-    );
+    let recorded = res_checkpoints(cluster).contains(&"cut".to_string());
     if recorded {
         assert!(res_checkpoint(cluster, kept_host, "cut")
             .join(kept)
             .exists());
         assert!(saving.exists());
     } else {
+        // The command says so, unless its own connection was lost.
         assert!(
-            text(&taken).contains("failed and was removed from every host"),
+            !taken.status.success()
+                && (text(&taken).contains("failed and was removed from every host")
+                    || text(&taken).contains("connection lost")),
             "{}",
             text(&taken)
         );
@@ -646,106 +663,7 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
         },
     );
 
-    a_reset_cut_short_is_all_or_nothing(cluster, leader);
     stdout_ok(&cluster.labspan(&["down", "res"]), "labspan down res");
-}
-
-/// A host of the lab cut while the hosts load a reset: the reset either
-/// ends before the cut (every VM at the checkpoint) or fails and says so
-/// (no VM resumed anywhere); either way, once the cut host's node runs
-/// elsewhere, the lab is reset to the checkpoint again and both guests
-/// run there.
-fn a_reset_cut_short_is_all_or_nothing(cluster: &LocalCluster, leader: Option<usize>) {
-    let hosts: Vec<(&str, usize)> = ["a", "b"]
-        .into_iter()
-        .filter_map(|n| Some((n, cluster.running("res", n).first()?.0)))
-        .collect();
-    let (cut_node, cut_host) = *hosts
-        .iter()
-        .find(|(_, h)| Some(*h) != leader)
-        .expect("a node off the leader's host");
-    let (up_node, up_host) = *hosts
-        .iter()
-        .find(|(n, _)| *n != cut_node)
-        .expect("the other node");
-    let marker = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /dev/shm/marker; cat /dev/shm/marker";
-    let at_r1 = [res_sh(cluster, "a", marker), res_sh(cluster, "b", marker)];
-    stdout_ok(
-        &when_free(cluster, &["checkpoint", "create", "res", "r1"]),
-        "checkpoint create r1",
-    );
-    cluster.wait_for(
-        "r1 copied to a second host",
-        Duration::from_secs(60),
-        || {
-            let out = cluster.labspan(&["checkpoint", "list", "res", "--json"]);
-            let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let r1 = list.as_array()?.iter().find(|c| c["name"] == "r1")?;
-            (r1["nodes"].as_object()?.values())
-                .all(|n| n["copies"].as_array().is_some_and(|a| !a.is_empty()))
-                .then_some(())
-        },
-    );
-    res_sh(cluster, "a", marker);
-    res_sh(cluster, "b", marker);
-    let old_pid = cluster.qemu_pid(cut_host, "res", cut_node);
-    let reset = std::thread::scope(|s| {
-        let reset = s.spawn(|| when_free(cluster, &["reset", "res", "r1"]));
-        // The load has ended the node's QEMU there (or the reset is over).
-        cluster.wait_for(
-            "the reset loading on the host to cut",
-            Duration::from_secs(120),
-            || {
-                (cluster.qemu_pid(cut_host, "res", cut_node) != old_pid || reset.is_finished())
-                    .then_some(())
-            },
-        );
-        stdout_ok(&cluster.fault("cut", cut_host), "cluster.sh cut");
-        reset.join().expect("the reset thread")
-    });
-    eprintln!("reset while host{cut_host} was cut: {}", text(&reset));
-    let index = |n: &str| usize::from(n == "b");
-    if reset.status.success() {
-        // Every VM was back at r1 before the cut.
-        assert_eq!(
-            res_sh(cluster, up_node, "cat /dev/shm/marker"),
-            at_r1[index(up_node)]
-        );
-    } else {
-        assert!(
-            text(&reset).contains("the lab is marked failed with its VMs paused or stopped"),
-            "{}",
-            text(&reset)
-        );
-    }
-    cluster.wait_for(
-        "the cut host's node running on another host",
-        Duration::from_secs(180),
-        || {
-            let moved = cluster
-                .running("res", cut_node)
-                .iter()
-                .any(|(h, _)| *h != cut_host);
-            let settled = cluster
-                .lab_status("res")
-                .is_some_and(|s| s == "Running" || s.starts_with("Failed"));
-            (moved && settled).then_some(())
-        },
-    );
-    stdout_ok(
-        &when_free(cluster, &["reset", "res", "r1"]),
-        "reset res r1 again",
-    );
-    assert_eq!(cluster.lab_status("res").as_deref(), Some("Running"));
-    for node in ["a", "b"] {
-        assert_eq!(
-            res_sh(cluster, node, "cat /dev/shm/marker"),
-            at_r1[index(node)],
-            "{node} is not at r1"
-        );
-    }
-    eprintln!("{up_node} on host{up_host}, {cut_node} moved off host{cut_host}: both at r1");
-    stdout_ok(&cluster.fault("heal", cut_host), "cluster.sh heal");
 }
 
 /// `labspan load FILE` against this cluster, with its own scratch folder
