@@ -25,7 +25,7 @@ use serde::Serialize;
 pub const MAGIC: [u8; 2] = *b"LS";
 
 /// Version of the envelope and of the payload schema; bump on any breaking change.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 
 /// Size of the envelope header: magic, version, payload length.
 pub const HEADER_LEN: usize = 8;
