@@ -10,11 +10,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
-use marked_yaml::{LoadError, LoaderOptions, Node, Span};
+use marked_yaml::types::MarkedScalarNode;
+use marked_yaml::Node;
 
 use labspan_proto::lab::units::parse_size_mib;
 use labspan_proto::names::valid;
+use labspan_proto::yaml::{
+    self, check_keys, join, missing, want_map, want_seq, want_str, Diagnostics, Pos, Shape, Sink,
+};
 
 use crate::placement::HostOffer;
 
@@ -95,18 +98,10 @@ pub enum HostsError {
         /// The cause.
         cause: std::io::Error,
     },
-    /// The file is not a valid hosts file.
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        /// The file.
-        file: String,
-        /// 1-based line (0 when unknown).
-        line: usize,
-        /// 1-based column (0 when unknown).
-        column: usize,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
+    /// The file is not a valid hosts file: every problem in it, each with
+    /// its line, column and key, as for a lab file.
+    #[error("{0}")]
+    Invalid(Diagnostics),
 }
 
 /// Reads and parses a hosts file.
@@ -119,30 +114,26 @@ pub fn load_hosts(path: &Path) -> Result<Vec<Host>, HostsError> {
     parse_hosts(&text, &file)
 }
 
+/// What a hosts file's top level must be.
+const HOSTS_FILE: Shape = Shape {
+    what: "the hosts file",
+    start: "start with hosts:, then one entry per lab host",
+    no_anchors: "write each host's values out",
+};
+
+/// An entry, as an example in help.
+const HOST_EXAMPLE: &str = "lab-host-1: {memory: 16GiB, cpus: 8}";
+
 /// Parses the text of a hosts file; `file` is used in errors.
 pub fn parse_hosts(text: &str, file: &str) -> Result<Vec<Host>, HostsError> {
-    let p = Parser { file };
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
-    let root =
-        marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| p.load_error(e))?;
-    let root = p.mapping(&root, "the file")?;
-    p.only_keys(root, &["hosts"], "the top level")?;
-    let hosts_node = root.get_node("hosts").ok_or_else(|| {
-        p.err(
-            root.span(),
-            "no `hosts:` key: list the lab hosts under `hosts:`".into(),
-        )
-    })?;
-    let hosts = p.mapping(hosts_node, "hosts")?;
-    if hosts.is_empty() {
-        return Err(p.err(hosts_node.span(), "hosts: no host listed".into()));
+    let mut sink = Sink::new(file);
+    let hosts = yaml::load(&mut sink, text, HOSTS_FILE)
+        .map(|root| read_hosts(&mut sink, &root))
+        .unwrap_or_default();
+    if !sink.is_clean() {
+        return Err(HostsError::Invalid(sink.finish()));
     }
-    let mut out: Vec<Host> = hosts
-        .iter()
-        .map(|(k, v)| p.host(k, v))
-        .collect::<Result<_, _>>()?;
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok(hosts)
 }
 
 /// Keys a host entry may have.
@@ -155,189 +146,162 @@ const HOST_KEYS: &[&str] = &[
     "vtep",
 ];
 
-struct Parser<'a> {
-    file: &'a str,
+fn read_hosts(sink: &mut Sink, root: &Node) -> Vec<Host> {
+    let Some(top) = want_map(sink, root, "", "a mapping with a hosts: key") else {
+        return Vec::new();
+    };
+    check_keys(sink, top, "", &["hosts"]);
+    let Some(node) = top.get_node("hosts") else {
+        missing(
+            sink,
+            top,
+            "",
+            "hosts",
+            &format!("hosts: {{{HOST_EXAMPLE}}}"),
+        );
+        return Vec::new();
+    };
+    let Some(entries) = want_map(sink, node, "hosts", "a mapping of host names to sizes") else {
+        return Vec::new();
+    };
+    if entries.is_empty() {
+        let help = format!("add one, e.g. {HOST_EXAMPLE}");
+        sink.error(Pos::of(node), "hosts", "no host listed".into(), Some(help));
+    }
+    let mut hosts: Vec<Host> = entries
+        .iter()
+        .filter_map(|(k, v)| read_host(sink, k, v))
+        .collect();
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    hosts
 }
 
-impl Parser<'_> {
-    fn err(&self, span: &Span, message: String) -> HostsError {
-        let (line, column) = span.start().map_or((0, 0), |m| (m.line(), m.column()));
-        HostsError::Invalid {
-            file: self.file.to_string(),
-            line,
-            column,
-            message,
+/// One entry; `None` (with every problem reported) when it is not valid.
+fn read_host(sink: &mut Sink, key: &MarkedScalarNode, node: &Node) -> Option<Host> {
+    let name = key.as_str();
+    let at = join("hosts", name);
+    // A host is the agent that runs on it: its name is a member name.
+    let named = match valid::member(name) {
+        Ok(()) => true,
+        Err(e) => {
+            sink.error(Pos::of_span(key.span()), "hosts", e.why, Some(e.help));
+            false
         }
-    }
-
-    fn load_error(&self, e: LoadError) -> HostsError {
-        let (marker, message) = match &e {
-            LoadError::DuplicateKey(d) => (
-                d.key.span().start().copied(),
-                format!("key \"{}\" appears twice", d.key.as_str()),
-            ),
-            LoadError::ScanError(m, s) => (Some(*m), format!("not valid YAML: {}", s.info())),
-            LoadError::TopLevelMustBeMapping(m) => (
-                Some(*m),
-                "the file must be a mapping with a `hosts:` key".into(),
-            ),
-            LoadError::MappingKeyMustBeScalar(m) => (Some(*m), "keys must be plain names".into()),
-            LoadError::UnexpectedAnchor(m)
-            | LoadError::UnexpectedTag(m)
-            | LoadError::TopLevelMustBeSequence(m) => {
-                (Some(*m), "anchors and tags are not supported".into())
-            }
-        };
-        let (line, column) = marker.map_or((0, 0), |m| (m.line(), m.column()));
-        HostsError::Invalid {
-            file: self.file.to_string(),
-            line,
-            column,
-            message,
+    };
+    let map = want_map(sink, node, &at, &format!("a mapping like {HOST_EXAMPLE}"))?;
+    check_keys(sink, map, &at, HOST_KEYS);
+    let memory = match map.get_node("memory") {
+        Some(n) => size(sink, n, &join(&at, "memory"), "memory"),
+        None => {
+            missing(sink, map, &at, "memory", "memory: 16GiB");
+            None
         }
-    }
-
-    fn mapping<'n>(&self, node: &'n Node, what: &str) -> Result<&'n MarkedMappingNode, HostsError> {
-        node.as_mapping().ok_or_else(|| {
-            self.err(
-                node.span(),
-                format!("{what}: expected a mapping of `key: value`"),
-            )
-        })
-    }
-
-    fn scalar<'n>(&self, node: &'n Node, what: &str) -> Result<&'n MarkedScalarNode, HostsError> {
-        node.as_scalar()
-            .ok_or_else(|| self.err(node.span(), format!("{what}: expected a single value")))
-    }
-
-    fn only_keys(
-        &self,
-        map: &MarkedMappingNode,
-        allowed: &[&str],
-        what: &str,
-    ) -> Result<(), HostsError> {
-        for k in map.keys() {
-            if !allowed.contains(&k.as_str()) {
-                let msg = format!(
-                    "{what}: unknown key \"{}\" (known: {})",
-                    k.as_str(),
-                    allowed.join(", ")
-                );
-                return Err(self.err(k.span(), msg));
-            }
+    };
+    let cpus = match map.get_node("cpus") {
+        Some(n) => cpus(sink, n, &join(&at, "cpus")),
+        None => {
+            missing(sink, map, &at, "cpus", "cpus: 8");
+            None
         }
-        Ok(())
-    }
-
-    fn host(&self, key: &MarkedScalarNode, node: &Node) -> Result<Host, HostsError> {
-        let name = key.as_str();
-        // A host is the agent that runs on it: its name is a member name.
-        if valid::member(name).is_err() {
-            return Err(self.err(
-                key.span(),
-                format!(
-                    "host \"{name}\": a host name is a member name, 1 to 63 of a-z, 0-9 and '-'"
-                ),
-            ));
-        }
-        let at = format!("hosts.{name}");
-        let map = self.mapping(node, &at)?;
-        self.only_keys(map, HOST_KEYS, &at)?;
-        let need = |k: &str| {
-            map.get_node(k)
-                .ok_or_else(|| self.err(map.span(), format!("{at}: `{k}` is missing")))
-        };
-        let mut host = Host::new(
-            name,
-            self.size(need("memory")?, &format!("{at}.memory"))?,
-            0,
+    };
+    let reserve = map
+        .get_node("reserve")
+        .map(|n| size(sink, n, &join(&at, "reserve"), "reserve"));
+    let overcommit = map
+        .get_node("cpu_overcommit")
+        .map(|n| overcommit(sink, n, &join(&at, "cpu_overcommit")));
+    let labels = map
+        .get_node("labels")
+        .map(|n| labels(sink, n, &join(&at, "labels")));
+    let vtep = map
+        .get_node("vtep")
+        .map(|n| vtep(sink, n, &join(&at, "vtep")));
+    let mut host = Host::new(name, memory?, cpus?);
+    host.reserve_mib = reserve.unwrap_or(Some(DEFAULT_RESERVE_MIB))?;
+    host.cpu_overcommit = overcommit.unwrap_or(Some(DEFAULT_CPU_OVERCOMMIT))?;
+    host.labels = labels.unwrap_or(Some(BTreeSet::new()))?;
+    host.vtep = match vtep {
+        Some(ip) => Some(ip?),
+        None => None,
+    };
+    if host.reserve_mib >= host.memory_mib {
+        let msg = format!(
+            "the reserve ({} MiB) leaves no memory of {} MiB for VMs",
+            host.reserve_mib, host.memory_mib
         );
-        let cpus = self.scalar(need("cpus")?, &format!("{at}.cpus"))?;
-        host.cpus = cpus.as_u32().filter(|&c| c > 0).ok_or_else(|| {
-            self.err(
-                cpus.span(),
-                format!(
-                    "{at}.cpus: \"{}\" is not a whole number of CPUs above 0",
-                    cpus.as_str()
-                ),
-            )
-        })?;
-        if let Some(n) = map.get_node("reserve") {
-            host.reserve_mib = self.size(n, &format!("{at}.reserve"))?;
-        }
-        if let Some(n) = map.get_node("cpu_overcommit") {
-            let s = self.scalar(n, &format!("{at}.cpu_overcommit"))?;
-            host.cpu_overcommit = s
-                .as_f64()
-                .filter(|r| r.is_finite() && *r > 0.0 && *r <= 64.0)
-                .ok_or_else(|| {
-                    self.err(
-                        s.span(),
-                        format!(
-                            "{at}.cpu_overcommit: \"{}\" is not a ratio in (0, 64], e.g. 4 or 1.5",
-                            s.as_str()
-                        ),
-                    )
-                })?;
-        }
-        if let Some(n) = map.get_node("labels") {
-            host.labels = self.labels(n, &at)?;
-        }
-        if let Some(n) = map.get_node("vtep") {
-            let s = self.scalar(n, &format!("{at}.vtep"))?;
-            let ip = s.as_str().parse().map_err(|_| {
-                self.err(
-                    s.span(),
-                    format!("{at}.vtep: \"{}\" is not an IP address", s.as_str()),
-                )
-            })?;
-            host.vtep = Some(ip);
-        }
-        if host.reserve_mib >= host.memory_mib {
-            let msg = format!(
-                "{at}.reserve: the reserve ({} MiB) leaves no memory of {} MiB for VMs",
-                host.reserve_mib, host.memory_mib
-            );
-            return Err(self.err(map.span(), msg));
-        }
-        Ok(host)
+        sink.error(Pos::of_span(map.span()), &join(&at, "reserve"), msg, None);
+        return None;
     }
+    named.then_some(host)
+}
 
-    fn labels(&self, node: &Node, at: &str) -> Result<BTreeSet<String>, HostsError> {
-        let seq = node.as_sequence().ok_or_else(|| {
-            self.err(
-                node.span(),
-                format!("{at}.labels: expected a list, e.g. [fast, edge]"),
-            )
-        })?;
-        let mut out = BTreeSet::new();
-        for item in seq.iter() {
-            let s = self.scalar(item, &format!("{at}.labels"))?;
-            let l = s.as_str();
-            if l.is_empty()
-                || !l
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(self.err(
-                    s.span(),
-                    format!("{at}.labels: \"{l}\" is not a label (letters, digits, '-', '_')"),
-                ));
-            }
-            out.insert(l.to_string());
-        }
-        Ok(out)
-    }
+/// The size at `at`, whose key is `key` (the word its errors use).
+fn size(sink: &mut Sink, n: &Node, at: &str, key: &str) -> Option<u64> {
+    let text = want_str(sink, n, at, "a size like 16GiB")?;
+    let problem = match parse_size_mib(key, text) {
+        Ok(0) => "a size of 0 leaves no room".to_string(),
+        Ok(mib) => return Some(mib),
+        Err(why) => why,
+    };
+    sink.error(Pos::of(n), at, problem, None);
+    None
+}
 
-    fn size(&self, node: &Node, at: &str) -> Result<u64, HostsError> {
-        let s = self.scalar(node, at)?;
-        match parse_size_mib(at, s.as_str()) {
-            Ok(0) => Err(self.err(s.span(), format!("{at}: a size of 0 leaves no room"))),
-            Ok(mib) => Ok(mib),
-            Err(why) => Err(self.err(s.span(), why)),
-        }
+fn cpus(sink: &mut Sink, n: &Node, at: &str) -> Option<u32> {
+    let text = want_str(sink, n, at, "a number of CPUs")?;
+    let cpus = text.parse::<u32>().ok().filter(|&c| c > 0);
+    if cpus.is_none() {
+        let msg = format!("\"{text}\" is not a whole number of CPUs above 0");
+        sink.error(Pos::of(n), at, msg, None);
     }
+    cpus
+}
+
+fn overcommit(sink: &mut Sink, n: &Node, at: &str) -> Option<f64> {
+    let text = want_str(sink, n, at, "a ratio")?;
+    let ratio = text
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 64.0);
+    if ratio.is_none() {
+        let msg = format!("\"{text}\" is not a ratio in (0, 64]");
+        sink.error(Pos::of(n), at, msg, Some("e.g. 4 or 1.5".into()));
+    }
+    ratio
+}
+
+fn labels(sink: &mut Sink, n: &Node, at: &str) -> Option<BTreeSet<String>> {
+    let items = want_seq(sink, n, at, "a list of labels, e.g. [fast, edge]")?;
+    let mut labels = BTreeSet::new();
+    let mut all = true;
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{at}[{i}]");
+        let Some(label) = want_str(sink, item, &path, "a label") else {
+            all = false;
+            continue;
+        };
+        let ok = label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            let msg = format!("\"{label}\" is not a label");
+            let help = Some("use letters, digits, '-' and '_'".into());
+            sink.error(Pos::of(item), &path, msg, help);
+            all = false;
+        }
+        labels.insert(label.to_string());
+    }
+    all.then_some(labels)
+}
+
+fn vtep(sink: &mut Sink, n: &Node, at: &str) -> Option<IpAddr> {
+    let text = want_str(sink, n, at, "an IP address")?;
+    let ip = text.parse().ok();
+    if ip.is_none() {
+        let msg = format!("\"{text}\" is not an IP address");
+        sink.error(Pos::of(n), at, msg, None);
+    }
+    ip
 }
 
 #[cfg(test)]
@@ -372,16 +336,18 @@ mod tests {
     fn errors_name_file_line_and_key() {
         let e = error_of("hosts:\n  a:\n    memory: 16GB!\n    cpus: 2\n");
         assert!(
-            e.starts_with("h.yaml:3:13: hosts.a.memory \"16GB!\" is not a size like 512MiB"),
+            e.starts_with(
+                "h.yaml:3:13: hosts.a.memory: memory \"16GB!\" is not a size like 512MiB"
+            ),
             "{e}"
         );
         let e = error_of("hosts:\n  a: {memory: 1GiB, cpus: 2, gpus: 1}\n");
         assert!(
-            e.contains("h.yaml:2:") && e.contains("unknown key \"gpus\""),
+            e.contains("h.yaml:2:") && e.contains("hosts.a: unknown key \"gpus\""),
             "{e}"
         );
         let e = error_of("hosts:\n  a: {memory: 4GiB}\n");
-        assert!(e.contains("hosts.a: `cpus` is missing"), "{e}");
+        assert!(e.contains("hosts.a: missing key \"cpus\""), "{e}");
         let e = error_of("hosts:\n  a: {memory: 4GiB, cpus: 2, vtep: 1.2.3}\n");
         assert!(
             e.contains("hosts.a.vtep: \"1.2.3\" is not an IP address"),
@@ -389,7 +355,7 @@ mod tests {
         );
         let e = error_of("hosts:\n  a: {memory: 4GiB, cpus: 2}\n  a: {memory: 4GiB, cpus: 2}\n");
         assert!(
-            e.contains("h.yaml:3:") && e.contains("appears twice"),
+            e.contains("h.yaml:3:") && e.contains("duplicate key \"a\""),
             "{e}"
         );
         let e = error_of("hosts:\n  a: {memory: 1GiB, cpus: 2}\n");
@@ -398,6 +364,30 @@ mod tests {
         assert!(e.contains("h.yaml:1:8: hosts: expected a mapping"), "{e}");
         let e = error_of("hosts:\n  a: {memory: 4GiB, cpus: zero}\n");
         assert!(e.contains("hosts.a.cpus: \"zero\""), "{e}");
+        let e = error_of("hosts:\n  Host_1: {memory: 4GiB, cpus: 2}\n");
+        assert!(e.contains("h.yaml:2:3: hosts: invalid member name"), "{e}");
+        let e = error_of("# nothing yet\n");
+        assert!(e.contains("the hosts file must be a YAML mapping"), "{e}");
+    }
+
+    /// As for a lab file, every problem is reported at once, in file order.
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = error_of(
+            "hosts:\n  a: {memory: 4GB, cpus: 2}\n  b: {memory: 4GiB, cpus: 0, vtep: x}\nextra: 1\n",
+        );
+        let lines: Vec<&str> = e.lines().filter(|l| !l.starts_with("  help:")).collect();
+        assert_eq!(lines.len(), 4, "{e}");
+        assert!(
+            lines[0].starts_with("h.yaml:2:") && lines[0].contains("a.memory"),
+            "{e}"
+        );
+        assert!(lines[1].contains("hosts.b.cpus: \"0\""), "{e}");
+        assert!(lines[2].contains("hosts.b.vtep: \"x\""), "{e}");
+        assert!(
+            lines[3].starts_with("h.yaml:4:1: unknown key \"extra\""),
+            "{e}"
+        );
     }
 
     #[test]

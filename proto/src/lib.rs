@@ -16,3 +16,4 @@ pub mod names;
 pub mod plan;
 pub mod progress;
 pub mod suggest;
+pub mod yaml;

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::diagnostic::{Pos, Sink};
 use super::model::HostSelector;
 use super::read::{name_problem, RawEndpoint, RawGroup, RawLab, RawNode};
 use crate::suggest::closest;
+use crate::yaml::{Pos, Sink};
 
 /// Above this many nodes, "did you mean" is not worth a scan per error.
 const SUGGEST_LIMIT: usize = 10_000;

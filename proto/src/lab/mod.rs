@@ -5,7 +5,6 @@
 //! then checks cross-references; a `Lab` is returned only when none was found.
 
 mod check;
-mod diagnostic;
 mod emit;
 mod model;
 mod read;
@@ -14,14 +13,12 @@ pub mod units;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use marked_yaml::{LoadError as YamlError, LoaderOptions, Node as Yaml};
-
-pub use diagnostic::{Diagnostic, Diagnostics, Pos};
+pub use crate::yaml::{Diagnostic, Diagnostics, Pos};
 pub use emit::to_yaml;
 pub use model::*;
 pub use read::LAB_FILE_KEYS;
 
-use diagnostic::Sink;
+use crate::yaml::Sink;
 use read::RawLab;
 
 /// Largest total size of the files one lab copies into its guests (48 MiB).
@@ -100,6 +97,13 @@ pub enum LoadError {
     Invalid(#[from] Diagnostics),
 }
 
+/// What a lab file's top level must be, said when it is not.
+const LAB_FILE: crate::yaml::Shape = crate::yaml::Shape {
+    what: "the lab file",
+    start: "start with name: my-lab, then nodes:",
+    no_anchors: "use defaults: for shared values",
+};
+
 /// Parses and validates a lab file's text; `file` is its name in messages.
 pub fn parse(file: &str, text: &str) -> Result<Lab, Diagnostics> {
     parse_raw(file, text).map(|(lab, _)| lab)
@@ -108,7 +112,7 @@ pub fn parse(file: &str, text: &str) -> Result<Lab, Diagnostics> {
 /// Parses, validates, and keeps the positions of `files:` entries.
 fn parse_raw(file: &str, text: &str) -> Result<(Lab, FilePositions), Diagnostics> {
     let mut sink = Sink::new(file);
-    let Some(root) = load_yaml(&mut sink, text) else {
+    let Some(root) = crate::yaml::load(&mut sink, text, LAB_FILE) else {
         return Err(sink.finish());
     };
     let raw = read::read_lab(&mut sink, &root);
@@ -118,110 +122,6 @@ fn parse_raw(file: &str, text: &str) -> Result<(Lab, FilePositions), Diagnostics
     }
     drop(root);
     Ok(build(raw))
-}
-
-/// Loads the YAML tree. A duplicate key is reported, then the file is read
-/// again keeping the last value, so the rest of the file is still checked.
-fn load_yaml(sink: &mut Sink, text: &str) -> Option<Yaml> {
-    let strict = options().error_on_duplicate_keys(true);
-    let err = match yaml_guarded(text, strict) {
-        Ok(root) => return Some(root),
-        Err(e) => e,
-    };
-    let (pos, message, help) = match &err {
-        YamlError::DuplicateKey(d) => {
-            let permissive = yaml_guarded(text, options()).ok();
-            let (first, again) = (Pos::of_span(d.prev_key.span()), Pos::of_span(d.key.span()));
-            let path = permissive
-                .as_ref()
-                .and_then(|r| path_of_key(r, "", first))
-                .unwrap_or_default();
-            let what = if path == "nodes" { "node name" } else { "key" };
-            let msg = format!(
-                "duplicate {what} \"{}\" (first at line {}, column {})",
-                d.key.as_str(),
-                first.line,
-                first.column
-            );
-            sink.error(
-                again,
-                &path,
-                msg,
-                Some("remove or rename one of them".into()),
-            );
-            return permissive;
-        }
-        YamlError::ScanError(m, e) => (
-            Pos::of_marker(m),
-            format!("YAML syntax error: {}", e.info()),
-            None,
-        ),
-        YamlError::TopLevelMustBeMapping(m) | YamlError::TopLevelMustBeSequence(m) => (
-            Pos::of_marker(m),
-            "the lab file must be a YAML mapping".to_string(),
-            Some("start with name: my-lab, then nodes:".to_string()),
-        ),
-        YamlError::UnexpectedAnchor(m) => (
-            Pos::of_marker(m),
-            "YAML anchors and aliases are not supported".into(),
-            Some("use defaults: for shared values".into()),
-        ),
-        YamlError::MappingKeyMustBeScalar(m) => (
-            Pos::of_marker(m),
-            "mapping keys must be plain values".into(),
-            None,
-        ),
-        YamlError::UnexpectedTag(m) => (
-            Pos::of_marker(m),
-            "YAML tags (!tag) are not supported".into(),
-            None,
-        ),
-    };
-    sink.error(pos, "", message, help);
-    None
-}
-
-/// Loader options: quoted scalars stay strings, so `""` is not "nothing".
-fn options() -> LoaderOptions {
-    LoaderOptions::default().prevent_coercion(true)
-}
-
-/// marked-yaml asserts on some inputs it considers impossible (for example
-/// an empty document); a lab file must never crash labspan, so such input is
-/// reported as a syntax error instead.
-fn yaml_guarded(text: &str, options: LoaderOptions) -> Result<Yaml, YamlError> {
-    if text.trim_start_matches(['\u{feff}']).lines().all(|l| {
-        let l = l.trim();
-        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
-    }) {
-        return Err(YamlError::TopLevelMustBeMapping(marked_yaml::Marker::new(
-            0, 0, 1, 1,
-        )));
-    }
-    marked_yaml::parse_yaml_with_options(0, text, options)
-}
-
-/// The path of the mapping key that starts at `at`.
-fn path_of_key(node: &Yaml, path: &str, at: Pos) -> Option<String> {
-    match node {
-        Yaml::Scalar(_) => None,
-        Yaml::Mapping(m) => m.iter().find_map(|(k, v)| {
-            let child = if path.is_empty() {
-                k.as_str().to_string()
-            } else {
-                format!("{path}.{}", k.as_str())
-            };
-            if Pos::of_span(k.span()) == at {
-                Some(path.to_string())
-            } else {
-                path_of_key(v, &child, at)
-            }
-        }),
-        Yaml::Sequence(s) => s
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| path_of_key(v, &format!("{path}[{i}]"), at)),
-    }
 }
 
 /// Where each `files:` entry was written: (node, guest path) → position.

@@ -10,13 +10,15 @@ use ipnet::IpNet;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode};
 use marked_yaml::Node as Yaml;
 
-use super::diagnostic::{Pos, Sink};
 use super::model::{
     Check, Endpoint, HostSelector, Impairment, Nic, Node, Resilience, RestartPolicy,
 };
 use super::units;
 use crate::names::valid;
-use crate::suggest::closest;
+use crate::yaml::{
+    check_keys, is_null, is_null_scalar, join, kind, missing, str_or_list, want_map, want_seq,
+    want_str, Pos, Sink,
+};
 
 /// Smallest guest memory we accept; less cannot boot a Linux kernel.
 pub(crate) const MIN_MEMORY_MIB: u64 = 32;
@@ -151,137 +153,6 @@ pub const LAB_FILE_KEYS: &[(&str, &[&str])] = &[
     ("an exec check", EXEC_KEYS),
     ("resilience", RESILIENCE_KEYS),
 ];
-
-/// Joins an object path and a key.
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// How a YAML node's kind reads in a message.
-fn kind(n: &Yaml) -> &'static str {
-    match n {
-        Yaml::Scalar(s) if is_null_scalar(s) => "nothing",
-        Yaml::Scalar(_) => "a scalar",
-        Yaml::Mapping(_) => "a mapping",
-        Yaml::Sequence(_) => "a list",
-    }
-}
-
-/// `key:` with no value, `~` or `null` (unquoted).
-fn is_null_scalar(s: &MarkedScalarNode) -> bool {
-    s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
-}
-
-/// True for an empty value, which means "all defaults" where a mapping is expected.
-fn is_null(n: &Yaml) -> bool {
-    matches!(n, Yaml::Scalar(s) if is_null_scalar(s))
-}
-
-/// Reports every key of `map` not in `allowed`, with a "did you mean".
-fn check_keys(sink: &mut Sink, map: &MarkedMappingNode, path: &str, allowed: &[&str]) {
-    for key in map.keys() {
-        if allowed.contains(&key.as_str()) {
-            continue;
-        }
-        let help = match closest(key.as_str(), allowed.iter().copied()) {
-            Some(s) => format!("did you mean \"{s}\"?"),
-            None => format!("expected one of: {}", allowed.join(", ")),
-        };
-        let msg = format!("unknown key \"{}\"", key.as_str());
-        sink.error(Pos::of_span(key.span()), path, msg, Some(help));
-    }
-}
-
-/// `n` as a mapping, or an error saying what was expected.
-fn want_map<'n>(
-    sink: &mut Sink,
-    n: &'n Yaml,
-    path: &str,
-    what: &str,
-) -> Option<&'n MarkedMappingNode> {
-    if let Yaml::Mapping(m) = n {
-        return Some(m);
-    }
-    sink.error(
-        Pos::of(n),
-        path,
-        format!("expected {what}, found {}", kind(n)),
-        None,
-    );
-    None
-}
-
-/// `n` as a list, or an error saying what was expected.
-fn want_seq<'n>(
-    sink: &mut Sink,
-    n: &'n Yaml,
-    path: &str,
-    what: &str,
-) -> Option<&'n MarkedSequenceNode> {
-    if let Yaml::Sequence(s) = n {
-        return Some(s);
-    }
-    sink.error(
-        Pos::of(n),
-        path,
-        format!("expected {what}, found {}", kind(n)),
-        None,
-    );
-    None
-}
-
-/// `n` as a non-null scalar, or an error saying what was expected.
-fn want_str<'n>(sink: &mut Sink, n: &'n Yaml, path: &str, what: &str) -> Option<&'n str> {
-    match n {
-        Yaml::Scalar(s) if !is_null_scalar(s) => Some(s.as_str()),
-        _ => {
-            sink.error(
-                Pos::of(n),
-                path,
-                format!("expected {what}, found {}", kind(n)),
-                None,
-            );
-            None
-        }
-    }
-}
-
-/// One string or a list of strings, with each item's position.
-fn str_or_list<'n>(
-    sink: &mut Sink,
-    n: &'n Yaml,
-    path: &str,
-    what: &str,
-) -> Vec<(&'n str, Pos, String)> {
-    match n {
-        Yaml::Sequence(items) => items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, item)| {
-                let p = format!("{path}[{i}]");
-                want_str(sink, item, &p, what).map(|s| (s, Pos::of(item), p))
-            })
-            .collect(),
-        _ => want_str(sink, n, path, what)
-            .map(|s| vec![(s, Pos::of(n), path.to_string())])
-            .unwrap_or_default(),
-    }
-}
-
-/// Reports a required key that is missing from `map`.
-fn missing(sink: &mut Sink, map: &MarkedMappingNode, path: &str, key: &str, example: &str) {
-    let msg = format!("missing key \"{key}\"");
-    sink.error(
-        Pos::of_span(map.span()),
-        path,
-        msg,
-        Some(format!("add it, e.g. {example}")),
-    );
-}
 
 /// Whether `name` can name a `kind` (node, NIC, LAN): [`valid`]'s rule,
 /// as a diagnostic's message and help.

@@ -1,9 +1,10 @@
-//! What the user reads when a lab file is wrong: one line per problem, with
-//! file, line, column, the object path and, when we can guess it, a fix.
+//! What the user reads when a file they wrote is wrong (a lab file, a hosts
+//! file): one line per problem, with file, line, column, the object path
+//! and, when we can guess it, a fix.
 
 use std::fmt;
 
-/// A place in the lab file, 1-based; `line == 0` means "the whole file".
+/// A place in the file, 1-based; `line == 0` means "the whole file".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pos {
     /// 1-based line.
@@ -14,17 +15,17 @@ pub struct Pos {
 
 impl Pos {
     /// Position of a YAML node (its first character), or the file start.
-    pub(crate) fn of(node: &marked_yaml::Node) -> Pos {
+    pub fn of(node: &marked_yaml::Node) -> Pos {
         Self::of_span(node.span())
     }
 
     /// Position of the start of a span, or the file start if it has none.
-    pub(crate) fn of_span(span: &marked_yaml::Span) -> Pos {
+    pub fn of_span(span: &marked_yaml::Span) -> Pos {
         span.start().map_or(Pos::default(), Pos::of_marker)
     }
 
     /// Position of a marker.
-    pub(crate) fn of_marker(m: &marked_yaml::Marker) -> Pos {
+    pub fn of_marker(m: &marked_yaml::Marker) -> Pos {
         Pos {
             line: m.line(),
             column: m.column(),
@@ -32,7 +33,7 @@ impl Pos {
     }
 }
 
-/// One problem found in a lab file.
+/// One problem found in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
     /// Display name of the file, as given to `parse`.
@@ -99,14 +100,14 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// Collects diagnostics for one file while it is being read.
-pub(crate) struct Sink<'a> {
+pub struct Sink<'a> {
     file: &'a str,
     found: Vec<Diagnostic>,
 }
 
 impl<'a> Sink<'a> {
     /// An empty sink for `file` (its display name).
-    pub(crate) fn new(file: &'a str) -> Self {
+    pub fn new(file: &'a str) -> Self {
         Sink {
             file,
             found: Vec::new(),
@@ -114,7 +115,7 @@ impl<'a> Sink<'a> {
     }
 
     /// Records a problem at `pos` on the object at `path`.
-    pub(crate) fn error(&mut self, pos: Pos, path: &str, message: String, help: Option<String>) {
+    pub fn error(&mut self, pos: Pos, path: &str, message: String, help: Option<String>) {
         self.found.push(Diagnostic {
             file: self.file.to_string(),
             line: pos.line,
@@ -126,12 +127,12 @@ impl<'a> Sink<'a> {
     }
 
     /// True when nothing was recorded yet.
-    pub(crate) fn is_clean(&self) -> bool {
+    pub fn is_clean(&self) -> bool {
         self.found.is_empty()
     }
 
     /// The problems in file order (stable for problems at the same place).
-    pub(crate) fn finish(mut self) -> Diagnostics {
+    pub fn finish(mut self) -> Diagnostics {
         self.found.sort_by_key(|d| (d.line, d.column));
         Diagnostics(self.found)
     }
