@@ -141,3 +141,129 @@ async fn a_snapshot_over_the_message_limit_is_built_installed_and_restored(
     assert_eq!(current.snapshot.into_inner(), bytes);
     Ok(())
 }
+
+/// The committed index is kept in memory (no I/O on the way to apply) and
+/// stored by the next append: a store reopened before that append finds
+/// the older index, never a newer one; after it, the new one.
+#[tokio::test]
+async fn the_committed_index_is_stored_by_the_next_append() -> Result<(), Box<dyn std::error::Error>>
+{
+    let dir = TempDir::new()?;
+    let path = dir.path().join("raft.redb");
+    {
+        let (mut log, _sm) = raft::open(&path)?;
+        log.blocking_append([entry(1, register("h1")), entry(2, register("h2"))])
+            .await?;
+        log.save_committed(Some(log_id(1, 0, 1))).await?;
+        assert_eq!(log.read_committed().await?, Some(log_id(1, 0, 1)));
+    }
+    {
+        let (mut log, _sm) = raft::open(&path)?;
+        assert_eq!(
+            log.read_committed().await?,
+            None,
+            "no write came after the commit: the saved index is the older one"
+        );
+        log.save_committed(Some(log_id(1, 0, 2))).await?;
+        log.blocking_append([entry(3, register("h3"))]).await?;
+    }
+    let (mut log, _sm) = raft::open(&path)?;
+    assert_eq!(log.read_committed().await?, Some(log_id(1, 0, 2)));
+    Ok(())
+}
+
+/// Set in the child that [`acknowledged_entries_survive_kill_9`] starts:
+/// the store it writes to.
+const KILLED_STORE: &str = "LABSPAN_TEST_KILLED_STORE";
+
+/// A coordinator's store killed with SIGKILL in the middle of appends
+/// keeps every entry whose append openraft was told had completed (the
+/// `LogFlushed` callback), with no gap, and the committed index the last
+/// append stored (never one past the log). The writer is a child process (this test binary again), so
+/// the kill is a real `kill -9` of the process that holds the database.
+#[test]
+fn acknowledged_entries_survive_kill_9() -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+
+    if let Some(path) = std::env::var_os(KILLED_STORE) {
+        return append_until_killed(std::path::Path::new(&path));
+    }
+    let dir = TempDir::new()?;
+    let path = dir.path().join("raft.redb");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "acknowledged_entries_survive_kill_9",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILLED_STORE, &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = i32::try_from(child.id())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut acked = 0u64;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("acked ") {
+            acked = rest.parse()?;
+            if acked >= 200 {
+                break;
+            }
+        }
+    }
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let status = child.wait()?;
+    assert!(
+        acked >= 200,
+        "the writer stopped after {acked} appends: {status}"
+    );
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (mut log, _sm) = raft::open(&path)?;
+        // The child may have appended a few more before the kill landed.
+        let entries = log.try_get_log_entries(1..).await?;
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        let last = indexes.last().copied().unwrap_or(0);
+        assert!(
+            last >= acked,
+            "acknowledged up to {acked}, kept up to {last}"
+        );
+        assert_eq!(indexes, (1..=last).collect::<Vec<_>>(), "a gap in the log");
+        for e in &entries {
+            let want = register(&format!("h{}", e.log_id.index));
+            assert_eq!(e.payload, EntryPayload::Normal(want));
+        }
+        // Each append stores the committed index reported before it: at
+        // least the one before the last acknowledged append, and never one
+        // past the log.
+        let saved = log.read_committed().await?.map_or(0, |l| l.index);
+        assert!(
+            (acked - 1..=last).contains(&saved),
+            "committed index {saved}: acknowledged {acked}, log ends at {last}"
+        );
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+/// The child's side: appends one entry at a time through openraft's
+/// callback, marks each committed, and reports it on stdout; until killed.
+fn append_until_killed(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (mut log, _sm) = raft::open(path)?;
+        let mut out = std::io::stdout().lock();
+        for index in 1u64.. {
+            log.blocking_append([entry(index, register(&format!("h{index}")))])
+                .await?;
+            log.save_committed(Some(log_id(1, 0, index))).await?;
+            writeln!(out, "acked {index}")?;
+            out.flush()?;
+        }
+        Ok(())
+    })
+}

@@ -5,14 +5,16 @@
 //! returns), so an entry or a vote is on disk before openraft is told it is:
 //! nothing acknowledged is lost.
 //!
-//! The committed index is the exception: it is written without an fsync
-//! (`Durability::None`) and reaches the disk with the next durable write (an
-//! append or a vote), as etcd's commit index rides along with its entries.
-//! What a restarted coordinator may apply follows: every index it finds
-//! saved was committed when it was saved, so it applies up to there at once;
-//! entries after it wait until a leader tells it the commit index. A crash
-//! can only make the saved index older, never newer, so it never applies an
-//! entry that was not committed (`tests/raft_cluster.rs`,
+//! The committed index is the exception: [`LogStore::save_committed`] only
+//! keeps it in memory, and the next append or vote writes it in its own
+//! transaction, as etcd's commit index rides along with its entries. So
+//! recording it costs no I/O and no thread hop on the way from commit to
+//! apply. What a restarted coordinator may apply follows: every index it
+//! finds saved was committed when it was saved, so it applies up to there
+//! at once; entries after it wait until a leader tells it the commit index.
+//! A crash (or a stop with no write after the last commit) can only make
+//! the saved index older, never newer, so it never applies an entry that
+//! was not committed (`tests/raft_cluster.rs`,
 //! `restarted_coordinator_applies_only_what_it_knew_committed`).
 //! Writes run on tokio's blocking pool ([`blocking`]): an fsync never holds
 //! one of the async worker threads that serve the API, Raft RPCs and agents.
@@ -21,7 +23,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use labspan_proto::codec;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -29,7 +31,7 @@ use openraft::{
     AnyError, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -50,6 +52,9 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The committed index openraft last reported and no write has stored
+    /// yet (`None`: nothing new). Shared by the clones.
+    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
 }
 
 fn io(
@@ -81,25 +86,36 @@ pub(super) fn read_meta<T: DeserializeOwned>(
     Ok(Some(value))
 }
 
-/// Writes one codec-encoded value into META with `durability`.
-fn write_meta<T: Serialize>(
-    db: &Database,
+/// Puts one codec-encoded value into META within `txn`.
+fn put_meta<T: Serialize>(
+    txn: &WriteTransaction,
     key: &str,
     value: &T,
     subject: ErrorSubject<NodeId>,
-    durability: Durability,
 ) -> StorageResult<()> {
     let err = |e: redb::Error| io(subject.clone(), ErrorVerb::Write, e);
     let bytes = codec::encode(value).map_err(|e| io(subject.clone(), ErrorVerb::Write, e))?;
-    let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-    txn.set_durability(durability)
-        .map_err(|e| io(subject.clone(), ErrorVerb::Write, e))?;
-    {
-        let mut table = txn.open_table(META).map_err(|e| err(e.into()))?;
-        table
-            .insert(key, bytes.as_slice())
-            .map_err(|e| err(e.into()))?;
+    let mut table = txn.open_table(META).map_err(|e| err(e.into()))?;
+    table
+        .insert(key, bytes.as_slice())
+        .map_err(|e| err(e.into()))?;
+    Ok(())
+}
+
+/// Writes the vote, and the committed index if there is one not stored
+/// yet, in one transaction; returns once it is on disk.
+fn write_vote(
+    db: &Database,
+    vote: &Vote<NodeId>,
+    committed: Option<Option<LogId<NodeId>>>,
+) -> StorageResult<()> {
+    let err = |e: redb::Error| io(ErrorSubject::Vote, ErrorVerb::Write, e);
+    let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    put_meta(&txn, KEY_VOTE, vote, ErrorSubject::Vote)?;
+    if let Some(committed) = committed {
+        put_meta(&txn, KEY_COMMITTED, &committed, ErrorSubject::Store)?;
     }
+    // commit() returns after fsync (redb's default durability).
     txn.commit().map_err(|e| err(e.into()))
 }
 
@@ -120,7 +136,30 @@ impl LogStore {
         txn.open_table(LOGS).map_err(|e| err(e.into()))?;
         txn.open_table(META).map_err(|e| err(e.into()))?;
         txn.commit().map_err(|e| err(e.into()))?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            committed: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The committed index not stored yet, taken: the caller writes it.
+    fn take_committed(&self) -> Option<Option<LogId<NodeId>>> {
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Puts back a committed index that a failed write did not store,
+    /// unless a newer one came meanwhile.
+    fn restore_committed(&self, committed: Option<Option<LogId<NodeId>>>) {
+        let mut pending = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.is_none() {
+            *pending = committed;
+        }
     }
 
     fn last_purged(&self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -202,40 +241,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let (db, vote) = (self.db.clone(), *vote);
-        blocking(move || {
-            write_meta(
-                &db,
-                KEY_VOTE,
-                &vote,
-                ErrorSubject::Vote,
-                Durability::Immediate,
-            )
-        })
-        .await
+        let committed = self.take_committed();
+        let written = blocking(move || write_vote(&db, &vote, committed)).await;
+        if written.is_err() {
+            self.restore_committed(committed);
+        }
+        written
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
         read_meta(&self.db, KEY_VOTE, ErrorSubject::Vote)
     }
 
-    /// No fsync (see the module doc): made durable by the next append or
-    /// vote. Still on the blocking pool: it waits for redb's write lock,
-    /// which an append holds through its fsync.
+    /// Kept in memory only (see the module doc): the next append or vote
+    /// writes it.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        let db = self.db.clone();
-        blocking(move || {
-            write_meta(
-                &db,
-                KEY_COMMITTED,
-                &committed,
-                ErrorSubject::Store,
-                Durability::None,
-            )
-        })
-        .await
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        if let Some(pending) = *self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Ok(pending);
+        }
         Ok(read_meta(&self.db, KEY_COMMITTED, ErrorSubject::Store)?.flatten())
     }
 
@@ -246,7 +281,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let db = self.db.clone();
-        blocking(move || append_durably(&db, entries)).await?;
+        let committed = self.take_committed();
+        if let Err(e) = blocking(move || append_durably(&db, entries, committed)).await {
+            self.restore_committed(committed);
+            return Err(e);
+        }
         callback.log_io_completed(Ok(()));
         Ok(())
     }
@@ -271,10 +310,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Writes `entries` in one transaction; returns once it is on disk.
-fn append_durably(db: &Database, entries: Vec<Entry<TypeConfig>>) -> StorageResult<()> {
+/// Writes `entries`, and the committed index if there is one not stored
+/// yet, in one transaction; returns once it is on disk.
+fn append_durably(
+    db: &Database,
+    entries: Vec<Entry<TypeConfig>>,
+    committed: Option<Option<LogId<NodeId>>>,
+) -> StorageResult<()> {
     let err = |e: redb::Error| io(ErrorSubject::Logs, ErrorVerb::Write, e);
     let txn = db.begin_write().map_err(|e| err(e.into()))?;
+    if let Some(committed) = committed {
+        put_meta(&txn, KEY_COMMITTED, &committed, ErrorSubject::Store)?;
+    }
     {
         let mut table = txn.open_table(LOGS).map_err(|e| err(e.into()))?;
         for entry in entries {
