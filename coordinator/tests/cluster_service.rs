@@ -502,10 +502,7 @@ fn hold_plans_of(
         let held = held.clone();
         tokio::spawn(async move {
             let mut pending = Vec::new();
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let Ok(AgentRequest::ApplyPlan(plan)) = read_frame(&mut recv).await else {
-                    return;
-                };
+            while let Some((mut send, plan)) = next_plan(&conn).await {
                 if plan.labs.iter().any(|l| l.lab == lab) {
                     let _ = held.send(plan);
                     pending.push(send); // Left unanswered, as by a busy agent.
@@ -517,6 +514,19 @@ fn hold_plans_of(
     }
 }
 
+/// The leader's next plan push, with the stream to answer it on; other
+/// requests (a returning host is told which checkpoint files to keep) are
+/// left unanswered, as these agents hold none. `None` once the connection
+/// ends.
+async fn next_plan(conn: &quinn::Connection) -> Option<(quinn::SendStream, HostPlan)> {
+    loop {
+        let (send, mut recv) = conn.accept_bi().await.ok()?;
+        if let AgentRequest::ApplyPlan(plan) = read_frame(&mut recv).await.ok()? {
+            return Some((send, plan));
+        }
+    }
+}
+
 /// Answers every plan push, and sends each plan on `seen`.
 fn record_plans(
     seen: tokio::sync::mpsc::UnboundedSender<HostPlan>,
@@ -524,10 +534,7 @@ fn record_plans(
     move |conn, host| {
         let seen = seen.clone();
         tokio::spawn(async move {
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let Ok(AgentRequest::ApplyPlan(plan)) = read_frame(&mut recv).await else {
-                    return;
-                };
+            while let Some((mut send, plan)) = next_plan(&conn).await {
                 let _ = write_frame(&mut send, &applied(&host, &plan)).await;
                 let _ = seen.send(plan);
             }
@@ -875,11 +882,7 @@ fn fetch_files_then_apply(
     move |conn: quinn::Connection, host: String| {
         let fetched = fetched.clone();
         tokio::spawn(async move {
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let Ok(AgentRequest::ApplyPlan(plan)) = read_frame::<AgentRequest>(&mut recv).await
-                else {
-                    return;
-                };
+            while let Some((mut send, plan)) = next_plan(&conn).await {
                 for file in plan
                     .labs
                     .iter()

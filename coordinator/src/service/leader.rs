@@ -10,12 +10,13 @@ use std::time::Duration;
 use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
 use labspan_transport as transport;
 use labspan_transport::tls::PeerIdentity;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, ServerState};
 use quinn::Connection;
 
 use super::{error, lock, Inner};
-use crate::raft::{Applied, Command, Member, NodeId};
+use crate::raft::{Applied, Command, Member, NodeId, TypeConfig};
 
 /// How long a request waits for a leader to be elected before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -24,6 +25,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 const PEER_PROBE: Duration = Duration::from_secs(1);
 /// Pause between attempts of a new coordinator to be added.
 const MEMBERSHIP_RETRY: Duration = Duration::from_secs(1);
+/// How long a membership change waits for an earlier one to commit, and
+/// how often it tries again meanwhile ([`change_membership`]).
+const MEMBERSHIP_BUSY_WAIT: Duration = Duration::from_secs(15);
+const MEMBERSHIP_BUSY_POLL: Duration = Duration::from_millis(100);
 
 impl Inner {
     /// True when this coordinator is the leader now.
@@ -237,10 +242,12 @@ pub(super) async fn add_coordinator(
             format!("cannot add coordinator {name} as a learner: {e}"),
         );
     }
-    match inner
-        .raft
-        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-        .await
+    match change_membership(
+        inner,
+        ChangeMembers::AddVoterIds(BTreeSet::from([id])),
+        false,
+    )
+    .await
     {
         Ok(_) => {
             tracing::info!(id, name, addr, "coordinator promoted to voter");
@@ -351,7 +358,7 @@ pub(super) async fn remove_coordinator(inner: &Arc<Inner>, member: &str) -> Repl
     } else {
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
-    match inner.raft.change_membership(change, false).await {
+    match change_membership(inner, change, false).await {
         Ok(_) => {
             tracing::info!(id, member = %target, "coordinator removed");
             Reply::Done
@@ -363,11 +370,34 @@ pub(super) async fn remove_coordinator(inner: &Arc<Inner>, member: &str) -> Repl
     }
 }
 
+/// A membership change, once an earlier one has committed: openraft
+/// refuses a change while the last is uncommitted (`InProgress`: the
+/// second step of a joint change, or a coordinator just promoted), which
+/// on a loaded cluster is a matter of milliseconds, not an error to show.
+async fn change_membership(
+    inner: &Inner,
+    change: ChangeMembers<NodeId, Member>,
+    retain: bool,
+) -> Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Member>>> {
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_BUSY_WAIT;
+    loop {
+        match inner.raft.change_membership(change.clone(), retain).await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(busy),
+            ))) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%busy, "waiting for the last membership change to commit");
+                tokio::time::sleep(MEMBERSHIP_BUSY_POLL).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Turns voter `id` into a learner, then waits (briefly) until it has
 /// received that membership, so it knows it no longer votes.
 async fn demote(inner: &Arc<Inner>, id: NodeId, target: &Member) -> Result<(), Reply> {
     let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
-    let written = inner.raft.change_membership(change, true).await;
+    let written = change_membership(inner, change, true).await;
     let log_id = match written {
         Ok(resp) => resp.log_id,
         Err(e) => {
