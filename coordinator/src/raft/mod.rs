@@ -91,9 +91,11 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         path: shown.clone(),
         cause: Box::new(cause),
     })?;
-    let sm = StateMachineStore::new(db).map_err(|cause| OpenError::Storage {
-        path: shown,
-        cause: Box::new(cause),
+    let sm = StateMachineStore::new(&db, state_machine::snapshot_path(path)).map_err(|cause| {
+        OpenError::Storage {
+            path: shown,
+            cause: Box::new(cause),
+        }
     })?;
     Ok((log, sm))
 }
