@@ -159,21 +159,41 @@ pub struct Bundles(BTreeMap<String, Cached>);
 #[derive(Clone)]
 struct Cached {
     spec: Arc<[u8]>,
+    /// Where the record's spec was when it was decoded: while the record
+    /// keeps that very buffer (of that length), its spec is unchanged, and
+    /// reads skip comparing its bytes (every deploy, recovery tick and
+    /// file check reads every lab: comparing each stored spec byte by
+    /// byte cost them the size of every spec; docs/benchmarks.md, "State
+    /// at scale"). A spec replaced behind `apply` is a new buffer, made
+    /// while the old one still lived, so it is never at the same address.
+    at: usize,
     bundle: Arc<LabBundle>,
+}
+
+impl Cached {
+    fn decoded_from(&self, spec: &[u8]) -> bool {
+        (self.at == spec.as_ptr() as usize && self.spec.len() == spec.len()) || *self.spec == *spec
+    }
 }
 
 impl Bundles {
     /// The bundle of `spec`, stored for lab `name`.
     fn of(&self, name: &str, spec: &[u8]) -> Result<Arc<LabBundle>, CodecError> {
         match self.0.get(name) {
-            Some(c) if *c.spec == *spec => Ok(c.bundle.clone()),
+            Some(c) if c.decoded_from(spec) => Ok(c.bundle.clone()),
             _ => codec::decode::<LabBundle>(spec).map(Arc::new),
         }
     }
 
+    /// Caches `bundle` as lab `name`'s, decoded from `spec`: the record's
+    /// own spec, not a copy.
     fn insert(&mut self, name: &str, spec: &[u8], bundle: Arc<LabBundle>) {
-        let spec = Arc::from(spec);
-        self.0.insert(name.to_string(), Cached { spec, bundle });
+        let cached = Cached {
+            spec: Arc::from(spec),
+            at: spec.as_ptr() as usize,
+            bundle,
+        };
+        self.0.insert(name.to_string(), cached);
     }
 
     /// Decodes every lab of `labs` (a spec that does not decode is left
@@ -774,8 +794,8 @@ impl ClusterState {
             checkpoint_op,
             restored_from,
         };
+        self.bundles.insert(name, &record.spec, bundle);
         self.labs.insert(name.to_string(), record);
-        self.bundles.insert(name, spec, bundle);
         Ok(Applied::Vnis(vnis))
     }
 

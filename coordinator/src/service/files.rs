@@ -10,7 +10,7 @@
 //! during it. The files then outlive the members that took them: a cluster
 //! whose coordinators are replaced one by one still serves every lab.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,10 +219,10 @@ const COPY_RETRY: Duration = Duration::from_secs(5);
 pub(super) async fn keep_copies(inner: Arc<Inner>) {
     let mut metrics = inner.raft.metrics();
     let mut complete_at = None;
-    let mut stored = BTreeSet::new();
+    let mut complete = Complete::new();
     loop {
         let applied = metrics.borrow_and_update().last_applied;
-        if applied != complete_at && fetch_missing(&inner, &mut stored).await == 0 {
+        if applied != complete_at && fetch_missing(&inner, &mut complete).await == 0 {
             complete_at = applied;
         }
         let retry = applied != complete_at;
@@ -237,38 +237,62 @@ pub(super) async fn keep_copies(inner: Arc<Inner>) {
     }
 }
 
+/// The labs whose every file an earlier pass found or fetched, with the
+/// bundle it looked at: the replica decodes a lab's bundle once per
+/// change of its spec, so an unchanged lab still has the very same one.
+type Complete = BTreeMap<String, Arc<LabBundle>>;
+
 /// Fetches the files the state names and the store lacks; returns how
 /// many it could not get.
 ///
-/// `stored` holds the hashes an earlier call found or fetched, so only the
-/// files a change adds are looked for on disk: with 500 labs of 20 files,
-/// checking every file after every applied entry cost each replica 10,000
-/// `stat` calls per write, on a runtime thread (docs/benchmarks.md, "State
-/// at scale"). A file removed since (damaged) is fetched again by the read
-/// that found it damaged.
-async fn fetch_missing(inner: &Arc<Inner>, stored: &mut BTreeSet<String>) -> usize {
-    let wanted = inner.state.read().state.file_hashes();
-    stored.retain(|h| wanted.contains(h));
+/// Only the labs whose bundle changed since `complete` last saw them are
+/// looked at: with 500 labs of 20 files, listing and checking every file
+/// after every applied entry cost each replica milliseconds of a runtime
+/// thread per write, which every deploy waited for (docs/benchmarks.md,
+/// "State at scale"). A file removed since (damaged) is fetched again by
+/// the read that found it damaged.
+async fn fetch_missing(inner: &Arc<Inner>, complete: &mut Complete) -> usize {
+    let changed: Vec<(String, Arc<LabBundle>)> = {
+        let state = &inner.state.read().state;
+        complete.retain(|lab, _| state.labs.contains_key(lab));
+        (state.labs.keys())
+            .filter_map(|lab| Some((lab, state.bundle(lab)?.ok()?)))
+            .filter(|(lab, b)| complete.get(*lab).is_none_or(|seen| !Arc::ptr_eq(seen, b)))
+            .map(|(lab, b)| (lab.clone(), b))
+            .collect()
+    };
     let mut lacking = 0;
-    for sha256 in wanted {
-        if stored.contains(&sha256) {
-            continue;
-        }
-        if inner.files.has(&sha256) {
-            stored.insert(sha256);
-            continue;
-        }
-        match get(inner, &sha256, true).await {
-            Reply::File { .. } => {
-                tracing::info!(sha256, "copied a guest file from another coordinator");
-                stored.insert(sha256);
+    for (lab, bundle) in changed {
+        let mut lab_lacks = 0;
+        for file in bundle.files.values() {
+            if !fetch_if_missing(inner, &file.sha256).await {
+                lab_lacks += 1;
             }
-            Reply::Error(e) => {
-                tracing::warn!(sha256, error = %e.message, "cannot copy a guest file yet; trying again");
-                lacking += 1;
-            }
-            _ => lacking += 1,
         }
+        if lab_lacks == 0 {
+            complete.insert(lab, bundle);
+        } else {
+            complete.remove(&lab);
+        }
+        lacking += lab_lacks;
     }
     lacking
+}
+
+/// Whether the store holds `sha256`, after fetching it from a peer if needed.
+async fn fetch_if_missing(inner: &Arc<Inner>, sha256: &str) -> bool {
+    if inner.files.has(sha256) {
+        return true;
+    }
+    match get(inner, sha256, true).await {
+        Reply::File { .. } => {
+            tracing::info!(sha256, "copied a guest file from another coordinator");
+            true
+        }
+        Reply::Error(e) => {
+            tracing::warn!(sha256, error = %e.message, "cannot copy a guest file yet; trying again");
+            false
+        }
+        _ => false,
+    }
 }

@@ -171,6 +171,7 @@ impl Inner {
     pub(super) async fn write(&self, cmd: Command) -> Result<Applied, ErrorReply> {
         let started = std::time::Instant::now();
         let settles = super::progress::settles(&cmd);
+        let scope = super::progress::Scope::of(&cmd);
         self.progress_before_write();
         match self.raft.client_write(cmd).await {
             Ok(resp) => {
@@ -178,7 +179,7 @@ impl Inner {
                 let applied = resp.data.map_err(|rejection| {
                     ErrorReply::new(ErrorKind::Invalid, rejection.to_string())
                 });
-                self.progress_after_write(settles.filter(|_| applied.is_ok()));
+                self.progress_after_write(&scope, settles.filter(|_| applied.is_ok()));
                 applied
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ErrorReply::new(

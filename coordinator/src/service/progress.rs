@@ -56,20 +56,79 @@ impl Hub {
 
 /// Every lab's nodes: where each runs and its own state.
 pub(super) fn nodes(state: &ClusterState) -> Nodes {
-    state
-        .labs
-        .iter()
-        .map(|(name, rec)| {
-            let states = decide::node_states(state, rec);
-            let nodes = (rec.placement.iter())
-                .map(|(node, host)| {
-                    let s = states.get(node).copied().unwrap_or(NodeState::Starting);
-                    (node.clone(), (host.clone(), s))
-                })
-                .collect();
-            (name.clone(), nodes)
-        })
+    (state.labs.keys())
+        .filter_map(|name| Some((name.clone(), nodes_of(state, name)?)))
         .collect()
+}
+
+/// Lab `name`'s nodes, if it exists.
+fn nodes_of(state: &ClusterState, name: &str) -> Option<BTreeMap<String, (String, NodeState)>> {
+    let rec = state.labs.get(name)?;
+    let states = decide::node_states(state, rec);
+    let nodes = (rec.placement.iter())
+        .map(|(node, host)| {
+            let s = states.get(node).copied().unwrap_or(NodeState::Starting);
+            (node.clone(), (host.clone(), s))
+        })
+        .collect();
+    Some(nodes)
+}
+
+/// Whose nodes a command may change.
+pub(super) enum Scope {
+    /// The nodes of this lab.
+    Lab(String),
+    /// The nodes on these hosts (up or down, they are `Lost` or not).
+    Hosts(Vec<String>),
+    /// Any node.
+    All,
+}
+
+impl Scope {
+    /// Whose nodes `cmd` may change.
+    pub(super) fn of(cmd: &Command) -> Scope {
+        match cmd {
+            Command::DeployLab { name, .. } | Command::DeleteLab { name } => {
+                Scope::Lab(name.clone())
+            }
+            Command::MoveNodes { lab, .. }
+            | Command::SetLabStatus { lab, .. }
+            | Command::BeginMove { lab, .. }
+            | Command::SetMovePhase { lab, .. }
+            | Command::EndMove { lab, .. }
+            | Command::BeginCheckpoint { lab, .. }
+            | Command::EndCheckpoint { lab, .. }
+            | Command::DeleteCheckpoint { lab, .. }
+            | Command::CheckpointCopied { lab, .. } => Scope::Lab(lab.clone()),
+            Command::RegisterHost { name, .. }
+            | Command::SetHostUp { name, .. }
+            | Command::RemoveHost { name }
+            | Command::Cordon { name, .. } => Scope::Hosts(vec![name.clone()]),
+            Command::RegisterHosts { hosts } => {
+                Scope::Hosts(hosts.iter().map(|r| r.name.clone()).collect())
+            }
+            _ => Scope::All,
+        }
+    }
+
+    /// The labs whose nodes may have changed, in `state` as it is now
+    /// (`None`: every lab).
+    fn labs(&self, state: &ClusterState) -> Option<Vec<String>> {
+        match self {
+            Scope::Lab(lab) => Some(vec![lab.clone()]),
+            Scope::Hosts(hosts) => Some(
+                (state.labs.iter())
+                    .filter(|(_, rec)| {
+                        (rec.placement.values())
+                            .chain(rec.migration.as_ref().map(|m| &m.to))
+                            .any(|h| hosts.contains(h))
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            ),
+            Scope::All => None,
+        }
+    }
 }
 
 /// The leader's steps between two views of the labs' nodes.
@@ -131,19 +190,39 @@ impl Inner {
         }
     }
 
-    /// After a write: publishes what it changed of the nodes, then, for a
-    /// `SetLabStatus`, the lab's settled status.
-    pub(super) fn progress_after_write(&self, settled: Option<(String, String)>) {
+    /// After a write: publishes what it changed of the nodes (those of
+    /// `scope` alone), then, for a `SetLabStatus`, the lab's settled status.
+    ///
+    /// A write that names its lab (or hosts) compares those nodes only:
+    /// reading every lab's after each write cost a deploy on a cluster of
+    /// 500 labs tens of thousands of copies (docs/benchmarks.md, "State at
+    /// scale").
+    pub(super) fn progress_after_write(&self, scope: &Scope, settled: Option<(String, String)>) {
         let term = self.term();
-        let now = nodes(&self.state.read().state);
         let events = {
+            // In the order `progress_before_write` takes them.
             let mut seen = lock(&self.progress.seen);
-            let events = match seen.as_ref() {
-                Some((_, before)) => changes(before, &now, now_unix_ms()),
-                None => Vec::new(),
-            };
-            *seen = Some((term, now));
-            events
+            let state = &self.state.read().state;
+            match (seen.as_mut(), scope.labs(state)) {
+                (Some((_, before)), Some(labs)) => {
+                    let mut was = Nodes::new();
+                    let mut is = Nodes::new();
+                    for lab in labs {
+                        was.extend(before.remove_entry(&lab));
+                        is.extend(nodes_of(state, &lab).map(|n| (lab, n)));
+                    }
+                    let events = changes(&was, &is, now_unix_ms());
+                    before.extend(is);
+                    events
+                }
+                (before, _) => {
+                    let now = nodes(state);
+                    let events = before
+                        .map_or_else(Vec::new, |(_, before)| changes(before, &now, now_unix_ms()));
+                    *seen = Some((term, now));
+                    events
+                }
+            }
         };
         events.into_iter().for_each(|e| self.progress.publish(e));
         if let Some((lab, status)) = settled {
