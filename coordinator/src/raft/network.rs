@@ -310,12 +310,16 @@ impl PeerLink {
 #[error("peer answered with an unexpected reply: {0}")]
 struct UnexpectedReply(String);
 
-/// The most entries one AppendEntries carries, encoded: the codec's cap
-/// less room for the request that wraps it (`Request::Raft`). openraft
-/// batches up to `max_payload_entries` entries whatever their size, so a
-/// follower behind by a few large lab entries would otherwise be sent one
-/// message over the cap, refused, again and again.
-const APPEND_BUDGET: usize = labspan_proto::codec::MAX_MESSAGE_SIZE - (64 << 10);
+/// The most entries one AppendEntries carries, encoded (etcd's
+/// `MaxSizePerMsg` is the same 1 MiB). openraft batches up to
+/// `max_payload_entries` entries whatever their size, and gives each
+/// AppendEntries one heartbeat interval (100 ms) to be answered: a batch of
+/// large lab entries (16 MiB at the codec's cap) could not be encoded, sent,
+/// decoded and fsynced by a follower in time, so it timed out and was sent
+/// again, forever, and the follower never caught up (a test writing 40
+/// entries of 512 KiB hung). A single entry larger than this still goes,
+/// alone.
+const APPEND_BUDGET: usize = 1 << 20;
 
 /// Keeps the longest prefix of `rpc`'s entries (at least one) whose encoding
 /// fits `budget`; returns the last kept entry's log id when some were cut.
