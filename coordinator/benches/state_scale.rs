@@ -13,8 +13,9 @@
 //!   agents' reports), and the leader's placement alone for the same lab
 //!   (`decide::deploy_command` over the leader's state);
 //! - the snapshot: its encoding time and size, the leader's snapshot as
-//!   openraft builds it (trigger → saved), and the slowest API write
-//!   meanwhile (does building it stall the leader?);
+//!   openraft builds it (trigger → saved), and the API writes sent
+//!   meanwhile against as many without a snapshot (does building it stall
+//!   the leader?);
 //! - a fourth coordinator joining after every log is purged: the time until
 //!   it installed the snapshot, until its replica holds every lab, and until
 //!   a read sent to it (`GetLab`) answers, and until it copied every file;
@@ -439,9 +440,9 @@ async fn write_once(client: &Client) -> BenchResult<Duration> {
     }
 }
 
-/// Triggers a snapshot on `node` and waits until it is saved; the slowest
-/// of the API writes sent to the leader meanwhile, one after another.
-async fn snapshot(node: &Running, client: &Client) -> BenchResult<(Duration, Duration, usize)> {
+/// Triggers a snapshot on `node` and waits until it is saved; the API
+/// writes sent to the leader meanwhile, one after another (sorted).
+async fn snapshot(node: &Running, client: &Client) -> BenchResult<(Duration, Vec<Duration>)> {
     let applied = node
         .raft
         .metrics()
@@ -451,8 +452,7 @@ async fn snapshot(node: &Running, client: &Client) -> BenchResult<(Duration, Dur
         .index;
     let start = Instant::now();
     node.raft.trigger().snapshot().await?;
-    let mut slowest = Duration::ZERO;
-    let mut writes = 0;
+    let mut writes = Vec::new();
     loop {
         let done = node
             .raft
@@ -466,10 +466,21 @@ async fn snapshot(node: &Running, client: &Client) -> BenchResult<(Duration, Dur
         if start.elapsed() > Duration::from_secs(600) {
             return Err("no snapshot in 10 minutes".into());
         }
-        slowest = slowest.max(write_once(client).await?);
-        writes += 1;
+        writes.push(write_once(client).await?);
     }
-    Ok((start.elapsed(), slowest, writes))
+    let built = start.elapsed();
+    writes.sort();
+    Ok((built, writes))
+}
+
+/// `n` API writes to the leader one after another, sorted.
+async fn writes_alone(client: &Client, n: usize) -> BenchResult<Vec<Duration>> {
+    let mut writes = Vec::new();
+    for _ in 0..n {
+        writes.push(write_once(client).await?);
+    }
+    writes.sort();
+    Ok(writes)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -553,11 +564,18 @@ async fn main() -> BenchResult {
         ms(encoded),
         ms(decode)
     );
-    let (built, slowest, writes) = snapshot(leader, &to_leader).await?;
+    let alone = writes_alone(&to_leader, 20).await?;
+    let (built, during) = snapshot(leader, &to_leader).await?;
     println!(
-        "leader's snapshot, trigger to saved: {:.0} ms; slowest of {writes} writes meanwhile {:.1} ms; load average {}",
+        "leader's snapshot, trigger to saved: {:.0} ms; {} writes meanwhile: p50 {:.1} ms, \
+         slowest {:.1} ms (20 writes without a snapshot: p50 {:.1} ms, slowest {:.1} ms); \
+         load average {}",
         ms(built),
-        ms(slowest),
+        during.len(),
+        pct(&during, 50),
+        pct(&during, 100),
+        pct(&alone, 50),
+        pct(&alone, 100),
         load_average()
     );
     for node in &coordinators {
