@@ -15,6 +15,8 @@ mod checkpoints;
 pub mod data_dir;
 pub mod decide;
 mod files;
+#[cfg(test)]
+mod fixtures;
 mod hosts;
 mod images;
 mod join;

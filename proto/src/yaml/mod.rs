@@ -179,16 +179,7 @@ pub fn want_map<'n>(
     path: &str,
     what: &str,
 ) -> Option<&'n MarkedMappingNode> {
-    if let Yaml::Mapping(m) = n {
-        return Some(m);
-    }
-    sink.error(
-        Pos::of(n),
-        path,
-        format!("expected {what}, found {}", kind(n)),
-        None,
-    );
-    None
+    want(sink, n, path, what, Yaml::as_mapping(n))
 }
 
 /// `n` as a list, or an error saying what was expected.
@@ -198,32 +189,23 @@ pub fn want_seq<'n>(
     path: &str,
     what: &str,
 ) -> Option<&'n MarkedSequenceNode> {
-    if let Yaml::Sequence(s) = n {
-        return Some(s);
-    }
-    sink.error(
-        Pos::of(n),
-        path,
-        format!("expected {what}, found {}", kind(n)),
-        None,
-    );
-    None
+    want(sink, n, path, what, Yaml::as_sequence(n))
 }
 
 /// `n` as a non-null scalar, or an error saying what was expected.
 pub fn want_str<'n>(sink: &mut Sink, n: &'n Yaml, path: &str, what: &str) -> Option<&'n str> {
-    match n {
-        Yaml::Scalar(s) if !is_null_scalar(s) => Some(s.as_str()),
-        _ => {
-            sink.error(
-                Pos::of(n),
-                path,
-                format!("expected {what}, found {}", kind(n)),
-                None,
-            );
-            None
-        }
+    let text = n.as_scalar().filter(|s| !is_null_scalar(s));
+    want(sink, n, path, what, text.map(|s| s.as_str()))
+}
+
+/// `got`, or (when `n` was not of the kind wanted) an error at `n` saying
+/// what was expected and what was found.
+fn want<T>(sink: &mut Sink, n: &Yaml, path: &str, what: &str, got: Option<T>) -> Option<T> {
+    if got.is_none() {
+        let found = format!("expected {what}, found {}", kind(n));
+        sink.error(Pos::of(n), path, found, None);
     }
+    got
 }
 
 /// One string or a list of strings, with each item's position.

@@ -1,61 +1,23 @@
 //! Checkpoint and reset decisions, and their entries, over hand-built states.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
 
 use labspan_proto::checkpoint::{Checkpoint, NodeCheckpoint};
-use labspan_proto::codec;
-use labspan_proto::lab::{parse, LabBundle};
 use labspan_proto::msg::ErrorKind;
 
 use super::{check_lab, check_reset, recorded_on, second_host};
-use crate::raft::{
-    Capacity, CheckpointOpKind, ClusterState, Command, Host, LabRecord, LabStatus, Rejection,
-};
+use crate::raft::{CheckpointOpKind, ClusterState, Command, LabStatus, Rejection};
+use crate::service::fixtures::{host, record, spec, state as state_of};
 
-fn host(i: u8) -> Host {
-    Host {
-        capacity: Capacity {
-            memory_mib: 4096,
-            vcpus: 8,
-        },
-        labels: BTreeSet::new(),
-        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
-        up: true,
-        cordoned: false,
-    }
-}
-
-/// Lab "lab": a on h1, b on h2, running.
 fn state() -> ClusterState {
     let yaml = "name: lab\ndefaults: {image: tiny, memory: 256MiB, cpus: 1}\nnodes:\n  a: {nics: {eth0: {}}}\n  b: {nics: {eth0: {}}}\nlinks:\n  - [a:eth0, b:eth0]\n";
-    let lab = parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}"));
-    let spec = codec::encode(&LabBundle {
-        lab,
-        files: BTreeMap::new(),
-    })
-    .expect("encodes");
-    let mut s = ClusterState::default();
-    s.hosts.insert("h1".into(), host(1));
-    s.hosts.insert("h2".into(), host(2));
-    s.labs.insert(
-        "lab".into(),
-        LabRecord {
-            spec,
-            vnis: BTreeMap::new(),
-            placement: [("a", "h1"), ("b", "h2")]
-                .into_iter()
-                .map(|(n, h)| (n.to_string(), h.to_string()))
-                .collect(),
-            status: LabStatus::Running,
-            moving: BTreeSet::new(),
-            origin: None,
-            migration: None,
-            checkpoints: Default::default(),
-            checkpoint_op: None,
-            restored_from: Default::default(),
-        },
+    let mut s = state_of(
+        &[("h1", host(1, 8, true)), ("h2", host(2, 8, true))],
+        Vec::new(),
     );
+    let placed = [("a", "h1"), ("b", "h2")];
+    let rec = record(spec(yaml), &placed, LabStatus::Running);
+    s.labs.insert("lab".into(), rec);
     s
 }
 

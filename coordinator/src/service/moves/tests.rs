@@ -1,64 +1,29 @@
 //! Move decisions over hand-built cluster states.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::HashMap;
 
-use labspan_proto::codec;
-use labspan_proto::lab::{parse, LabBundle};
 use labspan_proto::msg::{ErrorKind, MoveSide};
 
 use super::{choose, free_port, verdict, MoveChoice, Verdict, FIRST_MOVE_PORT};
-use crate::hosts::DEFAULT_RESERVE_MIB;
-use crate::placement::vm_memory_mib;
-use crate::raft::{Capacity, ClusterState, Command, Host, LabRecord, LabStatus, MovePhase};
-
-/// A host with room for `vms` guests of 256 MiB and 1 vCPU.
-fn host(i: u8, vms: u64) -> Host {
-    Host {
-        capacity: Capacity {
-            memory_mib: DEFAULT_RESERVE_MIB + vms * vm_memory_mib(256, 1),
-            vcpus: 8,
-        },
-        labels: BTreeSet::new(),
-        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
-        up: true,
-        cordoned: false,
-    }
-}
+use crate::raft::{ClusterState, Command, LabStatus, MovePhase};
+use crate::service::fixtures::{self, host, record, spec};
 
 /// Lab "lab": a -- b -- c in a chain; a on h1, b and c on h3; h2 and h4
 /// have room for one more node each, h1 and h3 none.
 fn state() -> ClusterState {
     let yaml = "name: lab\ndefaults: {image: tiny, memory: 256MiB, cpus: 1}\nnodes:\n  a: {nics: {eth0: {}}}\n  b: {nics: {eth0: {}, eth1: {}}}\n  c: {nics: {eth0: {}}}\nlinks:\n  - [a:eth0, b:eth0]\n  - [b:eth1, c:eth0]\n";
-    let lab = parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}"));
-    let spec = codec::encode(&LabBundle {
-        lab,
-        files: BTreeMap::new(),
-    })
-    .expect("encodes");
-    let mut s = ClusterState::default();
-    s.hosts.insert("h1".into(), host(1, 1));
-    s.hosts.insert("h2".into(), host(2, 1));
-    s.hosts.insert("h3".into(), host(3, 2));
-    s.hosts.insert("h4".into(), host(4, 1));
-    s.labs.insert(
-        "lab".into(),
-        LabRecord {
-            spec,
-            vnis: BTreeMap::new(),
-            placement: [("a", "h1"), ("b", "h3"), ("c", "h3")]
-                .into_iter()
-                .map(|(n, h)| (n.to_string(), h.to_string()))
-                .collect(),
-            status: LabStatus::Running,
-            moving: BTreeSet::new(),
-            origin: None,
-            migration: None,
-            checkpoints: Default::default(),
-            checkpoint_op: None,
-            restored_from: Default::default(),
-        },
+    let mut s = fixtures::state(
+        &[
+            ("h1", host(1, 1, true)),
+            ("h2", host(2, 1, true)),
+            ("h3", host(3, 2, true)),
+            ("h4", host(4, 1, true)),
+        ],
+        Vec::new(),
     );
+    let placed = [("a", "h1"), ("b", "h3"), ("c", "h3")];
+    let rec = record(spec(yaml), &placed, LabStatus::Running);
+    s.labs.insert("lab".into(), rec);
     s
 }
 
@@ -91,7 +56,7 @@ fn placement_prefers_the_host_of_link_peers_then_free_memory() {
         "h2"
     );
     // Give h4 room for two: it has more free memory.
-    s.hosts.insert("h4".into(), host(4, 2));
+    s.hosts.insert("h4".into(), host(4, 2, true));
     assert_eq!(
         choose(&s, &HashMap::new(), "lab", "c", None)
             .expect("fits")
@@ -99,7 +64,7 @@ fn placement_prefers_the_host_of_link_peers_then_free_memory() {
         "h4"
     );
     // Room for b next to a on h1: a is b's peer.
-    s.hosts.insert("h1".into(), host(1, 2));
+    s.hosts.insert("h1".into(), host(1, 2, true));
     assert_eq!(
         choose(&s, &HashMap::new(), "lab", "b", None)
             .expect("fits")
@@ -145,7 +110,7 @@ fn bad_moves_are_refused_with_the_reason() {
         "h2"
     );
     let mut full = cordoned.clone();
-    full.hosts.insert("h2".into(), host(2, 0));
+    full.hosts.insert("h2".into(), host(2, 0, true));
     let (_, m) = refused(&full, "lab", "a", None);
     assert!(m.contains("no other host can take node \"a\""), "{m}");
 }

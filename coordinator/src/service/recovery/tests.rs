@@ -1,29 +1,10 @@
 //! The host-loss decision over hand-built cluster states.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
-
-use labspan_proto::codec;
-use labspan_proto::lab::{parse, LabBundle};
+use std::collections::HashMap;
 
 use super::{decide, Recovery};
-use crate::hosts::DEFAULT_RESERVE_MIB;
-use crate::placement::vm_memory_mib;
-use crate::raft::{Capacity, ClusterState, Host, LabRecord, LabStatus, Migration, MovePhase};
-
-/// A host with room for `vms` guests of 256 MiB and 1 vCPU.
-fn host(i: u8, vms: u64, up: bool) -> Host {
-    Host {
-        capacity: Capacity {
-            memory_mib: DEFAULT_RESERVE_MIB + vms * vm_memory_mib(256, 1),
-            vcpus: 8,
-        },
-        labels: BTreeSet::new(),
-        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
-        up,
-        cordoned: false,
-    }
-}
+use crate::raft::{ClusterState, LabStatus, Migration, MovePhase};
+use crate::service::fixtures::{host, record, spec, state};
 
 /// A lab of `nodes` (256 MiB, 1 vCPU each) in a chain, with `extra` YAML.
 fn lab(name: &str, nodes: &[&str], extra: &str) -> Vec<u8> {
@@ -38,45 +19,6 @@ fn lab(name: &str, nodes: &[&str], extra: &str) -> Vec<u8> {
     }
     yaml.push_str(extra);
     spec(&yaml)
-}
-
-/// The stored spec of the lab file `yaml`.
-fn spec(yaml: &str) -> Vec<u8> {
-    let lab = parse("test lab", yaml).unwrap_or_else(|d| panic!("{d}\n{yaml}"));
-    codec::encode(&LabBundle {
-        lab,
-        files: BTreeMap::new(),
-    })
-    .expect("encodes")
-}
-
-fn record(spec: Vec<u8>, placement: &[(&str, &str)], status: LabStatus) -> LabRecord {
-    LabRecord {
-        spec,
-        vnis: BTreeMap::new(),
-        placement: placement
-            .iter()
-            .map(|(n, h)| (n.to_string(), h.to_string()))
-            .collect(),
-        status,
-        moving: BTreeSet::new(),
-        origin: None,
-        migration: None,
-        checkpoints: Default::default(),
-        checkpoint_op: None,
-        restored_from: Default::default(),
-    }
-}
-
-fn state(hosts: &[(&str, Host)], labs: Vec<(&str, LabRecord)>) -> ClusterState {
-    ClusterState {
-        hosts: hosts
-            .iter()
-            .map(|(n, h)| (n.to_string(), h.clone()))
-            .collect(),
-        labs: labs.into_iter().map(|(n, r)| (n.to_string(), r)).collect(),
-        ..ClusterState::default()
-    }
 }
 
 fn three_nodes_on_three_hosts(h2_up: bool) -> ClusterState {

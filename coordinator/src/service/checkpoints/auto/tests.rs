@@ -1,60 +1,27 @@
 //! The schedule of automatic checkpoints and their pruning, over
 //! hand-built states.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::HashMap;
 
 use labspan_proto::checkpoint::Checkpoint;
-use labspan_proto::codec;
-use labspan_proto::lab::{parse, LabBundle};
 
 use super::{auto_name, due, is_auto, to_prune, AUTO_KEEP};
-use crate::raft::{Capacity, ClusterState, Host, LabRecord, LabStatus, Migration, MovePhase};
+use crate::raft::{ClusterState, LabRecord, LabStatus, Migration, MovePhase};
+use crate::service::fixtures::{host, record as lab_record, spec, state as state_of};
 
-fn host(i: u8) -> Host {
-    Host {
-        capacity: Capacity {
-            memory_mib: 4096,
-            vcpus: 8,
-        },
-        labels: BTreeSet::new(),
-        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
-        up: true,
-        cordoned: false,
-    }
-}
-
+/// Lab "lab" (a on h1, b on h2) with `resilience`.
 fn record(resilience: &str) -> LabRecord {
     let yaml =
         format!("name: lab\ndefaults: {{image: tiny}}\nnodes: {{a: {{}}, b: {{}}}}\n{resilience}");
-    let lab = parse("test lab", &yaml).unwrap_or_else(|d| panic!("{d}"));
-    let spec = codec::encode(&LabBundle {
-        lab,
-        files: BTreeMap::new(),
-    })
-    .expect("encodes");
-    LabRecord {
-        spec,
-        vnis: BTreeMap::new(),
-        placement: [("a", "h1"), ("b", "h2")]
-            .into_iter()
-            .map(|(n, h)| (n.to_string(), h.to_string()))
-            .collect(),
-        status: LabStatus::Running,
-        moving: BTreeSet::new(),
-        origin: None,
-        migration: None,
-        checkpoints: Default::default(),
-        checkpoint_op: None,
-        restored_from: Default::default(),
-    }
+    lab_record(spec(&yaml), &[("a", "h1"), ("b", "h2")], LabStatus::Running)
 }
 
 /// "every" checkpoints each 60 s; "never" has no `resilience`.
 fn state() -> ClusterState {
-    let mut s = ClusterState::default();
-    s.hosts.insert("h1".into(), host(1));
-    s.hosts.insert("h2".into(), host(2));
+    let mut s = state_of(
+        &[("h1", host(1, 8, true)), ("h2", host(2, 8, true))],
+        Vec::new(),
+    );
     s.labs.insert(
         "every".into(),
         record("resilience: {checkpoint_every: 1m}\n"),

@@ -1,60 +1,27 @@
 //! Which checkpoint a lost host's nodes restart from, and where each
 //! one's files come from, over hand-built states.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeMap;
 
 use labspan_proto::checkpoint::{Checkpoint, NodeCheckpoint};
-use labspan_proto::codec;
-use labspan_proto::lab::{parse, LabBundle};
 
 use super::{choose, Choice, Source};
-use crate::raft::{Capacity, ClusterState, Host, LabRecord, LabStatus};
-
-fn host(i: u8, up: bool) -> Host {
-    Host {
-        capacity: Capacity {
-            memory_mib: 4096,
-            vcpus: 8,
-        },
-        labels: BTreeSet::new(),
-        vtep: IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)),
-        up,
-        cordoned: false,
-    }
-}
+use crate::raft::{ClusterState, LabStatus};
+use crate::service::fixtures::{host, record, spec, state as state_of};
 
 /// Lab "lab" (a on h1, b on h2) with or without `resilience`; h1 is down.
 fn state(resilience: &str) -> ClusterState {
     let yaml =
         format!("name: lab\ndefaults: {{image: tiny}}\nnodes: {{a: {{}}, b: {{}}}}\n{resilience}");
-    let lab = parse("test lab", &yaml).unwrap_or_else(|d| panic!("{d}"));
-    let spec = codec::encode(&LabBundle {
-        lab,
-        files: BTreeMap::new(),
-    })
-    .expect("encodes");
-    let mut s = ClusterState::default();
-    s.hosts.insert("h1".into(), host(1, false));
-    s.hosts.insert("h2".into(), host(2, true));
-    s.hosts.insert("h3".into(), host(3, true));
-    s.labs.insert(
-        "lab".into(),
-        LabRecord {
-            spec,
-            vnis: BTreeMap::new(),
-            placement: [("a", "h1"), ("b", "h2")]
-                .into_iter()
-                .map(|(n, h)| (n.to_string(), h.to_string()))
-                .collect(),
-            status: LabStatus::Running,
-            moving: BTreeSet::new(),
-            origin: None,
-            migration: None,
-            checkpoints: Default::default(),
-            checkpoint_op: None,
-            restored_from: Default::default(),
-        },
+    let hosts = [
+        ("h1", host(1, 8, false)),
+        ("h2", host(2, 8, true)),
+        ("h3", host(3, 8, true)),
+    ];
+    let placed = [("a", "h1"), ("b", "h2")];
+    let mut s = state_of(
+        &hosts,
+        vec![("lab", record(spec(&yaml), &placed, LabStatus::Running))],
     );
     s.decode_bundles();
     s
