@@ -22,6 +22,12 @@ The 1-minute load average is printed with each run.
 
 IMAGE_DIR holds tiny's vmlinuz and initrd.img (default: the tiny image of
 /var/lib/labspan/images).
+
+For the cost per GiB of RAM (deploy/bench-checkpoint-size.sh runs it so):
+BENCH_GUESTS=p (or p,v: guests without a disk only), BENCH_MEM=1024 (MiB
+of RAM per guest, default 256), BENCH_FILL=768 (MiB of non-zero data each
+guest writes to its RAM-backed root before the first save, default 0:
+QEMU sends an untouched page as a flag, so an idle guest's file is small).
 """
 import json
 import os
@@ -71,7 +77,7 @@ class Qmp:
 def qemu(d, name, img, disk, extra):
     args = [
         "qemu-system-x86_64", "-name", name, "-machine", "q35", "-accel", "tcg",
-        "-m", "256M", "-smp", "1", "-nodefaults", "-display", "none",
+        "-m", f"{MEM}M", "-smp", "1", "-nodefaults", "-display", "none",
         "-kernel", f"{img}/vmlinuz", "-initrd", f"{img}/initrd.img",
         "-append", "console=ttyS0 quiet no_timer_check panic=1",
         "-chardev", f"socket,id=serial0,path={d}/{name}.console,server=on,wait=off",
@@ -89,6 +95,39 @@ def qemu(d, name, img, disk, extra):
     subprocess.run(args + extra, check=True)
     with open(f"{d}/{name}.pid") as f:
         return int(f.read())
+
+
+MEM = int(os.environ.get("BENCH_MEM", "256"))
+FILL = int(os.environ.get("BENCH_FILL", "0"))
+GUESTS = os.environ.get("BENCH_GUESTS", "p,v,d").split(",")
+
+
+def guest_sh(path, line, limit=1200):
+    """Runs `sh -c LINE` in the guest through its agent, to its end."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(limit)
+    s.connect(path)
+    f = s.makefile("rw")
+
+    def ask(cmd, **args):
+        f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
+        f.flush()
+        msg = json.loads(f.readline())
+        if "error" in msg:
+            raise RuntimeError(f"{cmd}: {msg['error']}")
+        return msg["return"]
+
+    pid = ask("guest-exec", path="/bin/sh", arg=["-c", line])["pid"]
+    end = time.time() + limit
+    while time.time() < end:
+        st = ask("guest-exec-status", pid=pid)
+        if st["exited"]:
+            if st.get("exitcode", 1) != 0:
+                raise RuntimeError(f"guest: `{line}` exited {st.get('exitcode')}")
+            s.close()
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"guest: `{line}` did not end in {limit} s")
 
 
 def wait_guest_agent(path, limit=180):
@@ -203,18 +242,23 @@ def main():
         guests = {}
         try:
             for name, disk in (("p", None), ("v", None), ("d", overlay)):
+                if name not in GUESTS:
+                    continue
                 pid = qemu(d, name, img, disk, [])
                 guests[name] = {"pid": pid, "disk": disk, "node": "disk0", "layer": None}
             for name, g in guests.items():
                 wait_guest_agent(f"{d}/{name}.qga")
                 g["qmp"] = Qmp(f"{d}/{name}.qmp")
+                if FILL:
+                    guest_sh(f"{d}/{name}.qga", "mount -o remount,size=90% / && "
+                             f"dd if=/dev/urandom of=/fill bs=1048576 count={FILL} 2>/dev/null")
             for n in range(1, runs + 1):
                 load = os.getloadavg()[0]
                 pauses, frozen = save_all(d, guests, n)
                 sizes = {name: os.path.getsize(f"{d}/{name}.ram") >> 20 for name in guests}
                 back = restore_all(d, img, guests, n)
                 print(json.dumps({
-                    "run": n, "load_1m": round(load, 1),
+                    "run": n, "load_1m": round(load, 1), "mem_mib": MEM, "fill_mib": FILL,
                     "paused_ms": {k: round(v * 1000) for k, v in pauses.items()},
                     "frozen_ms": round(frozen * 1000), "ram_mib": sizes,
                     "restore_ms": round(back * 1000)}), flush=True)

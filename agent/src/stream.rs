@@ -54,12 +54,7 @@ pub async fn capture(
         let why = format!("lab {lab:?} has no NIC {node}:{nic} on this host (no tap {tap})");
         return refuse(send, ErrorKind::NotFound, why).await;
     }
-    let mut cmd = Command::new("tcpdump");
-    // -U: write each packet as it comes; -w -: pcap on stdout.
-    cmd.args(["-i", &tap, "-U", "-w", "-", "--immediate-mode", "-s", "0"]);
-    if let Some(n) = count {
-        cmd.args(["-c", &n.to_string()]);
-    }
+    let mut cmd = Command::from(tcpdump(&tap, count));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -84,6 +79,19 @@ pub async fn capture(
     }
     // Ours by pid (the child we spawned): stop it if it still runs, reap it.
     let _ = child.kill().await;
+}
+
+/// The capture of a tap as pcap on stdout, `count` packets or until it is
+/// stopped: the one tcpdump command line of both capture paths (this
+/// stream, and `labspan capture` on the embedded default).
+pub fn tcpdump(tap: &str, count: Option<u32>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("tcpdump");
+    // -U: write each packet as it comes; -w -: pcap on stdout.
+    cmd.args(["-i", tap, "-U", "-w", "-", "--immediate-mode", "-s", "0"]);
+    if let Some(n) = count {
+        cmd.args(["-c", &n.to_string()]);
+    }
+    cmd
 }
 
 async fn refuse(mut send: SendStream, kind: ErrorKind, why: String) {

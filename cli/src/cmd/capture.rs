@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 
 use anyhow::Context;
 use labspan_proto::msg::Request;
@@ -88,11 +88,7 @@ fn local(args: &Args) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let mut cmd = Command::new("tcpdump");
-    cmd.args(["-i", &tap, "-U", "-w", "-", "--immediate-mode", "-s", "0"]);
-    if let Some(n) = args.count {
-        cmd.args(["-c", &n.to_string()]);
-    }
+    let mut cmd = labspan_agent::stream::tcpdump(&tap, args.count);
     if let Some(path) = &args.write {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         cmd.stdout(Stdio::from(file));
