@@ -22,7 +22,7 @@ shellcheck_all() {
             # Guest scripts run under the tiny image's busybox sh. They are
             # baked into the image, so editing them rebuilds every tiny
             # image; init.sh splits /proc/cmdline into words on purpose.
-            agent/src/image/tiny/*) guest+=("$f") ;;
+            image/src/tiny/*) guest+=("$f") ;;
             *) scripts+=("$f") ;;
         esac
     done < <(git ls-files '*.sh' .ci/run)

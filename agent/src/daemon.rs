@@ -22,10 +22,11 @@ use quinn::Connection;
 use crate::fence::Fence;
 use crate::net::capabilities;
 
-use crate::image_service::ImageService;
 use crate::progress::{self, Outbox};
 use crate::reconcile::{Agent, Event, Report};
 use crate::{stream, supervise};
+use labspan_image::service::ImageService;
+use labspan_image::transfer::CheckpointFiles;
 use labspan_proto::health::GuestHealth;
 
 /// How often the agent tells the leader it is alive until the leader says
@@ -131,7 +132,20 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
             l.port(),
         )
     });
-    let images = ImageService::start(&cluster, &agent, host.image_listen, announce);
+    let state = agent.state().to_path_buf();
+    let checkpoints: CheckpointFiles = Arc::new(move |lab, name, node, kind| {
+        crate::stream::checkpoint_file(&state, lab, name, node, kind)
+    });
+    let images = ImageService::start(
+        &cluster,
+        agent.images().clone(),
+        Some(checkpoints),
+        host.image_listen,
+        announce,
+    );
+    if let Some(fetcher) = images.fetcher() {
+        agent.set_fetcher(fetcher);
+    }
     let outbox = Arc::new(Outbox::default());
     let events = hooks.events.clone();
     let supervisor_events: Arc<dyn Fn(Event) + Send + Sync> = {

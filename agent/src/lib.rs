@@ -3,8 +3,6 @@
 pub mod daemon;
 pub mod fence;
 pub mod guest;
-pub mod image;
-pub mod image_service;
 pub mod liveness;
 pub mod metrics;
 pub mod net;
@@ -14,5 +12,4 @@ pub mod progress;
 pub mod reconcile;
 pub mod stream;
 pub mod supervise;
-pub mod tool;
 pub mod vm;

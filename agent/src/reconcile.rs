@@ -21,14 +21,14 @@ pub mod checkpoint;
 pub mod vms;
 
 use crate::guest::{network_script, shell_quote};
-use crate::image::transfer::{Fetcher, Progress};
-use crate::image::{Image, ImageError, ImageStore};
 use crate::net::{self, NetError, NetOps};
 use crate::paths;
 use crate::supervise;
 use crate::vm::{
     self, Accel, AccelChoice, ExecOutput, GuestAgent, QgaError, Vm, VmConfig, VmError,
 };
+use labspan_image::transfer::{Fetcher, Progress};
+use labspan_image::{Image, ImageError, ImageStore};
 use labspan_proto::health::{GuestHealth, GuestState};
 use labspan_proto::lab::RestartPolicy;
 pub use vms::{Found, Key, VmAction, Wanted};
@@ -48,7 +48,7 @@ pub enum AgentError {
     #[error("lab \"{lab}\": {cause}")]
     Fetch {
         lab: String,
-        cause: Box<crate::image::transfer::FetchError>,
+        cause: Box<labspan_image::transfer::FetchError>,
     },
     /// A VM's image is not in the store.
     #[error("lab \"{lab}\": node \"{vm}\": {cause}")]
@@ -290,7 +290,7 @@ impl Drop for Busy<'_> {
 impl Agent {
     /// An agent keeping its state in `state` (see `paths::state_dir`).
     pub fn new(state: PathBuf, accel: AccelChoice) -> Agent {
-        let images = ImageStore::at(state.join("images"));
+        let images = ImageStore::in_state(&state);
         let files = FileStore::at(state.join("files"));
         Agent {
             state,

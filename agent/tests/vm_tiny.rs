@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use labspan_agent::image::{Image, ImageStore, ImportRequest};
 use labspan_agent::vm::{self, Accel, AccelChoice, NicSpec, Vm, VmConfig};
+use labspan_image::{Image, ImageStore, ImportRequest};
 
 const AGENT_WAIT: Duration = Duration::from_secs(120);
 const EXEC_WAIT: Duration = Duration::from_secs(30);

@@ -113,7 +113,7 @@ impl LocalCluster {
     /// over an empty 64 MiB qcow2 disk (imported into a store in the
     /// cluster's state folder), so that a guest has a real disk to write.
     pub fn push_disk_image(&self, name: &str) {
-        let tiny = labspan_agent::image::ImageStore::at(crate::TEST_IMAGES)
+        let tiny = labspan_image::ImageStore::at(crate::TEST_IMAGES)
             .get("tiny")
             .expect("the tiny image");
         let disk = self.write_file(&format!("{name}.qcow2"), "");

@@ -86,7 +86,7 @@ fn check_block(page: &Path, line: usize, body: &str) -> Result<(), String> {
             let dir = tempfile_dir();
             let path = dir.join("image.yaml");
             std::fs::write(&path, body).expect("writing the recipe");
-            let res = labspan_agent::image::Recipe::load(&path)
+            let res = labspan_image::Recipe::load(&path)
                 .map(drop)
                 .map_err(|e| format!("{at}: this image recipe example is invalid: {e}"));
             std::fs::remove_dir_all(&dir).expect("removing the recipe folder");

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use super::NetError;
-use crate::tool::{self, ToolError};
+use labspan_tool::{self as tool, ToolError};
 
 /// Bytes of burst a tbf gets at least: enough for a GSO packet of a guest.
 const MIN_BURST: u64 = 16 * 1024;

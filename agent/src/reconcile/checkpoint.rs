@@ -11,9 +11,9 @@ use futures::future::join_all;
 use labspan_proto::checkpoint::{CheckpointFile, NodeCheckpoint};
 
 use super::{vm_config, Agent, AgentError, Configured, CONFIGURED};
-use crate::image::digest::hash_file;
 use crate::paths;
 use crate::vm::{self, checkpoint as ck, Vm};
+use labspan_image::digest::hash_file;
 
 /// The longest wait for a deadline the leader set (a farther one is a
 /// clock that disagrees: the pause happens at once).

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{launch, Accel, Vm, VmConfig, VmError};
-use crate::image::Image;
+use labspan_image::Image;
 
 /// How long a KVM probe guest may take to answer through its guest agent.
 /// The tiny guest does it in about 2 s under TCG; a working KVM is faster.

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::migrate::{wait_migration, MoveError, Session};
 use super::{Vm, VmError};
-use crate::tool::{self, ToolError};
+use labspan_tool::{self as tool, ToolError};
 
 /// The RAM and device state in a checkpoint's node folder.
 pub const RAM_FILE: &str = "ram.state";

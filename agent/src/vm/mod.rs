@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use labspan_transport::poll::Poll;
 
-use crate::image::Image;
-use crate::tool::{self, ToolError};
 pub use accel::AccelChoice;
+use labspan_image::Image;
+use labspan_tool::{self as tool, ToolError};
 pub use qemu::{Accel, LaunchSpec, NicSpec, VmPaths};
 pub use qga::{ExecOutput, GuestAgent, QgaError};
 pub use qmp::{Qmp, QmpError};

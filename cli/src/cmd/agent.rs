@@ -104,7 +104,7 @@ fn host_info(args: &RunArgs) -> anyhow::Result<HostInfo> {
     host.cpu_overcommit = args.cpu_overcommit;
     host.image_listen = Some(args.image_listen.unwrap_or(std::net::SocketAddr::new(
         args.vtep,
-        labspan_agent::image::transfer::DEFAULT_IMAGE_PORT,
+        labspan_image::transfer::DEFAULT_IMAGE_PORT,
     )));
     Ok(host)
 }

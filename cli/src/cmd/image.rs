@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use labspan_agent::image::{self, Image, ImageError, ImageStore, ImportRequest};
+use labspan_image::{self as image, Image, ImageError, ImageStore, ImportRequest};
 
 use crate::InvalidInput;
 
@@ -23,7 +23,7 @@ impl StoreArg {
     fn open(&self) -> ImageStore {
         match &self.store {
             Some(d) => ImageStore::at(d),
-            None => ImageStore::from_env(),
+            None => ImageStore::in_state(&labspan_agent::paths::state_dir()),
         }
     }
 }

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use labspan_agent::image::transfer;
-use labspan_agent::image::{ImageError, ImageStore, ImportRequest};
+use labspan_image::transfer;
+use labspan_image::{ImageError, ImageStore, ImportRequest};
 use labspan_proto::msg::{HostImages, Reply, Request};
 use labspan_transport::client::any_local;
 use labspan_transport::image_client_endpoint;

@@ -153,7 +153,7 @@ async fn save(cluster: &Path, client: &Client, a: &SaveArgs) -> anyhow::Result<(
     let mut members: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut image_objects = BTreeMap::new();
     if !a.without_images {
-        let fetched = labspan_agent::image::ImageStore::at(scratch.path().join("images"));
+        let fetched = labspan_image::ImageStore::at(scratch.path().join("images"));
         for (name, img) in &lab_images {
             let (dir, digest) = images::fetch(cluster, img, &fetched).await?;
             for f in &digest.files {
@@ -319,7 +319,7 @@ struct Archive<'a> {
     unpacked: &'a archive::Unpacked,
     content: &'a Content,
     /// The images it holds, as a store in the unpacked archive.
-    images: &'a labspan_agent::image::ImageStore,
+    images: &'a labspan_image::ImageStore,
 }
 
 /// Loads `from` on `cluster` (this machine's embedded default when
@@ -440,7 +440,7 @@ async fn ready_to_load(
 async fn bring_images(
     cluster: &Path,
     embedded: bool,
-    from: &labspan_agent::image::ImageStore,
+    from: &labspan_image::ImageStore,
     names: &[String],
     hosts: &[HostImages],
     client: &Client,

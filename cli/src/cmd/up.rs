@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use labspan_agent::image::ImageError;
 use labspan_agent::reconcile::Agent;
 use labspan_agent::vm::AccelChoice;
+use labspan_image::ImageError;
 use labspan_proto::lab::LoadedLab;
 use labspan_proto::msg::LabReport;
 
@@ -118,7 +118,7 @@ pub(crate) fn summary(report: &LabReport, ok: bool, started: Instant, mode: Mode
 fn ensure_builtin_images(agent: &Agent, lab: &labspan_proto::lab::Lab) -> anyhow::Result<()> {
     let used: std::collections::BTreeSet<&str> =
         lab.nodes.values().map(|n| n.image.as_str()).collect();
-    for recipe in used.into_iter().filter_map(labspan_agent::image::recipe) {
+    for recipe in used.into_iter().filter_map(labspan_image::recipe) {
         if !matches!(
             agent.images().get(recipe.name),
             Err(ImageError::Missing { .. })

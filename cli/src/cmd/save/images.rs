@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use anyhow::{bail, Context};
-use labspan_agent::image::digest::digest_folder;
-use labspan_agent::image::transfer::{self, Fetcher};
-use labspan_agent::image::{Expected, ImageStore};
+use labspan_image::digest::digest_folder;
+use labspan_image::transfer::{self, Fetcher};
+use labspan_image::{Expected, ImageStore};
 use labspan_proto::image::{ImageDigest, ImageInfo, ImagePlan, ImageSource};
 use labspan_proto::msg::HostImages;
 use labspan_transport::client::any_local;
@@ -80,7 +80,7 @@ pub async fn fetch(
     let ImageInfo {
         name, hash, digest, ..
     } = &img.info;
-    let local = ImageStore::from_env();
+    let local = ImageStore::in_state(&labspan_agent::paths::state_dir());
     if local.has(hash) {
         if let Ok(d) = local.digest(hash) {
             if &d.digest == digest {
@@ -175,7 +175,7 @@ pub async fn import_here(from: &ImageStore, name: &str) -> anyhow::Result<()> {
     let img = from.get(name)?;
     let hash = &img.manifest.hash;
     let digest = from.digest(hash)?;
-    let to = ImageStore::from_env();
+    let to = ImageStore::in_state(&labspan_agent::paths::state_dir());
     if to.has(hash) {
         to.name_hash(name, hash)?;
         return Ok(());

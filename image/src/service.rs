@@ -11,9 +11,8 @@ use labspan_transport::client::{any_local, ClusterFile};
 use labspan_transport::{image_client_endpoint, image_server_endpoint};
 use quinn::Endpoint;
 
-use crate::image::transfer::{self, Fetcher};
-use crate::image::ImageStore;
-use crate::reconcile::Agent;
+use crate::transfer::{self, CheckpointFiles, Fetcher};
+use crate::ImageStore;
 
 /// This host's image endpoint and what was last reported to the leader.
 pub struct ImageService {
@@ -22,22 +21,25 @@ pub struct ImageService {
     addr: Option<String>,
     /// Kept so the endpoint lives as long as the daemon.
     _server: Option<Endpoint>,
+    /// Fetches images from the other hosts (`None`: no credential).
+    fetcher: Option<Arc<Fetcher>>,
     last: Mutex<Option<Vec<ImageInfo>>>,
     /// Told when an image was pushed here: report it at once.
     changed: Arc<tokio::sync::Notify>,
 }
 
 impl ImageService {
-    /// Starts serving on `listen` (announced as `announce`), and gives
-    /// `agent` a fetcher; failures are logged and leave that part off (the
-    /// agent still runs labs from its own store).
+    /// Starts serving `store` (and the files `checkpoints` finds) on
+    /// `listen`, announced as `announce`, and makes a fetcher
+    /// ([`ImageService::fetcher`]); failures are logged and leave that part
+    /// off (the agent still runs labs from its own store).
     pub fn start(
         cluster: &ClusterFile,
-        agent: &Agent,
+        store: ImageStore,
+        checkpoints: Option<CheckpointFiles>,
         listen: Option<SocketAddr>,
         announce: Option<SocketAddr>,
     ) -> ImageService {
-        let store = agent.images().clone();
         let credential = match cluster.credential() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -47,6 +49,7 @@ impl ImageService {
         };
         let mut server = None;
         let mut addr = None;
+        let mut fetcher = None;
         let changed = Arc::new(tokio::sync::Notify::new());
         if let Some((ca, me)) = &credential {
             let bind = any_local(
@@ -55,7 +58,7 @@ impl ImageService {
                     .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             );
             match image_client_endpoint(bind, ca, me) {
-                Ok(ep) => agent.set_fetcher(Arc::new(Fetcher::new(ep, store.clone()))),
+                Ok(ep) => fetcher = Some(Arc::new(Fetcher::new(ep, store.clone()))),
                 Err(e) => tracing::error!(error = %e, "cannot fetch images from other hosts"),
             }
             if let Some(listen) = listen {
@@ -64,12 +67,11 @@ impl ImageService {
                         let bound = ep.local_addr().map(|a| a.port()).unwrap_or(listen.port());
                         let shown = announce.unwrap_or(listen);
                         addr = Some(SocketAddr::new(shown.ip(), bound).to_string());
-                        let state = Some(agent.state().to_path_buf());
                         transfer::serve_with_checkpoints(
                             ep.clone(),
                             store.clone(),
                             changed.clone(),
-                            state,
+                            checkpoints,
                         );
                         tracing::info!(addr = addr.as_deref(), "serving images");
                         server = Some(ep);
@@ -82,6 +84,7 @@ impl ImageService {
             store,
             addr,
             _server: server,
+            fetcher,
             last: Mutex::new(None),
             changed,
         }
@@ -93,6 +96,12 @@ impl ImageService {
             () = tokio::time::sleep(period) => {}
             () = self.changed.notified() => {}
         }
+    }
+
+    /// What fetches the plan's images from the other hosts (`None` when
+    /// this host has no credential or no client endpoint).
+    pub fn fetcher(&self) -> Option<Arc<Fetcher>> {
+        self.fetcher.clone()
     }
 
     /// The address other hosts reach this host's image endpoint at.

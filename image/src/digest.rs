@@ -144,7 +144,7 @@ pub fn hash_file(path: &Path) -> Result<(u64, String), ImageError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::image::{GuestKind, Manifest};
+    use crate::{GuestKind, Manifest};
 
     /// A store with one committed image named `x` of two files.
     pub(crate) fn store_with_image(root: &Path) -> (ImageStore, String) {

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::apt::{self, Pinned};
 use super::cpio::{write_archive, Entry};
 use super::{io_err, GuestKind, Image, ImageError, ImageStore, Manifest};
-use crate::tool::ToolError;
+use labspan_tool::ToolError;
 
 /// Bump when the build itself changes in a way the recipe does not show.
 const BUILDER_VERSION: &str = "tiny-1";
@@ -484,5 +484,11 @@ mod tests {
         assert_eq!(recipe("tiny"), Some(&TINY));
         assert_eq!(recipe("tiny-router"), Some(&TINY_ROUTER));
         assert_eq!(recipe("debian"), None);
+    }
+
+    #[test]
+    fn builtin_names_are_the_agent_recipes() {
+        let names: Vec<&str> = RECIPES.iter().map(|r| r.name).collect();
+        assert_eq!(names, labspan_proto::image::BUILTIN);
     }
 }

@@ -17,9 +17,9 @@ pub struct Pinned {
     pub versions: Vec<String>,
 }
 
-/// Runs a tool ([`crate::tool`]) and returns its stdout.
+/// Runs a tool ([`labspan_tool`]) and returns its stdout.
 pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
-    Ok(crate::tool::stdout_of(cmd)?)
+    Ok(labspan_tool::stdout_of(cmd)?)
 }
 
 /// The versioned kernel package that `linux-image-cloud-amd64` points at.

@@ -1,3 +1,11 @@
+//! labspan's guest images: the store (below), content digests
+//! ([`digest`]), importing a disk ([`ImageStore::import`]), receiving an
+//! image checked against its digest ([`ImageStore::receive`]), the image
+//! endpoint between hosts ([`transfer`]) and the daemon's image duties
+//! ([`service`]). The builders (the tiny images, Debian recipes, and the
+//! `apt` and `cpio` helpers they use) shell out to host tools and sit
+//! behind the `builders` feature, which the command enables.
+//!
 //! The image store: guest images addressed by content hash, with a name index.
 //!
 //! Layout under the store root:
@@ -9,12 +17,19 @@
 //!   renames it into `objects/` at the very end, so a failure leaves nothing
 //!   half-made in `objects/` or `names/`.
 
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "builders")]
 pub mod apt;
+#[cfg(feature = "builders")]
 pub mod cpio;
+#[cfg(feature = "builders")]
 mod debian;
 pub mod digest;
 mod import;
 mod receive;
+pub mod service;
+#[cfg(feature = "builders")]
 mod tiny;
 pub mod transfer;
 
@@ -24,9 +39,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "builders")]
 pub use debian::{Recipe, CMDLINE as DEBIAN_CMDLINE};
 pub use import::{ImportRequest, IMPORTED_CMDLINE};
 pub use receive::{Expected, ReceiveError};
+#[cfg(feature = "builders")]
 pub use tiny::{
     recipe, BuildReport, TinyRecipe, CMDLINE as TINY_CMDLINE, RECIPES, TINY, TINY_ROUTER,
 };
@@ -139,7 +156,7 @@ pub enum ImageError {
         cause: io::Error,
     },
     #[error(transparent)]
-    Tool(#[from] crate::tool::ToolError),
+    Tool(#[from] labspan_tool::ToolError),
     #[error("cannot resolve the tiny image's packages: {detail}")]
     Resolve { detail: String },
     #[error("image recipe {path}: {detail}")]
@@ -179,9 +196,9 @@ impl ImageStore {
         ImageStore { root: root.into() }
     }
 
-    /// The store under `$LABSPAN_STATE/images`, else `/var/lib/labspan/images`.
-    pub fn from_env() -> Self {
-        Self::at(crate::paths::state_dir().join("images"))
+    /// The store of the state folder `state` (its `images/`).
+    pub fn in_state(state: &Path) -> Self {
+        Self::at(state.join("images"))
     }
 
     /// The store's folder.

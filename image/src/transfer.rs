@@ -103,21 +103,27 @@ pub fn serve(
     serve_with_checkpoints(endpoint, store, changed, None)
 }
 
-/// [`serve`], and the checkpoint files under the state folder `state`
-/// to other agents (a second host copying them).
+/// Where one file of a checkpoint this host holds is:
+/// `(lab, checkpoint, node, kind)` gives its path, or why there is none.
+/// The agent owns the layout of its state folder; the endpoint only serves.
+pub type CheckpointFiles =
+    Arc<dyn Fn(&str, &str, &str, &str) -> Result<PathBuf, String> + Send + Sync>;
+
+/// [`serve`], and the checkpoint files `checkpoints` finds to other agents
+/// (a second host copying them).
 pub fn serve_with_checkpoints(
     endpoint: Endpoint,
     store: ImageStore,
     changed: Arc<tokio::sync::Notify>,
-    state: Option<PathBuf>,
+    checkpoints: Option<CheckpointFiles>,
 ) -> JoinHandle<()> {
-    let state = Arc::new(state);
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
-            let (store, changed, state) = (store.clone(), changed.clone(), state.clone());
+            let (store, changed, checkpoints) =
+                (store.clone(), changed.clone(), checkpoints.clone());
             tokio::spawn(async move {
                 match incoming.await {
-                    Ok(conn) => serve_connection(conn, store, changed, state).await,
+                    Ok(conn) => serve_connection(conn, store, changed, checkpoints).await,
                     Err(e) => tracing::info!(error = %e, "refused an image connection"),
                 }
             });
@@ -129,7 +135,7 @@ async fn serve_connection(
     conn: Connection,
     store: ImageStore,
     changed: Arc<tokio::sync::Notify>,
-    state: Arc<Option<PathBuf>>,
+    checkpoints: Option<CheckpointFiles>,
 ) {
     let peer = match peer_identity_of(&conn) {
         Ok(p) => p,
@@ -141,10 +147,10 @@ async fn serve_connection(
     };
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (store, peer, changed) = (store.clone(), peer.clone(), changed.clone());
-        let state = state.clone();
+        let checkpoints = checkpoints.clone();
         tokio::spawn(async move {
             let who = format!("{} {}", peer.role, peer.name);
-            let served = serve_stream(send, recv, &store, peer.role, &changed, &state).await;
+            let served = serve_stream(send, recv, &store, peer.role, &changed, &checkpoints).await;
             if let Err(e) = served {
                 tracing::warn!(peer = who, error = %e, "image request failed");
             }
@@ -158,7 +164,7 @@ async fn serve_stream(
     store: &ImageStore,
     role: Role,
     changed: &tokio::sync::Notify,
-    state: &Option<PathBuf>,
+    checkpoints: &Option<CheckpointFiles>,
 ) -> Result<(), AttemptError> {
     let refuse = |kind, msg: String| ImageReply::Error(ErrorReply::new(kind, msg));
     match read_message_within::<ImageRequest>(&mut recv, MAX_ENVELOPE).await? {
@@ -168,8 +174,8 @@ async fn serve_stream(
             node,
             kind,
         } if role == Role::Agent => {
-            let file = match state {
-                Some(state) => crate::stream::checkpoint_file(state, &lab, &name, &node, &kind),
+            let file = match checkpoints {
+                Some(find) => find(&lab, &name, &node, &kind),
                 None => Err("this endpoint serves no checkpoints".to_string()),
             };
             let opened = match file {
@@ -594,7 +600,7 @@ mod tests {
     use labspan_transport::{image_client_endpoint, image_server_endpoint};
 
     use super::*;
-    use crate::image::{GuestKind, Manifest};
+    use crate::{GuestKind, Manifest};
 
     const LOOPBACK: ([u8; 4], u16) = ([127, 0, 0, 1], 0);
 
@@ -842,11 +848,7 @@ mod tests {
         let (src, hash) = source_store(&dir.path().join("src"));
         let big: Vec<u8> = (0..256 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
         std::fs::write(src.object_dir(&hash).join("disk.qcow2"), big).expect("write");
-        std::fs::remove_file(
-            src.object_dir(&hash)
-                .join(crate::image::digest::DIGEST_FILE),
-        )
-        .ok();
+        std::fs::remove_file(src.object_dir(&hash).join(crate::digest::DIGEST_FILE)).ok();
         let started = std::time::Instant::now();
         let digest = src.digest(&hash).expect("digest");
         let hashing = started.elapsed();
@@ -878,11 +880,5 @@ mod tests {
             p.mib_per_s
         );
         task.abort();
-    }
-
-    #[test]
-    fn builtin_names_are_the_agent_recipes() {
-        let names: Vec<&str> = super::super::RECIPES.iter().map(|r| r.name).collect();
-        assert_eq!(names, labspan_proto::image::BUILTIN);
     }
 }

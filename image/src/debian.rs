@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use super::apt;
 use super::{check_name, io_err, GuestKind, Image, ImageError, ImageStore, Manifest};
-use crate::image::BuildReport;
-use crate::tool::ToolError;
+use crate::BuildReport;
+use labspan_tool::ToolError;
 
 /// Bump when the build itself changes in a way the recipe does not show.
 const BUILDER_VERSION: &str = "debian-2";

@@ -217,7 +217,7 @@ fn check_manifest(staged: &Path, hash: &str) -> Result<(), ReceiveError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::digest::tests::store_with_image;
+    use crate::digest::tests::store_with_image;
 
     /// The bytes a sender puts on the stream for `hash` of `store`, and its digest.
     fn stream_of(store: &ImageStore, hash: &str) -> (Vec<u8>, ImageDigest) {

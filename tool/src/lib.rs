@@ -1,8 +1,11 @@
-//! The one way the agent runs a host tool to completion and checks it
-//! (`qemu-img`, `qemu-system-x86_64 -daemonize`, `apt-cache`, `mkfs.ext4`,
-//! ...): a failure is a [`ToolError`] that names the tool, its arguments
-//! and what it printed on stderr. Tools whose output is streamed
-//! (`tcpdump`, `debootstrap`) are spawned where they are read.
+//! The one way labspan (the agent, the image store and its builders) runs
+//! a host tool to completion and checks it (`qemu-img`,
+//! `qemu-system-x86_64 -daemonize`, `apt-cache`, `mkfs.ext4`, ...): a
+//! failure is a [`ToolError`] that names the tool, its arguments and what
+//! it printed on stderr. Tools whose output is streamed (`tcpdump`,
+//! `debootstrap`) are spawned where they are read.
+
+#![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
 use std::io;

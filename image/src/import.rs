@@ -8,8 +8,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use super::apt::run;
 use super::{check_name, io_err, GuestKind, Image, ImageError, ImageStore, Manifest};
+use labspan_tool::stdout_of as run;
 
 /// Command line for imported images booted with an explicit kernel: the
 /// disk is the guest's first virtio disk.
@@ -86,10 +86,7 @@ fn check_qcow2(file: &Path) -> Result<(), ImageError> {
     let out = run(Command::new("qemu-img")
         .args(["info", "--output=json", "-f", "qcow2"])
         .arg(file))
-    .map_err(|e| match e {
-        ImageError::Tool(e) => not(e.stderr().unwrap_or_default().to_string()),
-        other => other,
-    })?;
+    .map_err(|e| not(e.stderr().unwrap_or_default().to_string()))?;
     let info: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| not(format!("qemu-img info said: {e}")))?;
     if info.get("format").and_then(|f| f.as_str()) != Some("qcow2") {
