@@ -4,7 +4,7 @@
 //! hosts (each answers plan pushes with a report of every VM, as
 //! `agent::daemon` does, and heartbeats).
 //!
-//! `cargo bench -p labspan-coordinator --bench state_scale [-- --labs 500 --nodes 20 --hosts 20 --deploys 10]`
+//! `cargo bench -p labspan-coordinator --bench state_scale [-- --labs 500 --nodes 20 --hosts 20 --deploys 10 --ticks 3 --down 1,2,4]`
 //!
 //! It measures, with the cluster empty and then holding `--labs` labs of
 //! `--nodes` nodes each (a ring of links, one guest file per node, by hash):
@@ -12,6 +12,11 @@
 //!   one Raft entry, the plan push to every host the lab is on, and the
 //!   agents' reports), and the leader's placement alone for the same lab
 //!   (`decide::deploy_command` over the leader's state);
+//! - the leader's recovery decision with the `--down` hosts that run the
+//!   most nodes marked down (1, 2 and 4: with 4, lost nodes fit nowhere and
+//!   it searches for room) (`recovery::decide`, what each monitor tick
+//!   computes while a host is down), before and after its steps are
+//!   recorded;
 //! - the snapshot: its encoding time and size, the leader's snapshot as
 //!   openraft builds it (trigger → saved), and the API writes sent
 //!   meanwhile against as many without a snapshot (does building it stall
@@ -423,6 +428,72 @@ async fn deploys(
     Ok(())
 }
 
+/// The leader's recovery decision (`recovery::decide`, as its monitor task
+/// makes it every tick while a lab has nodes on a host that is down) over
+/// `state` with the `down` hosts that run the most nodes marked down:
+/// first with nothing decided yet, then on the tick after its steps were
+/// recorded (moves settled, labs without room `Degraded`), when a lab
+/// whose lost nodes fit nowhere is searched for room again. Prints a row
+/// of each.
+fn recovery_ticks(state: &ClusterState, down: usize, ticks: usize) -> BenchResult {
+    let mut state = state.clone();
+    let mut per_host: BTreeMap<&String, usize> = BTreeMap::new();
+    for host in state.labs.values().flat_map(|r| r.placement.values()) {
+        *per_host.entry(host).or_default() += 1;
+    }
+    let mut busiest: Vec<(usize, String)> =
+        per_host.into_iter().map(|(h, n)| (n, h.clone())).collect();
+    busiest.sort_by(|a, b| b.cmp(a));
+    let lost: usize = busiest.iter().take(down).map(|(n, _)| n).sum();
+    for (_, host) in busiest.iter().take(down) {
+        if let Some(h) = state.hosts.get_mut(host) {
+            h.up = false;
+        }
+    }
+    let capabilities = Default::default();
+    for round in ["first tick", "next tick, steps recorded"] {
+        let mut times = Vec::new();
+        let mut steps = Vec::new();
+        for _ in 0..ticks {
+            let start = Instant::now();
+            steps = service::recovery::decide(&state, &capabilities);
+            times.push(start.elapsed());
+        }
+        times.sort();
+        let count = |kind: fn(&service::recovery::Recovery) -> bool| {
+            steps.iter().filter(|s| kind(s)).count()
+        };
+        use service::recovery::Recovery as R;
+        println!(
+            "| {down} hosts down ({lost} nodes lost), {round} | {ticks} | {:.1} | {:.1} | {} moves, {} degraded, {} live moves to make room | {} |",
+            pct(&times, 50),
+            pct(&times, 100),
+            count(|s| matches!(s, R::Move { .. })),
+            count(|s| matches!(s, R::Strand { .. })),
+            count(|s| matches!(s, R::MakeRoom { .. })),
+            load_average()
+        );
+        for step in &steps {
+            let lab = match step {
+                R::Move { lab, .. }
+                | R::Strand { lab, .. }
+                | R::Restore { lab }
+                | R::MakeRoom { lab, .. } => lab,
+            };
+            if let Some(cmd) = step.command() {
+                let _ = state.apply(&cmd);
+            }
+            if matches!(step, R::Move { .. }) {
+                let _ = state.apply(&Command::SetLabStatus {
+                    lab: lab.clone(),
+                    status: LabStatus::Running,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The leader's replica state.
 fn state_of(node: &Running) -> ClusterState {
     node.state.read().state.clone()
@@ -543,6 +614,20 @@ async fn main() -> BenchResult {
         nodes,
     )
     .await?;
+
+    println!("| recovery decision | ticks | p50 ms | max ms | steps | load average |");
+    println!("|---|---|---|---|---|---|");
+    let ticks = arg("--ticks", 3);
+    let downs: Vec<usize> = std::env::args()
+        .skip_while(|a| a != "--down")
+        .nth(1)
+        .unwrap_or_else(|| "1,2,4".into())
+        .split(',')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    for down in downs {
+        recovery_ticks(&state_of(leader), down, ticks)?;
+    }
 
     // The snapshot: encoding alone, then openraft's build on the leader.
     let state = state_of(leader);

@@ -89,15 +89,74 @@ pub(super) fn offers(
     lab: &str,
     capabilities: &HashMap<String, Capabilities>,
 ) -> Vec<Host> {
-    // A cordoned host keeps the nodes of `lab` it runs (an edit does not
-    // move them) and takes no other.
-    let runs_lab = |host: &String| {
-        state
-            .labs
-            .get(lab)
-            .is_some_and(|r| r.placement.values().any(|h| h == host))
-    };
-    let mut hosts: BTreeMap<&String, Host> = state
+    let placement = state.labs.get(lab).map(|r| &r.placement);
+    let mut hosts = up_hosts(state, placement, capabilities);
+    for other in state.labs.keys().filter(|n| n.as_str() != lab) {
+        each_vm(state, other, |host, memory_mib, vcpus| {
+            if let Some(h) = hosts.get_mut(host) {
+                h.used_memory_mib += memory_mib;
+                h.used_vcpus += vcpus;
+                tracing::trace!(lab = other, host = h.name, "capacity in use");
+            }
+        });
+    }
+    hosts.into_values().collect()
+}
+
+/// [`offers`] for `lab` placed as `placement`, with what the other labs
+/// take read from `in_use` (a pass over the hosts, not over every lab),
+/// and `moved`, a node of another lab moved from host to host, counted
+/// where it goes.
+pub(super) fn offers_from(
+    state: &ClusterState,
+    lab: &str,
+    placement: &BTreeMap<String, String>,
+    capabilities: &HashMap<String, Capabilities>,
+    in_use: &InUse,
+    moved: Option<&MovedVm>,
+) -> Vec<Host> {
+    let mut hosts = up_hosts(state, Some(placement), capabilities);
+    for (name, host) in &mut hosts {
+        let (mut memory_mib, mut vcpus) = in_use.by_others(name, lab);
+        if let Some(m) = moved.filter(|m| m.lab != lab) {
+            if m.from == **name {
+                memory_mib = memory_mib.saturating_sub(m.memory_mib);
+                vcpus = vcpus.saturating_sub(m.vcpus);
+            }
+            if m.to == **name {
+                memory_mib += m.memory_mib;
+                vcpus += m.vcpus;
+            }
+        }
+        host.used_memory_mib = memory_mib;
+        host.used_vcpus = vcpus;
+    }
+    hosts.into_values().collect()
+}
+
+/// Each host's free memory and vCPUs in `offers`.
+pub(super) fn free_room(offers: Vec<Host>) -> BTreeMap<String, (u64, u64)> {
+    offers
+        .into_iter()
+        .map(|h| {
+            let o = h.offer();
+            let memory_mib = o.memory_mib.saturating_sub(o.used_memory_mib);
+            (h.name, (memory_mib, o.vcpus.saturating_sub(o.used_vcpus)))
+        })
+        .collect()
+}
+
+/// The hosts placement may use for a lab placed as `placement` (none: a
+/// lab not stored), each with nothing in use yet. A cordoned host keeps
+/// the nodes of the lab it runs (an edit does not move them) and takes no
+/// other.
+fn up_hosts<'s>(
+    state: &'s ClusterState,
+    placement: Option<&BTreeMap<String, String>>,
+    capabilities: &HashMap<String, Capabilities>,
+) -> BTreeMap<&'s String, Host> {
+    let runs_lab = |host: &String| placement.is_some_and(|p| p.values().any(|h| h == host));
+    state
         .hosts
         .iter()
         .filter(|(name, h)| h.up && (!h.cordoned || runs_lab(name)))
@@ -120,32 +179,108 @@ pub(super) fn offers(
             }
             (name, host)
         })
-        .collect();
-    for (other, rec) in state.labs.iter().filter(|(n, _)| n.as_str() != lab) {
-        let Some(Ok(bundle)) = state.bundle(other) else {
-            continue;
-        };
-        for (node, spec) in &bundle.lab.nodes {
-            let Some(host) = rec.placement.get(node).and_then(|h| hosts.get_mut(h)) else {
-                continue;
-            };
-            host.used_memory_mib += vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
-            host.used_vcpus += u64::from(spec.cpus);
-            tracing::trace!(lab = other, node, host = host.name, "capacity in use");
-        }
-        // A node being moved holds room on both hosts until the move ends.
-        let arriving = rec.migration.as_ref().and_then(|m| {
-            let spec = bundle.lab.nodes.get(&m.node)?;
-            Some((&m.to, spec))
-        });
-        if let Some((to, spec)) = arriving {
-            if let Some(host) = hosts.get_mut(to) {
-                host.used_memory_mib += vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
-                host.used_vcpus += u64::from(spec.cpus);
-            }
+        .collect()
+}
+
+/// Calls `f(host, memory MiB, vCPUs)` for each VM of lab `name`: its nodes
+/// where they are placed, and a node being moved live where it arrives
+/// too (it holds room on both hosts until the move ends). A lab whose
+/// spec does not decode takes nothing.
+fn each_vm(state: &ClusterState, name: &str, mut f: impl FnMut(&String, u64, u64)) {
+    let (Some(rec), Some(Ok(bundle))) = (state.labs.get(name), state.bundle(name)) else {
+        return;
+    };
+    let size = |spec: &labspan_proto::lab::Node| {
+        let vcpus = u64::from(spec.cpus);
+        (vm_memory_mib(spec.memory_mib, vcpus), vcpus)
+    };
+    for (node, spec) in &bundle.lab.nodes {
+        if let Some(host) = rec.placement.get(node) {
+            let (memory_mib, vcpus) = size(spec);
+            f(host, memory_mib, vcpus);
         }
     }
-    hosts.into_values().collect()
+    let arriving = rec.migration.as_ref().and_then(|m| {
+        let spec = bundle.lab.nodes.get(&m.node)?;
+        Some((&m.to, spec))
+    });
+    if let Some((to, spec)) = arriving {
+        let (memory_mib, vcpus) = size(spec);
+        f(to, memory_mib, vcpus);
+    }
+}
+
+/// What every stored lab's VMs take of each host (as [`offers`] counts
+/// them), read in one pass over every lab, so that many offers (recovery
+/// deciding every lab of a lost host, and its room search trying moves
+/// for each) each cost a pass over the hosts only.
+#[derive(Debug, Clone, Default)]
+pub(super) struct InUse {
+    /// Host → (memory MiB, vCPUs) that every lab takes there.
+    total: BTreeMap<String, (u64, u64)>,
+    /// Lab → host → what that lab takes there.
+    by_lab: BTreeMap<String, BTreeMap<String, (u64, u64)>>,
+}
+
+impl InUse {
+    pub(super) fn of(state: &ClusterState) -> InUse {
+        let mut in_use = InUse::default();
+        for name in state.labs.keys() {
+            in_use.count(state, name);
+        }
+        in_use
+    }
+
+    /// Counts lab `name` as `state` places it now, instead of as it was
+    /// counted before.
+    pub(super) fn recount(&mut self, state: &ClusterState, name: &str) {
+        for (host, (memory_mib, vcpus)) in self.by_lab.remove(name).unwrap_or_default() {
+            if let Some(t) = self.total.get_mut(&host) {
+                t.0 = t.0.saturating_sub(memory_mib);
+                t.1 = t.1.saturating_sub(vcpus);
+            }
+        }
+        self.count(state, name);
+    }
+
+    fn count(&mut self, state: &ClusterState, name: &str) {
+        let mut lab: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        each_vm(state, name, |host, memory_mib, vcpus| {
+            for map in [&mut lab, &mut self.total] {
+                if let Some(t) = map.get_mut(host) {
+                    t.0 += memory_mib;
+                    t.1 += vcpus;
+                } else {
+                    map.insert(host.clone(), (memory_mib, vcpus));
+                }
+            }
+        });
+        self.by_lab.insert(name.to_string(), lab);
+    }
+
+    /// What the labs other than `lab` take on `host`.
+    fn by_others(&self, host: &str, lab: &str) -> (u64, u64) {
+        let (memory_mib, vcpus) = self.total.get(host).copied().unwrap_or_default();
+        let (own_memory, own_vcpus) = (self.by_lab.get(lab))
+            .and_then(|l| l.get(host))
+            .copied()
+            .unwrap_or_default();
+        (
+            memory_mib.saturating_sub(own_memory),
+            vcpus.saturating_sub(own_vcpus),
+        )
+    }
+}
+
+/// One VM of lab `lab` counted on host `to` instead of `from` (a candidate
+/// live move, for [`offers_from`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MovedVm<'a> {
+    pub lab: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub memory_mib: u64,
+    pub vcpus: u64,
 }
 
 /// Every host's complete plan, for `wanted` hosts: its share of every lab,

@@ -251,6 +251,7 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
     let mut recovering: Option<tokio::task::JoinHandle<()>> = None;
     let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
     let skipped = checkpoints::auto::Skipped::default();
+    let quiet = recovery::Quiet::default();
     loop {
         tick.tick().await;
         if !inner.is_leader() {
@@ -276,8 +277,10 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
         // Level-triggered: also finishes what a previous leader started.
         // One run at a time; a run may wait for VMs to start elsewhere.
         if recovering.as_ref().is_none_or(|t| t.is_finished()) {
-            let inner = inner.clone();
-            recovering = Some(tokio::spawn(async move { recovery::run(&inner).await }));
+            let (inner, quiet) = (inner.clone(), quiet.clone());
+            recovering = Some(tokio::spawn(
+                async move { recovery::run(&inner, &quiet).await },
+            ));
         }
         // Automatic checkpoints (`resilience.checkpoint_every`), one run at a time.
         if checkpointing.as_ref().is_none_or(|t| t.is_finished()) {

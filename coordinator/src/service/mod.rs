@@ -25,7 +25,7 @@ mod leader;
 mod moves;
 mod progress;
 mod push;
-mod recovery;
+pub mod recovery;
 mod resume;
 mod status;
 mod stream;

@@ -55,6 +55,20 @@ pub fn choose(
     node: &str,
     to: Option<&str>,
 ) -> Result<MoveChoice, ErrorReply> {
+    let free = decide::free_room(decide::offers(state, "", capabilities));
+    choose_in(state, &free, lab, node, to)
+}
+
+/// [`choose`] with each host's free room (memory MiB, vCPUs) as
+/// `decide::free_room` of `decide::offers(state, "", ..)` gives it, read
+/// once by a caller that asks about many moves over one state.
+pub(super) fn choose_in(
+    state: &ClusterState,
+    free: &BTreeMap<String, (u64, u64)>,
+    lab: &str,
+    node: &str,
+    to: Option<&str>,
+) -> Result<MoveChoice, ErrorReply> {
     let invalid = |m: String| ErrorReply::new(ErrorKind::Invalid, m);
     let Some(rec) = state.labs.get(lab) else {
         let hint = suggest::hint(lab, state.labs.keys().map(String::as_str), "deployed labs");
@@ -102,15 +116,6 @@ pub fn choose(
         .ok_or_else(|| invalid(format!("lab {lab:?} has no node {node:?} in its spec")))?;
     let need_mib = vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
     let need_cpus = u64::from(spec.cpus);
-    let free: BTreeMap<String, (u64, u64)> = decide::offers(state, "", capabilities)
-        .into_iter()
-        .map(|h| {
-            let o = h.offer();
-            let mem = o.memory_mib.saturating_sub(o.used_memory_mib);
-            let cpus = o.vcpus.saturating_sub(o.used_vcpus);
-            (h.name, (mem, cpus))
-        })
-        .collect();
     let fits = |host: &str| {
         free.get(host)
             .is_some_and(|(m, c)| *m >= need_mib && *c >= need_cpus)

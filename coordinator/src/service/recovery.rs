@@ -12,19 +12,21 @@
 //! `Deploying`, which [`super::resume`] settles.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{Capabilities, Reply};
+use openraft::LogId;
 
 use super::{agents, checkpoints, decide, lock, moves, push, Inner};
+use crate::hosts::Host;
 use crate::metrics::RecoveryKind;
 use crate::placement::{place_lab, vm_memory_mib};
-use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
+use crate::raft::{ClusterState, Command, LabRecord, LabStatus, NodeId};
 
 /// What the leader does about one lab whose nodes lost their host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Recovery {
+pub enum Recovery {
     /// Record `placement` (the lab's whole new placement) and push its plans;
     /// `moved` is node → (lost host, new host), for the log.
     Move {
@@ -53,7 +55,7 @@ pub(super) enum Recovery {
 impl Recovery {
     /// The one log entry this step writes (`Restore` writes only the
     /// status it settles to).
-    pub(super) fn command(&self) -> Option<Command> {
+    pub fn command(&self) -> Option<Command> {
         match self {
             Recovery::Move {
                 lab,
@@ -80,10 +82,7 @@ impl Recovery {
 /// applied to a copy of the state before the next lab is decided, so two
 /// labs never count on the same free room; a live move that makes room
 /// ends the list (the room it makes is decided on at the next tick).
-pub(super) fn decide(
-    state: &ClusterState,
-    capabilities: &HashMap<String, Capabilities>,
-) -> Vec<Recovery> {
+pub fn decide(state: &ClusterState, capabilities: &HashMap<String, Capabilities>) -> Vec<Recovery> {
     // The usual case, every tick: nothing lost, no copy of the state.
     let quiet = state.labs.values().all(|rec| {
         !matches!(rec.status, LabStatus::Degraded { .. }) && lost_nodes(state, rec).is_empty()
@@ -92,6 +91,9 @@ pub(super) fn decide(
         return Vec::new();
     }
     let mut state = state.clone();
+    // What each lab takes of each host, read once for this tick and kept
+    // current as moves are decided.
+    let mut in_use = decide::InUse::of(&state);
     let names: Vec<String> = state.labs.keys().cloned().collect();
     let mut out = Vec::new();
     for name in names {
@@ -100,11 +102,12 @@ pub(super) fn decide(
         if state.labs.get(&name).is_some_and(|r| r.migration.is_some()) {
             continue;
         }
-        let Some(step) = decide_lab(&state, &name, capabilities) else {
+        let Some(step) = decide_lab(&state, &in_use, &name, capabilities) else {
             continue;
         };
         if let (Recovery::Move { placement, .. }, Some(rec)) = (&step, state.labs.get_mut(&name)) {
             rec.placement = placement.clone();
+            in_use.recount(&state, &name);
         }
         let making_room = matches!(step, Recovery::MakeRoom { .. });
         out.push(step);
@@ -126,6 +129,7 @@ fn lost_nodes(state: &ClusterState, rec: &LabRecord) -> BTreeMap<String, String>
 
 fn decide_lab(
     state: &ClusterState,
+    in_use: &decide::InUse,
     name: &str,
     capabilities: &HashMap<String, Capabilities>,
 ) -> Option<Recovery> {
@@ -145,18 +149,25 @@ fn decide_lab(
             return None;
         }
     };
-    let step = match place_lab(
-        &bundle.lab,
-        &decide::offers(state, name, capabilities),
-        &rec.placement,
-    ) {
+    let offers = decide::offers_from(state, name, &rec.placement, capabilities, in_use, None);
+    let step = match place_lab(&bundle.lab, &offers, &rec.placement) {
         Ok(p) => moved_or_stranded(name, &rec.placement, &lost, p.nodes),
-        Err(e) => room_by_moving(state, name, &bundle, &lost, capabilities).unwrap_or_else(|| {
-            Recovery::Strand {
-                lab: name.into(),
-                reason: no_host(&lost, &e.on_cluster().to_string()),
-            }
-        }),
+        Err(e) => {
+            let search = RoomSearch {
+                state,
+                in_use,
+                capabilities,
+                lab: name,
+                bundle: &bundle,
+                lost: &lost,
+            };
+            search
+                .by_moving(offers)
+                .unwrap_or_else(|| Recovery::Strand {
+                    lab: name.into(),
+                    reason: no_host(&lost, &e.on_cluster().to_string()),
+                })
+        }
     };
     match &step {
         Recovery::Strand { reason, .. }
@@ -203,136 +214,147 @@ fn moved_or_stranded(
     }
 }
 
-/// How many candidate moves [`room_by_moving`] tries at most (each costs a
-/// placement of the lab).
+/// How many candidate moves [`RoomSearch::by_moving`] tries at most (each
+/// costs a placement of the lab).
 const MAX_ROOM_TRIES: usize = 64;
 
-/// A live move of one running node (of any running lab) that lets the lost
-/// nodes of `lab` be placed again, when placing them failed: memory free
-/// in pieces on several hosts, none big enough, may be joined by moving a
-/// node off one of them. Only nodes whose host would then have room for a
-/// lost node are tried, smallest first (the cheapest move), then by name.
-fn room_by_moving(
-    state: &ClusterState,
-    lab: &str,
-    bundle: &LabBundle,
-    lost: &BTreeMap<String, String>,
-    capabilities: &HashMap<String, Capabilities>,
-) -> Option<Recovery> {
-    let need =
-        |spec: &labspan_proto::lab::Node| vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
-    let smallest_lost = lost
-        .keys()
-        .filter_map(|n| bundle.lab.nodes.get(n))
-        .map(need)
-        .min()?;
-    let rec = state.labs.get(lab)?;
-    // Free memory of each host for this lab: its offer, less the lab's own
-    // nodes that stay there.
-    let mut free: BTreeMap<String, u64> = decide::offers(state, lab, capabilities)
-        .into_iter()
-        .map(|h| {
-            let o = h.offer();
-            (h.name, o.memory_mib.saturating_sub(o.used_memory_mib))
-        })
-        .collect();
-    // Room on each host for a moved node, as `moves::choose` counts it,
-    // read once: `choose` reads every lab's nodes on each call, and a
-    // candidate it refuses is not counted in `tries`. With 500 full labs
-    // that was thousands of candidates × every host × every lab on each
-    // monitor tick (docs/benchmarks.md, "State at scale"); a target
-    // without that room is now skipped before `choose` is asked.
-    let room: BTreeMap<String, (u64, u64)> = decide::offers(state, "", capabilities)
-        .into_iter()
-        .map(|h| {
-            let o = h.offer();
-            let mem = o.memory_mib.saturating_sub(o.used_memory_mib);
-            (h.name, (mem, o.vcpus.saturating_sub(o.used_vcpus)))
-        })
-        .collect();
-    for (node, host) in rec.placement.iter().filter(|(n, _)| !lost.contains_key(*n)) {
-        if let (Some(f), Some(spec)) = (free.get_mut(host), bundle.lab.nodes.get(node)) {
-            *f = f.saturating_sub(need(spec));
-        }
-    }
-    let mut candidates = Vec::new();
-    for (owner, other) in state
-        .labs
-        .iter()
-        .filter(|(_, r)| r.status == LabStatus::Running)
-    {
-        let Some(Ok(owner_bundle)) = state.bundle(owner) else {
-            continue;
-        };
-        for (node, from) in &other.placement {
-            if owner == lab && lost.contains_key(node) {
-                continue;
+/// What the search for room for the lost nodes of `lab` reads.
+struct RoomSearch<'a> {
+    state: &'a ClusterState,
+    /// What each lab takes of each host in `state`.
+    in_use: &'a decide::InUse,
+    capabilities: &'a HashMap<String, Capabilities>,
+    lab: &'a str,
+    bundle: &'a LabBundle,
+    lost: &'a BTreeMap<String, String>,
+}
+
+impl RoomSearch<'_> {
+    /// A live move of one running node (of any running lab) that lets the
+    /// lost nodes of the lab be placed again, when placing them over
+    /// `offers` (the lab's offers in the state) failed: memory free in
+    /// pieces on several hosts, none big enough, may be joined by moving a
+    /// node off one of them. Only nodes whose host would then have room
+    /// for a lost node are tried, smallest first (the cheapest move), then
+    /// by name.
+    ///
+    /// Each candidate is placed over the offers as they would be after its
+    /// move: `offers` with that one VM counted on its new host, not offers
+    /// read again from every lab (with 500 stored labs and a host down,
+    /// reading every lab for each of up to 64 candidates, for each lab of
+    /// the lost host, on every monitor tick kept the leader busy;
+    /// docs/benchmarks.md, "State at scale").
+    fn by_moving(&self, offers: Vec<Host>) -> Option<Recovery> {
+        let (state, lab, lost) = (self.state, self.lab, self.lost);
+        let need =
+            |spec: &labspan_proto::lab::Node| vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
+        let smallest_lost = lost
+            .keys()
+            .filter_map(|n| self.bundle.lab.nodes.get(n))
+            .map(need)
+            .min()?;
+        let rec = state.labs.get(lab)?;
+        // Free memory of each host for this lab: its offer, less the lab's
+        // own nodes that stay there.
+        let mut free: BTreeMap<String, u64> = (decide::free_room(offers.clone()).into_iter())
+            .map(|(host, (memory_mib, _))| (host, memory_mib))
+            .collect();
+        // Room on each host for a moved node, as `moves::choose` counts it.
+        let room = decide::free_room(decide::offers_from(
+            state,
+            "",
+            &BTreeMap::new(),
+            self.capabilities,
+            self.in_use,
+            None,
+        ));
+        for (node, host) in rec.placement.iter().filter(|(n, _)| !lost.contains_key(*n)) {
+            if let (Some(f), Some(spec)) = (free.get_mut(host), self.bundle.lab.nodes.get(node)) {
+                *f = f.saturating_sub(need(spec));
             }
-            let Some(spec) = owner_bundle.lab.nodes.get(node) else {
+        }
+        let mut candidates = Vec::new();
+        for (owner, other) in state
+            .labs
+            .iter()
+            .filter(|(_, r)| r.status == LabStatus::Running)
+        {
+            let Some(Ok(owner_bundle)) = state.bundle(owner) else {
                 continue;
             };
-            let size = need(spec);
-            if free.get(from).is_some_and(|f| f + size >= smallest_lost) {
-                let cpus = u64::from(spec.cpus);
-                candidates.push((size, owner.clone(), node.clone(), from.clone(), cpus));
-            }
-        }
-    }
-    candidates.sort();
-    let mut sim = state.clone();
-    let mut tries = 0;
-    for (size, owner, node, from, cpus) in candidates {
-        for to in state.hosts.keys().filter(|h| **h != from) {
-            if tries == MAX_ROOM_TRIES {
-                return None;
-            }
-            let has_room = room.get(to).is_some_and(|(m, c)| *m >= size && *c >= cpus);
-            if !has_room {
-                continue;
-            }
-            if moves::choose(state, capabilities, &owner, &node, Some(to)).is_err() {
-                continue;
-            }
-            tries += 1;
-            let placed = |sim: &mut ClusterState, host: &str| {
-                if let Some(p) = sim
-                    .labs
-                    .get_mut(&owner)
-                    .and_then(|r| r.placement.get_mut(&node))
-                {
-                    *p = host.to_string();
+            for (node, from) in &other.placement {
+                if owner == lab && lost.contains_key(node) {
+                    continue;
                 }
-            };
-            placed(&mut sim, to);
-            let existing = sim
-                .labs
-                .get(lab)
-                .map(|r| r.placement.clone())
-                .unwrap_or_default();
-            let fits = place_lab(
-                &bundle.lab,
-                &decide::offers(&sim, lab, capabilities),
-                &existing,
-            )
-            .is_ok_and(|p| {
-                matches!(
-                    moved_or_stranded(lab, &existing, lost, p.nodes),
-                    Recovery::Move { .. }
-                )
-            });
-            placed(&mut sim, &from);
-            if fits {
-                return Some(Recovery::MakeRoom {
-                    lab: lab.into(),
-                    owner,
-                    node,
-                    from,
-                    to: to.clone(),
-                });
+                let Some(spec) = owner_bundle.lab.nodes.get(node) else {
+                    continue;
+                };
+                let size = need(spec);
+                if free.get(from).is_some_and(|f| f + size >= smallest_lost) {
+                    let cpus = u64::from(spec.cpus);
+                    candidates.push((size, owner.clone(), node.clone(), from.clone(), cpus));
+                }
             }
         }
+        candidates.sort();
+        let mut tries = 0;
+        for (size, owner, node, from, cpus) in candidates {
+            for to in state.hosts.keys().filter(|h| **h != from) {
+                if tries == MAX_ROOM_TRIES {
+                    return None;
+                }
+                let has_room = room.get(to).is_some_and(|(m, c)| *m >= size && *c >= cpus);
+                if !has_room {
+                    continue;
+                }
+                if moves::choose_in(state, &room, &owner, &node, Some(to)).is_err() {
+                    continue;
+                }
+                tries += 1;
+                let moved = decide::MovedVm {
+                    lab: &owner,
+                    from: &from,
+                    to,
+                    memory_mib: size,
+                    vcpus: cpus,
+                };
+                if let Some(step) = self.fits_after(&moved, &node) {
+                    return Some(step);
+                }
+            }
+        }
+        None
     }
-    None
+
+    /// The `MakeRoom` step if the lost nodes are placed (and nothing else
+    /// of the lab moves) once node `node` of `moved.lab` runs on `moved.to`.
+    fn fits_after(&self, moved: &decide::MovedVm, node: &str) -> Option<Recovery> {
+        let mut existing = self.state.labs.get(self.lab)?.placement.clone();
+        if moved.lab == self.lab {
+            existing.insert(node.to_string(), moved.to.to_string());
+        }
+        let offers = decide::offers_from(
+            self.state,
+            self.lab,
+            &existing,
+            self.capabilities,
+            self.in_use,
+            Some(moved),
+        );
+        let fits = place_lab(&self.bundle.lab, &offers, &existing).is_ok_and(|p| {
+            matches!(
+                moved_or_stranded(self.lab, &existing, self.lost, p.nodes),
+                Recovery::Move { .. }
+            )
+        });
+        fits.then(|| Recovery::MakeRoom {
+            lab: self.lab.into(),
+            owner: moved.lab.into(),
+            node: node.into(),
+            from: moved.from.into(),
+            to: moved.to.into(),
+        })
+    }
 }
 
 /// The `Degraded` reason: which nodes have no host, where they were, and why.
@@ -352,12 +374,28 @@ fn no_host(lost: &BTreeMap<String, String>, why: &str) -> String {
     )
 }
 
+/// The replica (as the index of the last entry it applied) and the agents'
+/// capabilities over which [`decide`] last found nothing to do: `decide`
+/// reads nothing else, so until one of them changes it would find nothing
+/// again. With labs left `Degraded` on full hosts, deciding again on every
+/// monitor tick cost the leader the room search for each of them, five
+/// times a second.
+pub(super) type Quiet = Arc<Mutex<Option<(Option<LogId<NodeId>>, HashMap<String, Capabilities>)>>>;
+
 /// Leader: carries out [`decide`]'s steps, one lab at a time, under the lab
 /// lock (a deploy in flight finishes first and is seen by the decision).
-pub(super) async fn run(inner: &Arc<Inner>) {
+pub(super) async fn run(inner: &Arc<Inner>, quiet: &Quiet) {
     let capabilities = lock(&inner.capabilities).clone();
-    if decide(&inner.state.read().state, &capabilities).is_empty() {
-        return;
+    {
+        let data = inner.state.read();
+        let seen = (data.last_applied, capabilities.clone());
+        if lock(quiet).as_ref() == Some(&seen) {
+            return;
+        }
+        if decide(&data.state, &capabilities).is_empty() {
+            *lock(quiet) = Some(seen);
+            return;
+        }
     }
     let _one_at_a_time = inner.lab_lock.lock().await;
     if let Err(e) = inner.fresh().await {

@@ -337,3 +337,123 @@ fn a_delayed_link_goes_only_to_hosts_with_netem_and_is_refused_when_none_has_it(
     let refused = deploy_command(&state, &none, &b, bytes, None).expect_err("no host has netem");
     assert!(refused.contains("netem"), "{refused}");
 }
+
+/// A lab for the offers property: its nodes (memory MiB, vCPUs, host
+/// index), and the host its first node may be on its way to (a live move).
+type ShapedLab = (Vec<(u64, u32, usize)>, Option<usize>);
+
+/// A state for the offers property: `hosts` hosts (up, cordoned) and `labs`.
+fn offers_state(hosts: &[(bool, bool)], labs: &[ShapedLab]) -> ClusterState {
+    let mut state = ClusterState::default();
+    for (i, (up, cordoned)) in hosts.iter().enumerate() {
+        let name = format!("h{i}");
+        let mut host = crate::service::fixtures::host(u8::try_from(i + 1).unwrap_or(1), 8, *up);
+        host.cordoned = *cordoned;
+        state.hosts.insert(name, host);
+    }
+    for (l, (nodes, moving_to)) in labs.iter().enumerate() {
+        let name = format!("lab{l}");
+        let mut yaml = format!("name: {name}\nnodes:\n");
+        for (n, (memory, cpus, _)) in nodes.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  n{n}: {{image: tiny, memory: {memory}MiB, cpus: {cpus}}}\n"
+            ));
+        }
+        let placement: Vec<(String, String)> = (nodes.iter().enumerate())
+            .map(|(n, (_, _, h))| (format!("n{n}"), format!("h{}", h % hosts.len())))
+            .collect();
+        let placement: Vec<(&str, &str)> = (placement.iter())
+            .map(|(n, h)| (n.as_str(), h.as_str()))
+            .collect();
+        let spec = crate::service::fixtures::spec(&yaml);
+        let mut rec = crate::service::fixtures::record(spec, &placement, LabStatus::Running);
+        rec.migration = moving_to.map(|to| {
+            Box::new(crate::raft::Migration {
+                node: "n0".into(),
+                from: rec.placement["n0"].clone(),
+                to: format!("h{}", to % hosts.len()),
+                phase: crate::raft::MovePhase::Copying,
+                port: 7200,
+            })
+        });
+        state.labs.insert(name, rec);
+    }
+    state.decode_bundles();
+    state
+}
+
+fn offers_labs() -> impl Strategy<Value = Vec<ShapedLab>> {
+    let node = (
+        prop_oneof![Just(256u64), Just(512), Just(1024)],
+        1..3u32,
+        0..4usize,
+    );
+    proptest::collection::vec(
+        (
+            proptest::collection::vec(node, 1..4),
+            proptest::option::of(0..4usize),
+        ),
+        1..5,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The offers recovery reads from what each lab takes, counted once
+    /// (`InUse`) and adjusted for one candidate move, are the offers read
+    /// from every lab of the state after that move; and so they stay once
+    /// a lab's placement changes and is counted again.
+    #[test]
+    fn offers_counted_once_are_offers_read_from_every_lab(
+        hosts in proptest::collection::vec((proptest::bool::weighted(0.8), proptest::bool::weighted(0.2)), 1..5),
+        labs in offers_labs(),
+        lab in 0..6usize,
+        owner in 0..6usize,
+        node in 0..4usize,
+        to in 0..5usize,
+        no_netem in proptest::option::of(0..5usize),
+    ) {
+        let state = offers_state(&hosts, &labs);
+        let capabilities: HashMap<String, Capabilities> =
+            no_netem.map(|h| (format!("h{h}"), can(false))).into_iter().collect();
+        let in_use = super::InUse::of(&state);
+        // A stored lab, or (past the last) one not stored.
+        let lab = if lab < labs.len() { format!("lab{lab}") } else { String::new() };
+        let placement = state.labs.get(&lab).map(|r| r.placement.clone()).unwrap_or_default();
+        prop_assert_eq!(
+            super::offers_from(&state, &lab, &placement, &capabilities, &in_use, None),
+            super::offers(&state, &lab, &capabilities)
+        );
+        // One node of lab `owner` moved to host `to`.
+        let owner = format!("lab{}", owner % labs.len());
+        let node = format!("n{}", node % state.labs[&owner].placement.len());
+        let to = format!("h{}", to % hosts.len());
+        let from = state.labs[&owner].placement[&node].clone();
+        let bundle = state.bundle(&owner).expect("stored").expect("decodes");
+        let spec = &bundle.lab.nodes[&node];
+        let moved = super::MovedVm {
+            lab: &owner,
+            from: &from,
+            to: &to,
+            memory_mib: crate::placement::vm_memory_mib(spec.memory_mib, u64::from(spec.cpus)),
+            vcpus: u64::from(spec.cpus),
+        };
+        let mut after = state.clone();
+        if let Some(h) = after.labs.get_mut(&owner).and_then(|r| r.placement.get_mut(&node)) {
+            h.clone_from(&to);
+        }
+        let placement = after.labs.get(&lab).map(|r| r.placement.clone()).unwrap_or_default();
+        prop_assert_eq!(
+            super::offers_from(&state, &lab, &placement, &capabilities, &in_use, Some(&moved)),
+            super::offers(&after, &lab, &capabilities)
+        );
+        // The move recorded, and the owner counted again.
+        let mut recounted = in_use.clone();
+        recounted.recount(&after, &owner);
+        prop_assert_eq!(
+            super::offers_from(&after, &lab, &placement, &capabilities, &recounted, None),
+            super::offers(&after, &lab, &capabilities)
+        );
+    }
+}
