@@ -239,11 +239,9 @@ pub(super) fn host_of(inner: &Inner, lab: &str, node: &str) -> Result<String, Er
 /// Refuses a NIC that `node` of `lab` does not have, listing those it has
 /// (the lab as deployed; the node is known to exist).
 pub(super) fn check_nic(inner: &Inner, lab: &str, node: &str, nic: &str) -> Result<(), ErrorReply> {
-    let spec = match inner.state.read().state.labs.get(lab) {
-        Some(rec) => rec.spec.clone(),
-        None => return Ok(()),
-    };
-    let Ok(bundle) = codec::decode::<LabBundle>(&spec) else {
+    // The bundle the replica decoded when the lab was stored, not the
+    // spec decoded again on every call.
+    let Some(Ok(bundle)) = inner.state.read().state.bundle(lab) else {
         return Ok(());
     };
     let Some(n) = bundle.lab.nodes.get(node) else {
