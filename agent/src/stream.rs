@@ -299,7 +299,7 @@ pub async fn checkpoint_copy(
     files: &[CheckpointFile],
     from: &labspan_proto::image::ImageSource,
 ) -> Result<u64, String> {
-    use labspan_proto::image::{ImageReply, ImageRequest};
+    use labspan_image::msg::{ImageReply, ImageRequest};
 
     let addr: std::net::SocketAddr = from.addr.parse().map_err(|e| {
         format!(
@@ -307,7 +307,7 @@ pub async fn checkpoint_copy(
             from.addr, from.host
         )
     })?;
-    let conn = labspan_transport::connect_image(endpoint, addr)
+    let conn = labspan_image::endpoint::connect_image(endpoint, addr)
         .await
         .map_err(|e| format!("host {:?}: {e}", from.host))?;
     let mut copied = 0;

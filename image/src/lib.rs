@@ -1,8 +1,9 @@
 //! labspan's guest images: the store (below), content digests
 //! ([`digest`]), importing a disk ([`ImageStore::import`]), receiving an
 //! image checked against its digest ([`ImageStore::receive`]), the image
-//! endpoint between hosts ([`transfer`]) and the daemon's image duties
-//! ([`service`]). The builders (the tiny images, Debian recipes, and the
+//! endpoint between hosts (its TLS and QUIC endpoints in [`endpoint`], its
+//! messages in [`msg`], serving with who-may-ask-what, fetching and
+//! pushing in [`transfer`]) and the daemon's image duties ([`service`]). The builders (the tiny images, Debian recipes, and the
 //! `apt` and `cpio` helpers they use) shell out to host tools and sit
 //! behind the `builders` feature, which the command enables.
 //!
@@ -26,7 +27,9 @@ pub mod cpio;
 #[cfg(feature = "builders")]
 mod debian;
 pub mod digest;
+pub mod endpoint;
 mod import;
+pub mod msg;
 mod receive;
 pub mod service;
 #[cfg(feature = "builders")]

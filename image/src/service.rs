@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use labspan_proto::image::ImageInfo;
 use labspan_proto::msg::Request;
 use labspan_transport::client::{any_local, ClusterFile};
-use labspan_transport::{image_client_endpoint, image_server_endpoint};
 use quinn::Endpoint;
 
+use crate::endpoint::{image_client_endpoint, image_server_endpoint};
 use crate::transfer::{self, CheckpointFiles, Fetcher};
 use crate::ImageStore;
 

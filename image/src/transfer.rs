@@ -1,7 +1,7 @@
 //! Images between hosts over QUIC: the image endpoint every agent serves
 //! (agents fetch from it, admins push to it), and the fetch with retries
 //! the agent runs before it launches VMs whose image it lacks. The stream
-//! format is described in [`labspan_proto::image`]; what is received is
+//! format is described in [`crate::msg`]; what is received is
 //! checked by [`ImageStore::receive`].
 
 use std::net::SocketAddr;
@@ -9,17 +9,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labspan_proto::image::{ImageDigest, ImagePlan, ImageReply, ImageRequest, ImageSource};
+use labspan_proto::image::{ImageDigest, ImagePlan, ImageSource};
 use labspan_proto::msg::{ErrorKind, ErrorReply, Role};
 use labspan_transport::{
-    connect_image, finish, peer_identity_of, read_message_within, write_message, TransportError,
+    finish, peer_identity_of, read_message_within, write_message, TransportError,
 };
 use prometheus_client::metrics::counter::Counter;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
-use super::{Expected, Image, ImageError, ImageStore, ReceiveError};
+use crate::endpoint::connect_image;
+use crate::msg::{ImageReply, ImageRequest};
+use crate::{Expected, Image, ImageError, ImageStore, ReceiveError};
 
 /// Port of the image endpoint when `--image-listen` is not given.
 pub const DEFAULT_IMAGE_PORT: u16 = 7102;
@@ -330,7 +332,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// A fetcher into `store` that dials from `endpoint` (see
-    /// [`labspan_transport::image_client_endpoint`]).
+    /// [`crate::endpoint::image_client_endpoint`]).
     pub fn new(endpoint: Endpoint, store: ImageStore) -> Fetcher {
         Fetcher {
             endpoint,
@@ -596,8 +598,8 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::Mutex;
 
+    use crate::endpoint::{image_client_endpoint, image_server_endpoint};
     use labspan_transport::tls::{ClusterCa, NodeCredential};
-    use labspan_transport::{image_client_endpoint, image_server_endpoint};
 
     use super::*;
     use crate::{GuestKind, Manifest};

@@ -1,18 +1,10 @@
-//! Images between hosts: an image's content digest, what each host holds,
-//! where a plan's images come from, and the messages of the image endpoint
-//! every agent serves (`labspan-image/1`).
-//!
-//! One exchange per stream. A fetch: the client sends [`ImageRequest::Get`]
-//! as one codec envelope; the server answers [`ImageReply::Offer`] as one
-//! envelope, then the bytes of every file of the offer, in its order, each
-//! exactly its size, then FIN. A push: the client sends
-//! [`ImageRequest::Push`], then the bytes of every file the same way, then
-//! FIN; the server answers one envelope, [`ImageReply::Stored`] or an error.
+//! Images between hosts, as the coordinator and the agents speak of them:
+//! an image's content digest, what each host holds, and where a plan's
+//! images come from. The image endpoint's own messages are
+//! `labspan_image::msg`.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-
-use crate::msg::ErrorReply;
 
 /// Images every agent builds by itself from Debian packages when no host
 /// has them (`labspan image build NAME`); the agent's recipes are checked
@@ -112,41 +104,6 @@ pub struct ImagePlan {
     pub size: u64,
     /// Hosts that hold it (never the host the plan is for).
     pub sources: Vec<ImageSource>,
-}
-
-/// A request on an agent's image endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ImageRequest {
-    /// Send the image at `objects/HASH` (agents only).
-    Get { hash: String },
-    /// Store the image that follows under `name` (admins only): the files of
-    /// `digest`, in its order, follow this envelope on the stream.
-    Push {
-        name: String,
-        hash: String,
-        digest: ImageDigest,
-    },
-    /// Send the file of `kind` of node `node`'s share of checkpoint `name`
-    /// of `lab` (agents only: a second host copying it).
-    CheckpointFile {
-        lab: String,
-        name: String,
-        node: String,
-        kind: String,
-    },
-}
-
-/// The answer of an agent's image endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ImageReply {
-    /// The image's files follow, in this order.
-    Offer { hash: String, digest: ImageDigest },
-    /// A pushed image is in the store under `name`.
-    Stored { name: String, hash: String },
-    /// The checkpoint file asked for follows: `bytes` bytes.
-    CheckpointFile { bytes: u64 },
-    /// Refused or failed.
-    Error(ErrorReply),
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ fn client_config(
 }
 
 /// Wraps a rustls client configuration for quinn, with labspan's transport settings.
-pub(crate) fn quinn_client_config(
+pub fn quinn_client_config(
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<quinn::ClientConfig, TransportError> {
     let quic =

@@ -13,20 +13,18 @@ pub mod tls;
 
 mod endpoint;
 mod frame;
-mod image;
 pub mod poll;
 mod server;
 mod splice;
 
 pub use endpoint::{
     client_endpoint, connect, join_client_endpoint, join_server_endpoint, peer_identity_of,
-    server_endpoint, transport_config, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
+    quinn_client_config, server_endpoint, transport_config, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
 };
 pub use frame::{
     expect_end, finish, read_frame, read_message, read_message_within, request, write_frame,
     write_message, StreamErrorCode,
 };
-pub use image::{connect_image, image_client_endpoint, image_server_endpoint};
 pub use server::{answer, serve, serve_join, JoinService, Service, REQUEST_READ_TIMEOUT};
 pub use splice::{splice, SPLICE_LINGER};
 

@@ -9,11 +9,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use labspan_image::endpoint::image_client_endpoint;
 use labspan_image::transfer;
 use labspan_image::{ImageError, ImageStore, ImportRequest};
 use labspan_proto::msg::{HostImages, Reply, Request};
 use labspan_transport::client::any_local;
-use labspan_transport::image_client_endpoint;
 use labspan_transport::poll::Poll;
 
 use super::image::{short, user_error};

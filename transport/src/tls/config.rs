@@ -75,8 +75,9 @@ pub fn client_config(
 }
 
 /// TLS 1.2 handshake signature check with the one crypto provider, for
-/// labspan's own certificate verifiers (join, image endpoints).
-pub(super) fn verify_tls12_signature(
+/// labspan's own certificate verifiers (the join endpoint here, the image
+/// endpoint in labspan-image).
+pub fn verify_tls12_signature(
     message: &[u8],
     cert: &rustls::pki_types::CertificateDer<'_>,
     dss: &rustls::DigitallySignedStruct,
@@ -86,7 +87,7 @@ pub(super) fn verify_tls12_signature(
 }
 
 /// TLS 1.3 handshake signature check with the one crypto provider.
-pub(super) fn verify_tls13_signature(
+pub fn verify_tls13_signature(
     message: &[u8],
     cert: &rustls::pki_types::CertificateDer<'_>,
     dss: &rustls::DigitallySignedStruct,
@@ -96,7 +97,7 @@ pub(super) fn verify_tls13_signature(
 }
 
 /// The signature schemes the one crypto provider verifies.
-pub(super) fn supported_verify_schemes() -> Vec<rustls::SignatureScheme> {
+pub fn supported_verify_schemes() -> Vec<rustls::SignatureScheme> {
     crypto_provider()
         .signature_verification_algorithms
         .supported_schemes()

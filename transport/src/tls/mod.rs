@@ -10,16 +10,17 @@
 mod ca;
 mod config;
 mod identity;
-mod image;
 mod join;
 
 pub use ca::{
     agent_host_name, cert_from_pem, cert_to_pem, check_request, member_subject, CertificateRequest,
     ClusterCa, NodeCredential,
 };
-pub use config::{client_config, crypto_provider, server_config, ALPN};
+pub use config::{
+    client_config, crypto_provider, server_config, supported_verify_schemes,
+    verify_tls12_signature, verify_tls13_signature, ALPN,
+};
 pub use identity::{ca_fingerprint, check_ca_fingerprint, peer_identity, PeerIdentity};
-pub use image::{image_client_config, image_server_config, AGENT_SERVER_NAME, IMAGE_ALPN};
 pub use join::{join_client_config, join_server_config, JOIN_ALPN};
 
 /// DNS name every coordinator certificate carries and every client asks for:

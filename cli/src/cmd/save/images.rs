@@ -12,12 +12,12 @@ use std::pin::Pin;
 
 use anyhow::{bail, Context};
 use labspan_image::digest::digest_folder;
+use labspan_image::endpoint::image_client_endpoint;
 use labspan_image::transfer::{self, Fetcher};
 use labspan_image::{Expected, ImageStore};
 use labspan_proto::image::{ImageDigest, ImageInfo, ImagePlan, ImageSource};
 use labspan_proto::msg::HostImages;
 use labspan_transport::client::any_local;
-use labspan_transport::image_client_endpoint;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The archive folder its images are under: a store of their own once

@@ -1,5 +1,7 @@
-//! TLS of the image endpoint every agent serves (`labspan-image/1`): agents
-//! fetch images from each other, admins push images to an agent.
+//! The image endpoint every agent serves (`labspan-image/1`), its TLS and
+//! its QUIC endpoints: agents fetch images (and checkpoint files) from
+//! each other, admins push images to an agent. What each role may ask is
+//! decided where requests are served ([`crate::transfer`]).
 //!
 //! The client here does not check a server name (it reaches agents by
 //! address, and any agent may serve an image): it checks that the
@@ -8,18 +10,21 @@
 //! requires a client certificate from the cluster CA as every endpoint does;
 //! which role may do what is decided by the image service.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use labspan_proto::msg::Role;
+use labspan_transport::tls::{
+    self, client_config, crypto_provider, peer_identity, server_config, NodeCredential, TlsError,
+};
+use labspan_transport::{quinn_client_config, transport_config, TransportError};
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, Endpoint};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
-
-use super::{
-    client_config, crypto_provider, peer_identity, server_config, NodeCredential, TlsError,
-};
 
 /// ALPN of the image endpoint: it speaks nothing else.
 pub const IMAGE_ALPN: &[u8] = b"labspan-image/1";
@@ -94,7 +99,7 @@ impl ServerCertVerifier for AgentVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        super::config::verify_tls12_signature(message, cert, dss)
+        tls::verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -103,10 +108,50 @@ impl ServerCertVerifier for AgentVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        super::config::verify_tls13_signature(message, cert, dss)
+        tls::verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        super::config::supported_verify_schemes()
+        tls::supported_verify_schemes()
     }
+}
+
+/// An endpoint serving images on `addr` with the agent credential `me`.
+pub fn image_server_endpoint(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    me: &NodeCredential,
+) -> Result<Endpoint, TransportError> {
+    let tls = image_server_config(ca, me).map_err(|e| TransportError::Config(e.to_string()))?;
+    let quic =
+        QuicServerConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config());
+    Endpoint::server(config, addr).map_err(|cause| TransportError::Bind { addr, cause })
+}
+
+/// An endpoint that dials agents' image endpoints, bound to `bind`.
+pub fn image_client_endpoint(
+    bind: SocketAddr,
+    ca: &CertificateDer<'static>,
+    me: &NodeCredential,
+) -> Result<Endpoint, TransportError> {
+    let tls = image_client_config(ca, me).map_err(|e| TransportError::Config(e.to_string()))?;
+    let mut endpoint =
+        Endpoint::client(bind).map_err(|cause| TransportError::Bind { addr: bind, cause })?;
+    endpoint.set_default_client_config(quinn_client_config(tls)?);
+    Ok(endpoint)
+}
+
+/// Connects to the image endpoint of an agent at `addr`.
+pub async fn connect_image(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+) -> Result<Connection, TransportError> {
+    let connecting = endpoint
+        .connect(addr, AGENT_SERVER_NAME)
+        .map_err(|cause| TransportError::Connect { addr, cause })?;
+    connecting
+        .await
+        .map_err(|cause| TransportError::Connection { peer: addr, cause })
 }
