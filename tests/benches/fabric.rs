@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use labspan_proto::names;
 use labspan_proto::plan::{HostPlan, LabPlan, SegmentPlan, VxlanPlan};
+use labspan_tests::stats::{median, range};
 use labspan_tests::{text, Fabric, TestHost};
 use serde_json::Value;
 
@@ -477,22 +478,6 @@ fn rtt_us(client: &TestHost, target: &str) -> Result<f64> {
         .and_then(|v| v.parse::<f64>().ok())
         .with_context(|| format!("no rtt line in ping's output: {stdout}"))?;
     Ok(avg * 1000.0)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (min, max)
 }
 
 /// The median of `v` / `scale` with `prec` decimals; "–" when not measured.

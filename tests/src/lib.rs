@@ -15,6 +15,7 @@ use std::sync::{Mutex, OnceLock};
 pub mod daemons;
 pub mod local_cluster;
 pub mod progress;
+pub mod stats;
 
 pub use labspan_testutil::{described, netns, wait_until, wait_until_async};
 
