@@ -764,6 +764,21 @@ impl Agent {
                             tracing::warn!(lab = lab.lab, vm = plan.name, error = %e, "cannot cancel the move cut short");
                         }
                     }
+                    // Loaded by a reset that has not resumed it: its guest
+                    // agent will not answer, and it must not run on its
+                    // own. It is left paused, and reported not up (the lab
+                    // is not running as a whole) until a reset loads it
+                    // again; the plan is answered at once.
+                    if let Some(checkpoint) = vm::checkpoint::awaits_resume(&vm).await {
+                        outcome.pid = vm.pid();
+                        return Err(AgentError::Checkpoint {
+                            lab: lab.lab.clone(),
+                            why: format!(
+                                "paused in the state of checkpoint \"{checkpoint}\" by a reset that has not resumed it (a reset that failed leaves it so): `labspan reset {} {checkpoint}` runs the lab again",
+                                lab.lab
+                            ),
+                        });
+                    }
                     vm
                 }
                 None if plan.incoming.is_some() => {
@@ -884,7 +899,7 @@ impl Agent {
             let disk = from.join(vm::checkpoint::DISK_FILE);
             let layer = image.disk_path().is_some().then_some(disk.as_path());
             let cfg = vm_config(plan, image, accel);
-            let vm = vm::launch_restored(&dir, &cfg, layer, &ram)
+            let vm = vm::launch_restored(&dir, &cfg, layer, &ram, checkpoint)
                 .await
                 .map_err(|e| e.to_string())?;
             let started = async {

@@ -3,6 +3,7 @@
 //! the pid is still the process the test means.
 
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
@@ -19,6 +20,29 @@ pub fn open_if(pid: i32, ours: impl Fn(&[u8]) -> bool) -> Option<OwnedFd> {
 /// SIGKILLs `pid` if its command line satisfies `ours`; true if sent.
 pub fn kill_if(pid: i32, ours: impl Fn(&[u8]) -> bool) -> bool {
     open_if(pid, ours).is_some_and(|fd| pidfd_send_signal(&fd, Signal::KILL).is_ok())
+}
+
+/// Waits, at most `limit`, until the process held by pidfd `fd` (from
+/// [`open_if`]) has ended; whether it has. The kernel wakes the wait at
+/// the exit (a pidfd turns readable then): a test can act on another
+/// process's end at once, where polling would see it up to a pause late.
+pub fn wait_exit(fd: OwnedFd, limit: Duration) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    rt.block_on(async {
+        let interest = tokio::io::Interest::READABLE;
+        // SAFETY: the AsyncFd owns the OwnedFd for the whole of its life,
+        // so the descriptor stays open and names the same pidfd.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) };
+        let Ok(fd) = registered else {
+            return false;
+        };
+        matches!(tokio::time::timeout(limit, fd.readable()).await, Ok(Ok(_)))
+    })
 }
 
 #[cfg(test)]
@@ -46,5 +70,21 @@ mod tests {
         assert!(kill_if(pid, |c| c.starts_with(b"sleep\0")));
         let status = child.wait().expect("wait");
         assert!(!status.success(), "sleep was killed");
+    }
+
+    #[test]
+    fn a_wait_for_a_process_s_end_returns_once_it_ended() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let held = || open_if(pid, |_| true).expect("a pidfd");
+        let (first, second) = (held(), held());
+        assert!(!wait_exit(first, Duration::from_millis(100)), "it runs");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        // Ended (and reaped) before this wait began: it returns at once.
+        assert!(wait_exit(second, Duration::from_secs(10)));
     }
 }

@@ -339,7 +339,7 @@ impl Agent {
                 None => default_accel,
             };
             let cfg = vm_config(vm_plan, image, accel);
-            let v = vm::launch_restored(&dir, &cfg, layer.as_deref(), &ram)
+            let v = vm::launch_restored(&dir, &cfg, layer.as_deref(), &ram, name)
                 .await
                 .map_err(|e| AgentError::moving(lab, e))?;
             self.restored(lab, vm_plan, &v)

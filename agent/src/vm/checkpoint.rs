@@ -33,8 +33,9 @@ pub const DISK_FILE: &str = "disk.qcow2";
 /// `overlay.qcow2` (after a checkpoint or a reset).
 const TOP_FILE: &str = "overlay.top";
 /// In a VM folder while a checkpoint operation holds its guest paused:
-/// `save` or `load` (the fence resumes a `save` left `postmigrate`, and
-/// never a `load`, which waits for the lab's common resume).
+/// `save`, or `load` and on a second line the checkpoint's name (the fence
+/// resumes a `save` left `postmigrate`, and never a `load`, which waits
+/// for the lab's common resume).
 pub const MARKER_FILE: &str = "checkpoint-op";
 /// Beside a checkpoint's disk layer and in a node's layer store: a link
 /// to this host's image disk. An exported layer ([`export_disk`]) names
@@ -104,7 +105,22 @@ fn set_marker(vm: &Vm, what: Option<&str>) -> Result<(), MoveError> {
 pub fn marker(dir: &Path) -> Option<String> {
     fs::read_to_string(dir.join(MARKER_FILE))
         .ok()
-        .map(|s| s.trim().to_string())
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+}
+
+/// The checkpoint `vm` was loaded from, when it waits paused for its
+/// lab's common resume: a reset loaded it and has not resumed it (the
+/// reset still runs, or it failed on another host). Such a guest is left
+/// as it is until a reset loads it again: it is neither resumed nor
+/// waited on to boot.
+pub async fn awaits_resume(vm: &Vm) -> Option<String> {
+    let text = fs::read_to_string(vm.dir().join(MARKER_FILE)).ok()?;
+    let mut lines = text.lines().map(str::trim);
+    if lines.next() != Some("load") {
+        return None;
+    }
+    let checkpoint = lines.next().unwrap_or_default().to_string();
+    matches!(vm.run_state().await, Ok(super::RunState::Paused)).then_some(checkpoint)
 }
 
 /// A QMP session to `vm`, ready for `stop` at the deadline.
@@ -520,10 +536,10 @@ pub async fn prepare_disk(vm: &str, dir: &Path, layer: &Path) -> Result<(), Move
     Ok(())
 }
 
-/// Loads the saved state `ram` into `vm`, a QEMU started with `-S
-/// -incoming defer`; the guest stays paused.
-pub async fn load(vm: &Vm, ram: &Path) -> Result<(), MoveError> {
-    set_marker(vm, Some("load"))?;
+/// Loads the saved state `ram` of checkpoint `checkpoint` into `vm`, a
+/// QEMU started with `-S -incoming defer`; the guest stays paused.
+pub async fn load(vm: &Vm, ram: &Path, checkpoint: &str) -> Result<(), MoveError> {
+    set_marker(vm, Some(&format!("load\n{checkpoint}\n")))?;
     let mut s = session(vm).await?;
     s.run(
         "migrate-set-capabilities",

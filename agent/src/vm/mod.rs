@@ -386,21 +386,22 @@ enum Start {
     Restore,
 }
 
-/// Starts `cfg` from checkpoint state: its disk on a fresh overlay over
-/// `layer` (if it has a disk), its RAM and devices from `ram`, paused
-/// until [`checkpoint::start_loaded`]. On failure, QEMU is ended; the
-/// folder is kept.
+/// Starts `cfg` from checkpoint `checkpoint`'s state: its disk on a fresh
+/// overlay over `layer` (if it has a disk), its RAM and devices from
+/// `ram`, paused until [`checkpoint::start_loaded`]. On failure, QEMU is
+/// ended; the folder is kept.
 pub async fn launch_restored(
     dir: &Path,
     cfg: &VmConfig,
     layer: Option<&Path>,
     ram: &Path,
+    checkpoint: &str,
 ) -> Result<Vm, migrate::MoveError> {
     if let Some(layer) = layer {
         checkpoint::prepare_disk(&cfg.name, dir, layer).await?;
     }
     let vm = launch_as(dir, cfg, Start::Restore).await?;
-    if let Err(e) = checkpoint::load(&vm, ram).await {
+    if let Err(e) = checkpoint::load(&vm, ram, checkpoint).await {
         let _ = vm.halt().await;
         return Err(e);
     }

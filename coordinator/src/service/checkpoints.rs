@@ -800,7 +800,10 @@ async fn carry_out_reset(
         })
         .collect();
     if !failures.is_empty() {
-        return Err(failures.join("; "));
+        return Err(format!(
+            "not every host loaded it, so no VM was resumed: {}",
+            failures.join("; ")
+        ));
     }
     let req = AgentRequest::CheckpointResume {
         lab: lab.to_string(),
@@ -823,7 +826,10 @@ async fn carry_out_reset(
     if failures.is_empty() {
         Ok(clock_not_set)
     } else {
-        Err(failures.join("; "))
+        Err(format!(
+            "every host loaded it, not every host resumed its VMs: {}",
+            failures.join("; ")
+        ))
     }
 }
 
