@@ -896,10 +896,19 @@ impl Agent {
             if !ram.exists() {
                 return Err(format!("{} is missing", ram.display()));
             }
-            let disk = from.join(vm::checkpoint::DISK_FILE);
-            let layer = image.disk_path().is_some().then_some(disk.as_path());
+            // The running overlay goes over the layer store's link (the
+            // checkpoint may be deleted), whose image is this host's.
+            let layer = match image.disk_path() {
+                Some(base) => {
+                    let disk = from.join(vm::checkpoint::DISK_FILE);
+                    let layers = paths::layers_dir(&self.state, &lab.lab, &plan.name);
+                    let layer = vm::checkpoint::layer_of(&plan.name, &disk, &layers, &base);
+                    Some(layer.map_err(|e| e.to_string())?)
+                }
+                None => None,
+            };
             let cfg = vm_config(plan, image, accel);
-            let vm = vm::launch_restored(&dir, &cfg, layer, &ram, checkpoint)
+            let vm = vm::launch_restored(&dir, &cfg, layer.as_deref(), &ram, checkpoint)
                 .await
                 .map_err(|e| e.to_string())?;
             let started = async {

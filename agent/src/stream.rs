@@ -123,41 +123,18 @@ pub(crate) fn checkpoint_file(
 }
 
 /// Sends one file of a checkpoint this host holds, then ends the stream.
-/// A disk layer is sent exported ([`crate::vm::checkpoint::export_disk`]):
-/// folded over its image, which it names by a relative link, so that it
-/// opens on another host that has the image.
+/// A disk file is whole on its own (its layers folded over its image,
+/// which it names by a relative link: `vm::checkpoint::keep_disk`), so it
+/// is sent as recorded, and checked against its recorded hash.
 pub async fn checkpoint_read(
     state: &Path,
     (lab, name, node, kind): (&str, &str, &str, &str),
     send: SendStream,
 ) {
-    let path = match checkpoint_file(state, lab, name, node, kind) {
-        Ok(p) => p,
-        Err(why) => return refuse(send, ErrorKind::Invalid, why).await,
-    };
-    if kind != "disk" {
-        return send_checkpoint_file(&path, (lab, name, node, kind), send).await;
+    match checkpoint_file(state, lab, name, node, kind) {
+        Ok(path) => send_checkpoint_file(&path, (lab, name, node, kind), send).await,
+        Err(why) => refuse(send, ErrorKind::Invalid, why).await,
     }
-    if !path.exists() {
-        let why = format!(
-            "checkpoint {name:?} of lab {lab:?} has no disk file of node {node:?} on this host ({})",
-            path.display()
-        );
-        return refuse(send, ErrorKind::NotFound, why).await;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let export = path.with_file_name(format!(".export-{}-{nanos}.qcow2", std::process::id()));
-    if let Err(why) = crate::vm::checkpoint::export_disk(&path, &export).await {
-        let why = format!(
-            "node {node:?} of lab {lab:?}: exporting the disk of checkpoint {name:?}: {why}"
-        );
-        return refuse(send, ErrorKind::Internal, why).await;
-    }
-    send_checkpoint_file(&export, (lab, name, node, kind), send).await;
-    let _ = tokio::fs::remove_file(&export).await;
 }
 
 async fn send_checkpoint_file(

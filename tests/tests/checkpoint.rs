@@ -905,6 +905,51 @@ fn image_members(archive: &Path) -> Vec<String> {
         .collect()
 }
 
+/// d moved live to host3, then the lab reset to s1: d's share of s1 (its
+/// disk: two layers of its own, c1's and s1's, folded into one over the
+/// image) is fetched from host1 and loaded on host3, which did not take
+/// it. d's disk holds what was written before c1 and s1, not what came
+/// after (`marks`: as of c1, as of s1, after s1), and every file under
+/// it is host3's own (nothing of host1's layer store or image).
+fn d_reset_on_a_host_that_did_not_take_it(cluster: &LocalCluster, [c1, s1, gone]: [&str; 3]) {
+    stdout_ok(
+        &cluster.labspan(&["move", "ckpt", "d", "--to", "host3"]),
+        "labspan move ckpt d --to host3",
+    );
+    let on: Vec<usize> = cluster.running("ckpt", "d").iter().map(|r| r.0).collect();
+    assert_eq!(on, [3], "d after its move");
+    stdout_ok(
+        &cluster.labspan(&["reset", "ckpt", "s1"]),
+        "labspan reset ckpt s1, d on host3",
+    );
+    assert_eq!(disk_at(cluster, 0), c1, "d's disk as of c1, on host3");
+    assert_eq!(disk_at(cluster, 2), s1, "d's disk as of s1, on host3");
+    assert_eq!(
+        disk_at(cluster, 3),
+        "",
+        "d's disk kept {gone}, written after s1"
+    );
+    let dir = cluster.vm_dir(3, "ckpt", "d");
+    let top = std::fs::read_to_string(dir.join("overlay.top")).expect("d's overlay");
+    let info = stdout_ok(
+        &run(Command::new("qemu-img")
+            .args(["info", "-U", "--backing-chain", "--output=json"])
+            .arg(dir.join(top.trim()))),
+        "qemu-img info",
+    );
+    let chain: serde_json::Value = serde_json::from_str(&info).expect("qemu-img json");
+    let own = state_of(cluster, 3).canonicalize().expect("host3's state");
+    for layer in chain.as_array().expect("a chain") {
+        let file = PathBuf::from(layer["filename"].as_str().expect("filename"));
+        let file = file.canonicalize().expect("a layer of d's disk");
+        assert!(
+            file.starts_with(&own),
+            "d's disk on host3 uses {}",
+            file.display()
+        );
+    }
+}
+
 /// `labspan save` (with its images, and without), `down`, `load`: the lab
 /// comes back running in the checkpoint's state ([`back_in_s1`]). A load
 /// that cannot work leaves nothing behind.
@@ -919,6 +964,7 @@ fn save_down_and_load(cluster: &LocalCluster, out: &Path, boot_id: &str, d_c1: &
     sh(cluster, "p", "echo gone > /root/after-save");
     assert_ne!(new_marker(cluster, "p"), marker);
     let d_gone = disk_marker(cluster, 3);
+    d_reset_on_a_host_that_did_not_take_it(cluster, [d_c1, &d_kept, &d_gone]);
     let archive = out.join("ckpt.labspan");
     let archive_arg = archive.to_str().expect("utf-8");
     let saved = stdout_ok(

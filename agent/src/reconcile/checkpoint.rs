@@ -107,7 +107,12 @@ impl Agent {
                 let to = paths::checkpoint_dir(&self.state, lab, name, node);
                 let layers = paths::layers_dir(&self.state, lab, node);
                 let saved = ck::save(s, v, &to, &layers).await;
-                (saved, now_unix_ms())
+                let resumed = now_unix_ms();
+                let saved = match saved {
+                    Ok(saved) => ck::keep_disk(node, saved, &to).await,
+                    Err(e) => Err(e),
+                };
+                (saved, resumed)
             });
         let saved = join_all(saves).await;
         let resumed_at = saved.iter().map(|(_, t)| *t).max().unwrap_or(paused_at);

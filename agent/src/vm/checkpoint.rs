@@ -6,7 +6,10 @@
 //!   writes (`blockdev-add` + `blockdev-snapshot`, instant). Files never
 //!   change names under a running QEMU: it reopens its images by name;
 //! - RAM and devices: `migrate` to `exec:cat > FILE`, bandwidth cap lifted,
-//!   which leaves the guest `postmigrate`; then `cont`.
+//!   which leaves the guest `postmigrate`; then `cont`;
+//! - once it runs again: the checkpoint's disk file, the frozen layer with
+//!   the node's earlier layers folded in, over the image by a relative
+//!   name (it opens on any host that has the image).
 //!
 //! Load: QEMU started with the same devices, `-S -incoming defer`, on a
 //! fresh overlay over the checkpoint's layer; `migrate-incoming exec:cat
@@ -27,7 +30,8 @@ use labspan_tool::{self as tool, ToolError};
 
 /// The RAM and device state in a checkpoint's node folder.
 pub const RAM_FILE: &str = "ram.state";
-/// The frozen disk layer (a hard link of the one in the layer store).
+/// The disk as of the checkpoint: one qcow2 layer over the image, named
+/// [`BASE_LINK`] ([`keep_disk`]).
 pub const DISK_FILE: &str = "disk.qcow2";
 /// In a VM folder: the file name of its running overlay, when it is not
 /// `overlay.qcow2` (after a checkpoint or a reset).
@@ -53,7 +57,33 @@ const SETTLE_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {
     pub ram: PathBuf,
+    /// The frozen disk layer in the layer store, then (once
+    /// [`keep_disk`] has run) the checkpoint's own disk file.
     pub disk: Option<PathBuf>,
+}
+
+/// Writes the checkpoint's disk file (in `to`) from the frozen layer a
+/// save left in the layer store, once the guest runs again: the layer
+/// with every earlier layer of the node folded in, over the image named
+/// [`BASE_LINK`] ([`export_disk`]). The file is whole on its own: a copy
+/// on another host (a durable copy, a reset or restart there, an archive)
+/// needs nothing else of this host, only that host's copy of the image.
+pub async fn keep_disk(vm: &str, saved: Saved, to: &Path) -> Result<Saved, MoveError> {
+    let Some(layer) = &saved.disk else {
+        return Ok(saved);
+    };
+    let disk = to.join(DISK_FILE);
+    export_disk(layer, &disk)
+        .await
+        .map_err(|why| MoveError::Failed {
+            vm: vm.to_string(),
+            what: "disk layer",
+            why: format!("writing the checkpoint's disk {}: {why}", disk.display()),
+        })?;
+    Ok(Saved {
+        disk: Some(disk),
+        ..saved
+    })
 }
 
 /// The overlay a VM folder runs on.
@@ -221,7 +251,7 @@ async fn save_steps(
     };
     fs::create_dir_all(to).map_err(io("creating", to))?;
     let disk = match vm.record.spec.disk.is_some() {
-        true => Some(freeze_disk(s, vm, to, layers).await?),
+        true => Some(freeze_disk(s, vm, layers).await?),
         false => None,
     };
     let ram = to.join(RAM_FILE);
@@ -245,13 +275,8 @@ async fn save_steps(
 }
 
 /// Freezes the running overlay and puts a new one on top; returns the
-/// frozen layer's link in `to`.
-async fn freeze_disk(
-    s: &mut Session,
-    vm: &Vm,
-    to: &Path,
-    layers: &Path,
-) -> Result<PathBuf, MoveError> {
+/// frozen layer (its link in the layer store `layers`).
+async fn freeze_disk(s: &mut Session, vm: &Vm, layers: &Path) -> Result<PathBuf, MoveError> {
     let io = |what: &'static str, path: &Path| {
         let (vm, path) = (vm.name().to_string(), path.to_path_buf());
         move |cause| MoveError::Io {
@@ -270,8 +295,6 @@ async fn freeze_disk(
         .find(|p| !p.exists())
         .unwrap_or_else(|| layers.join("layer-x.qcow2"));
     fs::hard_link(&frozen, &layer).map_err(io("linking", &layer))?;
-    let link = to.join(DISK_FILE);
-    fs::hard_link(&frozen, &link).map_err(io("linking", &link))?;
     let next = next_overlay(vm.dir());
     // `-u`: QEMU holds the frozen layer's write lock until the switch below.
     create_overlay(vm, &layer, &next, Some(size)).await?;
@@ -297,7 +320,7 @@ async fn freeze_disk(
     )
     .await?;
     set_top(vm, &next)?;
-    Ok(link)
+    Ok(layer)
 }
 
 /// Records `overlay` as the VM's running disk: in the folder (for a later
@@ -438,7 +461,7 @@ fn link_base(dir: &Path, base: &Path) -> std::io::Result<()> {
 /// cluster where the chain differs from the image), and the image is
 /// named [`BASE_LINK`], so that the file opens over any host's copy of
 /// that image. `to` is removed on failure.
-pub async fn export_disk(disk: &Path, to: &Path) -> Result<(), String> {
+async fn export_disk(disk: &Path, to: &Path) -> Result<(), String> {
     let result = export_steps(disk, to).await;
     if result.is_err() {
         let _ = fs::remove_file(to);
@@ -465,11 +488,14 @@ async fn export_steps(disk: &Path, to: &Path) -> Result<(), String> {
     };
     fs::copy(disk, to)
         .map_err(|e| format!("copying {} to {}: {e}", disk.display(), to.display()))?;
-    qemu_img(|c| {
-        c.args(["rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &base])
-            .arg(to)
-    })
-    .await?;
+    // A layer right over the image has nothing to fold in.
+    if chain.len() > 2 {
+        qemu_img(|c| {
+            c.args(["rebase", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &base])
+                .arg(to)
+        })
+        .await?;
+    }
     qemu_img(|c| {
         c.args([
             "rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", BASE_LINK,

@@ -187,10 +187,9 @@ async fn save(cluster: &Path, client: &Client, a: &SaveArgs) -> anyhow::Result<(
         files.insert(f.sha256.clone(), member);
     }
     let mut checkpoint_files: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    let mut checkpoint = checkpoint;
     let name = checkpoint.name.clone();
-    for (node, share) in &mut checkpoint.nodes {
-        for f in &mut share.files {
+    for (node, share) in &checkpoint.nodes {
+        for f in &share.files {
             let member = format!("checkpoint/{node}/{}", f.kind);
             let path = scratch.path().join(format!("{node}.{}", f.kind));
             fetch_checkpoint_file(cluster, lab, &name, node, f, &path).await?;
@@ -225,14 +224,14 @@ fn parent_of(path: &Path) -> &Path {
 }
 
 /// Brings one checkpoint file from its host into `to`, checked against
-/// `f`. A disk layer comes exported (folded over its image, which it names
-/// by a relative link): a file of its own, whose size and hash go into `f`.
+/// `f` (a disk file is recorded whole: its layers folded over its image,
+/// which it names by a relative link).
 async fn fetch_checkpoint_file(
     cluster: &Path,
     lab: &str,
     name: &str,
     node: &str,
-    f: &mut CheckpointFile,
+    f: &CheckpointFile,
     to: &Path,
 ) -> anyhow::Result<()> {
     let req = Request::CheckpointRead {
@@ -266,11 +265,6 @@ async fn fetch_checkpoint_file(
     let _ = send.finish();
     client.close().await;
     let sha256 = hex::encode(hasher.finalize());
-    if f.kind == "disk" {
-        f.bytes = bytes;
-        f.sha256 = sha256;
-        return Ok(());
-    }
     if bytes != f.bytes || sha256 != f.sha256 {
         bail!(
             "the {} file of node {node:?} in checkpoint {name:?} came as {bytes} bytes of sha256 {sha256}; the checkpoint records {} bytes of sha256 {}",
