@@ -181,6 +181,12 @@ pub async fn checkpoint_write(
         Ok(p) => p,
         Err(why) => return refuse(send, ErrorKind::Invalid, why).await,
     };
+    // Not recorded until the load has given every host its files: kept
+    // meanwhile by a host told which checkpoints to keep.
+    if let Err(e) = crate::reconcile::checkpoint::mark_given(state, lab, name) {
+        let why = format!("node {node:?} of lab {lab:?}: checkpoint {name:?}: {e}");
+        return refuse(send, ErrorKind::Internal, why).await;
+    }
     if write_message(&mut send, &AgentReply::Streaming)
         .await
         .is_err()

@@ -19,6 +19,22 @@ use labspan_image::digest::hash_file;
 /// clock that disagrees: the pause happens at once).
 const MAX_DEADLINE_WAIT: Duration = Duration::from_secs(10);
 
+/// In a checkpoint's folder: files of it were given by `labspan load`,
+/// which records the checkpoint only once every host has its files. Such
+/// a folder is kept when this host is told which checkpoints to keep
+/// ([`Agent::checkpoint_keep`]) until the checkpoint is loaded here (the
+/// load's reset, once it is recorded); a load that fails takes its lab
+/// down, and the folder with it.
+const GIVEN_FILE: &str = ".given";
+
+/// Marks checkpoint `name` of `lab` as given by a load, before its files
+/// are written: a host told meanwhile which checkpoints to keep keeps it.
+pub fn mark_given(state: &std::path::Path, lab: &str, name: &str) -> std::io::Result<()> {
+    let dir = paths::lab_checkpoints_dir(state, lab).join(name);
+    fs::create_dir_all(&dir)?;
+    labspan_proto::atomic::write(&dir.join(GIVEN_FILE), b"")
+}
+
 /// What this host saved of a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SavedShare {
@@ -208,7 +224,9 @@ impl Agent {
     /// a checkpoint that failed or was deleted while this host was cut off
     /// (the leader's drop could not reach it), a node's share it does not
     /// hold, an unfinished copy (`*.partial`, left by an agent that ended in
-    /// the middle of one). The layer store stays: running disks sit on it.
+    /// the middle of one). The layer store stays: running disks sit on it,
+    /// and so does a checkpoint a load is giving this host, not recorded
+    /// yet ([`mark_given`]).
     pub fn checkpoint_keep(
         &self,
         labs: &BTreeMap<String, BTreeMap<String, Vec<String>>>,
@@ -242,11 +260,16 @@ impl Agent {
                     continue;
                 }
                 let Some(nodes) = keep.get(&file_name) else {
-                    remove(&name.path())?;
+                    if !name.path().join(GIVEN_FILE).exists() {
+                        remove(&name.path())?;
+                    }
                     continue;
                 };
                 for node in fs::read_dir(name.path()).into_iter().flatten().flatten() {
                     let node_name = node.file_name().to_string_lossy().into_owned();
+                    if node_name.starts_with('.') {
+                        continue;
+                    }
                     if !nodes.contains(&node_name) {
                         remove(&node.path())?;
                         continue;
@@ -353,6 +376,16 @@ impl Agent {
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
+        // Recorded (a reset loads only a recorded checkpoint): what a load
+        // gave here is kept or dropped as any other checkpoint from now on.
+        let given = paths::lab_checkpoints_dir(&self.state, lab)
+            .join(name)
+            .join(GIVEN_FILE);
+        if let Err(e) = fs::remove_file(&given) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %given.display(), error = %e, "cannot remove a mark");
+            }
+        }
         Ok(())
     }
 
@@ -426,5 +459,52 @@ impl Agent {
             }
         });
         Ok(join_all(clocks).await.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)] // test support: failing loudly is its job
+
+    use super::*;
+    use crate::vm::accel::AccelChoice;
+
+    fn file(state: &std::path::Path, path: &str) -> std::path::PathBuf {
+        let path = state.join("checkpoints/lab").join(path);
+        fs::create_dir_all(path.parent().expect("a folder")).expect("mkdir");
+        fs::write(&path, b"x").expect("write");
+        path
+    }
+
+    #[test]
+    fn a_returning_host_keeps_what_is_recorded_and_what_a_load_is_giving_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path();
+        let agent = Agent::new(state.to_path_buf(), AccelChoice::Tcg);
+        let kept = file(state, "rec/a/ram.state");
+        let partial = file(state, "rec/a/ram.partial");
+        let other_node = file(state, "rec/b/ram.state");
+        let failed = file(state, "failed/a/ram.state");
+        let layer = file(state, ".layers/a/layer-1.qcow2");
+        mark_given(state, "lab", "loading").expect("mark");
+        let given = file(state, "loading/a/ram.state");
+        let keep = BTreeMap::from([(
+            "lab".to_string(),
+            BTreeMap::from([("rec".to_string(), vec!["a".to_string()])]),
+        )]);
+        agent.checkpoint_keep(&keep).expect("keep");
+        assert!(kept.exists() && layer.exists() && given.exists());
+        assert!(!partial.exists() && !other_node.exists() && !failed.exists());
+        // A load that gave its files and was recorded: kept or not as any.
+        fs::remove_file(
+            given
+                .parent()
+                .and_then(|p| p.parent())
+                .expect("folder")
+                .join(GIVEN_FILE),
+        )
+        .expect("unmark");
+        agent.checkpoint_keep(&keep).expect("keep");
+        assert!(!given.exists());
     }
 }
