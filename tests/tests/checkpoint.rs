@@ -726,14 +726,17 @@ fn a_host_lost_while_the_hosts_load_a_reset(
         String::from_utf8_lossy(c).contains("qemu-system")
     })
     .expect("its QEMU");
-    let reset = std::thread::scope(|s| {
+    let (reset, cut_at) = std::thread::scope(|s| {
         let reset = s.spawn(|| when_free(cluster, &["reset", "res", "r1"]));
         assert!(
             labspan_testutil::process::wait_exit(qemu, Duration::from_secs(240)),
             "the reset did not end {cut}'s QEMU on host{cut_host}"
         );
         stdout_ok(&cluster.fault("cut", cut_host), "cluster.sh cut");
-        reset.join().expect("the reset thread")
+        (
+            reset.join().expect("the reset thread"),
+            std::time::Instant::now(),
+        )
     });
     eprintln!("reset while host{cut_host} was cut: {}", text(&reset));
     wait_ended(cluster, "being reset to checkpoint \"r1\"");
@@ -765,6 +768,11 @@ fn a_host_lost_while_the_hosts_load_a_reset(
         },
     );
     eprintln!("{cut} lost on host{cut_host}, back on host{free}; lab: {settled}");
+    // A figure (docs/checkpoints.md), not an assertion.
+    eprintln!(
+        "figures: from the reset's end to the lab settled: {:.1} s",
+        cut_at.elapsed().as_secs_f64()
+    );
     assert!(
         settled.contains(&format!("node {other}"))
             && settled.contains("paused in the state of checkpoint \"r1\""),
@@ -918,10 +926,11 @@ fn d_reset_on_a_host_that_did_not_take_it(cluster: &LocalCluster, [c1, s1, gone]
     );
     let on: Vec<usize> = cluster.running("ckpt", "d").iter().map(|r| r.0).collect();
     assert_eq!(on, [3], "d after its move");
-    stdout_ok(
+    let reset = stdout_ok(
         &cluster.labspan(&["reset", "ckpt", "s1"]),
         "labspan reset ckpt s1, d on host3",
     );
+    eprintln!("reset with d's files fetched to host3: {reset}");
     assert_eq!(disk_at(cluster, 0), c1, "d's disk as of c1, on host3");
     assert_eq!(disk_at(cluster, 2), s1, "d's disk as of s1, on host3");
     assert_eq!(
