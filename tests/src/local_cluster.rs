@@ -101,6 +101,20 @@ impl LocalCluster {
         self.state.join("admin.cluster")
     }
 
+    /// A copy of the admin cluster file that names only the coordinator
+    /// of host `i`: a command given it talks to the cluster through that
+    /// coordinator alone (it forwards to the leader), whatever happens to
+    /// the other hosts.
+    pub fn admin_through(&self, i: usize) -> PathBuf {
+        let text = std::fs::read_to_string(self.admin()).expect("the admin cluster file");
+        let mut file: Value = serde_json::from_str(&text).expect("the admin cluster file is JSON");
+        file["coordinators"] = serde_json::json!([format!("198.18.{}.{i}:7100", self.net)]);
+        self.write_file(
+            &format!("admin-c{i}.cluster"),
+            &serde_json::to_string_pretty(&file).expect("JSON"),
+        )
+    }
+
     /// Writes `text` as `file` in the cluster's state folder (removed by
     /// `down`) and returns its path.
     pub fn write_file(&self, file: &str, text: &str) -> PathBuf {

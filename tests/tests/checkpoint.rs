@@ -485,8 +485,15 @@ fn a_lost_host_s_node_comes_back_from_the_latest_checkpoint() {
     build_image("tiny");
     let cluster = &LocalCluster::up("ckres", 3);
     let file = cluster.write_file("res.yaml", RESILIENT);
-    // Every step from the first boot on, for the figures at the end.
-    let events = Events::follow(&cluster.admin(), "res");
+    // Every step from the first boot on, for the figures at the end,
+    // through the leader's coordinator alone: the host cut below is never
+    // the leader's, and a stream through a coordinator on a cut host would
+    // go silent until its connection timed out, and miss the steps taken
+    // meanwhile (a follower that dials again is not given them).
+    let through = cluster.wait_for("a leader", Duration::from_secs(60), || {
+        cluster.leader_host()
+    });
+    let events = Events::follow(&cluster.admin_through(through), "res");
     stdout_ok(
         &cluster.labspan(&["up", file.to_str().expect("utf-8")]),
         "labspan up res",
