@@ -108,7 +108,18 @@ impl LocalCluster {
     pub fn admin_through(&self, i: usize) -> PathBuf {
         let text = std::fs::read_to_string(self.admin()).expect("the admin cluster file");
         let mut file: Value = serde_json::from_str(&text).expect("the admin cluster file is JSON");
-        file["coordinators"] = serde_json::json!([format!("198.18.{}.{i}:7100", self.net)]);
+        let host = format!("198.18.{}.{i}:", self.net);
+        let named = file["coordinators"].as_array().cloned().unwrap_or_default();
+        let only: Vec<Value> = named
+            .into_iter()
+            .filter(|c| c.as_str().is_some_and(|c| c.starts_with(&host)))
+            .collect();
+        assert_eq!(
+            only.len(),
+            1,
+            "one coordinator of host{i} in the admin file"
+        );
+        file["coordinators"] = Value::Array(only);
         self.write_file(
             &format!("admin-c{i}.cluster"),
             &serde_json::to_string_pretty(&file).expect("JSON"),

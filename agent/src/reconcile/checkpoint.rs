@@ -30,9 +30,18 @@ const GIVEN_FILE: &str = ".given";
 /// Marks checkpoint `name` of `lab` as given by a load, before its files
 /// are written: a host told meanwhile which checkpoints to keep keeps it.
 pub fn mark_given(state: &std::path::Path, lab: &str, name: &str) -> std::io::Result<()> {
-    let dir = paths::lab_checkpoints_dir(state, lab).join(name);
-    fs::create_dir_all(&dir)?;
-    labspan_proto::atomic::write(&dir.join(GIVEN_FILE), b"")
+    let mark = given_mark(state, lab, name);
+    if let Some(dir) = mark.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    labspan_proto::atomic::write(&mark, b"")
+}
+
+/// The [`GIVEN_FILE`] mark of checkpoint `name` of `lab`.
+fn given_mark(state: &std::path::Path, lab: &str, name: &str) -> std::path::PathBuf {
+    paths::lab_checkpoints_dir(state, lab)
+        .join(name)
+        .join(GIVEN_FILE)
 }
 
 /// What this host saved of a checkpoint.
@@ -378,9 +387,7 @@ impl Agent {
             .collect::<Result<Vec<_>, _>>()?;
         // Recorded (a reset loads only a recorded checkpoint): what a load
         // gave here is kept or dropped as any other checkpoint from now on.
-        let given = paths::lab_checkpoints_dir(&self.state, lab)
-            .join(name)
-            .join(GIVEN_FILE);
+        let given = given_mark(&self.state, lab, name);
         if let Err(e) = fs::remove_file(&given) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %given.display(), error = %e, "cannot remove a mark");
@@ -496,14 +503,7 @@ mod tests {
         assert!(kept.exists() && layer.exists() && given.exists());
         assert!(!partial.exists() && !other_node.exists() && !failed.exists());
         // A load that gave its files and was recorded: kept or not as any.
-        fs::remove_file(
-            given
-                .parent()
-                .and_then(|p| p.parent())
-                .expect("folder")
-                .join(GIVEN_FILE),
-        )
-        .expect("unmark");
+        fs::remove_file(given_mark(state, "lab", "loading")).expect("unmark");
         agent.checkpoint_keep(&keep).expect("keep");
         assert!(!given.exists());
     }
