@@ -31,10 +31,15 @@ async function open(url) {
     ],
   });
   page = browser.pages()[0] || await browser.newPage();
+  // Generous bounds for every wait (the test's own bound is 150 s an
+  // answer): on 2 cores beside a lab of TCG guests, Chromium's first load
+  // took more than playwright's default 30 s in CI.
+  page.setDefaultTimeout(120000);
+  page.setDefaultNavigationTimeout(120000);
   const errors = [];
   page.on("pageerror", e => errors.push(String(e)));
   await page.goto(url);
-  await page.waitForSelector("section[data-host]", { timeout: 30000 });
+  await page.waitForSelector("section[data-host]");
   if (errors.length) throw new Error("the page failed: " + errors.join("; "));
   // Gone if the page reloads: `look` reports it, so a test can tell a live
   // update from a reload.
@@ -61,7 +66,7 @@ async function look() {
 
 async function typeInConsole({ lab, node, type, expect, timeout_ms }) {
   await page.click(`.node[data-lab="${lab}"][data-node="${node}"]`);
-  await page.waitForSelector('#console.open[data-connected="true"]', { timeout: 30000 });
+  await page.waitForSelector('#console.open[data-connected="true"]');
   await page.click("#term");
   await page.keyboard.type(type);
   await page.keyboard.press("Enter");
