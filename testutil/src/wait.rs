@@ -9,6 +9,8 @@ use std::time::Duration;
 
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// How long a check started near the deadline may still run.
+pub const LAST_CHECK: Duration = Duration::from_secs(10);
 
 /// Calls `check` until it returns `Some`, and returns that value; panics
 /// with "timed out after DEADLINE waiting for WHAT" when `deadline` passes.
@@ -35,7 +37,9 @@ pub fn wait_until<T>(
 }
 
 /// [`wait_until`] for async checks, on tokio's clock (so a test with paused
-/// time waits in virtual time).
+/// time waits in virtual time). A check that does not return (a request to
+/// a peer that never answers) fails the wait too, once the deadline and
+/// [`LAST_CHECK`] have both passed: a wait never hangs.
 pub async fn wait_until_async<T, Fut>(
     what: impl fmt::Display,
     deadline: Duration,
@@ -44,11 +48,18 @@ pub async fn wait_until_async<T, Fut>(
 where
     Fut: Future<Output = Option<T>>,
 {
-    let end = tokio::time::Instant::now() + deadline;
+    let begin = tokio::time::Instant::now();
+    let end = begin + deadline;
     let mut pause = FIRST_PAUSE;
     loop {
-        if let Some(v) = check().await {
-            return v;
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout_at(end.max(started + LAST_CHECK), check()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!(
+                "timed out after {deadline:?} waiting for {what} (its last check, started {:?} in, had not returned)",
+                started - begin
+            ),
         }
         let now = tokio::time::Instant::now();
         if now >= end {
@@ -130,5 +141,16 @@ mod tests {
     #[should_panic(expected = "timed out after 10s waiting for nothing")]
     async fn async_wait_fails_at_its_deadline() {
         wait_until_async("nothing", Duration::from_secs(10), || async { None::<()> }).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(
+        expected = "waiting for an answer (its last check, started 0ns in, had not returned)"
+    )]
+    async fn a_check_that_never_returns_fails_the_wait() {
+        wait_until_async("an answer", Duration::from_secs(10), || {
+            std::future::pending::<Option<()>>()
+        })
+        .await;
     }
 }
