@@ -11,38 +11,28 @@ time until the last one answered. No labspan, no network, no OSPF.
 
 Defaults: 30 guests of tiny-router from /var/lib/labspan/images, 192 MiB.
 """
-import importlib.util
 import os
 import signal
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-spec = importlib.util.spec_from_file_location("bench_migration", os.path.join(HERE, "bench-migration.py"))
-bm = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bm)
-
-
-def image_dir(name):
-    store = "/var/lib/labspan/images"
-    with open(os.path.join(store, "names", name)) as f:
-        return os.path.join(store, "objects", f.read().strip())
+from bareqemu import image_dir, qemu, wait_guest_agent
 
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-    img = image_dir(sys.argv[2] if len(sys.argv) > 2 else "tiny-router")
+    img = image_dir("", sys.argv[2] if len(sys.argv) > 2 else "tiny-router")
     mib = int(sys.argv[3]) if len(sys.argv) > 3 else 192
     with tempfile.TemporaryDirectory() as d:
         pids = []
         try:
             start = time.time()
             for k in range(n):
-                pids.append(bm.qemu(d, f"g{k}", img, ["-m", f"{mib}M"]))
+                pids.append(qemu(d, f"g{k}", img, mem_mib=mib))
             started = time.time() - start
             for k in range(n):
-                bm.wait_guest_agent(f"{d}/g{k}.qga", limit=900)
+                wait_guest_agent(f"{d}/g{k}.qga", limit=900)
             ready = time.time() - start
             load = os.getloadavg()[0]
             print(f"{n} bare QEMU boots: all started in {started:.1f} s, every guest agent answered after {ready:.1f} s (load average {load:.1f})")

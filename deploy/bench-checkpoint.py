@@ -38,63 +38,7 @@ import tempfile
 import threading
 import time
 
-
-def image_dir():
-    if len(sys.argv) > 1 and sys.argv[1]:
-        return sys.argv[1]
-    store = "/var/lib/labspan/images"
-    with open(os.path.join(store, "names", "tiny")) as f:
-        return os.path.join(store, "objects", f.read().strip())
-
-
-class Qmp:
-    def __init__(self, path):
-        for _ in range(100):
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.1)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.run("qmp_capabilities")
-
-    def run(self, cmd, **args):
-        self.f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            msg = json.loads(self.f.readline())
-            if "return" in msg:
-                return msg["return"]
-            if "error" in msg:
-                raise RuntimeError(f"{cmd}: {msg['error']}")
-
-    def close(self):
-        self.s.close()
-
-
-def qemu(d, name, img, disk, extra):
-    args = [
-        "qemu-system-x86_64", "-name", name, "-machine", "q35", "-accel", "tcg",
-        "-m", f"{MEM}M", "-smp", "1", "-nodefaults", "-display", "none",
-        "-kernel", f"{img}/vmlinuz", "-initrd", f"{img}/initrd.img",
-        "-append", "console=ttyS0 quiet no_timer_check panic=1",
-        "-chardev", f"socket,id=serial0,path={d}/{name}.console,server=on,wait=off",
-        "-serial", "chardev:serial0",
-        "-chardev", f"socket,id=qmp0,path={d}/{name}.qmp,server=on,wait=off",
-        "-mon", "chardev=qmp0,mode=control",
-        "-device", "virtio-serial-pci,id=vser0",
-        "-chardev", f"socket,id=qga0,path={d}/{name}.qga,server=on,wait=off",
-        "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
-        "-device", "pvpanic", "-pidfile", f"{d}/{name}.pid", "-daemonize",
-    ]
-    if disk:
-        args += ["-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={disk}",
-                 "-device", "virtio-blk-pci,drive=disk0"]
-    subprocess.run(args + extra, check=True)
-    with open(f"{d}/{name}.pid") as f:
-        return int(f.read())
+from bareqemu import Qmp, image_dir, kill, qemu, wait_guest_agent
 
 
 MEM = int(os.environ.get("BENCH_MEM", "256"))
@@ -130,21 +74,6 @@ def guest_sh(path, line, limit=1200):
     raise RuntimeError(f"guest: `{line}` did not end in {limit} s")
 
 
-def wait_guest_agent(path, limit=180):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(2)
-            s.connect(path)
-            s.sendall(b'{"execute":"guest-ping"}\n')
-            if b"return" in s.recv(4096):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("the guest agent never answered")
-
-
 def wait_migration(q):
     while True:
         status = q.run("query-migrate").get("status")
@@ -159,15 +88,6 @@ def wait_settled(q):
     # `cont` is refused while QEMU is still in finish-migrate.
     while q.run("query-status")["status"] == "finish-migrate":
         time.sleep(0.005)
-
-
-def end(pid):
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        return
-    while os.path.exists(f"/proc/{pid}"):
-        time.sleep(0.01)
 
 
 def save_all(d, guests, n):
@@ -205,7 +125,7 @@ def restore_all(d, img, guests, n):
     started = time.monotonic()
     for name, g in guests.items():
         g["qmp"].close()
-        end(g["pid"])
+        kill(g["pid"])
 
     def restore(name, g):
         disk = None
@@ -213,7 +133,7 @@ def restore_all(d, img, guests, n):
             disk = f"{d}/{name}.back{n}.qcow2"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                             "-b", g["layer"], disk], check=True)
-        g["pid"] = qemu(d, name, img, disk, ["-S", "-incoming", "defer"])
+        g["pid"] = qemu(d, name, img, MEM, disk, ["-S", "-incoming", "defer"])
         g["qmp"] = q = Qmp(f"{d}/{name}.qmp")
         q.run("migrate-incoming", uri=f"exec:cat {d}/{name}.ram")
         wait_migration(q)
@@ -231,7 +151,7 @@ def restore_all(d, img, guests, n):
 
 
 def main():
-    img = image_dir()
+    img = image_dir(sys.argv[1] if len(sys.argv) > 1 else "")
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as d:
         base = f"{d}/disk.qcow2"
@@ -244,7 +164,7 @@ def main():
             for name, disk in (("p", None), ("v", None), ("d", overlay)):
                 if name not in GUESTS:
                     continue
-                pid = qemu(d, name, img, disk, [])
+                pid = qemu(d, name, img, MEM, disk)
                 guests[name] = {"pid": pid, "disk": disk, "node": "disk0", "layer": None}
             for name, g in guests.items():
                 wait_guest_agent(f"{d}/{name}.qga")
@@ -265,7 +185,7 @@ def main():
                 time.sleep(2)
         finally:
             for g in guests.values():
-                end(g["pid"])
+                kill(g["pid"])
 
 
 if __name__ == "__main__":

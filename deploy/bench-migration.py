@@ -15,8 +15,8 @@ made for the run (openssl, P-256), as `labspan move` sets them up
 (`tls-creds-x509`, verify-peer, `tls-hostname`, `tls-authz`), so that
 TLS's cost is measured apart from labspan's.
 
-IMAGE_DIR holds tiny's vmlinuz and initrd.img (default: the test store's
-tiny, /var/tmp/labspan-test-images/objects/<hash>). With `busy`, the guest
+IMAGE_DIR holds tiny's vmlinuz and initrd.img (default: the tiny image of
+/var/lib/labspan/images). With `busy`, the guest
 rewrites 32 MiB of its RAM (/dev/shm) from /dev/urandom in a loop during
 the migration (BUSY_LOOP, the same line `docs/benchmarks.md` runs in a
 labspan guest).
@@ -30,72 +30,7 @@ import sys
 import tempfile
 import time
 
-
-def image_dir():
-    if len(sys.argv) > 1 and sys.argv[1]:
-        return sys.argv[1]
-    store = "/var/tmp/labspan-test-images"
-    with open(os.path.join(store, "names", "tiny")) as f:
-        return os.path.join(store, "objects", f.read().strip())
-
-
-class Qmp:
-    def __init__(self, path):
-        for _ in range(100):
-            try:
-                self.s = socket.socket(socket.AF_UNIX)
-                self.s.connect(path)
-                break
-            except OSError:
-                time.sleep(0.1)
-        self.f = self.s.makefile("rw")
-        self.f.readline()
-        self.run("qmp_capabilities")
-
-    def run(self, cmd, **args):
-        self.f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            msg = json.loads(self.f.readline())
-            if "return" in msg:
-                return msg["return"]
-            if "error" in msg:
-                raise RuntimeError(f"{cmd}: {msg['error']}")
-
-
-def qemu(d, name, img, extra):
-    args = [
-        "qemu-system-x86_64", "-name", name, "-machine", "q35", "-accel", "tcg",
-        "-m", "256M", "-smp", "1", "-nodefaults", "-display", "none",
-        "-kernel", f"{img}/vmlinuz", "-initrd", f"{img}/initrd.img",
-        "-append", "console=ttyS0 quiet no_timer_check panic=1",
-        "-chardev", f"socket,id=serial0,path={d}/{name}.console,server=on,wait=off",
-        "-serial", "chardev:serial0",
-        "-chardev", f"socket,id=qmp0,path={d}/{name}.qmp,server=on,wait=off",
-        "-mon", "chardev=qmp0,mode=control",
-        "-device", "virtio-serial-pci,id=vser0",
-        "-chardev", f"socket,id=qga0,path={d}/{name}.qga,server=on,wait=off",
-        "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
-        "-device", "pvpanic", "-pidfile", f"{d}/{name}.pid", "-daemonize",
-    ] + extra
-    subprocess.run(args, check=True)
-    with open(f"{d}/{name}.pid") as f:
-        return int(f.read())
-
-
-def wait_guest_agent(path, limit=180):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(2)
-            s.connect(path)
-            s.sendall(b'{"execute":"guest-ping"}\n')
-            if b"return" in s.recv(4096):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("the guest agent never answered")
+from bareqemu import Qmp, image_dir, qemu, wait_guest_agent
 
 
 BUSY_LOOP = "while true; do dd if=/dev/urandom of=/dev/shm/hot bs=1M count=32 2>/dev/null; done"
@@ -154,14 +89,14 @@ def one_run(img, port, busy, with_tls):
     with tempfile.TemporaryDirectory() as d:
         pids = []
         try:
-            pids.append(qemu(d, "src", img, []))
+            pids.append(qemu(d, "src", img))
             wait_guest_agent(f"{d}/src.qga")
             if busy:
                 start_busy(f"{d}/src.qga")
             tls = make_credentials(d) if with_tls else None
             uri = f"tcp:127.0.0.1:{port}"
             start = time.monotonic()
-            pids.append(qemu(d, "dst", img, ["-incoming", "defer"]))
+            pids.append(qemu(d, "dst", img, extra=["-incoming", "defer"]))
             dst = Qmp(f"{d}/dst.qmp")
             src = Qmp(f"{d}/src.qmp")
             params = {"max-bandwidth": 10 << 30, "downtime-limit": 300}
@@ -190,7 +125,7 @@ def one_run(img, port, busy, with_tls):
 
 
 def main():
-    img = image_dir()
+    img = image_dir(sys.argv[1] if len(sys.argv) > 1 else "")
     runs = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else 3
     busy = len(sys.argv) > 3 and sys.argv[3] == "busy"
     with_tls = len(sys.argv) > 4 and sys.argv[4] == "tls"
