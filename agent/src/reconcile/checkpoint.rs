@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use labspan_proto::checkpoint::{CheckpointFile, NodeCheckpoint};
 
-use super::{vm_config, Agent, AgentError, Configured, CONFIGURED};
+use super::launch::vm_config;
+use super::{Agent, AgentError};
 use crate::paths;
-use crate::vm::{self, checkpoint as ck, Vm};
+use crate::vm::{self, checkpoint as ck};
 use labspan_image::digest::hash_file;
 
 /// The longest wait for a deadline the leader set (a farther one is a
@@ -379,7 +380,7 @@ impl Agent {
             let v = vm::launch_restored(&dir, &cfg, layer.as_deref(), &ram, name)
                 .await
                 .map_err(|e| AgentError::moving(lab, e))?;
-            self.restored(lab, vm_plan, &v)
+            self.arrived_configured(vm_plan, &v)
         });
         join_all(loads)
             .await
@@ -394,28 +395,6 @@ impl Agent {
             }
         }
         Ok(())
-    }
-
-    /// A guest restored from a checkpoint is configured as it was when the
-    /// checkpoint was taken: its files and `exec` lines do not run again.
-    fn restored(
-        &self,
-        _lab: &str,
-        plan: &labspan_proto::plan::VmPlan,
-        vm: &Vm,
-    ) -> Result<(), AgentError> {
-        let done = Configured {
-            pid: vm.pid(),
-            net: super::digest(&plan.nics),
-            run: super::digest(&plan.config),
-        };
-        let path = vm.dir().join(CONFIGURED);
-        let json = serde_json::to_vec(&done).unwrap_or_default();
-        labspan_proto::atomic::write(&path, &json).map_err(|cause| AgentError::State {
-            what: "writing",
-            path,
-            cause,
-        })
     }
 
     /// Resumes every restored guest of `lab` here at `resume_at_unix_ms`,
