@@ -15,16 +15,17 @@ use std::sync::Arc;
 
 use labspan_proto::msg::Role;
 use labspan_transport::tls::{
-    self, client_config, crypto_provider, peer_identity, server_config, NodeCredential, TlsError,
+    client_config, crypto_provider, peer_identity, server_config, server_verifier, NodeCredential,
+    ServerChainCheck, TlsError,
 };
 use labspan_transport::{quinn_client_config, transport_config, TransportError};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerified;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// ALPN of the image endpoint: it speaks nothing else.
 pub const IMAGE_ALPN: &[u8] = b"labspan-image/1";
@@ -60,7 +61,7 @@ pub fn image_client_config(
     let mut config = (*client_config(ca, me)?).clone();
     config
         .dangerous()
-        .set_certificate_verifier(Arc::new(AgentVerifier { members }));
+        .set_certificate_verifier(server_verifier(AgentVerifier { members }));
     config.alpn_protocols = vec![IMAGE_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
@@ -72,8 +73,8 @@ struct AgentVerifier {
     members: Arc<dyn ClientCertVerifier>,
 }
 
-impl ServerCertVerifier for AgentVerifier {
-    fn verify_server_cert(
+impl ServerChainCheck for AgentVerifier {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -91,28 +92,6 @@ impl ServerCertVerifier for AgentVerifier {
             )));
         }
         Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls::verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls::verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        tls::supported_verify_schemes()
     }
 }
 

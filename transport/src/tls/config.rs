@@ -73,32 +73,3 @@ pub fn client_config(
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
 }
-
-/// TLS 1.2 handshake signature check with the one crypto provider, for
-/// labspan's own certificate verifiers (the join endpoint here, the image
-/// endpoint in labspan-image).
-pub fn verify_tls12_signature(
-    message: &[u8],
-    cert: &rustls::pki_types::CertificateDer<'_>,
-    dss: &rustls::DigitallySignedStruct,
-) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-    let algs = crypto_provider().signature_verification_algorithms;
-    rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
-}
-
-/// TLS 1.3 handshake signature check with the one crypto provider.
-pub fn verify_tls13_signature(
-    message: &[u8],
-    cert: &rustls::pki_types::CertificateDer<'_>,
-    dss: &rustls::DigitallySignedStruct,
-) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-    let algs = crypto_provider().signature_verification_algorithms;
-    rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
-}
-
-/// The signature schemes the one crypto provider verifies.
-pub fn supported_verify_schemes() -> Vec<rustls::SignatureScheme> {
-    crypto_provider()
-        .signature_verification_algorithms
-        .supported_schemes()
-}

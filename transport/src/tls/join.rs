@@ -6,12 +6,15 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use super::{ca_fingerprint, check_ca_fingerprint, crypto_provider, NodeCredential, TlsError};
+use super::{
+    ca_fingerprint, check_ca_fingerprint, crypto_provider, server_verifier, NodeCredential,
+    ServerChainCheck, TlsError,
+};
 
 /// ALPN of the join exchange: a join endpoint speaks nothing else.
 pub const JOIN_ALPN: &[u8] = b"labspan-join/1";
@@ -52,7 +55,7 @@ pub fn join_client_config(fingerprint: &str) -> Result<Arc<ClientConfig>, TlsErr
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls13_err)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_custom_certificate_verifier(server_verifier(verifier))
         .with_no_client_auth();
     config.alpn_protocols = vec![JOIN_ALPN.to_vec()];
     Ok(Arc::new(config))
@@ -89,8 +92,8 @@ impl FingerprintVerifier {
     }
 }
 
-impl ServerCertVerifier for FingerprintVerifier {
-    fn verify_server_cert(
+impl ServerChainCheck for FingerprintVerifier {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -101,27 +104,5 @@ impl ServerCertVerifier for FingerprintVerifier {
         // The CA travels in the chain only so it can be recognised here.
         self.inner(intermediates)?
             .verify_server_cert(end_entity, &[], server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        super::config::verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        super::config::verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        super::config::supported_verify_schemes()
     }
 }

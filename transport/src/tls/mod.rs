@@ -11,17 +11,16 @@ mod ca;
 mod config;
 mod identity;
 mod join;
+mod verifier;
 
 pub use ca::{
     agent_host_name, cert_from_pem, cert_to_pem, check_request, member_subject, CertificateRequest,
     ClusterCa, NodeCredential,
 };
-pub use config::{
-    client_config, crypto_provider, server_config, supported_verify_schemes,
-    verify_tls12_signature, verify_tls13_signature, ALPN,
-};
+pub use config::{client_config, crypto_provider, server_config, ALPN};
 pub use identity::{ca_fingerprint, check_ca_fingerprint, peer_identity, PeerIdentity};
 pub use join::{join_client_config, join_server_config, JOIN_ALPN};
+pub use verifier::{server_verifier, ServerChainCheck};
 
 /// DNS name every coordinator certificate carries and every client asks for:
 /// clients reach coordinators by address, and any coordinator of the cluster
