@@ -4,8 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use labspan_testutil::{described, wait_until};
 use serde_json::Value;
 
 /// Every JSON object among `text`'s lines (other lines are skipped).
@@ -85,21 +86,14 @@ impl Events {
         within: Duration,
         check: impl Fn(&[Value]) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + within;
-        loop {
-            let steps = self.steps();
-            if let Some(found) = check(&steps) {
-                return found;
-            }
-            if Instant::now() >= deadline {
-                let all: Vec<String> = steps.iter().map(Value::to_string).collect();
-                panic!(
-                    "labspan events did not show {what} within {within:?}; it showed:\n{}",
-                    all.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let shown = described(|| {
+            let all: Vec<String> = self.steps().iter().map(Value::to_string).collect();
+            format!(
+                "labspan events to show {what}; it showed:\n{}",
+                all.join("\n")
+            )
+        });
+        wait_until(shown, within, || check(&self.steps()))
     }
 }
 
