@@ -8,6 +8,11 @@
 # Usage (root):
 #   deploy/cluster.sh up [N]     (default 3; cleans a previous run of the same
 #                                 cluster first)
+#   deploy/cluster.sh hosts [N]  (only the N hosts, the underlay and the root
+#                                 veth, as `up` makes them, with an empty
+#                                 state folder hostI/state each: no daemon, no
+#                                 image; the test harness's `Fabric` runs its
+#                                 own daemons or agents in them)
 #   deploy/cluster.sh down       (stops every lab, QEMU and daemon it started,
 #                                 removes the namespaces, the veth and the state)
 #   deploy/cluster.sh start I coordinator|agent
@@ -240,6 +245,7 @@ make_fabric() {
         ip -n "$UNDERLAY" link set "port$i" master underlay up
         ip -n "$ns" addr add "$NET.$i/24" dev eth0
         ip -n "$ns" link set eth0 mtu 1500 up
+        mkdir -p "$STATE/host$i/state"
     done
     ip link add "$ROOT_LINK" type veth peer name portroot netns "$UNDERLAY"
     ip -n "$UNDERLAY" link set portroot master underlay up
@@ -318,17 +324,41 @@ wait_ready() {
     die "cluster not ready after ${CLUSTER_DEADLINE:-90} s (voters, hosts up, leader: ${got:-no answer}; wanted $voters $hosts leader); logs: $STATE/host*/*.log"
 }
 
-up() {
-    local n=${1:-3}
-    { [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ]; } || { echo "usage: $0 up [N]   (1 <= N <= 200)" >&2; exit 2; }
-    find_bin
+# Checks the host count N that command WHAT was given.
+host_count() {
+    local what=$1 n=$2
+    { [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ]; } || { echo "usage: $0 $what [N]   (1 <= N <= 200)" >&2; exit 2; }
+}
+
+# The part `up` and `hosts` share: a previous run of this cluster removed,
+# the names and subnet checked free, the record written, then N hosts on the
+# underlay. A failure leaves what was made for `down`.
+make_hosts() {
+    local what=$1 n=$2
     if [ -e "$STATE" ]; then down >/dev/null; fi
     check_free
     mkdir -p "$STATE"
     marker_text >"$MARKER"
-    trap 'echo "deploy/cluster.sh: up failed; what it made is left for a look (logs: $STATE/host*/*.log); remove it with: $(settings)$0 down" >&2' ERR
-    local start=$SECONDS coords=$((n < 3 ? n : 3)) i dir
+    DOING=$what
+    trap 'echo "deploy/cluster.sh: $DOING failed; what it made is left for a look (logs: $STATE/host*/*.log); remove it with: $(settings)$0 down" >&2' ERR
     make_fabric "$n"
+}
+
+# Only the hosts and their underlay (`hosts N`), for a harness that starts
+# its own daemons in them; `down` removes them as it removes a cluster.
+hosts_only() {
+    local n=${1:-3}
+    host_count hosts "$n"
+    make_hosts hosts "$n"
+    echo "$n hosts (${HOST_PREFIX}1..$n at $NET.1..$n, state folders $STATE/host{1..$n}/state) on $UNDERLAY; remove them with: $(settings)$0 down"
+}
+
+up() {
+    local n=${1:-3}
+    host_count up "$n"
+    find_bin
+    local start=$SECONDS coords=$((n < 3 ? n : 3)) i dir
+    make_hosts up "$n"
     seed_images "$n"
     local memory
     memory=$(host_memory "$n")
@@ -476,11 +506,12 @@ heal_host() {
 [ "$(id -u)" -eq 0 ] || die "needs root (namespaces, veths, QEMU)"
 case "${1:-}" in
     up) up "${2:-3}" ;;
+    hosts) hosts_only "${2:-3}" ;;
     down) down ;;
     start) start_daemon "${2:-}" "${3:-}" ;;
     cut) cut_host "${2:-}" ;;
     partition-control) partition_control "${2:-}" ;;
     fill) fill_disk "${2:-}" ;;
     heal) heal_host "${2:-}" ;;
-    *) echo "usage: $0 up [N] | down | start I coordinator|agent | cut N | partition-control N | fill N | heal N" >&2; exit 2 ;;
+    *) echo "usage: $0 up [N] | hosts [N] | down | start I coordinator|agent | cut N | partition-control N | fill N | heal N" >&2; exit 2 ;;
 esac

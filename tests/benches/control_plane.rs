@@ -1,6 +1,6 @@
 //! Control-plane benchmarks on real `labspan coordinator run` processes
 //! (docs/benchmarks.md, "Control plane"): three coordinators, each in its
-//! own test host (network namespace, 198.18.0.1-3 on one underlay bridge),
+//! own test host (network namespace, 198.18.X.1-3 on one underlay bridge),
 //! and a fourth host for the client and the simulated agents.
 //!
 //! - failover: `kill -9` of the leader's pid, then the time until a new
@@ -40,9 +40,13 @@ use labspan_transport::client::{Client, ClusterFile};
 use labspan_transport::tls::ClusterCa;
 use labspan_transport::{read_frame, write_frame};
 
-/// API address of coordinator `i` (0-based) on test host `i`.
-fn api(i: usize) -> String {
-    format!("198.18.0.{}:7100", i + 1)
+/// The port coordinator `i` (0-based) listens on, on test host `i`.
+const API_PORT: u16 = 7100;
+
+/// API address of coordinator `i` (0-based): the cluster file names them
+/// in the order of their hosts.
+fn api(file: &ClusterFile, i: usize) -> String {
+    file.coordinators[i].clone()
 }
 
 /// The release `labspan` binary, built from this tree (or `$LABSPAN_BIN`).
@@ -169,7 +173,8 @@ fn cluster(fabric: &Fabric, bin: PathBuf, nice: i32) -> Result<(Coordinators, Cl
         children: vec![None, None, None],
     };
     let d0 = c.dirs[0].to_str().context("utf-8 path")?.to_string();
-    let init = ["cluster", "init", "--data", &d0, "--listen", &api(0)];
+    let first = fabric.hosts[0].underlay_addr(API_PORT);
+    let init = ["cluster", "init", "--data", &d0, "--listen", &first];
     run_ok(labspan(&c.bin, &fabric.hosts[0], &init), "cluster init")?;
     c.start(fabric, 0)?;
     let admin_path = c.dirs[0].join("admin.cluster");
@@ -186,11 +191,14 @@ fn cluster(fabric: &Fabric, bin: PathBuf, nice: i32) -> Result<(Coordinators, Cl
         let out = retry(|| run_ok(labspan(&c.bin, &fabric.hosts[0], &token_args), "token"))?;
         let (token, fp) = (field(&out, "token:")?, field(&out, "ca fingerprint:")?);
         let dir = c.dirs[i].to_str().context("utf-8 path")?.to_string();
-        let (name, listen) = (format!("c{}", i + 1), api(i));
+        let (name, listen) = (
+            format!("c{}", i + 1),
+            fabric.hosts[i].underlay_addr(API_PORT),
+        );
         let join = [
             "cluster",
             "join",
-            &api(0),
+            &first,
             "--token",
             token,
             "--ca-fingerprint",
@@ -206,7 +214,9 @@ fn cluster(fabric: &Fabric, bin: PathBuf, nice: i32) -> Result<(Coordinators, Cl
         c.start(fabric, i)?;
     }
     let mut file = ClusterFile::load(&admin_path)?;
-    file.coordinators = (0..3).map(api).collect();
+    file.coordinators = (0..3)
+        .map(|i| fabric.hosts[i].underlay_addr(API_PORT))
+        .collect();
     Ok((c, file))
 }
 
@@ -236,7 +246,7 @@ async fn settled(file: &ClusterFile) -> Result<ClusterStatus> {
     for _ in 0..240 {
         let mut all = Vec::new();
         for i in 0..3 {
-            all.extend(status_via(file, &api(i)).await);
+            all.extend(status_via(file, &api(file, i)).await);
         }
         let ok = all.len() == 3
             && all.iter().all(|s| {
@@ -273,7 +283,7 @@ async fn failover_round(
     let dead = index_of(&before, old)?;
     let mut clients = Vec::new();
     for i in (0..3).filter(|i| *i != dead) {
-        clients.push(Rc::new(Client::connect_to(file, &[api(i)]).await?));
+        clients.push(Rc::new(Client::connect_to(file, &[api(file, i)]).await?));
     }
     c.kill(dead)?;
     let t0 = Instant::now();
@@ -343,10 +353,12 @@ async fn failover(
     Ok(())
 }
 
-/// `name value` lines of coordinator `i`'s `/metrics` (plain HTTP/1.0).
-async fn scrape(i: usize) -> Result<String> {
+/// `name value` lines of coordinator `i`'s `/metrics` (plain HTTP/1.0),
+/// served on its API address's host.
+async fn scrape(file: &ClusterFile, i: usize) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = format!("198.18.0.{}:7180", i + 1);
+    let mut addr: std::net::SocketAddr = api(file, i).parse()?;
+    addr.set_port(labspan_coordinator::metrics::DEFAULT_PORT);
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(&addr).await?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
@@ -367,10 +379,10 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 }
 
 /// (term, leader changes) of each coordinator, as its `/metrics` says.
-async fn terms() -> Result<Vec<(u64, u64)>> {
+async fn terms(file: &ClusterFile) -> Result<Vec<(u64, u64)>> {
     let mut all = Vec::new();
     for i in 0..3 {
-        let text = scrape(i).await?;
+        let text = scrape(file, i).await?;
         let term = metric(&text, "labspan_raft_term").context("no labspan_raft_term")?;
         let changes = metric(&text, "labspan_raft_leader_changes_total")
             .or_else(|| metric(&text, "labspan_raft_leader_changes"))
@@ -446,8 +458,8 @@ fn percentiles(label: &str, mut times: Vec<Duration>) {
 async fn stability(file: &ClusterFile, secs: u64, burn: usize) -> Result<()> {
     let st = settled(file).await?;
     let leader = index_of(&st, st.leader.context("no leader")?)?;
-    let client = Client::connect_to(file, &[api(leader)]).await?;
-    let before = terms().await?;
+    let client = Client::connect_to(file, &[api(file, leader)]).await?;
+    let before = terms(file).await?;
     println!(
         "stability: {secs} s, {burn} busy loops, leader c{}, (term, leader changes) {before:?}, load {}",
         leader + 1,
@@ -464,7 +476,7 @@ async fn stability(file: &ClusterFile, secs: u64, burn: usize) -> Result<()> {
             Ok(t) => writes.push(t),
             Err(e) => println!("{:>4} s: write failed: {e:#}", t0.elapsed().as_secs()),
         }
-        let now = terms().await?;
+        let now = terms(file).await?;
         if now != last {
             println!(
                 "{:>4} s: (term, leader changes) {last:?} -> {now:?}, load {}",
@@ -479,7 +491,7 @@ async fn stability(file: &ClusterFile, secs: u64, burn: usize) -> Result<()> {
     }
     drop(burners);
     client.close().await;
-    let after = terms().await?;
+    let after = terms(file).await?;
     let elections = after.iter().map(|t| t.0).max().unwrap_or(0)
         - before.iter().map(|t| t.0).max().unwrap_or(0);
     println!("load average (1, 5, 15 min) about once a minute: {loads:?}");
@@ -500,7 +512,7 @@ async fn stability(file: &ClusterFile, secs: u64, burn: usize) -> Result<()> {
 async fn writes(file: &ClusterFile, n: usize) -> Result<()> {
     let st = settled(file).await?;
     let leader = index_of(&st, st.leader.context("no leader")?)?;
-    let client = Client::connect_to(file, &[api(leader)]).await?;
+    let client = Client::connect_to(file, &[api(file, leader)]).await?;
     for _ in 0..20 {
         write_once(&client).await?;
     }
@@ -665,7 +677,9 @@ async fn agents(
             // Let the registrations' Raft entries settle before measuring.
             tokio::time::sleep(Duration::from_secs(10)).await;
             measure(c, leader, secs, &format!("{n} agents")).await?;
-            let st = status_via(file, &api(leader)).await.context("no status")?;
+            let st = status_via(file, &api(file, leader))
+                .await
+                .context("no status")?;
             let hosts_up = st.hosts.iter().filter(|h| h.up).count();
             println!(
                 "hosts up at the end: {hosts_up} of {}; agents connected: {}",

@@ -127,7 +127,7 @@ fn build_paths(fabric: &Fabric) -> Result<Vec<Path>> {
     Ok(vec![
         Path {
             name: "raw veth (underlay)",
-            target: "198.18.0.2".into(),
+            target: vtep(&fabric.hosts[1])?.to_string(),
             devices: None,
         },
         Path {

@@ -7,10 +7,12 @@
 
 use std::fs;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
+
+use local_cluster::LocalCluster;
 
 pub mod daemons;
 pub mod local_cluster;
@@ -96,12 +98,15 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// One test host: a network namespace of its own and a state folder.
+/// One test host: a network namespace and a state folder.
 pub struct TestHost {
     pub netns: String,
     pub state: PathBuf,
     /// Its address on the fabric's underlay, when it is part of a `Fabric`.
     pub vtep: Option<IpAddr>,
+    /// Whether this value made the namespace and the state folder and
+    /// removes them on drop; a `Fabric`'s hosts are `cluster.sh`'s.
+    owned: bool,
 }
 
 impl TestHost {
@@ -113,6 +118,7 @@ impl TestHost {
             netns,
             state,
             vtep: None,
+            owned: true,
         };
         host.cleanup();
         let out = run(Command::new("ip").args(["netns", "add", &host.netns]));
@@ -124,10 +130,35 @@ impl TestHost {
         );
         host.ip(&["link", "set", "lo", "up"]);
         fs::create_dir_all(&host.state).expect("creating the test state folder");
-        fs::create_dir_all(TEST_IMAGES).expect("creating the shared image store");
-        std::os::unix::fs::symlink(TEST_IMAGES, host.state.join("images"))
-            .expect("linking the shared image store");
+        host.link_images();
         host
+    }
+
+    /// A host that `cluster.sh hosts` made: namespace `netns` with `eth0`
+    /// at `vtep`, state folder `state`; this value only links the shared
+    /// image store into it, and `cluster.sh down` removes it all.
+    fn adopt(netns: String, state: PathBuf, vtep: IpAddr) -> TestHost {
+        let host = TestHost {
+            netns,
+            state,
+            vtep: Some(vtep),
+            owned: false,
+        };
+        host.link_images();
+        host
+    }
+
+    /// `images` in the state folder: a link to [`TEST_IMAGES`].
+    fn link_images(&self) {
+        fs::create_dir_all(TEST_IMAGES).expect("creating the shared image store");
+        std::os::unix::fs::symlink(TEST_IMAGES, self.state.join("images"))
+            .expect("linking the shared image store");
+    }
+
+    /// `ADDRESS:port` of this host on its fabric's underlay.
+    pub fn underlay_addr(&self, port: u16) -> String {
+        let ip = self.vtep.expect("a host of a Fabric");
+        SocketAddr::new(ip, port).to_string()
     }
 
     /// Builds `tiny` into the shared store once per test process.
@@ -235,7 +266,9 @@ impl TestHost {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
-        self.cleanup();
+        if self.owned {
+            self.cleanup();
+        }
     }
 }
 
@@ -311,89 +344,41 @@ pub fn write_lab(host: &TestHost, file: &str, yaml: &str) -> PathBuf {
     path
 }
 
-/// Several test hosts joined by an underlay: a namespace holding a bridge,
-/// and a veth from each host's `eth0` (198.18.0.N/24, MTU 1500) to it.
-/// Everything is removed on drop.
+/// Several test hosts joined by an underlay, made by `deploy/cluster.sh
+/// hosts N` (as `cluster.sh up` makes a cluster's hosts, without its
+/// daemons): namespaces `lsc-TAG-PID-host1..N` whose `eth0` (198.18.X.N/24,
+/// MTU 1500, X free in the root namespace) meet on a bridge in
+/// `lsc-TAG-PID-underlay`. The tests run their own daemons or agents in
+/// them. `cluster.sh down` removes everything on drop, after a panic too:
+/// QEMUs by pidfile, namespaces, root veth and state folders.
 pub struct Fabric {
-    pub underlay: String,
     pub hosts: Vec<TestHost>,
+    /// Held for its drop, `cluster.sh down`.
+    _cluster: LocalCluster,
 }
 
 impl Fabric {
-    /// `n` hosts named `TAG1..TAGn`, at 198.18.0.1..n.
+    /// `n` hosts at 198.18.X.1..n, named after `tag` (a few lowercase
+    /// letters) and this process.
     pub fn new(tag: &str, n: u8) -> Fabric {
-        let underlay = format!("lsu-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &underlay])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let ok = |out: Output, what: &str| assert!(out.status.success(), "{what}: {}", text(&out));
-        ok(
-            run(Command::new("ip").args(["netns", "add", &underlay])),
-            "ip netns add",
+        let n = usize::from(n);
+        let mut cluster = LocalCluster::new(tag);
+        let out = cluster.make_hosts(n);
+        assert!(
+            out.status.success(),
+            "deploy/cluster.sh hosts {n} ({}): {}",
+            cluster.name,
+            text(&out)
         );
-        let fabric = Fabric {
-            underlay,
-            hosts: Vec::new(),
-        };
-        let u = fabric.underlay.clone();
-        ok(
-            run(Command::new("ip").args(["-n", &u, "link", "add", "underlay", "type", "bridge"])),
-            "underlay bridge",
-        );
-        ok(
-            run(Command::new("ip").args(["-n", &u, "link", "set", "underlay", "up"])),
-            "underlay up",
-        );
-        let mut fabric = fabric;
-        for i in 1..=n {
-            let mut host = TestHost::new(&format!("{tag}{i}"));
-            let port = format!("port{i}");
-            ok(
-                run(Command::new("ip").args([
-                    "-n",
-                    &u,
-                    "link",
-                    "add",
-                    &port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    &host.netns,
-                ])),
-                "veth",
-            );
-            ok(
-                run(Command::new("ip")
-                    .args(["-n", &u, "link", "set", &port, "master", "underlay", "up"])),
-                "port up",
-            );
-            let addr = Ipv4Addr::new(198, 18, 0, i);
-            ok(
-                host.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]),
-                "host address",
-            );
-            ok(
-                host.ip(&["link", "set", "eth0", "mtu", "1500", "up"]),
-                "host eth0 up",
-            );
-            host.vtep = Some(IpAddr::V4(addr));
-            fabric.hosts.push(host);
+        let hosts = (1..=n)
+            .map(|i| {
+                let vtep = IpAddr::V4(cluster.addr(i));
+                TestHost::adopt(cluster.netns(i), cluster.host_state(i), vtep)
+            })
+            .collect();
+        Fabric {
+            hosts,
+            _cluster: cluster,
         }
-        fabric
-    }
-}
-
-impl Drop for Fabric {
-    fn drop(&mut self) {
-        // Hosts first (their QEMUs hold taps), then the underlay.
-        self.hosts.clear();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.underlay])
-            .stderr(std::process::Stdio::null())
-            .status();
     }
 }

@@ -3,7 +3,10 @@
 //! agent per host. Each value has its own name, root link, state folder and
 //! 198.18.X.0/24 subnet, so test binaries can run side by side; dropping it
 //! runs `cluster.sh down`, which stops every lab, QEMU and daemon by pid.
+//! [`crate::Fabric`] uses the same script for the hosts alone (`cluster.sh
+//! hosts N`) and runs its own daemons or agents in them.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -32,6 +35,9 @@ pub struct LocalCluster {
     pub coordinator_disk: Option<String>,
     link: String,
     state: PathBuf,
+    /// Whether the script runs the `labspan` daemons (`up`), so it needs
+    /// the binary; not for the hosts alone (`hosts`).
+    daemons: bool,
 }
 
 impl LocalCluster {
@@ -62,13 +68,24 @@ impl LocalCluster {
             coordinator_disk: None,
             link: format!("lc{tag}{pid}").chars().take(15).collect(),
             state: std::env::temp_dir().join(format!("labspan-cluster-{tag}-{pid}")),
+            daemons: true,
         }
     }
 
     /// Runs `cluster.sh up n` with these settings; its output says how it went.
     pub fn start(&mut self, n: usize) -> Output {
         self.hosts = n;
+        self.daemons = true;
         run(self.script().args(["up", &n.to_string()]))
+    }
+
+    /// Runs `cluster.sh hosts n` with these settings: the hosts, their
+    /// underlay and the root veth alone, no daemon; its output says how it
+    /// went. `down` (on drop) removes them.
+    pub fn make_hosts(&mut self, n: usize) -> Output {
+        self.hosts = n;
+        self.daemons = false;
+        run(self.script().args(["hosts", &n.to_string()]))
     }
 
     /// `deploy/cluster.sh` with this cluster's settings in its environment.
@@ -82,8 +99,10 @@ impl LocalCluster {
                 "LABSPAN_CLUSTER_SUBNET",
                 format!("198.18.{}.0/24", self.net),
             )
-            .env("LABSPAN_BIN", labspan_bin())
             .env("LABSPAN_ACCEL", "tcg");
+        if self.daemons {
+            cmd.env("LABSPAN_BIN", labspan_bin());
+        }
         if let Some(memory) = &self.host_memory {
             cmd.env("LABSPAN_HOST_MEMORY", memory);
         }
@@ -108,7 +127,7 @@ impl LocalCluster {
     pub fn admin_through(&self, i: usize) -> PathBuf {
         let text = std::fs::read_to_string(self.admin()).expect("the admin cluster file");
         let mut file: Value = serde_json::from_str(&text).expect("the admin cluster file is JSON");
-        let host = format!("198.18.{}.{i}:", self.net);
+        let host = format!("{}:", self.addr(i));
         let named = file["coordinators"].as_array().cloned().unwrap_or_default();
         let only: Vec<Value> = named
             .into_iter()
@@ -175,6 +194,17 @@ impl LocalCluster {
         format!("{}-host{i}", self.name)
     }
 
+    /// Address of host `i` (1-based) on the underlay (its `eth0`).
+    pub fn addr(&self, i: usize) -> Ipv4Addr {
+        let i = u8::try_from(i).expect("a host number below 256");
+        Ipv4Addr::new(198, 18, self.net, i)
+    }
+
+    /// The state folder of host `i` (`LABSPAN_STATE` of its daemons).
+    pub fn host_state(&self, i: usize) -> PathBuf {
+        self.state.join(format!("host{i}/state"))
+    }
+
     /// Where daemon `what` (`coordinator`, `agent`) of host `i` serves its
     /// metrics: the default address, reachable from the root namespace.
     pub fn metrics_url(&self, i: usize, what: &str) -> String {
@@ -182,7 +212,7 @@ impl LocalCluster {
             "coordinator" => labspan_coordinator::metrics::DEFAULT_PORT,
             _ => labspan_agent::metrics::DEFAULT_PORT,
         };
-        format!("http://198.18.{}.{i}:{port}/metrics", self.net)
+        format!("http://{}:{port}/metrics", self.addr(i))
     }
 
     /// Runs `ip ARGS` inside host `i`.
@@ -319,7 +349,7 @@ impl LocalCluster {
 
     /// The folder of `node` of `lab` on host `i` (`qemu.pid`, `qmp.sock`).
     pub fn vm_dir(&self, i: usize, lab: &str, node: &str) -> PathBuf {
-        self.state.join(format!("host{i}/state/vms/{lab}/{node}"))
+        self.host_state(i).join(format!("vms/{lab}/{node}"))
     }
 
     /// Every live QEMU of every host: (host, lab, node, pid), read from the
@@ -336,7 +366,7 @@ impl LocalCluster {
         };
         let mut out = Vec::new();
         for i in 1..=self.hosts {
-            let vms = self.state.join(format!("host{i}/state/vms"));
+            let vms = self.host_state(i).join("vms");
             for lab in names(&vms) {
                 for node in names(&vms.join(&lab)) {
                     if let Some(pid) = self.qemu_pid(i, &lab, &node) {

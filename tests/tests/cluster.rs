@@ -29,7 +29,8 @@ verify:
   - ping: {from: a, to: b}
 "#;
 
-const COORDINATOR: &str = "198.18.0.1:7100";
+/// The port of the coordinator (on h1's underlay address).
+const COORDINATOR_PORT: u16 = 7100;
 
 #[test]
 fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
@@ -37,7 +38,8 @@ fn a_lab_spans_two_agent_daemons_through_the_control_plane() {
     let (h1, h2) = (&fabric.hosts[0], &fabric.hosts[1]);
     h1.ensure_tiny();
     let mut daemons = Daemons::default();
-    let admin = start_cluster(&fabric, COORDINATOR, &mut daemons);
+    let coordinator = h1.underlay_addr(COORDINATOR_PORT);
+    let admin = start_cluster(&fabric, &coordinator, &mut daemons);
 
     let lab = write_lab(h1, "duo.yaml", DUO);
     let up = h1.labspan(&["up", lab.to_str().expect("utf-8 path"), "--cluster", &admin]);
@@ -171,8 +173,9 @@ fn console_through_the_cluster(h1: &TestHost, admin: &str) {
     assert!(status.success(), "labspan console: {status}");
 }
 
-/// Coordinators of the failover test, all on h1 (each also uses port + 1).
-const FAILOVER: [&str; 3] = ["198.18.0.1:7110", "198.18.0.1:7112", "198.18.0.1:7114"];
+/// Ports of the failover test's coordinators, all on h1's underlay
+/// address (each also uses port + 1).
+const FAILOVER_PORTS: [u16; 3] = [7110, 7112, 7114];
 
 /// `cluster status --json` through the admin file, if a coordinator answers.
 fn status_json(h1: &TestHost, admin: &str) -> Option<serde_json::Value> {
@@ -207,10 +210,11 @@ fn join_member(
     let (token, fingerprint) = (field(&out, "token:"), field(&out, "ca fingerprint:"));
     let dir = host.state.join(name);
     let dir = dir.to_str().expect("utf-8 path").to_string();
+    let first = h1.underlay_addr(FAILOVER_PORTS[0]);
     let mut join = vec![
         "cluster",
         "join",
-        FAILOVER[0],
+        &first,
         "--token",
         token,
         "--ca-fingerprint",
@@ -236,10 +240,11 @@ fn a_deploy_survives_kill_9_of_its_leader() {
     let fabric = Fabric::new("fo", 2);
     let (h1, h2) = (&fabric.hosts[0], &fabric.hosts[1]);
     h1.ensure_tiny();
+    let failover = FAILOVER_PORTS.map(|port| h1.underlay_addr(port));
     let c1 = h1.state.join("c1");
     let c1 = c1.to_str().expect("utf-8 path");
     ok(
-        &h1.labspan(&["cluster", "init", "--data", c1, "--listen", FAILOVER[0]]),
+        &h1.labspan(&["cluster", "init", "--data", c1, "--listen", &failover[0]]),
         "cluster init",
     );
     let admin = format!("{c1}/admin.cluster");
@@ -248,9 +253,9 @@ fn a_deploy_survives_kill_9_of_its_leader() {
         h1.labspan_cmd(&["coordinator", "run", "--data", c1]),
         &h1.state.join("c1.log"),
     );
-    for (i, listen) in FAILOVER.iter().enumerate().skip(1) {
+    for (i, listen) in failover.iter().enumerate().skip(1) {
         let name = format!("c{}", i + 1);
-        let dir = join_member(h1, h1, &admin, "coordinator", &name, Some(listen));
+        let dir = join_member(h1, h1, &admin, "coordinator", &name, Some(listen.as_str()));
         daemons.spawn(
             h1.labspan_cmd(&["coordinator", "run", "--data", &dir]),
             &h1.state.join(format!("{name}.log")),
@@ -259,7 +264,7 @@ fn a_deploy_survives_kill_9_of_its_leader() {
     // The CLI may use any coordinator.
     let mut file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&admin).expect("admin file")).expect("json");
-    file["coordinators"] = serde_json::json!(FAILOVER);
+    file["coordinators"] = serde_json::json!(failover);
     std::fs::write(&admin, file.to_string()).expect("admin file");
     let voters = |s: &serde_json::Value| {
         s["members"]

@@ -14,7 +14,8 @@ use std::process::Command;
 use labspan_tests::daemons::{ok, start_cluster, Daemons};
 use labspan_tests::{text, write_lab, Fabric, TestHost, TEST_IMAGES};
 
-const COORDINATOR: &str = "198.18.0.1:7120";
+/// The port of the coordinator (on h1's underlay address).
+const COORDINATOR_PORT: u16 = 7120;
 
 fn lab(name: &str, image: &str, net: u8) -> String {
     format!(
@@ -69,7 +70,8 @@ fn a_host_without_the_image_fetches_it_and_pushed_images_spread() {
     own_store(h1, Some("tiny"));
     own_store(h2, None);
     let mut daemons = Daemons::default();
-    let admin = start_cluster(&fabric, COORDINATOR, &mut daemons);
+    let coordinator = h1.underlay_addr(COORDINATOR_PORT);
+    let admin = start_cluster(&fabric, &coordinator, &mut daemons);
 
     // h2 holds nothing: its node boots from the copy it fetches from h1.
     let file = write_lab(h1, "fetch.yaml", &lab("fetch", "tiny", 41));
