@@ -2,10 +2,13 @@
 //! host plans from the coordinator's planner, carried out by each host's
 //! agent, guests on different hosts reaching each other through labspan's
 //! VXLAN segments. The control plane is not involved: this is the data path.
+//! And the harness's `Fabric` itself: gone when its test panics.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Command;
 use std::time::Duration;
 
 use labspan_agent::reconcile::{Agent, Report};
@@ -13,7 +16,7 @@ use labspan_agent::vm::AccelChoice;
 use labspan_coordinator::plan::{plan_lab, HostFabric, PlanInput};
 use labspan_proto::lab::{parse, Lab};
 use labspan_proto::plan::HostPlan;
-use labspan_tests::{Fabric, TestHost};
+use labspan_tests::{run, text, Fabric, TestHost};
 
 const LAB: &str = r#"
 name: span
@@ -197,4 +200,58 @@ fn a_lab_spans_three_hosts_moves_a_node_and_leaves_nothing() {
         );
         assert!(host.vm_files().is_empty(), "{} keeps VM files", host.netns);
     }
+}
+
+/// A `Fabric`'s hosts reach each other over its underlay, and when the test
+/// holding it panics, its drop (`cluster.sh down`) removes the host and
+/// underlay namespaces, the root veth and the state folders.
+#[test]
+fn a_fabric_is_removed_when_its_test_panics() {
+    struct Made {
+        namespaces: Vec<String>,
+        subnet: String,
+        state: std::path::PathBuf,
+    }
+    let unwound = std::panic::catch_unwind(|| {
+        let fabric = Fabric::new("gone", 2);
+        let [h1, h2] = [&fabric.hosts[0], &fabric.hosts[1]];
+        let Some(IpAddr::V4(peer)) = h2.vtep else {
+            panic!("h2 of a fabric has an IPv4 address: {:?}", h2.vtep)
+        };
+        let ping = run(Command::new("ip")
+            .args(["netns", "exec", &h1.netns, "ping", "-c", "1", "-W", "10"])
+            .arg(peer.to_string()));
+        assert!(ping.status.success(), "h1 pings h2: {}", text(&ping));
+        let prefix = h1.netns.strip_suffix("-host1").expect("NAME-host1");
+        let [a, b, c, _] = peer.octets();
+        std::panic::panic_any(Made {
+            namespaces: vec![
+                h1.netns.clone(),
+                h2.netns.clone(),
+                format!("{prefix}-underlay"),
+            ],
+            subnet: format!("{a}.{b}.{c}.0/24"),
+            state: h1.state.clone(),
+        })
+    });
+    let made = unwound
+        .expect_err("the test panicked")
+        .downcast::<Made>()
+        .expect("the fabric's names");
+    let listed = run(Command::new("ip").args(["netns", "list"]));
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for ns in &made.namespaces {
+        assert!(
+            !listed.lines().any(|l| l.split(' ').next() == Some(ns)),
+            "namespace {ns} left:\n{listed}"
+        );
+    }
+    let addressed = run(Command::new("ip").args(["-4", "-o", "addr", "show", "to", &made.subnet]));
+    assert!(
+        addressed.stdout.is_empty(),
+        "the root veth in {} left: {}",
+        made.subnet,
+        text(&addressed)
+    );
+    assert!(!made.state.exists(), "{} left", made.state.display());
 }
