@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Commit latency of labspan's three coordinators against a 3-member etcd,
-# in interleaved rounds on the same machine (issue 19; docs/benchmarks.md,
+# in interleaved rounds on the same machine (docs/benchmarks.md,
 # "Commit latency against etcd").
 #
 #   benches/etcd-vs-labspan.sh [ROUNDS] [WRITES]    # default 5 rounds of 1000

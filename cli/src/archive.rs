@@ -1,4 +1,4 @@
-//! The lab archive of `labspan save` and `labspan load` (issue 14): a
+//! The lab archive of `labspan save` and `labspan load`: a
 //! zstd-compressed tar whose first member, `labspan-archive.json`, names
 //! the format and its version and lists every other member with its size
 //! and sha256. A reader checks the version before anything else (a newer

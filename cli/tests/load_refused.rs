@@ -1,4 +1,4 @@
-//! `labspan load` of an archive it must not trust (issue 14): a newer
+//! `labspan load` of an archive it must not trust: a newer
 //! format version, a truncated archive, a member that differs from its
 //! manifest, a file that is no archive, an image that is not the build
 //! the archive names or that it lists but does not hold. Each is refused

@@ -1,4 +1,4 @@
-//! Commit latency of a real API write on three coordinators (issue 5):
+//! Commit latency of a real API write on three coordinators:
 //! one admin client sends `CreateToken` requests one after another; each is
 //! a Raft entry (the token's hash) the leader appends with fsync, replicates
 //! to a majority (which fsyncs too), applies and answers. The three

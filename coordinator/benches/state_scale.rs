@@ -1,4 +1,4 @@
-//! The cluster's state at scale (issue 19): three coordinators in this
+//! The cluster's state at scale: three coordinators in this
 //! process on 127.0.0.1 (each with its own redb file and QUIC endpoint, as
 //! `labspan coordinator run` starts them) and stand-in agents for the lab
 //! hosts (each answers plan pushes with a report of every VM, as

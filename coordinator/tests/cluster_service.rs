@@ -574,7 +574,7 @@ fn applied(host: &str, plan: &HostPlan) -> AgentReply {
     )
 }
 
-/// Issue 5, item 6: the leader dies while its deploy waits for the agent;
+/// The leader dies while its deploy waits for the agent;
 /// the new leader finishes the deploy with the same plan (so the agent, which
 /// keeps a VM whose plan did not change, restarts nothing), and the lab is
 /// `Running` on the remaining replicas, which agree.

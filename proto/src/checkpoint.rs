@@ -1,4 +1,4 @@
-//! Checkpoints of a running lab (issue 14): what the cluster records about
+//! Checkpoints of a running lab: what the cluster records about
 //! one consistent cut of every VM of a lab, and what each agent reports
 //! about its share.
 

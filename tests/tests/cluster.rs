@@ -231,7 +231,7 @@ fn join_member(
     dir
 }
 
-/// Issue 5, item 6: `kill -9` of the leader while it deploys. The new leader
+/// `kill -9` of the leader while it deploys. The new leader
 /// finishes the deploy, `labspan up` (which lost its coordinator) waits for it
 /// through another coordinator, and the guests that were already running keep
 /// their QEMU process.

@@ -144,7 +144,7 @@ fn a_node_moved_by_its_pin_restarts_alone_and_down_leaves_nothing() {
     assert_clean(&cluster, "tri");
 }
 
-/// Labs have an identity (issue 18): `up` of another file that names a
+/// Labs have an identity: `up` of another file that names a
 /// running lab is refused with who deployed it, from where and when, and the
 /// lab keeps its VMs; `inspect` shows its origin.
 fn another_file_with_the_same_name_is_refused(

@@ -1,4 +1,4 @@
-//! Live moves on a cluster made by `deploy/cluster.sh` (issue 13).
+//! Live moves on a cluster made by `deploy/cluster.sh`.
 //!
 //! - A guest with a qcow2 disk, moved to another host while a peer pings it
 //!   every 10 ms and streams to it over TCP, keeps its boot (same boot id,

@@ -1,4 +1,4 @@
-//! A shared cluster people can trust (issue 18), on local 3-host clusters
+//! A shared cluster people can trust, on local 3-host clusters
 //! made by `deploy/cluster.sh`: leadership that a coordinator coming back
 //! from a partition does not disturb; images and a running lab's placement
 //! seen across the cluster.

@@ -1,4 +1,4 @@
-//! This host's share of a lab checkpoint or reset (issue 14): every VM of
+//! This host's share of a lab checkpoint or reset: every VM of
 //! the lab here paused at the leader's deadline, saved, resumed; or
 //! restarted paused from a checkpoint, then resumed at the leader's
 //! deadline. The VM-level steps are in `vm::checkpoint`.

@@ -1,4 +1,4 @@
-//! One VM's share of a lab checkpoint, and its way back (issue 14).
+//! One VM's share of a lab checkpoint, and its way back.
 //!
 //! Save (the VM paused by the caller at the lab's common deadline):
 //! - disk: the running overlay is frozen where it is and hard-linked into

@@ -1,4 +1,4 @@
-//! Checkpoints and resets of running labs (issue 14): one recorded intent
+//! Checkpoints and resets of running labs: one recorded intent
 //! each (`BeginCheckpoint`), ended by one `EndCheckpoint` whatever happens.
 //!
 //! - **create**: every host of the lab is asked to pause all its VMs of

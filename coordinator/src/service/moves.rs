@@ -1,4 +1,4 @@
-//! Live moves of running nodes (issue 13): one recorded intent per move.
+//! Live moves of running nodes: one recorded intent per move.
 //!
 //! `BeginMove` (node, from, to, phase `Preparing`, the move's port and key)
 //! is written before anything is done. The plans then hold the node on

@@ -1,6 +1,6 @@
-//! A new leader finishes the deploys its predecessor left `Deploying`
-//! (issue 5, item 6): the lab's spec, placement and VNIs are already in the
-//! log, so what is left is the end of a deploy ([`super::push::settle`]): push the
+//! A new leader finishes the deploys its predecessor left `Deploying`:
+//! the lab's spec, placement and VNIs are already in the log, so what is
+//! left is the end of a deploy ([`super::push::settle`]): push the
 //! host plans and record `Running` or `Failed`. Agents adopt the VMs already
 //! running, so nothing that was started restarts.
 //!

@@ -1,4 +1,4 @@
-//! The images of a lab archive (issue 14). `save` puts each image the lab
+//! The images of a lab archive. `save` puts each image the lab
 //! uses into the archive as its store folder (`images/objects/HASH/`, by
 //! hash: the folder a host's store keeps it in), unless told
 //! `--without-images`; `load` checks each one against the digest the
