@@ -14,19 +14,22 @@
 //! - writes: commit latency of N sequential `CreateToken` writes sent to
 //!   the leader on one connection (the same client pattern as
 //!   `benches/etcd`'s).
-//! - agents: N simulated agents (certificates issued by the cluster CA, one
-//!   QUIC connection each, as `agent::daemon` does) register and heartbeat
-//!   every `HEARTBEAT_INTERVAL`; CPU (from /proc/PID/stat) and RSS of every
+//! - agents: N simulated agents (certificates issued by the cluster CA
+//!   beforehand; one QUIC connection each, as `agent::daemon` has, all from
+//!   one endpoint of the bench) register and heartbeat every
+//!   `HEARTBEAT_INTERVAL`; CPU (from /proc/PID/stat) and RSS of every
 //!   coordinator are sampled over a window.
 //!
-//! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --skip-failover --skip-agents --stability S --burn N --writes N --nice N]`
+//! `cargo bench -p labspan-tests --bench control_plane [-- --rounds N --agents N --seconds S --register-within S --skip-failover --skip-agents --stability S --burn N --writes N --nice N]`
 //! as root. It builds and runs the release `labspan` binary (or `$LABSPAN_BIN`);
 //! the coordinators inherit the environment, so `LABSPAN_RAFT_HEARTBEAT_MS`
 //! and the other timing variables (docs/control-plane.md) try other timings.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is its job
 
+use std::cell::Cell;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
@@ -37,8 +40,8 @@ use labspan_agent::daemon::HEARTBEAT_INTERVAL;
 use labspan_proto::msg::{AgentReply, ClusterStatus, ErrorKind, Reply, Request, Role};
 use labspan_tests::{text, Fabric, TestHost};
 use labspan_transport::client::{Client, ClusterFile};
-use labspan_transport::tls::ClusterCa;
-use labspan_transport::{read_frame, write_frame};
+use labspan_transport::tls::{self, ClusterCa, COORDINATOR_SERVER_NAME};
+use labspan_transport::{quinn_client_config, read_frame, request, write_frame};
 
 /// The port coordinator `i` (0-based) listens on, on test host `i`.
 const API_PORT: u16 = 7100;
@@ -543,8 +546,96 @@ fn cpu_and_rss(pid: u32) -> Result<(u64, u64)> {
     Ok((ticks, rss))
 }
 
-/// One simulated agent: connect, register (following `NotLeader`), heartbeat.
-async fn agent(file: ClusterFile, i: usize, up: Rc<std::cell::Cell<usize>>) {
+/// How many simulated agents may be in their QUIC handshake at once: the
+/// simulator starts them all at the same moment from one process, where
+/// real agents start on their own hosts.
+const DIALS_AT_ONCE: usize = 200;
+
+/// How long one simulated agent's dial may take before it tries the next
+/// coordinator (longer than `client::CONNECT_TIMEOUT`: the simulator's own
+/// handshakes queue behind each other on a loaded machine).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Receive buffer of the simulator's socket (the kernel caps it at
+/// `net.core.rmem_max`, 4 MiB on this machine).
+const SIM_RECV_BUFFER: usize = 4 << 20;
+
+/// What the simulated agents share: ONE QUIC endpoint (one UDP socket) that
+/// every agent's connection leaves from, each with its own client
+/// configuration (its certificate). An endpoint per agent, as
+/// `Client::connect_to` makes, costs about 2.3 MiB (docs/benchmarks.md).
+struct Sim {
+    endpoint: quinn::Endpoint,
+    coordinators: Vec<SocketAddr>,
+    /// The coordinator that answered a dial last, tried first (as
+    /// `Client::connect_to` gives it a head start).
+    last_answered: Cell<Option<SocketAddr>>,
+    dials: tokio::sync::Semaphore,
+}
+
+impl Sim {
+    fn new(file: &ClusterFile) -> Result<Sim> {
+        let coordinators = file
+            .coordinators
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("coordinator address {a:?}"))
+            })
+            .collect::<Result<Vec<SocketAddr>>>()?;
+        let first = coordinators.first().context("no coordinator")?;
+        let bind = labspan_transport::client::any_local(*first);
+        let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
+        // Every agent's packets arrive on this one socket: with the default
+        // receive buffer (208 KiB) the kernel drops a fifth of them at
+        // 10,000 agents, and the retransmissions load the leader.
+        quinn::udp::UdpSocketState::new((&socket).into())?
+            .set_recv_buffer_size((&socket).into(), SIM_RECV_BUFFER)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            std::sync::Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(Sim {
+            endpoint,
+            coordinators,
+            last_answered: Cell::new(None),
+            dials: tokio::sync::Semaphore::new(DIALS_AT_ONCE),
+        })
+    }
+
+    /// A connection with `config` to the first of `targets` that answers,
+    /// the one that answered last tried first.
+    async fn dial(
+        &self,
+        config: &quinn::ClientConfig,
+        targets: &[SocketAddr],
+    ) -> Option<quinn::Connection> {
+        let _turn = self.dials.acquire().await.ok()?;
+        let last = self.last_answered.get();
+        let first = targets.iter().filter(|a| Some(**a) == last);
+        for &addr in first.chain(targets.iter().filter(|a| Some(**a) != last)) {
+            let Ok(connecting) =
+                self.endpoint
+                    .connect_with(config.clone(), addr, COORDINATOR_SERVER_NAME)
+            else {
+                continue;
+            };
+            if let Ok(Ok(conn)) = tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
+                self.last_answered.set(Some(addr));
+                return Some(conn);
+            }
+        }
+        None
+    }
+}
+
+/// One simulated agent: connect, register (following `NotLeader`),
+/// heartbeat at the interval each `Lease` gives (as `agent::daemon` does;
+/// `HEARTBEAT_INTERVAL` until the first), answer plan pushes; all over
+/// `sim`'s endpoint with `config`.
+async fn agent(sim: Rc<Sim>, config: quinn::ClientConfig, i: usize, up: Rc<Cell<usize>>) {
     let vtep = format!("198.19.{}.{}", i / 250, i % 250 + 1);
     let register = Request::RegisterHost {
         memory_mib: 16 * 1024,
@@ -553,15 +644,16 @@ async fn agent(file: ClusterFile, i: usize, up: Rc<std::cell::Cell<usize>>) {
         vtep: vtep.parse().expect("a valid address"),
         underlay_mtu: 1500,
     };
-    let mut targets = file.coordinators.clone();
+    let mut targets = sim.coordinators.clone();
     loop {
-        let Ok(client) = Client::connect_to(&file, &targets).await else {
+        let Some(conn) = sim.dial(&config, &targets).await else {
+            targets = sim.coordinators.clone();
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let conn = client.connection().clone();
+        let serving = conn.clone();
         tokio::task::spawn_local(async move {
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            while let Ok((mut send, mut recv)) = serving.accept_bi().await {
                 if read_frame::<labspan_proto::msg::AgentRequest>(&mut recv)
                     .await
                     .is_ok()
@@ -572,9 +664,11 @@ async fn agent(file: ClusterFile, i: usize, up: Rc<std::cell::Cell<usize>>) {
         });
         let mut req = register.clone();
         let mut counted = false;
+        let mut every = HEARTBEAT_INTERVAL;
         loop {
-            match client.request(&req).await {
-                Ok(Reply::Lease { .. }) => {
+            match request::<_, Reply>(&conn, &req).await {
+                Ok(Reply::Lease { heartbeat_ms, .. }) => {
+                    every = Duration::from_millis(heartbeat_ms);
                     if !counted {
                         up.set(up.get() + 1);
                         counted = true;
@@ -582,21 +676,24 @@ async fn agent(file: ClusterFile, i: usize, up: Rc<std::cell::Cell<usize>>) {
                     req = Request::Heartbeat;
                 }
                 Ok(Reply::NotLeader { leader: Some(l) }) => {
-                    targets = vec![l];
+                    targets = l
+                        .parse()
+                        .map(|a| vec![a])
+                        .unwrap_or_else(|_| sim.coordinators.clone());
                     break;
                 }
                 Ok(Reply::Error(e)) if e.kind == ErrorKind::NotFound => req = register.clone(),
                 _ => {
-                    targets = file.coordinators.clone();
+                    targets = sim.coordinators.clone();
                     break;
                 }
             }
-            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+            tokio::time::sleep(every).await;
         }
         if counted {
             up.set(up.get() - 1);
         }
-        client.close().await;
+        conn.close(0u32.into(), b"done");
     }
 }
 
@@ -633,12 +730,39 @@ async fn measure(c: &Coordinators, leader: usize, secs: u64, label: &str) -> Res
     Ok(())
 }
 
+/// Datagrams received and dropped for a full receive buffer in `netns`
+/// since it was made (`/proc/net/snmp`, `Udp:` InDatagrams and RcvbufErrors).
+fn udp_counters(netns: &str) -> Result<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, "cat", "/proc/net/snmp"]);
+    let snmp = run_ok(cmd, "reading /proc/net/snmp")?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (
+        udp.next().context("no Udp:")?,
+        udp.next().context("no Udp:")?,
+    );
+    let get = |name: &str| {
+        names
+            .split_whitespace()
+            .position(|n| n == name)
+            .and_then(|i| values.split_whitespace().nth(i))
+            .unwrap_or("?")
+            .to_string()
+    };
+    Ok(format!(
+        "{} received, {} dropped (receive buffer full)",
+        get("InDatagrams"),
+        get("RcvbufErrors")
+    ))
+}
+
 async fn agents(
     fabric: &Fabric,
     c: &Coordinators,
     file: &ClusterFile,
     n: usize,
     secs: u64,
+    register_secs: u64,
 ) -> Result<()> {
     let st = settled(file).await?;
     let leader = index_of(&st, st.leader.context("no leader")?)?;
@@ -650,47 +774,62 @@ async fn agents(
         &std::fs::read_to_string(dir.join("ca.pem"))?,
         &std::fs::read_to_string(dir.join("ca.key"))?,
     )?;
-    let up = Rc::new(std::cell::Cell::new(0usize));
-    let local = tokio::task::LocalSet::new();
-    let t0 = Instant::now();
+    // Certificates and TLS configurations first, outside the timed part.
+    let t_issue = Instant::now();
+    let mut configs = Vec::with_capacity(n);
     for i in 0..n {
         let cred = ca.issue(&format!("sim{i}"), Role::Agent)?;
-        let f = ClusterFile {
-            cert_pem: cred.cert_pem(),
-            key_pem: cred.key_pem(),
-            ..file.clone()
-        };
-        local.spawn_local(agent(f, i, up.clone()));
+        configs.push(quinn_client_config(tls::client_config(ca.cert(), &cred)?)?);
+    }
+    println!(
+        "{n} agent certificates issued in {:.1} s (not timed below)",
+        t_issue.elapsed().as_secs_f64()
+    );
+    let sim = Rc::new(Sim::new(file)?);
+    let up = Rc::new(Cell::new(0usize));
+    let local = tokio::task::LocalSet::new();
+    let t0 = Instant::now();
+    for (i, config) in configs.into_iter().enumerate() {
+        local.spawn_local(agent(sim.clone(), config, i, up.clone()));
     }
     local
         .run_until(async {
-            while up.get() < n {
-                if t0.elapsed() > Duration::from_secs(600) {
-                    bail!("only {} of {n} agents registered in 10 min", up.get());
-                }
+            while up.get() < n && t0.elapsed() < Duration::from_secs(register_secs) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            println!(
-                "{n} agents registered in {:.1} s (sequential starts, one process)",
-                t0.elapsed().as_secs_f64()
-            );
+            if up.get() < n {
+                println!(
+                    "only {} of {n} agents registered within {register_secs} s; measuring as they are",
+                    up.get()
+                );
+            } else {
+                println!(
+                    "{n} agents registered in {:.1} s (one process, one endpoint, at most {DIALS_AT_ONCE} handshakes at once)",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
             // Let the registrations' Raft entries settle before measuring.
             tokio::time::sleep(Duration::from_secs(10)).await;
+            let terms_before = terms(file).await?;
             measure(c, leader, secs, &format!("{n} agents")).await?;
-            let st = status_via(file, &api(file, leader))
-                .await
-                .context("no status")?;
+            let terms_after = terms(file).await?;
+            let st = settled(file).await?;
             let hosts_up = st.hosts.iter().filter(|h| h.up).count();
             println!(
-                "hosts up at the end: {hosts_up} of {}; agents connected: {}",
+                "hosts up at the end: {hosts_up} of {}; agents connected: {}; (term, leader changes) {terms_before:?} -> {terms_after:?} (the leader was c{} before)",
                 st.hosts.len(),
-                up.get()
+                up.get(),
+                leader + 1
             );
-            Ok(())
+            for (i, host) in fabric.hosts.iter().enumerate() {
+                println!("host {}: UDP {}", i + 1, udp_counters(&host.netns)?);
+            }
+            anyhow::Ok(())
         })
         .await?;
     drop(local);
-    let _ = fabric;
+    sim.endpoint.close(0u32.into(), b"done");
+    sim.endpoint.wait_idle().await;
     Ok(())
 }
 
@@ -707,6 +846,7 @@ fn main() -> Result<()> {
     let rounds = arg("--rounds", 10usize);
     let n = arg("--agents", 1000usize);
     let secs = arg("--seconds", 60u64);
+    let register_secs = arg("--register-within", 600u64);
     let stable_secs = arg("--stability", 0u64);
     let burn = arg("--burn", 0usize);
     let n_writes = arg("--writes", 0usize);
@@ -726,7 +866,7 @@ fn main() -> Result<()> {
             stability(&file, stable_secs, burn).await?;
         }
         if !flags.iter().any(|f| f == "--skip-agents") {
-            agents(&fabric, &c, &file, n, secs).await?;
+            agents(&fabric, &c, &file, n, secs, register_secs).await?;
         }
         Ok::<_, anyhow::Error>(())
     });
