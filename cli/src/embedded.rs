@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use labspan_agent::daemon::{self, Hooks, HostInfo};
 use labspan_agent::reconcile::{Agent, AgentError, Event};
 use labspan_agent::vm::AccelChoice;
-use labspan_coordinator::hosts::Host;
+use labspan_coordinator::hosts::HostSpec;
 use labspan_coordinator::placement::place_lab;
 use labspan_coordinator::plan::{plan_lab, HostFabric, PlanInput, VXLAN_OVERHEAD};
 use labspan_coordinator::service::{self, DataDir, Running, StartError};
@@ -269,9 +269,9 @@ impl Prepared {
     }
 
     /// This machine, empty, as placement sees a host.
-    fn capacity(&self) -> anyhow::Result<Host> {
+    fn capacity(&self) -> anyhow::Result<HostSpec> {
         let info = this_host()?;
-        let mut host = Host::new(&self.host, info.memory_mib, info.cpus);
+        let mut host = HostSpec::new(&self.host, info.memory_mib, info.cpus);
         host.cpu_overcommit = info.cpu_overcommit;
         Ok(host)
     }

@@ -26,9 +26,11 @@ pub const DEFAULT_RESERVE_MIB: u64 = 1024;
 /// vCPUs per physical CPU when the file does not say: lab guests mostly idle.
 pub const DEFAULT_CPU_OVERCOMMIT: f64 = 4.0;
 
-/// One lab host.
+/// One lab host as placement sees it: what the hosts file (or a live
+/// host's offer) says it has, and what other labs already take there.
+/// The replicated record of a host is `raft::Host`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Host {
+pub struct HostSpec {
     /// Host name (the key in the hosts file).
     pub name: String,
     /// Physical memory, MiB.
@@ -51,10 +53,10 @@ pub struct Host {
     pub lacks: BTreeSet<String>,
 }
 
-impl Host {
+impl HostSpec {
     /// A host with the defaults for everything but its size.
-    pub fn new(name: &str, memory_mib: u64, cpus: u32) -> Host {
-        Host {
+    pub fn new(name: &str, memory_mib: u64, cpus: u32) -> HostSpec {
+        HostSpec {
             name: name.to_string(),
             memory_mib,
             cpus,
@@ -105,7 +107,7 @@ pub enum HostsError {
 }
 
 /// Reads and parses a hosts file.
-pub fn load_hosts(path: &Path) -> Result<Vec<Host>, HostsError> {
+pub fn load_hosts(path: &Path) -> Result<Vec<HostSpec>, HostsError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|cause| HostsError::Read {
         file: file.clone(),
@@ -125,7 +127,7 @@ const HOSTS_FILE: Shape = Shape {
 const HOST_EXAMPLE: &str = "lab-host-1: {memory: 16GiB, cpus: 8}";
 
 /// Parses the text of a hosts file; `file` is used in errors.
-pub fn parse_hosts(text: &str, file: &str) -> Result<Vec<Host>, HostsError> {
+pub fn parse_hosts(text: &str, file: &str) -> Result<Vec<HostSpec>, HostsError> {
     let mut sink = Sink::new(file);
     let hosts = yaml::load(&mut sink, text, HOSTS_FILE)
         .map(|root| read_hosts(&mut sink, &root))
@@ -146,7 +148,7 @@ const HOST_KEYS: &[&str] = &[
     "vtep",
 ];
 
-fn read_hosts(sink: &mut Sink, root: &Node) -> Vec<Host> {
+fn read_hosts(sink: &mut Sink, root: &Node) -> Vec<HostSpec> {
     let Some(top) = want_map(sink, root, "", "a mapping with a hosts: key") else {
         return Vec::new();
     };
@@ -168,7 +170,7 @@ fn read_hosts(sink: &mut Sink, root: &Node) -> Vec<Host> {
         let help = format!("add one, e.g. {HOST_EXAMPLE}");
         sink.error(Pos::of(node), "hosts", "no host listed".into(), Some(help));
     }
-    let mut hosts: Vec<Host> = entries
+    let mut hosts: Vec<HostSpec> = entries
         .iter()
         .filter_map(|(k, v)| read_host(sink, k, v))
         .collect();
@@ -177,7 +179,7 @@ fn read_hosts(sink: &mut Sink, root: &Node) -> Vec<Host> {
 }
 
 /// One entry; `None` (with every problem reported) when it is not valid.
-fn read_host(sink: &mut Sink, key: &MarkedScalarNode, node: &Node) -> Option<Host> {
+fn read_host(sink: &mut Sink, key: &MarkedScalarNode, node: &Node) -> Option<HostSpec> {
     let name = key.as_str();
     let at = join("hosts", name);
     // A host is the agent that runs on it: its name is a member name.
@@ -216,7 +218,7 @@ fn read_host(sink: &mut Sink, key: &MarkedScalarNode, node: &Node) -> Option<Hos
     let vtep = map
         .get_node("vtep")
         .map(|n| vtep(sink, n, &join(&at, "vtep")));
-    let mut host = Host::new(name, memory?, cpus?);
+    let mut host = HostSpec::new(name, memory?, cpus?);
     host.reserve_mib = reserve.unwrap_or(Some(DEFAULT_RESERVE_MIB))?;
     host.cpu_overcommit = overcommit.unwrap_or(Some(DEFAULT_CPU_OVERCOMMIT))?;
     host.labels = labels.unwrap_or(Some(BTreeSet::new()))?;

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use labspan_coordinator::hosts::{parse_hosts, Host};
+use labspan_coordinator::hosts::{parse_hosts, HostSpec};
 use labspan_coordinator::placement::{
     place, place_indices, place_lab, Figures, HostOffer, HostSelector, NodeDemand, PlacementError,
     Problem, SegmentDemand,
@@ -188,7 +188,7 @@ fn the_sip_demo_places_on_two_hosts_from_the_hosts_file() {
     assert!(p.figures.within_capacity());
     assert_ne!(p.nodes["phone1"], p.nodes["phone2"], "spread hint");
     // With one host left the spread hint cannot hold; the error says so.
-    let one: Vec<Host> = hosts[..1].to_vec();
+    let one: Vec<HostSpec> = hosts[..1].to_vec();
     let e = place_lab(&lab, &one, &p.nodes)
         .expect_err("one host is not enough")
         .to_string();

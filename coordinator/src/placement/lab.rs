@@ -7,7 +7,7 @@ use labspan_proto::lab::Lab;
 use super::error::PlacementError;
 use super::memory::vm_memory_mib;
 use super::{place, NodeDemand, Placement, Problem, SegmentDemand};
-use crate::hosts::Host;
+use crate::hosts::HostSpec;
 
 /// Weight of a segment without a rate: one tunnel of it costs this much.
 pub const RATE_WEIGHT_FULL: u64 = 100;
@@ -31,7 +31,7 @@ pub fn segment_weight(rate_kbit: Option<u64>) -> u64 {
 /// hints and capacity still allow; nodes on hosts not in `hosts` move.
 pub fn place_lab(
     lab: &Lab,
-    hosts: &[Host],
+    hosts: &[HostSpec],
     existing: &BTreeMap<String, String>,
 ) -> Result<Placement, PlacementError> {
     place(&lab_problem(lab, hosts, existing)?)
@@ -42,7 +42,7 @@ pub fn place_lab(
 /// keyed by lab name) are `LAB/NODE`.
 pub fn place_labs(
     labs: &[&Lab],
-    hosts: &[Host],
+    hosts: &[HostSpec],
     existing: &BTreeMap<String, String>,
 ) -> Result<Placement, PlacementError> {
     let mut problem = empty_problem(hosts);
@@ -61,7 +61,7 @@ pub fn place_labs(
 /// The problem `place_lab` solves.
 pub fn lab_problem(
     lab: &Lab,
-    hosts: &[Host],
+    hosts: &[HostSpec],
     existing: &BTreeMap<String, String>,
 ) -> Result<Problem, PlacementError> {
     let mut problem = empty_problem(hosts);
@@ -69,9 +69,9 @@ pub fn lab_problem(
     Ok(problem)
 }
 
-fn empty_problem(hosts: &[Host]) -> Problem {
+fn empty_problem(hosts: &[HostSpec]) -> Problem {
     Problem {
-        hosts: hosts.iter().map(Host::offer).collect(),
+        hosts: hosts.iter().map(HostSpec::offer).collect(),
         ..Problem::default()
     }
 }
@@ -82,7 +82,7 @@ fn add_lab(
     p: &mut Problem,
     lab: &Lab,
     prefix: &str,
-    hosts: &[Host],
+    hosts: &[HostSpec],
     existing: &BTreeMap<String, String>,
 ) -> Result<(), PlacementError> {
     let base = p.nodes.len();

@@ -10,7 +10,7 @@ use labspan_proto::lab::LabBundle;
 use labspan_proto::msg::{Capabilities, LabOrigin, LabReport, NodeState, VmReport};
 use labspan_proto::plan::{HostPlan, IncomingPlan};
 
-use crate::hosts::Host;
+use crate::hosts::HostSpec;
 use crate::placement::{place_lab, vm_memory_mib};
 use crate::plan::{plan_lab, Arriving, HostFabric, PlanInput};
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus};
@@ -88,7 +88,7 @@ pub(super) fn offers(
     state: &ClusterState,
     lab: &str,
     capabilities: &HashMap<String, Capabilities>,
-) -> Vec<Host> {
+) -> Vec<HostSpec> {
     let placement = state.labs.get(lab).map(|r| &r.placement);
     let mut hosts = up_hosts(state, placement, capabilities);
     for other in state.labs.keys().filter(|n| n.as_str() != lab) {
@@ -114,7 +114,7 @@ pub(super) fn offers_from(
     capabilities: &HashMap<String, Capabilities>,
     in_use: &InUse,
     moved: Option<&MovedVm>,
-) -> Vec<Host> {
+) -> Vec<HostSpec> {
     let mut hosts = up_hosts(state, Some(placement), capabilities);
     for (name, host) in &mut hosts {
         let (mut memory_mib, mut vcpus) = in_use.by_others(name, lab);
@@ -135,7 +135,7 @@ pub(super) fn offers_from(
 }
 
 /// Each host's free memory and vCPUs in `offers`.
-pub(super) fn free_room(offers: Vec<Host>) -> BTreeMap<String, (u64, u64)> {
+pub(super) fn free_room(offers: Vec<HostSpec>) -> BTreeMap<String, (u64, u64)> {
     offers
         .into_iter()
         .map(|h| {
@@ -154,14 +154,14 @@ fn up_hosts<'s>(
     state: &'s ClusterState,
     placement: Option<&BTreeMap<String, String>>,
     capabilities: &HashMap<String, Capabilities>,
-) -> BTreeMap<&'s String, Host> {
+) -> BTreeMap<&'s String, HostSpec> {
     let runs_lab = |host: &String| placement.is_some_and(|p| p.values().any(|h| h == host));
     state
         .hosts
         .iter()
         .filter(|(name, h)| h.up && (!h.cordoned || runs_lab(name)))
         .map(|(name, h)| {
-            let mut host = Host::new(
+            let mut host = HostSpec::new(
                 name,
                 h.capacity.memory_mib,
                 u32::try_from(h.capacity.vcpus).unwrap_or(u32::MAX),

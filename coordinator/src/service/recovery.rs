@@ -19,7 +19,7 @@ use labspan_proto::msg::{Capabilities, Reply};
 use openraft::LogId;
 
 use super::{agents, checkpoints, decide, lock, moves, push, Inner};
-use crate::hosts::Host;
+use crate::hosts::HostSpec;
 use crate::metrics::RecoveryKind;
 use crate::placement::{place_lab, vm_memory_mib};
 use crate::raft::{ClusterState, Command, LabRecord, LabStatus, NodeId};
@@ -244,7 +244,7 @@ impl RoomSearch<'_> {
     /// reading every lab for each of up to 64 candidates, for each lab of
     /// the lost host, on every monitor tick kept the leader busy;
     /// docs/benchmarks.md, "State at scale").
-    fn by_moving(&self, offers: Vec<Host>) -> Option<Recovery> {
+    fn by_moving(&self, offers: Vec<HostSpec>) -> Option<Recovery> {
         let (state, lab, lost) = (self.state, self.lab, self.lost);
         let need =
             |spec: &labspan_proto::lab::Node| vm_memory_mib(spec.memory_mib, u64::from(spec.cpus));
