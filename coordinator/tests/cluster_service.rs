@@ -1513,3 +1513,56 @@ async fn agents_registering_at_once_share_entries_and_all_get_a_lease() -> TestR
     shutdown(nodes).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_heartbeat_budget_agents_are_told_a_longer_heartbeat_and_lease() -> TestResult {
+    // A budget of one heartbeat a second: each host registered stretches
+    // the interval by a second, and the lease with it (4 heartbeats).
+    let timing = service::Timing {
+        max_heartbeats_per_s: 1,
+        ..service::Timing::default()
+    };
+    let dir = TempDir::new()?;
+    let admin_file = DataDir::at(dir.path()).init("test", "c1", free_addr()?)?;
+    let node = service::start_with(dir.path(), timing).await?;
+    let admin = leader_client("a leader", &admin_file).await?;
+    let read = |file: &str| std::fs::read_to_string(dir.path().join(file));
+    let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?)?;
+    let register = Request::RegisterHost {
+        memory_mib: 4096,
+        cpus: 2,
+        vcpus: 4,
+        vtep: "198.18.0.1".parse()?,
+        underlay_mtu: 1500,
+    };
+    let mut agents = Vec::new();
+    for (i, want_s) in [(1, 1u64), (2, 2), (3, 3)] {
+        let cred = ca.issue(&format!("h{i}"), Role::Agent)?;
+        let file = ClusterFile {
+            cert_pem: cred.cert_pem(),
+            key_pem: cred.key_pem(),
+            ..admin_file.clone()
+        };
+        let client = Client::connect_to(&file, &[node.addr.to_string()]).await?;
+        serve_plans(client.connection().clone(), format!("h{i}"));
+        let want = Reply::Lease {
+            heartbeat_ms: want_s * 1000,
+            lease_ms: want_s * 4000,
+        };
+        assert_eq!(client.request(&register).await?, want, "h{i} registering");
+        agents.push(client);
+    }
+    // The first agent's next heartbeat is granted the cluster's new timing.
+    let beat = agents[0].request(&Request::Heartbeat).await?;
+    let want = Reply::Lease {
+        heartbeat_ms: 3000,
+        lease_ms: 12_000,
+    };
+    assert_eq!(beat, want);
+    for a in agents {
+        a.close().await;
+    }
+    admin.close().await;
+    node.shutdown().await;
+    Ok(())
+}

@@ -55,6 +55,10 @@ pub struct TimingArgs {
     /// How long a new leader waits for agents it never heard of, in ms.
     #[arg(long, env = "LABSPAN_NEW_LEADER_GRACE_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub new_leader_grace_ms: Option<u64>,
+    /// At most this many agent heartbeats a second reach the leader: with
+    /// more hosts, the heartbeat and the lease stretch in proportion.
+    #[arg(long, env = "LABSPAN_MAX_HEARTBEATS_PER_S", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_heartbeats_per_s: Option<u32>,
     /// How often the Raft leader heartbeats the other coordinators, in ms.
     #[arg(long, env = "LABSPAN_RAFT_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_heartbeat_ms: Option<u64>,
@@ -81,6 +85,7 @@ impl TimingArgs {
             fence_margin: ms(self.fence_margin_ms, d.fence_margin),
             monitor_every: ms(self.monitor_ms, d.monitor_every),
             new_leader_grace: ms(self.new_leader_grace_ms, d.new_leader_grace),
+            max_heartbeats_per_s: self.max_heartbeats_per_s.unwrap_or(d.max_heartbeats_per_s),
             raft: RaftTiming {
                 heartbeat: ms(self.raft_heartbeat_ms, d.raft.heartbeat),
                 election_timeout_min: ms(self.election_timeout_min_ms, d.raft.election_timeout_min),

@@ -43,13 +43,8 @@ pub(super) async fn register(
     if let Err(e) = write_batched(inner, registration).await {
         return Reply::Error(e);
     }
-    lock(&inner.live).insert(
-        name.to_string(),
-        HostLive {
-            last_seen: Instant::now(),
-            underlay_mtu,
-        },
-    );
+    let timing = granted(inner);
+    seen(inner, name, &timing, Some(underlay_mtu));
     if known.is_some_and(|h| !h.up) {
         if let Err(e) = inner
             .write(Command::SetHostUp {
@@ -66,7 +61,15 @@ pub(super) async fn register(
     // The registration was committed by a quorum in this leader's term,
     // after the agent sent it: that confirms the leadership the lease
     // needs, as `fresh` would.
-    lease_reply(&inner.timing)
+    lease_reply(&timing)
+}
+
+/// The timing this leader grants now: production's, stretched for the
+/// number of hosts in the cluster ([`super::Timing::for_hosts`]). Down
+/// hosts count too, so the figure only grows while hosts come and go.
+pub(super) fn granted(inner: &Inner) -> super::Timing {
+    let hosts = inner.state.read().state.hosts.len();
+    inner.timing.for_hosts(hosts)
 }
 
 /// A registration and who waits for its entry to commit.
@@ -130,8 +133,7 @@ fn check_host(memory_mib: u64, cpus: u32, underlay_mtu: u32) -> Result<(), Strin
 /// must not keep an agent's VMs running while the majority moves them).
 /// The confirmation is bounded by the lease itself: an agent that waited
 /// longer would have fenced anyway.
-async fn lease(inner: &Inner) -> Reply {
-    let t = inner.timing;
+async fn lease(inner: &Inner, t: super::Timing) -> Reply {
     match tokio::time::timeout(t.lease, inner.fresh()).await {
         Ok(Ok(())) => lease_reply(&t),
         Ok(Err(e)) => error(ErrorKind::Unavailable, format!("no lease: {}", e.message)),
@@ -208,6 +210,23 @@ fn failed_labs_on(inner: &Inner, host: &str) -> Vec<(String, BTreeSet<String>)> 
         .collect()
 }
 
+/// Records that agent `name` was heard now and is granted `timing`'s
+/// lease (its underlay MTU too, when it registered).
+fn seen(inner: &Inner, name: &str, timing: &super::Timing, underlay_mtu: Option<u32>) {
+    let mut live = lock(&inner.live);
+    let entry = live.entry(name.to_string()).or_insert(HostLive {
+        last_seen: Instant::now(),
+        down_after: timing.host_down_after(),
+        underlay_mtu: DEFAULT_UNDERLAY_MTU,
+    });
+    entry.last_seen = Instant::now();
+    // Never shorter than a lease it may still hold from before.
+    entry.down_after = entry.down_after.max(timing.host_down_after());
+    if let Some(mtu) = underlay_mtu {
+        entry.underlay_mtu = mtu;
+    }
+}
+
 /// Leader: agent `name` is alive; answers with its lease.
 pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
     let up = match inner.state.read().state.hosts.get(name) {
@@ -219,14 +238,8 @@ pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
             )
         }
     };
-    {
-        let mut live = lock(&inner.live);
-        let entry = live.entry(name.to_string()).or_insert(HostLive {
-            last_seen: Instant::now(),
-            underlay_mtu: DEFAULT_UNDERLAY_MTU,
-        });
-        entry.last_seen = Instant::now();
-    }
+    let timing = granted(inner);
+    seen(inner, name, &timing, None);
     if !up {
         if let Err(e) = inner
             .write(Command::SetHostUp {
@@ -242,7 +255,7 @@ pub(super) async fn heartbeat(inner: &Arc<Inner>, name: &str) -> Reply {
         // its VMs may have moved meanwhile.
         send_own_plan(inner, name);
     }
-    lease(inner).await
+    lease(inner, timing).await
 }
 
 /// Runs for the life of the coordinator; acts only while it leads.
@@ -259,8 +272,7 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
             lock(&inner.live).clear();
             continue;
         }
-        for name in silent_hosts(&inner) {
-            let after = inner.timing.host_down_after();
+        for (name, after) in silent_hosts(&inner) {
             tracing::warn!(host = name, ?after, "no heartbeat: marking the host down");
             if let Err(e) = inner
                 .write(Command::SetHostUp {
@@ -294,7 +306,8 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
 
 /// Hosts marked up whose agent has been silent too long; hosts never heard
 /// of by this leader get the new leader's grace from now.
-fn silent_hosts(inner: &Inner) -> Vec<String> {
+/// Each comes with the silence it was allowed.
+fn silent_hosts(inner: &Inner) -> Vec<(String, Duration)> {
     let hosts: Vec<(String, bool)> = inner
         .state
         .read()
@@ -304,20 +317,22 @@ fn silent_hosts(inner: &Inner) -> Vec<String> {
         .map(|(n, h)| (n.clone(), h.up))
         .collect();
     let now = Instant::now();
-    let down_after = inner.timing.host_down_after();
-    let grace = inner.timing.new_leader_grace;
+    let timing = granted(inner);
+    let down_after = timing.host_down_after();
+    let grace = timing.new_leader_grace;
     let mut live = lock(&inner.live);
     hosts
         .into_iter()
-        .filter(|(name, up)| {
+        .filter_map(|(name, up)| {
             let seen = live.entry(name.clone()).or_insert(HostLive {
                 // Seen "in the future": `duration_since` stays zero until then.
                 last_seen: now + grace.saturating_sub(down_after),
+                down_after,
                 underlay_mtu: DEFAULT_UNDERLAY_MTU,
             });
-            *up && now.duration_since(seen.last_seen) > down_after
+            let silent = up && now.duration_since(seen.last_seen) > seen.down_after;
+            silent.then_some((name, seen.down_after))
         })
-        .map(|(name, _)| name)
         .collect()
 }
 

@@ -87,6 +87,12 @@ impl From<TimingError> for StartError {
 #[derive(Debug, Clone, Copy)]
 struct HostLive {
     last_seen: Instant,
+    /// Silence after which the host is marked down: the lease this leader
+    /// last granted it (or would grant, for a host not heard yet) plus the
+    /// fence margin. Kept per host because the lease grows with the
+    /// cluster ([`Timing::for_hosts`]) and a host must be waited for as
+    /// long as the lease it holds.
+    down_after: Duration,
     underlay_mtu: u32,
 }
 

@@ -100,7 +100,7 @@ fn hosts_of(inner: &Inner, lab: &str) -> BTreeSet<String> {
 /// connection from its agent; an agent still missing then makes the lab
 /// `Failed`, as it does for a fresh deploy.
 pub(super) async fn wait_for_agents(inner: &Inner, hosts: &BTreeSet<String>) {
-    let all_in = Poll::new(AGENTS_POLL, inner.timing.new_leader_grace)
+    let all_in = Poll::new(AGENTS_POLL, super::hosts::granted(inner).new_leader_grace)
         .until(|| async { agents::missing(inner, hosts).is_empty().then_some(()) })
         .await;
     if all_in.is_none() {

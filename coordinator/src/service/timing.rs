@@ -9,6 +9,13 @@
 //! Agents are told `heartbeat` and `lease` by the leader in every
 //! [`Reply::Lease`](labspan_proto::msg::Reply::Lease), so the two sides
 //! cannot disagree.
+//!
+//! The leader's load is bounded too: with more hosts than
+//! `max_heartbeats_per_s` × `heartbeat` it stretches the interval and the
+//! lease in proportion ([`Timing::for_hosts`]), as Nomad does with its
+//! `max_heartbeats_per_second`. A cluster of 10,000 hosts then heartbeats
+//! every 5 s and detects a lost host in about 21 s, instead of needing
+//! two cores for 25,000 heartbeats a second (docs/benchmarks.md).
 
 use std::time::Duration;
 
@@ -31,6 +38,10 @@ pub struct Timing {
     /// How long a new leader waits for an agent it never heard of before
     /// it may mark its host down.
     pub new_leader_grace: Duration,
+    /// At most this many heartbeats a second reach the leader: past
+    /// `max_heartbeats_per_s × heartbeat` hosts, the heartbeat and the
+    /// lease grow with the number of hosts ([`Timing::for_hosts`]).
+    pub max_heartbeats_per_s: u32,
     /// Heartbeats and elections between coordinators.
     pub raft: RaftTiming,
 }
@@ -139,6 +150,10 @@ impl Default for Timing {
             // idle timeout, may spend as long again on a dead coordinator of
             // its list, then registers; a failover never restarts a VM.
             new_leader_grace: 2 * IDLE_TIMEOUT + lease + fence_margin,
+            // 1,000 hosts heartbeat every 400 ms; the leader pays about
+            // 80 µs of CPU per heartbeat (docs/benchmarks.md), so this
+            // keeps it near a sixth of a core however many hosts join.
+            max_heartbeats_per_s: 2_000,
             raft: RaftTiming::default(),
         }
     }
@@ -156,7 +171,32 @@ impl Timing {
             fence_margin: d.fence_margin / f,
             monitor_every: d.monitor_every / f,
             new_leader_grace: d.new_leader_grace / f,
+            max_heartbeats_per_s: d.max_heartbeats_per_s,
             raft: d.raft,
+        }
+    }
+
+    /// The timing the leader grants when the cluster has `hosts` hosts:
+    /// this one while they send at most `max_heartbeats_per_s` heartbeats
+    /// a second; past that, the heartbeat is stretched to `hosts /
+    /// max_heartbeats_per_s` seconds, the lease by the same factor, and the
+    /// new leader's grace by as much as the lease (so it still covers
+    /// detection). The fence margin (time to pause VMs) stays.
+    pub fn for_hosts(&self, hosts: usize) -> Timing {
+        let rate = f64::from(self.max_heartbeats_per_s.max(1));
+        // Hosts are counted far below 2^52: the conversion is exact.
+        #[allow(clippy::cast_precision_loss)]
+        let needed = Duration::from_secs_f64(hosts as f64 / rate);
+        if needed <= self.heartbeat {
+            return *self;
+        }
+        let factor = needed.as_secs_f64() / self.heartbeat.as_secs_f64();
+        let lease = self.lease.mul_f64(factor);
+        Timing {
+            heartbeat: needed,
+            lease,
+            new_leader_grace: self.new_leader_grace + (lease - self.lease),
+            ..*self
         }
     }
 
@@ -176,6 +216,11 @@ impl Timing {
             if d.is_zero() {
                 return Err(TimingError::Zero { what });
             }
+        }
+        if self.max_heartbeats_per_s == 0 {
+            return Err(TimingError::Zero {
+                what: "heartbeats per second",
+            });
         }
         if self.lease < 2 * self.heartbeat {
             return Err(TimingError::LeaseTooShort {
@@ -204,6 +249,32 @@ mod tests {
         assert!(t.host_down_after() + t.monitor_every <= Duration::from_secs(3));
         assert!(t.host_down_after() > t.lease);
         assert_eq!(Timing::scaled_down(4).validate(), Ok(()));
+    }
+
+    #[test]
+    fn past_the_heartbeat_budget_the_interval_and_the_lease_stretch_together() {
+        let t = Timing::default();
+        // 800 hosts at 400 ms: 2,000 heartbeats a second, the budget.
+        assert_eq!(t.for_hosts(0), t);
+        assert_eq!(t.for_hosts(800), t);
+        let big = t.for_hosts(10_000);
+        assert_eq!(big.heartbeat, Duration::from_secs(5));
+        assert_eq!(big.lease, Duration::from_secs(20));
+        assert_eq!(big.fence_margin, t.fence_margin);
+        assert_eq!(big.monitor_every, t.monitor_every);
+        // Still a valid timing: the grace covers the longer detection.
+        assert_eq!(big.validate(), Ok(()));
+        assert_eq!(
+            big.new_leader_grace - big.host_down_after(),
+            t.new_leader_grace - t.host_down_after()
+        );
+        // More hosts never shorten the lease.
+        let mut last = t.lease;
+        for hosts in (0..30_000).step_by(997) {
+            let lease = t.for_hosts(hosts).lease;
+            assert!(lease >= last, "{hosts} hosts: {lease:?} < {last:?}");
+            last = lease;
+        }
     }
 
     #[test]
