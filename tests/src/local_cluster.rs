@@ -38,6 +38,9 @@ pub struct LocalCluster {
     /// Whether the script runs the `labspan` daemons (`up`), so it needs
     /// the binary; not for the hosts alone (`hosts`).
     daemons: bool,
+    /// Holds the subnet `free_subnet` found against other test processes
+    /// until this cluster is dropped (the lock goes with the process).
+    _subnet: std::fs::File,
 }
 
 impl LocalCluster {
@@ -59,16 +62,18 @@ impl LocalCluster {
     /// `name` and `net` may be changed before [`LocalCluster::start`]).
     pub fn new(tag: &str) -> LocalCluster {
         let pid = std::process::id();
+        let (net, subnet) = free_subnet(tag);
         LocalCluster {
             name: format!("lsc-{tag}-{pid}"),
             hosts: 0,
-            net: free_subnet(tag),
+            net,
             host_memory: None,
             images_everywhere: false,
             coordinator_disk: None,
             link: format!("lc{tag}{pid}").chars().take(15).collect(),
             state: std::env::temp_dir().join(format!("labspan-cluster-{tag}-{pid}")),
             daemons: true,
+            _subnet: subnet,
         }
     }
 
@@ -405,20 +410,45 @@ impl Drop for LocalCluster {
 }
 
 /// A 198.18.X.0/24 (X in 100..=250) that no address or route of the root
-/// namespace touches, starting from a place that depends on this process so
-/// that concurrent test binaries rarely pick the same (and `cluster.sh up`
-/// refuses if they do).
-fn free_subnet(tag: &str) -> u8 {
+/// namespace touches, reserved for this cluster: an exclusive lock on
+/// `$TMPDIR/labspan-subnet-198.18.X.lock`, held until the returned file is
+/// dropped (or the process dies), so two test processes building clusters
+/// at the same moment never take the same one between the check and
+/// `cluster.sh up`. The search starts from a place that depends on this
+/// process, so they rarely even try the same.
+fn free_subnet(tag: &str) -> (u8, std::fs::File) {
     let seed = std::process::id() as usize + tag.bytes().map(usize::from).sum::<usize>();
     (0..151)
         .map(|k| 100 + ((seed + k) % 151) as u8)
-        .find(|x| {
+        .find_map(|x| {
+            let lock = std::env::temp_dir().join(format!("labspan-subnet-198.18.{x}.lock"));
+            let file = std::fs::File::create(&lock)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock.display()));
+            file.try_lock().ok()?;
             let subnet = format!("198.18.{x}.0/24");
             let addrs = run(Command::new("ip").args(["-4", "-o", "addr", "show", "to", &subnet]));
             let routes =
                 run(Command::new("ip")
                     .args(["-4", "route", "show", "table", "all", "root", &subnet]));
-            addrs.stdout.is_empty() && routes.stdout.is_empty()
+            (addrs.stdout.is_empty() && routes.stdout.is_empty()).then_some((x, file))
         })
         .expect("a free 198.18.X.0/24 in 100..=250")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subnet_found_is_reserved_until_its_file_is_dropped() {
+        // The same tag in the same process starts the search at the same
+        // place: only the reservation makes the second search move on.
+        let (first, held) = free_subnet("sub");
+        let (second, _other) = free_subnet("sub");
+        assert_ne!(first, second);
+        drop(held);
+        let lock = std::env::temp_dir().join(format!("labspan-subnet-198.18.{first}.lock"));
+        let file = std::fs::File::open(&lock).expect("the lock file stays");
+        assert!(file.try_lock().is_ok(), "{} still locked", lock.display());
+    }
 }
