@@ -184,6 +184,9 @@ pub async fn run_with(cluster: ClusterFile, host: HostInfo, agent: Arc<Agent>, h
     };
     let _stop_watch = AbortOnDrop(watch);
     let mut hint: Option<String> = None;
+    // Not a `Poll`: the agent dials its coordinators again for as long as
+    // it runs, with no deadline, pausing after every failed dial or lost
+    // session.
     loop {
         let targets = match hint.take() {
             Some(leader) => vec![leader],

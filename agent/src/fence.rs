@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use labspan_proto::msg::ErrorKind;
 use labspan_proto::plan::HostPlan;
+use labspan_transport::poll::Poll;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -223,12 +224,11 @@ impl Fence {
     /// leader sends after a registration may overtake the lease's answer).
     pub async fn admit(&self, plan: &HostPlan) -> Result<(), Refusal> {
         check_generation(self.applied(), plan.generation)?;
-        let deadline = Instant::now() + 2 * self.heartbeat();
-        while !self.valid(Instant::now()) {
-            if Instant::now() >= deadline {
-                return Err(Refusal::NoLease);
-            }
-            tokio::time::sleep(WATCH_EVERY).await;
+        let leased = Poll::new(WATCH_EVERY, 2 * self.heartbeat())
+            .until(|| async { self.valid(Instant::now()).then_some(()) })
+            .await;
+        if leased.is_none() {
+            return Err(Refusal::NoLease);
         }
         self.record(plan.generation)?;
         if !self.fenced() {

@@ -113,6 +113,8 @@ async fn follow(
                 }
             }
         }
+        // Not a `Poll`: the follow redials for as long as its caller
+        // keeps it, with no deadline.
         tokio::time::sleep(REDIAL).await;
         match crate::remote::open_stream(&path, &req).await {
             Ok(s) => stream = Some(s),

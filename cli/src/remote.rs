@@ -21,6 +21,7 @@ use labspan_proto::msg::{
 };
 use labspan_proto::progress::{Phase, ProgressEvent};
 use labspan_transport::client::{Client, ClientError, ClusterFile};
+use labspan_transport::poll::Poll;
 
 use crate::follow::Following;
 use crate::progress::{Mode, Renderer};
@@ -251,7 +252,7 @@ async fn deploy(
     bytes: Vec<u8>,
     how: &Deploy,
 ) -> anyhow::Result<(Client, LabReport)> {
-    let deadline = Instant::now() + RESUME_WAIT;
+    let mut wait = Poll::new(RESUME_POLL, RESUME_WAIT).start();
     let req = Request::DeployLab {
         bundle: bytes.clone(),
         source: how.source.clone(),
@@ -299,10 +300,9 @@ async fn deploy(
                 }
             }
         }
-        if Instant::now() >= deadline {
+        if !wait.pause().await {
             bail!("lab {name:?}: the cluster did not finish the deploy within {} s; see `labspan inspect {name}`", RESUME_WAIT.as_secs());
         }
-        tokio::time::sleep(RESUME_POLL).await;
         if client
             .as_ref()
             .is_none_or(|c| c.connection().close_reason().is_some())

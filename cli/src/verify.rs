@@ -16,6 +16,10 @@ use labspan_proto::lab::Check;
 use regex::Regex;
 
 use labspan_agent::vm::ExecOutput;
+use labspan_transport::poll::Poll;
+
+/// How often a failing check is run again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs a shell command in a lab node's guest.
 pub trait GuestExec {
@@ -78,13 +82,14 @@ async fn run_check<G: GuestExec>(
         }
     };
     let mut attempts = 0;
+    let mut wait = Poll::new(RETRY_EVERY, deadline).start();
     loop {
         attempts += 1;
         let detail = match guest.exec(&node, &cmd).await {
             Ok(out) => judge(&out, expect.as_ref()),
             Err(e) => Some(e),
         };
-        let done = detail.is_none() || start.elapsed() >= deadline;
+        let done = detail.is_none() || !wait.pause().await;
         if done {
             let passed = detail.is_none();
             let detail = detail.unwrap_or_default();
@@ -97,7 +102,6 @@ async fn run_check<G: GuestExec>(
                 attempts,
             };
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

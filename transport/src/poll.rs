@@ -36,17 +36,51 @@ impl Poll {
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let deadline = Instant::now() + self.within;
+        let mut wait = self.start();
         loop {
             if let Some(found) = check().await {
                 return Some(found);
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if !wait.pause().await {
                 return None;
             }
-            tokio::time::sleep(self.every.min(deadline - now)).await;
         }
+    }
+
+    /// The same wait for a loop that keeps its own state from one check to
+    /// the next (a `&mut` QMP session, a count of attempts, the last answer),
+    /// which a closure given to [`Poll::until`] cannot borrow: check, then
+    /// `if !wait.pause().await` stop, the check just made being the last.
+    pub fn start(self) -> Waiting {
+        Waiting {
+            every: self.every,
+            deadline: Instant::now() + self.within,
+        }
+    }
+}
+
+/// A [`Poll`] under way: its pauses and its deadline.
+#[derive(Debug)]
+pub struct Waiting {
+    every: Duration,
+    deadline: Instant,
+}
+
+impl Waiting {
+    /// Pauses until the next check (`every`, or less if the deadline comes
+    /// first) and says true; says false at once when the deadline has passed.
+    pub async fn pause(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.every.min(self.deadline - now)).await;
+        true
+    }
+
+    /// How long until the deadline (zero once it has passed).
+    pub fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 
@@ -82,5 +116,19 @@ mod tests {
         assert_eq!(found, None);
         // At 0, 400 and 800 ms, then the last one at the 1 s deadline.
         assert_eq!(calls, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_wait_pauses_every_interval_then_stops_at_the_deadline() {
+        let start = Instant::now();
+        let mut wait = Poll::new(Duration::from_millis(400), Duration::from_secs(1)).start();
+        let mut pauses = 0;
+        while wait.pause().await {
+            pauses += 1;
+        }
+        // Pauses end at 400 ms, 800 ms and the 1 s deadline.
+        assert_eq!(pauses, 3);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(wait.left(), Duration::ZERO);
     }
 }

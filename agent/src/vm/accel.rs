@@ -194,15 +194,16 @@ impl ProbeLock {
             .write(true)
             .open(&path)
             .map_err(io)?;
-        use std::os::fd::AsRawFd;
-        loop {
-            // SAFETY: flock(2) on a descriptor we own; no memory is shared.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                return Ok(ProbeLock { _file: file });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // A blocking flock on a thread of its own: the kernel hands the lock
+        // over when the probe that holds it ends, with no polling and no
+        // deadline (a probe is bounded by its own timeout).
+        let locked = tokio::task::spawn_blocking(move || {
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map(|()| file)
+        })
+        .await
+        .map_err(|joined| io(std::io::Error::other(joined)))?;
+        let file = locked.map_err(|errno| io(errno.into()))?;
+        Ok(ProbeLock { _file: file })
     }
 }
 

@@ -20,13 +20,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::migrate::{wait_migration, MoveError, Session};
 use super::{Vm, VmError};
 use labspan_tool::{self as tool, ToolError};
+use labspan_transport::poll::Poll;
 
 /// The RAM and device state in a checkpoint's node folder.
 pub const RAM_FILE: &str = "ram.state";
@@ -174,19 +175,18 @@ pub async fn resume(s: &mut Session) -> Result<(), MoveError> {
 /// the guest on to `postmigrate`; a `cont` in between is refused
 /// ("Migration is not finalized yet") and would leave the guest paused.
 async fn settled(s: &mut Session) -> Result<(), MoveError> {
-    let deadline = Instant::now() + QMP_TIMEOUT;
+    let mut wait = Poll::new(SETTLE_POLL, QMP_TIMEOUT).start();
     loop {
         let status = s.run("query-status", Value::Null).await?;
         if status["status"] != "finish-migrate" {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if !wait.pause().await {
             return Err(s.failed(
                 "resume",
                 format!("QEMU still finishing the save after {QMP_TIMEOUT:?}"),
             ));
         }
-        tokio::time::sleep(SETTLE_POLL).await;
     }
 }
 

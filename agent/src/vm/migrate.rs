@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use labspan_proto::msg::Role;
+use labspan_transport::poll::Poll;
 use labspan_transport::tls::agent_host_name;
 
 use super::{Qmp, QmpError, Vm, VmError};
@@ -48,6 +49,10 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// to look ([`completed_migration`]).
 const TIMES_WITHIN: Duration = Duration::from_secs(2);
 const TIMES_EVERY: Duration = Duration::from_millis(10);
+/// How long a cancelled mirror job or migration may take to go, and how
+/// often it is looked at (each wait bounded: a roll-back goes on after it).
+const CANCEL_WITHIN: Duration = Duration::from_secs(5);
+const CANCEL_EVERY: Duration = Duration::from_millis(50);
 /// QEMU's own default (300 ms), said out loud: the switch-over target.
 pub const DOWNTIME_LIMIT_MS: u64 = 300;
 /// QEMU caps migration at 128 MiB/s by default; between two lab hosts the
@@ -555,13 +560,12 @@ async fn migrate_steps(
 /// event and the status) before its migration thread has worked out the
 /// total time and the downtime, which then read 0 for a moment.
 async fn completed_migration(s: &mut Session) -> Result<Value, MoveError> {
-    let deadline = Instant::now() + TIMES_WITHIN;
+    let mut wait = Poll::new(TIMES_EVERY, TIMES_WITHIN).start();
     loop {
         let m = s.migration().await?;
-        if m["total-time"].as_u64().is_some_and(|t| t > 0) || Instant::now() >= deadline {
+        if m["total-time"].as_u64().is_some_and(|t| t > 0) || !wait.pause().await {
             return Ok(m);
         }
-        tokio::time::sleep(TIMES_EVERY).await;
     }
 }
 
@@ -703,26 +707,29 @@ async fn cancel_outgoing(s: &mut Session) {
         )
         .await;
     // The cancel is asynchronous: wait for the job to go before its target.
-    for _ in 0..100 {
-        match s.run("query-block-jobs", Value::Null).await {
-            Ok(j)
-                if j.as_array()
-                    .is_some_and(|a| a.iter().any(|j| j["device"] == MIRROR_JOB)) =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            _ => break,
+    let mut wait = Poll::new(CANCEL_EVERY, CANCEL_WITHIN).start();
+    loop {
+        let mirroring = match s.run("query-block-jobs", Value::Null).await {
+            Ok(j) => j
+                .as_array()
+                .is_some_and(|a| a.iter().any(|j| j["device"] == MIRROR_JOB)),
+            Err(_) => false,
+        };
+        if !mirroring || !wait.pause().await {
+            break;
         }
     }
     let _ = s
         .run("blockdev-del", json!({ "node-name": NBD_TARGET }))
         .await;
-    for _ in 0..100 {
-        match s.migration().await {
-            Ok(m) if m["status"] == "cancelling" => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            _ => break,
+    let mut wait = Poll::new(CANCEL_EVERY, CANCEL_WITHIN).start();
+    loop {
+        let cancelling = s
+            .migration()
+            .await
+            .is_ok_and(|m| m["status"] == "cancelling");
+        if !cancelling || !wait.pause().await {
+            break;
         }
     }
 }

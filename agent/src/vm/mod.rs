@@ -48,6 +48,10 @@ pub const BOOT_ROBUSTNESS: &str = "no_timer_check panic=1";
 /// How often a booting guest's run state is read, so that one that panics
 /// or stops while booting is reported at once rather than at the timeout.
 const BOOT_STATE_EVERY: Duration = Duration::from_secs(2);
+/// How often a booting guest's agent is tried, and how long one try may
+/// take (`guest-sync` on a busy TCG guest).
+const AGENT_EVERY: Duration = Duration::from_millis(100);
+const AGENT_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Errors about one VM.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +180,7 @@ impl Vm {
     pub async fn wait_guest_agent(&self, timeout: Duration) -> Result<Duration, VmError> {
         let start = Instant::now();
         let mut last_state = start;
+        let mut wait = Poll::new(AGENT_EVERY, timeout).start();
         loop {
             if !self.is_running() {
                 return Err(VmError::Died {
@@ -203,17 +208,19 @@ impl Vm {
                     });
                 }
             }
-            let left = timeout.saturating_sub(start.elapsed());
-            if left.is_zero() {
+            let attempt = wait.left().min(AGENT_ATTEMPT);
+            if !attempt.is_zero()
+                && GuestAgent::connect(&self.record.spec.paths.qga, attempt)
+                    .await
+                    .is_ok()
+            {
+                return Ok(start.elapsed());
+            }
+            if !wait.pause().await {
                 return Err(VmError::AgentTimeout {
                     vm: self.name().to_string(),
                     timeout,
                 });
-            }
-            let attempt = left.min(Duration::from_secs(1));
-            match GuestAgent::connect(&self.record.spec.paths.qga, attempt).await {
-                Ok(_) => return Ok(start.elapsed()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100).min(left)).await,
             }
         }
     }

@@ -163,6 +163,10 @@ impl GuestAgent {
             .get("pid")
             .and_then(Value::as_i64)
             .ok_or_else(|| self.bad("guest-exec", "no pid"))?;
+        // Not a `Poll`: the pause starts at 10 ms and doubles to 200 ms, so
+        // that the many commands that end at once (addresses, `verify`
+        // lines) are answered without a fixed 200 ms each, and long ones
+        // are not asked about 100 times a second.
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(10);
         loop {

@@ -209,7 +209,8 @@ async fn events(State(app): State<App>) -> Sse<impl Stream<Item = Result<Event, 
 }
 
 /// Follows the labs' progress for good (the follow dials the cluster
-/// again by itself once it is open), publishing each step as JSON.
+/// again by itself once it is open), publishing each step as JSON. A
+/// retry for the life of the page, not a wait: no `Poll`, no deadline.
 async fn follow_steps(cluster: PathBuf, only: Option<String>, steps: Steps) {
     let sink = StepLines {
         steps,
@@ -226,7 +227,8 @@ async fn follow_steps(cluster: PathBuf, only: Option<String>, steps: Steps) {
 }
 
 /// Follows the cluster's state stream for good, publishing each view as
-/// the page's JSON; an error is shown on the page while it lasts.
+/// the page's JSON; an error is shown on the page while it lasts. A retry
+/// for the life of the page, not a wait: no `Poll`, no deadline.
 async fn follow_cluster(cluster: PathBuf, only: Option<String>, state: Shared) {
     loop {
         if let Err(e) = follow_once(&cluster, only.as_deref(), &state).await {

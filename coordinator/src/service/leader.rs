@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use labspan_proto::msg::{ErrorKind, ErrorReply, Reply, Request, Role};
 use labspan_transport as transport;
+use labspan_transport::poll::Poll;
 use labspan_transport::tls::PeerIdentity;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
@@ -262,6 +263,8 @@ pub(super) async fn add_coordinator(
 }
 
 /// A joined coordinator asks the cluster to add it until it is a voter.
+/// A retry of a request, not a `Poll`: it has no deadline (a coordinator
+/// that cannot join has nothing else to do) and asks every peer in turn.
 pub(super) async fn become_member(inner: Arc<Inner>, peers: Vec<String>, addr: String) {
     let req = Request::AddCoordinator { id: inner.id, addr };
     loop {
@@ -380,17 +383,19 @@ async fn change_membership(
     change: ChangeMembers<NodeId, Member>,
     retain: bool,
 ) -> Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, Member>>> {
-    let deadline = tokio::time::Instant::now() + MEMBERSHIP_BUSY_WAIT;
+    let mut wait = Poll::new(MEMBERSHIP_BUSY_POLL, MEMBERSHIP_BUSY_WAIT).start();
     loop {
-        match inner.raft.change_membership(change.clone(), retain).await {
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                ChangeMembershipError::InProgress(busy),
-            ))) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(%busy, "waiting for the last membership change to commit");
-                tokio::time::sleep(MEMBERSHIP_BUSY_POLL).await;
+        let result = inner.raft.change_membership(change.clone(), retain).await;
+        if let Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(busy),
+        ))) = &result
+        {
+            tracing::debug!(%busy, "waiting for the last membership change to commit");
+            if wait.pause().await {
+                continue;
             }
-            result => return result,
         }
+        return result;
     }
 }
 

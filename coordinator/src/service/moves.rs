@@ -513,7 +513,7 @@ fn lab_hosts(inner: &Inner, lab: &str) -> BTreeSet<String> {
 
 /// Asks both sides of `lab`'s move until the verdict is done or rolled back.
 async fn decide_end(inner: &Arc<Inner>, lab: &str) -> bool {
-    let deadline = Instant::now() + MIGRATING_WAIT;
+    let mut wait = Poll::new(ASK_EVERY, MIGRATING_WAIT).start();
     loop {
         let Some(m) = migration(inner, lab) else {
             return false;
@@ -525,8 +525,11 @@ async fn decide_end(inner: &Arc<Inner>, lab: &str) -> bool {
         match v {
             Verdict::Done => return true,
             Verdict::RollBack => return false,
-            Verdict::Wait if Instant::now() >= deadline => return false,
-            Verdict::Wait => tokio::time::sleep(ASK_EVERY).await,
+            Verdict::Wait => {
+                if !wait.pause().await {
+                    return false;
+                }
+            }
         }
     }
 }
