@@ -1,7 +1,9 @@
 //! Topologies written for these tests in containerlab's documented format
 //! (docs/manual/topo-def-file.md, nodes.md, network.md).
 
+use super::nodes::docker_mib;
 use super::*;
+use crate::lab::RestartPolicy;
 
 fn opts(images: &[(&str, &str)]) -> Options {
     Options {
