@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use labspan_proto::checkpoint::{Checkpoint, NodeCheckpoint};
 use labspan_proto::msg::ErrorKind;
 
-use super::{check_lab, check_reset, recorded_on, second_host};
+use super::reset::{check_reset, reset_fetches};
+use super::{check_lab, recorded_on, second_host};
 use crate::raft::{CheckpointOpKind, ClusterState, Command, LabStatus, Rejection};
 use crate::service::fixtures::{host, record, spec, state as state_of};
 
@@ -174,10 +175,10 @@ fn reset_needs_the_checkpoint_its_nodes_and_their_hosts() {
     // Node a moved since "there": reset from its files on h2, fetched to h1.
     assert_eq!(check_reset(&s, "lab", "there").expect("fetched").len(), 2);
     assert_eq!(
-        super::reset_fetches(&s, "lab", "there"),
+        reset_fetches(&s, "lab", "there"),
         BTreeMap::from([("a".to_string(), ("h1".to_string(), "h2".to_string()))])
     );
-    assert!(super::reset_fetches(&s, "lab", "c1").is_empty());
+    assert!(reset_fetches(&s, "lab", "c1").is_empty());
     // A copy on the node's host is used as it is.
     let rec = s.labs.get_mut("lab").expect("lab");
     let mut copied = taken("copied", &[("a", "h3"), ("b", "h2")]);
@@ -185,7 +186,7 @@ fn reset_needs_the_checkpoint_its_nodes_and_their_hosts() {
         a.copies.push("h1".into());
     }
     rec.checkpoints.insert("copied".into(), copied);
-    assert!(super::reset_fetches(&s, "lab", "copied").is_empty());
+    assert!(reset_fetches(&s, "lab", "copied").is_empty());
     check_reset(&s, "lab", "copied").expect("its copy is here");
     // Only on a host that is gone: refused.
     let rec = s.labs.get_mut("lab").expect("lab");
