@@ -1455,6 +1455,38 @@ async fn five_hundred_labs_survive_a_restart_and_are_served() -> TestResult {
 /// Agents registering all at once (as every agent does after a failover)
 /// each get their lease, every replica lists every host, and they share
 /// entries: fewer log entries than agents.
+/// An agent named `name` with a certificate issued from the CA in `dir`
+/// (no join), connected to `addr` and answering plan pushes.
+async fn issued_agent(
+    dir: &std::path::Path,
+    admin_file: &ClusterFile,
+    name: &str,
+    addr: SocketAddr,
+) -> TestResult<Client> {
+    let read = |file: &str| std::fs::read_to_string(dir.join(file));
+    let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?)?;
+    let cred = ca.issue(name, Role::Agent)?;
+    let file = ClusterFile {
+        cert_pem: cred.cert_pem(),
+        key_pem: cred.key_pem(),
+        ..admin_file.clone()
+    };
+    let client = Client::connect_to(&file, &[addr.to_string()]).await?;
+    serve_plans(client.connection().clone(), name.to_string());
+    Ok(client)
+}
+
+/// The registration of a small stand-in host.
+fn sim_registration() -> TestResult<Request> {
+    Ok(Request::RegisterHost {
+        memory_mib: 4096,
+        cpus: 2,
+        vcpus: 4,
+        vtep: "198.18.0.1".parse()?,
+        underlay_mtu: 1500,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_registering_at_once_share_entries_and_all_get_a_lease() -> TestResult {
     const AGENTS: usize = 64;
@@ -1467,28 +1499,14 @@ async fn agents_registering_at_once_share_entries_and_all_get_a_lease() -> TestR
         .iter()
         .find(|n| n.raft.metrics().borrow().id == leader_id)
         .ok_or("the leader is not one of the nodes")?;
-    let read = |file: &str| std::fs::read_to_string(dirs[0].path().join(file));
-    let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?)?;
     let mut agents = Vec::new();
     for i in 0..AGENTS {
-        let cred = ca.issue(&format!("sim{i}"), Role::Agent)?;
-        let file = ClusterFile {
-            cert_pem: cred.cert_pem(),
-            key_pem: cred.key_pem(),
-            ..admin_file.clone()
-        };
-        let client = Client::connect_to(&file, &[leader.addr.to_string()]).await?;
-        serve_plans(client.connection().clone(), format!("sim{i}"));
-        agents.push(client);
+        agents.push(
+            issued_agent(dirs[0].path(), &admin_file, &format!("sim{i}"), leader.addr).await?,
+        );
     }
     let before = leader.raft.metrics().borrow().last_log_index.unwrap_or(0);
-    let register = Request::RegisterHost {
-        memory_mib: 4096,
-        cpus: 2,
-        vcpus: 4,
-        vtep: "198.18.0.1".parse()?,
-        underlay_mtu: 1500,
-    };
+    let register = sim_registration()?;
     let replies = futures::future::join_all(agents.iter().map(|a| a.request(&register))).await;
     for (i, reply) in replies.into_iter().enumerate() {
         let reply = reply?;
@@ -1526,25 +1544,10 @@ async fn past_the_heartbeat_budget_agents_are_told_a_longer_heartbeat_and_lease(
     let admin_file = DataDir::at(dir.path()).init("test", "c1", free_addr()?)?;
     let node = service::start_with(dir.path(), timing).await?;
     let admin = leader_client("a leader", &admin_file).await?;
-    let read = |file: &str| std::fs::read_to_string(dir.path().join(file));
-    let ca = ClusterCa::from_pem(&read("ca.pem")?, &read("ca.key")?)?;
-    let register = Request::RegisterHost {
-        memory_mib: 4096,
-        cpus: 2,
-        vcpus: 4,
-        vtep: "198.18.0.1".parse()?,
-        underlay_mtu: 1500,
-    };
+    let register = sim_registration()?;
     let mut agents = Vec::new();
     for (i, want_s) in [(1, 1u64), (2, 2), (3, 3)] {
-        let cred = ca.issue(&format!("h{i}"), Role::Agent)?;
-        let file = ClusterFile {
-            cert_pem: cred.cert_pem(),
-            key_pem: cred.key_pem(),
-            ..admin_file.clone()
-        };
-        let client = Client::connect_to(&file, &[node.addr.to_string()]).await?;
-        serve_plans(client.connection().clone(), format!("h{i}"));
+        let client = issued_agent(dir.path(), &admin_file, &format!("h{i}"), node.addr).await?;
         let want = Reply::Lease {
             heartbeat_ms: want_s * 1000,
             lease_ms: want_s * 4000,
