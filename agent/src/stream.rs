@@ -59,11 +59,10 @@ pub async fn capture(
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let mut child = match labspan_tool::spawn_async(&mut cmd) {
         Ok(c) => c,
         Err(e) => {
-            let why =
-                format!("cannot run tcpdump on this host ({e}): install it (apt install tcpdump)");
+            let why = format!("{e}: install tcpdump on this host (apt install tcpdump)");
             return refuse(send, ErrorKind::Unavailable, why).await;
         }
     };

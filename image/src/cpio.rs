@@ -116,12 +116,6 @@ mod tests {
     fn cpio_tool_reads_it_back() {
         // The system's cpio is the reference reader. This test is in the
         // `qemu` tier (`.config/nextest.toml`), whose machines have it.
-        let mut child = std::process::Command::new("cpio")
-            .args(["-t", "--quiet"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("this test needs cpio (deploy/install-deps.sh): {e}"));
         let mut buf = Vec::new();
         let entries = [
             Entry::Dir {
@@ -135,11 +129,15 @@ mod tests {
             },
         ];
         write_archive(&mut buf, &entries).expect("write to a Vec");
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&buf).expect("feed cpio");
-        }
-        let out = child.wait_with_output().expect("cpio runs");
-        assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "etc\netc/abc\n");
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let archive = dir.path().join("archive.cpio");
+        std::fs::write(&archive, &buf).expect("write the archive");
+        let listed = labspan_tool::stdout_of(
+            std::process::Command::new("cpio")
+                .args(["-t", "--quiet", "-F"])
+                .arg(&archive),
+        )
+        .unwrap_or_else(|e| panic!("this test needs cpio (deploy/install-deps.sh): {e}"));
+        assert_eq!(listed, "etc\netc/abc\n");
     }
 }

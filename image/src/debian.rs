@@ -148,7 +148,7 @@ fn build_into(
     let mib = size_mib(&recipe.size).map_err(|detail| ImageError::Build { detail })?;
     progress(&format!("making a {mib} MiB ext4 filesystem from the tree"));
     let raw = work.join("disk.raw");
-    apt::run(
+    labspan_tool::run(
         Command::new("mkfs.ext4")
             .args(["-q", "-d"])
             .arg(&root)
@@ -157,7 +157,7 @@ fn build_into(
             .arg(format!("{mib}M")),
     )?;
     progress("converting to qcow2");
-    apt::run(
+    labspan_tool::run(
         Command::new("qemu-img")
             .args(["convert", "-O", "qcow2"])
             .arg(&raw)

@@ -2,8 +2,10 @@
 //! a host tool to completion and checks it (`qemu-img`,
 //! `qemu-system-x86_64 -daemonize`, `apt-cache`, `mkfs.ext4`, ...): a
 //! failure is a [`ToolError`] that names the tool, its arguments and what
-//! it printed on stderr. Tools whose output is streamed (`tcpdump`,
-//! `debootstrap`) are spawned where they are read.
+//! it printed on stderr. A tool whose output is read while it runs
+//! (`tcpdump`) is started with [`spawn_async`], which names it the same way
+//! when it cannot start; its caller keeps the child. debootstrap, whose
+//! failure carries its log, is spawned where it is read.
 
 #![forbid(unsafe_code)]
 
@@ -73,6 +75,16 @@ pub async fn run_async(cmd: &mut tokio::process::Command) -> Result<Output, Tool
     checked(command, cmd.output().await)
 }
 
+/// Starts `cmd`, a tool whose output its caller reads while it runs, and
+/// hands back the child (the caller stops and reaps it). A tool that cannot
+/// be started is a [`ToolError::Spawn`] naming it and its arguments.
+pub fn spawn_async(cmd: &mut tokio::process::Command) -> Result<tokio::process::Child, ToolError> {
+    let std = cmd.as_std();
+    let command = shown(std.get_program(), std.get_args());
+    cmd.spawn()
+        .map_err(|cause| ToolError::Spawn { command, cause })
+}
+
 /// [`run`], returning stdout as text.
 pub fn stdout_of(cmd: &mut std::process::Command) -> Result<String, ToolError> {
     run(cmd).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -112,5 +124,24 @@ mod tests {
             .await
             .expect_err("false");
         assert!(err.to_string().starts_with("`false x` failed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_spawned_tool_is_named_when_it_cannot_start_and_its_child_is_kept() {
+        let err = spawn_async(tokio::process::Command::new("labspan-no-such-tool").arg("-x"))
+            .expect_err("missing");
+        assert!(
+            err.to_string()
+                .starts_with("cannot run `labspan-no-such-tool -x`: "),
+            "{err}"
+        );
+        let child = spawn_async(
+            tokio::process::Command::new("echo")
+                .arg("hi")
+                .stdout(std::process::Stdio::piped()),
+        )
+        .expect("echo starts");
+        let out = child.wait_with_output().await.expect("echo ends");
+        assert_eq!(out.stdout, b"hi\n");
     }
 }

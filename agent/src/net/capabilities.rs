@@ -6,6 +6,7 @@
 
 use labspan_proto::msg::Capabilities;
 use labspan_proto::names;
+use labspan_tool::{self as tool, ToolError};
 use tokio::process::Command;
 
 /// Capabilities named here (comma separated) are reported as missing
@@ -74,15 +75,14 @@ async fn tc(args: &[&str]) -> bool {
 }
 
 async fn succeeds(program: &str, args: &[&str]) -> bool {
-    let out = Command::new(program).args(args).output().await;
-    match out {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            tracing::debug!(program, ?args, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "capability probe: refused");
+    match tool::run_async(Command::new(program).args(args)).await {
+        Ok(_) => true,
+        Err(e @ ToolError::Failed { .. }) => {
+            tracing::debug!(error = %e, "capability probe: refused");
             false
         }
         Err(e) => {
-            tracing::debug!(program, error = %e, "capability probe: cannot run");
+            tracing::debug!(error = %e, "capability probe: cannot run");
             false
         }
     }

@@ -47,7 +47,7 @@ pub(super) fn debootstrap(
         // The second stage mounts /proc and /sys in the chroot; a failed one
         // may leave them, and the work folder is about to be deleted.
         for m in ["proc", "sys"] {
-            let _ = Command::new("umount").arg("-l").arg(root.join(m)).output();
+            let _ = labspan_tool::run(Command::new("umount").arg("-l").arg(root.join(m)));
         }
         return Err(e);
     }
