@@ -251,8 +251,8 @@ impl TestHost {
                 let pid = fs::read_to_string(node.path().join("qemu.pid"))
                     .ok()
                     .and_then(|s| s.trim().parse::<u32>().ok());
-                if let Some(pid) = pid.filter(|p| is_qemu(*p)) {
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    labspan_testutil::process::kill_if(pid, is_qemu_cmdline);
                 }
             }
         }
@@ -286,7 +286,11 @@ pub fn build_image(name: &str) {
     );
 }
 
-/// Whether `pid` is a live QEMU.
+/// Whether `pid` is a live QEMU. Read from `/proc`, not held by a pidfd:
+/// the harness never starts a QEMU (an agent does, and QEMU daemonizes),
+/// so all it has is the pid in a pidfile, which may be another process's
+/// by now. To signal one, use `labspan_testutil::process::kill_if` with
+/// [`is_qemu_cmdline`], which checks the process its pidfd holds.
 pub fn is_qemu(pid: u32) -> bool {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let zombie = stat
@@ -294,7 +298,12 @@ pub fn is_qemu(pid: u32) -> bool {
         .next()
         .is_some_and(|rest| rest.trim_start().starts_with('Z'));
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    !zombie && String::from_utf8_lossy(&cmdline).contains("qemu-system")
+    !zombie && is_qemu_cmdline(&cmdline)
+}
+
+/// Whether a NUL-separated command line (`/proc/PID/cmdline`) is a QEMU's.
+pub fn is_qemu_cmdline(cmdline: &[u8]) -> bool {
+    String::from_utf8_lossy(cmdline).contains("qemu-system")
 }
 
 /// QMP `query-status` of the QEMU whose QMP socket is `sock`: its run state

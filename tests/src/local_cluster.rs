@@ -328,23 +328,21 @@ impl LocalCluster {
         let Some(pid) = self.daemon_pid(i, what) else {
             return false;
         };
-        let daemon = format!("{what}\0run");
-        labspan_testutil::process::kill_if(pid, |cmdline| {
-            String::from_utf8_lossy(cmdline).contains(&daemon)
-        })
+        labspan_testutil::process::kill_if(pid, runs_daemon(what))
     }
 
     /// The pid of daemon `what` (`coordinator`, `agent`) on host `i`, from
     /// its pidfile, if that process still runs as that daemon.
+    ///
+    /// By its command line, not by a pidfd kept from its start: the daemons
+    /// are started by `deploy/cluster.sh` (`up`, `start`), not by this
+    /// harness, which has only the pidfile the script wrote.
     pub fn daemon_pid(&self, i: usize, what: &str) -> Option<i32> {
         let pidfile = self.state.join(format!("host{i}/{what}.pid"));
         let pid = std::fs::read_to_string(pidfile)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmdline)
-            .contains(&format!("{what}\0run"))
-            .then_some(pid)
+        labspan_testutil::process::open_if(pid, runs_daemon(what)).map(|_| pid)
     }
 
     /// `cluster.sh start I WHAT`: daemon `what` of host `i` started again.
@@ -433,6 +431,13 @@ fn free_subnet(tag: &str) -> (u8, std::fs::File) {
             (addrs.stdout.is_empty() && routes.stdout.is_empty()).then_some((x, file))
         })
         .expect("a free 198.18.X.0/24 in 100..=250")
+}
+
+/// Whether a NUL-separated command line is `labspan WHAT run ...`, the
+/// daemon `deploy/cluster.sh` starts.
+fn runs_daemon(what: &str) -> impl Fn(&[u8]) -> bool {
+    let daemon = format!("{what}\0run");
+    move |cmdline| String::from_utf8_lossy(cmdline).contains(&daemon)
 }
 
 #[cfg(test)]
