@@ -367,30 +367,34 @@ async fn create_overlay_named(
     overlay: &Path,
     size: Option<u64>,
 ) -> Result<(), MoveError> {
-    let mut cmd = tokio::process::Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(backing)
-        .arg(overlay);
-    if let Some(size) = size {
-        cmd.arg("-u").arg(size.to_string());
-    }
-    match tool::run_async(&mut cmd).await {
-        Ok(_) => Ok(()),
-        Err(ToolError::Failed { stderr, .. }) => Err(MoveError::Failed {
+    create_overlay_of(backing, overlay, size)
+        .await
+        .map_err(|why| MoveError::Failed {
             vm: vm.to_string(),
             what: "disk layer",
-            why: format!(
-                "qemu-img could not create {} over {}: {stderr}",
-                overlay.display(),
-                backing.display()
-            ),
-        }),
-        Err(ToolError::Spawn { cause, .. }) => Err(MoveError::Failed {
-            vm: vm.to_string(),
-            what: "disk layer",
-            why: format!("cannot run qemu-img: {cause} (install the qemu-utils package)"),
-        }),
-    }
+            why,
+        })
+}
+
+/// The one `qemu-img create` of a qcow2 overlay (a VM's first disk, a
+/// checkpoint's layers): `overlay` over `backing`, which is not opened
+/// when `size` is given. What went wrong names both files.
+pub(super) async fn create_overlay_of(
+    backing: &Path,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<(), String> {
+    qemu_img(|c| {
+        c.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(backing)
+            .arg(overlay);
+        if let Some(size) = size {
+            c.arg("-u").arg(size.to_string());
+        }
+        c
+    })
+    .await
+    .map(|_| ())
 }
 
 /// The layer-store file of checkpoint disk `disk` (a node's layers are in

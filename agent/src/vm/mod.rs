@@ -563,27 +563,13 @@ async fn ensure_overlay(vm: &str, base: &Path, overlay: &Path) -> Result<PathBuf
     if overlay.exists() {
         return Ok(overlay.to_path_buf());
     }
-    let out = tool::run_async(
-        tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(base)
-            .arg(overlay),
-    )
-    .await;
-    match out {
-        Ok(_) => Ok(overlay.to_path_buf()),
-        Err(ToolError::Failed { stderr, .. }) => Err(VmError::Start {
+    checkpoint::create_overlay_of(base, overlay, None)
+        .await
+        .map_err(|detail| VmError::Start {
             vm: vm.to_string(),
-            detail: format!(
-                "qemu-img could not create the overlay {}: {stderr}",
-                overlay.display(),
-            ),
-        }),
-        Err(ToolError::Spawn { cause, .. }) => Err(VmError::Start {
-            vm: vm.to_string(),
-            detail: format!("cannot run qemu-img: {cause} (install the qemu-utils package)"),
-        }),
-    }
+            detail,
+        })?;
+    Ok(overlay.to_path_buf())
 }
 
 /// Finds the VM running from `dir` without touching it: `None` when there
