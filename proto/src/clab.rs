@@ -21,6 +21,7 @@ use marked_yaml::{LoaderOptions, Node as Yaml};
 use crate::lab::{self, Diagnostic, Diagnostics, Endpoint, Lab, Lan, Link, PlacementHints};
 use crate::names::valid;
 use crate::suggest::closest;
+use crate::yaml::join;
 
 mod links;
 mod nodes;
@@ -596,14 +597,6 @@ struct Wiring {
 
 static EMPTY: std::sync::LazyLock<MarkedMappingNode> =
     std::sync::LazyLock::new(|| MarkedMappingNode::new_empty(marked_yaml::Span::new_blank()));
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
 
 /// `eth1`, `eth2`, ...
 fn is_eth_n(nic: &str) -> bool {
