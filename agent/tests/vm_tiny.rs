@@ -107,6 +107,17 @@ impl Drop for VmGuard {
     }
 }
 
+/// An empty 64 MiB qcow2 disk at `path`.
+fn empty_qcow2(path: &Path) {
+    labspan_tool::run(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(path)
+            .arg("64M"),
+    )
+    .unwrap_or_else(|e| panic!("this test needs qemu-img (deploy/install-deps.sh): {e}"));
+}
+
 fn state_root() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("labspan-vm-test")
@@ -273,13 +284,7 @@ async fn disk_image_gets_an_overlay_that_stop_removes() {
     // A user's image: an empty qcow2 disk booted with tiny's kernel and
     // initramfs, imported into a store of its own.
     let disk = state.path().join("user.qcow2");
-    let ok = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("64M")
-        .status()
-        .expect("qemu-img runs");
-    assert!(ok.success());
+    empty_qcow2(&disk);
     let kernel = tiny.kernel_path().expect("kernel");
     let initrd = tiny.initrd_path().expect("initrd");
     let user_store = ImageStore::at(state.path().join("images"));
@@ -459,13 +464,7 @@ async fn a_running_guest_moves_to_another_qemu_with_its_ram_and_disk() {
     let state = state_root();
     // tiny's kernel and initramfs over a qcow2 disk, so the disk copy runs.
     let disk = state.path().join("user.qcow2");
-    let ok = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("64M")
-        .status()
-        .expect("qemu-img runs");
-    assert!(ok.success());
+    empty_qcow2(&disk);
     let image = ImageStore::at(state.path().join("images"))
         .import(&ImportRequest {
             name: "withdisk",
