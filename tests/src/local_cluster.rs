@@ -61,6 +61,7 @@ impl LocalCluster {
     /// The settings of a cluster made from `tag`, not started yet (its
     /// `name` and `net` may be changed before [`LocalCluster::start`]).
     pub fn new(tag: &str) -> LocalCluster {
+        remove_orphans();
         let pid = std::process::id();
         let (net, subnet) = free_subnet(tag);
         LocalCluster {
@@ -405,6 +406,69 @@ impl Drop for LocalCluster {
             eprintln!("deploy/cluster.sh down ({}): {}", self.name, text(&out));
         }
     }
+}
+
+/// Removes the clusters of test processes that died without their drop
+/// (killed by a signal, by nextest's timeout): each `LocalCluster` keeps its
+/// settings in `$TMPDIR/labspan-cluster-TAG-PID/cluster.env`, so one whose
+/// PID no longer runs is `down`ed with them. One sweep at a time (a lock
+/// file), and never a cluster whose process still runs.
+fn remove_orphans() {
+    let tmp = std::env::temp_dir();
+    let lock = tmp.join("labspan-cluster-sweep.lock");
+    let Ok(lock) = std::fs::File::create(&lock) else {
+        return;
+    };
+    if lock.lock().is_err() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let state = entry.path();
+        let Some(settings) = orphan_settings(&state) else {
+            continue;
+        };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut cmd = Command::new(root.join("deploy/cluster.sh"));
+        cmd.arg("down").env("LABSPAN_CLUSTER_STATE", &state);
+        for (key, var) in [
+            ("name", "LABSPAN_CLUSTER_NAME"),
+            ("link", "LABSPAN_CLUSTER_LINK"),
+            ("subnet", "LABSPAN_CLUSTER_SUBNET"),
+        ] {
+            if let Some(value) = settings.get(key) {
+                cmd.env(var, value);
+            }
+        }
+        let out = run(&mut cmd);
+        eprintln!(
+            "removed the cluster of a test process that is gone ({}): {}",
+            state.display(),
+            text(&out).trim()
+        );
+    }
+}
+
+/// The settings of the cluster in `state` when it is a test cluster
+/// (`labspan-cluster-TAG-PID` with its `cluster.env`) whose process is gone.
+fn orphan_settings(state: &Path) -> Option<std::collections::BTreeMap<String, String>> {
+    let name = state.file_name()?.to_str()?;
+    let (_, pid) = name.strip_prefix("labspan-cluster-")?.rsplit_once('-')?;
+    let pid: u32 = pid.parse().ok()?;
+    if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    let env = std::fs::read_to_string(state.join("cluster.env")).ok()?;
+    let settings: std::collections::BTreeMap<String, String> = env
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    // Only what `cluster.sh` itself recorded for a test cluster.
+    let test_name = settings.get("name")?.starts_with("lsc-");
+    test_name.then_some(settings)
 }
 
 /// A 198.18.X.0/24 (X in 100..=250) that no address or route of the root

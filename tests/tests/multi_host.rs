@@ -16,6 +16,7 @@ use labspan_agent::vm::AccelChoice;
 use labspan_coordinator::plan::{plan_lab, HostFabric, PlanInput};
 use labspan_proto::lab::{parse, Lab};
 use labspan_proto::plan::HostPlan;
+use labspan_tests::local_cluster::LocalCluster;
 use labspan_tests::{run, text, Fabric, TestHost};
 
 const LAB: &str = r#"
@@ -254,4 +255,70 @@ fn a_fabric_is_removed_when_its_test_panics() {
         text(&addressed)
     );
     assert!(!made.state.exists(), "{} left", made.state.display());
+}
+
+/// A test process killed before its drop (by a signal, by nextest's
+/// timeout) leaves its cluster behind; the next `LocalCluster` of any test
+/// removes it, and leaves alone the cluster of a process that still runs.
+#[test]
+fn the_cluster_of_a_killed_test_process_is_removed_by_the_next_one() {
+    /// The test process that "dies": a child of ours, killed by its handle.
+    struct StandIn(std::process::Child);
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stand_in = StandIn(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let pid = stand_in.0.id();
+    // The subnet is found (and held) through a cluster of this process.
+    let holder = LocalCluster::new("orphnet");
+    let name = format!("lsc-orph-{pid}");
+    let state = std::env::temp_dir().join(format!("labspan-cluster-orph-{pid}"));
+    let script = |what: &[&str]| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        run(Command::new(root.join("deploy/cluster.sh"))
+            .args(what)
+            .env("LABSPAN_CLUSTER_NAME", &name)
+            .env("LABSPAN_CLUSTER_LINK", format!("lcorph{pid}"))
+            .env("LABSPAN_CLUSTER_STATE", &state)
+            .env(
+                "LABSPAN_CLUSTER_SUBNET",
+                format!("198.18.{}.0/24", holder.net),
+            ))
+    };
+    let namespaces = || {
+        let out = run(Command::new("ip").args(["netns", "list"]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}-")))
+            .count()
+    };
+    let made = script(&["hosts", "1"]);
+    let made = made
+        .status
+        .success()
+        .then_some(())
+        .ok_or_else(|| text(&made));
+    // Its process still runs: the next cluster leaves it alone.
+    drop(LocalCluster::new("next"));
+    let kept = namespaces();
+    // Its process is gone: the next cluster removes it.
+    drop(stand_in);
+    drop(LocalCluster::new("next"));
+    let (left, state_left) = (namespaces(), state.exists());
+    script(&["down"]);
+    made.expect("cluster.sh hosts 1");
+    assert_eq!(
+        kept, 2,
+        "host1 and the underlay of a live process's cluster"
+    );
+    assert_eq!(left, 0, "namespaces of {name} left after the sweep");
+    assert!(!state_left, "{} left after the sweep", state.display());
 }
