@@ -369,7 +369,7 @@ mod tests {
         let e = error_of("hosts:\n  Host_1: {memory: 4GiB, cpus: 2}\n");
         assert!(e.contains("h.yaml:2:3: hosts: invalid member name"), "{e}");
         let e = error_of("# nothing yet\n");
-        assert!(e.contains("the hosts file must be a YAML mapping"), "{e}");
+        assert!(e.contains("h.yaml:1:1: the hosts file is empty"), "{e}");
     }
 
     /// As for a lab file, every problem is reported at once, in file order.

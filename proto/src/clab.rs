@@ -16,12 +16,12 @@
 use std::collections::BTreeMap;
 
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
-use marked_yaml::{LoaderOptions, Node as Yaml};
+use marked_yaml::Node as Yaml;
 
 use crate::lab::{self, Diagnostic, Diagnostics, Endpoint, Lab, Lan, Link, PlacementHints};
 use crate::names::valid;
 use crate::suggest::closest;
-use crate::yaml::join;
+use crate::yaml::{self, join};
 
 mod links;
 mod nodes;
@@ -604,70 +604,20 @@ fn is_eth_n(nic: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n != "0")
 }
 
+/// What a containerlab topology's top level must be, said when it is not.
+const TOPOLOGY: yaml::Shape = yaml::Shape {
+    what: "the containerlab topology",
+    start: "start with name: my-lab, then topology: with nodes: and links:",
+    no_anchors: "write the shared values under topology.defaults, kinds or groups",
+};
+
+/// The topology's YAML tree, read the way every labspan file is
+/// ([`yaml::load`]); its problems go to `cx`.
 fn load(cx: &mut Cx<'_>, text: &str) -> Option<Yaml> {
-    let blank = text.trim_start_matches('\u{feff}').lines().all(|l| {
-        let l = l.trim();
-        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
-    });
-    let file = cx.file.to_string();
-    let at = |line, column| Diagnostic {
-        file: file.clone(),
-        line,
-        column,
-        path: String::new(),
-        message: String::new(),
-        help: None,
-    };
-    if blank {
-        cx.errors.push(Diagnostic {
-            message: "the file is empty".into(),
-            ..at(0, 0)
-        });
-        return None;
-    }
-    let options = LoaderOptions::default()
-        .prevent_coercion(true)
-        .error_on_duplicate_keys(true);
-    match marked_yaml::parse_yaml_with_options(0, text, options) {
-        Ok(root) => Some(root),
-        Err(e) => {
-            use marked_yaml::LoadError as E;
-            let (m, message, help) = match &e {
-                E::DuplicateKey(d) => {
-                    let m = d.key.span().start().copied();
-                    (
-                        m,
-                        format!("duplicate key \"{}\"", d.key.as_str()),
-                        Some("remove or rename one of them".to_string()),
-                    )
-                }
-                E::ScanError(m, s) => (Some(*m), format!("YAML syntax error: {}", s.info()), None),
-                E::TopLevelMustBeMapping(m) | E::TopLevelMustBeSequence(m) => (
-                    Some(*m),
-                    "a containerlab topology is a YAML mapping".into(),
-                    None,
-                ),
-                E::UnexpectedAnchor(m) => (
-                    Some(*m),
-                    "YAML anchors and aliases are not supported".into(),
-                    Some("write the shared values under topology.defaults, kinds or groups".into()),
-                ),
-                E::MappingKeyMustBeScalar(m) => {
-                    (Some(*m), "mapping keys must be plain values".into(), None)
-                }
-                E::UnexpectedTag(m) => {
-                    (Some(*m), "YAML tags (!tag) are not supported".into(), None)
-                }
-            };
-            let (line, column) = m.map_or((0, 0), |m| (m.line(), m.column()));
-            cx.errors.push(Diagnostic {
-                message,
-                help,
-                ..at(line, column)
-            });
-            None
-        }
-    }
+    let mut sink = yaml::Sink::new(cx.file);
+    let root = yaml::load(&mut sink, text, TOPOLOGY);
+    cx.errors.extend(sink.finish().0);
+    root
 }
 
 #[cfg(test)]

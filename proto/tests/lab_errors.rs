@@ -42,7 +42,7 @@ fn top_level_not_a_mapping() {
     );
     assert_eq!(
         error("# nothing here\n"),
-        "lab.yaml:1:1: the lab file must be a YAML mapping\n  help: start with name: my-lab, then nodes:"
+        "lab.yaml:1:1: the lab file is empty\n  help: start with name: my-lab, then nodes:"
     );
 }
 

@@ -27,6 +27,12 @@ pub struct Shape {
 /// Loads the YAML tree of a file whose top level is `shape`. A duplicate key is reported, then the file is read
 /// again keeping the last value, so the rest of the file is still checked.
 pub fn load(sink: &mut Sink, text: &str, shape: Shape) -> Option<Yaml> {
+    if is_blank(text) {
+        let first = Pos { line: 1, column: 1 };
+        let message = format!("{} is empty", shape.what);
+        sink.error(first, "", message, Some(shape.start.to_string()));
+        return None;
+    }
     let strict = options().error_on_duplicate_keys(true);
     let err = match yaml_guarded(text, strict) {
         Ok(root) => return Some(root),
@@ -94,15 +100,21 @@ fn options() -> LoaderOptions {
 /// an empty document); a lab file must never crash labspan, so such input is
 /// reported as a syntax error instead.
 fn yaml_guarded(text: &str, options: LoaderOptions) -> Result<Yaml, YamlError> {
-    if text.trim_start_matches(['\u{feff}']).lines().all(|l| {
-        let l = l.trim();
-        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
-    }) {
+    if is_blank(text) {
         return Err(YamlError::TopLevelMustBeMapping(marked_yaml::Marker::new(
             0, 0, 1, 1,
         )));
     }
     marked_yaml::parse_yaml_with_options(0, text, options)
+}
+
+/// Whether `text` holds no YAML value: only blank lines, comments and
+/// document markers.
+fn is_blank(text: &str) -> bool {
+    text.trim_start_matches('\u{feff}').lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    })
 }
 
 /// The path of the mapping key that starts at `at`.
