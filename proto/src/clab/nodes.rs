@@ -236,7 +236,7 @@ impl Cx<'_> {
             }
         } else if let Some(f) = stack.get("memory") {
             let text = self.string(f.value, &f.path)?;
-            match docker_mib(&text) {
+            match crate::lab::units::docker_size_mib(&text) {
                 Some(m) => memory = m,
                 None => {
                     self.error(
@@ -396,28 +396,4 @@ fn found<'y>(l: &Layer<'y>, field: &str) -> Option<Found<'y>> {
         value: v,
         path: join(&l.path, field),
     })
-}
-
-/// A size as Docker (and so containerlab) writes it, in binary units:
-/// `512Mb`, `1Gb`, `1.5g`, `2GiB`; plain numbers are bytes.
-pub(super) fn docker_mib(text: &str) -> Option<u64> {
-    let t = text.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().ok()?;
-    let unit = unit.trim();
-    let unit = unit.strip_suffix('b').unwrap_or(unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let bytes = match unit {
-        "" => num,
-        "k" => num * 1024.0,
-        "m" => num * 1024.0 * 1024.0,
-        "g" => num * 1024.0 * 1024.0 * 1024.0,
-        "t" => num * 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let mib = bytes / (1024.0 * 1024.0);
-    (0.0..1e12).contains(&mib).then(|| mib.ceil() as u64)
 }

@@ -1,8 +1,8 @@
 //! Topologies written for these tests in containerlab's documented format
 //! (docs/manual/topo-def-file.md, nodes.md, network.md).
 
-use super::nodes::docker_mib;
 use super::*;
+use crate::lab::units::docker_size_mib as docker_mib;
 use crate::lab::RestartPolicy;
 
 fn opts(images: &[(&str, &str)]) -> Options {

@@ -58,6 +58,28 @@ pub fn parse_size_mib(what: &str, text: &str) -> Result<u64, String> {
     scaled(n, scale).ok_or_else(|| format!("{what} \"{text}\" is not a whole number of MiB"))
 }
 
+/// A size as Docker (and so containerlab) writes it, in binary units:
+/// `512Mb`, `1Gb`, `1.5g`, `2GiB`; plain numbers are bytes; rounded up to
+/// whole MiB. Only for importing a containerlab topology: labspan's own
+/// files use [`parse_size_mib`], whose units are not Docker's.
+pub fn docker_size_mib(text: &str) -> Option<u64> {
+    let t = text.to_ascii_lowercase();
+    let (num, unit) = split_number(&t);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.strip_suffix('b').unwrap_or(unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let bytes = match unit {
+        "" => num,
+        "k" => num * 1024.0,
+        "m" => num * 1024.0 * 1024.0,
+        "g" => num * 1024.0 * 1024.0 * 1024.0,
+        "t" => num * 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let mib = bytes / (1024.0 * 1024.0);
+    (0.0..1e12).contains(&mib).then(|| mib.ceil() as u64)
+}
+
 /// A node's memory, in MiB ([`parse_size_mib`]).
 pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
     parse_size_mib("memory", text)
