@@ -96,16 +96,9 @@ impl LocalCluster {
 
     /// `deploy/cluster.sh` with this cluster's settings in its environment.
     fn script(&self) -> Command {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut cmd = Command::new(root.join("deploy/cluster.sh"));
-        cmd.env("LABSPAN_CLUSTER_NAME", &self.name)
-            .env("LABSPAN_CLUSTER_LINK", &self.link)
-            .env("LABSPAN_CLUSTER_STATE", &self.state)
-            .env(
-                "LABSPAN_CLUSTER_SUBNET",
-                format!("198.18.{}.0/24", self.net),
-            )
-            .env("LABSPAN_ACCEL", "tcg");
+        let subnet = format!("198.18.{}.0/24", self.net);
+        let mut cmd = cluster_sh(&self.name, &self.link, &self.state, &subnet);
+        cmd.env("LABSPAN_ACCEL", "tcg");
         if self.daemons {
             cmd.env("LABSPAN_BIN", labspan_bin());
         }
@@ -427,22 +420,10 @@ fn remove_orphans() {
     };
     for entry in entries.flatten() {
         let state = entry.path();
-        let Some(settings) = orphan_settings(&state) else {
+        let Some([name, link, subnet]) = orphan_settings(&state) else {
             continue;
         };
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut cmd = Command::new(root.join("deploy/cluster.sh"));
-        cmd.arg("down").env("LABSPAN_CLUSTER_STATE", &state);
-        for (key, var) in [
-            ("name", "LABSPAN_CLUSTER_NAME"),
-            ("link", "LABSPAN_CLUSTER_LINK"),
-            ("subnet", "LABSPAN_CLUSTER_SUBNET"),
-        ] {
-            if let Some(value) = settings.get(key) {
-                cmd.env(var, value);
-            }
-        }
-        let out = run(&mut cmd);
+        let out = run(cluster_sh(&name, &link, &state, &subnet).arg("down"));
         eprintln!(
             "removed the cluster of a test process that is gone ({}): {}",
             state.display(),
@@ -451,9 +432,23 @@ fn remove_orphans() {
     }
 }
 
-/// The settings of the cluster in `state` when it is a test cluster
-/// (`labspan-cluster-TAG-PID` with its `cluster.env`) whose process is gone.
-fn orphan_settings(state: &Path) -> Option<std::collections::BTreeMap<String, String>> {
+/// `deploy/cluster.sh` for the cluster `name` with root link `link`, state
+/// folder `state` and underlay `subnet` (the settings `cluster.sh` records in
+/// `STATE/cluster.env`).
+pub fn cluster_sh(name: &str, link: &str, state: &Path, subnet: &str) -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new(root.join("deploy/cluster.sh"));
+    cmd.env("LABSPAN_CLUSTER_NAME", name)
+        .env("LABSPAN_CLUSTER_LINK", link)
+        .env("LABSPAN_CLUSTER_STATE", state)
+        .env("LABSPAN_CLUSTER_SUBNET", subnet);
+    cmd
+}
+
+/// The name, link and subnet of the cluster in `state` when it is a test
+/// cluster (`labspan-cluster-TAG-PID` with its `cluster.env`) whose process
+/// is gone.
+fn orphan_settings(state: &Path) -> Option<[String; 3]> {
     let name = state.file_name()?.to_str()?;
     let (_, pid) = name.strip_prefix("labspan-cluster-")?.rsplit_once('-')?;
     let pid: u32 = pid.parse().ok()?;
@@ -466,9 +461,10 @@ fn orphan_settings(state: &Path) -> Option<std::collections::BTreeMap<String, St
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    let [name, link, subnet] = ["name", "link", "subnet"].map(|k| settings.get(k).cloned());
     // Only what `cluster.sh` itself recorded for a test cluster.
-    let test_name = settings.get("name")?.starts_with("lsc-");
-    test_name.then_some(settings)
+    let name = name.filter(|n| n.starts_with("lsc-"))?;
+    Some([name, link?, subnet?])
 }
 
 /// A 198.18.X.0/24 (X in 100..=250) that no address or route of the root

@@ -16,7 +16,7 @@ use labspan_agent::vm::AccelChoice;
 use labspan_coordinator::plan::{plan_lab, HostFabric, PlanInput};
 use labspan_proto::lab::{parse, Lab};
 use labspan_proto::plan::HostPlan;
-use labspan_tests::local_cluster::LocalCluster;
+use labspan_tests::local_cluster::{cluster_sh, LocalCluster};
 use labspan_tests::{run, text, Fabric, TestHost};
 
 const LAB: &str = r#"
@@ -281,18 +281,11 @@ fn the_cluster_of_a_killed_test_process_is_removed_by_the_next_one() {
     let holder = LocalCluster::new("orphnet");
     let name = format!("lsc-orph-{pid}");
     let state = std::env::temp_dir().join(format!("labspan-cluster-orph-{pid}"));
-    let script = |what: &[&str]| {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        run(Command::new(root.join("deploy/cluster.sh"))
-            .args(what)
-            .env("LABSPAN_CLUSTER_NAME", &name)
-            .env("LABSPAN_CLUSTER_LINK", format!("lcorph{pid}"))
-            .env("LABSPAN_CLUSTER_STATE", &state)
-            .env(
-                "LABSPAN_CLUSTER_SUBNET",
-                format!("198.18.{}.0/24", holder.net),
-            ))
-    };
+    let (link, subnet) = (
+        format!("lcorph{pid}"),
+        format!("198.18.{}.0/24", holder.net),
+    );
+    let script = |what: &[&str]| run(cluster_sh(&name, &link, &state, &subnet).args(what));
     let namespaces = || {
         let out = run(Command::new("ip").args(["netns", "list"]));
         String::from_utf8_lossy(&out.stdout)
